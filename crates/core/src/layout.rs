@@ -1,0 +1,108 @@
+//! Where everything lives under an output directory `OUT/`.
+//!
+//! ```text
+//! OUT/data/                      extracted members and caption .txt files
+//! OUT/<dataset-id>.parquet       the merged table
+//! OUT/report.json                counts, verdict, failures
+//! OUT/multidatabackend.json      the SimpleTuner dataloader entry
+//! OUT/.shardprep/fragments/      one committed parquet fragment + manifest per shard
+//! OUT/.shardprep/tmp/            fragments being written (renamed into fragments/ on commit)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Paths of one output directory.
+#[derive(Debug, Clone)]
+pub struct OutputLayout {
+    root: PathBuf,
+}
+
+impl OutputLayout {
+    /// Layout rooted at `root` (the seed's `dalle3/` folder).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        OutputLayout { root: root.into() }
+    }
+    /// The output root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `OUT/data`: extracted files and captions.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// `OUT/.shardprep`: the job's private state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(".shardprep")
+    }
+    /// Committed fragments and their manifests.
+    pub fn fragments_dir(&self) -> PathBuf {
+        self.state_dir().join("fragments")
+    }
+    /// Fragments being written.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.state_dir().join("tmp")
+    }
+    /// The merged parquet table.
+    pub fn parquet_path(&self, dataset_id: &str) -> PathBuf {
+        self.root.join(format!("{dataset_id}.parquet"))
+    }
+    /// `OUT/report.json`.
+    pub fn report_path(&self) -> PathBuf {
+        self.root.join("report.json")
+    }
+    /// `OUT/multidatabackend.json`.
+    pub fn backend_path(&self) -> PathBuf {
+        self.root.join("multidatabackend.json")
+    }
+    /// Committed fragment of a shard.
+    pub fn fragment_path(&self, shard_name: &str) -> PathBuf {
+        self.fragments_dir()
+            .join(format!("{}.parquet", shard_file_stem(shard_name)))
+    }
+    /// Committed manifest of a shard (its presence is the commit).
+    pub fn manifest_path(&self, shard_name: &str) -> PathBuf {
+        self.fragments_dir()
+            .join(format!("{}.manifest.json", shard_file_stem(shard_name)))
+    }
+}
+
+/// A file-name-safe, collision-free stem for a shard name: the name with
+/// unusual characters replaced, plus a hash of the exact name.
+pub fn shard_file_stem(shard_name: &str) -> String {
+    let safe: String = shard_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(80)
+        .collect();
+    format!("{safe}-{:016x}", fnv1a64(shard_name.as_bytes()))
+}
+
+/// FNV-1a, 64 bit: a stable hash for names (not for security).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_are_safe_and_distinct() {
+        let a = shard_file_stem("data-000000.tar");
+        assert!(a.starts_with("data-000000.tar-"));
+        let b = shard_file_stem("../evil/x.tar");
+        assert!(!b.contains('/'));
+        assert_ne!(shard_file_stem("a b.tar"), shard_file_stem("a_b.tar"));
+    }
+}

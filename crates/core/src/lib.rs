@@ -1,0 +1,38 @@
+//! Shared pieces of shardprep: the wire protocol, the on-disk layout of an
+//! output directory, and the records that workers and the coordinator exchange.
+//!
+//! Layout:
+//! - [`proto`]: generated tonic/prost code for `proto/shardprep.proto`.
+//! - [`layout`]: where everything lives under `OUT/` (data, fragments, report).
+//! - [`manifest`]: per-shard counts and the manifest committed with each fragment.
+//! - [`auth`]: the shared-secret token (generation, constant-time check).
+//! - [`fields`]: which JSON fields feed which parquet columns (presets).
+//! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
+
+pub mod auth;
+pub mod duration;
+pub mod fields;
+pub mod layout;
+pub mod manifest;
+
+/// Generated protocol code (`shardprep.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("shardprep.v1");
+}
+
+/// Errors of the shared pieces.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("invalid duration {input:?}: {reason} (use e.g. 500ms, 30s, 2m)")]
+    Duration { input: String, reason: String },
+    #[error("could not read token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token file {path} is empty: put the shared secret on its first line")]
+    EmptyToken { path: String },
+    #[error("could not generate a random token: {0}")]
+    Random(String),
+}

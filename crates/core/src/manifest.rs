@@ -1,0 +1,109 @@
+//! Per-shard counts, and the manifest committed beside each parquet fragment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How many problems of each shard are listed by name (the counts are always complete).
+pub const ISSUE_LIST_CAP: usize = 100;
+
+/// What one pass over a shard found and wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCounts {
+    /// Tar entries seen (all types).
+    pub members: u64,
+    /// Bytes consumed from the tar stream.
+    pub bytes_read: u64,
+    /// Bytes of member data written into `data/`.
+    pub bytes_written: u64,
+    /// Members ending in `.json` (what `find data -name '*.json'` counts).
+    pub json_files: u64,
+    /// JSONs that have the width field (the seed's samples).
+    pub json_with_width: u64,
+    /// Members ending in `.png`, `.jpg`, `.jpeg` (any case), or other image types.
+    pub images: u64,
+    /// Other regular members (extracted as they are).
+    pub other_files: u64,
+    /// Files written into `data/` (members, not captions).
+    pub files_extracted: u64,
+    /// `data/<stem>.txt` files written.
+    pub captions_written: u64,
+    /// Rows in the fragment.
+    pub rows: u64,
+    /// JSONs with width that were not turned into a row, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Members not extracted (unsafe path, link, device...), by reason.
+    pub rejected_members: BTreeMap<String, u64>,
+    /// Rows whose image file is not in the shard.
+    pub json_without_image: u64,
+    /// Image members that no JSON of the shard names.
+    pub images_without_json: u64,
+    /// Member names seen twice in the shard (the later one wins on disk).
+    pub duplicate_members: u64,
+}
+
+impl ShardCounts {
+    /// Adds another shard's counts into this one.
+    pub fn add(&mut self, o: &ShardCounts) {
+        self.members += o.members;
+        self.bytes_read += o.bytes_read;
+        self.bytes_written += o.bytes_written;
+        self.json_files += o.json_files;
+        self.json_with_width += o.json_with_width;
+        self.images += o.images;
+        self.other_files += o.other_files;
+        self.files_extracted += o.files_extracted;
+        self.captions_written += o.captions_written;
+        self.rows += o.rows;
+        for (k, v) in &o.skipped {
+            *self.skipped.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.rejected_members {
+            *self.rejected_members.entry(k.clone()).or_default() += v;
+        }
+        self.json_without_image += o.json_without_image;
+        self.images_without_json += o.images_without_json;
+        self.duplicate_members += o.duplicate_members;
+    }
+
+    /// Total of skipped samples over all reasons.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+}
+
+/// One named problem inside a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberIssue {
+    /// The member's name in the tar (lossy UTF-8).
+    pub member: String,
+    /// A short machine-readable kind, e.g. `unsafe_path`, `invalid_width`.
+    pub kind: String,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+/// Identity of an input shard: a changed shard is redone on resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardIdentity {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// Written next to a committed fragment; its presence marks the shard done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardManifest {
+    pub shard_name: String,
+    pub identity: ShardIdentity,
+    pub lease_id: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+    /// File name of the fragment inside the fragments directory.
+    pub fragment: String,
+    pub counts: ShardCounts,
+    /// Problems listed by name, at most [`ISSUE_LIST_CAP`].
+    pub issues: Vec<MemberIssue>,
+    /// Problems beyond the listed ones.
+    pub issues_not_listed: u64,
+    pub elapsed_ms: u64,
+}
