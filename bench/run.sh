@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmark harness entry point: shardprep vs plain `tar xf` vs the seed's pipeline.
+# See bench/README.md. Knobs (env vars):
+#   BENCH_REPS=3            repetitions per tool (alternating: tar, seed, sp1, spN, tar, ...)
+#   BENCH_SETS="small big"  which data sets to run
+#   BENCH_QUICK=1           tiny smoke version (2x500 small, 2x8 big; 1 rep; results in bench/work/)
+#   BENCH_WORKERS=N         workers for the "spN" row (default: nproc)
+#   BENCH_TOOLS="tar seed sp1 spN"  subset/order of tools
+#   BENCH_NO_BUILD=1        skip `cargo build --release`
+#   BENCH_REGEN=1           regenerate shards even if the stamp matches
+#   BENCH_CHART=0           don't try to pip-install matplotlib for bench/RESULTS.png
+#   BENCH_WORK=DIR          work dir (default bench/work; gitignored)
+#   VENV=DIR                reuse a venv with pandas + pyarrow (default bench/work/.venv)
+#   BENCH_RESULTS=FILE      where to write the markdown results
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+export BENCH_WORK="$(realpath -m "${BENCH_WORK:-$BENCH_DIR/work}")"
+export BENCH_QUICK="${BENCH_QUICK:-0}"
+if [[ "$BENCH_QUICK" == 1 ]]; then
+    export BENCH_REPS="${BENCH_REPS:-1}"
+    export BENCH_RESULTS="${BENCH_RESULTS:-$BENCH_WORK/RESULTS-quick.md}"
+else
+    export BENCH_REPS="${BENCH_REPS:-3}"
+    export BENCH_RESULTS="${BENCH_RESULTS:-$BENCH_DIR/RESULTS.md}"
+fi
+export BENCH_SETS="${BENCH_SETS:-small big}"
+export BENCH_WORKERS="${BENCH_WORKERS:-$(nproc)}"
+export BENCH_TOOLS="${BENCH_TOOLS:-tar seed sp1 spN}"
+SEED=42
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+mkdir -p "$BENCH_WORK"
+
+# 1. Build (shared target dir at the workspace root; never cleaned here).
+if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
+export SP_BIN="${SP_BIN:-$ROOT/target/release/shardprep}"
+[[ -x "$SP_BIN" ]] || { log "no binary at $SP_BIN"; exit 1; }
+
+# 2. Python venv with pandas + pyarrow (the seed's scripts and the checks need them).
+VENV="$(realpath -m "${VENV:-$BENCH_WORK/.venv}")"
+if ! "$VENV/bin/python" -c 'import pandas, pyarrow' 2>/dev/null; then
+    log "creating venv $VENV (pandas, pyarrow)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet pandas pyarrow
+fi
+if [[ "${BENCH_CHART:-1}" == 1 ]] && ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    log "trying to install matplotlib (optional; BENCH_CHART=0 to skip)"
+    timeout 180 "$VENV/bin/pip" install --quiet matplotlib >/dev/null 2>&1 \
+        || log "matplotlib not installed; no chart"
+fi
+export BENCH_PY="$VENV/bin/python"
+
+# 3. Deterministic data sets, regenerated only when the parameters change.
+set_params() {  # name -> "shards samples image_bytes"
+    local q="$BENCH_QUICK"
+    case "$1" in
+        small) [[ "$q" == 1 ]] && echo "2 500 1024"    || echo "10 10000 1024" ;;
+        big)   [[ "$q" == 1 ]] && echo "2 8 1048576"   || echo "4 500 1048576" ;;
+        *) log "unknown set $1 (known: small big)"; exit 2 ;;
+    esac
+}
+SET_DIRS=()
+for set in $BENCH_SETS; do
+    read -r shards samples bytes < <(set_params "$set")
+    suffix=""; [[ "$BENCH_QUICK" == 1 ]] && suffix="-quick"
+    dir="$BENCH_WORK/data/$set$suffix"
+    stamp="shards=$shards samples=$samples image_bytes=$bytes seed=$SEED"
+    if [[ "${BENCH_REGEN:-0}" == 1 || ! -f "$dir/stamp" || "$(cat "$dir/stamp")" != "$stamp" ]]; then
+        log "generating $set$suffix: $stamp"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        "$SP_BIN" generate --output "$dir/shards" --shards "$shards" --samples "$samples" \
+            --image-bytes "$bytes" --seed "$SEED"
+        echo "$stamp" > "$dir/stamp"
+    fi
+    SET_DIRS+=("$set=$dir")
+done
+export BENCH_SET_DIRS="${SET_DIRS[*]}"
+
+# 4. Time, check, report.
+exec "$BENCH_PY" "$BENCH_DIR/bench.py"
