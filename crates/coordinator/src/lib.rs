@@ -1,1 +1,203 @@
+//! The shardprep coordinator: finds the shards, leases them to workers over
+//! gRPC, commits their fragments, merges them into the final parquet,
+//! verifies the counts and writes the report and the SimpleTuner entry.
+//!
+//! Layout:
+//! - [`discover`]: the input's `*.tar` shards and their identities.
+//! - [`scheduler`]: leases, heartbeats, retries (pure logic, unit-tested).
+//! - [`service`]: the tonic handlers and the token check.
+//! - [`commit`]: atomic commit of fragments, recovery after a restart.
+//! - [`merge`]: fragments → final parquet, streaming, in shard order.
+//! - [`report`]: `report.json` and `multidatabackend.json`.
+//! - [`verify`]: checks of an existing output (`shardprep verify`).
+//! - [`job`]: the life of a job from start to verdict ([`serve`]).
 
+pub mod commit;
+pub mod discover;
+pub mod job;
+pub mod merge;
+pub mod report;
+pub mod scheduler;
+pub mod service;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use shardprep_core::fields::FieldMap;
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::proto;
+
+pub use job::{JobOutcome, serve};
+pub use report::BackendSettings;
+use scheduler::{Scheduler, ShardState};
+
+/// Errors of the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("cannot read the input {path}: {source}")]
+    Input {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no *.tar shards in {path}: point --input at the folder that holds the shards")]
+    NoShards { path: String },
+    #[error("cannot {what} {path}: {source}; check that the output directory is writable and has free space")]
+    Output {
+        path: String,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("merge failed: {0}")]
+    Merge(String),
+    #[error("bad commit: {0}")]
+    BadCommit(String),
+    #[error("gRPC server failed: {0}")]
+    Server(String),
+    #[error("interrupted before the job finished; start the coordinator again with the same --output to resume")]
+    Interrupted,
+}
+
+/// Everything the coordinator needs to run a job.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Folder holding the `*.tar` shards.
+    pub input: PathBuf,
+    /// The output folder (the seed's `dalle3/`).
+    pub output: PathBuf,
+    /// Shared secret every RPC must carry.
+    pub token: String,
+    pub fields: FieldMap,
+    /// Write `data/<stem>.txt` captions (SimpleTuner `caption_strategy: textfile`).
+    pub write_captions: bool,
+    /// Extract members into `data/`.
+    pub extract: bool,
+    /// The global JSON count to verify, if known (DALLE-3: 1,161,957).
+    pub expect_json: Option<u64>,
+    pub backend: BackendSettings,
+    pub lease_timeout: Duration,
+    /// A leased shard whose progress does not move for this long is re-leased.
+    pub stall_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_attempts: u32,
+    /// After the job, how long to wait for workers to hear that it is done.
+    pub worker_grace: Duration,
+    /// How often to log a progress line.
+    pub progress_interval: Duration,
+}
+
+/// Phase of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    Merging,
+    Finished,
+    Failed,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Merging => "merging",
+            Phase::Finished => "finished",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// State shared by the RPC handlers and the job driver.
+pub struct JobShared {
+    pub(crate) sched: Mutex<Scheduler>,
+    pub(crate) spec: proto::JobSpec,
+    pub(crate) layout: OutputLayout,
+    pub(crate) wait_ms: u64,
+    pub(crate) started: Instant,
+    pub(crate) bytes_total: u64,
+    pub(crate) phase: Mutex<(Phase, String)>,
+    pub(crate) changed: tokio::sync::Notify,
+}
+
+impl JobShared {
+    /// Wakes the job driver (a shard changed state).
+    pub(crate) fn wake(&self) {
+        self.changed.notify_one();
+    }
+
+    pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = (p, verdict.to_string());
+    }
+
+    /// A snapshot of the job for `shardprep status`.
+    pub fn status(&self) -> proto::StatusResponse {
+        let (phase, verdict) = self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut resp = proto::StatusResponse {
+            phase: phase.name().into(),
+            shards_total: s.shards.len() as u32,
+            bytes_total: self.bytes_total,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            job_id: self.spec.job_id.clone(),
+            verdict,
+            ..Default::default()
+        };
+        for (i, sh) in s.shards.iter().enumerate() {
+            let mut st = proto::ShardStatus {
+                index: i as u32,
+                name: sh.name.clone(),
+                state: sh.state_name().into(),
+                attempts: sh.attempts,
+                last_error: sh.last_error.clone().unwrap_or_default(),
+                size: sh.identity.size,
+                ..Default::default()
+            };
+            match &sh.state {
+                ShardState::Done(m) => {
+                    resp.shards_done += 1;
+                    resp.json_files += m.counts.json_files;
+                    resp.rows += m.counts.rows;
+                    resp.bytes_read += m.counts.bytes_read;
+                    st.worker_id = m.worker_id.clone();
+                    st.progress = Some(proto::Progress {
+                        members: m.counts.members,
+                        bytes_read: m.counts.bytes_read,
+                        json_files: m.counts.json_files,
+                        rows: m.counts.rows,
+                        peak_rss_bytes: 0,
+                    });
+                }
+                ShardState::Leased { worker, progress, .. } => {
+                    resp.shards_leased += 1;
+                    resp.json_files += progress.json_files;
+                    resp.rows += progress.rows;
+                    resp.bytes_read += progress.bytes_read;
+                    st.worker_id = worker.clone();
+                    st.progress = Some(proto::Progress {
+                        members: progress.members,
+                        bytes_read: progress.bytes_read,
+                        json_files: progress.json_files,
+                        rows: progress.rows,
+                        peak_rss_bytes: 0,
+                    });
+                }
+                ShardState::Failed => resp.shards_failed += 1,
+                ShardState::Pending => {}
+            }
+            resp.shards.push(st);
+        }
+        let mut workers: Vec<_> = s.workers.iter().collect();
+        workers.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, w) in workers {
+            resp.workers.push(proto::WorkerStatus {
+                worker_id: id.clone(),
+                hostname: w.hostname.clone(),
+                last_seen_ms_ago: now.saturating_duration_since(w.last_seen).as_millis() as u64,
+                current_shard: w.current.map(|i| s.shards[i].name.clone()).unwrap_or_default(),
+                shards_done: w.shards_done,
+            });
+        }
+        resp
+    }
+}

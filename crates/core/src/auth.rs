@@ -14,6 +14,13 @@ pub fn generate_token() -> Result<String, CoreError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A random 64-bit number (job and lease ids); 0 if the OS has no randomness.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
 /// Reads a token from the first line of a file (surrounding whitespace ignored).
 pub fn read_token_file(path: &Path) -> Result<String, CoreError> {
     let text = std::fs::read_to_string(path).map_err(|source| CoreError::TokenFile {

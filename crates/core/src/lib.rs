@@ -7,6 +7,7 @@
 //! - [`manifest`]: per-shard counts and the manifest committed with each fragment.
 //! - [`auth`]: the shared-secret token (generation, constant-time check).
 //! - [`fields`]: which JSON fields feed which parquet columns (presets).
+//! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod duration;
 pub mod fields;
 pub mod layout;
 pub mod manifest;
+pub mod table;
 
 /// Generated protocol code (`shardprep.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -1,1 +1,19 @@
+//! The shardprep worker: leases shards from the coordinator and streams each
+//! tar into `OUT/data/`, caption files and a parquet fragment.
+//!
+//! Layout:
+//! - [`client`]: the gRPC loop (register, lease, heartbeat, complete/fail,
+//!   reconnect with backoff, graceful shutdown).
+//! - [`shard`]: one streaming pass over one tar shard (blocking).
+//! - [`sample`]: one sample JSON to one table row.
+//! - [`fragment`]: rows to a parquet fragment, in batches.
+//! - [`extract`]: writing into `data/` without ever leaving it.
 
+pub mod client;
+pub mod extract;
+pub mod fragment;
+pub mod sample;
+pub mod shard;
+
+
+pub use client::{Fault, WorkerConfig, WorkerError, WorkerExit, run};

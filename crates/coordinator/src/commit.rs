@@ -1,0 +1,134 @@
+//! Committing fragments and recovering committed ones after a restart.
+//!
+//! A worker writes `tmp/<stem>.<lease>.parquet` and its manifest and syncs
+//! them; the coordinator, while it holds the scheduler's lock and has checked
+//! that the lease is current, renames them to `fragments/<stem>.parquet` and
+//! `fragments/<stem>.manifest.json`, manifest last. The manifest's presence is
+//! the commit: a fragment exists whole or not at all, and a stale attempt can
+//! never commit a second one.
+
+use std::path::Path;
+
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+
+use crate::CoordinatorError;
+
+/// Reads the committed manifest of a shard, if it is complete and matches
+/// the shard's current identity. A changed input shard is redone.
+pub fn recover(layout: &OutputLayout, name: &str, identity: ShardIdentity) -> Option<ShardManifest> {
+    let path = layout.manifest_path(name);
+    let bytes = std::fs::read(&path).ok()?;
+    let manifest: ShardManifest = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(shard = name, error = %e, "unreadable manifest; the shard will be redone");
+            return None;
+        }
+    };
+    if manifest.shard_name != name {
+        return None;
+    }
+    if manifest.identity != identity {
+        tracing::warn!(shard = name, "the shard changed since it was committed (size or mtime); redoing it");
+        return None;
+    }
+    if !layout.fragment_path(name).is_file() {
+        tracing::warn!(shard = name, "the committed fragment is missing; redoing the shard");
+        return None;
+    }
+    Some(manifest)
+}
+
+/// A file name from a worker: a plain name inside `tmp/`, nothing else.
+fn tmp_file(layout: &OutputLayout, name: &str) -> Result<std::path::PathBuf, CoordinatorError> {
+    if name.is_empty() || name.contains('/') || name.contains("..") || name.contains('\0') {
+        return Err(CoordinatorError::BadCommit(format!("{name:?} is not a file name in tmp/")));
+    }
+    Ok(layout.tmp_dir().join(name))
+}
+
+/// Reads and checks the temporary manifest a worker wrote for `lease_id`.
+pub fn read_tmp_manifest(
+    layout: &OutputLayout,
+    manifest_tmp: &str,
+    shard_name: &str,
+    lease_id: u64,
+) -> Result<ShardManifest, CoordinatorError> {
+    let path = tmp_file(layout, manifest_tmp)?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| CoordinatorError::BadCommit(format!("cannot read {}: {e}", path.display())))?;
+    let m: ShardManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| CoordinatorError::BadCommit(format!("bad manifest {}: {e}", path.display())))?;
+    if m.shard_name != shard_name || m.lease_id != lease_id {
+        return Err(CoordinatorError::BadCommit(format!(
+            "manifest {} is for shard {:?} lease {}, not {shard_name:?} lease {lease_id}",
+            path.display(),
+            m.shard_name,
+            m.lease_id
+        )));
+    }
+    Ok(m)
+}
+
+/// Moves a worker's temporary fragment and manifest into place (manifest last).
+pub fn commit(
+    layout: &OutputLayout,
+    shard_name: &str,
+    fragment_tmp: &str,
+    manifest_tmp: &str,
+) -> Result<(), CoordinatorError> {
+    let frag_src = tmp_file(layout, fragment_tmp)?;
+    let man_src = tmp_file(layout, manifest_tmp)?;
+    let io = |what: &str, p: &Path, e: std::io::Error| CoordinatorError::Output {
+        path: p.display().to_string(),
+        what: what.to_string(),
+        source: e,
+    };
+    let frag_dst = layout.fragment_path(shard_name);
+    let man_dst = layout.manifest_path(shard_name);
+    std::fs::rename(&frag_src, &frag_dst).map_err(|e| io("commit fragment", &frag_dst, e))?;
+    std::fs::rename(&man_src, &man_dst).map_err(|e| io("commit manifest", &man_dst, e))?;
+    sync_dir(&layout.fragments_dir());
+    Ok(())
+}
+
+/// Removes a stale attempt's temporary files (best effort).
+pub fn discard(layout: &OutputLayout, fragment_tmp: &str, manifest_tmp: &str) {
+    for name in [fragment_tmp, manifest_tmp] {
+        if let Ok(p) = tmp_file(layout, name) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Makes renames in `dir` durable (best effort: not every filesystem supports it).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that
+/// readers see the old content or the new, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    use std::io::Write;
+    let err = |what: &str, e: std::io::Error| CoordinatorError::Output {
+        path: path.display().to_string(),
+        what: what.to_string(),
+        source: e,
+    };
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", e))?;
+    f.write_all(bytes).map_err(|e| err("write", e))?;
+    f.sync_all().map_err(|e| err("sync", e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| err("rename", e))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}

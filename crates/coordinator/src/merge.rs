@@ -1,0 +1,180 @@
+//! Merging the per-shard fragments into the final parquet table, in shard
+//! order, streaming batch by batch (never all rows in memory), and finding
+//! file names that occur in more than one shard.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use shardprep_core::layout::fnv1a64;
+use shardprep_core::table::{base_fields, conform, list_item_field, writer_properties};
+
+use crate::CoordinatorError;
+
+/// One file name found in several shards.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DuplicateName {
+    pub filename: String,
+    /// The shards that have a row for it, in shard order.
+    pub shards: Vec<String>,
+}
+
+/// What the merge produced.
+#[derive(Debug, Clone)]
+pub struct MergeOutcome {
+    pub rows: u64,
+    /// File names with rows in more than one shard (capped list).
+    pub duplicates: Vec<DuplicateName>,
+    /// How many file names have rows in more than one shard.
+    pub duplicate_count: u64,
+}
+
+/// Duplicates listed by name in the report.
+const DUPLICATES_LISTED: usize = 100;
+const BATCH: usize = 8192;
+
+fn merr(path: &Path, e: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::Merge(format!("{}: {e}", path.display()))
+}
+
+fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, CoordinatorError> {
+    let f = File::open(path).map_err(|e| merr(path, e))?;
+    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| merr(path, e))
+}
+
+/// The merged schema: the seed's columns, then each extra column as
+/// `list<string>` if any fragment has it so, else as string.
+fn merged_schema(fragments: &[(String, PathBuf)], extra: &[String]) -> Result<SchemaRef, CoordinatorError> {
+    let mut lists = vec![false; extra.len()];
+    for (_, path) in fragments {
+        let b = open_reader(path)?;
+        let schema = b.schema();
+        for (i, name) in extra.iter().enumerate() {
+            if let Ok(f) = schema.field_with_name(name) {
+                lists[i] |= matches!(f.data_type(), DataType::List(_));
+            }
+        }
+    }
+    let mut fields = base_fields();
+    for (name, list) in extra.iter().zip(lists) {
+        let dt = if list {
+            DataType::List(list_item_field())
+        } else {
+            DataType::Utf8
+        };
+        fields.push(Field::new(name, dt, true));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Merges `fragments` (shard name, fragment path; in shard order) into `dest`
+/// through a temporary file and a rename.
+pub fn merge(fragments: &[(String, PathBuf)], extra: &[String], dest: &Path) -> Result<MergeOutcome, CoordinatorError> {
+    let schema = merged_schema(fragments, extra)?;
+    let tmp = dest.with_extension("parquet.tmp");
+    let file = File::create(&tmp).map_err(|e| merr(&tmp, e))?;
+    let mut writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(writer_properties()))
+        .map_err(|e| merr(&tmp, e))?;
+    // (hash of file name, shard index) for every row: 16 bytes a row.
+    let mut names: Vec<(u64, u32)> = Vec::new();
+    let mut rows = 0u64;
+    for (si, (_, path)) in fragments.iter().enumerate() {
+        let reader = open_reader(path)?.with_batch_size(BATCH).build().map_err(|e| merr(path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| merr(path, e))?;
+            let cols = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    batch
+                        .column_by_name(f.name())
+                        .cloned()
+                        .unwrap_or_else(|| arrow_array::new_null_array(&DataType::Utf8, batch.num_rows()))
+                })
+                .collect();
+            let out = RecordBatch::try_new(schema.clone(), conform(cols, &schema)).map_err(|e| merr(path, e))?;
+            if let Some(fname) = out.column(3).as_any().downcast_ref::<StringArray>() {
+                for i in 0..fname.len() {
+                    if fname.is_valid(i) {
+                        names.push((fnv1a64(fname.value(i).as_bytes()), si as u32));
+                    }
+                }
+            }
+            rows += out.num_rows() as u64;
+            writer.write(&out).map_err(|e| merr(&tmp, e))?;
+        }
+    }
+    let buf = writer.into_inner().map_err(|e| merr(&tmp, e))?;
+    let file = buf.into_inner().map_err(|e| merr(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| merr(&tmp, e))?;
+    drop(file);
+    std::fs::rename(&tmp, dest).map_err(|e| merr(dest, e))?;
+    if let Some(parent) = dest.parent() {
+        crate::commit::sync_dir(parent);
+    }
+    let (duplicate_count, duplicates) = find_duplicates(names, fragments)?;
+    Ok(MergeOutcome {
+        rows,
+        duplicates,
+        duplicate_count,
+    })
+}
+
+/// File names whose rows come from more than one shard: these overwrite each
+/// other in the flat `data/` folder (the seed loses one silently).
+fn find_duplicates(
+    mut names: Vec<(u64, u32)>,
+    fragments: &[(String, PathBuf)],
+) -> Result<(u64, Vec<DuplicateName>), CoordinatorError> {
+    names.sort_unstable();
+    let mut dup_hashes = HashSet::new();
+    for w in names.windows(2) {
+        if w[0].0 == w[1].0 && w[0].1 != w[1].1 {
+            dup_hashes.insert(w[0].0);
+        }
+    }
+    drop(names);
+    if dup_hashes.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    // Second pass, only to name the first few.
+    let mut listed: Vec<DuplicateName> = Vec::new();
+    for (shard, path) in fragments {
+        let reader = open_reader(path)?.with_batch_size(BATCH).build().map_err(|e| merr(path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| merr(path, e))?;
+            let Some(fname) = batch
+                .column_by_name("filename")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            else {
+                continue;
+            };
+            for i in 0..fname.len() {
+                let name = fname.value(i);
+                if !dup_hashes.contains(&fnv1a64(name.as_bytes())) {
+                    continue;
+                }
+                match listed.iter().position(|d| d.filename == name) {
+                    Some(k) => {
+                        let d = &mut listed[k];
+                        if d.shards.last() != Some(shard) {
+                            d.shards.push(shard.clone());
+                        }
+                    }
+                    None if listed.len() < DUPLICATES_LISTED => listed.push(DuplicateName {
+                        filename: name.to_string(),
+                        shards: vec![shard.clone()],
+                    }),
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok((dup_hashes.len() as u64, listed))
+}

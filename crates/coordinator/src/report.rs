@@ -1,0 +1,222 @@
+//! `OUT/report.json` and the SimpleTuner dataloader entry `OUT/multidatabackend.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shardprep_core::manifest::{MemberIssue, ShardCounts};
+
+use crate::merge::DuplicateName;
+
+/// One shard's line in the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardReport {
+    pub name: String,
+    /// `done` or `failed` (or `pending`/`leased` if the job was interrupted).
+    pub state: String,
+    pub attempts: u32,
+    /// Committed by an earlier run of the coordinator (not redone).
+    pub recovered: bool,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub elapsed_ms: Option<u64>,
+    pub counts: Option<ShardCounts>,
+    pub issues: Vec<MemberIssue>,
+    pub issues_not_listed: u64,
+}
+
+/// Peak memory seen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub coordinator_peak_rss_bytes: u64,
+    /// The largest peak over all workers (as they reported it).
+    pub worker_peak_rss_bytes: u64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub shardprep_version: String,
+    /// `ok` or `failed`.
+    pub verdict: String,
+    /// Why the verdict is `failed` (empty when ok).
+    pub problems: Vec<String>,
+    pub input: String,
+    pub output: String,
+    pub parquet: Option<String>,
+    pub dataset_id: String,
+    pub caption_field: String,
+    pub captions: String,
+    pub expected_json: Option<u64>,
+    /// Sum of the shards' `*.json` members: the seed's `find data -name '*.json' | wc -l`.
+    pub found_json: u64,
+    /// Rows of the merged parquet.
+    pub rows: u64,
+    /// Sum of the fragments' rows (must equal `rows`).
+    pub fragment_rows: u64,
+    pub shards_total: usize,
+    pub shards_done: usize,
+    pub shards_failed: usize,
+    pub shards_recovered: usize,
+    pub totals: ShardCounts,
+    /// File names with rows in more than one shard (later ones overwrite earlier ones in data/).
+    pub duplicate_filenames: u64,
+    pub duplicate_filenames_listed: Vec<DuplicateName>,
+    pub failures: Vec<ShardReport>,
+    pub shards: Vec<ShardReport>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub wall_ms: u64,
+    /// Throughput of this run (bytes read / wall time), in MB/s.
+    pub mb_per_s: f64,
+    pub resources: Resources,
+    /// Identifies the set of committed fragments merged (for no-op re-runs).
+    pub fingerprint: String,
+}
+
+/// Settings of the SimpleTuner dataloader entry (the seed's values by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSettings {
+    pub dataset_id: String,
+    /// `data/` as the trainer sees it; default: absolute `OUT/data`.
+    pub instance_data_dir: Option<PathBuf>,
+    /// The parquet as the trainer sees it; default: absolute `OUT/<id>.parquet`.
+    pub parquet_path: Option<PathBuf>,
+    pub resolution: f64,
+    pub maximum_image_size: f64,
+    pub minimum_image_size: f64,
+    pub target_downsample_size: f64,
+    pub resolution_type: String,
+    /// Default: absolute `OUT/cache/vae/<id>`.
+    pub cache_dir_vae: Option<PathBuf>,
+}
+
+impl BackendSettings {
+    /// The seed's dataloader settings for `dataset_id`.
+    pub fn seed(dataset_id: &str) -> Self {
+        BackendSettings {
+            dataset_id: dataset_id.to_string(),
+            instance_data_dir: None,
+            parquet_path: None,
+            resolution: 1.0,
+            maximum_image_size: 2.0,
+            minimum_image_size: 0.75,
+            target_downsample_size: 1.75,
+            resolution_type: "area".into(),
+            cache_dir_vae: None,
+        }
+    }
+}
+
+/// The dataloader entry, as a one-element JSON array (SimpleTuner's
+/// `multidatabackend.json` is a list of entries).
+pub fn backend_entry(s: &BackendSettings, out_abs: &Path, textfile_captions: bool) -> serde_json::Value {
+    let data_dir = s
+        .instance_data_dir
+        .clone()
+        .unwrap_or_else(|| out_abs.join("data"));
+    let parquet = s
+        .parquet_path
+        .clone()
+        .unwrap_or_else(|| out_abs.join(format!("{}.parquet", s.dataset_id)));
+    let cache = s
+        .cache_dir_vae
+        .clone()
+        .unwrap_or_else(|| out_abs.join("cache").join("vae").join(&s.dataset_id));
+    json!([{
+        "id": s.dataset_id,
+        "type": "local",
+        "instance_data_dir": data_dir.to_string_lossy(),
+        "resolution": s.resolution,
+        "maximum_image_size": s.maximum_image_size,
+        "minimum_image_size": s.minimum_image_size,
+        "target_downsample_size": s.target_downsample_size,
+        "resolution_type": s.resolution_type,
+        "cache_dir_vae": format!("{}/", cache.to_string_lossy().trim_end_matches('/')),
+        "caption_strategy": if textfile_captions { "textfile" } else { "parquet" },
+        "metadata_backend": "parquet",
+        "parquet": {
+            "path": parquet.to_string_lossy(),
+            "caption_column": "caption",
+            "filename_column": "filename",
+            "width_column": "width",
+            "height_column": "height",
+            "identifier_includes_extension": true
+        }
+    }])
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes; 0 if unknown.
+pub fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime_rfc3339(std::time::SystemTime::now())
+}
+
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Civil-from-days (Howard Hinnant), enough for a timestamp without a date crate.
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_format() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn backend_entry_matches_the_seed() {
+        let e = backend_entry(&BackendSettings::seed("dalle3"), Path::new("/x/dalle3"), true);
+        let e = &e[0];
+        assert_eq!(e["id"], "dalle3");
+        assert_eq!(e["type"], "local");
+        assert_eq!(e["instance_data_dir"], "/x/dalle3/data");
+        assert_eq!(e["resolution"], 1.0);
+        assert_eq!(e["maximum_image_size"], 2.0);
+        assert_eq!(e["minimum_image_size"], 0.75);
+        assert_eq!(e["target_downsample_size"], 1.75);
+        assert_eq!(e["resolution_type"], "area");
+        assert_eq!(e["caption_strategy"], "textfile");
+        assert_eq!(e["metadata_backend"], "parquet");
+        assert_eq!(e["parquet"]["path"], "/x/dalle3/dalle3.parquet");
+        assert_eq!(e["parquet"]["caption_column"], "caption");
+        assert_eq!(e["parquet"]["filename_column"], "filename");
+        assert_eq!(e["parquet"]["identifier_includes_extension"], true);
+    }
+}

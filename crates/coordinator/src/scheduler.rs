@@ -1,0 +1,462 @@
+//! The job's state machine: which shard is pending, leased (to whom, until
+//! when), done or failed. Pure logic with the clock passed in, so every rule
+//! is unit-tested without a network.
+//!
+//! Rules:
+//! - a worker asks for work when free and gets the next pending shard;
+//! - a lease lives until `deadline`; heartbeats push it `lease_timeout` ahead;
+//! - an expired lease is an attempt lost: the shard goes back to the queue;
+//! - a failed attempt is retried until `max_attempts`, unless not retryable;
+//! - only the holder of the current lease can complete or fail a shard.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+
+/// Progress a heartbeat reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub members: u64,
+    pub bytes_read: u64,
+    pub json_files: u64,
+    pub rows: u64,
+}
+
+/// State of one shard.
+#[derive(Debug, Clone)]
+pub enum ShardState {
+    Pending,
+    Leased {
+        lease_id: u64,
+        worker: String,
+        deadline: Instant,
+        progress: Progress,
+        /// When the progress last moved (a hung worker that still heartbeats is caught by this).
+        moved_at: Instant,
+    },
+    Done(Box<ShardManifest>),
+    Failed,
+}
+
+/// One shard of the job.
+#[derive(Debug, Clone)]
+pub struct ShardEntry {
+    pub name: String,
+    pub identity: ShardIdentity,
+    pub state: ShardState,
+    /// Attempts started (abandoned ones not counted).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Done before this coordinator started (recovered from `OUT/.shardprep/`).
+    pub recovered: bool,
+}
+
+impl ShardEntry {
+    /// `pending`, `leased`, `done` or `failed`.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            ShardState::Pending => "pending",
+            ShardState::Leased { .. } => "leased",
+            ShardState::Done(_) => "done",
+            ShardState::Failed => "failed",
+        }
+    }
+}
+
+/// What a worker learns about the workers it shares the job with.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub hostname: String,
+    pub last_seen: Instant,
+    pub current: Option<usize>,
+    pub shards_done: u32,
+    /// Told that the job is done.
+    pub told_done: bool,
+    pub peak_rss_bytes: u64,
+}
+
+/// A shard handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub lease_id: u64,
+    pub index: usize,
+    pub name: String,
+    pub attempt: u32,
+    pub identity: ShardIdentity,
+}
+
+/// Answer to a lease request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    Shard(Grant),
+    Wait,
+    Done,
+}
+
+/// The scheduler.
+#[derive(Debug)]
+pub struct Scheduler {
+    pub shards: Vec<ShardEntry>,
+    queue: VecDeque<usize>,
+    next_lease: u64,
+    pub lease_timeout: Duration,
+    /// A lease whose progress has not moved for this long is taken back.
+    pub stall_timeout: Duration,
+    pub max_attempts: u32,
+    pub workers: HashMap<String, WorkerInfo>,
+    /// Set once the job has finished merging: lease answers become `Done`.
+    pub finished: bool,
+}
+
+impl Scheduler {
+    /// A scheduler over `shards`; those with a manifest are already done.
+    /// `first_lease` should differ between coordinator runs (random), so
+    /// that leases of an earlier run are never mistaken for current ones.
+    pub fn new(
+        shards: Vec<(String, ShardIdentity, Option<ShardManifest>)>,
+        lease_timeout: Duration,
+        max_attempts: u32,
+        first_lease: u64,
+    ) -> Self {
+        let mut queue = VecDeque::new();
+        let shards = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, identity, done))| {
+                let recovered = done.is_some();
+                let state = match done {
+                    Some(m) => ShardState::Done(Box::new(m)),
+                    None => {
+                        queue.push_back(i);
+                        ShardState::Pending
+                    }
+                };
+                ShardEntry {
+                    name,
+                    identity,
+                    state,
+                    attempts: 0,
+                    last_error: None,
+                    recovered,
+                }
+            })
+            .collect();
+        Scheduler {
+            shards,
+            queue,
+            next_lease: first_lease.max(1),
+            lease_timeout,
+            stall_timeout: Duration::from_secs(300),
+            max_attempts: max_attempts.max(1),
+            workers: HashMap::new(),
+            finished: false,
+        }
+    }
+
+    /// Notes that `worker` was heard from.
+    pub fn touch(&mut self, worker: &str, hostname: Option<&str>, now: Instant) -> &mut WorkerInfo {
+        let w = self.workers.entry(worker.to_string()).or_insert_with(|| WorkerInfo {
+            hostname: String::new(),
+            last_seen: now,
+            current: None,
+            shards_done: 0,
+            told_done: false,
+            peak_rss_bytes: 0,
+        });
+        w.last_seen = now;
+        if let Some(h) = hostname {
+            w.hostname = h.to_string();
+        }
+        w
+    }
+
+    /// Hands the next pending shard to `worker`.
+    pub fn lease(&mut self, worker: &str, now: Instant) -> LeaseAnswer {
+        self.expire(now);
+        self.touch(worker, None, now);
+        if self.finished {
+            self.touch(worker, None, now).told_done = true;
+            return LeaseAnswer::Done;
+        }
+        // A worker asking for work holds no lease any more: give its old one back.
+        self.release_held_by(worker);
+        let Some(index) = self.queue.pop_front() else {
+            return LeaseAnswer::Wait;
+        };
+        let lease_id = self.next_lease;
+        self.next_lease += 1;
+        let deadline = now + self.lease_timeout;
+        let shard = &mut self.shards[index];
+        shard.attempts += 1;
+        shard.state = ShardState::Leased {
+            lease_id,
+            worker: worker.to_string(),
+            deadline,
+            progress: Progress::default(),
+            moved_at: now,
+        };
+        let grant = Grant {
+            lease_id,
+            index,
+            name: shard.name.clone(),
+            attempt: shard.attempts,
+            identity: shard.identity,
+        };
+        self.touch(worker, None, now).current = Some(index);
+        LeaseAnswer::Shard(grant)
+    }
+
+    fn release_held_by(&mut self, worker: &str) {
+        let held: Vec<usize> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(&s.state, ShardState::Leased { worker: w, .. } if w == worker))
+            .map(|(i, _)| i)
+            .collect();
+        for i in held {
+            self.attempt_lost(i, "the worker asked for new work without finishing this shard".into(), true);
+        }
+    }
+
+    /// The shard index of a current lease.
+    pub fn current_lease(&self, lease_id: u64) -> Option<usize> {
+        self.shards.iter().position(
+            |s| matches!(s.state, ShardState::Leased { lease_id: l, .. } if l == lease_id),
+        )
+    }
+
+    /// Extends a lease; false if it is not current (expired, reassigned, unknown).
+    pub fn heartbeat(&mut self, worker: &str, lease_id: u64, progress: Progress, now: Instant) -> bool {
+        self.expire(now);
+        self.touch(worker, None, now);
+        let timeout = self.lease_timeout;
+        let Some(i) = self.current_lease(lease_id) else {
+            return false;
+        };
+        if let ShardState::Leased {
+            deadline,
+            progress: p,
+            moved_at,
+            ..
+        } = &mut self.shards[i].state
+        {
+            *deadline = now + timeout;
+            if *p != progress {
+                *moved_at = now;
+            }
+            *p = progress;
+        }
+        true
+    }
+
+    /// Marks the shard of a current lease done. Returns its index, or `None`
+    /// for a stale lease (then nothing changes).
+    pub fn complete(&mut self, worker: &str, lease_id: u64, manifest: ShardManifest, now: Instant) -> Option<usize> {
+        let i = self.current_lease(lease_id)?;
+        self.shards[i].state = ShardState::Done(Box::new(manifest));
+        self.shards[i].last_error = None;
+        let w = self.touch(worker, None, now);
+        w.current = None;
+        w.shards_done += 1;
+        Some(i)
+    }
+
+    /// Records a failed (or abandoned) attempt of a current lease.
+    pub fn fail(&mut self, worker: &str, lease_id: u64, error: String, retryable: bool, abandoned: bool, now: Instant) -> bool {
+        self.touch(worker, None, now).current = None;
+        let Some(i) = self.current_lease(lease_id) else {
+            return false;
+        };
+        if abandoned {
+            self.shards[i].attempts = self.shards[i].attempts.saturating_sub(1);
+        }
+        self.attempt_lost(i, error, retryable);
+        true
+    }
+
+    fn attempt_lost(&mut self, i: usize, error: String, retryable: bool) {
+        let max = self.max_attempts;
+        let shard = &mut self.shards[i];
+        shard.last_error = Some(error);
+        if retryable && shard.attempts < max {
+            shard.state = ShardState::Pending;
+            self.queue.push_back(i);
+        } else {
+            shard.state = ShardState::Failed;
+        }
+    }
+
+    /// Takes back every lease whose deadline has passed. Returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let stall = self.stall_timeout;
+        let expired: Vec<(usize, String, bool)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.state {
+                ShardState::Leased { deadline, worker, moved_at, .. } => {
+                    let stalled = now.saturating_duration_since(*moved_at) >= stall;
+                    (*deadline <= now || stalled).then(|| (i, worker.clone(), stalled))
+                }
+                _ => None,
+            })
+            .collect();
+        for (i, worker, stalled) in &expired {
+            let error = if *stalled {
+                format!("worker {worker} made no progress for {:.1}s (hung?)", stall.as_secs_f64())
+            } else {
+                format!("lease expired: worker {worker} was silent for {:.1}s", self.lease_timeout.as_secs_f64())
+            };
+            tracing::warn!(shard = %self.shards[*i].name, worker = %worker, "{error}; the shard goes back to the queue");
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.current = None;
+            }
+            self.attempt_lost(*i, error, true);
+        }
+        expired.len()
+    }
+
+    /// True when every shard is done or failed.
+    pub fn settled(&self) -> bool {
+        self.shards
+            .iter()
+            .all(|s| matches!(s.state, ShardState::Done(_) | ShardState::Failed))
+    }
+
+    /// Counts of (done, failed, leased).
+    pub fn tally(&self) -> (usize, usize, usize) {
+        let mut t = (0, 0, 0);
+        for s in &self.shards {
+            match s.state {
+                ShardState::Done(_) => t.0 += 1,
+                ShardState::Failed => t.1 += 1,
+                ShardState::Leased { .. } => t.2 += 1,
+                ShardState::Pending => {}
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardprep_core::manifest::ShardCounts;
+
+    fn ident() -> ShardIdentity {
+        ShardIdentity { size: 1, mtime_ns: 1 }
+    }
+    fn manifest(name: &str) -> ShardManifest {
+        ShardManifest {
+            shard_name: name.into(),
+            identity: ident(),
+            lease_id: 0,
+            attempt: 1,
+            worker_id: "w".into(),
+            fragment: "f".into(),
+            counts: ShardCounts::default(),
+            issues: vec![],
+            issues_not_listed: 0,
+            elapsed_ms: 0,
+        }
+    }
+    fn sched(n: usize, max: u32) -> Scheduler {
+        let shards = (0..n).map(|i| (format!("s{i}.tar"), ident(), None)).collect();
+        Scheduler::new(shards, Duration::from_secs(10), max, 100)
+    }
+    fn grant(a: LeaseAnswer) -> Grant {
+        match a {
+            LeaseAnswer::Shard(g) => g,
+            other => panic!("expected a shard, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hands_out_shards_in_order_then_waits() {
+        let t = Instant::now();
+        let mut s = sched(2, 3);
+        assert_eq!(grant(s.lease("a", t)).name, "s0.tar");
+        assert_eq!(grant(s.lease("b", t)).name, "s1.tar");
+        assert_eq!(s.lease("c", t), LeaseAnswer::Wait);
+    }
+
+    #[test]
+    fn expired_lease_goes_back_and_late_completion_is_refused() {
+        let t = Instant::now();
+        let mut s = sched(1, 3);
+        let g1 = grant(s.lease("a", t));
+        // Heartbeat keeps it alive past the original deadline.
+        assert!(s.heartbeat("a", g1.lease_id, Progress::default(), t + Duration::from_secs(8)));
+        assert_eq!(s.lease("b", t + Duration::from_secs(15)), LeaseAnswer::Wait);
+        // Silent worker: lease expires; b gets attempt 2.
+        let g2 = grant(s.lease("b", t + Duration::from_secs(19)));
+        assert_eq!(g2.attempt, 2);
+        assert_ne!(g1.lease_id, g2.lease_id);
+        assert!(!s.heartbeat("a", g1.lease_id, Progress::default(), t + Duration::from_secs(19)));
+        assert_eq!(s.complete("a", g1.lease_id, manifest("s0.tar"), t + Duration::from_secs(20)), None);
+        assert_eq!(s.complete("b", g2.lease_id, manifest("s0.tar"), t + Duration::from_secs(20)), Some(0));
+        assert!(s.settled());
+        // A second completion of the same shard is refused too.
+        assert_eq!(s.complete("b", g2.lease_id, manifest("s0.tar"), t + Duration::from_secs(21)), None);
+    }
+
+    #[test]
+    fn retries_until_max_attempts_then_fails() {
+        let t = Instant::now();
+        let mut s = sched(1, 3);
+        for attempt in 1..=3 {
+            let g = grant(s.lease("a", t));
+            assert_eq!(g.attempt, attempt);
+            assert!(s.fail("a", g.lease_id, format!("boom {attempt}"), true, false, t));
+        }
+        assert!(s.settled());
+        assert_eq!(s.tally(), (0, 1, 0));
+        assert_eq!(s.shards[0].last_error.as_deref(), Some("boom 3"));
+    }
+
+    #[test]
+    fn non_retryable_fails_at_once_and_abandon_does_not_count() {
+        let t = Instant::now();
+        let mut s = sched(2, 3);
+        let g = grant(s.lease("a", t));
+        assert!(s.fail("a", g.lease_id, "shutting down".into(), true, true, t));
+        assert_eq!(s.shards[0].attempts, 0);
+        let g = grant(s.lease("a", t));
+        assert_eq!(g.name, "s1.tar");
+        assert!(s.fail("a", g.lease_id, "corrupt".into(), false, false, t));
+        assert!(matches!(s.shards[1].state, ShardState::Failed));
+        let g = grant(s.lease("a", t));
+        assert_eq!((g.name.as_str(), g.attempt), ("s0.tar", 1));
+    }
+
+    #[test]
+    fn recovered_shards_are_not_leased_and_finished_answers_done() {
+        let t = Instant::now();
+        let shards = vec![
+            ("a.tar".to_string(), ident(), Some(manifest("a.tar"))),
+            ("b.tar".to_string(), ident(), None),
+        ];
+        let mut s = Scheduler::new(shards, Duration::from_secs(5), 3, 1);
+        assert_eq!(grant(s.lease("w", t)).name, "b.tar");
+        s.finished = true;
+        assert_eq!(s.lease("w", t), LeaseAnswer::Done);
+        assert!(s.workers["w"].told_done);
+    }
+
+    #[test]
+    fn a_hung_worker_that_still_heartbeats_loses_its_lease() {
+        let t = Instant::now();
+        let mut s = sched(1, 3);
+        s.stall_timeout = Duration::from_secs(20);
+        let g = grant(s.lease("a", t));
+        let p = Progress { members: 1, ..Progress::default() };
+        assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(5)));
+        // Heartbeats keep coming, progress does not move.
+        assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(14)));
+        assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(23)));
+        assert!(!s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(26)));
+        assert_eq!(grant(s.lease("b", t + Duration::from_secs(26))).attempt, 2);
+    }
+}

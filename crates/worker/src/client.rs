@@ -1,0 +1,489 @@
+//! The worker's gRPC loop: register, lease a shard, process it on a blocking
+//! thread while heartbeats extend the lease, then complete or fail it.
+//!
+//! The worker survives its coordinator: calls that fail because it is
+//! unreachable are retried with backoff (pods start in any order; a
+//! coordinator may be restarted) until `connect_timeout` passes without
+//! one success. It exits cleanly when the coordinator says the job is done,
+//! and on shutdown gives its current shard back so it is re-leased at once.
+
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shardprep_core::auth::{AUTH_HEADER, bearer};
+use shardprep_core::fields::FieldMap;
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::manifest::ShardIdentity;
+use shardprep_core::proto;
+use shardprep_core::proto::coordinator_client::CoordinatorClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::shard::{LiveProgress, ShardError, ShardOutput, ShardTask, process_shard};
+
+/// Faults a test can inject into a worker (hidden `--fault` flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Processing this shard always fails (retryable).
+    Fail(String),
+    /// After processing this shard, go silent (no heartbeats) for the
+    /// duration, then report the completion late.
+    Stall(String, Duration),
+    /// Processing this shard never returns (heartbeats go on).
+    Hang(String),
+}
+
+impl Fault {
+    /// Parses `fail:SHARD`, `stall:SHARD:DURATION` or `hang:SHARD`.
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("fail"), Some(shard), None) => Ok(Fault::Fail(shard.into())),
+            (Some("hang"), Some(shard), None) => Ok(Fault::Hang(shard.into())),
+            (Some("stall"), Some(shard), Some(d)) => shardprep_core::duration::parse_duration(d)
+                .map(|d| Fault::Stall(shard.into(), d))
+                .map_err(|e| e.to_string()),
+            _ => Err(format!("bad fault {s:?}: use fail:SHARD, stall:SHARD:DUR or hang:SHARD")),
+        }
+    }
+}
+
+/// How a worker is configured.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    pub token: String,
+    /// Unique id of this worker process.
+    pub worker_id: String,
+    /// Give up after the coordinator has been unreachable this long.
+    pub connect_timeout: Duration,
+    pub fault: Option<Fault>,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid coordinator URL {0:?}: use e.g. http://HOST:50051")]
+    Url(String),
+    #[error("the coordinator at {url} refused our token: pass the job's token with --token-file or SHARDPREP_TOKEN")]
+    Unauthenticated { url: String },
+    #[error("could not reach the coordinator at {url} for {waited:?}: {last}")]
+    Unreachable {
+        url: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("the coordinator answered {call} with an error: {status}")]
+    Rpc { call: &'static str, status: String },
+}
+
+/// How a worker ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// The coordinator said the job is done.
+    JobDone,
+    /// Stopped by a shutdown request.
+    Shutdown,
+}
+
+type Client = CoordinatorClient<InterceptedService<Channel, AuthInterceptor>>;
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct AuthInterceptor(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert(AUTH_HEADER, self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Connects lazily to a coordinator with the token attached to every call.
+pub fn client(url: &str, token: &str) -> Result<Client, WorkerError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|_| WorkerError::Url(url.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true);
+    let value = bearer(token)
+        .parse()
+        .map_err(|_| WorkerError::Url(url.to_string()))?;
+    Ok(CoordinatorClient::with_interceptor(
+        endpoint.connect_lazy(),
+        AuthInterceptor(value),
+    ))
+}
+
+fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+struct Ctx {
+    config: WorkerConfig,
+    client: Client,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Calls `f` until it succeeds, retrying transient failures with
+    /// backoff for up to `connect_timeout`.
+    async fn call<T, F, Fut>(&mut self, name: &'static str, mut f: F) -> Result<T, WorkerError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let first_failure = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match f(self.client.clone()).await {
+                Ok(r) => {
+                    if warned {
+                        tracing::info!(url = %self.config.coordinator, "reconnected to the coordinator");
+                    }
+                    return Ok(r.into_inner());
+                }
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    return Err(WorkerError::Unauthenticated {
+                        url: self.config.coordinator.clone(),
+                    });
+                }
+                Err(s) if transient(&s) => {
+                    if first_failure.elapsed() >= self.config.connect_timeout {
+                        return Err(WorkerError::Unreachable {
+                            url: self.config.coordinator.clone(),
+                            waited: first_failure.elapsed(),
+                            last: s.message().to_string(),
+                        });
+                    }
+                    if !warned {
+                        tracing::warn!(url = %self.config.coordinator, call = name, error = %s.message(), "coordinator unreachable; retrying");
+                        warned = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                }
+                Err(s) => {
+                    return Err(WorkerError::Rpc {
+                        call: name,
+                        status: s.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes; 0 if unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Runs a worker until the job is done, `shutdown` resolves, or the
+/// coordinator stays unreachable.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<WorkerExit, WorkerError> {
+    let client = client(&config.coordinator, &config.token)?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let mut ctx = Ctx {
+        config,
+        client,
+        shutdown: rx,
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    tracing::info!(worker = %ctx.config.worker_id, url = %ctx.config.coordinator, "worker starting");
+    loop {
+        if ctx.stopping() {
+            tracing::info!("shutting down: taking no more work");
+            return Ok(WorkerExit::Shutdown);
+        }
+        // Registering each round picks up a restarted coordinator's new job id.
+        let reg = proto::RegisterRequest {
+            worker_id: ctx.config.worker_id.clone(),
+            hostname: hostname.clone(),
+            pid: std::process::id(),
+        };
+        let spec = ctx
+            .call("register", |mut c| {
+                let reg = reg.clone();
+                async move { c.register(reg).await }
+            })
+            .await?
+            .spec
+            .unwrap_or_default();
+        let req = proto::LeaseRequest {
+            worker_id: ctx.config.worker_id.clone(),
+        };
+        let lease = ctx
+            .call("lease", |mut c| {
+                let req = req.clone();
+                async move { c.lease(req).await }
+            })
+            .await?;
+        match lease.outcome {
+            Some(proto::lease_response::Outcome::Done(_)) => {
+                tracing::info!(worker = %ctx.config.worker_id, "the coordinator says the job is done; exiting");
+                return Ok(WorkerExit::JobDone);
+            }
+            Some(proto::lease_response::Outcome::Shard(l)) => {
+                work_on(&mut ctx, &spec, l).await?;
+            }
+            Some(proto::lease_response::Outcome::WaitMs(ms)) => {
+                let mut rx = ctx.shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms.clamp(10, 5000))) => {}
+                    _ = rx.changed() => {}
+                }
+            }
+            None => {
+                return Err(WorkerError::Rpc {
+                    call: "lease",
+                    status: "empty answer".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Resolves a shard name from the coordinator inside the input root,
+/// refusing anything that would leave it.
+pub fn resolve_shard(input_root: &Path, name: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(name);
+    let plain = !name.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(format!("refusing shard {name:?}: not a relative name inside the input folder"));
+    }
+    let root = input_root
+        .canonicalize()
+        .map_err(|e| format!("cannot open the input folder {}: {e}", input_root.display()))?;
+    let path = root.join(rel);
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("cannot open shard {}: {e}", path.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!("refusing shard {name:?}: it resolves outside the input folder"));
+    }
+    Ok(real)
+}
+
+fn fields_of(spec: &proto::JobSpec) -> FieldMap {
+    FieldMap {
+        caption: spec.caption_field.clone(),
+        width: spec.width_field.clone(),
+        height: spec.height_field.clone(),
+        filename: spec.filename_field.clone(),
+        extra: spec.extra_columns.clone(),
+    }
+}
+
+enum Ended {
+    Processed(Result<ShardOutput, ShardError>),
+    LeaseLost,
+    Shutdown,
+}
+
+async fn work_on(ctx: &mut Ctx, spec: &proto::JobSpec, l: proto::ShardLease) -> Result<(), WorkerError> {
+    let worker_id = ctx.config.worker_id.clone();
+    let lease_id = l.lease_id;
+    let shard = l.shard_name.clone();
+    let started = Instant::now();
+    tracing::info!(shard = %shard, attempt = l.attempt, lease = lease_id, "processing shard");
+
+    let path = match resolve_shard(Path::new(&spec.input_root), &shard) {
+        Ok(p) => p,
+        Err(msg) => return report_failure(ctx, lease_id, &shard, msg, true).await,
+    };
+    let task = ShardTask {
+        shard_path: path,
+        shard_name: shard.clone(),
+        identity: ShardIdentity {
+            size: l.size,
+            mtime_ns: l.mtime_ns,
+        },
+        layout: OutputLayout::new(&spec.output_root),
+        fields: fields_of(spec),
+        write_captions: spec.write_captions,
+        extract: spec.extract,
+        lease_id,
+        attempt: l.attempt,
+        worker_id: worker_id.clone(),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let live = Arc::new(LiveProgress::default());
+    let fault = ctx.config.fault.clone();
+    let mut handle = {
+        let (cancel, live, task) = (cancel.clone(), live.clone(), task.clone());
+        tokio::task::spawn_blocking(move || {
+            match &fault {
+                Some(Fault::Fail(s)) if *s == task.shard_name => {
+                    return Err(ShardError::Open {
+                        shard: task.shard_name.clone(),
+                        path: task.shard_path.display().to_string(),
+                        source: std::io::Error::other("injected failure (--fault)"),
+                    });
+                }
+                Some(Fault::Hang(s)) if *s == task.shard_name => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+                _ => {}
+            }
+            process_shard(&task, &cancel, &live)
+        })
+    };
+
+    let hb_every = Duration::from_millis(spec.heartbeat_interval_ms.max(50));
+    let lease_timeout = Duration::from_millis(spec.lease_timeout_ms.max(100));
+    let mut last_ok = Instant::now();
+    let mut tick = tokio::time::interval(hb_every);
+    tick.tick().await;
+    let mut shutdown = ctx.shutdown.clone();
+    let ended = loop {
+        tokio::select! {
+            r = &mut handle => {
+                break Ended::Processed(r.unwrap_or_else(|e| Err(ShardError::Cancelled(format!("{shard} (worker thread failed: {e})")))));
+            }
+            _ = shutdown.changed() => {
+                cancel.store(true, Ordering::Relaxed);
+                break Ended::Shutdown;
+            }
+            _ = tick.tick() => {
+                let hb = proto::HeartbeatRequest {
+                    worker_id: worker_id.clone(),
+                    lease_id,
+                    progress: Some(progress_of(&live)),
+                };
+                let mut c = ctx.client.clone();
+                match c.heartbeat(hb).await {
+                    Ok(r) if r.get_ref().lease_valid => last_ok = Instant::now(),
+                    Ok(_) => {
+                        tracing::warn!(shard = %shard, "the coordinator says our lease is gone; abandoning the shard");
+                        cancel.store(true, Ordering::Relaxed);
+                        break Ended::LeaseLost;
+                    }
+                    Err(s) if s.code() == Code::Unauthenticated => {
+                        cancel.store(true, Ordering::Relaxed);
+                        return Err(WorkerError::Unauthenticated { url: ctx.config.coordinator.clone() });
+                    }
+                    Err(s) => {
+                        tracing::warn!(shard = %shard, error = %s.message(), "heartbeat failed");
+                        // Fencing: without a renewed lease, another worker may own the shard by now.
+                        if last_ok.elapsed() >= lease_timeout {
+                            tracing::warn!(shard = %shard, "no heartbeat got through for the whole lease; stopping the shard");
+                            cancel.store(true, Ordering::Relaxed);
+                            break Ended::LeaseLost;
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    match ended {
+        Ended::LeaseLost => Ok(()),
+        Ended::Shutdown => {
+            tracing::info!(shard = %shard, "shutting down: giving the shard back");
+            let req = proto::FailRequest {
+                worker_id,
+                lease_id,
+                error: "the worker shut down".into(),
+                retryable: true,
+                abandoned: true,
+            };
+            // Best effort: if this does not get through, the lease expires.
+            let mut c = ctx.client.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.fail(req)).await;
+            Ok(())
+        }
+        Ended::Processed(Err(e)) => {
+            let retryable = e.retryable();
+            tracing::error!(shard = %shard, error = %e, retryable, "shard failed");
+            report_failure(ctx, lease_id, &shard, e.to_string(), !retryable).await
+        }
+        Ended::Processed(Ok(out)) => {
+            if let Some(Fault::Stall(s, d)) = &ctx.config.fault {
+                if *s == shard {
+                    tracing::warn!(shard = %shard, pause = ?d, "test fault: stalling before reporting");
+                    tokio::time::sleep(*d).await;
+                }
+            }
+            let req = proto::CompleteRequest {
+                worker_id,
+                lease_id,
+                fragment_tmp: out.fragment_tmp.clone(),
+                manifest_tmp: out.manifest_tmp.clone(),
+            };
+            let r = ctx
+                .call("complete", |mut c| {
+                    let req = req.clone();
+                    async move { c.complete(req).await }
+                })
+                .await?;
+            if r.accepted {
+                let c = &out.manifest.counts;
+                tracing::info!(shard = %shard, rows = c.rows, json = c.json_files, members = c.members, secs = started.elapsed().as_secs_f64(), "shard done");
+            } else {
+                tracing::warn!(shard = %shard, reason = %r.message, "the coordinator did not accept the result");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn progress_of(live: &LiveProgress) -> proto::Progress {
+    proto::Progress {
+        members: live.members.load(Ordering::Relaxed),
+        bytes_read: live.bytes_read.load(Ordering::Relaxed),
+        json_files: live.json_files.load(Ordering::Relaxed),
+        rows: live.rows.load(Ordering::Relaxed),
+        peak_rss_bytes: peak_rss_bytes(),
+    }
+}
+
+async fn report_failure(ctx: &mut Ctx, lease_id: u64, shard: &str, error: String, permanent: bool) -> Result<(), WorkerError> {
+    let req = proto::FailRequest {
+        worker_id: ctx.config.worker_id.clone(),
+        lease_id,
+        error,
+        retryable: !permanent,
+        abandoned: false,
+    };
+    ctx.call("fail", |mut c| {
+        let req = req.clone();
+        async move { c.fail(req).await }
+    })
+    .await?;
+    tracing::debug!(shard, "failure reported");
+    Ok(())
+}

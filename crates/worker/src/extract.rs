@@ -1,0 +1,241 @@
+//! Writing files into `OUT/data/` safely: member names are checked before
+//! use, directories are created without following symlinks, and files are
+//! opened with `O_NOFOLLOW`, so nothing is ever written outside `data/`.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Why a member name cannot be used as a path under `data/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsafeName {
+    Empty,
+    Absolute,
+    ParentDir,
+    NulByte,
+}
+
+impl UnsafeName {
+    /// Stable report key.
+    pub fn reason(self) -> &'static str {
+        match self {
+            UnsafeName::Empty => "empty_name",
+            UnsafeName::Absolute => "absolute_path",
+            UnsafeName::ParentDir => "parent_dir_path",
+            UnsafeName::NulByte => "nul_in_name",
+        }
+    }
+}
+
+/// The relative path a member name stands for, or why it is refused.
+/// `./` segments and repeated slashes are dropped, as `tar xf` does;
+/// absolute names and any `..` segment are refused (GNU tar strips or
+/// refuses them too).
+pub fn safe_relative_path(name: &[u8]) -> Result<PathBuf, UnsafeName> {
+    if name.contains(&0) {
+        return Err(UnsafeName::NulByte);
+    }
+    if name.first() == Some(&b'/') {
+        return Err(UnsafeName::Absolute);
+    }
+    let mut out = PathBuf::new();
+    for comp in Path::new(OsStr::from_bytes(name)).components() {
+        match comp {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(UnsafeName::ParentDir),
+            Component::RootDir | Component::Prefix(_) => return Err(UnsafeName::Absolute),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(UnsafeName::Empty);
+    }
+    Ok(out)
+}
+
+/// Why a file could not be placed, when the cause is the tree (not the disk).
+#[derive(Debug)]
+pub enum PlaceError {
+    /// A symlink or non-directory stands where a directory must be.
+    NotADirectory(PathBuf),
+    /// A symlink stands at the file's own path (never followed).
+    SymlinkInTheWay(PathBuf),
+    /// A directory stands at the file's path.
+    DirectoryInTheWay(PathBuf),
+    /// The disk or the permissions failed: the shard cannot go on.
+    Io(PathBuf, io::Error),
+}
+
+/// Writes files under one `data/` directory.
+pub struct DataDir {
+    root: PathBuf,
+    /// Directories below `root` already known to be real directories.
+    known_dirs: HashSet<PathBuf>,
+    buf: Vec<u8>,
+}
+
+/// Size of the copy buffer for member data.
+const COPY_BUF: usize = 1 << 20;
+
+impl DataDir {
+    /// Writes under `root`, which must exist.
+    pub fn new(root: PathBuf) -> Self {
+        DataDir {
+            root,
+            known_dirs: HashSet::new(),
+            buf: vec![0u8; COPY_BUF],
+        }
+    }
+
+    /// The directory written into.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Makes sure every directory of `rel` (a checked relative path) exists
+    /// under the root as a real directory, not a symlink.
+    pub fn ensure_dirs(&mut self, rel: &Path) -> Result<(), PlaceError> {
+        let mut cur = PathBuf::new();
+        for comp in rel.components() {
+            cur.push(comp);
+            if self.known_dirs.contains(&cur) {
+                continue;
+            }
+            let full = self.root.join(&cur);
+            match std::fs::create_dir(&full) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let meta = std::fs::symlink_metadata(&full).map_err(|e| PlaceError::Io(full.clone(), e))?;
+                    if !meta.is_dir() {
+                        return Err(PlaceError::NotADirectory(full));
+                    }
+                }
+                Err(e) => return Err(PlaceError::Io(full, e)),
+            }
+            self.known_dirs.insert(cur.clone());
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, rel: &Path) -> Result<(File, PathBuf), PlaceError> {
+        if let Some(parent) = rel.parent() {
+            if !parent.as_os_str().is_empty() {
+                self.ensure_dirs(parent)?;
+            }
+        }
+        let full = self.root.join(rel);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&full);
+        match file {
+            Ok(f) => Ok((f, full)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(PlaceError::SymlinkInTheWay(full)),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(PlaceError::DirectoryInTheWay(full)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(PlaceError::NotADirectory(full)),
+            Err(e) => Err(PlaceError::Io(full, e)),
+        }
+    }
+
+    /// Writes `data` as the file `rel`.
+    pub fn write_bytes(&mut self, rel: &Path, data: &[u8]) -> Result<(), PlaceError> {
+        let (mut f, full) = self.open(rel)?;
+        f.write_all(data).map_err(|e| PlaceError::Io(full, e))
+    }
+
+    /// Streams `size` bytes from `src` into the file `rel` with one buffer,
+    /// checking `keep_going` between chunks. Returns the bytes copied, which
+    /// are fewer than `size` only if `src` ended early (a truncated tar).
+    pub fn write_stream(
+        &mut self,
+        rel: &Path,
+        src: &mut dyn Read,
+        size: u64,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Result<u64, io::Error>, PlaceError> {
+        let (mut f, full) = self.open(rel)?;
+        let mut copied = 0u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = loop {
+            if copied >= size {
+                break Ok(Ok(copied));
+            }
+            if !keep_going() {
+                break Ok(Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")));
+            }
+            let want = buf.len().min((size - copied) as usize);
+            let n = match src.read(&mut buf[..want]) {
+                Ok(0) => break Ok(Ok(copied)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Ok(Err(e)),
+            };
+            if let Err(e) = f.write_all(&buf[..n]) {
+                break Err(PlaceError::Io(full.clone(), e));
+            }
+            copied += n as u64;
+        };
+        self.buf = buf;
+        result
+    }
+}
+
+/// Flushes every dirty page of the filesystem holding `dir` (one `syncfs`
+/// per shard instead of one `fsync` per file).
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(safe_relative_path(b"a.png").unwrap(), PathBuf::from("a.png"));
+        assert_eq!(safe_relative_path(b"./d//a.png").unwrap(), PathBuf::from("d/a.png"));
+        assert_eq!(safe_relative_path(b"../x"), Err(UnsafeName::ParentDir));
+        assert_eq!(safe_relative_path(b"a/../../x"), Err(UnsafeName::ParentDir));
+        assert_eq!(safe_relative_path(b"/etc/x"), Err(UnsafeName::Absolute));
+        assert_eq!(safe_relative_path(b"./"), Err(UnsafeName::Empty));
+        assert_eq!(safe_relative_path(b""), Err(UnsafeName::Empty));
+        assert!(safe_relative_path(b"caf\xe9.png").is_ok());
+    }
+
+    #[test]
+    fn never_follows_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), data.join("leaf")).unwrap();
+        let mut d = DataDir::new(data.clone());
+        assert!(matches!(
+            d.write_bytes(Path::new("link/x"), b"no"),
+            Err(PlaceError::NotADirectory(_))
+        ));
+        assert!(matches!(
+            d.write_bytes(Path::new("leaf"), b"no"),
+            Err(PlaceError::SymlinkInTheWay(_))
+        ));
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        d.write_bytes(Path::new("sub/ok"), b"yes").unwrap();
+        assert_eq!(std::fs::read(data.join("sub/ok")).unwrap(), b"yes");
+    }
+}

@@ -1,0 +1,227 @@
+//! The per-shard parquet fragment: rows are gathered into arrow arrays in
+//! batches and streamed into a parquet file, so memory stays bounded whatever
+//! the shard's size.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use shardprep_core::table::{base_fields, list_item_field, conform, writer_properties};
+
+use crate::sample::{ExtraValue, Row};
+
+/// Rows gathered before they are handed to the parquet writer.
+const BATCH_ROWS: usize = 8192;
+/// Batches held back while an extra column's type is unknown.
+const MAX_HELD: usize = 8;
+
+/// Errors while writing a fragment.
+#[derive(Debug, thiserror::Error)]
+pub enum FragmentError {
+    #[error("could not create fragment {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("could not write parquet fragment: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("could not build arrow batch: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("could not sync fragment to disk: {0}")]
+    Sync(std::io::Error),
+}
+
+enum ExtraBuilder {
+    /// Type not known yet: no non-missing value seen so far (count of nulls).
+    Undecided(usize),
+    Text(StringBuilder),
+    List(ListBuilder<StringBuilder>),
+}
+
+impl ExtraBuilder {
+    fn append(&mut self, v: &ExtraValue) {
+        if let ExtraBuilder::Undecided(nulls) = self {
+            let nulls = *nulls;
+            *self = match v {
+                ExtraValue::Missing => {
+                    *self = ExtraBuilder::Undecided(nulls + 1);
+                    return;
+                }
+                ExtraValue::Text(_) => {
+                    let mut b = StringBuilder::new();
+                    (0..nulls).for_each(|_| b.append_null());
+                    ExtraBuilder::Text(b)
+                }
+                ExtraValue::List(_) => {
+                    let mut b = ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
+                    (0..nulls).for_each(|_| b.append_null());
+                    ExtraBuilder::List(b)
+                }
+            };
+        }
+        match (self, v) {
+            (ExtraBuilder::Undecided(_), _) => {}
+            (ExtraBuilder::Text(b), ExtraValue::Missing) => b.append_null(),
+            (ExtraBuilder::Text(b), ExtraValue::Text(s)) => b.append_value(s),
+            (ExtraBuilder::Text(b), ExtraValue::List(items)) => {
+                b.append_value(serde_json::to_string(items).unwrap_or_default())
+            }
+            (ExtraBuilder::List(b), ExtraValue::Missing) => b.append_null(),
+            (ExtraBuilder::List(b), ExtraValue::Text(s)) => {
+                b.values().append_value(s);
+                b.append(true);
+            }
+            (ExtraBuilder::List(b), ExtraValue::List(items)) => {
+                for s in items {
+                    b.values().append_value(s);
+                }
+                b.append(true);
+            }
+        }
+    }
+}
+
+/// Writes rows into one parquet file.
+pub struct FragmentWriter {
+    extra_names: Vec<String>,
+    width: Int64Builder,
+    height: Int64Builder,
+    caption: StringBuilder,
+    filename: StringBuilder,
+    extras: Vec<ExtraBuilder>,
+    pending: usize,
+    /// Batches held until every extra column's type is known (first batch only).
+    held: Vec<Vec<ArrayRef>>,
+    writer: Option<(ArrowWriter<BufWriter<File>>, SchemaRef)>,
+    file: Option<BufWriter<File>>,
+    rows: u64,
+}
+
+impl FragmentWriter {
+    /// Creates the fragment file at `path`; `extra` names the extra columns.
+    pub fn create(path: &Path, extra: &[String]) -> Result<Self, FragmentError> {
+        let file = File::create(path).map_err(|source| FragmentError::Create {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(FragmentWriter {
+            extra_names: extra.to_vec(),
+            width: Int64Builder::with_capacity(BATCH_ROWS),
+            height: Int64Builder::with_capacity(BATCH_ROWS),
+            caption: StringBuilder::new(),
+            filename: StringBuilder::new(),
+            extras: extra.iter().map(|_| ExtraBuilder::Undecided(0)).collect(),
+            pending: 0,
+            held: Vec::new(),
+            writer: None,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            rows: 0,
+        })
+    }
+
+    /// Adds a row.
+    pub fn push(&mut self, row: &Row) -> Result<(), FragmentError> {
+        self.width.append_value(row.width);
+        self.height.append_value(row.height);
+        self.caption.append_value(&row.caption);
+        self.filename.append_value(&row.filename);
+        for (b, v) in self.extras.iter_mut().zip(&row.extras) {
+            b.append(v);
+        }
+        self.pending += 1;
+        self.rows += 1;
+        if self.pending >= BATCH_ROWS {
+            self.flush_batch(false)?;
+        }
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    fn flush_batch(&mut self, last: bool) -> Result<(), FragmentError> {
+        if self.pending > 0 {
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(self.width.finish()),
+                Arc::new(self.height.finish()),
+                Arc::new(self.caption.finish()),
+                Arc::new(self.filename.finish()),
+            ];
+            for b in &mut self.extras {
+                cols.push(match b {
+                    // Still unknown: keep the null count; decided when the batch is written.
+                    ExtraBuilder::Undecided(n) => {
+                        let mut s = StringBuilder::new();
+                        (0..*n).for_each(|_| s.append_null());
+                        *n = 0;
+                        Arc::new(s.finish())
+                    }
+                    ExtraBuilder::Text(s) => Arc::new(s.finish()),
+                    ExtraBuilder::List(l) => Arc::new(l.finish()),
+                });
+            }
+            self.pending = 0;
+            self.held.push(cols);
+        }
+        // The writer's schema is fixed once every extra column has a type, or at the end.
+        let decided = self
+            .extras
+            .iter()
+            .all(|b| !matches!(b, ExtraBuilder::Undecided(_)));
+        // Held batches are bounded: a column still without a value after
+        // MAX_HELD batches is taken to be a string column.
+        if self.writer.is_none() && (decided || last || self.held.len() >= MAX_HELD) {
+            for b in &mut self.extras {
+                if matches!(b, ExtraBuilder::Undecided(_)) {
+                    *b = ExtraBuilder::Text(StringBuilder::new());
+                }
+            }
+            let mut fields = base_fields();
+            for (name, b) in self.extra_names.iter().zip(&self.extras) {
+                let dt = match b {
+                    ExtraBuilder::List(_) => DataType::List(list_item_field()),
+                    _ => DataType::Utf8,
+                };
+                debug_assert!(!matches!(b, ExtraBuilder::Undecided(_)));
+                fields.push(Field::new(name, dt, true));
+            }
+            let schema: SchemaRef = Arc::new(Schema::new(fields));
+            let file = self.file.take().ok_or_else(|| {
+                FragmentError::Parquet(parquet::errors::ParquetError::General(
+                    "fragment writer reused".into(),
+                ))
+            })?;
+            let writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))?;
+            self.writer = Some((writer, schema));
+        }
+        if let Some((writer, schema)) = &mut self.writer {
+            for cols in self.held.drain(..) {
+                let cols = conform(cols, schema);
+                writer.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the remaining rows, the footer, and syncs the file to disk.
+    pub fn finish(mut self) -> Result<u64, FragmentError> {
+        self.flush_batch(true)?;
+        let (writer, _) = self.writer.take().ok_or_else(|| {
+            FragmentError::Parquet(parquet::errors::ParquetError::General(
+                "fragment writer has no schema".into(),
+            ))
+        })?;
+        let buf = writer.into_inner()?;
+        let file = buf.into_inner().map_err(|e| FragmentError::Sync(e.into_error()))?;
+        file.sync_all().map_err(FragmentError::Sync)?;
+        Ok(self.rows)
+    }
+}
+

@@ -1,0 +1,388 @@
+//! Turning one sample's JSON into a table row, the way the seed's
+//! `compile.py` and `extract-captions.py` do, but without crashing on bad input.
+//!
+//! Only the configured fields are decoded; everything else in the JSON is
+//! skipped without building a tree.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserializer;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use shardprep_core::fields::FieldMap;
+
+/// Largest width or height accepted (anything larger is treated as corrupt).
+pub const MAX_DIMENSION: i64 = 1_000_000;
+
+/// One row of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub width: i64,
+    pub height: i64,
+    pub caption: String,
+    pub filename: String,
+    /// Values of the extra columns, in the order of `FieldMap::extra`.
+    pub extras: Vec<ExtraValue>,
+}
+
+/// The value of an extra column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExtraValue {
+    Missing,
+    Text(String),
+    List(Vec<String>),
+}
+
+/// Why a JSON with the width field did not become a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// Stable key counted in the report (e.g. `invalid_width`).
+    pub reason: &'static str,
+    /// Human detail.
+    pub detail: String,
+}
+
+impl Skip {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Skip {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a sample JSON amounts to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    /// A row (the JSON has the width field and everything needed).
+    Row(Row),
+    /// No width field: not a sample, exactly as the seed's `if "width" not in content: continue`.
+    NoWidth,
+}
+
+/// Parses a sample JSON. `Err` means it has the width field (or could not be
+/// read at all) but cannot become a row.
+pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
+    let mut wanted: Vec<&str> = vec![&fields.width, &fields.height, &fields.caption, &fields.filename];
+    wanted.extend(fields.extra.iter().map(String::as_str));
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let found = WantedFields { names: &wanted }
+        .deserialize(&mut de)
+        .map_err(|e| {
+            if e.to_string().contains("expected a JSON object") {
+                Skip::new("json_not_object", "the JSON is not an object")
+            } else {
+                Skip::new("invalid_json", e.to_string())
+            }
+        })?;
+    de.end()
+        .map_err(|e| Skip::new("invalid_json", e.to_string()))?;
+    let get = |i: usize| found[i];
+
+    let Some(width_raw) = get(0) else {
+        return Ok(Parsed::NoWidth);
+    };
+    let width = dimension(width_raw).map_err(|d| Skip::new("invalid_width", d))?;
+    let height = match get(1) {
+        None => return Err(Skip::new("missing_height", format!("no {:?} field", fields.height))),
+        Some(raw) => dimension(raw).map_err(|d| Skip::new("invalid_height", d))?,
+    };
+    let caption = match get(2) {
+        None => return Err(Skip::new("missing_caption", format!("no {:?} field", fields.caption))),
+        Some(raw) => caption_text(raw)?,
+    };
+    let filename = match get(3) {
+        None => {
+            return Err(Skip::new(
+                "missing_filename",
+                format!("no {:?} field", fields.filename),
+            ));
+        }
+        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(serde_json::Value::String(s)) => {
+                check_filename(&s)?;
+                s
+            }
+            _ => return Err(Skip::new("filename_not_string", format!("{} is not a string", fields.filename))),
+        },
+    };
+    let extras = (0..fields.extra.len())
+        .map(|i| extra_value(get(4 + i)))
+        .collect();
+    Ok(Parsed::Row(Row {
+        width,
+        height,
+        caption,
+        filename,
+        extras,
+    }))
+}
+
+/// The seed's `int(content['width'])`, minus its surprises: integers, integral
+/// floats and decimal strings (`"1024"`, `" 1024 "`) are accepted; anything
+/// else, and values outside `1..=MAX_DIMENSION`, are refused.
+fn dimension(raw: &RawValue) -> Result<i64, String> {
+    let v: serde_json::Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    let n = match &v {
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i
+            } else if let Some(f) = n.as_f64() {
+                if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 {
+                    f as i64
+                } else {
+                    return Err(format!("{} is not a whole number", raw.get()));
+                }
+            } else {
+                return Err(format!("{} is out of range", raw.get()));
+            }
+        }
+        serde_json::Value::String(s) => {
+            let t = s.trim();
+            let digits = t.strip_prefix('+').unwrap_or(t);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                return Err(format!("{s:?} is not an integer"));
+            }
+            t.parse::<i64>()
+                .map_err(|_| format!("{s:?} is not an integer"))?
+        }
+        _ => return Err(format!("{} is not a number", raw.get())),
+    };
+    if n <= 0 {
+        return Err(format!("{n} is not positive"));
+    }
+    if n > MAX_DIMENSION {
+        return Err(format!("{n} is larger than {MAX_DIMENSION}"));
+    }
+    Ok(n)
+}
+
+/// A caption: a string, or the first non-empty string of a list.
+fn caption_text(raw: &RawValue) -> Result<String, Skip> {
+    let v: serde_json::Value =
+        serde_json::from_str(raw.get()).map_err(|e| Skip::new("invalid_json", e.to_string()))?;
+    let text = match v {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .find_map(|i| match i {
+                serde_json::Value::String(s) if !s.trim().is_empty() => Some(s),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        other => {
+            return Err(Skip::new(
+                "caption_not_string",
+                format!("caption is {}", kind_of(&other)),
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(Skip::new("empty_caption", "the caption is empty"));
+    }
+    Ok(text)
+}
+
+/// Refuses image names that are not a plain file name in `data/`.
+fn check_filename(name: &str) -> Result<(), Skip> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains('\0')
+        || name.contains("..");
+    if bad {
+        return Err(Skip::new(
+            "unsafe_filename",
+            format!("{name:?} is not a plain file name"),
+        ));
+    }
+    Ok(())
+}
+
+fn extra_value(raw: Option<&RawValue>) -> ExtraValue {
+    let Some(raw) = raw else {
+        return ExtraValue::Missing;
+    };
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Null) | Err(_) => ExtraValue::Missing,
+        Ok(serde_json::Value::String(s)) => ExtraValue::Text(s),
+        Ok(serde_json::Value::Array(items))
+            if items.iter().all(|i| i.is_string()) =>
+        {
+            ExtraValue::List(
+                items
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        serde_json::Value::String(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        }
+        Ok(other) => ExtraValue::Text(other.to_string()),
+    }
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Python's `os.path.splitext(name)[0]`: the name without its last extension
+/// (a leading dot does not start an extension).
+pub fn stem(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(i) if name[..i].chars().any(|c| c != '.') => &name[..i],
+        _ => name,
+    }
+}
+
+/// Deserialises a JSON object, keeping the raw values of the wanted keys only.
+/// For duplicate keys the last one wins, as in Python's `json.load`.
+struct WantedFields<'n> {
+    names: &'n [&'n str],
+}
+
+impl<'de> DeserializeSeed<'de> for WantedFields<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WantedFields<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![None; self.names.len()];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            // A field may feed two columns (e.g. the caption also as an extra).
+            if self.names.iter().any(|n| *n == key.as_ref()) {
+                let raw: &'de RawValue = map.next_value()?;
+                for (i, n) in self.names.iter().enumerate() {
+                    if *n == key.as_ref() {
+                        out[i] = Some(raw);
+                    }
+                }
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Parsed, Skip> {
+        parse_sample(s.as_bytes(), &FieldMap::dalle3())
+    }
+    fn row(s: &str) -> Row {
+        match parse(s) {
+            Ok(Parsed::Row(r)) => r,
+            other => panic!("expected a row, got {other:?}"),
+        }
+    }
+    fn reason(s: &str) -> &'static str {
+        match parse(s) {
+            Err(skip) => skip.reason,
+            other => panic!("expected a skip, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_fields_make_a_row() {
+        let r = row(r#"{"image_name":"a.png","width":1024,"height":768,"short_caption":"a cat","long_caption":"x","short_caption2":["a","b"]}"#);
+        assert_eq!((r.width, r.height), (1024, 768));
+        assert_eq!(r.caption, "a cat");
+        assert_eq!(r.filename, "a.png");
+    }
+
+    #[test]
+    fn no_width_is_not_a_sample() {
+        assert_eq!(parse(r#"{"image_name":"a.png","height":1}"#), Ok(Parsed::NoWidth));
+    }
+
+    #[test]
+    fn dimensions_follow_python_int_without_its_surprises() {
+        assert_eq!(row(r#"{"image_name":"a.png","width":"1024","height":" 768 ","short_caption":"c"}"#).width, 1024);
+        assert_eq!(row(r#"{"image_name":"a.png","width":1024.0,"height":768,"short_caption":"c"}"#).width, 1024);
+        assert_eq!(reason(r#"{"image_name":"a.png","width":10.5,"height":768,"short_caption":"c"}"#), "invalid_width");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":-3,"height":768,"short_caption":"c"}"#), "invalid_width");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":99999999,"height":768,"short_caption":"c"}"#), "invalid_width");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":"wide","height":768,"short_caption":"c"}"#), "invalid_width");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":null,"height":768,"short_caption":"c"}"#), "invalid_width");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"short_caption":"c"}"#), "missing_height");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":true,"short_caption":"c"}"#), "invalid_height");
+    }
+
+    #[test]
+    fn captions() {
+        assert_eq!(row(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":["", "second"]}"#).caption, "second");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":1}"#), "missing_caption");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":7}"#), "caption_not_string");
+        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":"  "}"#), "empty_caption");
+        let r = row(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":"一只猫\n"}"#);
+        assert_eq!(r.caption, "一只猫\n");
+    }
+
+    #[test]
+    fn bad_json_and_filenames() {
+        assert_eq!(reason("{not json"), "invalid_json");
+        assert_eq!(reason("[1,2]"), "json_not_object");
+        assert_eq!(reason(r#"{"a":1} trailing"#), "invalid_json");
+        assert_eq!(reason(r#"{"image_name":"../x.png","width":1,"height":1,"short_caption":"c"}"#), "unsafe_filename");
+        assert_eq!(reason(r#"{"image_name":"d/x.png","width":1,"height":1,"short_caption":"c"}"#), "unsafe_filename");
+        assert_eq!(reason(r#"{"image_name":3,"width":1,"height":1,"short_caption":"c"}"#), "filename_not_string");
+        assert_eq!(reason(r#"{"width":1,"height":1,"short_caption":"c"}"#), "missing_filename");
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins_like_python() {
+        let r = row(r#"{"image_name":"a.png","width":1,"width":2,"height":1,"short_caption":"c"}"#);
+        assert_eq!(r.width, 2);
+    }
+
+    #[test]
+    fn extras() {
+        let mut f = FieldMap::dalle3();
+        f.extra = vec!["long_caption".into(), "short_caption2".into(), "meta".into(), "absent".into()];
+        let Ok(Parsed::Row(r)) = parse_sample(
+            br#"{"image_name":"a.png","width":1,"height":1,"short_caption":"c","long_caption":"L","short_caption2":["x","y"],"meta":{"k":1}}"#,
+            &f,
+        ) else {
+            panic!("row expected")
+        };
+        assert_eq!(
+            r.extras,
+            vec![
+                ExtraValue::Text("L".into()),
+                ExtraValue::List(vec!["x".into(), "y".into()]),
+                ExtraValue::Text(r#"{"k":1}"#.into()),
+                ExtraValue::Missing
+            ]
+        );
+    }
+
+    #[test]
+    fn stem_matches_python_splitext() {
+        assert_eq!(stem("abc.png"), "abc");
+        assert_eq!(stem("a.b.jpeg"), "a.b");
+        assert_eq!(stem("noext"), "noext");
+        assert_eq!(stem(".hidden"), ".hidden");
+        assert_eq!(stem("x."), "x");
+    }
+}

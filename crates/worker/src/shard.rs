@@ -1,0 +1,565 @@
+//! One streaming pass over one tar shard: extract members into `data/`,
+//! write caption files, build the parquet fragment and the manifest.
+//!
+//! Runs on a blocking thread. Memory is bounded: member data is streamed
+//! through one buffer, JSON members are read whole only up to a cap, rows go
+//! to the fragment in batches, and per-member bookkeeping is one 64-bit hash.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use shardprep_core::fields::FieldMap;
+use shardprep_core::layout::{OutputLayout, fnv1a64, shard_file_stem};
+use shardprep_core::manifest::{ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest};
+
+use crate::extract::{DataDir, PlaceError, safe_relative_path, sync_filesystem};
+use crate::fragment::{FragmentError, FragmentWriter};
+use crate::sample::{Parsed, parse_sample, stem};
+
+/// JSON members larger than this are extracted but not parsed.
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+/// Names kept for listing problems found only at the end of a shard.
+const NAMES_KEPT: usize = 4096;
+
+/// Everything needed to process one leased shard.
+#[derive(Debug, Clone)]
+pub struct ShardTask {
+    /// The tar file to read.
+    pub shard_path: PathBuf,
+    /// The shard's name in the job (relative to the input root).
+    pub shard_name: String,
+    pub identity: ShardIdentity,
+    pub layout: OutputLayout,
+    pub fields: FieldMap,
+    pub write_captions: bool,
+    pub extract: bool,
+    pub lease_id: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+}
+
+/// Live counters a heartbeat reports while the shard runs.
+#[derive(Debug, Default)]
+pub struct LiveProgress {
+    pub members: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub json_files: AtomicU64,
+    pub rows: AtomicU64,
+}
+
+/// A processed shard: its fragment and manifest, written under temporary names.
+#[derive(Debug, Clone)]
+pub struct ShardOutput {
+    /// Fragment file name in `.shardprep/tmp/`.
+    pub fragment_tmp: String,
+    /// Manifest file name in `.shardprep/tmp/`.
+    pub manifest_tmp: String,
+    pub manifest: ShardManifest,
+}
+
+/// Why a shard could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {shard}: cannot open {path}: {source}")]
+    Open {
+        shard: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("shard {shard}: {what} (at byte offset {offset}{})", member.as_ref().map(|m| format!(", member {m:?}")).unwrap_or_default())]
+    Corrupt {
+        shard: String,
+        what: String,
+        offset: u64,
+        member: Option<String>,
+    },
+    #[error("shard {shard}: cannot write {path}: {source}; check free space and permissions of the output directory")]
+    Write {
+        shard: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("shard {shard}: {source}")]
+    Fragment {
+        shard: String,
+        source: FragmentError,
+    },
+    #[error("shard {0}: cancelled (lease lost or shutting down)")]
+    Cancelled(String),
+}
+
+impl ShardError {
+    /// Whether another attempt may succeed (a corrupt tar stays corrupt).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, ShardError::Corrupt { .. })
+    }
+}
+
+/// A reader that counts the bytes it hands out.
+struct Counting<'a, R> {
+    inner: R,
+    count: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Json,
+    Image,
+    Other,
+}
+
+fn kind_of(rel: &Path) -> Kind {
+    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    // `*.json` exactly as `find -name '*.json'` and `glob('data/*.json')` match.
+    if name.ends_with(b".json") {
+        return Kind::Json;
+    }
+    let ext = match name.iter().rposition(|b| *b == b'.') {
+        Some(i) => name[i + 1..].to_ascii_lowercase(),
+        None => return Kind::Other,
+    };
+    match ext.as_slice() {
+        b"png" | b"jpg" | b"jpeg" | b"webp" | b"gif" | b"bmp" | b"tif" | b"tiff" => Kind::Image,
+        _ => Kind::Other,
+    }
+}
+
+/// Bookkeeping of one pass.
+struct Tally {
+    shard: String,
+    counts: ShardCounts,
+    issues: Vec<MemberIssue>,
+    issues_not_listed: u64,
+}
+
+impl Tally {
+    fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
+        if self.issues.len() < ISSUE_LIST_CAP {
+            self.issues.push(MemberIssue {
+                member: member.to_string(),
+                kind: kind.to_string(),
+                detail: detail.into(),
+            });
+        } else {
+            self.issues_not_listed += 1;
+        }
+    }
+    fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+        *self.counts.rejected_members.entry(reason.to_string()).or_default() += 1;
+        let detail = detail.into();
+        tracing::warn!(shard = %self.shard, member, reason, "{detail}");
+        self.issue(member, reason, detail);
+    }
+    fn skip(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+        *self.counts.skipped.entry(reason.to_string()).or_default() += 1;
+        self.issue(member, reason, detail);
+    }
+}
+
+/// Hashes of names with the first few names kept for the report.
+#[derive(Default)]
+struct NameSet {
+    hashes: HashSet<u64>,
+    names: HashMap<u64, String>,
+}
+
+impl NameSet {
+    fn insert(&mut self, name: &[u8]) -> bool {
+        let h = fnv1a64(name);
+        if self.names.len() < NAMES_KEPT {
+            self.names
+                .entry(h)
+                .or_insert_with(|| String::from_utf8_lossy(name).into_owned());
+        }
+        self.hashes.insert(h)
+    }
+    /// Names (where kept) of the entries missing from `other`, and their count.
+    fn missing_from(&self, other: &NameSet) -> (u64, Vec<String>) {
+        let mut n = 0;
+        let mut names = Vec::new();
+        for h in &self.hashes {
+            if !other.hashes.contains(h) {
+                n += 1;
+                if let Some(name) = self.names.get(h) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names.sort();
+        (n, names)
+    }
+}
+
+/// Processes one shard from start to end. `cancel` stops it between members
+/// (and between chunks of a large member).
+pub fn process_shard(
+    task: &ShardTask,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<ShardOutput, ShardError> {
+    let started = Instant::now();
+    let shard = task.shard_name.clone();
+    let file = File::open(&task.shard_path).map_err(|source| ShardError::Open {
+        shard: shard.clone(),
+        path: task.shard_path.display().to_string(),
+        source,
+    })?;
+    let corrupt = |what: String, offset: u64, member: Option<String>| ShardError::Corrupt {
+        shard: shard.clone(),
+        what,
+        offset,
+        member,
+    };
+    let mut reader = BufReader::with_capacity(
+        256 << 10,
+        Counting {
+            inner: file,
+            count: &live.bytes_read,
+        },
+    );
+    {
+        let head = reader.fill_buf().map_err(|e| corrupt(format!("read error: {e}"), 0, None))?;
+        if head.is_empty() {
+            return Err(corrupt("the file is empty, not a tar archive".into(), 0, None));
+        }
+        if head.starts_with(&[0x1f, 0x8b]) {
+            return Err(corrupt(
+                "the file is gzip-compressed; shardprep reads plain tar shards: decompress it (gunzip) first".into(),
+                0,
+                None,
+            ));
+        }
+    }
+
+    let tmp_dir = task.layout.tmp_dir();
+    let stem_name = shard_file_stem(&shard);
+    let fragment_tmp = format!("{stem_name}.{}.parquet", task.lease_id);
+    let manifest_tmp = format!("{stem_name}.{}.manifest.json", task.lease_id);
+    let write_err = |path: &Path, source: io::Error| ShardError::Write {
+        shard: shard.clone(),
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| write_err(&tmp_dir, e))?;
+    let fragment_path = tmp_dir.join(&fragment_tmp);
+    let mut fragment = FragmentWriter::create(&fragment_path, &task.fields.extra).map_err(|source| {
+        ShardError::Fragment {
+            shard: shard.clone(),
+            source,
+        }
+    })?;
+    let data_root = task.layout.data_dir();
+    std::fs::create_dir_all(&data_root).map_err(|e| write_err(&data_root, e))?;
+    let mut data = DataDir::new(data_root.clone());
+
+    let mut tally = Tally {
+        shard: shard.clone(),
+        counts: ShardCounts::default(),
+        issues: Vec::new(),
+        issues_not_listed: 0,
+    };
+    let mut seen_members: HashSet<u64> = HashSet::new();
+    let mut images = NameSet::default();
+    let mut referenced = NameSet::default();
+    let mut captions_written: HashSet<u64> = HashSet::new();
+    let mut json_buf: Vec<u8> = Vec::new();
+    let mut last_good_end: u64 = 0;
+    let keep_going = || !cancel.load(Ordering::Relaxed);
+
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| corrupt(format!("not a readable tar: {e}"), 0, None))?;
+    for entry in entries {
+        if !keep_going() {
+            return Err(ShardError::Cancelled(shard.clone()));
+        }
+        let mut entry = entry.map_err(|e| {
+            corrupt(
+                format!("broken tar header after the last good member: {e}"),
+                last_good_end,
+                None,
+            )
+        })?;
+        tally.counts.members += 1;
+        live.members.fetch_add(1, Ordering::Relaxed);
+        let size = entry.size();
+        let data_pos = entry.raw_file_position();
+        let member_end = data_pos + size.div_ceil(512) * 512;
+        let name_bytes = entry.path_bytes().into_owned();
+        let member = String::from_utf8_lossy(&name_bytes).into_owned();
+        let etype = entry.header().entry_type();
+
+        let rel = match safe_relative_path(&name_bytes) {
+            Ok(rel) => rel,
+            Err(why) => {
+                tally.reject(&member, why.reason(), "member name would leave data/; not extracted");
+                last_good_end = member_end;
+                continue;
+            }
+        };
+        if etype.is_dir() {
+            if task.extract {
+                match data.ensure_dirs(&rel) {
+                    Ok(()) => {}
+                    Err(PlaceError::Io(p, e)) => return Err(write_err(&p, e)),
+                    Err(other) => tally.reject(&member, "unsafe_directory", format!("{other:?}")),
+                }
+            }
+            last_good_end = member_end;
+            continue;
+        }
+        if !(etype.is_file() || etype == tar::EntryType::Continuous) {
+            let reason = match etype {
+                tar::EntryType::Symlink => "symlink",
+                tar::EntryType::Link => "hard_link",
+                tar::EntryType::Char | tar::EntryType::Block => "device",
+                tar::EntryType::Fifo => "fifo",
+                tar::EntryType::GNUSparse => "sparse_file",
+                _ => "unsupported_entry_type",
+            };
+            tally.reject(&member, reason, format!("{etype:?} members are not extracted"));
+            last_good_end = member_end;
+            continue;
+        }
+        let top_level = rel.components().count() == 1;
+        let rel_bytes = rel.as_os_str().as_bytes();
+        if !seen_members.insert(fnv1a64(rel_bytes)) {
+            tally.counts.duplicate_members += 1;
+            tally.issue(&member, "duplicate_member", "the same name appears again in this shard; the later copy wins");
+        }
+        let kind = kind_of(&rel);
+        // The seed writes captions after extracting: a caption wins over a `.txt` member of the same name.
+        let shadowed = task.write_captions && top_level && captions_written.contains(&fnv1a64(rel_bytes));
+
+        let truncated = |copied: u64| {
+            corrupt(
+                format!("the tar is truncated: member data ends after {copied} of {size} bytes"),
+                data_pos + copied,
+                Some(member.clone()),
+            )
+        };
+        let read_err = |e: io::Error| corrupt(format!("read error: {e}"), data_pos, Some(member.clone()));
+
+        match kind {
+            Kind::Json => {
+                tally.counts.json_files += 1;
+                live.json_files.fetch_add(1, Ordering::Relaxed);
+                json_buf.clear();
+                let take = size.min(MAX_JSON_BYTES);
+                (&mut entry)
+                    .take(take)
+                    .read_to_end(&mut json_buf)
+                    .map_err(read_err)?;
+                if (json_buf.len() as u64) < take {
+                    return Err(truncated(json_buf.len() as u64));
+                }
+                if task.extract && !shadowed {
+                    if size <= MAX_JSON_BYTES {
+                        let res = data.write_bytes(&rel, &json_buf);
+                        place(&mut tally, &member, res).map_err(|(p, e)| write_err(&p, e))?;
+                    } else {
+                        // Too large to parse: write the part read, then stream the rest.
+                        let mut chained = (&json_buf[..]).chain(&mut entry);
+                        let res = data.write_stream(&rel, &mut chained, size, &keep_going);
+                        stream_result(res, &mut tally, &member, size, &keep_going, &shard, &truncated, &write_err)?;
+                    }
+                    tally.counts.files_extracted += 1;
+                    tally.counts.bytes_written += size;
+                } else if size > MAX_JSON_BYTES {
+                    let rest = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
+                    if rest + MAX_JSON_BYTES < size {
+                        return Err(truncated(MAX_JSON_BYTES + rest));
+                    }
+                }
+                if size > MAX_JSON_BYTES {
+                    tally.skip(&member, "json_too_large", format!("{size} bytes, more than {MAX_JSON_BYTES}"));
+                } else if !top_level {
+                    // The seed's glob('data/*.json') reads only top-level JSONs.
+                    tally.skip(&member, "json_in_subdirectory", "only JSONs directly in data/ are samples, as in the seed");
+                } else {
+                    match parse_sample(&json_buf, &task.fields) {
+                        Ok(Parsed::NoWidth) => {}
+                        Ok(Parsed::Row(row)) => {
+                            tally.counts.json_with_width += 1;
+                            if task.write_captions {
+                                let txt = format!("{}.txt", stem(&row.filename));
+                                let res = data.write_bytes(Path::new(&txt), row.caption.as_bytes());
+                                let ok = place(&mut tally, &member, res).map_err(|(p, e)| write_err(&p, e))?;
+                                if ok {
+                                    captions_written.insert(fnv1a64(txt.as_bytes()));
+                                    tally.counts.captions_written += 1;
+                                }
+                            }
+                            referenced.insert(row.filename.as_bytes());
+                            fragment.push(&row).map_err(|source| ShardError::Fragment {
+                                shard: shard.clone(),
+                                source,
+                            })?;
+                            live.rows.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(skip) => {
+                            if skip.reason != "invalid_json" && skip.reason != "json_not_object" {
+                                tally.counts.json_with_width += 1;
+                            }
+                            tracing::debug!(shard = %shard, member, reason = skip.reason, "{}", skip.detail);
+                            tally.skip(&member, skip.reason, skip.detail);
+                        }
+                    }
+                }
+            }
+            Kind::Image | Kind::Other => {
+                if kind == Kind::Image {
+                    tally.counts.images += 1;
+                    if top_level {
+                        images.insert(rel_bytes);
+                    }
+                } else {
+                    tally.counts.other_files += 1;
+                }
+                if shadowed {
+                    tally.reject(&member, "shadowed_by_caption", "a caption file of the same name was written; the caption wins, as in the seed");
+                } else if task.extract {
+                    let res = data.write_stream(&rel, &mut entry, size, &keep_going);
+                    if stream_result(res, &mut tally, &member, size, &keep_going, &shard, &truncated, &write_err)? {
+                        tally.counts.files_extracted += 1;
+                        tally.counts.bytes_written += size;
+                    }
+                } else {
+                    let n = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
+                    if n < size {
+                        return Err(truncated(n));
+                    }
+                }
+            }
+        }
+        last_good_end = member_end;
+    }
+
+    if tally.counts.members == 0 {
+        return Err(corrupt(
+            "the tar has no members (empty or not a tar archive)".into(),
+            0,
+            None,
+        ));
+    }
+    let (n, names) = referenced.missing_from(&images);
+    tally.counts.json_without_image = n;
+    for name in names {
+        tally.issue(&name, "json_without_image", "a JSON names this image, but the shard does not contain it");
+    }
+    let (n, names) = images.missing_from(&referenced);
+    tally.counts.images_without_json = n;
+    for name in names {
+        tally.issue(&name, "image_without_json", "no JSON of the shard names this image");
+    }
+
+    let rows = fragment.finish().map_err(|source| ShardError::Fragment {
+        shard: shard.clone(),
+        source,
+    })?;
+    tally.counts.rows = rows;
+    tally.counts.bytes_read = live.bytes_read.load(Ordering::Relaxed);
+    if task.extract || task.write_captions {
+        // Extracted files reach the disk before the fragment is committed.
+        sync_filesystem(&data_root).map_err(|e| write_err(&data_root, e))?;
+    }
+
+    let manifest = ShardManifest {
+        shard_name: shard.clone(),
+        identity: task.identity,
+        lease_id: task.lease_id,
+        attempt: task.attempt,
+        worker_id: task.worker_id.clone(),
+        fragment: format!("{stem_name}.parquet"),
+        counts: tally.counts,
+        issues: tally.issues,
+        issues_not_listed: tally.issues_not_listed,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    let manifest_path = tmp_dir.join(&manifest_tmp);
+    write_synced(&manifest_path, &serde_json::to_vec_pretty(&manifest).unwrap_or_default())
+        .map_err(|e| write_err(&manifest_path, e))?;
+    Ok(ShardOutput {
+        fragment_tmp,
+        manifest_tmp,
+        manifest,
+    })
+}
+
+/// Writes a small file and syncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Records a refused placement; passes disk errors up. `Ok(true)` when written.
+fn place(
+    tally: &mut Tally,
+    member: &str,
+    res: Result<(), PlaceError>,
+) -> Result<bool, (PathBuf, io::Error)> {
+    match res {
+        Ok(()) => Ok(true),
+        Err(PlaceError::Io(p, e)) => Err((p, e)),
+        Err(other) => {
+            let (reason, path) = place_reason(&other);
+            tally.reject(member, reason, format!("not written: {}", path.display()));
+            Ok(false)
+        }
+    }
+}
+
+fn place_reason(e: &PlaceError) -> (&'static str, &Path) {
+    match e {
+        PlaceError::NotADirectory(p) => ("path_through_non_directory", p),
+        PlaceError::SymlinkInTheWay(p) => ("symlink_in_the_way", p),
+        PlaceError::DirectoryInTheWay(p) => ("directory_in_the_way", p),
+        PlaceError::Io(p, _) => ("io_error", p),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stream_result(
+    res: Result<Result<u64, io::Error>, PlaceError>,
+    tally: &mut Tally,
+    member: &str,
+    size: u64,
+    keep_going: &dyn Fn() -> bool,
+    shard: &str,
+    truncated: &dyn Fn(u64) -> ShardError,
+    write_err: &dyn Fn(&Path, io::Error) -> ShardError,
+) -> Result<bool, ShardError> {
+    match res {
+        Ok(Ok(n)) if n == size => Ok(true),
+        Ok(Ok(n)) => Err(truncated(n)),
+        Ok(Err(_)) if !keep_going() => Err(ShardError::Cancelled(shard.to_string())),
+        Ok(Err(e)) => Err(ShardError::Corrupt {
+            shard: shard.to_string(),
+            what: format!("read error: {e}"),
+            offset: 0,
+            member: Some(member.to_string()),
+        }),
+        Err(PlaceError::Io(p, e)) => Err(write_err(&p, e)),
+        Err(other) => {
+            let (reason, path) = place_reason(&other);
+            tally.reject(member, reason, format!("not written: {}", path.display()));
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Command-line interface: every flag has a matching `SHARDPREP_*` variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    shardprep_core::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Turn webdataset tar shards (image + JSON per sample) into a training-ready
+/// SimpleTuner dataset: extracted files, caption .txt files, one parquet table,
+/// a report and the dataloader entry — in one streaming pass per shard.
+#[derive(Debug, Parser)]
+#[command(name = "shardprep", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr (levels via RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, env = "SHARDPREP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prepare a dataset on this machine: a coordinator plus N worker processes.
+    Run(RunArgs),
+    /// Serve a job to workers on other machines (gRPC), then merge and verify.
+    Coordinator(CoordinatorArgs),
+    /// Process shards for a coordinator until its job is done.
+    Worker(WorkerArgs),
+    /// Show the state of a running job.
+    Status(StatusArgs),
+    /// Check an existing output folder without a coordinator.
+    Verify(VerifyArgs),
+    /// Write deterministic DALLE-3-style sample shards (for demos, tests, benchmarks).
+    Generate(GenerateArgs),
+}
+
+/// Settings of a job, shared by `run` and `coordinator`.
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Folder holding the *.tar shards (e.g. the Hugging Face download's data/).
+    #[arg(long, env = "SHARDPREP_INPUT")]
+    pub input: PathBuf,
+    /// Output folder (the seed's dalle3/): data/, <dataset-id>.parquet, report.json, multidatabackend.json.
+    #[arg(long, env = "SHARDPREP_OUTPUT")]
+    pub output: PathBuf,
+    /// Fail unless the shards hold exactly this many *.json files (full DALLE-3 set: 1161957).
+    #[arg(long, env = "SHARDPREP_EXPECT_JSON")]
+    pub expect_json: Option<u64>,
+    /// Field preset: dalle3 = short_caption, width, height, image_name.
+    #[arg(long, env = "SHARDPREP_PRESET", default_value = "dalle3")]
+    pub preset: String,
+    /// JSON field holding the caption (a list takes its first non-empty string).
+    #[arg(long, env = "SHARDPREP_CAPTION_FIELD")]
+    pub caption_field: Option<String>,
+    /// JSON field holding the width (JSONs without it are not samples, as in the seed).
+    #[arg(long, env = "SHARDPREP_WIDTH_FIELD")]
+    pub width_field: Option<String>,
+    /// JSON field holding the height.
+    #[arg(long, env = "SHARDPREP_HEIGHT_FIELD")]
+    pub height_field: Option<String>,
+    /// JSON field holding the image's file name.
+    #[arg(long, env = "SHARDPREP_FILENAME_FIELD")]
+    pub filename_field: Option<String>,
+    /// More JSON fields to keep as parquet columns (comma-separated), e.g. long_caption,short_caption2.
+    #[arg(long, env = "SHARDPREP_EXTRA_COLUMNS", value_delimiter = ',')]
+    pub extra_columns: Vec<String>,
+    /// Where captions go: textfile writes data/<stem>.txt; parquet writes none (saves inodes).
+    #[arg(long, env = "SHARDPREP_CAPTIONS", value_enum, default_value_t = Captions::Textfile)]
+    pub captions: Captions,
+    /// Do not write images and JSON into data/ (only the table and the report).
+    #[arg(long, env = "SHARDPREP_NO_EXTRACT")]
+    pub no_extract: bool,
+    /// Dataset id: the parquet's name and the SimpleTuner entry's id.
+    #[arg(long, env = "SHARDPREP_DATASET_ID", default_value = "dalle3")]
+    pub dataset_id: String,
+    /// data/ as the trainer will see it (default: absolute OUT/data).
+    #[arg(long, env = "SHARDPREP_INSTANCE_DATA_DIR")]
+    pub instance_data_dir: Option<PathBuf>,
+    /// The parquet's path as the trainer will see it (default: absolute OUT/<dataset-id>.parquet).
+    #[arg(long, env = "SHARDPREP_TRAINER_PARQUET_PATH")]
+    pub trainer_parquet_path: Option<PathBuf>,
+    /// SimpleTuner cache_dir_vae (default: absolute OUT/cache/vae/<dataset-id>/).
+    #[arg(long, env = "SHARDPREP_CACHE_DIR_VAE")]
+    pub cache_dir_vae: Option<PathBuf>,
+    /// SimpleTuner resolution.
+    #[arg(long, env = "SHARDPREP_RESOLUTION", default_value_t = 1.0)]
+    pub resolution: f64,
+    /// SimpleTuner resolution_type.
+    #[arg(long, env = "SHARDPREP_RESOLUTION_TYPE", default_value = "area")]
+    pub resolution_type: String,
+    /// SimpleTuner maximum_image_size.
+    #[arg(long, env = "SHARDPREP_MAXIMUM_IMAGE_SIZE", default_value_t = 2.0)]
+    pub maximum_image_size: f64,
+    /// SimpleTuner minimum_image_size.
+    #[arg(long, env = "SHARDPREP_MINIMUM_IMAGE_SIZE", default_value_t = 0.75)]
+    pub minimum_image_size: f64,
+    /// SimpleTuner target_downsample_size.
+    #[arg(long, env = "SHARDPREP_TARGET_DOWNSAMPLE_SIZE", default_value_t = 1.75)]
+    pub target_downsample_size: f64,
+    /// A worker silent this long loses its shard to another worker.
+    #[arg(long, env = "SHARDPREP_LEASE_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub lease_timeout: Duration,
+    /// How often workers report progress and renew their lease.
+    #[arg(long, env = "SHARDPREP_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "3s")]
+    pub heartbeat_interval: Duration,
+    /// A shard whose worker reports no progress for this long is given to another worker.
+    #[arg(long, env = "SHARDPREP_STALL_TIMEOUT", value_parser = duration, default_value = "5m")]
+    pub stall_timeout: Duration,
+    /// Attempts per shard before it is marked failed.
+    #[arg(long, env = "SHARDPREP_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// At the end, how long to wait for workers to hear that the job is done.
+    #[arg(long, env = "SHARDPREP_WORKER_GRACE", value_parser = duration, default_value = "10s")]
+    pub worker_grace: Duration,
+    /// How often the coordinator logs a progress line.
+    #[arg(long, env = "SHARDPREP_PROGRESS_INTERVAL", value_parser = duration, default_value = "5s")]
+    pub progress_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Captions {
+    /// data/<image stem>.txt next to each image (SimpleTuner caption_strategy textfile).
+    Textfile,
+    /// Captions only in the parquet (caption_strategy parquet).
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Worker processes to start (default: number of CPUs).
+    #[arg(long, env = "SHARDPREP_WORKERS")]
+    pub workers: Option<usize>,
+    /// Test hook passed to worker number 0 (see `worker --fault`).
+    #[arg(long, env = "SHARDPREP_FAULT_WORKER0", hide = true)]
+    pub fault_worker0: Option<String>,
+    /// Live progress display: auto (when stderr is a terminal), always or never.
+    #[arg(long, env = "SHARDPREP_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File whose first line is the shared secret (or set SHARDPREP_TOKEN to the secret itself).
+    #[arg(long, env = "SHARDPREP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Address to serve gRPC on; 127.0.0.1 by default (use 0.0.0.0:50051 to accept other machines).
+    #[arg(long, env = "SHARDPREP_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. http://coordinator-host:50051.
+    #[arg(long, env = "SHARDPREP_COORDINATOR")]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// This worker's id in logs and status (default: host-pid-random).
+    #[arg(long, env = "SHARDPREP_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Keep retrying an unreachable coordinator this long before giving up.
+    #[arg(long, env = "SHARDPREP_CONNECT_TIMEOUT", value_parser = duration, default_value = "10m")]
+    pub connect_timeout: Duration,
+    /// Test hook: fail:SHARD, stall:SHARD:DURATION or hang:SHARD.
+    #[arg(long, env = "SHARDPREP_FAULT", hide = true)]
+    pub fault: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator's URL, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "SHARDPREP_COORDINATOR")]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Print the raw state as JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The output folder of a job.
+    pub output: PathBuf,
+    /// The number of *.json files data/ must hold.
+    #[arg(long, env = "SHARDPREP_EXPECT_JSON")]
+    pub expect_json: Option<u64>,
+    /// The dataset id (parquet name); default: read from report.json, else dalle3.
+    #[arg(long, env = "SHARDPREP_DATASET_ID")]
+    pub dataset_id: Option<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Folder to write data-000000.tar, data-000001.tar, ... into.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Number of shards.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Samples per shard.
+    #[arg(long, default_value_t = 20)]
+    pub samples: usize,
+    /// Bytes per image (random, incompressible).
+    #[arg(long, default_value_t = 1024)]
+    pub image_bytes: usize,
+    /// Seed of the generator: same seed, same bytes.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Every n-th JSON lacks width (0: none).
+    #[arg(long, default_value_t = 9)]
+    pub no_width_every: usize,
+}

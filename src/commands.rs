@@ -1,0 +1,214 @@
+//! One function per subcommand, turning flags into library configs.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
+use shardprep_core::auth;
+use shardprep_core::fields::{FieldMap, PRESETS};
+
+use crate::cli::{Captions, Cli, Command, CoordinatorArgs, GenerateArgs, JobArgs, TokenArgs, WorkerArgs};
+
+/// Exit code of a job that ran but did not verify (failed shards, count mismatch).
+pub const EXIT_JOB_FAILED: u8 = 1;
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => crate::local::run(args, cli.log_format).await,
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Status(args) => crate::local::status(args).await,
+        Command::Verify(args) => crate::local::verify(args),
+        Command::Generate(args) => generate(args),
+    }
+}
+
+/// The job's field map: the preset, then any field flags on top.
+pub fn fields(job: &JobArgs) -> anyhow::Result<FieldMap> {
+    let Some(mut f) = FieldMap::preset(&job.preset) else {
+        bail!("unknown preset {:?}; known presets: {}", job.preset, PRESETS.join(", "));
+    };
+    if let Some(v) = &job.caption_field {
+        f.caption = v.clone();
+    }
+    if let Some(v) = &job.width_field {
+        f.width = v.clone();
+    }
+    if let Some(v) = &job.height_field {
+        f.height = v.clone();
+    }
+    if let Some(v) = &job.filename_field {
+        f.filename = v.clone();
+    }
+    f.extra = job
+        .extra_columns
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in &f.extra {
+        if ["width", "height", "caption", "filename"].contains(&name.as_str()) {
+            bail!("--extra-columns {name:?} clashes with a base column name; pick other fields");
+        }
+    }
+    Ok(f)
+}
+
+/// A coordinator config from the job flags.
+pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<CoordinatorConfig> {
+    if job.dataset_id.is_empty() || job.dataset_id.contains('/') {
+        bail!("--dataset-id {:?} must be a plain name (it names OUT/<id>.parquet)", job.dataset_id);
+    }
+    if job.heartbeat_interval >= job.lease_timeout {
+        bail!(
+            "--heartbeat-interval ({:?}) must be shorter than --lease-timeout ({:?})",
+            job.heartbeat_interval,
+            job.lease_timeout
+        );
+    }
+    let mut backend = BackendSettings::seed(&job.dataset_id);
+    backend.instance_data_dir = job.instance_data_dir.clone();
+    backend.parquet_path = job.trainer_parquet_path.clone();
+    backend.cache_dir_vae = job.cache_dir_vae.clone();
+    backend.resolution = job.resolution;
+    backend.resolution_type = job.resolution_type.clone();
+    backend.maximum_image_size = job.maximum_image_size;
+    backend.minimum_image_size = job.minimum_image_size;
+    backend.target_downsample_size = job.target_downsample_size;
+    Ok(CoordinatorConfig {
+        input: job.input.clone(),
+        output: job.output.clone(),
+        token,
+        fields: fields(job)?,
+        write_captions: job.captions == Captions::Textfile,
+        extract: !job.no_extract,
+        expect_json: job.expect_json,
+        backend,
+        lease_timeout: job.lease_timeout,
+        stall_timeout: job.stall_timeout,
+        heartbeat_interval: job.heartbeat_interval,
+        max_attempts: job.max_attempts,
+        worker_grace: job.worker_grace,
+        progress_interval: job.progress_interval,
+    })
+}
+
+/// The token from SHARDPREP_TOKEN or --token-file, if either is given.
+pub fn token_from(args: &TokenArgs) -> anyhow::Result<Option<String>> {
+    if let Ok(t) = std::env::var("SHARDPREP_TOKEN") {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(Some(t));
+        }
+    }
+    match &args.token_file {
+        Some(p) => Ok(Some(auth::read_token_file(p)?)),
+        None => Ok(None),
+    }
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let token = match token_from(&args.token)? {
+        Some(t) => t,
+        None => {
+            let t = auth::generate_token()?;
+            let dir = args.job.output.join(".shardprep");
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join("token");
+            write_private(&path, &t)?;
+            tracing::warn!(path = %path.display(), "no token given: generated one; give it to workers with --token-file {}", path.display());
+            t
+        }
+    };
+    let config = coordinator_config(&args.job, token)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    let outcome = shardprep_coordinator::serve(config, listener, shutdown_signal()).await?;
+    crate::local::print_summary(&outcome.report);
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_JOB_FAILED)
+    })
+}
+
+fn write_private(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
+/// A default worker id: host-pid-random, unique across restarts in one pod.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}-{:04x}", std::process::id(), auth::random_u64() & 0xffff)
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let Some(token) = token_from(&args.token)? else {
+        bail!("no token: pass the coordinator's token with --token-file FILE or SHARDPREP_TOKEN");
+    };
+    let fault = args
+        .fault
+        .as_deref()
+        .map(shardprep_worker::Fault::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let config = shardprep_worker::WorkerConfig {
+        coordinator: args.coordinator,
+        token,
+        worker_id: args.worker_id.unwrap_or_else(default_worker_id),
+        connect_timeout: args.connect_timeout,
+        fault,
+    };
+    shardprep_worker::run(config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let opts = shardprep_fixtures::GenOptions {
+        shards: args.shards,
+        samples_per_shard: args.samples,
+        image_bytes: args.image_bytes,
+        seed: args.seed,
+        no_width_every: args.no_width_every,
+    };
+    let paths = shardprep_fixtures::generate(&args.output, &opts)
+        .with_context(|| format!("cannot write shards into {}", args.output.display()))?;
+    println!(
+        "wrote {} shards × {} samples into {}",
+        paths.len(),
+        args.samples,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,291 @@
+//! `run` (coordinator + N worker processes on this machine), `status`,
+//! `verify`, and the end-of-job summary.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use shardprep_coordinator::report::Report;
+use shardprep_core::auth;
+use tokio::process::{Child, Command};
+
+use crate::cli::{LogFormat, RunArgs, StatusArgs, VerifyArgs};
+use crate::commands::{EXIT_JOB_FAILED, coordinator_config, shutdown_signal, token_from};
+
+/// Restarts allowed per worker slot when a worker process dies.
+const RESTARTS_PER_SLOT: u32 = 3;
+
+struct Slot {
+    child: Option<Child>,
+    restarts: u32,
+}
+
+fn spawn_worker(exe: &PathBuf, url: &str, token: &str, i: usize, log: LogFormat, fault: Option<&str>) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--log-format")
+        .arg(match log {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        })
+        .arg("worker")
+        .arg("--coordinator")
+        .arg(url)
+        .env("SHARDPREP_TOKEN", token)
+        .env_remove("SHARDPREP_TOKEN_FILE")
+        .env("SHARDPREP_WORKER_ID", format!("local-{i}-{:04x}", auth::random_u64() & 0xffff))
+        // The coordinator is local: if it is gone for this long, it is not coming back.
+        .env("SHARDPREP_CONNECT_TIMEOUT", "20s")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    match fault {
+        Some(f) => cmd.env("SHARDPREP_FAULT", f),
+        None => cmd.env_remove("SHARDPREP_FAULT"),
+    };
+    cmd.spawn().with_context(|| format!("cannot start worker process {}", exe.display()))
+}
+
+/// `shardprep run`: the coordinator in this process on 127.0.0.1 (ephemeral
+/// port, fresh token), N worker processes of this same binary, supervised.
+pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
+    let token = auth::generate_token()?;
+    let config = coordinator_config(&args.job, token.clone())?;
+    let grace = config.worker_grace;
+    let n = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .max(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut coord = tokio::spawn(shardprep_coordinator::serve(config, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    tracing::info!(workers = n, coordinator = %url, "starting local job");
+    let mut slots = Vec::with_capacity(n);
+    for i in 0..n {
+        let fault = if i == 0 { args.fault_worker0.as_deref() } else { None };
+        slots.push(Slot {
+            child: Some(spawn_worker(&exe, &url, &token, i, log, fault)?),
+            restarts: 0,
+        });
+    }
+    let progress = crate::local::progress_task(&args, &url, &token);
+
+    let mut stop_tx = Some(stop_tx);
+    let mut signal = Box::pin(shutdown_signal());
+    let mut signalled = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut coord => break r,
+            _ = &mut signal, if !signalled => {
+                signalled = true;
+                tracing::warn!("stopping: workers give their shards back; run again with the same --output to resume");
+                for s in &mut slots {
+                    if let Some(c) = &s.child {
+                        if let Some(pid) = c.id() {
+                            // SAFETY: kill(2) on our own child's pid.
+                            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                        }
+                    }
+                }
+                if let Some(tx) = stop_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                supervise(&mut slots, &exe, &url, &token, log, &args)?;
+            }
+        }
+    };
+    if let Some(p) = progress {
+        p.abort();
+    }
+    // The coordinator told the workers; give them `grace` to exit, then stop them.
+    let deadline = Instant::now() + grace.min(Duration::from_secs(10));
+    for s in &mut slots {
+        if let Some(c) = &mut s.child {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, c.wait()).await.is_err() {
+                tracing::warn!(pid = c.id(), "worker did not exit in time; killing it");
+                let _ = c.kill().await;
+            }
+        }
+    }
+    let outcome = result.context("the coordinator task failed")??;
+    print_summary(&outcome.report);
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_JOB_FAILED)
+    })
+}
+
+/// Restarts worker processes that died while the job runs.
+fn supervise(slots: &mut [Slot], exe: &PathBuf, url: &str, token: &str, log: LogFormat, args: &RunArgs) -> anyhow::Result<()> {
+    let mut alive = 0;
+    for (i, s) in slots.iter_mut().enumerate() {
+        let Some(c) = &mut s.child else { continue };
+        match c.try_wait() {
+            Ok(None) => alive += 1,
+            Ok(Some(st)) if st.success() => s.child = None,
+            Ok(Some(st)) => {
+                if s.restarts < RESTARTS_PER_SLOT {
+                    s.restarts += 1;
+                    tracing::warn!(worker = i, status = %st, restart = s.restarts, "a worker process died; starting a new one");
+                    let fault = if i == 0 { args.fault_worker0.as_deref() } else { None };
+                    s.child = Some(spawn_worker(exe, url, token, i, log, fault)?);
+                    alive += 1;
+                } else {
+                    tracing::error!(worker = i, status = %st, "a worker process died too often; not restarting it");
+                    s.child = None;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check a worker process"),
+        }
+    }
+    if alive == 0 && slots.iter().all(|s| s.child.is_none()) && slots.iter().any(|s| s.restarts >= RESTARTS_PER_SLOT) {
+        anyhow::bail!("every worker process died; see the errors above");
+    }
+    Ok(())
+}
+
+/// The live display (or nothing); filled in by the progress module.
+pub fn progress_task(_args: &RunArgs, _url: &str, _token: &str) -> Option<tokio::task::JoinHandle<()>> {
+    None
+}
+
+/// Prints the end-of-job table (the same numbers as report.json).
+pub fn print_summary(r: &Report) {
+    let t = &r.totals;
+    let secs = r.wall_ms as f64 / 1000.0;
+    let skipped: Vec<String> = t.skipped.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let rejected: Vec<String> = t.rejected_members.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let expected = r.expected_json.map(|e| e.to_string()).unwrap_or_else(|| "(not given)".into());
+    println!("shardprep summary");
+    println!("  verdict            {}", r.verdict.to_uppercase());
+    println!("  shards             {} done, {} failed, {} total ({} from an earlier run)", r.shards_done, r.shards_failed, r.shards_total, r.shards_recovered);
+    println!("  JSON files         {} (expected {expected})", r.found_json);
+    println!("  rows               {}", r.rows);
+    println!("  captions written   {}", t.captions_written);
+    println!("  images             {}", t.images);
+    println!("  skipped            {}", if skipped.is_empty() { "none".into() } else { skipped.join(", ") });
+    println!("  members refused    {}", if rejected.is_empty() { "none".into() } else { rejected.join(", ") });
+    println!("  duplicate names    {} across shards, {} within shards", r.duplicate_filenames, t.duplicate_members);
+    println!("  wall time          {secs:.1} s");
+    println!("  throughput         {:.1} MB/s, {:.0} files/s", r.mb_per_s, t.files_extracted as f64 / secs.max(0.001));
+    if let Some(p) = &r.parquet {
+        println!("  parquet            {p}");
+    }
+    for p in &r.problems {
+        println!("  PROBLEM            {p}");
+    }
+}
+
+/// `shardprep status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let Some(token) = token_from(&args.token)? else {
+        anyhow::bail!("no token: pass the job's token with --token-file FILE or SHARDPREP_TOKEN");
+    };
+    let mut client = shardprep_worker::client::client(&args.coordinator, &token)?;
+    let st = client
+        .status(shardprep_core::proto::StatusRequest {})
+        .await
+        .with_context(|| format!("cannot get the status from {}", args.coordinator))?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&crate::local::status_json(&st))?);
+    } else {
+        print_status(&st);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status_json(st: &shardprep_core::proto::StatusResponse) -> serde_json::Value {
+    let progress = |p: &Option<shardprep_core::proto::Progress>| {
+        p.as_ref().map(|p| {
+            serde_json::json!({"members": p.members, "bytes_read": p.bytes_read, "json_files": p.json_files, "rows": p.rows})
+        })
+    };
+    serde_json::json!({
+        "job_id": st.job_id,
+        "phase": st.phase,
+        "verdict": st.verdict,
+        "shards_total": st.shards_total,
+        "shards_done": st.shards_done,
+        "shards_failed": st.shards_failed,
+        "shards_leased": st.shards_leased,
+        "json_files": st.json_files,
+        "rows": st.rows,
+        "bytes_read": st.bytes_read,
+        "bytes_total": st.bytes_total,
+        "elapsed_ms": st.elapsed_ms,
+        "mb_per_s": rate(st),
+        "eta_s": eta(st),
+        "shards": st.shards.iter().map(|s| serde_json::json!({
+            "index": s.index, "name": s.name, "state": s.state, "worker": s.worker_id,
+            "attempts": s.attempts, "last_error": s.last_error, "size": s.size, "progress": progress(&s.progress),
+        })).collect::<Vec<_>>(),
+        "workers": st.workers.iter().map(|w| serde_json::json!({
+            "worker_id": w.worker_id, "hostname": w.hostname, "last_seen_ms_ago": w.last_seen_ms_ago,
+            "current_shard": w.current_shard, "shards_done": w.shards_done,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn rate(st: &shardprep_core::proto::StatusResponse) -> f64 {
+    st.bytes_read as f64 / 1e6 / (st.elapsed_ms.max(1) as f64 / 1000.0)
+}
+
+fn eta(st: &shardprep_core::proto::StatusResponse) -> Option<f64> {
+    let r = rate(st);
+    (r > 0.0 && st.bytes_total >= st.bytes_read).then(|| (st.bytes_total - st.bytes_read) as f64 / 1e6 / r)
+}
+
+fn print_status(st: &shardprep_core::proto::StatusResponse) {
+    println!(
+        "job {}  phase {}  shards {}/{} done, {} leased, {} failed",
+        st.job_id, st.phase, st.shards_done, st.shards_total, st.shards_leased, st.shards_failed
+    );
+    println!(
+        "json {}  rows {}  read {:.1}/{:.1} MB  {:.1} MB/s  ETA {}",
+        st.json_files,
+        st.rows,
+        st.bytes_read as f64 / 1e6,
+        st.bytes_total as f64 / 1e6,
+        rate(st),
+        eta(st).map(|e| format!("{e:.0}s")).unwrap_or_else(|| "?".into())
+    );
+    println!("{:<6} {:<32} {:<8} {:<28} {:>8} {}", "#", "shard", "state", "worker", "attempts", "last error");
+    for s in &st.shards {
+        println!("{:<6} {:<32} {:<8} {:<28} {:>8} {}", s.index, s.name, s.state, s.worker_id, s.attempts, s.last_error);
+    }
+    println!("{:<28} {:<20} {:>14} {:>6} current", "worker", "host", "last seen (ms)", "done");
+    for w in &st.workers {
+        println!("{:<28} {:<20} {:>14} {:>6} {}", w.worker_id, w.hostname, w.last_seen_ms_ago, w.shards_done, w.current_shard);
+    }
+}
+
+/// `shardprep verify`.
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let findings = shardprep_coordinator::verify::verify_output(&args.output, args.expect_json, args.dataset_id.as_deref());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        for line in &findings.checked {
+            println!("ok       {line}");
+        }
+        for p in &findings.problems {
+            println!("PROBLEM  {p}");
+        }
+        println!("{}", if findings.problems.is_empty() { "verify: OK" } else { "verify: FAILED" });
+    }
+    Ok(if findings.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_JOB_FAILED)
+    })
+}
