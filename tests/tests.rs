@@ -1,0 +1,10 @@
+//! Integration tests of the `shardprep` binary: real processes, real gRPC,
+//! real files. One test binary (topical modules) keeps link time low.
+
+mod util;
+
+mod core;
+mod faults;
+mod hostile;
+mod remote;
+mod usage;
