@@ -164,6 +164,17 @@ pub struct TokenArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// TLS for clients (`worker`, `status`): use an `https://` coordinator URL.
+#[derive(Debug, Args)]
+pub struct ClientTlsArgs {
+    /// Trust this CA or self-signed certificate (PEM) for the coordinator's TLS.
+    #[arg(long, env = "SHARDPREP_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to expect in the coordinator's certificate (default: the URL's host).
+    #[arg(long, env = "SHARDPREP_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
@@ -173,6 +184,12 @@ pub struct CoordinatorArgs {
     pub listen: String,
     #[command(flatten)]
     pub token: TokenArgs,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SHARDPREP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SHARDPREP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +199,8 @@ pub struct WorkerArgs {
     pub coordinator: String,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// This worker's id in logs and status (default: host-pid-random).
     #[arg(long, env = "SHARDPREP_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -200,6 +219,8 @@ pub struct StatusArgs {
     pub coordinator: String,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Print the raw state as JSON (for scripts).
     #[arg(long)]
     pub json: bool,

@@ -7,7 +7,7 @@ use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
 use shardprep_core::auth;
 use shardprep_core::fields::{FieldMap, PRESETS};
 
-use crate::cli::{Captions, Cli, Command, CoordinatorArgs, GenerateArgs, JobArgs, TokenArgs, WorkerArgs};
+use crate::cli::{Captions, Cli, ClientTlsArgs, Command, CoordinatorArgs, GenerateArgs, JobArgs, TokenArgs, WorkerArgs};
 
 /// Exit code of a job that ran but did not verify (failed shards, count mismatch).
 pub const EXIT_JOB_FAILED: u8 = 1;
@@ -90,6 +90,7 @@ pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<Coordi
         max_attempts: job.max_attempts,
         worker_grace: job.worker_grace,
         progress_interval: job.progress_interval,
+        tls: None,
     })
 }
 
@@ -137,7 +138,13 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             t
         }
     };
-    let config = coordinator_config(&args.job, token)?;
+    let mut config = coordinator_config(&args.job, token)?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(shardprep_coordinator::ServerTls {
+            cert_pem: std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?,
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -189,9 +196,21 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         worker_id: args.worker_id.unwrap_or_else(default_worker_id),
         connect_timeout: args.connect_timeout,
         fault,
+        tls: client_tls(&args.tls)?,
     };
     shardprep_worker::run(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// TLS settings of a client from its flags.
+pub fn client_tls(args: &ClientTlsArgs) -> anyhow::Result<Option<shardprep_worker::ClientTls>> {
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    Ok(Some(shardprep_worker::ClientTls {
+        ca_pem: std::fs::read(ca).with_context(|| format!("cannot read --tls-ca {}", ca.display()))?,
+        domain: args.tls_domain.clone(),
+    }))
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {

@@ -190,7 +190,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let Some(token) = token_from(&args.token)? else {
         anyhow::bail!("no token: pass the job's token with --token-file FILE or SHARDPREP_TOKEN");
     };
-    let mut client = shardprep_worker::client::client(&args.coordinator, &token)?;
+    let tls = crate::commands::client_tls(&args.tls)?;
+    let mut client = shardprep_worker::client::client(&args.coordinator, &token, tls.as_ref())?;
     let st = client
         .status(shardprep_core::proto::StatusRequest {})
         .await

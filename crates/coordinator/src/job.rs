@@ -136,7 +136,14 @@ pub async fn serve(
     let svc = InterceptedService::new(svc, auth_interceptor(Arc::new(config.token.clone())));
     health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| CoordinatorError::Server(format!("bad TLS certificate or key: {e}")))?;
+    }
+    let server = builder
         .timeout(Duration::from_secs(60))
         .concurrency_limit_per_connection(64)
         .max_concurrent_streams(Some(128))

@@ -85,6 +85,15 @@ pub struct CoordinatorConfig {
     pub worker_grace: Duration,
     /// How often to log a progress line.
     pub progress_interval: Duration,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM).
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS identity of the coordinator.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
 }
 
 /// Phase of the job.

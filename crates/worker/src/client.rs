@@ -63,6 +63,17 @@ pub struct WorkerConfig {
     /// Give up after the coordinator has been unreachable this long.
     pub connect_timeout: Duration,
     pub fault: Option<Fault>,
+    /// Trust this CA (PEM) and use TLS; the URL must be `https://`.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of a client.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// PEM of the CA (or self-signed certificate) the coordinator's certificate chains to.
+    pub ca_pem: Vec<u8>,
+    /// Name to check in the certificate (default: the URL's host).
+    pub domain: Option<String>,
 }
 
 /// Why a worker stopped with an error.
@@ -70,6 +81,8 @@ pub struct WorkerConfig {
 pub enum WorkerError {
     #[error("invalid coordinator URL {0:?}: use e.g. http://HOST:50051")]
     Url(String),
+    #[error("bad TLS settings: {0}")]
+    Tls(String),
     #[error("the coordinator at {url} refused our token: pass the job's token with --token-file or SHARDPREP_TOKEN")]
     Unauthenticated { url: String },
     #[error("could not reach the coordinator at {url} for {waited:?}: {last}")]
@@ -105,12 +118,22 @@ impl tonic::service::Interceptor for AuthInterceptor {
 }
 
 /// Connects lazily to a coordinator with the token attached to every call.
-pub fn client(url: &str, token: &str) -> Result<Client, WorkerError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+pub fn client(url: &str, token: &str, tls: Option<&ClientTls>) -> Result<Client, WorkerError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|_| WorkerError::Url(url.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .tcp_nodelay(true);
+    if let Some(t) = tls {
+        let mut cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem));
+        if let Some(d) = &t.domain {
+            cfg = cfg.domain_name(d.clone());
+        }
+        endpoint = endpoint
+            .tls_config(cfg)
+            .map_err(|e| WorkerError::Tls(e.to_string()))?;
+    }
     let value = bearer(token)
         .parse()
         .map_err(|_| WorkerError::Url(url.to_string()))?;
@@ -206,7 +229,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkerExit, WorkerError> {
-    let client = client(&config.coordinator, &config.token)?;
+    let client = client(&config.coordinator, &config.token, config.tls.as_ref())?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -486,4 +509,30 @@ async fn report_failure(ctx: &mut Ctx, lease_id: u64, shard: &str, error: String
     .await?;
     tracing::debug!(shard, "failure reported");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_must_stay_inside_the_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join("ok.tar"), b"x").unwrap();
+        std::fs::write(tmp.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), input.join("link.tar")).unwrap();
+        assert!(resolve_shard(&input, "ok.tar").is_ok());
+        for bad in ["../secret", "/etc/shadow", "a/../../secret", "", "link.tar"] {
+            assert!(resolve_shard(&input, bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn fault_specs_parse() {
+        assert_eq!(Fault::parse("fail:a.tar"), Ok(Fault::Fail("a.tar".into())));
+        assert_eq!(Fault::parse("stall:a.tar:2s"), Ok(Fault::Stall("a.tar".into(), Duration::from_secs(2))));
+        assert!(Fault::parse("explode:a.tar").is_err());
+    }
 }

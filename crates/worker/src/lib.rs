@@ -16,4 +16,4 @@ pub mod sample;
 pub mod shard;
 
 
-pub use client::{Fault, WorkerConfig, WorkerError, WorkerExit, run};
+pub use client::{ClientTls, Fault, WorkerConfig, WorkerError, WorkerExit, run};
