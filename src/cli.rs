@@ -111,7 +111,7 @@ pub struct JobArgs {
     #[arg(long, env = "SHARDPREP_LEASE_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub lease_timeout: Duration,
     /// How often workers report progress and renew their lease.
-    #[arg(long, env = "SHARDPREP_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "3s")]
+    #[arg(long, env = "SHARDPREP_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "1s")]
     pub heartbeat_interval: Duration,
     /// A shard whose worker reports no progress for this long is given to another worker.
     #[arg(long, env = "SHARDPREP_STALL_TIMEOUT", value_parser = duration, default_value = "5m")]

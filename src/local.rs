@@ -73,7 +73,7 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
             restarts: 0,
         });
     }
-    let progress = crate::local::progress_task(&args, &url, &token);
+    let progress = crate::progress::active(args.progress).then(|| crate::progress::spawn(url.clone(), token.clone()));
 
     let mut stop_tx = Some(stop_tx);
     let mut signal = Box::pin(shutdown_signal());
@@ -151,11 +151,6 @@ fn supervise(slots: &mut [Slot], exe: &PathBuf, url: &str, token: &str, log: Log
         anyhow::bail!("every worker process died; see the errors above");
     }
     Ok(())
-}
-
-/// The live display (or nothing); filled in by the progress module.
-pub fn progress_task(_args: &RunArgs, _url: &str, _token: &str) -> Option<tokio::task::JoinHandle<()>> {
-    None
 }
 
 /// Prints the end-of-job table (the same numbers as report.json).
