@@ -348,14 +348,20 @@ async fn work_on(ctx: &mut Ctx, spec: &proto::JobSpec, l: proto::ShardLease) -> 
         Ok(p) => p,
         Err(msg) => return report_failure(ctx, lease_id, &shard, msg, true).await,
     };
+    let layout = OutputLayout::new(&spec.output_root);
+    let shards_in_data_dir = match (path.parent(), layout.data_dir().canonicalize()) {
+        (Some(parent), Ok(data)) => parent == data,
+        _ => false,
+    };
     let task = ShardTask {
+        shards_in_data_dir,
         shard_path: path,
         shard_name: shard.clone(),
         identity: ShardIdentity {
             size: l.size,
             mtime_ns: l.mtime_ns,
         },
-        layout: OutputLayout::new(&spec.output_root),
+        layout,
         fields: fields_of(spec),
         write_captions: spec.write_captions,
         extract: spec.extract,

@@ -41,6 +41,9 @@ pub struct ShardTask {
     pub lease_id: u64,
     pub attempt: u32,
     pub worker_id: String,
+    /// The shards live in `data/` itself (the Hugging Face layout): top-level
+    /// `*.tar` members are not extracted, so no shard is ever overwritten.
+    pub shards_in_data_dir: bool,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
@@ -340,6 +343,11 @@ pub fn process_shard(
         if !seen_members.insert(fnv1a64(rel_bytes)) {
             tally.counts.duplicate_members += 1;
             tally.issue(&member, "duplicate_member", "the same name appears again in this shard; the later copy wins");
+        }
+        if task.shards_in_data_dir && top_level && rel_bytes.ends_with(b".tar") {
+            tally.reject(&member, "would_overwrite_input", "a .tar member at the top of data/ could overwrite an input shard (shards and data/ are the same folder); not extracted");
+            last_good_end = member_end;
+            continue;
         }
         let kind = kind_of(&rel);
         // The seed writes captions after extracting: a caption wins over a `.txt` member of the same name.
