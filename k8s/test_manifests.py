@@ -620,7 +620,8 @@ class LocalPod:
         return env
 
     def start(self) -> "LocalPod":
-        self.log = open(self.dir / "log.txt", "wb")
+        """Starts the container; again after it stopped = a restart in the same pod."""
+        self.log = open(self.dir / "log.txt", "ab")
         self.proc = subprocess.Popen(
             self.argv,
             env=self.process_env(),
@@ -659,18 +660,18 @@ def cluster(rendered, tmp_path):
     c.stop_all()
 
 
-def generate_shards(cluster: Cluster, coordinator: LocalPod) -> Path:
+def generate_shards(cluster: Cluster, coordinator: LocalPod, shards_n: int = 3, samples: int = 20) -> Path:
     shards = Path(coordinator.setting("input"))
     assert str(shards).startswith(str(cluster.root)), "the input was not mapped to a temp dir"
     shards.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
-        [str(cluster.bin), "generate", "--output", str(shards), "--shards", "3", "--samples", "20"],
+        [str(cluster.bin), "generate", "--output", str(shards), "--shards", str(shards_n), "--samples", str(samples)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, f"generate failed:\n{out.stderr}"
-    assert len(list(shards.glob("*.tar"))) == 3
+    assert len(list(shards.glob("*.tar"))) == shards_n
     return shards
 
 
@@ -691,6 +692,10 @@ def check_job_output(cluster: Cluster, coordinator: LocalPod, pods: list[LocalPo
         assert (out / name).is_file(), f"{out / name} missing:\n" + "\n".join(p.describe() for p in pods)
     report = json.loads((out / "report.json").read_text())
     assert report.get("verdict") == "ok", report
+    shards = len(list(Path(coordinator.setting("input")).glob("*.tar")))
+    for key in ("shards_total", "shards_done"):
+        if key in report:
+            assert report[key] == shards, (key, report)
     json.loads((out / "multidatabackend.json").read_text())
     assert any((out / "data").iterdir()), "no extracted data"
     verify = subprocess.run(
@@ -736,7 +741,7 @@ def test_workers_started_before_coordinator_wait_for_it(cluster):
     check_job_output(cluster, coordinator, pods)
 
 
-def wait_until(predicate, timeout: float, what: str, pod: LocalPod):
+def wait_until(predicate, timeout: float, what: str, pod: LocalPod, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -747,7 +752,7 @@ def wait_until(predicate, timeout: float, what: str, pod: LocalPod):
                 return result
         except Exception as e:  # noqa: BLE001 - retried until the deadline
             last = e
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"no {what} within {timeout}s (last error: {last}):\n{pod.describe()}")
 
 
@@ -808,3 +813,36 @@ def test_status_with_manifest_token(cluster):
     env["SHARDPREP_TOKEN_FILE"] = str(bad)
     refused = status(env)
     assert refused.returncode != 0, f"a wrong token was accepted:\n{refused.stdout}"
+
+
+def test_coordinator_restart_resumes(cluster):
+    """What the coordinator Job does after a crash: the same container starts
+    again on the same volumes and resumes; the running worker waits for it."""
+    total = 40
+    coordinator = cluster.pod("coordinator", "shardprep-coordinator-crash")
+    worker = cluster.pod("worker", "shardprep-worker-survivor")
+    generate_shards(cluster, coordinator, shards_n=total, samples=100)
+    # The committed manifests (core's OUT/.shardprep/fragments layout).
+    fragments = Path(coordinator.setting("output")) / ".shardprep" / "fragments"
+
+    def committed() -> int:
+        return len(list(fragments.glob("*.manifest.json"))) if fragments.is_dir() else 0
+
+    coordinator.start()
+    worker.start()
+    wait_until(lambda: committed() >= 1, JOB_TIMEOUT_S, "a committed shard", coordinator, interval=0.01)
+    coordinator.proc.kill()
+    coordinator.proc.wait()
+    before = committed()
+    assert before < total, "the job ended before the crash: nothing to resume"
+    time.sleep(1.5)
+    assert worker.proc.poll() is None, f"the worker gave up while the coordinator was down:\n{worker.describe()}"
+
+    coordinator.start()
+    wait_all([coordinator, worker], JOB_TIMEOUT_S)
+    for p in (coordinator, worker):
+        assert p.proc.returncode == 0, p.describe()
+    check_job_output(cluster, coordinator, [coordinator, worker])
+    report = json.loads((Path(coordinator.setting("output")) / "report.json").read_text())
+    if "shards_recovered" in report:
+        assert report["shards_recovered"] >= before, report

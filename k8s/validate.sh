@@ -4,8 +4,8 @@
 #   k8s/validate.sh [K8S_DIR]
 #
 # 1. sets up a venv ($VENV, default .venv at the repo root) with
-#    kubernetes-validate (it ships the API schemas: no cluster, no network
-#    once installed);
+#    k8s/requirements.txt: kubernetes-validate (it ships the API schemas: no
+#    cluster, no network once installed), and what test_manifests.py needs;
 # 2. checks that every *.yaml here is listed in kustomization.yaml and back;
 # 3. validates every raw manifest with `kubernetes-validate --strict`;
 # 4. renders `kubectl kustomize` (from a copy holding a throwaway token, so
@@ -34,8 +34,9 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
-if ! "$py" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
-  echo "validate.sh: installing kubernetes-validate into $venv"
+# Everything of requirements.txt, so the pytest suite that follows has grpcio too.
+if ! "$py" -c 'import kubernetes_validate, yaml, pytest, grpc, grpc_health.v1.health_pb2' 2>/dev/null; then
+  echo "validate.sh: installing k8s/requirements.txt into $venv"
   "$py" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 fi
 kv="$venv/bin/kubernetes-validate"
