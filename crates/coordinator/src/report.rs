@@ -146,18 +146,7 @@ pub fn backend_entry(s: &BackendSettings, out_abs: &Path, textfile_captions: boo
     }])
 }
 
-/// Peak resident memory of this process (`VmHWM`), in bytes; 0 if unknown.
-pub fn peak_rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+pub use shardprep_core::layout::peak_rss_bytes;
 
 /// Current time as RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {

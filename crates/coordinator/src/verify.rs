@@ -7,7 +7,7 @@ use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
-use shardprep_core::layout::OutputLayout;
+use shardprep_core::layout::{OutputLayout, stem};
 
 /// What was checked and what is wrong.
 #[derive(Debug, Default, Serialize)]
@@ -35,14 +35,6 @@ pub fn count_json_files(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(n)
-}
-
-/// Python's `os.path.splitext(name)[0]`.
-fn stem(name: &str) -> &str {
-    match name.rfind('.') {
-        Some(i) if name[..i].chars().any(|c| c != '.') => &name[..i],
-        _ => name,
-    }
 }
 
 /// Checks `out`: the report, the JSON count in `data/`, the parquet's schema

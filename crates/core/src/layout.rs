@@ -83,6 +83,29 @@ pub fn shard_file_stem(shard_name: &str) -> String {
     format!("{safe}-{:016x}", fnv1a64(shard_name.as_bytes()))
 }
 
+/// Python's `os.path.splitext(name)[0]`: the name without its last extension
+/// (a leading dot does not start an extension). The seed names caption files
+/// `data/<stem of image_name>.txt`.
+pub fn stem(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(i) if name[..i].chars().any(|c| c != '.') => &name[..i],
+        _ => name,
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes; 0 if unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
 /// FNV-1a, 64 bit: a stable hash for names (not for security).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shardprep_core::auth::{AUTH_HEADER, bearer};
 use shardprep_core::fields::FieldMap;
-use shardprep_core::layout::OutputLayout;
+use shardprep_core::layout::{OutputLayout, peak_rss_bytes};
 use shardprep_core::manifest::ShardIdentity;
 use shardprep_core::proto;
 use shardprep_core::proto::coordinator_client::CoordinatorClient;
@@ -208,19 +208,6 @@ impl Ctx {
             }
         }
     }
-}
-
-/// Peak resident memory of this process (`VmHWM`), in bytes; 0 if unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 /// Runs a worker until the job is done, `shutdown` resolves, or the

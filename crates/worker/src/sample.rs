@@ -237,14 +237,7 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Python's `os.path.splitext(name)[0]`: the name without its last extension
-/// (a leading dot does not start an extension).
-pub fn stem(name: &str) -> &str {
-    match name.rfind('.') {
-        Some(i) if name[..i].chars().any(|c| c != '.') => &name[..i],
-        _ => name,
-    }
-}
+pub use shardprep_core::layout::stem;
 
 /// Deserialises a JSON object, keeping the raw values of the wanted keys only.
 /// For duplicate keys the last one wins, as in Python's `json.load`.
