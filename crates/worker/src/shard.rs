@@ -206,20 +206,31 @@ impl NameSet {
     }
 }
 
-/// Processes one shard from start to end. `cancel` stops it between members
-/// (and between chunks of a large member).
+/// Processes one local shard file from start to end. `cancel` stops it
+/// between members (and between chunks of a large member).
 pub fn process_shard(
     task: &ShardTask,
     cancel: &AtomicBool,
     live: &LiveProgress,
 ) -> Result<ShardOutput, ShardError> {
-    let started = Instant::now();
-    let shard = task.shard_name.clone();
     let file = File::open(&task.shard_path).map_err(|source| ShardError::Open {
-        shard: shard.clone(),
+        shard: task.shard_name.clone(),
         path: task.shard_path.display().to_string(),
         source,
     })?;
+    process_stream(task, file, cancel, live)
+}
+
+/// Processes one shard read from `input` (a local file or a remote stream).
+pub fn process_stream(
+    task: &ShardTask,
+    input: impl Read,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<ShardOutput, ShardError> {
+    let started = Instant::now();
+    let shard = task.shard_name.clone();
+    let file = input;
     let corrupt = |what: String, offset: u64, member: Option<String>| ShardError::Corrupt {
         shard: shard.clone(),
         what,
@@ -538,6 +549,7 @@ fn place_reason(e: &PlaceError) -> (&'static str, &Path) {
         PlaceError::NotADirectory(p) => ("path_through_non_directory", p),
         PlaceError::SymlinkInTheWay(p) => ("symlink_in_the_way", p),
         PlaceError::DirectoryInTheWay(p) => ("directory_in_the_way", p),
+        PlaceError::NameTooLong(p) => ("name_too_long", p),
         PlaceError::Io(p, _) => ("io_error", p),
     }
 }
