@@ -66,6 +66,9 @@ pub enum PlaceError {
     SymlinkInTheWay(PathBuf),
     /// A directory stands at the file's path.
     DirectoryInTheWay(PathBuf),
+    /// A name component (or the whole path) is longer than the filesystem
+    /// allows: a property of the member, not of the disk.
+    NameTooLong(PathBuf),
     /// The disk or the permissions failed: the shard cannot go on.
     Io(PathBuf, io::Error),
 }
@@ -114,6 +117,9 @@ impl DataDir {
                         return Err(PlaceError::NotADirectory(full));
                     }
                 }
+                Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                    return Err(PlaceError::NameTooLong(full));
+                }
                 Err(e) => return Err(PlaceError::Io(full, e)),
             }
             self.known_dirs.insert(cur.clone());
@@ -140,6 +146,7 @@ impl DataDir {
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(PlaceError::SymlinkInTheWay(full)),
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(PlaceError::DirectoryInTheWay(full)),
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(PlaceError::NotADirectory(full)),
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Err(PlaceError::NameTooLong(full)),
             Err(e) => Err(PlaceError::Io(full, e)),
         }
     }
@@ -214,6 +221,22 @@ mod tests {
         assert_eq!(safe_relative_path(b"./"), Err(UnsafeName::Empty));
         assert_eq!(safe_relative_path(b""), Err(UnsafeName::Empty));
         assert!(safe_relative_path(b"caf\xe9.png").is_ok());
+    }
+
+    #[test]
+    fn too_long_names_are_refused_not_disk_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = DataDir::new(tmp.path().to_path_buf());
+        let long = "x".repeat(300);
+        assert!(matches!(
+            d.write_bytes(Path::new(&long), b"no"),
+            Err(PlaceError::NameTooLong(_))
+        ));
+        assert!(matches!(
+            d.write_bytes(&Path::new(&long).join("f"), b"no"),
+            Err(PlaceError::NameTooLong(_))
+        ));
+        d.write_bytes(Path::new("ok"), b"yes").unwrap();
     }
 
     #[test]
