@@ -1,0 +1,321 @@
+"""Interop of shardprep's output with the Python tools a trainer uses.
+
+Builds shards with `shardprep generate`, prepares them with `shardprep run`,
+then reads the result with pandas and pyarrow, compares it with the seed's
+own `compile.py` / `extract-captions.py` logic run over a `tar xf`-style
+extraction of the same shards, and looks samples up the way SimpleTuner's
+parquet metadata backend does.
+
+The binary is $SHARDPREP_BIN (default: target/release/shardprep of this repo).
+"""
+
+import glob
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SHARDS, SAMPLES, SEED = 3, 15, 20240607
+
+
+def _bin() -> Path:
+    raw = os.environ.get("SHARDPREP_BIN") or "target/release/shardprep"
+    p = Path(raw)
+    if not p.is_absolute():
+        p = (REPO / p) if (REPO / p).exists() else Path.cwd() / p
+    if not p.is_file() or not os.access(p, os.X_OK):
+        pytest.fail(
+            f"shardprep binary not found at {p}: run `cargo build --release` "
+            "or set SHARDPREP_BIN to the binary's path",
+            pytrace=False,
+        )
+    return p
+
+
+def shardprep(*args, ok=True):
+    cmd = [str(_bin()), *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if ok and r.returncode != 0:
+        pytest.fail(
+            f"command failed ({r.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout ---\n{r.stdout}\n--- stderr ---\n{r.stderr}",
+            pytrace=False,
+        )
+    return r
+
+
+def prepare(base: Path, *flags):
+    """Generates the shards (once per base) and runs shardprep into base/out-<flags>."""
+    shards = base / "shards"
+    if not shards.exists():
+        shardprep("generate", "--output", shards, "--shards", SHARDS, "--samples", SAMPLES, "--seed", SEED)
+    out = base / ("out" + "".join(f.replace("-", "_") for f in flags))
+    shardprep("run", "--input", shards, "--output", out, "--workers", 2, *flags)
+    return shards, out
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("interop")
+    shards, out = prepare(base)
+    return {"base": base, "shards": shards, "out": out, "report": json.loads((out / "report.json").read_text())}
+
+
+def extract_like_tar_xf(shards: Path, dalle3: Path):
+    """The seed's `for t in *.tar; do tar xf "$t" -C data/; done`, with Python's tarfile."""
+    data = dalle3 / "data"
+    data.mkdir(parents=True)
+    for t in sorted(shards.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(data, filter="data")
+            else:  # pragma: no cover - old Pythons
+                tf.extractall(data)
+
+
+def seed_compile(dalle3: Path, monkeypatch):
+    """The seed's compile.py, verbatim except tqdm, run in the dalle3/ folder."""
+    monkeypatch.chdir(dalle3)
+    # Glob for all JSON files in the folder
+    json_files = glob.glob('data/*.json')
+
+    data = []
+
+    # Process each JSON file
+    for file_path in json_files:
+        with open(file_path, 'r') as file:
+            content = json.load(file)
+            if "width" not in content:
+                continue
+            # Extract the necessary information
+            text_path = os.path.splitext(content['image_name'])[0] + ".txt"  # noqa: F841 (as in the seed)
+            width = int(content['width'])
+            height = int(content['height'])
+            caption = content['short_caption']
+            filename = content['image_name']
+
+            # Append to data list
+            data.append({'width': width, 'height': height, 'caption': caption, 'filename': filename})
+
+    # Create a DataFrame
+    df = pd.DataFrame(data, columns=['width', 'height', 'caption', 'filename'])
+
+    # Save the DataFrame to a Parquet file
+    df.to_parquet('dalle3.parquet', index=False)
+    return df
+
+
+def seed_extract_captions(dalle3: Path, monkeypatch):
+    """The seed's extract-captions.py, verbatim except tqdm."""
+    monkeypatch.chdir(dalle3)
+    json_files = glob.glob('data/*.json')
+    caption_field = 'short_caption'
+    for file_path in json_files:
+        with open(file_path, 'r') as file:
+            content = json.load(file)
+            if "width" not in content:
+                continue
+            text_path = "data/" + os.path.splitext(content['image_name'])[0] + ".txt"
+            # write content to text path
+            with open(text_path, 'w') as text_file:
+                text_file.write(content[caption_field])
+
+
+def rows_of(df):
+    return [(int(w), int(h), c, f) for w, h, c, f in zip(df["width"], df["height"], df["caption"], df["filename"])]
+
+
+# ------------------------------------------------------------------ reading the table
+
+
+def test_pandas_reads_the_table(job):
+    df = pd.read_parquet(job["out"] / "dalle3.parquet")
+    assert list(df.columns) == ["width", "height", "caption", "filename"]
+    assert str(df["width"].dtype) == "int64"
+    assert str(df["height"].dtype) == "int64"
+    assert all(isinstance(c, str) for c in df["caption"])
+    assert all(isinstance(f, str) for f in df["filename"])
+    assert len(df) == job["report"]["rows"] > 0
+    assert job["report"]["verdict"] == "ok"
+
+
+def test_pyarrow_sees_the_seed_schema(job):
+    path = job["out"] / "dalle3.parquet"
+    schema = pq.read_schema(path)
+    assert [(f.name, f.type) for f in schema] == [
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("caption", pa.string()),
+        ("filename", pa.string()),
+    ]
+    assert pq.ParquetFile(path).metadata.num_rows == job["report"]["rows"]
+    table = pq.read_table(path)
+    assert table.num_rows == job["report"]["rows"]
+    assert table.column("width").null_count == 0
+    assert table.column("filename").null_count == 0
+
+
+def test_values_equal_the_seed_compile_py(job, tmp_path, monkeypatch):
+    dalle3 = tmp_path / "dalle3"
+    extract_like_tar_xf(job["shards"], dalle3)
+    seed_df = seed_compile(dalle3, monkeypatch)
+    ours = pd.read_parquet(job["out"] / "dalle3.parquet")
+    # glob order is arbitrary: compare as sorted lists of rows.
+    assert sorted(rows_of(ours)) == sorted(rows_of(seed_df))
+    assert len(ours) == len(seed_df) == job["report"]["rows"]
+    # The seed's own parquet (written by pandas) has the same columns and kinds
+    # (pandas >= 3 writes large_string where shardprep writes string: both text).
+    def kinds(schema):
+        return [(f.name, "text" if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) else str(f.type)) for f in schema]
+
+    assert kinds(pq.read_schema(job["out"] / "dalle3.parquet")) == kinds(pq.read_schema(dalle3 / "dalle3.parquet"))
+    # The seed's JSON count check: find data -name '*.json' | wc -l
+    found = sum(1 for _ in (dalle3 / "data").rglob("*.json"))
+    assert job["report"]["found_json"] == found == SHARDS * SAMPLES
+
+
+def test_data_folder_equals_tar_xf_plus_extract_captions(job, tmp_path, monkeypatch):
+    dalle3 = tmp_path / "dalle3"
+    extract_like_tar_xf(job["shards"], dalle3)
+    seed_extract_captions(dalle3, monkeypatch)
+
+    def tree(root: Path):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    want, got = tree(dalle3 / "data"), tree(job["out"] / "data")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], f"data/{name} differs from the seed's"
+
+
+def test_row_order_is_shard_order_then_member_order(job):
+    expected = []
+    for t in sorted(job["shards"].glob("*.tar")):
+        with tarfile.open(t) as tf:
+            for m in tf:  # member order
+                if m.isfile() and m.name.endswith(".json"):
+                    content = json.load(tf.extractfile(m))
+                    if "width" in content:
+                        expected.append(content["image_name"])
+    ours = pd.read_parquet(job["out"] / "dalle3.parquet")
+    assert list(ours["filename"]) == expected
+
+
+# ------------------------------------------------------------------ SimpleTuner-style lookup
+
+
+def simpletuner_lookup(out: Path):
+    """Mimics SimpleTuner's parquet metadata backend over shardprep's entry."""
+    backends = json.loads((out / "multidatabackend.json").read_text())
+    assert isinstance(backends, list) and len(backends) == 1
+    entry = backends[0]
+    assert entry["type"] == "local"
+    assert entry["metadata_backend"] == "parquet"
+    cfg = entry["parquet"]
+    df = pd.read_parquet(cfg["path"])
+    for col in ("filename_column", "caption_column", "width_column", "height_column"):
+        assert cfg[col] in df.columns, f"{col}={cfg[col]} is not a column"
+    db = df.set_index(cfg["filename_column"])
+    assert db.index.is_unique
+    data_dir = Path(entry["instance_data_dir"])
+    images = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    assert images, f"no images found in {data_dir}"
+    found, unlisted = [], []
+    for image in images:
+        if cfg["identifier_includes_extension"]:
+            identifier = image.name
+        else:
+            identifier = image.stem
+        if identifier not in db.index:
+            # SimpleTuner skips images the metadata backend has no row for.
+            unlisted.append(identifier)
+            continue
+        row = db.loc[identifier]
+        width, height = int(row[cfg["width_column"]]), int(row[cfg["height_column"]])
+        assert width > 0 and height > 0
+        caption = row[cfg["caption_column"]]
+        assert isinstance(caption, str) and caption.strip()
+        if entry["caption_strategy"] == "textfile":
+            txt = image.with_suffix(".txt")
+            assert txt.read_text(encoding="utf-8") == caption, f"{txt} differs from the caption column"
+        else:
+            assert entry["caption_strategy"] == "parquet"
+            assert not image.with_suffix(".txt").exists()
+        found.append(identifier)
+    return entry, db, found, unlisted
+
+
+def no_width_images(shards: Path):
+    """Image names of the samples whose JSON has no width: the seed gives them no row."""
+    names = []
+    for t in sorted(shards.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            for m in tf:
+                if m.isfile() and m.name.endswith(".json"):
+                    c = json.load(tf.extractfile(m))
+                    if "width" not in c:
+                        names.append(c["image_name"])
+    return sorted(names)
+
+
+def test_simpletuner_parquet_backend_finds_every_image(job):
+    entry, db, found, unlisted = simpletuner_lookup(job["out"])
+    assert entry["caption_strategy"] == "textfile"
+    assert entry["parquet"]["identifier_includes_extension"] is True
+    assert all("." in name for name in db.index), "filenames include the extension"
+    assert Path(entry["instance_data_dir"]) == (job["out"] / "data").resolve()
+    assert Path(entry["parquet"]["path"]) == (job["out"] / "dalle3.parquet").resolve()
+    # Every row has its image; the only images without a row are the
+    # samples whose JSON lacks width, exactly as with the seed's table.
+    assert sorted(found) == sorted(db.index)
+    assert sorted(unlisted) == no_width_images(job["shards"])
+    assert unlisted, "the fixture should have samples without width"
+
+
+def test_simpletuner_lookup_with_parquet_captions(job):
+    _, out = prepare(job["base"], "--captions", "parquet")
+    entry, db, found, unlisted = simpletuner_lookup(out)
+    assert entry["caption_strategy"] == "parquet"
+    assert sorted(found) == sorted(db.index)
+    assert sorted(unlisted) == no_width_images(job["shards"])
+    assert not list((out / "data").glob("*.txt"))
+    assert sorted(rows_of(pd.read_parquet(out / "dalle3.parquet"))) == sorted(
+        rows_of(pd.read_parquet(job["out"] / "dalle3.parquet"))
+    )
+
+
+# ------------------------------------------------------------------ extra columns
+
+
+def test_extra_list_column_is_list_of_strings(job):
+    _, out = prepare(job["base"], "--extra-columns", "short_caption2,long_caption")
+    path = out / "dalle3.parquet"
+    schema = pq.read_schema(path)
+    t = schema.field("short_caption2").type
+    assert pa.types.is_list(t) and t.value_type == pa.string(), f"short_caption2 is {t}"
+    assert schema.field("long_caption").type == pa.string()
+    assert schema.names[:4] == ["width", "height", "caption", "filename"]
+
+    expected = {}
+    for tfile in sorted(job["shards"].glob("*.tar")):
+        with tarfile.open(tfile) as tf:
+            for m in tf:
+                if m.isfile() and m.name.endswith(".json"):
+                    c = json.load(tf.extractfile(m))
+                    if "width" in c:
+                        expected[c["image_name"]] = (c["short_caption2"], c["long_caption"])
+    table = pq.read_table(path).to_pylist()
+    assert len(table) == len(expected)
+    for row in table:
+        assert (row["short_caption2"], row["long_caption"]) == expected[row["filename"]]
+    # pandas gives each cell as a sequence of str.
+    df = pd.read_parquet(path)
+    assert [list(v) for v in df["short_caption2"]] == [r["short_caption2"] for r in table]
