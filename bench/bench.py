@@ -46,6 +46,13 @@ TARGETS = [
     ("big", "big files: spN ≤ 1.1× tar xf", "spN", "tar", "<=", 1.1),
 ]
 
+# Shared machine: before each timed run wait (at most IDLE_WAIT s) until the other
+# processes use less than IDLE_MAX_BUSY cores; during each run, measure how much
+# CPU the rest of the machine used ("others' CPU s"), a noise indicator.
+IDLE_MAX_BUSY = float(os.environ.get("BENCH_IDLE_MAX_BUSY", "0.3"))
+IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "0" if QUICK else "120"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 WARNINGS = []
 
 
@@ -65,6 +72,32 @@ def rm_rf(path):
 
 def sync():
     subprocess.run(["sync"], check=True)
+
+
+def cpu_busy_jiffies():
+    """Busy jiffies of the whole machine so far (all /proc/stat time but idle and iowait)."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:9]]
+    return sum(vals) - vals[3] - vals[4]
+
+
+def busy_cores(seconds=1.0):
+    a = cpu_busy_jiffies()
+    time.sleep(seconds)
+    return (cpu_busy_jiffies() - a) / CLK_TCK / seconds
+
+
+def wait_quiet():
+    """Waits until the machine is nearly idle (or IDLE_WAIT s passed); returns (waited s, busy cores)."""
+    t0 = time.perf_counter()
+    busy = busy_cores(0.5)
+    announced = False
+    while busy > IDLE_MAX_BUSY and time.perf_counter() - t0 < IDLE_WAIT:
+        if not announced:
+            log(f"machine busy ({busy:.1f} cores used by others); waiting up to {IDLE_WAIT:.0f} s")
+            announced = True
+        busy = busy_cores(2.0)
+    return time.perf_counter() - t0, busy
 
 
 def set_dirs():
@@ -178,6 +211,7 @@ def run_tool(tool, shards_dir, out, log_path):
         argv = [SP_BIN, "run", "--input", shards_dir, "--output", out, "--workers", str(n)]
         steps = [("shardprep run", argv, None)]
     wall, rc, rss, cpu = 0.0, 0, 0, 0.0
+    busy0 = cpu_busy_jiffies()
     for name, argv, cwd in steps:
         w, code, r, c = timed(argv, cwd, log_path)
         res["phases"][name] = w
@@ -187,7 +221,8 @@ def run_tool(tool, shards_dir, out, log_path):
         if code != 0:
             rc = code
             break
-    res.update(wall=wall, rc=rc, rss_kib=rss or None, cpu=cpu)
+    machine_cpu = (cpu_busy_jiffies() - busy0) / CLK_TCK
+    res.update(wall=wall, rc=rc, rss_kib=rss or None, cpu=cpu, others_cpu=max(0.0, machine_cpu - cpu))
     # The flush of what the run left dirty, timed separately (not in "wall").
     t0 = time.perf_counter()
     sync()
@@ -327,6 +362,7 @@ def summarize(set_name, st, runs):
             "walls": [round(r["wall"], 3) for r in rs],
             "flush": med([r["flush"] for r in good]),
             "cpu": med([r["cpu"] for r in good if r["cpu"] is not None]),
+            "others_cpu": med([r["others_cpu"] for r in good]),
             "rss_kib": max([r["rss_kib"] for r in good if r["rss_kib"]] or [0]) or None,
             "coord_rss": max([r["coord_rss"] for r in good if r.get("coord_rss")] or [0]) or None,
             "worker_rss": max([r["worker_rss"] for r in good if r.get("worker_rss")] or [0]) or None,
@@ -362,8 +398,8 @@ def label(tool):
 
 def table_md(all_rows, stats):
     lines = [
-        "| set | tool | median s | min–max s | × tar | files/s | MB/s | +flush s | CPU s | peak RSS MiB (time %M) | coord RSS MiB (report) | worker RSS MiB (report) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| set | tool | median s | min–max s | × tar | files/s | MB/s | +flush s | CPU s | others' CPU s | peak RSS MiB (time %M) | coord RSS MiB (report) | worker RSS MiB (report) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for set_name, rows in all_rows.items():
         for tool, r in rows.items():
@@ -376,7 +412,7 @@ def table_md(all_rows, stats):
             lines.append(
                 f"| {set_name} | {label(tool)}{fail} | {fmt_s(r['median'])} | "
                 f"{fmt_s(r['min'])}–{fmt_s(r['max'])} | {xs} | {fs} | {mbs} | {fmt_s(r['flush'])} | "
-                f"{fmt_s(r['cpu'])} | {rss} | {fmt_mib(r['coord_rss'])} | {fmt_mib(r['worker_rss'])} |"
+                f"{fmt_s(r['cpu'])} | {fmt_s(r['others_cpu'])} | {rss} | {fmt_mib(r['coord_rss'])} | {fmt_mib(r['worker_rss'])} |"
             )
     return "\n".join(lines)
 
@@ -504,11 +540,12 @@ def main():
                     if not (rep == 1 and other == "seed" and seed_ref is not None):
                         rm_rf(os.path.join(out_root, other))
                 sync()
+                waited, busy_before = wait_quiet()
                 log_path = os.path.join(logs, f"{set_name}-{tool}-rep{rep}.log")
                 if os.path.exists(log_path):
                     os.remove(log_path)
                 r = run_tool(tool, shards_dir, out, log_path)
-                r["rep"] = rep
+                r.update(rep=rep, waited_quiet=waited, busy_before=busy_before)
                 runs.append(r)
                 extra = ""
                 if tool.startswith("sp"):
@@ -516,7 +553,7 @@ def main():
                 if r["rc"] != 0:
                     extra += f", EXIT {r['rc']} (log {log_path})"
                 print(f"  {set_name} rep {rep} {tool:4s}: {r['wall']:7.2f} s "
-                      f"(+flush {r['flush']:.2f} s){extra}", flush=True)
+                      f"(+flush {r['flush']:.2f} s; others' CPU {r['others_cpu']:.1f} s){extra}", flush=True)
                 if r["rc"] != 0:
                     warn(f"{set_name} rep {rep} {tool}: exit code {r['rc']} (log: {log_path})")
                 elif tool.startswith("sp") and r.get("verdict") != "ok":
@@ -533,6 +570,10 @@ def main():
         rm_rf(out_root)
         sync()
         all_rows[set_name] = summarize(set_name, st, runs)
+        for tool, row in all_rows[set_name].items():
+            if row["median"] and row["others_cpu"] is not None and row["others_cpu"] > max(0.5, 0.5 * row["median"]):
+                warn(f"{set_name} {tool}: noisy: other processes used {row['others_cpu'] / row['median']:.1f} "
+                     f"cores on average during the runs (median)")
         raw[set_name] = {"stats": st, "runs": runs}
 
     # Report.
@@ -574,6 +615,14 @@ def main():
         for s, rows in all_rows.items():
             for tool, r in rows.items():
                 f.write(f"- {s} {tool}: {r['walls']}\n")
+        f.write("\nothers' CPU s during each run (noise from the shared machine):\n\n")
+        for s in raw:
+            for tool in TOOLS:
+                xs = [round(r["others_cpu"], 1) for r in raw[s]["runs"] if r["tool"] == tool]
+                if xs:
+                    f.write(f"- {s} {tool}: {xs}\n")
+        waited = sum(r["waited_quiet"] for s in raw for r in raw[s]["runs"])
+        f.write(f"\nTime spent waiting for a quiet machine before runs (untimed): {waited:.0f} s.\n")
         f.write("\n</details>\n")
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump({"date": started.isoformat(), "workers": WORKERS, "reps": REPS, "rows": all_rows,

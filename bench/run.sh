@@ -38,8 +38,12 @@ if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
     log "cargo build --release"
     (cd "$ROOT" && cargo build --release --quiet)
 fi
-export SP_BIN="${SP_BIN:-$ROOT/target/release/shardprep}"
-[[ -x "$SP_BIN" ]] || { log "no binary at $SP_BIN"; exit 1; }
+SRC_BIN="${SP_BIN:-$ROOT/target/release/shardprep}"
+[[ -x "$SRC_BIN" ]] || { log "no binary at $SRC_BIN"; exit 1; }
+# Others may rebuild target/ while the bench runs: time a private copy.
+mkdir -p "$BENCH_WORK/bin"
+cp -f "$SRC_BIN" "$BENCH_WORK/bin/shardprep"
+export SP_BIN="$BENCH_WORK/bin/shardprep"
 
 # 2. Python venv with pandas + pyarrow (the seed's scripts and the checks need them).
 VENV="$(realpath -m "${VENV:-$BENCH_WORK/.venv}")"
