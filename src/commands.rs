@@ -7,7 +7,10 @@ use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
 use shardprep_core::auth;
 use shardprep_core::fields::{FieldMap, PRESETS};
 
-use crate::cli::{Captions, Cli, ClientTlsArgs, Command, CoordinatorArgs, GenerateArgs, JobArgs, TokenArgs, WorkerArgs};
+use crate::cli::{
+    Captions, Cli, ClientTlsArgs, Command, CoordinatorArgs, GenerateArgs, JobArgs, TokenArgs,
+    WorkerArgs,
+};
 
 /// Exit code of a job that ran but did not verify (failed shards, count mismatch).
 pub const EXIT_JOB_FAILED: u8 = 1;
@@ -26,7 +29,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The job's field map: the preset, then any field flags on top.
 pub fn fields(job: &JobArgs) -> anyhow::Result<FieldMap> {
     let Some(mut f) = FieldMap::preset(&job.preset) else {
-        bail!("unknown preset {:?}; known presets: {}", job.preset, PRESETS.join(", "));
+        bail!(
+            "unknown preset {:?}; known presets: {}",
+            job.preset,
+            PRESETS.join(", ")
+        );
     };
     if let Some(v) = &job.caption_field {
         f.caption = v.clone();
@@ -57,7 +64,10 @@ pub fn fields(job: &JobArgs) -> anyhow::Result<FieldMap> {
 /// A coordinator config from the job flags.
 pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<CoordinatorConfig> {
     if job.dataset_id.is_empty() || job.dataset_id.contains('/') {
-        bail!("--dataset-id {:?} must be a plain name (it names OUT/<id>.parquet)", job.dataset_id);
+        bail!(
+            "--dataset-id {:?} must be a plain name (it names OUT/<id>.parquet)",
+            job.dataset_id
+        );
     }
     if job.heartbeat_interval >= job.lease_timeout {
         bail!(
@@ -131,7 +141,8 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         None => {
             let t = auth::generate_token()?;
             let dir = args.job.output.join(".shardprep");
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let path = dir.join("token");
             write_private(&path, &t)?;
             tracing::warn!(path = %path.display(), "no token given: generated one; give it to workers with --token-file {}", path.display());
@@ -141,8 +152,10 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let mut config = coordinator_config(&args.job, token)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(shardprep_coordinator::ServerTls {
-            cert_pem: std::fs::read(cert).with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
-            key_pem: std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?,
+            cert_pem: std::fs::read(cert)
+                .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
+            key_pem: std::fs::read(key)
+                .with_context(|| format!("cannot read --tls-key {}", key.display()))?,
         });
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -177,7 +190,11 @@ pub fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "worker".into());
-    format!("{host}-{}-{:04x}", std::process::id(), auth::random_u64() & 0xffff)
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        auth::random_u64() & 0xffff
+    )
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -208,7 +225,8 @@ pub fn client_tls(args: &ClientTlsArgs) -> anyhow::Result<Option<shardprep_worke
         return Ok(None);
     };
     Ok(Some(shardprep_worker::ClientTls {
-        ca_pem: std::fs::read(ca).with_context(|| format!("cannot read --tls-ca {}", ca.display()))?,
+        ca_pem: std::fs::read(ca)
+            .with_context(|| format!("cannot read --tls-ca {}", ca.display()))?,
         domain: args.tls_domain.clone(),
     }))
 }

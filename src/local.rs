@@ -21,7 +21,14 @@ struct Slot {
     restarts: u32,
 }
 
-fn spawn_worker(exe: &PathBuf, url: &str, token: &str, i: usize, log: LogFormat, fault: Option<&str>) -> anyhow::Result<Child> {
+fn spawn_worker(
+    exe: &PathBuf,
+    url: &str,
+    token: &str,
+    i: usize,
+    log: LogFormat,
+    fault: Option<&str>,
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.arg("--log-format")
         .arg(match log {
@@ -33,7 +40,10 @@ fn spawn_worker(exe: &PathBuf, url: &str, token: &str, i: usize, log: LogFormat,
         .arg(url)
         .env("SHARDPREP_TOKEN", token)
         .env_remove("SHARDPREP_TOKEN_FILE")
-        .env("SHARDPREP_WORKER_ID", format!("local-{i}-{:04x}", auth::random_u64() & 0xffff))
+        .env(
+            "SHARDPREP_WORKER_ID",
+            format!("local-{i}-{:04x}", auth::random_u64() & 0xffff),
+        )
         // The coordinator is local: if it is gone for this long, it is not coming back.
         .env("SHARDPREP_CONNECT_TIMEOUT", "20s")
         .stdin(Stdio::null())
@@ -42,7 +52,8 @@ fn spawn_worker(exe: &PathBuf, url: &str, token: &str, i: usize, log: LogFormat,
         Some(f) => cmd.env("SHARDPREP_FAULT", f),
         None => cmd.env_remove("SHARDPREP_FAULT"),
     };
-    cmd.spawn().with_context(|| format!("cannot start worker process {}", exe.display()))
+    cmd.spawn()
+        .with_context(|| format!("cannot start worker process {}", exe.display()))
 }
 
 /// `shardprep run`: the coordinator in this process on 127.0.0.1 (ephemeral
@@ -53,7 +64,11 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let grace = config.worker_grace;
     let n = args
         .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .max(1);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -67,13 +82,18 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     tracing::info!(workers = n, coordinator = %url, "starting local job");
     let mut slots = Vec::with_capacity(n);
     for i in 0..n {
-        let fault = if i == 0 { args.fault_worker0.as_deref() } else { None };
+        let fault = if i == 0 {
+            args.fault_worker0.as_deref()
+        } else {
+            None
+        };
         slots.push(Slot {
             child: Some(spawn_worker(&exe, &url, &token, i, log, fault)?),
             restarts: 0,
         });
     }
-    let progress = crate::progress::active(args.progress).then(|| crate::progress::spawn(url.clone(), token.clone()));
+    let progress = crate::progress::active(args.progress)
+        .then(|| crate::progress::spawn(url.clone(), token.clone()));
 
     let mut stop_tx = Some(stop_tx);
     let mut signal = Box::pin(shutdown_signal());
@@ -104,8 +124,24 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     if let Some(p) = progress {
         p.abort();
     }
-    // The coordinator told the workers; give them `grace` to exit, then stop them.
-    let deadline = Instant::now() + grace.min(Duration::from_secs(10));
+    // The coordinator has told every worker it heard from; those still
+    // running never reached it (e.g. a job that had nothing left to do):
+    // ask them to stop, then kill what is left after a short grace.
+    let settle = Instant::now() + Duration::from_millis(300);
+    for s in &mut slots {
+        if let Some(c) = &mut s.child {
+            let _ =
+                tokio::time::timeout(settle.saturating_duration_since(Instant::now()), c.wait())
+                    .await;
+            if let Ok(None) = c.try_wait() {
+                if let Some(pid) = c.id() {
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + grace.min(Duration::from_secs(3));
     for s in &mut slots {
         if let Some(c) = &mut s.child {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -125,7 +161,14 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
 }
 
 /// Restarts worker processes that died while the job runs.
-fn supervise(slots: &mut [Slot], exe: &PathBuf, url: &str, token: &str, log: LogFormat, args: &RunArgs) -> anyhow::Result<()> {
+fn supervise(
+    slots: &mut [Slot],
+    exe: &PathBuf,
+    url: &str,
+    token: &str,
+    log: LogFormat,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
     let mut alive = 0;
     for (i, s) in slots.iter_mut().enumerate() {
         let Some(c) = &mut s.child else { continue };
@@ -136,7 +179,11 @@ fn supervise(slots: &mut [Slot], exe: &PathBuf, url: &str, token: &str, log: Log
                 if s.restarts < RESTARTS_PER_SLOT {
                     s.restarts += 1;
                     tracing::warn!(worker = i, status = %st, restart = s.restarts, "a worker process died; starting a new one");
-                    let fault = if i == 0 { args.fault_worker0.as_deref() } else { None };
+                    let fault = if i == 0 {
+                        args.fault_worker0.as_deref()
+                    } else {
+                        None
+                    };
                     s.child = Some(spawn_worker(exe, url, token, i, log, fault)?);
                     alive += 1;
                 } else {
@@ -147,7 +194,10 @@ fn supervise(slots: &mut [Slot], exe: &PathBuf, url: &str, token: &str, log: Log
             Err(e) => tracing::warn!(error = %e, "cannot check a worker process"),
         }
     }
-    if alive == 0 && slots.iter().all(|s| s.child.is_none()) && slots.iter().any(|s| s.restarts >= RESTARTS_PER_SLOT) {
+    if alive == 0
+        && slots.iter().all(|s| s.child.is_none())
+        && slots.iter().any(|s| s.restarts >= RESTARTS_PER_SLOT)
+    {
         anyhow::bail!("every worker process died; see the errors above");
     }
     Ok(())
@@ -158,20 +208,54 @@ pub fn print_summary(r: &Report) {
     let t = &r.totals;
     let secs = r.wall_ms as f64 / 1000.0;
     let skipped: Vec<String> = t.skipped.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let rejected: Vec<String> = t.rejected_members.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let expected = r.expected_json.map(|e| e.to_string()).unwrap_or_else(|| "(not given)".into());
+    let rejected: Vec<String> = t
+        .rejected_members
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let expected = r
+        .expected_json
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "(not given)".into());
     println!("shardprep summary");
     println!("  verdict            {}", r.verdict.to_uppercase());
-    println!("  shards             {} done, {} failed, {} total ({} from an earlier run)", r.shards_done, r.shards_failed, r.shards_total, r.shards_recovered);
-    println!("  JSON files         {} (expected {expected})", r.found_json);
+    println!(
+        "  shards             {} done, {} failed, {} total ({} from an earlier run)",
+        r.shards_done, r.shards_failed, r.shards_total, r.shards_recovered
+    );
+    println!(
+        "  JSON files         {} (expected {expected})",
+        r.found_json
+    );
     println!("  rows               {}", r.rows);
     println!("  captions written   {}", t.captions_written);
     println!("  images             {}", t.images);
-    println!("  skipped            {}", if skipped.is_empty() { "none".into() } else { skipped.join(", ") });
-    println!("  members refused    {}", if rejected.is_empty() { "none".into() } else { rejected.join(", ") });
-    println!("  duplicate names    {} across shards, {} within shards", r.duplicate_filenames, t.duplicate_members);
+    println!(
+        "  skipped            {}",
+        if skipped.is_empty() {
+            "none".into()
+        } else {
+            skipped.join(", ")
+        }
+    );
+    println!(
+        "  members refused    {}",
+        if rejected.is_empty() {
+            "none".into()
+        } else {
+            rejected.join(", ")
+        }
+    );
+    println!(
+        "  duplicate names    {} across shards, {} within shards",
+        r.duplicate_filenames, t.duplicate_members
+    );
     println!("  wall time          {secs:.1} s");
-    println!("  throughput         {:.1} MB/s, {:.0} files/s", r.mb_per_s, t.files_extracted as f64 / secs.max(0.001));
+    println!(
+        "  throughput         {:.1} MB/s, {:.0} files/s",
+        r.mb_per_s,
+        t.files_extracted as f64 / secs.max(0.001)
+    );
     if let Some(p) = &r.parquet {
         println!("  parquet            {p}");
     }
@@ -193,7 +277,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot get the status from {}", args.coordinator))?
         .into_inner();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&crate::local::status_json(&st))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::local::status_json(&st))?
+        );
     } else {
         print_status(&st);
     }
@@ -238,7 +325,8 @@ fn rate(st: &shardprep_core::proto::StatusResponse) -> f64 {
 
 fn eta(st: &shardprep_core::proto::StatusResponse) -> Option<f64> {
     let r = rate(st);
-    (r > 0.0 && st.bytes_total >= st.bytes_read).then(|| (st.bytes_total - st.bytes_read) as f64 / 1e6 / r)
+    (r > 0.0 && st.bytes_total >= st.bytes_read)
+        .then(|| (st.bytes_total - st.bytes_read) as f64 / 1e6 / r)
 }
 
 fn print_status(st: &shardprep_core::proto::StatusResponse) {
@@ -253,21 +341,39 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
         st.bytes_read as f64 / 1e6,
         st.bytes_total as f64 / 1e6,
         rate(st),
-        eta(st).map(|e| format!("{e:.0}s")).unwrap_or_else(|| "?".into())
+        eta(st)
+            .map(|e| format!("{e:.0}s"))
+            .unwrap_or_else(|| "?".into())
     );
-    println!("{:<6} {:<32} {:<8} {:<28} {:>8} {}", "#", "shard", "state", "worker", "attempts", "last error");
+    println!(
+        "{:<6} {:<32} {:<8} {:<28} {:>8} {}",
+        "#", "shard", "state", "worker", "attempts", "last error"
+    );
     for s in &st.shards {
-        println!("{:<6} {:<32} {:<8} {:<28} {:>8} {}", s.index, s.name, s.state, s.worker_id, s.attempts, s.last_error);
+        println!(
+            "{:<6} {:<32} {:<8} {:<28} {:>8} {}",
+            s.index, s.name, s.state, s.worker_id, s.attempts, s.last_error
+        );
     }
-    println!("{:<28} {:<20} {:>14} {:>6} current", "worker", "host", "last seen (ms)", "done");
+    println!(
+        "{:<28} {:<20} {:>14} {:>6} current",
+        "worker", "host", "last seen (ms)", "done"
+    );
     for w in &st.workers {
-        println!("{:<28} {:<20} {:>14} {:>6} {}", w.worker_id, w.hostname, w.last_seen_ms_ago, w.shards_done, w.current_shard);
+        println!(
+            "{:<28} {:<20} {:>14} {:>6} {}",
+            w.worker_id, w.hostname, w.last_seen_ms_ago, w.shards_done, w.current_shard
+        );
     }
 }
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let findings = shardprep_coordinator::verify::verify_output(&args.output, args.expect_json, args.dataset_id.as_deref());
+    let findings = shardprep_coordinator::verify::verify_output(
+        &args.output,
+        args.expect_json,
+        args.dataset_id.as_deref(),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
@@ -277,7 +383,14 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         for p in &findings.problems {
             println!("PROBLEM  {p}");
         }
-        println!("{}", if findings.problems.is_empty() { "verify: OK" } else { "verify: FAILED" });
+        println!(
+            "{}",
+            if findings.problems.is_empty() {
+                "verify: OK"
+            } else {
+                "verify: FAILED"
+            }
+        );
     }
     Ok(if findings.problems.is_empty() {
         ExitCode::SUCCESS

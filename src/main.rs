@@ -15,32 +15,61 @@ fn main() -> ExitCode {
     // With the live display on, only warnings are logged (the display shows progress).
     let quiet = matches!(&cli.command, cli::Command::Run(a) if progress::active(a.progress));
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let log_format = cli.log_format;
+    let code = match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let msg = error_message(&e);
+            match log_format {
+                cli::LogFormat::Json => tracing::error!(error = %msg, "shardprep failed"),
+                cli::LogFormat::Human => eprintln!("error: {msg}"),
+            }
             ExitCode::from(2)
         }
+    };
+    // Do not wait for blocking threads that may still hold a hung shard.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+/// The error and its causes on one line, each cause once (library errors
+/// often repeat their source in their own message).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
     }
+    msg
 }
 
 fn init_logging(format: cli::LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     if default_level != "info" && std::env::var_os("RUST_LOG").is_none() {
         // Worker processes inherit the quieter default.
         // SAFETY: called once at start-up, before any other thread exists.
         unsafe { std::env::set_var("RUST_LOG", default_level) };
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         cli::LogFormat::Human => builder.with_target(false).init(),
         cli::LogFormat::Json => builder.json().init(),

@@ -36,7 +36,8 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
             .progress_chars("=> "),
         );
         main.set_prefix("shardprep");
-        let worker_style = ProgressStyle::with_template("  {prefix:<24} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let worker_style = ProgressStyle::with_template("  {prefix:<24} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let mut lines: BTreeMap<String, ProgressBar> = BTreeMap::new();
         let mut last: Option<(f64, u64, u64)> = None;
         let (mut mb_s, mut rows_s) = (0.0, 0.0);
@@ -48,7 +49,8 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
                     let dt = secs - t0;
                     if dt > 0.2 {
                         // Smoothed rates.
-                        mb_s = 0.7 * mb_s + 0.3 * ((st.bytes_read.saturating_sub(b0)) as f64 / 1e6 / dt);
+                        mb_s = 0.7 * mb_s
+                            + 0.3 * ((st.bytes_read.saturating_sub(b0)) as f64 / 1e6 / dt);
                         rows_s = 0.7 * rows_s + 0.3 * ((st.rows.saturating_sub(r0)) as f64 / dt);
                         last = Some((secs, st.bytes_read, st.rows));
                     }
@@ -56,7 +58,10 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
                     last = Some((secs, st.bytes_read, st.rows));
                 }
                 let eta = if mb_s > 0.0 && st.bytes_total > st.bytes_read {
-                    format!("{:.0}s", (st.bytes_total - st.bytes_read) as f64 / 1e6 / mb_s)
+                    format!(
+                        "{:.0}s",
+                        (st.bytes_total - st.bytes_read) as f64 / 1e6 / mb_s
+                    )
                 } else {
                     "-".into()
                 };
@@ -68,7 +73,11 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
                     rows_s,
                     mb_s,
                     st.phase,
-                    if st.shards_failed > 0 { format!("  {} FAILED", st.shards_failed) } else { String::new() }
+                    if st.shards_failed > 0 {
+                        format!("  {} FAILED", st.shards_failed)
+                    } else {
+                        String::new()
+                    }
                 ));
                 for w in &st.workers {
                     let bar = lines.entry(w.worker_id.clone()).or_insert_with(|| {
@@ -77,12 +86,25 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
                         b.set_prefix(w.worker_id.clone());
                         b
                     });
-                    let current = st.shards.iter().find(|s| s.name == w.current_shard && s.state == "leased");
+                    let current = st
+                        .shards
+                        .iter()
+                        .find(|s| s.name == w.current_shard && s.state == "leased");
                     let msg = match current {
                         Some(s) => {
                             let p = s.progress.clone().unwrap_or_default();
-                            let pct = if s.size > 0 { 100.0 * p.bytes_read as f64 / s.size as f64 } else { 0.0 };
-                            format!("{}  {:>3.0}%  {} rows  ({} done)", s.name, pct.min(100.0), p.rows, w.shards_done)
+                            let pct = if s.size > 0 {
+                                100.0 * p.bytes_read as f64 / s.size as f64
+                            } else {
+                                0.0
+                            };
+                            format!(
+                                "{}  {:>3.0}%  {} rows  ({} done)",
+                                s.name,
+                                pct.min(100.0),
+                                p.rows,
+                                w.shards_done
+                            )
                         }
                         None => format!("idle  ({} done)", w.shards_done),
                     };

@@ -1211,7 +1211,6 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
 // ---------------------------------------------------------------- bugs found (ignored until fixed)
 
 #[test]
-#[ignore = "bug: verify ignores --expect-json on a --no-extract output and says OK (crates/coordinator/src/verify.rs verify_output compares the count only inside `if extracted`)"]
 fn verify_checks_expect_json_on_a_no_extract_output() {
     let tmp = tempdir();
     make_shards(&tmp.path().join("shards"), 2, 5, 9101);
@@ -1229,7 +1228,6 @@ fn verify_checks_expect_json_on_a_no_extract_output() {
 }
 
 #[test]
-#[ignore = "bug: a no-op re-run of `run` takes 10 s and kills its workers (src/local.rs run: the coordinator task ends before the workers connect, then run waits min(worker_grace, 10 s) for workers that can no longer hear \"done\")"]
 fn finished_job_rerun_returns_promptly() {
     let tmp = tempdir();
     make_shards(&tmp.path().join("shards"), 2, 5, 9201);
@@ -1248,7 +1246,6 @@ fn finished_job_rerun_returns_promptly() {
 }
 
 #[test]
-#[ignore = "bug: `run` with no shards (or a missing --input) takes 10 s to fail, and the OS error is printed twice (src/local.rs run waits for workers after the coordinator failed; crates/coordinator/src/lib.rs CoordinatorError::Input formats {source} and also chains it, so main's {:#} repeats it)"]
 fn run_without_shards_fails_promptly_and_says_it_once() {
     let tmp = tempdir();
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
@@ -1282,7 +1279,6 @@ fn run_without_shards_fails_promptly_and_says_it_once() {
 }
 
 #[test]
-#[ignore = "bug: with --log-format json a fatal error still ends stderr with a plain-text `error: ...` line (src/main.rs main: eprintln! after tracing::error!)"]
 fn json_logs_stay_json_when_the_job_cannot_start() {
     let tmp = tempdir();
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();

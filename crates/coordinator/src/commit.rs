@@ -16,7 +16,11 @@ use crate::CoordinatorError;
 
 /// Reads the committed manifest of a shard, if it is complete and matches
 /// the shard's current identity. A changed input shard is redone.
-pub fn recover(layout: &OutputLayout, name: &str, identity: ShardIdentity) -> Option<ShardManifest> {
+pub fn recover(
+    layout: &OutputLayout,
+    name: &str,
+    identity: ShardIdentity,
+) -> Option<ShardManifest> {
     let path = layout.manifest_path(name);
     let bytes = std::fs::read(&path).ok()?;
     let manifest: ShardManifest = match serde_json::from_slice(&bytes) {
@@ -30,11 +34,17 @@ pub fn recover(layout: &OutputLayout, name: &str, identity: ShardIdentity) -> Op
         return None;
     }
     if manifest.identity != identity {
-        tracing::warn!(shard = name, "the shard changed since it was committed (size or mtime); redoing it");
+        tracing::warn!(
+            shard = name,
+            "the shard changed since it was committed (size or mtime); redoing it"
+        );
         return None;
     }
     if !layout.fragment_path(name).is_file() {
-        tracing::warn!(shard = name, "the committed fragment is missing; redoing the shard");
+        tracing::warn!(
+            shard = name,
+            "the committed fragment is missing; redoing the shard"
+        );
         return None;
     }
     Some(manifest)
@@ -43,7 +53,9 @@ pub fn recover(layout: &OutputLayout, name: &str, identity: ShardIdentity) -> Op
 /// A file name from a worker: a plain name inside `tmp/`, nothing else.
 fn tmp_file(layout: &OutputLayout, name: &str) -> Result<std::path::PathBuf, CoordinatorError> {
     if name.is_empty() || name.contains('/') || name.contains("..") || name.contains('\0') {
-        return Err(CoordinatorError::BadCommit(format!("{name:?} is not a file name in tmp/")));
+        return Err(CoordinatorError::BadCommit(format!(
+            "{name:?} is not a file name in tmp/"
+        )));
     }
     Ok(layout.tmp_dir().join(name))
 }
@@ -58,8 +70,9 @@ pub fn read_tmp_manifest(
     let path = tmp_file(layout, manifest_tmp)?;
     let bytes = std::fs::read(&path)
         .map_err(|e| CoordinatorError::BadCommit(format!("cannot read {}: {e}", path.display())))?;
-    let m: ShardManifest = serde_json::from_slice(&bytes)
-        .map_err(|e| CoordinatorError::BadCommit(format!("bad manifest {}: {e}", path.display())))?;
+    let m: ShardManifest = serde_json::from_slice(&bytes).map_err(|e| {
+        CoordinatorError::BadCommit(format!("bad manifest {}: {e}", path.display()))
+    })?;
     if m.shard_name != shard_name || m.lease_id != lease_id {
         return Err(CoordinatorError::BadCommit(format!(
             "manifest {} is for shard {:?} lease {}, not {shard_name:?} lease {lease_id}",

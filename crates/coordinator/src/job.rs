@@ -79,7 +79,13 @@ pub async fn serve(
     let bytes_total = sources.iter().map(|s| s.identity.size).sum();
     let recovered: Vec<_> = sources
         .iter()
-        .map(|s| (s.name.clone(), s.identity, commit::recover(&layout, &s.name, s.identity)))
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.identity,
+                commit::recover(&layout, &s.name, s.identity),
+            )
+        })
         .collect();
     let n_recovered = recovered.iter().filter(|r| r.2.is_some()).count();
     tracing::info!(
@@ -131,10 +137,14 @@ pub async fn serve(
         let _ = interrupt_tx.send(true);
     });
     let (health, health_svc) = tonic_health::server::health_reporter();
-    let svc = CoordinatorServer::new(CoordinatorService { shared: shared.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = CoordinatorServer::new(CoordinatorService {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let svc = InterceptedService::new(svc, auth_interceptor(Arc::new(config.token.clone())));
-    health.set_serving::<CoordinatorServer<CoordinatorService>>().await;
+    health
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
@@ -175,7 +185,7 @@ pub async fn serve(
             _ = tokio::time::sleep(tick) => {}
             _ = interrupt_rx.changed() => {
                 let _ = stop_tx.send(());
-                let _ = server.await;
+                stop_server(server).await;
                 return Err(CoordinatorError::Interrupted);
             }
         }
@@ -188,31 +198,57 @@ pub async fn serve(
         let started_at = started_at.clone();
         tokio::task::spawn_blocking(move || finish_job(&shared, &config, started, &started_at))
     };
-    let outcome = finish.await.map_err(|e| CoordinatorError::Server(e.to_string()))?;
+    let outcome = finish
+        .await
+        .map_err(|e| CoordinatorError::Server(e.to_string()))?;
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
             shared.set_phase(Phase::Failed, "failed");
-            shared.sched.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+            shared
+                .sched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finished = true;
             wait_for_workers(&shared, &config).await;
             let _ = stop_tx.send(());
-            let _ = server.await;
+            stop_server(server).await;
             return Err(e);
         }
     };
     shared.set_phase(
-        if outcome.ok { Phase::Finished } else { Phase::Failed },
+        if outcome.ok {
+            Phase::Finished
+        } else {
+            Phase::Failed
+        },
         &outcome.report.verdict,
     );
-    shared.sched.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+    shared
+        .sched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .finished = true;
     wait_for_workers(&shared, &config).await;
     let _ = stop_tx.send(());
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-    }
+    stop_server(server).await;
     Ok(outcome)
+}
+
+/// Waits briefly for the server's graceful stop; an idle client connection
+/// must not keep a finished job alive.
+async fn stop_server(server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    let abort = server.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+        Ok(Err(e)) if e.is_cancelled() => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => {
+            tracing::debug!("open client connections did not close in time; closing them");
+            abort.abort();
+        }
+    }
 }
 
 fn abs(p: &Path) -> PathBuf {
@@ -282,7 +318,12 @@ fn finish_job(
     let layout = &shared.layout;
     let (entries, workers_rss) = {
         let s = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
-        let rss = s.workers.values().map(|w| w.peak_rss_bytes).max().unwrap_or(0);
+        let rss = s
+            .workers
+            .values()
+            .map(|w| w.peak_rss_bytes)
+            .max()
+            .unwrap_or(0);
         (s.shards.clone(), rss)
     };
     let mut totals = ShardCounts::default();
@@ -318,7 +359,10 @@ fn finish_job(
         }
         shards.push(r);
     }
-    fp.push_str(&format!("{}|{:?}", config.backend.dataset_id, config.fields));
+    fp.push_str(&format!(
+        "{}|{:?}",
+        config.backend.dataset_id, config.fields
+    ));
     let fingerprint = format!("{:016x}", fnv1a64(fp.as_bytes()));
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
     let report_path = layout.report_path();
@@ -336,7 +380,11 @@ fn finish_job(
     // A finished job run again: same fragments, verified before → nothing to rewrite.
     if failures.is_empty() {
         if let Some(prev) = read_report(&report_path) {
-            if prev.verdict == "ok" && prev.fingerprint == fingerprint && parquet_path.is_file() && prev.expected_json == config.expect_json {
+            if prev.verdict == "ok"
+                && prev.fingerprint == fingerprint
+                && parquet_path.is_file()
+                && prev.expected_json == config.expect_json
+            {
                 tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
                 write_backend(layout, config)?;
                 return Ok(JobOutcome {
@@ -360,7 +408,10 @@ fn finish_job(
         dup_listed = m.duplicates;
         parquet = Some(abs(&parquet_path).display().to_string());
         if dup_count > 0 {
-            tracing::warn!(count = dup_count, "file names occur in more than one shard; later shards overwrite earlier files in data/ (listed in the report)");
+            tracing::warn!(
+                count = dup_count,
+                "file names occur in more than one shard; later shards overwrite earlier files in data/ (listed in the report)"
+            );
         }
         if rows != totals.rows {
             problems.push(format!(
@@ -381,7 +432,11 @@ fn finish_job(
                 "JSON count mismatch: expected {expected} JSON files, found {} ({} {})",
                 totals.json_files,
                 totals.json_files.abs_diff(expected),
-                if totals.json_files < expected { "missing" } else { "extra" }
+                if totals.json_files < expected {
+                    "missing"
+                } else {
+                    "extra"
+                }
             ));
         }
     }
@@ -401,7 +456,12 @@ fn finish_job(
         parquet,
         dataset_id: config.backend.dataset_id.clone(),
         caption_field: config.fields.caption.clone(),
-        captions: if config.write_captions { "textfile" } else { "parquet" }.into(),
+        captions: if config.write_captions {
+            "textfile"
+        } else {
+            "parquet"
+        }
+        .into(),
         expected_json: config.expect_json,
         found_json: totals.json_files,
         rows,
@@ -425,11 +485,17 @@ fn finish_job(
         },
         fingerprint,
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| CoordinatorError::Merge(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&report).map_err(|e| CoordinatorError::Merge(e.to_string()))?;
     write_atomic(&report_path, &json)?;
     write_backend(layout, config)?;
     if ok {
-        tracing::info!(json = report.found_json, rows = report.rows, wall_ms, "job verified");
+        tracing::info!(
+            json = report.found_json,
+            rows = report.rows,
+            wall_ms,
+            "job verified"
+        );
     } else {
         for p in &report.problems {
             tracing::error!("{p}");
@@ -447,9 +513,13 @@ fn read_report(path: &Path) -> Option<Report> {
 }
 
 /// Writes `multidatabackend.json` unless it already says the same.
-fn write_backend(layout: &OutputLayout, config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
+fn write_backend(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+) -> Result<(), CoordinatorError> {
     let entry = report::backend_entry(&config.backend, &abs(layout.root()), config.write_captions);
-    let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| CoordinatorError::Merge(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(&entry).map_err(|e| CoordinatorError::Merge(e.to_string()))?;
     let path = layout.backend_path();
     if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
         return Ok(());

@@ -43,7 +43,9 @@ pub enum CoordinatorError {
     },
     #[error("no *.tar shards in {path}: point --input at the folder that holds the shards")]
     NoShards { path: String },
-    #[error("cannot {what} {path}: {source}; check that the output directory is writable and has free space")]
+    #[error(
+        "cannot {what} {path}: {source}; check that the output directory is writable and has free space"
+    )]
     Output {
         path: String,
         what: String,
@@ -55,7 +57,9 @@ pub enum CoordinatorError {
     BadCommit(String),
     #[error("gRPC server failed: {0}")]
     Server(String),
-    #[error("interrupted before the job finished; start the coordinator again with the same --output to resume")]
+    #[error(
+        "interrupted before the job finished; start the coordinator again with the same --output to resume"
+    )]
     Interrupted,
 }
 
@@ -177,7 +181,9 @@ impl JobShared {
                         peak_rss_bytes: 0,
                     });
                 }
-                ShardState::Leased { worker, progress, .. } => {
+                ShardState::Leased {
+                    worker, progress, ..
+                } => {
                     resp.shards_leased += 1;
                     resp.json_files += progress.json_files;
                     resp.rows += progress.rows;
@@ -203,7 +209,10 @@ impl JobShared {
                 worker_id: id.clone(),
                 hostname: w.hostname.clone(),
                 last_seen_ms_ago: now.saturating_duration_since(w.last_seen).as_millis() as u64,
-                current_shard: w.current.map(|i| s.shards[i].name.clone()).unwrap_or_default(),
+                current_shard: w
+                    .current
+                    .map(|i| s.shards[i].name.clone())
+                    .unwrap_or_default(),
                 shards_done: w.shards_done,
             });
         }

@@ -50,7 +50,10 @@ fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, Coo
 
 /// The merged schema: the seed's columns, then each extra column as
 /// `list<string>` if any fragment has it so, else as string.
-fn merged_schema(fragments: &[(String, PathBuf)], extra: &[String]) -> Result<SchemaRef, CoordinatorError> {
+fn merged_schema(
+    fragments: &[(String, PathBuf)],
+    extra: &[String],
+) -> Result<SchemaRef, CoordinatorError> {
     let mut lists = vec![false; extra.len()];
     for (_, path) in fragments {
         let b = open_reader(path)?;
@@ -75,30 +78,41 @@ fn merged_schema(fragments: &[(String, PathBuf)], extra: &[String]) -> Result<Sc
 
 /// Merges `fragments` (shard name, fragment path; in shard order) into `dest`
 /// through a temporary file and a rename.
-pub fn merge(fragments: &[(String, PathBuf)], extra: &[String], dest: &Path) -> Result<MergeOutcome, CoordinatorError> {
+pub fn merge(
+    fragments: &[(String, PathBuf)],
+    extra: &[String],
+    dest: &Path,
+) -> Result<MergeOutcome, CoordinatorError> {
     let schema = merged_schema(fragments, extra)?;
     let tmp = dest.with_extension("parquet.tmp");
     let file = File::create(&tmp).map_err(|e| merr(&tmp, e))?;
-    let mut writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(writer_properties()))
-        .map_err(|e| merr(&tmp, e))?;
+    let mut writer = ArrowWriter::try_new(
+        BufWriter::with_capacity(1 << 20, file),
+        schema.clone(),
+        Some(writer_properties()),
+    )
+    .map_err(|e| merr(&tmp, e))?;
     // (hash of file name, shard index) for every row: 16 bytes a row.
     let mut names: Vec<(u64, u32)> = Vec::new();
     let mut rows = 0u64;
     for (si, (_, path)) in fragments.iter().enumerate() {
-        let reader = open_reader(path)?.with_batch_size(BATCH).build().map_err(|e| merr(path, e))?;
+        let reader = open_reader(path)?
+            .with_batch_size(BATCH)
+            .build()
+            .map_err(|e| merr(path, e))?;
         for batch in reader {
             let batch = batch.map_err(|e| merr(path, e))?;
             let cols = schema
                 .fields()
                 .iter()
                 .map(|f| {
-                    batch
-                        .column_by_name(f.name())
-                        .cloned()
-                        .unwrap_or_else(|| arrow_array::new_null_array(&DataType::Utf8, batch.num_rows()))
+                    batch.column_by_name(f.name()).cloned().unwrap_or_else(|| {
+                        arrow_array::new_null_array(&DataType::Utf8, batch.num_rows())
+                    })
                 })
                 .collect();
-            let out = RecordBatch::try_new(schema.clone(), conform(cols, &schema)).map_err(|e| merr(path, e))?;
+            let out = RecordBatch::try_new(schema.clone(), conform(cols, &schema))
+                .map_err(|e| merr(path, e))?;
             if let Some(fname) = out.column(3).as_any().downcast_ref::<StringArray>() {
                 for i in 0..fname.len() {
                     if fname.is_valid(i) {
@@ -146,7 +160,10 @@ fn find_duplicates(
     // Second pass, only to name the first few.
     let mut listed: Vec<DuplicateName> = Vec::new();
     for (shard, path) in fragments {
-        let reader = open_reader(path)?.with_batch_size(BATCH).build().map_err(|e| merr(path, e))?;
+        let reader = open_reader(path)?
+            .with_batch_size(BATCH)
+            .build()
+            .map_err(|e| merr(path, e))?;
         for batch in reader {
             let batch = batch.map_err(|e| merr(path, e))?;
             let Some(fname) = batch

@@ -110,7 +110,11 @@ impl BackendSettings {
 
 /// The dataloader entry, as a one-element JSON array (SimpleTuner's
 /// `multidatabackend.json` is a list of entries).
-pub fn backend_entry(s: &BackendSettings, out_abs: &Path, textfile_captions: bool) -> serde_json::Value {
+pub fn backend_entry(
+    s: &BackendSettings,
+    out_abs: &Path,
+    textfile_captions: bool,
+) -> serde_json::Value {
     let data_dir = s
         .instance_data_dir
         .clone()
@@ -191,7 +195,11 @@ mod tests {
 
     #[test]
     fn backend_entry_matches_the_seed() {
-        let e = backend_entry(&BackendSettings::seed("dalle3"), Path::new("/x/dalle3"), true);
+        let e = backend_entry(
+            &BackendSettings::seed("dalle3"),
+            Path::new("/x/dalle3"),
+            true,
+        );
         let e = &e[0];
         assert_eq!(e["id"], "dalle3");
         assert_eq!(e["type"], "local");

@@ -156,14 +156,17 @@ impl Scheduler {
 
     /// Notes that `worker` was heard from.
     pub fn touch(&mut self, worker: &str, hostname: Option<&str>, now: Instant) -> &mut WorkerInfo {
-        let w = self.workers.entry(worker.to_string()).or_insert_with(|| WorkerInfo {
-            hostname: String::new(),
-            last_seen: now,
-            current: None,
-            shards_done: 0,
-            told_done: false,
-            peak_rss_bytes: 0,
-        });
+        let w = self
+            .workers
+            .entry(worker.to_string())
+            .or_insert_with(|| WorkerInfo {
+                hostname: String::new(),
+                last_seen: now,
+                current: None,
+                shards_done: 0,
+                told_done: false,
+                peak_rss_bytes: 0,
+            });
         w.last_seen = now;
         if let Some(h) = hostname {
             w.hostname = h.to_string();
@@ -212,11 +215,17 @@ impl Scheduler {
             .shards
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(&s.state, ShardState::Leased { worker: w, .. } if w == worker))
+            .filter(
+                |(_, s)| matches!(&s.state, ShardState::Leased { worker: w, .. } if w == worker),
+            )
             .map(|(i, _)| i)
             .collect();
         for i in held {
-            self.attempt_lost(i, "the worker asked for new work without finishing this shard".into(), true);
+            self.attempt_lost(
+                i,
+                "the worker asked for new work without finishing this shard".into(),
+                true,
+            );
         }
     }
 
@@ -228,7 +237,13 @@ impl Scheduler {
     }
 
     /// Extends a lease; false if it is not current (expired, reassigned, unknown).
-    pub fn heartbeat(&mut self, worker: &str, lease_id: u64, progress: Progress, now: Instant) -> bool {
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        lease_id: u64,
+        progress: Progress,
+        now: Instant,
+    ) -> bool {
         self.expire(now);
         self.touch(worker, None, now);
         let timeout = self.lease_timeout;
@@ -253,7 +268,13 @@ impl Scheduler {
 
     /// Marks the shard of a current lease done. Returns its index, or `None`
     /// for a stale lease (then nothing changes).
-    pub fn complete(&mut self, worker: &str, lease_id: u64, manifest: ShardManifest, now: Instant) -> Option<usize> {
+    pub fn complete(
+        &mut self,
+        worker: &str,
+        lease_id: u64,
+        manifest: ShardManifest,
+        now: Instant,
+    ) -> Option<usize> {
         let i = self.current_lease(lease_id)?;
         self.shards[i].state = ShardState::Done(Box::new(manifest));
         self.shards[i].last_error = None;
@@ -264,7 +285,15 @@ impl Scheduler {
     }
 
     /// Records a failed (or abandoned) attempt of a current lease.
-    pub fn fail(&mut self, worker: &str, lease_id: u64, error: String, retryable: bool, abandoned: bool, now: Instant) -> bool {
+    pub fn fail(
+        &mut self,
+        worker: &str,
+        lease_id: u64,
+        error: String,
+        retryable: bool,
+        abandoned: bool,
+        now: Instant,
+    ) -> bool {
         self.touch(worker, None, now).current = None;
         let Some(i) = self.current_lease(lease_id) else {
             return false;
@@ -296,7 +325,12 @@ impl Scheduler {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match &s.state {
-                ShardState::Leased { deadline, worker, moved_at, .. } => {
+                ShardState::Leased {
+                    deadline,
+                    worker,
+                    moved_at,
+                    ..
+                } => {
                     let stalled = now.saturating_duration_since(*moved_at) >= stall;
                     (*deadline <= now || stalled).then(|| (i, worker.clone(), stalled))
                 }
@@ -305,9 +339,15 @@ impl Scheduler {
             .collect();
         for (i, worker, stalled) in &expired {
             let error = if *stalled {
-                format!("worker {worker} made no progress for {:.1}s (hung?)", stall.as_secs_f64())
+                format!(
+                    "worker {worker} made no progress for {:.1}s (hung?)",
+                    stall.as_secs_f64()
+                )
             } else {
-                format!("lease expired: worker {worker} was silent for {:.1}s", self.lease_timeout.as_secs_f64())
+                format!(
+                    "lease expired: worker {worker} was silent for {:.1}s",
+                    self.lease_timeout.as_secs_f64()
+                )
             };
             tracing::warn!(shard = %self.shards[*i].name, worker = %worker, "{error}; the shard goes back to the queue");
             if let Some(w) = self.workers.get_mut(worker) {
@@ -346,7 +386,10 @@ mod tests {
     use shardprep_core::manifest::ShardCounts;
 
     fn ident() -> ShardIdentity {
-        ShardIdentity { size: 1, mtime_ns: 1 }
+        ShardIdentity {
+            size: 1,
+            mtime_ns: 1,
+        }
     }
     fn manifest(name: &str) -> ShardManifest {
         ShardManifest {
@@ -363,7 +406,9 @@ mod tests {
         }
     }
     fn sched(n: usize, max: u32) -> Scheduler {
-        let shards = (0..n).map(|i| (format!("s{i}.tar"), ident(), None)).collect();
+        let shards = (0..n)
+            .map(|i| (format!("s{i}.tar"), ident(), None))
+            .collect();
         Scheduler::new(shards, Duration::from_secs(10), max, 100)
     }
     fn grant(a: LeaseAnswer) -> Grant {
@@ -388,18 +433,52 @@ mod tests {
         let mut s = sched(1, 3);
         let g1 = grant(s.lease("a", t));
         // Heartbeat keeps it alive past the original deadline.
-        assert!(s.heartbeat("a", g1.lease_id, Progress::default(), t + Duration::from_secs(8)));
+        assert!(s.heartbeat(
+            "a",
+            g1.lease_id,
+            Progress::default(),
+            t + Duration::from_secs(8)
+        ));
         assert_eq!(s.lease("b", t + Duration::from_secs(15)), LeaseAnswer::Wait);
         // Silent worker: lease expires; b gets attempt 2.
         let g2 = grant(s.lease("b", t + Duration::from_secs(19)));
         assert_eq!(g2.attempt, 2);
         assert_ne!(g1.lease_id, g2.lease_id);
-        assert!(!s.heartbeat("a", g1.lease_id, Progress::default(), t + Duration::from_secs(19)));
-        assert_eq!(s.complete("a", g1.lease_id, manifest("s0.tar"), t + Duration::from_secs(20)), None);
-        assert_eq!(s.complete("b", g2.lease_id, manifest("s0.tar"), t + Duration::from_secs(20)), Some(0));
+        assert!(!s.heartbeat(
+            "a",
+            g1.lease_id,
+            Progress::default(),
+            t + Duration::from_secs(19)
+        ));
+        assert_eq!(
+            s.complete(
+                "a",
+                g1.lease_id,
+                manifest("s0.tar"),
+                t + Duration::from_secs(20)
+            ),
+            None
+        );
+        assert_eq!(
+            s.complete(
+                "b",
+                g2.lease_id,
+                manifest("s0.tar"),
+                t + Duration::from_secs(20)
+            ),
+            Some(0)
+        );
         assert!(s.settled());
         // A second completion of the same shard is refused too.
-        assert_eq!(s.complete("b", g2.lease_id, manifest("s0.tar"), t + Duration::from_secs(21)), None);
+        assert_eq!(
+            s.complete(
+                "b",
+                g2.lease_id,
+                manifest("s0.tar"),
+                t + Duration::from_secs(21)
+            ),
+            None
+        );
     }
 
     #[test]
@@ -451,7 +530,10 @@ mod tests {
         let mut s = sched(1, 3);
         s.stall_timeout = Duration::from_secs(20);
         let g = grant(s.lease("a", t));
-        let p = Progress { members: 1, ..Progress::default() };
+        let p = Progress {
+            members: 1,
+            ..Progress::default()
+        };
         assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(5)));
         // Heartbeats keep coming, progress does not move.
         assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(14)));

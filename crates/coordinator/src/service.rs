@@ -9,12 +9,14 @@ use shardprep_core::proto;
 use shardprep_core::proto::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
+use crate::JobShared;
 use crate::commit;
 use crate::scheduler::{LeaseAnswer, Progress, Scheduler, ShardState};
-use crate::JobShared;
 
 /// Checks the shared token on every request (constant-time compare).
-pub fn auth_interceptor(token: Arc<String>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn auth_interceptor(
+    token: Arc<String>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |req: Request<()>| {
         let ok = req
             .metadata()
@@ -64,7 +66,10 @@ fn check_worker_id(id: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn register(&self, req: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
         let mut s = lock(&self.shared.sched);
@@ -79,7 +84,10 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn lease(&self, req: Request<proto::LeaseRequest>) -> Result<Response<proto::LeaseResponse>, Status> {
+    async fn lease(
+        &self,
+        req: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseResponse>, Status> {
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
         let answer = lock(&self.shared.sched).lease(&r.worker_id, Instant::now());
@@ -98,15 +106,25 @@ impl Coordinator for CoordinatorService {
             LeaseAnswer::Wait => proto::lease_response::Outcome::WaitMs(self.shared.wait_ms),
             LeaseAnswer::Done => proto::lease_response::Outcome::Done(true),
         };
-        Ok(Response::new(proto::LeaseResponse { outcome: Some(outcome) }))
+        Ok(Response::new(proto::LeaseResponse {
+            outcome: Some(outcome),
+        }))
     }
 
-    async fn heartbeat(&self, req: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
         let rss = r.progress.as_ref().map(|p| p.peak_rss_bytes).unwrap_or(0);
         let mut s = lock(&self.shared.sched);
-        let valid = s.heartbeat(&r.worker_id, r.lease_id, progress(r.progress), Instant::now());
+        let valid = s.heartbeat(
+            &r.worker_id,
+            r.lease_id,
+            progress(r.progress),
+            Instant::now(),
+        );
         let w = s.touch(&r.worker_id, None, Instant::now());
         w.peak_rss_bytes = w.peak_rss_bytes.max(rss);
         drop(s);
@@ -114,10 +132,15 @@ impl Coordinator for CoordinatorService {
             tracing::warn!(worker = %r.worker_id, lease = r.lease_id, "heartbeat for a lease that is no longer held; telling the worker to stop");
         }
         self.shared.wake();
-        Ok(Response::new(proto::HeartbeatResponse { lease_valid: valid }))
+        Ok(Response::new(proto::HeartbeatResponse {
+            lease_valid: valid,
+        }))
     }
 
-    async fn complete(&self, req: Request<proto::CompleteRequest>) -> Result<Response<proto::CompleteResponse>, Status> {
+    async fn complete(
+        &self,
+        req: Request<proto::CompleteRequest>,
+    ) -> Result<Response<proto::CompleteResponse>, Status> {
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
         let shared = self.shared.clone();
@@ -170,12 +193,24 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(resp))
     }
 
-    async fn fail(&self, req: Request<proto::FailRequest>) -> Result<Response<proto::FailResponse>, Status> {
+    async fn fail(
+        &self,
+        req: Request<proto::FailRequest>,
+    ) -> Result<Response<proto::FailResponse>, Status> {
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
         let mut s = lock(&self.shared.sched);
-        let name = s.current_lease(r.lease_id).map(|i| s.shards[i].name.clone());
-        let current = s.fail(&r.worker_id, r.lease_id, r.error.clone(), r.retryable, r.abandoned, Instant::now());
+        let name = s
+            .current_lease(r.lease_id)
+            .map(|i| s.shards[i].name.clone());
+        let current = s.fail(
+            &r.worker_id,
+            r.lease_id,
+            r.error.clone(),
+            r.retryable,
+            r.abandoned,
+            Instant::now(),
+        );
         if let Some(name) = name.filter(|_| current) {
             let i = s.shards.iter().position(|x| x.name == name).unwrap_or(0);
             let st = &s.shards[i];
@@ -192,7 +227,10 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(proto::FailResponse {}))
     }
 
-    async fn status(&self, _req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
         Ok(Response::new(self.shared.status()))
     }
 }

@@ -47,7 +47,9 @@ impl Fault {
             (Some("stall"), Some(shard), Some(d)) => shardprep_core::duration::parse_duration(d)
                 .map(|d| Fault::Stall(shard.into(), d))
                 .map_err(|e| e.to_string()),
-            _ => Err(format!("bad fault {s:?}: use fail:SHARD, stall:SHARD:DUR or hang:SHARD")),
+            _ => Err(format!(
+                "bad fault {s:?}: use fail:SHARD, stall:SHARD:DUR or hang:SHARD"
+            )),
         }
     }
 }
@@ -83,7 +85,9 @@ pub enum WorkerError {
     Url(String),
     #[error("bad TLS settings: {0}")]
     Tls(String),
-    #[error("the coordinator at {url} refused our token: pass the job's token with --token-file or SHARDPREP_TOKEN")]
+    #[error(
+        "the coordinator at {url} refused our token: pass the job's token with --token-file or SHARDPREP_TOKEN"
+    )]
     Unauthenticated { url: String },
     #[error("could not reach the coordinator at {url} for {waited:?}: {last}")]
     Unreachable {
@@ -93,6 +97,8 @@ pub enum WorkerError {
     },
     #[error("the coordinator answered {call} with an error: {status}")]
     Rpc { call: &'static str, status: String },
+    #[error("interrupted while waiting for the coordinator")]
+    Interrupted,
 }
 
 /// How a worker ended without error.
@@ -146,7 +152,12 @@ pub fn client(url: &str, token: &str, tls: Option<&ClientTls>) -> Result<Client,
 fn transient(s: &Status) -> bool {
     matches!(
         s.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted | Code::Aborted
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Aborted
     )
 }
 
@@ -196,7 +207,14 @@ impl Ctx {
                         tracing::warn!(url = %self.config.coordinator, call = name, error = %s.message(), "coordinator unreachable; retrying");
                         warned = true;
                     }
-                    tokio::time::sleep(backoff).await;
+                    let mut stop = self.shutdown.clone();
+                    if self.stopping() {
+                        return Err(WorkerError::Interrupted);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return Err(WorkerError::Interrupted),
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(3));
                 }
                 Err(s) => {
@@ -213,6 +231,19 @@ impl Ctx {
 /// Runs a worker until the job is done, `shutdown` resolves, or the
 /// coordinator stays unreachable.
 pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<WorkerExit, WorkerError> {
+    match run_loop(config, shutdown).await {
+        Err(WorkerError::Interrupted) => {
+            tracing::info!("shutting down while the coordinator was unreachable");
+            Ok(WorkerExit::Shutdown)
+        }
+        other => other,
+    }
+}
+
+async fn run_loop(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkerExit, WorkerError> {
@@ -288,12 +319,11 @@ pub async fn run(
 /// refusing anything that would leave it.
 pub fn resolve_shard(input_root: &Path, name: &str) -> Result<PathBuf, String> {
     let rel = Path::new(name);
-    let plain = !name.is_empty()
-        && rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
+    let plain = !name.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
     if !plain {
-        return Err(format!("refusing shard {name:?}: not a relative name inside the input folder"));
+        return Err(format!(
+            "refusing shard {name:?}: not a relative name inside the input folder"
+        ));
     }
     let root = input_root
         .canonicalize()
@@ -303,7 +333,9 @@ pub fn resolve_shard(input_root: &Path, name: &str) -> Result<PathBuf, String> {
         .canonicalize()
         .map_err(|e| format!("cannot open shard {}: {e}", path.display()))?;
     if !real.starts_with(&root) {
-        return Err(format!("refusing shard {name:?}: it resolves outside the input folder"));
+        return Err(format!(
+            "refusing shard {name:?}: it resolves outside the input folder"
+        ));
     }
     Ok(real)
 }
@@ -324,7 +356,11 @@ enum Ended {
     Shutdown,
 }
 
-async fn work_on(ctx: &mut Ctx, spec: &proto::JobSpec, l: proto::ShardLease) -> Result<(), WorkerError> {
+async fn work_on(
+    ctx: &mut Ctx,
+    spec: &proto::JobSpec,
+    l: proto::ShardLease,
+) -> Result<(), WorkerError> {
     let worker_id = ctx.config.worker_id.clone();
     let lease_id = l.lease_id;
     let shard = l.shard_name.clone();
@@ -487,7 +523,13 @@ fn progress_of(live: &LiveProgress) -> proto::Progress {
     }
 }
 
-async fn report_failure(ctx: &mut Ctx, lease_id: u64, shard: &str, error: String, permanent: bool) -> Result<(), WorkerError> {
+async fn report_failure(
+    ctx: &mut Ctx,
+    lease_id: u64,
+    shard: &str,
+    error: String,
+    permanent: bool,
+) -> Result<(), WorkerError> {
     let req = proto::FailRequest {
         worker_id: ctx.config.worker_id.clone(),
         lease_id,
@@ -525,7 +567,10 @@ mod tests {
     #[test]
     fn fault_specs_parse() {
         assert_eq!(Fault::parse("fail:a.tar"), Ok(Fault::Fail("a.tar".into())));
-        assert_eq!(Fault::parse("stall:a.tar:2s"), Ok(Fault::Stall("a.tar".into(), Duration::from_secs(2))));
+        assert_eq!(
+            Fault::parse("stall:a.tar:2s"),
+            Ok(Fault::Stall("a.tar".into(), Duration::from_secs(2)))
+        );
         assert!(Fault::parse("explode:a.tar").is_err());
     }
 }
