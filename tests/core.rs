@@ -42,17 +42,24 @@ fn run_with_two_workers_matches_the_seed() {
         .collect();
     assert!(!workers.is_empty());
 
-    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("multidatabackend.json")).unwrap()).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("multidatabackend.json")).unwrap()).unwrap();
     let e = &b[0];
     let abs_out = std::path::absolute(&out).unwrap();
     assert_eq!(e["id"], "dalle3");
     assert_eq!(e["type"], "local");
-    assert_eq!(e["instance_data_dir"], abs_out.join("data").to_str().unwrap());
+    assert_eq!(
+        e["instance_data_dir"],
+        abs_out.join("data").to_str().unwrap()
+    );
     assert_eq!(e["caption_strategy"], "textfile");
     assert_eq!(e["metadata_backend"], "parquet");
     assert_eq!(e["resolution"], 1.0);
     assert_eq!(e["resolution_type"], "area");
-    assert_eq!(e["parquet"]["path"], abs_out.join("dalle3.parquet").to_str().unwrap());
+    assert_eq!(
+        e["parquet"]["path"],
+        abs_out.join("dalle3.parquet").to_str().unwrap()
+    );
     assert_eq!(e["parquet"]["identifier_includes_extension"], true);
 }
 
@@ -64,10 +71,21 @@ fn parquet_is_byte_identical_across_runs_and_worker_counts() {
     let mut parquets = Vec::new();
     for (i, workers) in ["1", "3"].iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));
-        run_ok(&["run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--workers", workers]);
+        run_ok(&[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--workers",
+            workers,
+        ]);
         parquets.push(std::fs::read(out.join("dalle3.parquet")).unwrap());
     }
-    assert!(parquets[0] == parquets[1], "the parquet differs between runs");
+    assert!(
+        parquets[0] == parquets[1],
+        "the parquet differs between runs"
+    );
 }
 
 #[test]
@@ -88,8 +106,16 @@ fn count_mismatch_fails_with_the_numbers_and_still_reports() {
     ];
     let o = run_raw(&args, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", explain(&args, &o));
-    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(all.contains("expected 1161957 JSON files, found 20"), "{}", explain(&args, &o));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        all.contains("expected 1161957 JSON files, found 20"),
+        "{}",
+        explain(&args, &o)
+    );
     let r = report(&out);
     assert_eq!(r["verdict"], "failed");
     assert_eq!(r["expected_json"], 1161957);
@@ -125,7 +151,13 @@ fn coordinator_and_workers_as_separate_processes() {
     let mut workers: Vec<_> = (0..2)
         .map(|i| {
             Command::new(bin())
-                .args(["worker", "--coordinator", &format!("http://{listen}"), "--worker-id", &format!("w{i}")])
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &format!("http://{listen}"),
+                    "--worker-id",
+                    &format!("w{i}"),
+                ])
                 .env("SHARDPREP_TOKEN", "s3cret-token")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -142,14 +174,23 @@ fn coordinator_and_workers_as_separate_processes() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let co = coord.wait_with_output().unwrap();
-    assert!(status.success(), "coordinator failed: {}", String::from_utf8_lossy(&co.stderr));
+    assert!(
+        status.success(),
+        "coordinator failed: {}",
+        String::from_utf8_lossy(&co.stderr)
+    );
     for w in &mut workers {
         let st = w.wait().unwrap();
         assert!(st.success(), "worker exited with {st}");
     }
     assert_matches_seed(&out, &shards);
     let r = report(&out);
-    let by: std::collections::BTreeSet<_> = r["shards"].as_array().unwrap().iter().map(|s| s["worker"].as_str().unwrap().to_string()).collect();
+    let by: std::collections::BTreeSet<_> = r["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["worker"].as_str().unwrap().to_string())
+        .collect();
     assert!(by.iter().all(|w| w == "w0" || w == "w1"), "{by:?}");
 }
 
@@ -158,24 +199,56 @@ fn finished_job_rerun_is_a_no_op() {
     let tmp = tempdir();
     make_shards(&tmp.path().join("shards"), 2, 10, 7005);
     let out = tmp.path().join("out");
-    let args = ["run", "--input", path_str(tmp.path().join("shards")), "--output", out.to_str().unwrap(), "--workers", "1"];
+    let args = [
+        "run",
+        "--input",
+        path_str(tmp.path().join("shards")),
+        "--output",
+        out.to_str().unwrap(),
+        "--workers",
+        "1",
+    ];
     run_ok(&args);
     let pq = out.join("dalle3.parquet");
     let before = std::fs::metadata(&pq).unwrap().modified().unwrap();
     let report_before = std::fs::read(out.join("report.json")).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let o = run_ok(&args);
-    assert_eq!(std::fs::metadata(&pq).unwrap().modified().unwrap(), before, "the parquet was rewritten");
-    assert_eq!(std::fs::read(out.join("report.json")).unwrap(), report_before, "the report was rewritten");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already complete"), "{}", explain(&args, &o));
+    assert_eq!(
+        std::fs::metadata(&pq).unwrap().modified().unwrap(),
+        before,
+        "the parquet was rewritten"
+    );
+    assert_eq!(
+        std::fs::read(out.join("report.json")).unwrap(),
+        report_before,
+        "the report was rewritten"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already complete"),
+        "{}",
+        explain(&args, &o)
+    );
 }
 
 #[test]
 fn no_shards_is_a_clear_error() {
     let tmp = tempdir();
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
-    let args = ["run", "--input", path_str(tmp.path().join("empty")), "--output", path_str(tmp.path().join("o")), "--workers", "1"];
+    let args = [
+        "run",
+        "--input",
+        path_str(tmp.path().join("empty")),
+        "--output",
+        path_str(tmp.path().join("o")),
+        "--workers",
+        "1",
+    ];
     let o = run_raw(&args, &[]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no *.tar shards"), "{}", explain(&args, &o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no *.tar shards"),
+        "{}",
+        explain(&args, &o)
+    );
 }

@@ -23,7 +23,10 @@ pub fn bin() -> PathBuf {
 
 /// A temp dir that survives the test when `KEEP_TEST_DIRS` is set.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("shardprep-test-").tempdir().expect("create temp dir")
+    tempfile::Builder::new()
+        .prefix("shardprep-test-")
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// Runs the binary; returns its output (not checked).
@@ -50,7 +53,11 @@ pub fn explain(args: &[&str], out: &Output) -> String {
 /// Runs the binary and asserts it exits 0.
 pub fn run_ok(args: &[&str]) -> Output {
     let out = run_raw(args, &[]);
-    assert!(out.status.success(), "expected success\n{}", explain(args, &out));
+    assert!(
+        out.status.success(),
+        "expected success\n{}",
+        explain(args, &out)
+    );
     out
 }
 
@@ -118,8 +125,12 @@ pub fn oracle(shards: &[PathBuf], caption_field: &str) -> Expected {
                         Some(i) => name[..i].to_string(),
                         None => name.clone(),
                     };
-                    captions.push((PathBuf::from(format!("{stem}.txt")), caption.clone().into_bytes()));
-                    e.rows.push((py_int(&v["width"]), py_int(&v["height"]), caption, name));
+                    captions.push((
+                        PathBuf::from(format!("{stem}.txt")),
+                        caption.clone().into_bytes(),
+                    ));
+                    e.rows
+                        .push((py_int(&v["width"]), py_int(&v["height"]), caption, name));
                 }
             }
             e.files.insert(path, data);
@@ -143,7 +154,10 @@ pub fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if ft.is_dir() {
                 stack.push(e.path());
             } else {
-                out.insert(e.path().strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(e.path()).unwrap());
+                out.insert(
+                    e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(e.path()).unwrap(),
+                );
             }
         }
     }
@@ -161,13 +175,42 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     for b in reader {
         let b = b.unwrap();
-        let w = b.column_by_name("width").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
-        let h = b.column_by_name("height").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
-        let c = b.column_by_name("caption").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
-        let n = b.column_by_name("filename").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let w = b
+            .column_by_name("width")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .clone();
+        let h = b
+            .column_by_name("height")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .clone();
+        let c = b
+            .column_by_name("caption")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        let n = b
+            .column_by_name("filename")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
         for i in 0..b.num_rows() {
             assert!(!w.is_null(i) && !n.is_null(i));
-            rows.push((w.value(i), h.value(i), c.value(i).to_string(), n.value(i).to_string()));
+            rows.push((
+                w.value(i),
+                h.value(i),
+                c.value(i).to_string(),
+                n.value(i).to_string(),
+            ));
         }
     }
     rows
@@ -176,7 +219,10 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
 /// The parsed report.json of an output folder.
 pub fn report(out: &Path) -> serde_json::Value {
     let p = out.join("report.json");
-    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 /// Asserts that `out` holds exactly what the seed's pipeline gives for `shards`.
@@ -185,10 +231,18 @@ pub fn assert_matches_seed(out: &Path, shards: &[PathBuf]) {
     let got = read_tree(&out.join("data"));
     let want_names: Vec<_> = e.files.keys().collect();
     let got_names: Vec<_> = got.keys().collect();
-    assert_eq!(got_names.len(), want_names.len(), "different number of files in data/");
+    assert_eq!(
+        got_names.len(),
+        want_names.len(),
+        "different number of files in data/"
+    );
     assert_eq!(got_names, want_names, "different file names in data/");
     for (k, v) in &e.files {
-        assert!(got[k] == *v, "file data/{} differs from the seed's", k.display());
+        assert!(
+            got[k] == *v,
+            "file data/{} differs from the seed's",
+            k.display()
+        );
     }
     let rows = read_rows(&out.join("dalle3.parquet"));
     assert_eq!(rows.len(), e.rows.len(), "row count");
@@ -201,5 +255,9 @@ pub fn assert_matches_seed(out: &Path, shards: &[PathBuf]) {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

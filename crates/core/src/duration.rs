@@ -8,10 +8,12 @@ use crate::CoreError;
 pub fn parse_duration(input: &str) -> Result<Duration, CoreError> {
     let s = input.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = s.parse().map_err(|e: std::num::ParseIntError| CoreError::Duration {
-            input: input.to_string(),
-            reason: e.to_string(),
-        })?;
+        let secs: u64 = s
+            .parse()
+            .map_err(|e: std::num::ParseIntError| CoreError::Duration {
+                input: input.to_string(),
+                reason: e.to_string(),
+            })?;
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| CoreError::Duration {

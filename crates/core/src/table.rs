@@ -67,4 +67,3 @@ pub fn conform(cols: Vec<ArrayRef>, schema: &SchemaRef) -> Vec<ArrayRef> {
         })
         .collect()
 }
-

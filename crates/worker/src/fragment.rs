@@ -11,7 +11,7 @@ use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use shardprep_core::table::{base_fields, list_item_field, conform, writer_properties};
+use shardprep_core::table::{base_fields, conform, list_item_field, writer_properties};
 
 use crate::sample::{ExtraValue, Row};
 
@@ -58,7 +58,8 @@ impl ExtraBuilder {
                     ExtraBuilder::Text(b)
                 }
                 ExtraValue::List(_) => {
-                    let mut b = ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
+                    let mut b =
+                        ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
                     (0..nulls).for_each(|_| b.append_null());
                     ExtraBuilder::List(b)
                 }
@@ -219,9 +220,10 @@ impl FragmentWriter {
             ))
         })?;
         let buf = writer.into_inner()?;
-        let file = buf.into_inner().map_err(|e| FragmentError::Sync(e.into_error()))?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| FragmentError::Sync(e.into_error()))?;
         file.sync_all().map_err(FragmentError::Sync)?;
         Ok(self.rows)
     }
 }
-

@@ -15,5 +15,4 @@ pub mod fragment;
 pub mod sample;
 pub mod shard;
 
-
 pub use client::{ClientTls, Fault, WorkerConfig, WorkerError, WorkerExit, run};
