@@ -112,7 +112,8 @@ impl DataDir {
             match std::fs::create_dir(&full) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let meta = std::fs::symlink_metadata(&full).map_err(|e| PlaceError::Io(full.clone(), e))?;
+                    let meta = std::fs::symlink_metadata(&full)
+                        .map_err(|e| PlaceError::Io(full.clone(), e))?;
                     if !meta.is_dir() {
                         return Err(PlaceError::NotADirectory(full));
                     }
@@ -128,10 +129,10 @@ impl DataDir {
     }
 
     fn open(&mut self, rel: &Path) -> Result<(File, PathBuf), PlaceError> {
-        if let Some(parent) = rel.parent() {
-            if !parent.as_os_str().is_empty() {
-                self.ensure_dirs(parent)?;
-            }
+        if let Some(parent) = rel.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            self.ensure_dirs(parent)?;
         }
         let full = self.root.join(rel);
         let file = OpenOptions::new()
@@ -143,10 +144,18 @@ impl DataDir {
             .open(&full);
         match file {
             Ok(f) => Ok((f, full)),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(PlaceError::SymlinkInTheWay(full)),
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(PlaceError::DirectoryInTheWay(full)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(PlaceError::NotADirectory(full)),
-            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Err(PlaceError::NameTooLong(full)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                Err(PlaceError::SymlinkInTheWay(full))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                Err(PlaceError::DirectoryInTheWay(full))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(PlaceError::NotADirectory(full))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                Err(PlaceError::NameTooLong(full))
+            }
             Err(e) => Err(PlaceError::Io(full, e)),
         }
     }
@@ -213,8 +222,14 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert_eq!(safe_relative_path(b"a.png").unwrap(), PathBuf::from("a.png"));
-        assert_eq!(safe_relative_path(b"./d//a.png").unwrap(), PathBuf::from("d/a.png"));
+        assert_eq!(
+            safe_relative_path(b"a.png").unwrap(),
+            PathBuf::from("a.png")
+        );
+        assert_eq!(
+            safe_relative_path(b"./d//a.png").unwrap(),
+            PathBuf::from("d/a.png")
+        );
         assert_eq!(safe_relative_path(b"../x"), Err(UnsafeName::ParentDir));
         assert_eq!(safe_relative_path(b"a/../../x"), Err(UnsafeName::ParentDir));
         assert_eq!(safe_relative_path(b"/etc/x"), Err(UnsafeName::Absolute));
