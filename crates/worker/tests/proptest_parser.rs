@@ -162,6 +162,29 @@ proptest! {
     }
 }
 
+#[test]
+fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
+    for depth in [200, 100_000] {
+        let deep =
+            |open: &str, close: &str| format!("{}{}", open.repeat(depth), close.repeat(depth));
+        for body in [
+            deep("[", "]"),
+            format!(r#"{{"meta":{}}}"#, deep("[", "]")),
+            format!(r#"{{"width":{},"height":1}}"#, deep("[", "]")),
+            format!(r#"{{"short_caption":{},"width":1}}"#, deep(r#"{"a":"#, "}")),
+            format!(
+                r#"{{"width":1,"height":1,"short_caption":"c","image_name":"a.png","long_caption":{}}}"#,
+                deep("[", "]")
+            ),
+        ] {
+            // Any outcome but a crash; never a row with a nested value as a dimension.
+            if let Ok(Parsed::Row(r)) = parse_sample(body.as_bytes(), &fields()) {
+                assert_eq!((r.width, r.height), (1, 1));
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- tar streams
 
 /// A member of a generated tar.
