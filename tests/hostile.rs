@@ -1438,7 +1438,6 @@ fn unusual_shard_file_names_work() {
 }
 
 #[test]
-#[ignore = "bug: a shard whose file name is not UTF-8 is skipped with only a log warning (crates/coordinator/src/discover.rs); report.json has no trace of it"]
 fn non_utf8_shard_file_name_is_not_silently_dropped() {
     let job = Job::new();
     let mut b = new_tar();
@@ -1589,7 +1588,6 @@ fn full_disk_fails_the_shard_with_a_clear_message() {
 }
 
 #[test]
-#[ignore = "bug: commit::write_atomic (crates/coordinator/src/commit.rs) leaves OUT/report.json.tmp when the report cannot be written (disk full)"]
 fn full_disk_leaves_no_temporary_report() {
     let job = Job::new();
     let Some((run, _mount)) = full_disk_run(&job) else {

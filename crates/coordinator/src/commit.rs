@@ -135,11 +135,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", e))?;
-    f.write_all(bytes).map_err(|e| err("write", e))?;
-    f.sync_all().map_err(|e| err("sync", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| err("rename", e))?;
+    let written = std::fs::File::create(&tmp)
+        .map_err(|e| err("create", e))
+        .and_then(|mut f| {
+            f.write_all(bytes).map_err(|e| err("write", e))?;
+            f.sync_all().map_err(|e| err("sync", e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| err("rename", e)));
+    if let Err(e) = written {
+        // Never leave a half-written file behind (e.g. on a full disk).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(parent) = path.parent() {
         sync_dir(parent);
     }

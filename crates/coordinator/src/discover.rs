@@ -26,15 +26,24 @@ pub fn identity_of(path: &Path) -> std::io::Result<ShardIdentity> {
     })
 }
 
+/// What the input folder holds.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    pub shards: Vec<ShardSource>,
+    /// `*.tar` files that cannot be shards (e.g. a name that is not UTF-8), with why.
+    pub refused: Vec<String>,
+}
+
 /// Lists `*.tar` files in `dir` (not recursive), sorted by name. Only these,
 /// present now, are the job's shards: files extracted later into the same
 /// folder (the Hugging Face layout puts shards in `data/`) are never shards.
-pub fn discover(dir: &Path) -> Result<Vec<ShardSource>, CoordinatorError> {
+pub fn discover(dir: &Path) -> Result<Discovery, CoordinatorError> {
     let read = std::fs::read_dir(dir).map_err(|source| CoordinatorError::Input {
         path: dir.display().to_string(),
         source,
     })?;
     let mut shards = Vec::new();
+    let mut refused = Vec::new();
     for entry in read {
         let entry = entry.map_err(|source| CoordinatorError::Input {
             path: dir.display().to_string(),
@@ -42,7 +51,14 @@ pub fn discover(dir: &Path) -> Result<Vec<ShardSource>, CoordinatorError> {
         })?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            tracing::warn!(name = ?name, "skipping a file whose name is not UTF-8");
+            if name.as_encoded_bytes().ends_with(b".tar") {
+                let msg = format!(
+                    "input file {:?} was not processed: its name is not UTF-8; rename it and run again",
+                    name
+                );
+                tracing::error!("{msg}");
+                refused.push(msg);
+            }
             continue;
         };
         if !name.ends_with(".tar") {
@@ -71,5 +87,5 @@ pub fn discover(dir: &Path) -> Result<Vec<ShardSource>, CoordinatorError> {
             path: dir.display().to_string(),
         });
     }
-    Ok(shards)
+    Ok(Discovery { shards, refused })
 }

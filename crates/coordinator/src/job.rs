@@ -73,9 +73,10 @@ pub async fn serve(
     let layout = OutputLayout::new(config.output.clone());
     prepare_output(&layout)?;
     let input = config.input.clone();
-    let sources = tokio::task::spawn_blocking(move || discover(&input))
+    let discovery = tokio::task::spawn_blocking(move || discover(&input))
         .await
         .map_err(|e| CoordinatorError::Server(e.to_string()))??;
+    let sources = discovery.shards;
     let bytes_total = sources.iter().map(|s| s.identity.size).sum();
     let recovered: Vec<_> = sources
         .iter()
@@ -126,6 +127,7 @@ pub async fn serve(
         started,
         bytes_total,
         phase: Mutex::new((Phase::Running, String::new())),
+        input_problems: discovery.refused,
         changed: tokio::sync::Notify::new(),
     });
 
@@ -367,7 +369,7 @@ fn finish_job(
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
     let report_path = layout.report_path();
 
-    let mut problems = Vec::new();
+    let mut problems = shared.input_problems.clone();
     for f in &failures {
         problems.push(format!(
             "shard {} failed after {} attempt(s): {}",
@@ -378,7 +380,7 @@ fn finish_job(
     }
 
     // A finished job run again: same fragments, verified before → nothing to rewrite.
-    if failures.is_empty() {
+    if failures.is_empty() && problems.is_empty() {
         if let Some(prev) = read_report(&report_path) {
             if prev.verdict == "ok"
                 && prev.fingerprint == fingerprint

@@ -130,6 +130,8 @@ pub struct JobShared {
     pub(crate) bytes_total: u64,
     pub(crate) phase: Mutex<(Phase, String)>,
     pub(crate) changed: tokio::sync::Notify,
+    /// Input files that could not be shards: each fails the verdict.
+    pub(crate) input_problems: Vec<String>,
 }
 
 impl JobShared {
