@@ -64,7 +64,12 @@ pub enum Parsed {
 /// Parses a sample JSON. `Err` means it has the width field (or could not be
 /// read at all) but cannot become a row.
 pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
-    let mut wanted: Vec<&str> = vec![&fields.width, &fields.height, &fields.caption, &fields.filename];
+    let mut wanted: Vec<&str> = vec![
+        &fields.width,
+        &fields.height,
+        &fields.caption,
+        &fields.filename,
+    ];
     wanted.extend(fields.extra.iter().map(String::as_str));
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let found = WantedFields { names: &wanted }
@@ -85,11 +90,21 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
     };
     let width = dimension(width_raw).map_err(|d| Skip::new("invalid_width", d))?;
     let height = match get(1) {
-        None => return Err(Skip::new("missing_height", format!("no {:?} field", fields.height))),
+        None => {
+            return Err(Skip::new(
+                "missing_height",
+                format!("no {:?} field", fields.height),
+            ));
+        }
         Some(raw) => dimension(raw).map_err(|d| Skip::new("invalid_height", d))?,
     };
     let caption = match get(2) {
-        None => return Err(Skip::new("missing_caption", format!("no {:?} field", fields.caption))),
+        None => {
+            return Err(Skip::new(
+                "missing_caption",
+                format!("no {:?} field", fields.caption),
+            ));
+        }
         Some(raw) => caption_text(raw)?,
     };
     let filename = match get(3) {
@@ -104,7 +119,12 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
                 check_filename(&s)?;
                 s
             }
-            _ => return Err(Skip::new("filename_not_string", format!("{} is not a string", fields.filename))),
+            _ => {
+                return Err(Skip::new(
+                    "filename_not_string",
+                    format!("{} is not a string", fields.filename),
+                ));
+            }
         },
     };
     let extras = (0..fields.extra.len())
@@ -209,9 +229,7 @@ fn extra_value(raw: Option<&RawValue>) -> ExtraValue {
     match serde_json::from_str::<serde_json::Value>(raw.get()) {
         Ok(serde_json::Value::Null) | Err(_) => ExtraValue::Missing,
         Ok(serde_json::Value::String(s)) => ExtraValue::Text(s),
-        Ok(serde_json::Value::Array(items))
-            if items.iter().all(|i| i.is_string()) =>
-        {
+        Ok(serde_json::Value::Array(items)) if items.iter().all(|i| i.is_string()) => {
             ExtraValue::List(
                 items
                     .into_iter()
@@ -298,7 +316,9 @@ mod tests {
 
     #[test]
     fn seed_fields_make_a_row() {
-        let r = row(r#"{"image_name":"a.png","width":1024,"height":768,"short_caption":"a cat","long_caption":"x","short_caption2":["a","b"]}"#);
+        let r = row(
+            r#"{"image_name":"a.png","width":1024,"height":768,"short_caption":"a cat","long_caption":"x","short_caption2":["a","b"]}"#,
+        );
         assert_eq!((r.width, r.height), (1024, 768));
         assert_eq!(r.caption, "a cat");
         assert_eq!(r.filename, "a.png");
@@ -306,28 +326,72 @@ mod tests {
 
     #[test]
     fn no_width_is_not_a_sample() {
-        assert_eq!(parse(r#"{"image_name":"a.png","height":1}"#), Ok(Parsed::NoWidth));
+        assert_eq!(
+            parse(r#"{"image_name":"a.png","height":1}"#),
+            Ok(Parsed::NoWidth)
+        );
     }
 
     #[test]
     fn dimensions_follow_python_int_without_its_surprises() {
-        assert_eq!(row(r#"{"image_name":"a.png","width":"1024","height":" 768 ","short_caption":"c"}"#).width, 1024);
-        assert_eq!(row(r#"{"image_name":"a.png","width":1024.0,"height":768,"short_caption":"c"}"#).width, 1024);
-        assert_eq!(reason(r#"{"image_name":"a.png","width":10.5,"height":768,"short_caption":"c"}"#), "invalid_width");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":-3,"height":768,"short_caption":"c"}"#), "invalid_width");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":99999999,"height":768,"short_caption":"c"}"#), "invalid_width");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":"wide","height":768,"short_caption":"c"}"#), "invalid_width");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":null,"height":768,"short_caption":"c"}"#), "invalid_width");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"short_caption":"c"}"#), "missing_height");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":true,"short_caption":"c"}"#), "invalid_height");
+        assert_eq!(
+            row(r#"{"image_name":"a.png","width":"1024","height":" 768 ","short_caption":"c"}"#)
+                .width,
+            1024
+        );
+        assert_eq!(
+            row(r#"{"image_name":"a.png","width":1024.0,"height":768,"short_caption":"c"}"#).width,
+            1024
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":10.5,"height":768,"short_caption":"c"}"#),
+            "invalid_width"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":-3,"height":768,"short_caption":"c"}"#),
+            "invalid_width"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":99999999,"height":768,"short_caption":"c"}"#),
+            "invalid_width"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":"wide","height":768,"short_caption":"c"}"#),
+            "invalid_width"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":null,"height":768,"short_caption":"c"}"#),
+            "invalid_width"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":1,"short_caption":"c"}"#),
+            "missing_height"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":1,"height":true,"short_caption":"c"}"#),
+            "invalid_height"
+        );
     }
 
     #[test]
     fn captions() {
-        assert_eq!(row(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":["", "second"]}"#).caption, "second");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":1}"#), "missing_caption");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":7}"#), "caption_not_string");
-        assert_eq!(reason(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":"  "}"#), "empty_caption");
+        assert_eq!(
+            row(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":["", "second"]}"#)
+                .caption,
+            "second"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":1,"height":1}"#),
+            "missing_caption"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":7}"#),
+            "caption_not_string"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":"  "}"#),
+            "empty_caption"
+        );
         let r = row(r#"{"image_name":"a.png","width":1,"height":1,"short_caption":"一只猫\n"}"#);
         assert_eq!(r.caption, "一只猫\n");
     }
@@ -337,10 +401,22 @@ mod tests {
         assert_eq!(reason("{not json"), "invalid_json");
         assert_eq!(reason("[1,2]"), "json_not_object");
         assert_eq!(reason(r#"{"a":1} trailing"#), "invalid_json");
-        assert_eq!(reason(r#"{"image_name":"../x.png","width":1,"height":1,"short_caption":"c"}"#), "unsafe_filename");
-        assert_eq!(reason(r#"{"image_name":"d/x.png","width":1,"height":1,"short_caption":"c"}"#), "unsafe_filename");
-        assert_eq!(reason(r#"{"image_name":3,"width":1,"height":1,"short_caption":"c"}"#), "filename_not_string");
-        assert_eq!(reason(r#"{"width":1,"height":1,"short_caption":"c"}"#), "missing_filename");
+        assert_eq!(
+            reason(r#"{"image_name":"../x.png","width":1,"height":1,"short_caption":"c"}"#),
+            "unsafe_filename"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":"d/x.png","width":1,"height":1,"short_caption":"c"}"#),
+            "unsafe_filename"
+        );
+        assert_eq!(
+            reason(r#"{"image_name":3,"width":1,"height":1,"short_caption":"c"}"#),
+            "filename_not_string"
+        );
+        assert_eq!(
+            reason(r#"{"width":1,"height":1,"short_caption":"c"}"#),
+            "missing_filename"
+        );
     }
 
     #[test]
@@ -352,7 +428,12 @@ mod tests {
     #[test]
     fn extras() {
         let mut f = FieldMap::dalle3();
-        f.extra = vec!["long_caption".into(), "short_caption2".into(), "meta".into(), "absent".into()];
+        f.extra = vec![
+            "long_caption".into(),
+            "short_caption2".into(),
+            "meta".into(),
+            "absent".into(),
+        ];
         let Ok(Parsed::Row(r)) = parse_sample(
             br#"{"image_name":"a.png","width":1,"height":1,"short_caption":"c","long_caption":"L","short_caption2":["x","y"],"meta":{"k":1}}"#,
             &f,

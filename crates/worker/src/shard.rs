@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::{OutputLayout, fnv1a64, shard_file_stem};
-use shardprep_core::manifest::{ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest};
+use shardprep_core::manifest::{
+    ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest,
+};
 
 use crate::extract::{DataDir, PlaceError, safe_relative_path, sync_filesystem};
 use crate::fragment::{FragmentError, FragmentWriter};
@@ -81,7 +83,9 @@ pub enum ShardError {
         offset: u64,
         member: Option<String>,
     },
-    #[error("shard {shard}: cannot write {path}: {source}; check free space and permissions of the output directory")]
+    #[error(
+        "shard {shard}: cannot write {path}: {source}; check free space and permissions of the output directory"
+    )]
     Write {
         shard: String,
         path: String,
@@ -161,7 +165,11 @@ impl Tally {
         }
     }
     fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
-        *self.counts.rejected_members.entry(reason.to_string()).or_default() += 1;
+        *self
+            .counts
+            .rejected_members
+            .entry(reason.to_string())
+            .or_default() += 1;
         let detail = detail.into();
         tracing::warn!(shard = %self.shard, member, reason, "{detail}");
         self.issue(member, reason, detail);
@@ -245,9 +253,15 @@ pub fn process_stream(
         },
     );
     {
-        let head = reader.fill_buf().map_err(|e| corrupt(format!("read error: {e}"), 0, None))?;
+        let head = reader
+            .fill_buf()
+            .map_err(|e| corrupt(format!("read error: {e}"), 0, None))?;
         if head.is_empty() {
-            return Err(corrupt("the file is empty, not a tar archive".into(), 0, None));
+            return Err(corrupt(
+                "the file is empty, not a tar archive".into(),
+                0,
+                None,
+            ));
         }
         if head.starts_with(&[0x1f, 0x8b]) {
             return Err(corrupt(
@@ -269,12 +283,13 @@ pub fn process_stream(
     };
     std::fs::create_dir_all(&tmp_dir).map_err(|e| write_err(&tmp_dir, e))?;
     let fragment_path = tmp_dir.join(&fragment_tmp);
-    let mut fragment = FragmentWriter::create(&fragment_path, &task.fields.extra).map_err(|source| {
-        ShardError::Fragment {
-            shard: shard.clone(),
-            source,
-        }
-    })?;
+    let mut fragment =
+        FragmentWriter::create(&fragment_path, &task.fields.extra).map_err(|source| {
+            ShardError::Fragment {
+                shard: shard.clone(),
+                source,
+            }
+        })?;
     let data_root = task.layout.data_dir();
     std::fs::create_dir_all(&data_root).map_err(|e| write_err(&data_root, e))?;
     let mut data = DataDir::new(data_root.clone());
@@ -320,7 +335,11 @@ pub fn process_stream(
         let rel = match safe_relative_path(&name_bytes) {
             Ok(rel) => rel,
             Err(why) => {
-                tally.reject(&member, why.reason(), "member name would leave data/; not extracted");
+                tally.reject(
+                    &member,
+                    why.reason(),
+                    "member name would leave data/; not extracted",
+                );
                 last_good_end = member_end;
                 continue;
             }
@@ -345,7 +364,11 @@ pub fn process_stream(
                 tar::EntryType::GNUSparse => "sparse_file",
                 _ => "unsupported_entry_type",
             };
-            tally.reject(&member, reason, format!("{etype:?} members are not extracted"));
+            tally.reject(
+                &member,
+                reason,
+                format!("{etype:?} members are not extracted"),
+            );
             last_good_end = member_end;
             continue;
         }
@@ -353,7 +376,11 @@ pub fn process_stream(
         let rel_bytes = rel.as_os_str().as_bytes();
         if !seen_members.insert(fnv1a64(rel_bytes)) {
             tally.counts.duplicate_members += 1;
-            tally.issue(&member, "duplicate_member", "the same name appears again in this shard; the later copy wins");
+            tally.issue(
+                &member,
+                "duplicate_member",
+                "the same name appears again in this shard; the later copy wins",
+            );
         }
         if task.shards_in_data_dir && top_level && rel_bytes.ends_with(b".tar") {
             tally.reject(&member, "would_overwrite_input", "a .tar member at the top of data/ could overwrite an input shard (shards and data/ are the same folder); not extracted");
@@ -362,7 +389,8 @@ pub fn process_stream(
         }
         let kind = kind_of(&rel);
         // The seed writes captions after extracting: a caption wins over a `.txt` member of the same name.
-        let shadowed = task.write_captions && top_level && captions_written.contains(&fnv1a64(rel_bytes));
+        let shadowed =
+            task.write_captions && top_level && captions_written.contains(&fnv1a64(rel_bytes));
 
         let truncated = |copied: u64| {
             corrupt(
@@ -371,7 +399,8 @@ pub fn process_stream(
                 Some(member.clone()),
             )
         };
-        let read_err = |e: io::Error| corrupt(format!("read error: {e}"), data_pos, Some(member.clone()));
+        let read_err =
+            |e: io::Error| corrupt(format!("read error: {e}"), data_pos, Some(member.clone()));
 
         match kind {
             Kind::Json => {
@@ -394,7 +423,16 @@ pub fn process_stream(
                         // Too large to parse: write the part read, then stream the rest.
                         let mut chained = (&json_buf[..]).chain(&mut entry);
                         let res = data.write_stream(&rel, &mut chained, size, &keep_going);
-                        stream_result(res, &mut tally, &member, size, &keep_going, &shard, &truncated, &write_err)?;
+                        stream_result(
+                            res,
+                            &mut tally,
+                            &member,
+                            size,
+                            &keep_going,
+                            &shard,
+                            &truncated,
+                            &write_err,
+                        )?;
                     }
                     tally.counts.files_extracted += 1;
                     tally.counts.bytes_written += size;
@@ -405,10 +443,18 @@ pub fn process_stream(
                     }
                 }
                 if size > MAX_JSON_BYTES {
-                    tally.skip(&member, "json_too_large", format!("{size} bytes, more than {MAX_JSON_BYTES}"));
+                    tally.skip(
+                        &member,
+                        "json_too_large",
+                        format!("{size} bytes, more than {MAX_JSON_BYTES}"),
+                    );
                 } else if !top_level {
                     // The seed's glob('data/*.json') reads only top-level JSONs.
-                    tally.skip(&member, "json_in_subdirectory", "only JSONs directly in data/ are samples, as in the seed");
+                    tally.skip(
+                        &member,
+                        "json_in_subdirectory",
+                        "only JSONs directly in data/ are samples, as in the seed",
+                    );
                 } else {
                     match parse_sample(&json_buf, &task.fields) {
                         Ok(Parsed::NoWidth) => {}
@@ -417,7 +463,8 @@ pub fn process_stream(
                             if task.write_captions {
                                 let txt = format!("{}.txt", stem(&row.filename));
                                 let res = data.write_bytes(Path::new(&txt), row.caption.as_bytes());
-                                let ok = place(&mut tally, &member, res).map_err(|(p, e)| write_err(&p, e))?;
+                                let ok = place(&mut tally, &member, res)
+                                    .map_err(|(p, e)| write_err(&p, e))?;
                                 if ok {
                                     captions_written.insert(fnv1a64(txt.as_bytes()));
                                     tally.counts.captions_written += 1;
@@ -453,7 +500,16 @@ pub fn process_stream(
                     tally.reject(&member, "shadowed_by_caption", "a caption file of the same name was written; the caption wins, as in the seed");
                 } else if task.extract {
                     let res = data.write_stream(&rel, &mut entry, size, &keep_going);
-                    if stream_result(res, &mut tally, &member, size, &keep_going, &shard, &truncated, &write_err)? {
+                    if stream_result(
+                        res,
+                        &mut tally,
+                        &member,
+                        size,
+                        &keep_going,
+                        &shard,
+                        &truncated,
+                        &write_err,
+                    )? {
                         tally.counts.files_extracted += 1;
                         tally.counts.bytes_written += size;
                     }
@@ -478,12 +534,20 @@ pub fn process_stream(
     let (n, names) = referenced.missing_from(&images);
     tally.counts.json_without_image = n;
     for name in names {
-        tally.issue(&name, "json_without_image", "a JSON names this image, but the shard does not contain it");
+        tally.issue(
+            &name,
+            "json_without_image",
+            "a JSON names this image, but the shard does not contain it",
+        );
     }
     let (n, names) = images.missing_from(&referenced);
     tally.counts.images_without_json = n;
     for name in names {
-        tally.issue(&name, "image_without_json", "no JSON of the shard names this image");
+        tally.issue(
+            &name,
+            "image_without_json",
+            "no JSON of the shard names this image",
+        );
     }
 
     let rows = fragment.finish().map_err(|source| ShardError::Fragment {
@@ -510,8 +574,11 @@ pub fn process_stream(
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
     let manifest_path = tmp_dir.join(&manifest_tmp);
-    write_synced(&manifest_path, &serde_json::to_vec_pretty(&manifest).unwrap_or_default())
-        .map_err(|e| write_err(&manifest_path, e))?;
+    write_synced(
+        &manifest_path,
+        &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    )
+    .map_err(|e| write_err(&manifest_path, e))?;
     Ok(ShardOutput {
         fragment_tmp,
         manifest_tmp,
