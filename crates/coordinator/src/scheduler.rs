@@ -50,6 +50,9 @@ pub struct ShardEntry {
     pub last_error: Option<String>,
     /// Done before this coordinator started (recovered from `OUT/.shardprep/`).
     pub recovered: bool,
+    /// Workers that lost an attempt of this shard (failed, silent, stuck):
+    /// the shard goes to someone else when someone else is there.
+    pub lost_by: Vec<String>,
 }
 
 impl ShardEntry {
@@ -139,6 +142,7 @@ impl Scheduler {
                     attempts: 0,
                     last_error: None,
                     recovered,
+                    lost_by: Vec::new(),
                 }
             })
             .collect();
@@ -184,7 +188,7 @@ impl Scheduler {
         }
         // A worker asking for work holds no lease any more: give its old one back.
         self.release_held_by(worker);
-        let Some(index) = self.queue.pop_front() else {
+        let Some(index) = self.next_for(worker, now) else {
             return LeaseAnswer::Wait;
         };
         let lease_id = self.next_lease;
@@ -208,6 +212,25 @@ impl Scheduler {
         };
         self.touch(worker, None, now).current = Some(index);
         LeaseAnswer::Shard(grant)
+    }
+
+    /// The next pending shard for `worker`: the first one it has not lost
+    /// before; one it lost only when no other live worker could take it.
+    fn next_for(&mut self, worker: &str, now: Instant) -> Option<usize> {
+        let pos = self
+            .queue
+            .iter()
+            .position(|&i| !self.shards[i].lost_by.iter().any(|w| w == worker));
+        if let Some(pos) = pos {
+            return self.queue.remove(pos);
+        }
+        let others_alive = self.workers.iter().any(|(id, w)| {
+            id != worker && !w.told_done && now.saturating_duration_since(w.last_seen) < self.lease_timeout
+        });
+        if others_alive && !self.queue.is_empty() {
+            return None;
+        }
+        self.queue.pop_front()
     }
 
     fn release_held_by(&mut self, worker: &str) {
@@ -299,7 +322,13 @@ impl Scheduler {
             return false;
         };
         if abandoned {
-            self.shards[i].attempts = self.shards[i].attempts.saturating_sub(1);
+            // Shutting down is not the shard's fault nor the worker's.
+            let shard = &mut self.shards[i];
+            shard.attempts = shard.attempts.saturating_sub(1);
+            shard.last_error = Some(error);
+            shard.state = ShardState::Pending;
+            self.queue.push_front(i);
+            return true;
         }
         self.attempt_lost(i, error, retryable);
         true
@@ -308,6 +337,11 @@ impl Scheduler {
     fn attempt_lost(&mut self, i: usize, error: String, retryable: bool) {
         let max = self.max_attempts;
         let shard = &mut self.shards[i];
+        if let ShardState::Leased { worker, .. } = &shard.state {
+            if !shard.lost_by.contains(worker) {
+                shard.lost_by.push(worker.clone());
+            }
+        }
         shard.last_error = Some(error);
         if retryable && shard.attempts < max {
             shard.state = ShardState::Pending;
@@ -502,12 +536,14 @@ mod tests {
         let g = grant(s.lease("a", t));
         assert!(s.fail("a", g.lease_id, "shutting down".into(), true, true, t));
         assert_eq!(s.shards[0].attempts, 0);
+        assert!(s.shards[0].lost_by.is_empty());
+        // Given back at the front of the queue, to anyone, as attempt 1 again.
+        let g = grant(s.lease("b", t));
+        assert_eq!((g.name.as_str(), g.attempt), ("s0.tar", 1));
         let g = grant(s.lease("a", t));
         assert_eq!(g.name, "s1.tar");
         assert!(s.fail("a", g.lease_id, "corrupt".into(), false, false, t));
         assert!(matches!(s.shards[1].state, ShardState::Failed));
-        let g = grant(s.lease("a", t));
-        assert_eq!((g.name.as_str(), g.attempt), ("s0.tar", 1));
     }
 
     #[test]
@@ -522,6 +558,25 @@ mod tests {
         s.finished = true;
         assert_eq!(s.lease("w", t), LeaseAnswer::Done);
         assert!(s.workers["w"].told_done);
+    }
+
+    #[test]
+    fn a_lost_shard_goes_to_another_live_worker_first() {
+        let t = Instant::now();
+        let mut s = sched(2, 3);
+        let g0 = grant(s.lease("a", t));
+        let g1 = grant(s.lease("b", t));
+        assert!(s.fail("a", g0.lease_id, "stuck".into(), true, false, t));
+        // `a` lost s0; `b` is alive and busy: `a` waits rather than retaking s0.
+        assert_eq!(s.lease("a", t), LeaseAnswer::Wait);
+        s.complete("b", g1.lease_id, manifest("s1.tar"), t);
+        let again = grant(s.lease("b", t));
+        assert_eq!((again.name.as_str(), again.attempt), ("s0.tar", 2));
+        // Alone, a worker does retake a shard it lost.
+        let mut s = sched(1, 3);
+        let g = grant(s.lease("a", t));
+        assert!(s.fail("a", g.lease_id, "boom".into(), true, false, t));
+        assert_eq!(grant(s.lease("a", t)).attempt, 2);
     }
 
     #[test]
