@@ -753,11 +753,12 @@ fn run_with_a_hung_worker_releases_the_shard_and_returns_soon() {
     hang_in_run("3s");
 }
 
-/// Case 4b: The same with heartbeats every 1 s (the default in src/cli.rs): the
-/// stall timeout (2 s) is a multiple of the heartbeat interval, so the hung
-/// worker's own heartbeat is what notices the stall, and its next request,
-/// a lease, gets the same shard back; it hangs again until --max-attempts
-/// is spent and the job fails although a healthy worker was idle.
+/// Case 4b: The same with heartbeats every 1 s (the default in src/cli.rs):
+/// the stall timeout (2 s) is a multiple of the heartbeat interval, so the
+/// hung worker's own heartbeat is what notices the stall, and its very next
+/// request is a lease. It must not get the same shard back while a healthy
+/// worker is idle (it did, until --max-attempts was spent and the job
+/// failed; fixed in ead8080).
 #[test]
 fn run_with_a_hung_worker_and_1s_heartbeats_releases_the_shard() {
     hang_in_run("1s");
@@ -1016,7 +1017,6 @@ fn a_shard_changed_after_commit_is_redone_on_resume() {
 /// names): the output must be the seed's for the new inputs, so the files
 /// the old version of the shard extracted must not stay in data/.
 #[test]
-#[ignore = "bug: files extracted from the old version of a changed shard stay in data/ (verdict ok, `verify` FAILED)"]
 fn a_shard_regenerated_with_other_names_leaves_no_stale_files() {
     let mut s = Scene::new();
     let input = s.input.clone();
