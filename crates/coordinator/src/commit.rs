@@ -38,6 +38,7 @@ pub fn recover(
             shard = name,
             "the shard changed since it was committed (size or mtime); redoing it"
         );
+        forget_outdated(layout, name);
         return None;
     }
     if !layout.fragment_path(name).is_file() {
@@ -48,6 +49,35 @@ pub fn recover(
         return None;
     }
     Some(manifest)
+}
+
+/// Removes what an outdated version of a shard left: the files it extracted
+/// (from its file list; a new version may have other names) and its
+/// committed fragment, so the output becomes what the new version gives.
+pub fn forget_outdated(layout: &OutputLayout, name: &str) {
+    let list = layout.files_list_path(name);
+    let data = layout.data_dir();
+    let mut removed = 0u64;
+    if let Ok(bytes) = std::fs::read(&list) {
+        for rel in bytes.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            // Only plain relative paths below data/ (the worker wrote nothing else).
+            let rel = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rel));
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                continue;
+            }
+            if std::fs::remove_file(data.join(rel)).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    for p in [list, layout.manifest_path(name), layout.fragment_path(name)] {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!(shard = name, removed, "removed the files of the outdated version of the shard");
 }
 
 /// A file name from a worker: a plain name inside `tmp/`, nothing else.
@@ -100,6 +130,14 @@ pub fn commit(
     };
     let frag_dst = layout.fragment_path(shard_name);
     let man_dst = layout.manifest_path(shard_name);
+    // The list of files the attempt wrote sits beside its fragment.
+    if let Some(files_tmp) = fragment_tmp.strip_suffix(".parquet").map(|s| format!("{s}.files")) {
+        let src = tmp_file(layout, &files_tmp)?;
+        if src.exists() {
+            let dst = layout.files_list_path(shard_name);
+            std::fs::rename(&src, &dst).map_err(|e| io("commit file list", &dst, e))?;
+        }
+    }
     std::fs::rename(&frag_src, &frag_dst).map_err(|e| io("commit fragment", &frag_dst, e))?;
     std::fs::rename(&man_src, &man_dst).map_err(|e| io("commit manifest", &man_dst, e))?;
     sync_dir(&layout.fragments_dir());
@@ -108,7 +146,8 @@ pub fn commit(
 
 /// Removes a stale attempt's temporary files (best effort).
 pub fn discard(layout: &OutputLayout, fragment_tmp: &str, manifest_tmp: &str) {
-    for name in [fragment_tmp, manifest_tmp] {
+    let files_tmp = fragment_tmp.replace(".parquet", ".files");
+    for name in [fragment_tmp, manifest_tmp, files_tmp.as_str()] {
         if let Ok(p) = tmp_file(layout, name) {
             let _ = std::fs::remove_file(p);
         }

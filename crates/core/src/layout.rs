@@ -59,6 +59,11 @@ impl OutputLayout {
         self.fragments_dir()
             .join(format!("{}.parquet", shard_file_stem(shard_name)))
     }
+    /// The list of files (NUL-separated relative paths) a shard's committed attempt wrote into `data/`.
+    pub fn files_list_path(&self, shard_name: &str) -> PathBuf {
+        self.fragments_dir()
+            .join(format!("{}.files", shard_file_stem(shard_name)))
+    }
     /// Committed manifest of a shard (its presence is the commit).
     pub fn manifest_path(&self, shard_name: &str) -> PathBuf {
         self.fragments_dir()

@@ -79,6 +79,9 @@ pub struct DataDir {
     /// Directories below `root` already known to be real directories.
     known_dirs: HashSet<PathBuf>,
     buf: Vec<u8>,
+    /// Every file created, NUL-separated: lets a later run remove what an
+    /// outdated version of the shard wrote.
+    log: Option<(io::BufWriter<File>, PathBuf)>,
 }
 
 /// Size of the copy buffer for member data.
@@ -91,7 +94,24 @@ impl DataDir {
             root,
             known_dirs: HashSet::new(),
             buf: vec![0u8; COPY_BUF],
+            log: None,
         }
+    }
+
+    /// Records the relative path of every file written into `log_path`.
+    pub fn with_log(mut self, log_path: &Path) -> io::Result<Self> {
+        let f = File::create(log_path)?;
+        self.log = Some((io::BufWriter::with_capacity(256 << 10, f), log_path.to_path_buf()));
+        Ok(self)
+    }
+
+    /// Flushes and syncs the log of written files.
+    pub fn finish_log(&mut self) -> io::Result<()> {
+        if let Some((w, _)) = self.log.as_mut() {
+            w.flush()?;
+            w.get_ref().sync_all()?;
+        }
+        Ok(())
     }
 
     /// The directory written into.
@@ -143,7 +163,14 @@ impl DataDir {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&full);
         match file {
-            Ok(f) => Ok((f, full)),
+            Ok(f) => {
+                if let Some((w, path)) = self.log.as_mut() {
+                    w.write_all(rel.as_os_str().as_encoded_bytes())
+                        .and_then(|()| w.write_all(b"\0"))
+                        .map_err(|e| PlaceError::Io(path.clone(), e))?;
+                }
+                Ok((f, full))
+            }
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 Err(PlaceError::SymlinkInTheWay(full))
             }

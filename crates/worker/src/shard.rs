@@ -276,6 +276,7 @@ pub fn process_stream(
     let stem_name = shard_file_stem(&shard);
     let fragment_tmp = format!("{stem_name}.{}.parquet", task.lease_id);
     let manifest_tmp = format!("{stem_name}.{}.manifest.json", task.lease_id);
+    let files_tmp = tmp_dir.join(format!("{stem_name}.{}.files", task.lease_id));
     let write_err = |path: &Path, source: io::Error| ShardError::Write {
         shard: shard.clone(),
         path: path.display().to_string(),
@@ -292,7 +293,9 @@ pub fn process_stream(
         })?;
     let data_root = task.layout.data_dir();
     std::fs::create_dir_all(&data_root).map_err(|e| write_err(&data_root, e))?;
-    let mut data = DataDir::new(data_root.clone());
+    let mut data = DataDir::new(data_root.clone())
+        .with_log(&files_tmp)
+        .map_err(|e| write_err(&files_tmp, e))?;
 
     let mut tally = Tally {
         shard: shard.clone(),
@@ -560,6 +563,7 @@ pub fn process_stream(
         // Extracted files reach the disk before the fragment is committed.
         sync_filesystem(&data_root).map_err(|e| write_err(&data_root, e))?;
     }
+    data.finish_log().map_err(|e| write_err(&files_tmp, e))?;
 
     let manifest = ShardManifest {
         shard_name: shard.clone(),
