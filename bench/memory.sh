@@ -132,9 +132,13 @@ case_run() {  # $1 = case, $2 = input dir, $3 = description
     c=$(report_field "$rep" "r['resources']['coordinator_peak_rss_bytes']")
     v=$(report_field "$rep" "r['verdict']")
     read -r tree wall _ _ <"$tf" || true
-    local wv="?"; [[ "$w" =~ ^[0-9]+$ ]] && wv=$(verdict_of "$w" $WORKER_TARGET_MIB)
+    # The verdict uses the tree's max RSS: an upper bound of the worker's (report.json's
+    # number is sampled at heartbeats and is 0 when the shard ends before the first one).
+    local wv; wv=$(verdict_of $(( ${tree:-0} * 1024 )) $WORKER_TARGET_MIB)
     [[ "$wv" == PASS ]] || ALL_OK=0
-    ROWS+=("| $1 | $3 | \`run --workers 1\` (exit $rc, verdict $v) | $( [[ "$w" =~ ^[0-9]+$ ]] && mib "$w" || echo "$w") (report.json, sampled at heartbeats) | $( [[ "$c" =~ ^[0-9]+$ ]] && mib "$c" || echo "$c") (report.json) | $(mib $(( ${tree:-0} * 1024 ))) | ${wall:-?} | **$wv** |")
+    local ws="$w"
+    if [[ "$w" == 0 ]]; then ws="— (no heartbeat before the end)"; elif [[ "$w" =~ ^[0-9]+$ ]]; then ws="$(mib "$w") (report.json, sampled at heartbeats)"; fi
+    ROWS+=("| $1 | $3 | \`run --workers 1\` (exit $rc, verdict $v) | $ws | $( [[ "$c" =~ ^[0-9]+$ ]] && mib "$c" || echo "$c") (report.json) | $(mib $(( ${tree:-0} * 1024 ))) | ${wall:-?} | **$wv** |")
     rm -rf "$out"
 }
 
@@ -162,12 +166,16 @@ case_hand() {  # $1 = case, $2 = input dir, $3 = description
         [[ -n "$wpid" ]] && break
         sleep 0.02
     done
-    [[ -n "$wpid" ]] && poll_mem "$wpid" "$WORK_RUNS/$1-worker.mem" &
-    local poll_pid=$!
+    local poll_pid=""
+    : >"$WORK_RUNS/$1-worker.mem"
+    if [[ -n "$wpid" ]]; then
+        poll_mem "$wpid" "$WORK_RUNS/$1-worker.mem" &
+        poll_pid=$!
+    fi
     set +e
     wait "$wtime_pid"; local wrc=$?
     wait "$ctime_pid"; local crc=$?
-    wait "$poll_pid" 2>/dev/null
+    [[ -n "$poll_pid" ]] && wait "$poll_pid" 2>/dev/null
     set -e
     local wk ck wall polled v
     read -r wk wall _ _ <"$WORK_RUNS/$1-worker.time" || true
@@ -193,7 +201,7 @@ for c in $CASES; do
         many) make_many "$dir"; desc="1 shard, $(( SAMPLES * 2 )) members ($SAMPLES samples, 64-byte images)" ;;
         *) log "unknown case $c"; exit 2 ;;
     esac
-    size=$(du -b "$dir"/*.tar | awk '{s+=$1} END{print s}')
+    size=$(du -b "$dir"/*.tar | awk '{s+=$1} END{printf "%d", s}')
     desc="$desc, $(mib "$size") MiB of tar"
     case_run "$c" "$dir" "$desc"
     case_hand "$c" "$dir" "$desc"
@@ -234,7 +242,8 @@ dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | gre
     echo "- *report.json*: \`resources.worker_peak_rss_bytes\` (the worker's VmHWM as sent in its heartbeats, so a peak reached after the last heartbeat is missed) and \`resources.coordinator_peak_rss_bytes\` (VmHWM of the \`run\` process, which hosts the coordinator, when the report is written)."
     echo "- *time %M*: \`/usr/bin/time -f %M\` around the process itself: its exact peak RSS (ru_maxrss). For \`run\` it is the largest of the \`run\` process and its worker."
     echo "- *VmHWM polled*: /proc/PID/status of the worker every 0.1 s (a check on time %M)."
-    echo "- The worker's verdict uses time %M where the worker ran by hand, else report.json."
+    echo "- Verdict: by hand, the worker's own time %M; in \`run\`, the tree's time %M (an upper bound of the worker's peak)."
+    echo "- Wall times are only for orientation: on a shared machine they swing with other load (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))."
     if (( ${#NOTES[@]} )); then
         echo
         printf '%s\n' "${NOTES[@]}"
