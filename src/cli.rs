@@ -47,9 +47,19 @@ pub enum Command {
 /// Settings of a job, shared by `run` and `coordinator`.
 #[derive(Debug, Args, Clone)]
 pub struct JobArgs {
-    /// Folder holding the *.tar shards (e.g. the Hugging Face download's data/).
-    #[arg(long, env = "SHARDPREP_INPUT")]
-    pub input: PathBuf,
+    /// Where the *.tar shards are: a folder (e.g. the Hugging Face download's data/),
+    /// s3://BUCKET/PREFIX/ (also gs://, az://), https://HOST/data-{000000..000068}.tar,
+    /// or hf://datasets/OWNER/NAME[/PATH].
+    #[arg(
+        long,
+        env = "SHARDPREP_INPUT",
+        required_unless_present = "input_list",
+        conflicts_with = "input_list"
+    )]
+    pub input: Option<String>,
+    /// A file naming the shards, one URL or path per line (instead of --input).
+    #[arg(long, env = "SHARDPREP_INPUT_LIST")]
+    pub input_list: Option<PathBuf>,
     /// Output folder (the seed's dalle3/): data/, <dataset-id>.parquet, report.json, multidatabackend.json.
     #[arg(long, env = "SHARDPREP_OUTPUT")]
     pub output: PathBuf,

@@ -86,7 +86,11 @@ pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<Coordi
     backend.minimum_image_size = job.minimum_image_size;
     backend.target_downsample_size = job.target_downsample_size;
     Ok(CoordinatorConfig {
-        input: job.input.clone(),
+        input: match (&job.input, &job.input_list) {
+            (_, Some(list)) => shardprep_coordinator::InputSpec::List(list.clone()),
+            (Some(input), None) => shardprep_coordinator::InputSpec::parse(input),
+            (None, None) => bail!("give the shards with --input or --input-list"),
+        },
         output: job.output.clone(),
         token,
         fields: fields(job)?,

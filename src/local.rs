@@ -105,12 +105,11 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
                 signalled = true;
                 tracing::warn!("stopping: workers give their shards back; run again with the same --output to resume");
                 for s in &mut slots {
-                    if let Some(c) = &s.child {
-                        if let Some(pid) = c.id() {
+                    if let Some(c) = &s.child
+                        && let Some(pid) = c.id() {
                             // SAFETY: kill(2) on our own child's pid.
                             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
                         }
-                    }
                 }
                 if let Some(tx) = stop_tx.take() {
                     let _ = tx.send(());
@@ -133,11 +132,11 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
             let _ =
                 tokio::time::timeout(settle.saturating_duration_since(Instant::now()), c.wait())
                     .await;
-            if let Ok(None) = c.try_wait() {
-                if let Some(pid) = c.id() {
-                    // SAFETY: kill(2) on our own child's pid.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                }
+            if let Ok(None) = c.try_wait()
+                && let Some(pid) = c.id()
+            {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             }
         }
     }
@@ -346,8 +345,8 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
             .unwrap_or_else(|| "?".into())
     );
     println!(
-        "{:<6} {:<32} {:<8} {:<28} {:>8} {}",
-        "#", "shard", "state", "worker", "attempts", "last error"
+        "{:<6} {:<32} {:<8} {:<28} {:>8} last error",
+        "#", "shard", "state", "worker", "attempts"
     );
     for s in &st.shards {
         println!(

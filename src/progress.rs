@@ -92,7 +92,7 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
                         .find(|s| s.name == w.current_shard && s.state == "leased");
                     let msg = match current {
                         Some(s) => {
-                            let p = s.progress.clone().unwrap_or_default();
+                            let p = s.progress.unwrap_or_default();
                             let pct = if s.size > 0 {
                                 100.0 * p.bytes_read as f64 / s.size as f64
                             } else {

@@ -61,7 +61,9 @@ pub fn forget_outdated(layout: &OutputLayout, name: &str) {
     if let Ok(bytes) = std::fs::read(&list) {
         for rel in bytes.split(|b| *b == 0).filter(|r| !r.is_empty()) {
             // Only plain relative paths below data/ (the worker wrote nothing else).
-            let rel = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rel));
+            let rel = std::path::Path::new(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rel),
+            );
             if rel.is_absolute()
                 || rel
                     .components()
@@ -77,7 +79,11 @@ pub fn forget_outdated(layout: &OutputLayout, name: &str) {
     for p in [list, layout.manifest_path(name), layout.fragment_path(name)] {
         let _ = std::fs::remove_file(p);
     }
-    tracing::info!(shard = name, removed, "removed the files of the outdated version of the shard");
+    tracing::info!(
+        shard = name,
+        removed,
+        "removed the files of the outdated version of the shard"
+    );
 }
 
 /// A file name from a worker: a plain name inside `tmp/`, nothing else.
@@ -131,7 +137,10 @@ pub fn commit(
     let frag_dst = layout.fragment_path(shard_name);
     let man_dst = layout.manifest_path(shard_name);
     // The list of files the attempt wrote sits beside its fragment.
-    if let Some(files_tmp) = fragment_tmp.strip_suffix(".parquet").map(|s| format!("{s}.files")) {
+    if let Some(files_tmp) = fragment_tmp
+        .strip_suffix(".parquet")
+        .map(|s| format!("{s}.files"))
+    {
         let src = tmp_file(layout, &files_tmp)?;
         if src.exists() {
             let dst = layout.files_list_path(shard_name);

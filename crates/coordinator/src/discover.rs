@@ -14,6 +14,88 @@ pub struct ShardSource {
     pub name: String,
     pub path: PathBuf,
     pub identity: ShardIdentity,
+    /// For remote inputs: the URL workers stream.
+    pub url: Option<String>,
+}
+
+/// Where a job's shards come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSpec {
+    /// A local folder of `*.tar` files.
+    Local(PathBuf),
+    /// `s3://`, `gs://`, `az://`, `http(s)://` (brace notation) or `hf://`.
+    Remote(String),
+    /// A file listing shard URLs or paths, one per line (`--input-list`).
+    List(PathBuf),
+}
+
+impl InputSpec {
+    /// A local path or a remote location, told apart by its scheme.
+    pub fn parse(input: &str) -> Self {
+        if shardprep_remote::is_remote(input) {
+            InputSpec::Remote(input.to_string())
+        } else {
+            InputSpec::Local(PathBuf::from(input))
+        }
+    }
+
+    /// For logs and the report (credentials removed).
+    pub fn display(&self) -> String {
+        match self {
+            InputSpec::Local(p) => std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
+            InputSpec::Remote(u) => shardprep_remote::redact(u),
+            InputSpec::List(p) => format!("list {}", p.display()),
+        }
+    }
+}
+
+/// The identity of a remote shard: its size, and a hash of its ETag or
+/// last-modified in the field that holds a local file's mtime.
+fn remote_identity(size: u64, version: &str) -> ShardIdentity {
+    ShardIdentity {
+        size,
+        mtime_ns: shardprep_core::layout::fnv1a64(version.as_bytes()) as i64,
+    }
+}
+
+/// Lists the shards of any input, and the root workers resolve them against.
+pub async fn discover_input(input: &InputSpec) -> Result<(String, Discovery), CoordinatorError> {
+    let listing = match input {
+        InputSpec::Local(dir) => {
+            let dir = dir.clone();
+            let root = std::path::absolute(&dir)
+                .unwrap_or_else(|_| dir.clone())
+                .display()
+                .to_string();
+            let d = tokio::task::spawn_blocking(move || discover(&dir))
+                .await
+                .map_err(|e| CoordinatorError::Server(e.to_string()))??;
+            return Ok((root, d));
+        }
+        InputSpec::Remote(url) => shardprep_remote::list(url).await,
+        InputSpec::List(file) => shardprep_remote::list_file(file).await,
+    }
+    .map_err(|e| CoordinatorError::Remote(e.to_string()))?;
+    let shards = listing
+        .shards
+        .into_iter()
+        .map(|s| ShardSource {
+            identity: remote_identity(s.size, &s.version),
+            path: PathBuf::from(shardprep_remote::redact(&s.url)),
+            url: Some(s.url),
+            name: s.name,
+        })
+        .collect();
+    Ok((
+        listing.root,
+        Discovery {
+            shards,
+            refused: Vec::new(),
+        },
+    ))
 }
 
 /// Identity of a file: size and modification time in nanoseconds.
@@ -79,6 +161,7 @@ pub fn discover(dir: &Path) -> Result<Discovery, CoordinatorError> {
             name: name.to_string(),
             path,
             identity,
+            url: None,
         });
     }
     shards.sort_by(|a, b| a.name.cmp(&b.name));

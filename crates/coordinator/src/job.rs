@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::commit::{self, write_atomic};
-use crate::discover::discover;
+use crate::discover::discover_input;
 use crate::merge;
 use crate::report::{self, Report, Resources, ShardReport};
 use crate::scheduler::{Scheduler, ShardState};
@@ -72,11 +72,9 @@ pub async fn serve(
     let started_at = report::now_rfc3339();
     let layout = OutputLayout::new(config.output.clone());
     prepare_output(&layout)?;
-    let input = config.input.clone();
-    let discovery = tokio::task::spawn_blocking(move || discover(&input))
-        .await
-        .map_err(|e| CoordinatorError::Server(e.to_string()))??;
+    let (input_root, discovery) = discover_input(&config.input).await?;
     let sources = discovery.shards;
+    let shard_urls: Vec<Option<String>> = sources.iter().map(|s| s.url.clone()).collect();
     let bytes_total = sources.iter().map(|s| s.identity.size).sum();
     let recovered: Vec<_> = sources
         .iter()
@@ -106,7 +104,7 @@ pub async fn serve(
     );
     sched.stall_timeout = config.stall_timeout;
     let spec = proto::JobSpec {
-        input_root: abs(&config.input).display().to_string(),
+        input_root,
         output_root: abs(&config.output).display().to_string(),
         caption_field: config.fields.caption.clone(),
         width_field: config.fields.width.clone(),
@@ -128,6 +126,7 @@ pub async fn serve(
         bytes_total,
         phase: Mutex::new((Phase::Running, String::new())),
         input_problems: discovery.refused,
+        shard_urls,
         changed: tokio::sync::Notify::new(),
     });
 
@@ -380,22 +379,21 @@ fn finish_job(
     }
 
     // A finished job run again: same fragments, verified before → nothing to rewrite.
-    if failures.is_empty() && problems.is_empty() {
-        if let Some(prev) = read_report(&report_path) {
-            if prev.verdict == "ok"
-                && prev.fingerprint == fingerprint
-                && parquet_path.is_file()
-                && prev.expected_json == config.expect_json
-            {
-                tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
-                write_backend(layout, config)?;
-                return Ok(JobOutcome {
-                    ok: true,
-                    report: prev,
-                    report_path,
-                });
-            }
-        }
+    if failures.is_empty()
+        && problems.is_empty()
+        && let Some(prev) = read_report(&report_path)
+        && prev.verdict == "ok"
+        && prev.fingerprint == fingerprint
+        && parquet_path.is_file()
+        && prev.expected_json == config.expect_json
+    {
+        tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
+        write_backend(layout, config)?;
+        return Ok(JobOutcome {
+            ok: true,
+            report: prev,
+            report_path,
+        });
     }
 
     let mut rows = 0;
@@ -428,19 +426,19 @@ fn finish_job(
         }
         problems.push("the parquet table was not written because some shards failed; fix or remove them and run again (finished shards are kept)".into());
     }
-    if let Some(expected) = config.expect_json {
-        if totals.json_files != expected {
-            problems.push(format!(
-                "JSON count mismatch: expected {expected} JSON files, found {} ({} {})",
-                totals.json_files,
-                totals.json_files.abs_diff(expected),
-                if totals.json_files < expected {
-                    "missing"
-                } else {
-                    "extra"
-                }
-            ));
-        }
+    if let Some(expected) = config.expect_json
+        && totals.json_files != expected
+    {
+        problems.push(format!(
+            "JSON count mismatch: expected {expected} JSON files, found {} ({} {})",
+            totals.json_files,
+            totals.json_files.abs_diff(expected),
+            if totals.json_files < expected {
+                "missing"
+            } else {
+                "extra"
+            }
+        ));
     }
     let ok = problems.is_empty();
     let wall_ms = started.elapsed().as_millis() as u64;
@@ -453,7 +451,7 @@ fn finish_job(
         shardprep_version: env!("CARGO_PKG_VERSION").into(),
         verdict: if ok { "ok" } else { "failed" }.into(),
         problems,
-        input: abs(&config.input).display().to_string(),
+        input: config.input.display(),
         output: abs(&config.output).display().to_string(),
         parquet,
         dataset_id: config.backend.dataset_id.clone(),

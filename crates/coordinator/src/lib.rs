@@ -29,6 +29,7 @@ use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::proto;
 
+pub use discover::InputSpec;
 pub use job::{JobOutcome, serve};
 pub use report::BackendSettings;
 use scheduler::{Scheduler, ShardState};
@@ -51,6 +52,8 @@ pub enum CoordinatorError {
         what: String,
         source: std::io::Error,
     },
+    #[error("cannot list the remote input: {0}")]
+    Remote(String),
     #[error("merge failed: {0}")]
     Merge(String),
     #[error("bad commit: {0}")]
@@ -66,8 +69,8 @@ pub enum CoordinatorError {
 /// Everything the coordinator needs to run a job.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// Folder holding the `*.tar` shards.
-    pub input: PathBuf,
+    /// Where the `*.tar` shards are: a folder, a remote location or a list.
+    pub input: InputSpec,
     /// The output folder (the seed's `dalle3/`).
     pub output: PathBuf,
     /// Shared secret every RPC must carry.
@@ -132,6 +135,8 @@ pub struct JobShared {
     pub(crate) changed: tokio::sync::Notify,
     /// Input files that could not be shards: each fails the verdict.
     pub(crate) input_problems: Vec<String>,
+    /// Per shard index: the URL of a remote shard.
+    pub(crate) shard_urls: Vec<Option<String>>,
 }
 
 impl JobShared {

@@ -225,7 +225,9 @@ impl Scheduler {
             return self.queue.remove(pos);
         }
         let others_alive = self.workers.iter().any(|(id, w)| {
-            id != worker && !w.told_done && now.saturating_duration_since(w.last_seen) < self.lease_timeout
+            id != worker
+                && !w.told_done
+                && now.saturating_duration_since(w.last_seen) < self.lease_timeout
         });
         if others_alive && !self.queue.is_empty() {
             return None;
@@ -337,10 +339,10 @@ impl Scheduler {
     fn attempt_lost(&mut self, i: usize, error: String, retryable: bool) {
         let max = self.max_attempts;
         let shard = &mut self.shards[i];
-        if let ShardState::Leased { worker, .. } = &shard.state {
-            if !shard.lost_by.contains(worker) {
-                shard.lost_by.push(worker.clone());
-            }
+        if let ShardState::Leased { worker, .. } = &shard.state
+            && !shard.lost_by.contains(worker)
+        {
+            shard.lost_by.push(worker.clone());
         }
         shard.last_error = Some(error);
         if retryable && shard.attempts < max {

@@ -101,6 +101,13 @@ impl Coordinator for CoordinatorService {
                     attempt: g.attempt,
                     size: g.identity.size,
                     mtime_ns: g.identity.mtime_ns,
+                    url: self
+                        .shared
+                        .shard_urls
+                        .get(g.index)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default(),
                 })
             }
             LeaseAnswer::Wait => proto::lease_response::Outcome::WaitMs(self.shared.wait_ms),

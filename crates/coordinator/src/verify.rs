@@ -96,13 +96,13 @@ pub fn verify_output(out: &Path, expect_json: Option<u64>, dataset_id: Option<&s
                             .push(format!("data/ holds {n} *.json files, expected {e}"));
                     }
                 }
-                if let Some(found) = r["found_json"].as_u64() {
-                    if found != n {
-                        f.problems.push(format!(
+                if let Some(found) = r["found_json"].as_u64()
+                    && found != n
+                {
+                    f.problems.push(format!(
                             "the shards held {found} JSON members but data/ has {n} *.json files (duplicate names across shards overwrite each other: {})",
                             r["duplicate_filenames"]
                         ));
-                    }
                 }
             }
             Err(e) => f
@@ -257,12 +257,12 @@ fn check_parquet(
         }
     }
     f.checked.push(format!("parquet has {rows} rows"));
-    if let Some(n) = r["rows"].as_u64() {
-        if n != rows {
-            f.problems.push(format!(
-                "the parquet has {rows} rows but report.json says {n}"
-            ));
-        }
+    if let Some(n) = r["rows"].as_u64()
+        && n != rows
+    {
+        f.problems.push(format!(
+            "the parquet has {rows} rows but report.json says {n}"
+        ));
     }
     if no_image > LISTED as u64 {
         f.problems

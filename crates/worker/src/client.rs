@@ -23,7 +23,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::shard::{LiveProgress, ShardError, ShardOutput, ShardTask, process_shard};
+use crate::shard::{
+    LiveProgress, ShardError, ShardOutput, ShardTask, process_shard, process_stream,
+};
 
 /// Faults a test can inject into a worker (hidden `--fault` flag).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,7 +353,7 @@ fn fields_of(spec: &proto::JobSpec) -> FieldMap {
 }
 
 enum Ended {
-    Processed(Result<ShardOutput, ShardError>),
+    Processed(Box<Result<ShardOutput, ShardError>>),
     LeaseLost,
     Shutdown,
 }
@@ -367,15 +369,31 @@ async fn work_on(
     let started = Instant::now();
     tracing::info!(shard = %shard, attempt = l.attempt, lease = lease_id, "processing shard");
 
-    let path = match resolve_shard(Path::new(&spec.input_root), &shard) {
-        Ok(p) => p,
-        Err(msg) => return report_failure(ctx, lease_id, &shard, msg, true).await,
+    let remote_url = (!l.url.is_empty()).then(|| l.url.clone());
+    let path = match &remote_url {
+        Some(url) if shardprep_remote::is_under(&spec.input_root, url) => {
+            PathBuf::from(shardprep_remote::redact(url))
+        }
+        Some(url) => {
+            let msg = format!(
+                "refusing shard URL {}: it is not under the input location {}",
+                shardprep_remote::redact(url),
+                shardprep_remote::redact(&spec.input_root)
+            );
+            return report_failure(ctx, lease_id, &shard, msg, true).await;
+        }
+        None => match resolve_shard(Path::new(&spec.input_root), &shard) {
+            Ok(p) => p,
+            Err(msg) => return report_failure(ctx, lease_id, &shard, msg, true).await,
+        },
     };
     let layout = OutputLayout::new(&spec.output_root);
-    let shards_in_data_dir = match (path.parent(), layout.data_dir().canonicalize()) {
-        (Some(parent), Ok(data)) => parent == data,
-        _ => false,
-    };
+    let shards_in_data_dir = remote_url.is_none()
+        && match (path.parent(), layout.data_dir().canonicalize()) {
+            (Some(parent), Ok(data)) => parent == data,
+            _ => false,
+        };
+    let runtime = tokio::runtime::Handle::current();
     let task = ShardTask {
         shards_in_data_dir,
         shard_path: path,
@@ -411,7 +429,18 @@ async fn work_on(
                 },
                 _ => {}
             }
-            process_shard(&task, &cancel, &live)
+            match remote_url {
+                // Streamed with bounded read-ahead; dropped connections resume by range.
+                Some(url) => match shardprep_remote::open_blocking(&url, runtime) {
+                    Ok(reader) => process_stream(&task, reader, &cancel, &live),
+                    Err(e) => Err(ShardError::Open {
+                        shard: task.shard_name.clone(),
+                        path: task.shard_path.display().to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    }),
+                },
+                None => process_shard(&task, &cancel, &live),
+            }
         })
     };
 
@@ -424,7 +453,7 @@ async fn work_on(
     let ended = loop {
         tokio::select! {
             r = &mut handle => {
-                break Ended::Processed(r.unwrap_or_else(|e| Err(ShardError::Cancelled(format!("{shard} (worker thread failed: {e})")))));
+                break Ended::Processed(Box::new(r.unwrap_or_else(|e| Err(ShardError::Cancelled(format!("{shard} (worker thread failed: {e})"))))));
             }
             _ = shutdown.changed() => {
                 cancel.store(true, Ordering::Relaxed);
@@ -478,17 +507,19 @@ async fn work_on(
             let _ = tokio::time::timeout(Duration::from_secs(5), c.fail(req)).await;
             Ok(())
         }
-        Ended::Processed(Err(e)) => {
+        Ended::Processed(r) if r.is_err() => {
+            let Err(e) = *r else { unreachable!() };
             let retryable = e.retryable();
             tracing::error!(shard = %shard, error = %e, retryable, "shard failed");
             report_failure(ctx, lease_id, &shard, e.to_string(), !retryable).await
         }
-        Ended::Processed(Ok(out)) => {
-            if let Some(Fault::Stall(s, d)) = &ctx.config.fault {
-                if *s == shard {
-                    tracing::warn!(shard = %shard, pause = ?d, "test fault: stalling before reporting");
-                    tokio::time::sleep(*d).await;
-                }
+        Ended::Processed(r) => {
+            let Ok(out) = *r else { unreachable!() };
+            if let Some(Fault::Stall(s, d)) = &ctx.config.fault
+                && *s == shard
+            {
+                tracing::warn!(shard = %shard, pause = ?d, "test fault: stalling before reporting");
+                tokio::time::sleep(*d).await;
             }
             let req = proto::CompleteRequest {
                 worker_id,

@@ -101,7 +101,10 @@ impl DataDir {
     /// Records the relative path of every file written into `log_path`.
     pub fn with_log(mut self, log_path: &Path) -> io::Result<Self> {
         let f = File::create(log_path)?;
-        self.log = Some((io::BufWriter::with_capacity(256 << 10, f), log_path.to_path_buf()));
+        self.log = Some((
+            io::BufWriter::with_capacity(256 << 10, f),
+            log_path.to_path_buf(),
+        ));
         Ok(self)
     }
 
