@@ -561,24 +561,28 @@ fn sigkill_of_the_coordinator_resumes_on_restart_and_workers_reconnect() {
     assert_matches_seed(&s.out, &shards);
 }
 
-/// Case 3: `run` with worker 0 stalling (silent, then reporting late) on shard 0:
-/// the shard is leased again, and the result is counted once. Which local
-/// worker gets shard 0 first is up to the scheduler, so the run is repeated
-/// until worker 0 had it (attempts == 2); every run must be exact.
+/// Case 3: `run` with worker 0 stalling (silent, then reporting late) on a
+/// shard: the shard is leased again, and the result is counted once. Which
+/// local worker gets which shard is up to the start-up race, so the run is
+/// repeated, the target alternating between shards 0 and 1 (whichever way
+/// the race leans, one of them is worker 0's), until worker 0 had it
+/// (attempts == 2); every run must be exact.
 #[test]
 fn run_with_a_stalled_worker_counts_the_shard_once() {
     let mut s = Scene::new();
     let shards = make_shards(&s.input.clone(), 4, 20, 8301);
     let want = oracle(&shards, "short_caption");
     let mut stalled = false;
-    for i in 0..6 {
+    for i in 0..10 {
+        let target = format!("data-00000{}.tar", i % 2);
+        let fault = format!("stall:{target}:3s");
         let out = s.dir().join(format!("out{i}"));
         let p = s.run(
             &format!("run{i}"),
             &out,
             &[
                 "--fault-worker0",
-                "stall:data-000000.tar:3s",
+                &fault,
                 "--lease-timeout",
                 "1s",
                 "--heartbeat-interval",
@@ -608,7 +612,7 @@ fn run_with_a_stalled_worker_counts_the_shard_once() {
             "a file name appears twice in the parquet"
         );
         assert_eq!(committed(&out).len(), 4);
-        let s0 = shard_entry(&r, "data-000000.tar");
+        let s0 = shard_entry(&r, &target);
         if s.log(p).contains("test fault: stalling before reporting") {
             assert_eq!(
                 s0["attempts"], 2,
@@ -621,7 +625,7 @@ fn run_with_a_stalled_worker_counts_the_shard_once() {
     }
     assert!(
         stalled,
-        "worker 0 never got data-000000.tar in 6 runs: the stall was not exercised"
+        "worker 0 never got the stall's shard in 10 runs: the stall was not exercised"
     );
 }
 
@@ -691,16 +695,18 @@ fn a_late_report_reaching_the_running_coordinator_is_refused() {
     assert_matches_seed(&s.out, &shards);
 }
 
-/// `run --fault-worker0 hang:data-000001.tar --stall-timeout 2s --workers 2
+/// `run --fault-worker0 hang:SHARD --stall-timeout 2s --workers 2
 /// --worker-grace 2s --heartbeat-interval HB`, repeated until worker 0 had
-/// the shard (which local worker gets it is up to the scheduler): the stall
+/// the shard (SHARD alternates between shards 1 and 0, see case 3): the stall
 /// timeout must take the shard back, another worker must do it, and `run`
 /// must return a few seconds after the job is verified.
 fn hang_in_run(heartbeat: &str) {
     let mut s = Scene::new();
     let shards = make_shards(&s.input.clone(), 4, 20, 8401);
     let mut hung = false;
-    for i in 0..6 {
+    for i in 0..10 {
+        let target = format!("data-00000{}.tar", 1 - i % 2);
+        let fault = format!("hang:{target}");
         let out = s.dir().join(format!("out{i}"));
         let started = Instant::now();
         let p = s.run(
@@ -708,7 +714,7 @@ fn hang_in_run(heartbeat: &str) {
             &out,
             &[
                 "--fault-worker0",
-                "hang:data-000001.tar",
+                &fault,
                 "--stall-timeout",
                 "2s",
                 "--heartbeat-interval",
@@ -723,7 +729,7 @@ fn hang_in_run(heartbeat: &str) {
         let wall = started.elapsed();
         assert_matches_seed(&out, &shards);
         let r = report(&out);
-        let s1 = shard_entry(&r, "data-000001.tar");
+        let s1 = shard_entry(&r, &target);
         if s.log(p).contains("made no progress") {
             assert_eq!(s1["attempts"], 2, "{s1:#}");
             let job = Duration::from_millis(r["wall_ms"].as_u64().unwrap());
@@ -740,7 +746,7 @@ fn hang_in_run(heartbeat: &str) {
     }
     assert!(
         hung,
-        "worker 0 never got data-000001.tar in 6 runs: the hang was not exercised"
+        "worker 0 never got the hung shard in 10 runs: the hang was not exercised"
     );
 }
 
