@@ -161,14 +161,14 @@ fn shardprep_bin(dir: &Path) -> PathBuf {
     }
     let built = std::fs::metadata(&src).and_then(|m| m.modified()).ok();
     let newest = newest_source(&root);
-    if let (Some(b), Some((n, path))) = (built, newest) {
-        if n > b {
-            println!(
-                "WARNING: {} is older than {} (uncommitted edits?); rebuild with `cargo build --release --bin shardprep` to bench the current code",
-                src.display(),
-                path.display()
-            );
-        }
+    if let (Some(b), Some((n, path))) = (built, newest)
+        && n > b
+    {
+        println!(
+            "WARNING: {} is older than {} (uncommitted edits?); rebuild with `cargo build --release --bin shardprep` to bench the current code",
+            src.display(),
+            path.display()
+        );
     }
     std::fs::create_dir_all(dir).unwrap();
     let dst = dir.join("shardprep");
@@ -186,12 +186,11 @@ fn newest_source(root: &Path) -> Option<(SystemTime, PathBuf)> {
             let p = e.path();
             if p.is_dir() {
                 walk(&p, best);
-            } else if p.extension().is_some_and(|x| x == "rs" || x == "proto") {
-                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                    if best.as_ref().is_none_or(|(b, _)| t > *b) {
-                        *best = Some((t, p));
-                    }
-                }
+            } else if p.extension().is_some_and(|x| x == "rs" || x == "proto")
+                && let Ok(t) = e.metadata().and_then(|m| m.modified())
+                && best.as_ref().is_none_or(|(b, _)| t > *b)
+            {
+                *best = Some((t, p));
             }
         }
     }
@@ -941,10 +940,12 @@ fn throughput_from_results() -> Option<(f64, String)> {
     for line in text.lines() {
         let cols: Vec<&str> = line.split('|').map(|c| c.trim()).collect();
         // | set | tool | median s | min–max s | × tar | files/s | ...
-        if cols.len() > 6 && cols[1] == "small" && cols[2].starts_with("shardprep run --workers") {
-            if let Ok(fps) = cols[6].replace(',', "").parse::<f64>() {
-                best = Some(best.map_or(fps, |b: f64| b.max(fps)));
-            }
+        if cols.len() > 6
+            && cols[1] == "small"
+            && cols[2].starts_with("shardprep run --workers")
+            && let Ok(fps) = cols[6].replace(',', "").parse::<f64>()
+        {
+            best = Some(best.map_or(fps, |b: f64| b.max(fps)));
         }
     }
     let fps = best?;
