@@ -120,7 +120,9 @@ pub fn read_tmp_manifest(
     Ok(m)
 }
 
-/// Moves a worker's temporary fragment and manifest into place (manifest last).
+/// Moves a worker's temporary fragment and manifest into place (manifest
+/// last). The caller makes the renames durable with [`sync_dir`] on the
+/// fragments folder once it no longer holds the scheduler's lock.
 pub fn commit(
     layout: &OutputLayout,
     shard_name: &str,
@@ -149,7 +151,6 @@ pub fn commit(
     }
     std::fs::rename(&frag_src, &frag_dst).map_err(|e| io("commit fragment", &frag_dst, e))?;
     std::fs::rename(&man_src, &man_dst).map_err(|e| io("commit manifest", &man_dst, e))?;
-    sync_dir(&layout.fragments_dir());
     Ok(())
 }
 

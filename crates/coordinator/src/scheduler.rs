@@ -110,6 +110,10 @@ pub struct Scheduler {
     pub workers: HashMap<String, WorkerInfo>,
     /// Set once the job has finished merging: lease answers become `Done`.
     pub finished: bool,
+    /// Current leases → shard index (so no RPC scans every shard).
+    leased: HashMap<u64, usize>,
+    done: usize,
+    failed: usize,
 }
 
 impl Scheduler {
@@ -123,7 +127,7 @@ impl Scheduler {
         first_lease: u64,
     ) -> Self {
         let mut queue = VecDeque::new();
-        let shards = shards
+        let shards: Vec<ShardEntry> = shards
             .into_iter()
             .enumerate()
             .map(|(i, (name, identity, done))| {
@@ -146,6 +150,10 @@ impl Scheduler {
                 }
             })
             .collect();
+        let done = shards
+            .iter()
+            .filter(|s| matches!(s.state, ShardState::Done(_)))
+            .count();
         Scheduler {
             shards,
             queue,
@@ -155,6 +163,9 @@ impl Scheduler {
             max_attempts: max_attempts.max(1),
             workers: HashMap::new(),
             finished: false,
+            leased: HashMap::new(),
+            done,
+            failed: 0,
         }
     }
 
@@ -210,6 +221,7 @@ impl Scheduler {
             attempt: shard.attempts,
             identity: shard.identity,
         };
+        self.leased.insert(lease_id, index);
         self.touch(worker, None, now).current = Some(index);
         LeaseAnswer::Shard(grant)
     }
@@ -237,13 +249,10 @@ impl Scheduler {
 
     fn release_held_by(&mut self, worker: &str) {
         let held: Vec<usize> = self
-            .shards
-            .iter()
-            .enumerate()
-            .filter(
-                |(_, s)| matches!(&s.state, ShardState::Leased { worker: w, .. } if w == worker),
-            )
-            .map(|(i, _)| i)
+            .leased
+            .values()
+            .copied()
+            .filter(|&i| matches!(&self.shards[i].state, ShardState::Leased { worker: w, .. } if w == worker))
             .collect();
         for i in held {
             self.attempt_lost(
@@ -254,11 +263,16 @@ impl Scheduler {
         }
     }
 
+    /// Forgets the current lease of shard `i`, if it has one.
+    fn unlease(&mut self, i: usize) {
+        if let ShardState::Leased { lease_id, .. } = &self.shards[i].state {
+            self.leased.remove(lease_id);
+        }
+    }
+
     /// The shard index of a current lease.
     pub fn current_lease(&self, lease_id: u64) -> Option<usize> {
-        self.shards.iter().position(
-            |s| matches!(s.state, ShardState::Leased { lease_id: l, .. } if l == lease_id),
-        )
+        self.leased.get(&lease_id).copied()
     }
 
     /// Extends a lease; false if it is not current (expired, reassigned, unknown).
@@ -301,6 +315,8 @@ impl Scheduler {
         now: Instant,
     ) -> Option<usize> {
         let i = self.current_lease(lease_id)?;
+        self.unlease(i);
+        self.done += 1;
         self.shards[i].state = ShardState::Done(Box::new(manifest));
         self.shards[i].last_error = None;
         let w = self.touch(worker, None, now);
@@ -325,6 +341,7 @@ impl Scheduler {
         };
         if abandoned {
             // Shutting down is not the shard's fault nor the worker's.
+            self.unlease(i);
             let shard = &mut self.shards[i];
             shard.attempts = shard.attempts.saturating_sub(1);
             shard.last_error = Some(error);
@@ -337,6 +354,7 @@ impl Scheduler {
     }
 
     fn attempt_lost(&mut self, i: usize, error: String, retryable: bool) {
+        self.unlease(i);
         let max = self.max_attempts;
         let shard = &mut self.shards[i];
         if let ShardState::Leased { worker, .. } = &shard.state
@@ -350,6 +368,7 @@ impl Scheduler {
             self.queue.push_back(i);
         } else {
             shard.state = ShardState::Failed;
+            self.failed += 1;
         }
     }
 
@@ -357,9 +376,9 @@ impl Scheduler {
     pub fn expire(&mut self, now: Instant) -> usize {
         let stall = self.stall_timeout;
         let expired: Vec<(usize, String, bool)> = self
-            .shards
-            .iter()
-            .enumerate()
+            .leased
+            .values()
+            .map(|&i| (i, &self.shards[i]))
             .filter_map(|(i, s)| match &s.state {
                 ShardState::Leased {
                     deadline,
@@ -373,6 +392,8 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
+        let mut expired = expired;
+        expired.sort_by_key(|e| e.0);
         for (i, worker, stalled) in &expired {
             let error = if *stalled {
                 format!(
@@ -396,23 +417,12 @@ impl Scheduler {
 
     /// True when every shard is done or failed.
     pub fn settled(&self) -> bool {
-        self.shards
-            .iter()
-            .all(|s| matches!(s.state, ShardState::Done(_) | ShardState::Failed))
+        self.done + self.failed == self.shards.len()
     }
 
     /// Counts of (done, failed, leased).
     pub fn tally(&self) -> (usize, usize, usize) {
-        let mut t = (0, 0, 0);
-        for s in &self.shards {
-            match s.state {
-                ShardState::Done(_) => t.0 += 1,
-                ShardState::Failed => t.1 += 1,
-                ShardState::Leased { .. } => t.2 += 1,
-                ShardState::Pending => {}
-            }
-        }
-        t
+        (self.done, self.failed, self.leased.len())
     }
 }
 

@@ -196,6 +196,10 @@ impl Coordinator for CoordinatorService {
         })
         .await
         .map_err(|e| Status::internal(format!("commit task failed: {e}")))?;
+        if resp.accepted {
+            let dir = self.shared.layout.fragments_dir();
+            let _ = tokio::task::spawn_blocking(move || commit::sync_dir(&dir)).await;
+        }
         self.shared.wake();
         Ok(Response::new(resp))
     }
