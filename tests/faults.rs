@@ -1051,13 +1051,17 @@ fn a_shard_regenerated_with_other_names_leaves_no_stale_files() {
     assert_matches_seed(&s.out, &shards);
 }
 
-/// Case 8: Workers started before their coordinator keep retrying, then do the job.
+/// Case 8: Workers started before their coordinator keep retrying, then do
+/// the job. (Whoever takes shard 0 sits on it for 3 s, so the job cannot end
+/// before both have reached the coordinator: a worker still in its retry
+/// backoff when a job ends is never told, see the report of this suite.)
 #[test]
 fn workers_started_before_the_coordinator_wait_and_finish() {
     let mut s = Scene::new();
     let shards = make_shards(&s.input.clone(), 4, 20, 8801);
-    let w1 = s.worker("early-1", None);
-    let w2 = s.worker("early-2", None);
+    let hold = Some("stall:data-000000.tar:3s");
+    let w1 = s.worker("early-1", hold);
+    let w2 = s.worker("early-2", hold);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         s.running(w1) && s.running(w2),
@@ -1065,7 +1069,7 @@ fn workers_started_before_the_coordinator_wait_and_finish() {
     );
     let c = s.coordinator(
         "coordinator",
-        &["--lease-timeout", "2s", "--heartbeat-interval", "200ms"],
+        &["--lease-timeout", "10s", "--heartbeat-interval", "200ms"],
     );
     assert_success(s.wait_exit(c, secs(30)), "the coordinator");
     assert_success(s.wait_exit(w1, secs(10)), "early-1");
@@ -1074,16 +1078,45 @@ fn workers_started_before_the_coordinator_wait_and_finish() {
         let log = s.log(w);
         assert!(log.contains("coordinator unreachable; retrying"), "{log}");
         assert!(log.contains("reconnected to the coordinator"), "{log}");
+        assert!(
+            log.contains("the coordinator says the job is done"),
+            "{log}"
+        );
     }
     let r = report(&s.out);
-    let by: BTreeSet<&str> = r["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["worker"].as_str().unwrap())
-        .collect();
-    assert!(by.iter().all(|w| w.starts_with("early-")), "{by:?}");
+    for sh in r["shards"].as_array().unwrap() {
+        assert_eq!(sh["attempts"], 1, "{sh:#}");
+        let w = sh["worker"].as_str().unwrap();
+        assert!(w == "early-1" || w == "early-2", "{sh:#}");
+    }
     assert_matches_seed(&s.out, &shards);
+}
+
+/// Case 8c: A worker that is still in its retry backoff when the job ends
+/// (here: it started 3.3 s before the coordinator, so its next try comes
+/// about 3 s later, while another worker does the one-shard job at once)
+/// must still learn that the job is done and exit 0, as a Kubernetes worker
+/// pod must; the coordinator stops as soon as the workers it knows were
+/// told, so this one retries until --connect-timeout and fails.
+#[test]
+#[ignore = "bug: a worker in connect backoff when the job ends is never told; it retries until --connect-timeout, then fails"]
+fn a_worker_in_backoff_when_the_job_ends_still_exits_0() {
+    let mut s = Scene::new();
+    let shards = make_shards(&s.input.clone(), 1, 20, 8803);
+    let late = s.worker("late", None);
+    std::thread::sleep(Duration::from_millis(3300));
+    let c = s.coordinator(
+        "coordinator",
+        &["--lease-timeout", "5s", "--heartbeat-interval", "200ms"],
+    );
+    let w = s.worker("prompt", None);
+    assert_success(s.wait_exit(c, secs(30)), "the coordinator");
+    assert_success(s.wait_exit(w, secs(10)), "the prompt worker");
+    assert_matches_seed(&s.out, &shards);
+    // The job is done; the late worker should hear it (the product's grace
+    // period is 10 s, its backoff at most 3 s) instead of waiting 30 s.
+    let st = s.wait_exit(late, secs(15));
+    assert_success(st, "the late worker");
 }
 
 /// Case 8b: ...but not forever: after `--connect-timeout` a worker gives up with
