@@ -1,6 +1,7 @@
 //! One function per subcommand, turning flags into library configs.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
@@ -103,6 +104,8 @@ pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<Coordi
         heartbeat_interval: job.heartbeat_interval,
         max_attempts: job.max_attempts,
         worker_grace: job.worker_grace,
+        // Workers retry with a backoff of at most 3 s: linger a little longer.
+        linger: Duration::from_secs(4),
         progress_interval: job.progress_interval,
         tls: None,
     })

@@ -60,7 +60,9 @@ fn spawn_worker(
 /// port, fresh token), N worker processes of this same binary, supervised.
 pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let token = auth::generate_token()?;
-    let config = coordinator_config(&args.job, token.clone())?;
+    let mut config = coordinator_config(&args.job, token.clone())?;
+    // `run` owns its workers and stops any it has left.
+    config.linger = Duration::ZERO;
     let grace = config.worker_grace;
     let n = args
         .workers

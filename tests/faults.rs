@@ -1023,7 +1023,6 @@ fn a_shard_changed_after_commit_is_redone_on_resume() {
 /// names): the output must be the seed's for the new inputs, so the files
 /// the old version of the shard extracted must not stay in data/.
 #[test]
-#[ignore = "bug: files extracted from the old version of a changed shard stay in data/ (verdict ok, `verify` FAILED)"]
 fn a_shard_regenerated_with_other_names_leaves_no_stale_files() {
     let mut s = Scene::new();
     let input = s.input.clone();
@@ -1099,7 +1098,6 @@ fn workers_started_before_the_coordinator_wait_and_finish() {
 /// pod must; the coordinator stops as soon as the workers it knows were
 /// told, so this one retries until --connect-timeout and fails.
 #[test]
-#[ignore = "bug: a worker in connect backoff when the job ends is never told; it retries until --connect-timeout, then fails"]
 fn a_worker_in_backoff_when_the_job_ends_still_exits_0() {
     let mut s = Scene::new();
     let shards = make_shards(&s.input.clone(), 1, 20, 8803);

@@ -1475,7 +1475,6 @@ fn input_list_with_shards_in_subfolders_matches_a_local_run() {
 /// ...; restart the shard") must be retried like any failed attempt (`--max-attempts`), not
 /// failed at once as a corrupt tar: the run completes with the local run's outputs.
 #[test]
-#[ignore = "bug: a remote read error (object changed mid-read, or retries exhausted) is classed as a corrupt tar (ShardError::Corrupt, not retryable): the shard fails after 1 attempt"]
 fn a_remote_read_error_is_retried_not_reported_as_corrupt() {
     let fx = Fixture::new(7901);
     let server = Server::start();

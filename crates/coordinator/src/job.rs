@@ -287,7 +287,9 @@ fn log_progress(shared: &JobShared) {
 /// After the job: wait until every worker seen recently was told "done",
 /// at most `worker_grace`.
 async fn wait_for_workers(shared: &JobShared, config: &CoordinatorConfig) {
-    let deadline = Instant::now() + config.worker_grace;
+    let start = Instant::now();
+    let deadline = start + config.worker_grace;
+    let linger_until = start + config.linger.min(config.worker_grace);
     let silent_after = config.heartbeat_interval * 2 + Duration::from_millis(500);
     loop {
         let waiting: Vec<String> = {
@@ -298,7 +300,7 @@ async fn wait_for_workers(shared: &JobShared, config: &CoordinatorConfig) {
                 .map(|(id, _)| id.clone())
                 .collect()
         };
-        if waiting.is_empty() {
+        if waiting.is_empty() && Instant::now() >= linger_until {
             return;
         }
         if Instant::now() >= deadline {

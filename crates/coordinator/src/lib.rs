@@ -90,6 +90,10 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     /// After the job, how long to wait for workers to hear that it is done.
     pub worker_grace: Duration,
+    /// After the job, keep answering "done" at least this long (bounded by
+    /// `worker_grace`), so that workers still in their reconnect backoff
+    /// hear it too. `run`, which owns its workers, uses zero.
+    pub linger: Duration,
     /// How often to log a progress line.
     pub progress_interval: Duration,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).

@@ -5,6 +5,7 @@
 //! through one buffer, JSON members are read whole only up to a cap, rows go
 //! to the fragment in batches, and per-member bookkeeping is one 64-bit hash.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -96,6 +97,14 @@ pub enum ShardError {
         shard: String,
         source: FragmentError,
     },
+    #[error(
+        "shard {shard}: cannot read the input: {what} (at byte offset {offset}); another attempt will retry"
+    )]
+    Read {
+        shard: String,
+        what: String,
+        offset: u64,
+    },
     #[error("shard {0}: cancelled (lease lost or shutting down)")]
     Cancelled(String),
 }
@@ -108,16 +117,28 @@ impl ShardError {
 }
 
 /// A reader that counts the bytes it hands out.
+/// Also remembers a failure of the input itself (a disk or network error),
+/// so that it is not mistaken for a corrupt tar.
 struct Counting<'a, R> {
     inner: R,
     count: &'a AtomicU64,
+    failure: &'a RefCell<Option<String>>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.count.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    *self.failure.borrow_mut() = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -239,17 +260,28 @@ pub fn process_stream(
     let started = Instant::now();
     let shard = task.shard_name.clone();
     let file = input;
-    let corrupt = |what: String, offset: u64, member: Option<String>| ShardError::Corrupt {
-        shard: shard.clone(),
-        what,
-        offset,
-        member,
-    };
+    let input_failure: RefCell<Option<String>> = RefCell::new(None);
+    // A failure of the input (disk, network) is worth retrying; a bad tar is not.
+    let corrupt =
+        |what: String, offset: u64, member: Option<String>| match input_failure.borrow().clone() {
+            Some(why) => ShardError::Read {
+                shard: shard.clone(),
+                what: why,
+                offset,
+            },
+            None => ShardError::Corrupt {
+                shard: shard.clone(),
+                what,
+                offset,
+                member,
+            },
+        };
     let mut reader = BufReader::with_capacity(
         256 << 10,
         Counting {
             inner: file,
             count: &live.bytes_read,
+            failure: &input_failure,
         },
     );
     {
@@ -434,6 +466,7 @@ pub fn process_stream(
                             &keep_going,
                             &shard,
                             &truncated,
+                            &read_err,
                             &write_err,
                         )?;
                     }
@@ -511,6 +544,7 @@ pub fn process_stream(
                         &keep_going,
                         &shard,
                         &truncated,
+                        &read_err,
                         &write_err,
                     )? {
                         tally.counts.files_extracted += 1;
@@ -634,18 +668,14 @@ fn stream_result(
     keep_going: &dyn Fn() -> bool,
     shard: &str,
     truncated: &dyn Fn(u64) -> ShardError,
+    read_err: &dyn Fn(io::Error) -> ShardError,
     write_err: &dyn Fn(&Path, io::Error) -> ShardError,
 ) -> Result<bool, ShardError> {
     match res {
         Ok(Ok(n)) if n == size => Ok(true),
         Ok(Ok(n)) => Err(truncated(n)),
         Ok(Err(_)) if !keep_going() => Err(ShardError::Cancelled(shard.to_string())),
-        Ok(Err(e)) => Err(ShardError::Corrupt {
-            shard: shard.to_string(),
-            what: format!("read error: {e}"),
-            offset: 0,
-            member: Some(member.to_string()),
-        }),
+        Ok(Err(e)) => Err(read_err(e)),
         Err(PlaceError::Io(p, e)) => Err(write_err(&p, e)),
         Err(other) => {
             let (reason, path) = place_reason(&other);
