@@ -123,7 +123,7 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(p) = progress {
-        p.abort();
+        p.finish().await;
     }
     // The coordinator has told every worker it heard from; those still
     // running never reached it (e.g. a job that had nothing left to do):

@@ -20,9 +20,25 @@ pub fn active(mode: ProgressMode) -> bool {
     }
 }
 
-/// Starts the display task; it runs until aborted.
-pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// A running display; [`Display::finish`] draws the last state and leaves it on screen.
+pub struct Display {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Display {
+    /// Stops the display after one last update, so that what is printed next
+    /// (the summary) does not mix with the bars.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// Starts the display task.
+pub fn spawn(url: String, token: String) -> Display {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
         let Ok(mut client) = shardprep_worker::client::client(&url, &token, None) else {
             return;
         };
@@ -111,7 +127,18 @@ pub fn spawn(url: String, token: String) -> tokio::task::JoinHandle<()> {
                     bar.set_message(msg);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            if *stopped.borrow() {
+                main.finish();
+                for bar in lines.values() {
+                    bar.finish();
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stopped.changed() => {}
+            }
         }
-    })
+    });
+    Display { stop, task }
 }
