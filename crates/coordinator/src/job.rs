@@ -121,13 +121,13 @@ pub async fn serve(
         sched: Mutex::new(sched),
         spec,
         layout: layout.clone(),
-        wait_ms: (config.heartbeat_interval.as_millis() as u64).clamp(50, 500),
         started,
         bytes_total,
         phase: Mutex::new((Phase::Running, String::new())),
         input_problems: discovery.refused,
         shard_urls,
         changed: tokio::sync::Notify::new(),
+        version: tokio::sync::watch::channel(0).0,
     });
 
     // The server runs until the job is over or `shutdown` resolves.
@@ -172,8 +172,13 @@ pub async fn serve(
     loop {
         {
             let mut s = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
-            s.expire(Instant::now());
-            if s.settled() {
+            let expired = s.expire(Instant::now());
+            let settled = s.settled();
+            drop(s);
+            if expired > 0 {
+                shared.version.send_modify(|v| *v += 1);
+            }
+            if settled {
                 break;
             }
         }
@@ -211,6 +216,7 @@ pub async fn serve(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .finished = true;
+            shared.wake();
             wait_for_workers(&shared, &config).await;
             let _ = stop_tx.send(());
             stop_server(server).await;
@@ -230,6 +236,7 @@ pub async fn serve(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .finished = true;
+    shared.wake();
     wait_for_workers(&shared, &config).await;
     let _ = stop_tx.send(());
     stop_server(server).await;

@@ -132,11 +132,13 @@ pub struct JobShared {
     pub(crate) sched: Mutex<Scheduler>,
     pub(crate) spec: proto::JobSpec,
     pub(crate) layout: OutputLayout,
-    pub(crate) wait_ms: u64,
     pub(crate) started: Instant,
     pub(crate) bytes_total: u64,
     pub(crate) phase: Mutex<(Phase, String)>,
     pub(crate) changed: tokio::sync::Notify,
+    /// Bumped on every change that may turn a "wait" into work or "done":
+    /// idle workers' lease requests wait on it (long poll).
+    pub(crate) version: tokio::sync::watch::Sender<u64>,
     /// Input files that could not be shards: each fails the verdict.
     pub(crate) input_problems: Vec<String>,
     /// Per shard index: the URL of a remote shard.
@@ -147,6 +149,7 @@ impl JobShared {
     /// Wakes the job driver (a shard changed state).
     pub(crate) fn wake(&self) {
         self.changed.notify_one();
+        self.version.send_modify(|v| *v += 1);
     }
 
     pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {

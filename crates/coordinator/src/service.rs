@@ -13,6 +13,9 @@ use crate::JobShared;
 use crate::commit;
 use crate::scheduler::{LeaseAnswer, Progress, Scheduler, ShardState};
 
+/// How long an idle worker's lease request may wait for work.
+const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Checks the shared token on every request (constant-time compare).
 pub fn auth_interceptor(
     token: Arc<String>,
@@ -90,7 +93,21 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::LeaseResponse>, Status> {
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
-        let answer = lock(&self.shared.sched).lease(&r.worker_id, Instant::now());
+        // Long poll: an idle worker's request waits (bounded) for a change,
+        // so it hears of a freed shard or of the end of the job at once.
+        let mut changes = self.shared.version.subscribe();
+        let deadline = tokio::time::Instant::now() + LONG_POLL;
+        let answer = loop {
+            changes.borrow_and_update();
+            let answer = lock(&self.shared.sched).lease(&r.worker_id, Instant::now());
+            if answer != LeaseAnswer::Wait || tokio::time::Instant::now() >= deadline {
+                break answer;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        };
         let outcome = match answer {
             LeaseAnswer::Shard(g) => {
                 tracing::info!(shard = %g.name, worker = %r.worker_id, attempt = g.attempt, lease = g.lease_id, "shard leased");
@@ -110,7 +127,8 @@ impl Coordinator for CoordinatorService {
                         .unwrap_or_default(),
                 })
             }
-            LeaseAnswer::Wait => proto::lease_response::Outcome::WaitMs(self.shared.wait_ms),
+            // The request already waited: ask again soon.
+            LeaseAnswer::Wait => proto::lease_response::Outcome::WaitMs(10),
             LeaseAnswer::Done => proto::lease_response::Outcome::Done(true),
         };
         Ok(Response::new(proto::LeaseResponse {
