@@ -350,6 +350,7 @@ fn finish_job(
             worker: None,
             error: e.last_error.clone(),
             elapsed_ms: None,
+            input_mb_per_s: None,
             counts: None,
             issues: Vec::new(),
             issues_not_listed: 0,
@@ -358,6 +359,8 @@ fn finish_job(
             totals.add(&m.counts);
             r.worker = Some(m.worker_id.clone());
             r.elapsed_ms = Some(m.elapsed_ms);
+            r.input_mb_per_s =
+                Some(m.counts.bytes_read as f64 / 1e6 / (m.elapsed_ms.max(1) as f64 / 1000.0));
             r.counts = Some(m.counts.clone());
             r.issues = m.issues.clone();
             r.issues_not_listed = m.issues_not_listed;

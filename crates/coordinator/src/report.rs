@@ -20,6 +20,9 @@ pub struct ShardReport {
     pub worker: Option<String>,
     pub error: Option<String>,
     pub elapsed_ms: Option<u64>,
+    /// Input read speed of the committed attempt (bytes read / its time), MB/s.
+    #[serde(default)]
+    pub input_mb_per_s: Option<f64>,
     pub counts: Option<ShardCounts>,
     pub issues: Vec<MemberIssue>,
     pub issues_not_listed: u64,
