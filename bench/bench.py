@@ -52,6 +52,11 @@ TARGETS = [
 IDLE_MAX_BUSY = float(os.environ.get("BENCH_IDLE_MAX_BUSY", "0.3"))
 IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "0" if QUICK else "120"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# ext4 skips inodes freed in the last ~35 s (recently_deleted() in ialloc.c: 10 s +
+# 5 journal commit intervals) when it allocates new ones, and has to read inode
+# table blocks to find that out: file creation right after `rm -rf` of 300k files
+# costs several times more system time. So after clearing outputs, wait this long.
+SETTLE = float(os.environ.get("BENCH_SETTLE", "0" if QUICK else "40"))
 
 WARNINGS = []
 
@@ -188,7 +193,7 @@ def timed(argv, cwd, log_path):
             # GNU time prefixes "Command exited with non-zero status N" on failure.
             parts = [ln for ln in f.read().splitlines() if ln.strip()][-1].split()
         rss_kib = int(parts[0])
-        cpu = float(parts[1]) + float(parts[2])
+        cpu = (float(parts[1]), float(parts[2]))
     except (OSError, ValueError, IndexError):
         pass
     return wall, rc, rss_kib, cpu
@@ -210,19 +215,23 @@ def run_tool(tool, shards_dir, out, log_path):
         n = 1 if tool == "sp1" else WORKERS
         argv = [SP_BIN, "run", "--input", shards_dir, "--output", out, "--workers", str(n)]
         steps = [("shardprep run", argv, None)]
-    wall, rc, rss, cpu = 0.0, 0, 0, 0.0
+    wall, rc, rss, usr, sys_ = 0.0, 0, 0, 0.0, 0.0
     busy0 = cpu_busy_jiffies()
     for name, argv, cwd in steps:
         w, code, r, c = timed(argv, cwd, log_path)
         res["phases"][name] = w
         wall += w
         rss = max(rss, r or 0)
-        cpu += c or 0.0
+        if c:
+            usr += c[0]
+            sys_ += c[1]
         if code != 0:
             rc = code
             break
     machine_cpu = (cpu_busy_jiffies() - busy0) / CLK_TCK
-    res.update(wall=wall, rc=rc, rss_kib=rss or None, cpu=cpu, others_cpu=max(0.0, machine_cpu - cpu))
+    cpu = usr + sys_
+    res.update(wall=wall, rc=rc, rss_kib=rss or None, cpu=cpu, usr=usr, sys=sys_,
+               others_cpu=max(0.0, machine_cpu - cpu))
     # The flush of what the run left dirty, timed separately (not in "wall").
     t0 = time.perf_counter()
     sync()
@@ -363,6 +372,8 @@ def summarize(set_name, st, runs):
             "flush": med([r["flush"] for r in good]),
             "cpu": med([r["cpu"] for r in good if r["cpu"] is not None]),
             "others_cpu": med([r["others_cpu"] for r in good]),
+            "usr": med([r["usr"] for r in good]),
+            "sys": med([r["sys"] for r in good]),
             "rss_kib": max([r["rss_kib"] for r in good if r["rss_kib"]] or [0]) or None,
             "coord_rss": max([r["coord_rss"] for r in good if r.get("coord_rss")] or [0]) or None,
             "worker_rss": max([r["worker_rss"] for r in good if r.get("worker_rss")] or [0]) or None,
@@ -398,7 +409,7 @@ def label(tool):
 
 def table_md(all_rows, stats):
     lines = [
-        "| set | tool | median s | min–max s | × tar | files/s | MB/s | +flush s | CPU s | others' CPU s | peak RSS MiB (time %M) | coord RSS MiB (report) | worker RSS MiB (report) |",
+        "| set | tool | median s | min–max s | × tar | files/s | MB/s | +flush s | CPU s user+sys | others' CPU s | peak RSS MiB (time %M) | coord RSS MiB (report) | worker RSS MiB (report) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for set_name, rows in all_rows.items():
@@ -412,7 +423,7 @@ def table_md(all_rows, stats):
             lines.append(
                 f"| {set_name} | {label(tool)}{fail} | {fmt_s(r['median'])} | "
                 f"{fmt_s(r['min'])}–{fmt_s(r['max'])} | {xs} | {fs} | {mbs} | {fmt_s(r['flush'])} | "
-                f"{fmt_s(r['cpu'])} | {fmt_s(r['others_cpu'])} | {rss} | {fmt_mib(r['coord_rss'])} | {fmt_mib(r['worker_rss'])} |"
+                f"{fmt_s(r['usr'])}+{fmt_s(r['sys'])} | {fmt_s(r['others_cpu'])} | {rss} | {fmt_mib(r['coord_rss'])} | {fmt_mib(r['worker_rss'])} |"
             )
     return "\n".join(lines)
 
@@ -477,13 +488,16 @@ def machine_md():
     except (OSError, ValueError, IndexError):
         pass
     fs = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", WORK], capture_output=True, text=True).stdout.strip()
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    try:
+        with open(SP_BIN + ".commit") as f:  # written by run.sh when it copied the binary
+            built = f.read().strip()
+    except OSError:
+        built = "unknown commit"
     tar_v = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return (
         f"- cores (nproc): **{os.cpu_count()}**; CPU: {cpu}; memory: {mem}\n"
         f"- kernel: {platform.release()}; work dir filesystem: {fs or '?'}; {tar_v}; Python {platform.python_version()}\n"
-        f"- shardprep: commit {commit}{' (+ uncommitted changes)' if dirty else ''}, `cargo build --release`\n"
+        f"- shardprep: {built}, `cargo build --release`\n"
         f"- RSS via: {'`/usr/bin/time -f %M`' if GNU_TIME else 'Python getrusage(RUSAGE_CHILDREN)'}"
     )
 
@@ -536,10 +550,14 @@ def main():
             for tool in TOOLS:
                 out = os.path.join(out_root, tool)
                 # Outside the timed region: clear every earlier output, flush, then time.
+                removed = False
                 for other in os.listdir(out_root):
                     if not (rep == 1 and other == "seed" and seed_ref is not None):
                         rm_rf(os.path.join(out_root, other))
+                        removed = True
                 sync()
+                if removed and SETTLE > 0:
+                    time.sleep(SETTLE)
                 waited, busy_before = wait_quiet()
                 log_path = os.path.join(logs, f"{set_name}-{tool}-rep{rep}.log")
                 if os.path.exists(log_path):
@@ -598,6 +616,8 @@ def main():
         f.write("## Machine\n\n" + machine_md() + "\n\n")
         f.write("## Data\n\n" + data_lines + "\n\n")
         f.write("## Results\n\n" + table + "\n\n")
+        f.write(f"Before each timed run: outputs removed, `sync`, {SETTLE:.0f} s pause (ext4 inode reuse, see README), "
+                f"wait for a quiet machine (≤ {IDLE_WAIT:.0f} s).\n\n")
         f.write("files/s = tar members / median s; MB/s = shard bytes / median s. "
                 "\"+flush\" = the `sync` right after the run (not in the median). "
                 "See bench/README.md for what each column means.\n\n")

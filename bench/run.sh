@@ -8,6 +8,8 @@
 #   BENCH_TOOLS="tar seed sp1 spN"  subset/order of tools
 #   BENCH_NO_BUILD=1        skip `cargo build --release`
 #   BENCH_REGEN=1           regenerate shards even if the stamp matches
+#   BENCH_SETTLE=40         seconds to pause after clearing outputs (ext4 inode reuse; 0 when quick)
+#   BENCH_IDLE_WAIT=120     max seconds to wait for a quiet machine before each run
 #   BENCH_CHART=0           don't try to pip-install matplotlib for bench/RESULTS.png
 #   BENCH_WORK=DIR          work dir (default bench/work; gitignored)
 #   VENV=DIR                reuse a venv with pandas + pyarrow (default bench/work/.venv)
@@ -44,6 +46,8 @@ SRC_BIN="${SP_BIN:-$ROOT/target/release/shardprep}"
 mkdir -p "$BENCH_WORK/bin"
 cp -f "$SRC_BIN" "$BENCH_WORK/bin/shardprep"
 export SP_BIN="$BENCH_WORK/bin/shardprep"
+dirty=""; [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty=" + uncommitted changes in the work tree"
+echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$dirty (at copy time)" > "$SP_BIN.commit"
 
 # 2. Python venv with pandas + pyarrow (the seed's scripts and the checks need them).
 VENV="$(realpath -m "${VENV:-$BENCH_WORK/.venv}")"

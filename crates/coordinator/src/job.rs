@@ -207,30 +207,13 @@ pub async fn serve(
     let outcome = finish
         .await
         .map_err(|e| CoordinatorError::Server(e.to_string()))?;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            shared.set_phase(Phase::Failed, "failed");
-            shared
-                .sched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .finished = true;
-            shared.wake();
-            wait_for_workers(&shared, &config).await;
-            let _ = stop_tx.send(());
-            stop_server(server).await;
-            return Err(e);
-        }
+    let (phase, verdict) = match &outcome {
+        Ok(o) if o.ok => (Phase::Finished, o.report.verdict.as_str()),
+        Ok(o) => (Phase::Failed, o.report.verdict.as_str()),
+        Err(_) => (Phase::Failed, "failed"),
     };
-    shared.set_phase(
-        if outcome.ok {
-            Phase::Finished
-        } else {
-            Phase::Failed
-        },
-        &outcome.report.verdict,
-    );
+    shared.set_phase(phase, verdict);
+    // Tell the workers (their lease requests now answer "done"), then stop.
     shared
         .sched
         .lock()
@@ -240,7 +223,7 @@ pub async fn serve(
     wait_for_workers(&shared, &config).await;
     let _ = stop_tx.send(());
     stop_server(server).await;
-    Ok(outcome)
+    outcome
 }
 
 /// Waits briefly for the server's graceful stop; an idle client connection

@@ -451,9 +451,9 @@ pub fn process_stream(
                     return Err(truncated(json_buf.len() as u64));
                 }
                 if task.extract && !shadowed {
-                    if size <= MAX_JSON_BYTES {
+                    let written = if size <= MAX_JSON_BYTES {
                         let res = data.write_bytes(&rel, &json_buf);
-                        place(&mut tally, &member, res).map_err(|(p, e)| write_err(&p, e))?;
+                        place(&mut tally, &member, res).map_err(|(p, e)| write_err(&p, e))?
                     } else {
                         // Too large to parse: write the part read, then stream the rest.
                         let mut chained = (&json_buf[..]).chain(&mut entry);
@@ -468,10 +468,12 @@ pub fn process_stream(
                             &truncated,
                             &read_err,
                             &write_err,
-                        )?;
+                        )?
+                    };
+                    if written {
+                        tally.counts.files_extracted += 1;
+                        tally.counts.bytes_written += size;
                     }
-                    tally.counts.files_extracted += 1;
-                    tally.counts.bytes_written += size;
                 } else if size > MAX_JSON_BYTES {
                     let rest = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
                     if rest + MAX_JSON_BYTES < size {
