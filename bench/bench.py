@@ -52,11 +52,8 @@ TARGETS = [
 IDLE_MAX_BUSY = float(os.environ.get("BENCH_IDLE_MAX_BUSY", "0.3"))
 IDLE_WAIT = float(os.environ.get("BENCH_IDLE_WAIT", "0" if QUICK else "120"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# ext4 skips inodes freed in the last ~35 s (recently_deleted() in ialloc.c: 10 s +
-# 5 journal commit intervals) when it allocates new ones, and has to read inode
-# table blocks to find that out: file creation right after `rm -rf` of 300k files
-# costs several times more system time. So after clearing outputs, wait this long.
-SETTLE = float(os.environ.get("BENCH_SETTLE", "0" if QUICK else "40"))
+# Optional pause after clearing outputs, before the quiet-machine wait (default none).
+SETTLE = float(os.environ.get("BENCH_SETTLE", "0"))
 
 WARNINGS = []
 
@@ -616,8 +613,9 @@ def main():
         f.write("## Machine\n\n" + machine_md() + "\n\n")
         f.write("## Data\n\n" + data_lines + "\n\n")
         f.write("## Results\n\n" + table + "\n\n")
-        f.write(f"Before each timed run: outputs removed, `sync`, {SETTLE:.0f} s pause (ext4 inode reuse, see README), "
-                f"wait for a quiet machine (≤ {IDLE_WAIT:.0f} s).\n\n")
+        f.write(f"Before each timed run: outputs removed, `sync`, "
+                + (f"{SETTLE:.0f} s pause, " if SETTLE else "")
+                + f"wait for a quiet machine (≤ {IDLE_WAIT:.0f} s).\n\n")
         f.write("files/s = tar members / median s; MB/s = shard bytes / median s. "
                 "\"+flush\" = the `sync` right after the run (not in the median). "
                 "See bench/README.md for what each column means.\n\n")

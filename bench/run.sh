@@ -8,7 +8,7 @@
 #   BENCH_TOOLS="tar seed sp1 spN"  subset/order of tools
 #   BENCH_NO_BUILD=1        skip `cargo build --release`
 #   BENCH_REGEN=1           regenerate shards even if the stamp matches
-#   BENCH_SETTLE=40         seconds to pause after clearing outputs (ext4 inode reuse; 0 when quick)
+#   BENCH_SETTLE=0          seconds to pause after clearing outputs, before each timed run
 #   BENCH_IDLE_WAIT=120     max seconds to wait for a quiet machine before each run
 #   BENCH_CHART=0           don't try to pip-install matplotlib for bench/RESULTS.png
 #   BENCH_WORK=DIR          work dir (default bench/work; gitignored)
