@@ -8,6 +8,7 @@
 #   BENCH_TOOLS="tar seed sp1 spN"  subset/order of tools
 #   BENCH_NO_BUILD=1        skip `cargo build --release`
 #   BENCH_REGEN=1           regenerate shards even if the stamp matches
+#   BENCH_DEFER_RM_FILES=20000  outputs with this many files are deleted at the end of the set
 #   BENCH_SETTLE=0          seconds to pause after clearing outputs, before each timed run
 #   BENCH_IDLE_WAIT=120     max seconds to wait for a quiet machine before each run
 #   BENCH_CHART=0           don't try to pip-install matplotlib for bench/RESULTS.png
