@@ -107,6 +107,7 @@ pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<Coordi
         // Workers retry with a backoff of at most 3 s: linger a little longer.
         linger: Duration::from_secs(4),
         progress_interval: job.progress_interval,
+        sync_data_per_shard: !job.no_sync_per_shard,
         tls: None,
     })
 }

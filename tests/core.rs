@@ -252,3 +252,21 @@ fn no_shards_is_a_clear_error() {
         explain(&args, &o)
     );
 }
+
+#[test]
+fn no_sync_per_shard_gives_the_same_output() {
+    let tmp = tempdir();
+    let shards = make_shards(&tmp.path().join("shards"), 3, 15, 7006);
+    let out = tmp.path().join("out");
+    run_ok(&[
+        "run",
+        "--input",
+        path_str(tmp.path().join("shards")),
+        "--output",
+        path_str(&out),
+        "--workers",
+        "2",
+        "--no-sync-per-shard",
+    ]);
+    assert_matches_seed(&out, &shards);
+}

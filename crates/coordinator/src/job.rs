@@ -116,6 +116,7 @@ pub async fn serve(
         heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
         job_id,
+        sync_data_per_shard: config.sync_data_per_shard,
     };
     let shared = Arc::new(JobShared {
         sched: Mutex::new(sched),
@@ -434,6 +435,21 @@ fn finish_job(
                 "extra"
             }
         ));
+    }
+    if !config.sync_data_per_shard && (config.extract || config.write_captions) {
+        // Workers did not flush per shard: make data/ durable before the
+        // report says the job is verified.
+        let data = layout.data_dir();
+        if let Err(e) = std::fs::File::open(&data).and_then(|f| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `f` is an open descriptor for the duration of the call.
+            match unsafe { libc::syncfs(f.as_raw_fd()) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }) {
+            problems.push(format!("cannot flush {} to disk: {e}", data.display()));
+        }
     }
     let ok = problems.is_empty();
     let wall_ms = started.elapsed().as_millis() as u64;

@@ -96,6 +96,9 @@ pub struct CoordinatorConfig {
     pub linger: Duration,
     /// How often to log a progress line.
     pub progress_interval: Duration,
+    /// Workers flush `data/` before each commit; when false, the coordinator
+    /// flushes once before it writes a verified report.
+    pub sync_data_per_shard: bool,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<ServerTls>,
 }

@@ -395,6 +395,7 @@ async fn work_on(
         };
     let runtime = tokio::runtime::Handle::current();
     let task = ShardTask {
+        sync_data: spec.sync_data_per_shard,
         shards_in_data_dir,
         shard_path: path,
         shard_name: shard.clone(),

@@ -47,6 +47,9 @@ pub struct ShardTask {
     /// The shards live in `data/` itself (the Hugging Face layout): top-level
     /// `*.tar` members are not extracted, so no shard is ever overwritten.
     pub shards_in_data_dir: bool,
+    /// Flush `data/` to disk before the fragment is committed (crash-proof
+    /// even against power loss; costs the writeback wait per shard).
+    pub sync_data: bool,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
@@ -595,7 +598,7 @@ pub fn process_stream(
     })?;
     tally.counts.rows = rows;
     tally.counts.bytes_read = live.bytes_read.load(Ordering::Relaxed);
-    if task.extract || task.write_captions {
+    if task.sync_data && (task.extract || task.write_captions) {
         // Extracted files reach the disk before the fragment is committed.
         sync_filesystem(&data_root).map_err(|e| write_err(&data_root, e))?;
     }
