@@ -512,11 +512,14 @@ def machine_md():
     except (OSError, ValueError, IndexError):
         pass
     fs = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", WORK], capture_output=True, text=True).stdout.strip()
-    try:
-        with open(SP_BIN + ".commit") as f:  # written by run.sh when it copied the binary
-            built = f.read().strip()
-    except OSError:
-        built = "unknown commit"
+    built = "unknown commit"
+    for path in (SP_BIN + ".commit", os.path.join(WORK, "bin", "shardprep.commit")):
+        try:
+            with open(path) as f:  # written by run.sh when it copied the binary
+                built = f.read().strip()
+            break
+        except OSError:
+            pass
     tar_v = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return (
         f"- cores (nproc): **{os.cpu_count()}**; CPU: {cpu}; memory: {mem}\n"
@@ -624,7 +627,8 @@ def main():
         raw[set_name] = {"stats": st, "runs": runs}
 
     with open(os.path.join(WORK, "results.json"), "w") as f:
-        json.dump({"date": started.isoformat(), "workers": WORKERS, "reps": REPS, "rows": all_rows,
+        json.dump({"date": started.isoformat(), "workers": WORKERS, "reps": REPS, "idle_wait": IDLE_WAIT,
+                   "settle": SETTLE, "defer_rm_files": DEFER_RM_FILES, "rows": all_rows,
                    "raw": raw, "warnings": WARNINGS}, f, indent=1, default=str)
     return write_report(sets, all_rows, all_stats, raw, started)
 
@@ -633,8 +637,11 @@ def report_only():
     """Re-renders the results file from WORK/results.json (no timing): `bench.py --report-only`."""
     with open(os.path.join(WORK, "results.json")) as f:
         saved = json.load(f)
-    global WORKERS, REPS
+    global WORKERS, REPS, IDLE_WAIT, SETTLE, DEFER_RM_FILES
     WORKERS, REPS = saved["workers"], saved["reps"]
+    IDLE_WAIT = saved.get("idle_wait", IDLE_WAIT)
+    SETTLE = saved.get("settle", SETTLE)
+    DEFER_RM_FILES = saved.get("defer_rm_files", DEFER_RM_FILES)
     WARNINGS.extend(saved.get("warnings", []))
     sets, all_rows, all_stats, raw = [], {}, {}, saved["raw"]
     suffix = "-quick" if QUICK else ""
@@ -673,7 +680,9 @@ def write_report(sets, all_rows, all_stats, raw, started):
                 + (f"{SETTLE:.0f} s pause, " if SETTLE else "")
                 + f"wait for a quiet machine (≤ {IDLE_WAIT:.0f} s).\n\n")
         f.write("files/s = tar members / median s; MB/s = shard bytes / median s. "
-                "\"+flush\" = the `sync` right after the run (not in the median). "
+                "\"+flush\" = the `sync` right after the run (not in the median): tar and the seed leave "
+                "their data in the page cache, shardprep syncs its output before it exits (its +flush is ≈0 "
+                "and its wall time includes the writeback), so the ratios \"with +flush\" compare like with like. "
                 "See bench/README.md for what each column means.\n\n")
         f.write("Ratios of medians:\n\n" + ratios_md(all_rows) + "\n\n")
         if chart:
