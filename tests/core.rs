@@ -270,3 +270,26 @@ fn no_sync_per_shard_gives_the_same_output() {
     ]);
     assert_matches_seed(&out, &shards);
 }
+
+#[test]
+fn symlinked_shards_in_the_input_folder_are_read() {
+    // Users link shards from a download cache into a folder; those are their files.
+    let tmp = tempdir();
+    let shards = make_shards(&tmp.path().join("cache"), 2, 10, 7007);
+    let input = tmp.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    for s in &shards {
+        std::os::unix::fs::symlink(s, input.join(s.file_name().unwrap())).unwrap();
+    }
+    let out = tmp.path().join("out");
+    run_ok(&[
+        "run",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&out),
+        "--workers",
+        "2",
+    ]);
+    assert_matches_seed(&out, &shards);
+}

@@ -331,15 +331,25 @@ pub fn resolve_shard(input_root: &Path, name: &str) -> Result<PathBuf, String> {
         .canonicalize()
         .map_err(|e| format!("cannot open the input folder {}: {e}", input_root.display()))?;
     let path = root.join(rel);
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("cannot open shard {}: {e}", path.display()))?;
-    if !real.starts_with(&root) {
-        return Err(format!(
-            "refusing shard {name:?}: it resolves outside the input folder"
-        ));
+    // The folders on the way must stay inside the input folder; the shard
+    // itself may be a symlink the user made (e.g. into a download cache),
+    // as long as it is a regular file.
+    if let Some(parent) = path.parent() {
+        let real_parent = parent
+            .canonicalize()
+            .map_err(|e| format!("cannot open shard {}: {e}", path.display()))?;
+        if !real_parent.starts_with(&root) {
+            return Err(format!(
+                "refusing shard {name:?}: it resolves outside the input folder"
+            ));
+        }
     }
-    Ok(real)
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| format!("cannot open shard {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("refusing shard {name:?}: not a regular file"));
+    }
+    Ok(path)
 }
 
 fn fields_of(spec: &proto::JobSpec) -> FieldMap {
@@ -586,12 +596,27 @@ mod tests {
     fn shard_names_must_stay_inside_the_input() {
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("in");
-        std::fs::create_dir_all(&input).unwrap();
+        std::fs::create_dir_all(input.join("sub")).unwrap();
         std::fs::write(input.join("ok.tar"), b"x").unwrap();
         std::fs::write(tmp.path().join("secret"), b"x").unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("secret"), input.join("link.tar")).unwrap();
+        std::fs::write(tmp.path().join("elsewhere.tar"), b"x").unwrap();
+        // A symlinked shard (the user's own link, e.g. into a download cache) is fine.
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere.tar"), input.join("link.tar"))
+            .unwrap();
+        // A symlinked folder leading out of the input is not.
+        std::os::unix::fs::symlink(tmp.path(), input.join("up")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", input.join("dev.tar")).unwrap();
         assert!(resolve_shard(&input, "ok.tar").is_ok());
-        for bad in ["../secret", "/etc/shadow", "a/../../secret", "", "link.tar"] {
+        assert!(resolve_shard(&input, "link.tar").is_ok());
+        for bad in [
+            "../secret",
+            "/etc/shadow",
+            "a/../../secret",
+            "",
+            "up/secret",
+            "dev.tar",
+            "sub",
+        ] {
             assert!(resolve_shard(&input, bad).is_err(), "{bad:?} was accepted");
         }
     }
