@@ -362,8 +362,10 @@ fn fields_of(spec: &proto::JobSpec) -> FieldMap {
     }
 }
 
+// Made once per shard: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Ended {
-    Processed(Box<Result<ShardOutput, ShardError>>),
+    Processed(Result<ShardOutput, ShardError>),
     LeaseLost,
     Shutdown,
 }
@@ -464,7 +466,7 @@ async fn work_on(
     let ended = loop {
         tokio::select! {
             r = &mut handle => {
-                break Ended::Processed(Box::new(r.unwrap_or_else(|e| Err(ShardError::Cancelled(format!("{shard} (worker thread failed: {e})"))))));
+                break Ended::Processed(r.unwrap_or_else(|e| Err(ShardError::Cancelled(format!("{shard} (worker thread failed: {e})")))));
             }
             _ = shutdown.changed() => {
                 cancel.store(true, Ordering::Relaxed);
@@ -518,14 +520,12 @@ async fn work_on(
             let _ = tokio::time::timeout(Duration::from_secs(5), c.fail(req)).await;
             Ok(())
         }
-        Ended::Processed(r) if r.is_err() => {
-            let Err(e) = *r else { unreachable!() };
+        Ended::Processed(Err(e)) => {
             let retryable = e.retryable();
             tracing::error!(shard = %shard, error = %e, retryable, "shard failed");
             report_failure(ctx, lease_id, &shard, e.to_string(), !retryable).await
         }
-        Ended::Processed(r) => {
-            let Ok(out) = *r else { unreachable!() };
+        Ended::Processed(Ok(out)) => {
             if let Some(Fault::Stall(s, d)) = &ctx.config.fault
                 && *s == shard
             {
