@@ -439,6 +439,11 @@ pub fn process_stream(
         };
         let read_err =
             |e: io::Error| corrupt(format!("read error: {e}"), data_pos, Some(member.clone()));
+        // Reads the rest of a member that is not written; `already` bytes were read before.
+        let drain = |entry: &mut dyn Read, already: u64| -> Result<(), ShardError> {
+            let n = already + io::copy(entry, &mut io::sink()).map_err(read_err)?;
+            if n < size { Err(truncated(n)) } else { Ok(()) }
+        };
 
         match kind {
             Kind::Json => {
@@ -478,10 +483,7 @@ pub fn process_stream(
                         tally.counts.bytes_written += size;
                     }
                 } else if size > MAX_JSON_BYTES {
-                    let rest = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
-                    if rest + MAX_JSON_BYTES < size {
-                        return Err(truncated(MAX_JSON_BYTES + rest));
-                    }
+                    drain(&mut entry, MAX_JSON_BYTES)?;
                 }
                 if size > MAX_JSON_BYTES {
                     tally.skip(
@@ -556,10 +558,7 @@ pub fn process_stream(
                         tally.counts.bytes_written += size;
                     }
                 } else {
-                    let n = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
-                    if n < size {
-                        return Err(truncated(n));
-                    }
+                    drain(&mut entry, 0)?;
                 }
             }
         }
