@@ -21,6 +21,27 @@ struct Slot {
     restarts: u32,
 }
 
+/// How `run` starts worker number `i` (the first start and any restart).
+struct Launcher {
+    exe: PathBuf,
+    url: String,
+    token: String,
+    log: LogFormat,
+    /// Test hook for worker 0 only.
+    fault_worker0: Option<String>,
+}
+
+impl Launcher {
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let fault = if i == 0 {
+            self.fault_worker0.as_deref()
+        } else {
+            None
+        };
+        spawn_worker(&self.exe, &self.url, &self.token, i, self.log, fault)
+    }
+}
+
 fn spawn_worker(
     exe: &PathBuf,
     url: &str,
@@ -83,14 +104,16 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     tracing::info!(workers = n, coordinator = %url, "starting local job");
     let mut slots = Vec::with_capacity(n);
+    let launcher = Launcher {
+        exe,
+        url: url.clone(),
+        token: token.clone(),
+        log,
+        fault_worker0: args.fault_worker0.clone(),
+    };
     for i in 0..n {
-        let fault = if i == 0 {
-            args.fault_worker0.as_deref()
-        } else {
-            None
-        };
         slots.push(Slot {
-            child: Some(spawn_worker(&exe, &url, &token, i, log, fault)?),
+            child: Some(launcher.spawn(i)?),
             restarts: 0,
         });
     }
@@ -118,7 +141,7 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                supervise(&mut slots, &exe, &url, &token, log, &args)?;
+                supervise(&mut slots, &launcher)?;
             }
         }
     };
@@ -162,14 +185,7 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
 }
 
 /// Restarts worker processes that died while the job runs.
-fn supervise(
-    slots: &mut [Slot],
-    exe: &PathBuf,
-    url: &str,
-    token: &str,
-    log: LogFormat,
-    args: &RunArgs,
-) -> anyhow::Result<()> {
+fn supervise(slots: &mut [Slot], launcher: &Launcher) -> anyhow::Result<()> {
     let mut alive = 0;
     for (i, s) in slots.iter_mut().enumerate() {
         let Some(c) = &mut s.child else { continue };
@@ -180,12 +196,7 @@ fn supervise(
                 if s.restarts < RESTARTS_PER_SLOT {
                     s.restarts += 1;
                     tracing::warn!(worker = i, status = %st, restart = s.restarts, "a worker process died; starting a new one");
-                    let fault = if i == 0 {
-                        args.fault_worker0.as_deref()
-                    } else {
-                        None
-                    };
-                    s.child = Some(spawn_worker(exe, url, token, i, log, fault)?);
+                    s.child = Some(launcher.spawn(i)?);
                     alive += 1;
                 } else {
                     tracing::error!(worker = i, status = %st, "a worker process died too often; not restarting it");
