@@ -41,6 +41,9 @@ pub struct Skip {
     pub reason: &'static str,
     /// Human detail.
     pub detail: String,
+    /// The JSON has the width field (it is one of the seed's samples);
+    /// false when the JSON could not be read far enough to know.
+    pub has_width: bool,
 }
 
 impl Skip {
@@ -48,6 +51,15 @@ impl Skip {
         Skip {
             reason,
             detail: detail.into(),
+            has_width: true,
+        }
+    }
+
+    /// The JSON itself is unreadable (not JSON, not an object).
+    fn unreadable(reason: &'static str, detail: impl Into<String>) -> Self {
+        Skip {
+            has_width: false,
+            ..Skip::new(reason, detail)
         }
     }
 }
@@ -76,13 +88,13 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
         .deserialize(&mut de)
         .map_err(|e| {
             if e.to_string().contains("expected a JSON object") {
-                Skip::new("json_not_object", "the JSON is not an object")
+                Skip::unreadable("json_not_object", "the JSON is not an object")
             } else {
-                Skip::new("invalid_json", e.to_string())
+                Skip::unreadable("invalid_json", e.to_string())
             }
         })?;
     de.end()
-        .map_err(|e| Skip::new("invalid_json", e.to_string()))?;
+        .map_err(|e| Skip::unreadable("invalid_json", e.to_string()))?;
     let get = |i: usize| found[i];
 
     let Some(width_raw) = get(0) else {
@@ -417,6 +429,15 @@ mod tests {
             reason(r#"{"width":1,"height":1,"short_caption":"c"}"#),
             "missing_filename"
         );
+    }
+
+    #[test]
+    fn skips_say_whether_the_json_had_width() {
+        let unreadable = parse_sample(b"{not json", &FieldMap::dalle3()).unwrap_err();
+        assert!(!unreadable.has_width);
+        let bad_width =
+            parse_sample(br#"{"width":-1,"height":1}"#, &FieldMap::dalle3()).unwrap_err();
+        assert!(bad_width.has_width);
     }
 
     #[test]

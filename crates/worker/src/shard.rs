@@ -521,7 +521,7 @@ pub fn process_stream(
                             live.rows.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(skip) => {
-                            if skip.reason != "invalid_json" && skip.reason != "json_not_object" {
+                            if skip.has_width {
                                 tally.counts.json_with_width += 1;
                             }
                             tracing::debug!(shard = %shard, member, reason = skip.reason, "{}", skip.detail);
