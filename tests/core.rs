@@ -258,16 +258,7 @@ fn no_sync_per_shard_gives_the_same_output() {
     let tmp = tempdir();
     let shards = make_shards(&tmp.path().join("shards"), 3, 15, 7006);
     let out = tmp.path().join("out");
-    run_ok(&[
-        "run",
-        "--input",
-        path_str(tmp.path().join("shards")),
-        "--output",
-        path_str(&out),
-        "--workers",
-        "2",
-        "--no-sync-per-shard",
-    ]);
+    run_job(&tmp.path().join("shards"), &out, &["--no-sync-per-shard"]);
     assert_matches_seed(&out, &shards);
 }
 
@@ -282,14 +273,6 @@ fn symlinked_shards_in_the_input_folder_are_read() {
         std::os::unix::fs::symlink(s, input.join(s.file_name().unwrap())).unwrap();
     }
     let out = tmp.path().join("out");
-    run_ok(&[
-        "run",
-        "--input",
-        path_str(&input),
-        "--output",
-        path_str(&out),
-        "--workers",
-        "2",
-    ]);
+    run_job(&input, &out, &[]);
     assert_matches_seed(&out, &shards);
 }

@@ -16,21 +16,6 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// `shardprep run --input IN --output OUT --workers 2 EXTRA...`, asserted to succeed.
-fn run_job(input: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "run",
-        "--input",
-        path_str(input),
-        "--output",
-        path_str(out),
-        "--workers",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    run_ok(&args)
-}
-
 /// Runs the binary with a clean token environment plus `envs`.
 fn run_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin());

@@ -61,6 +61,21 @@ pub fn run_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `shardprep run --input IN --output OUT --workers 2 EXTRA...`, asserted to succeed.
+pub fn run_job(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--input",
+        path_str(input),
+        "--output",
+        path_str(out),
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
 /// Generates `shards` DALLE-3-style shards with `seed` into `dir`.
 pub fn make_shards(dir: &Path, shards: usize, samples: usize, seed: u64) -> Vec<PathBuf> {
     generate(
