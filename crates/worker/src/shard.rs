@@ -20,7 +20,7 @@ use shardprep_core::manifest::{
     ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest,
 };
 
-use crate::extract::{DataDir, PlaceError, safe_relative_path, sync_filesystem};
+use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::{FragmentError, FragmentWriter};
 use crate::sample::{Parsed, parse_sample, stem};
 
@@ -328,7 +328,16 @@ pub fn process_stream(
         })?;
     let data_root = task.layout.data_dir();
     std::fs::create_dir_all(&data_root).map_err(|e| write_err(&data_root, e))?;
-    let mut data = DataDir::new(data_root.clone())
+    let writes_files = task.extract || task.write_captions;
+    let mut data = DataDir::new(data_root.clone()).map_err(|e| write_err(&data_root, e))?;
+    if writes_files {
+        // Writeback overlaps extraction even when the shard's end does not wait
+        // for it: a flat directory of small files is flushed 2-3x faster so.
+        data = data
+            .with_background_flush()
+            .map_err(|e| write_err(&data_root, e))?;
+    }
+    let mut data = data
         .with_log(&files_tmp)
         .map_err(|e| write_err(&files_tmp, e))?;
 
@@ -597,9 +606,12 @@ pub fn process_stream(
     })?;
     tally.counts.rows = rows;
     tally.counts.bytes_read = live.bytes_read.load(Ordering::Relaxed);
-    if task.sync_data && (task.extract || task.write_captions) {
+    if task.sync_data && writes_files {
         // Extracted files reach the disk before the fragment is committed.
-        sync_filesystem(&data_root).map_err(|e| write_err(&data_root, e))?;
+        data.sync().map_err(|e| write_err(&data_root, e))?;
+    } else {
+        data.stop_background_flush()
+            .map_err(|e| write_err(&data_root, e))?;
     }
     data.finish_log().map_err(|e| write_err(&files_tmp, e))?;
 
