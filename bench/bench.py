@@ -63,6 +63,7 @@ DEFER_RM_FILES = int(os.environ.get("BENCH_DEFER_RM_FILES", "20000"))
 SETTLE = float(os.environ.get("BENCH_SETTLE", "0"))
 
 WARNINGS = []
+CACHES_DROPPED = []
 
 
 def log(msg):
@@ -178,6 +179,45 @@ def warm_inputs(tars):
         with open(t, "rb") as f:
             while f.read(1 << 22):
                 pass
+
+
+# Reset the kernel's caches before every timed run (needs root; BENCH_DROP_CACHES=0 to skip).
+DROP_CACHES = os.environ.get("BENCH_DROP_CACHES", "1") == "1"
+
+
+def program_files():
+    """Files every timed run reads besides the shards: the shardprep binary, tar, and the
+    Python interpreter with its libraries (venv + base install) used by the seed's scripts."""
+    paths = [SP_BIN, shutil.which("tar") or "/bin/tar"]
+    out = subprocess.run([PY, "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    for prefix in dict.fromkeys(out):
+        for root, _dirs, files in os.walk(os.path.join(prefix, "lib")):
+            paths.extend(os.path.join(root, f) for f in files)
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def reset_caches(tars, programs):
+    """Drops the page, dentry and inode caches, then reads the inputs and programs back in.
+
+    Why: every run creates 200k-290k files, and their inodes stay cached. This kernel's
+    inode and dentry hash tables are small (65,536 and 131,072 buckets on a 24 GiB VM:
+    `dmesg | grep hash`), so each run makes the next one's file creation slower (perf:
+    `insert_inode_locked`, `__d_lookup` walking long chains: 32% and 16% of a `tar xf`
+    after ~2.5M cached inodes), and a full page cache makes writes wait for reclaim.
+    Without a reset, whichever tool runs later in a repetition pays for the earlier
+    ones. With it, every run starts from the same state: inputs warm, nothing else cached.
+    Returns True when the caches were dropped."""
+    if not DROP_CACHES:
+        return False
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    warm_inputs(tars)
+    warm_inputs(programs)
+    return True
 
 
 def timed(argv, cwd, log_path):
@@ -576,8 +616,12 @@ def main():
         os.makedirs(trash)
         runs = []
         seed_ref = None
+        programs = program_files()
         for rep in range(1, REPS + 1):
-            for tool in TOOLS:
+            # Rotate the order every repetition (rep 1 keeps TOOLS' order: the seed's
+            # output is the reference for the correctness check of the shardprep runs).
+            k = (rep - 1) % len(TOOLS)
+            for tool in TOOLS[k:] + TOOLS[:k]:
                 out = os.path.join(out_root, tool)
                 # Outside the timed region: clear every earlier output, flush, then time.
                 removed = False
@@ -588,6 +632,7 @@ def main():
                 sync()
                 if removed and SETTLE > 0:
                     time.sleep(SETTLE)
+                CACHES_DROPPED.append(reset_caches(shard_paths(shards_dir), programs))
                 waited, busy_before = wait_quiet()
                 log_path = os.path.join(logs, f"{set_name}-{tool}-rep{rep}.log")
                 if os.path.exists(log_path):
@@ -629,7 +674,8 @@ def main():
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump({"date": started.isoformat(), "workers": WORKERS, "reps": REPS, "idle_wait": IDLE_WAIT,
                    "settle": SETTLE, "defer_rm_files": DEFER_RM_FILES, "rows": all_rows,
-                   "raw": raw, "warnings": WARNINGS}, f, indent=1, default=str)
+                   "raw": raw, "warnings": WARNINGS,
+                   "caches_dropped": CACHES_DROPPED}, f, indent=1, default=str)
     return write_report(sets, all_rows, all_stats, raw, started)
 
 
@@ -639,6 +685,7 @@ def report_only():
         saved = json.load(f)
     global WORKERS, REPS, IDLE_WAIT, SETTLE, DEFER_RM_FILES
     WORKERS, REPS = saved["workers"], saved["reps"]
+    CACHES_DROPPED[:] = saved.get("caches_dropped", [])
     IDLE_WAIT = saved.get("idle_wait", IDLE_WAIT)
     SETTLE = saved.get("settle", SETTLE)
     DEFER_RM_FILES = saved.get("defer_rm_files", DEFER_RM_FILES)
@@ -678,6 +725,11 @@ def write_report(sets, all_rows, all_stats, raw, started):
         f.write(f"Before each timed run: earlier outputs cleared (those with ≥ {DEFER_RM_FILES:,} files moved aside, "
                 "deleted at the end of the set: see README), `sync`, "
                 + (f"{SETTLE:.0f} s pause, " if SETTLE else "")
+                + ("page/dentry/inode caches dropped, then the shards and programs read back in "
+                   "(every run starts from the same cache state: see README), "
+                   if CACHES_DROPPED and all(CACHES_DROPPED) else
+                   "caches NOT dropped (not root, or BENCH_DROP_CACHES=0: later runs may pay for "
+                   "earlier ones' cached inodes), ")
                 + f"wait for a quiet machine (≤ {IDLE_WAIT:.0f} s).\n\n")
         f.write("files/s = tar members / median s; MB/s = shard bytes / median s. "
                 "\"+flush\" = the `sync` right after the run (not in the median): tar and the seed leave "
