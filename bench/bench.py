@@ -31,7 +31,9 @@ SP_BIN = os.path.abspath(os.environ.get("SP_BIN", os.path.join(ROOT, "target", "
 PY = os.path.abspath(os.environ.get("BENCH_PY", sys.executable))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", str(os.cpu_count() or 1)))
-TOOLS = os.environ.get("BENCH_TOOLS", "tar seed sp1 spN").split()
+TOOLS = os.environ.get("BENCH_TOOLS", "tar seed sp1 spN floor").split()
+# The create-floor program (bench/create_floor.c, built by run.sh); the "floor" row needs it.
+FLOOR_BIN = os.environ.get("FLOOR_BIN", "")
 QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH_DIR, "RESULTS.md"))
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -269,6 +271,10 @@ def run_tool(tool, shards_dir, out, log_path):
             steps.append(
                 ("extract-captions.py", [PY, os.path.join(BENCH_DIR, "seed_extract_captions.py")], out)
             )
+    elif tool == "floor":
+        os.makedirs(os.path.join(out, "data"))
+        argv = [FLOOR_BIN, floor_list_path(os.path.dirname(shards_dir)), os.path.join(out, "data"), str(WORKERS)]
+        steps = [("create files", argv, None)]
     else:
         n = 1 if tool == "sp1" else WORKERS
         argv = [SP_BIN, "run", "--input", shards_dir, "--output", out, "--workers", str(n)]
@@ -306,6 +312,22 @@ def run_tool(tool, shards_dir, out, log_path):
         except (OSError, ValueError) as e:
             res["verdict"] = f"no report.json ({e.__class__.__name__})"
     return res
+
+
+def floor_list_path(set_dir):
+    return os.path.join(WORK, f"floor-{os.path.basename(set_dir)}.list")
+
+
+def write_floor_list(data_dir, set_dir):
+    """Names and sizes of the output files (the seed's data/, equal to shardprep's) for
+    create_floor: NUL-terminated "SIZE<TAB>NAME" records, in directory order."""
+    n = 0
+    with open(floor_list_path(set_dir), "wb") as f:
+        for e in os.scandir(data_dir):
+            if e.is_file(follow_symlinks=False):
+                f.write(b"%d\t%s\0" % (e.stat(follow_symlinks=False).st_size, os.fsencode(e.name)))
+                n += 1
+    return n
 
 
 # ---------------------------------------------------------------- correctness
@@ -459,10 +481,13 @@ TOOL_LABEL = {
     "seed": "seed: tar xf + compile.py + extract-captions.py",
     "sp1": "shardprep run --workers 1",
     "spN": None,  # filled in with N
+    "floor": None,  # filled in with N
 }
 
 
 def label(tool):
+    if tool == "floor":
+        return f"create only: shardprep's output files, {WORKERS} threads + syncfs"
     return TOOL_LABEL.get(tool) or f"shardprep run --workers {WORKERS}"
 
 
@@ -496,6 +521,8 @@ def ratios_md(all_rows):
             ("spN", "tar", "spN / tar"),
             ("seed", "sp1", "seed / sp1"),
             ("seed", "spN", "seed / spN"),
+            ("spN", "floor", "spN / create-only"),
+            ("tar", "floor", "tar / create-only"),
         ):
             x = ratio(rows, a, b)
             if x is not None:
@@ -583,7 +610,7 @@ def write_chart(all_rows, path):
         rows = all_rows[s]
         tools = [t for t in TOOLS if t in rows and rows[t]["median"] is not None]
         ax.bar([t if t != "spN" else f"sp{WORKERS}" for t in tools], [rows[t]["median"] for t in tools],
-               color=["#888", "#c66", "#69c", "#36a"][: len(tools)])
+               color=["#888", "#c66", "#69c", "#36a", "#bbb"][: len(tools)])
         ax.set_title(f"{s}: median wall time (s)")
         for i, t in enumerate(tools):
             ax.text(i, rows[t]["median"], f"{rows[t]['median']:.2f}", ha="center", va="bottom", fontsize=8)
@@ -595,8 +622,14 @@ def write_chart(all_rows, path):
 def main():
     sets = set_dirs()
     for tool in TOOLS:
-        if tool not in ("tar", "seed", "sp1", "spN"):
+        if tool not in ("tar", "seed", "sp1", "spN", "floor"):
             sys.exit(f"unknown tool {tool!r} in BENCH_TOOLS")
+    if "floor" in TOOLS and not (FLOOR_BIN and os.access(FLOOR_BIN, os.X_OK)):
+        warn("no create_floor program (gcc missing?): the floor row is skipped")
+        TOOLS.remove("floor")
+    if "floor" in TOOLS and ("seed" not in TOOLS or TOOLS.index("seed") > TOOLS.index("floor")):
+        warn("the floor row needs the seed's output of rep 1 ('seed' before 'floor' in BENCH_TOOLS): skipped")
+        TOOLS.remove("floor")
     logs = os.path.join(WORK, "logs")
     os.makedirs(logs, exist_ok=True)
     all_rows, all_stats, raw = {}, {}, {}
@@ -654,6 +687,8 @@ def main():
                 # Cheap correctness check, first repetition only (untimed).
                 if rep == 1 and tool == "seed" and r["rc"] == 0:
                     seed_ref = snapshot(out)
+                    if "floor" in TOOLS:
+                        write_floor_list(os.path.join(out, "data"), set_dir)
                 elif rep == 1 and tool.startswith("sp") and r["rc"] == 0:
                     if seed_ref is None:
                         warn(f"{set_name}: no seed output to check {tool} against (add 'seed' to BENCH_TOOLS)")

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark harness entry point: shardprep vs plain `tar xf` vs the seed's pipeline.
 # See bench/README.md. Knobs (env vars):
-#   BENCH_REPS=3            repetitions per tool (alternating: tar, seed, sp1, spN, tar, ...)
+#   BENCH_REPS=3            repetitions per tool (alternating, order rotated each repetition)
 #   BENCH_SETS="small big"  which data sets to run
 #   BENCH_QUICK=1           tiny smoke version (2x500 small, 2x8 big; 1 rep; results in bench/work/)
 #   BENCH_WORKERS=N         workers for the "spN" row (default: nproc)
-#   BENCH_TOOLS="tar seed sp1 spN"  subset/order of tools
+#   BENCH_TOOLS="tar seed sp1 spN floor"  subset/order of tools (floor needs seed before it)
+#   BENCH_DROP_CACHES=0     don't drop the kernel's caches before each timed run (root only)
 #   BENCH_NO_BUILD=1        skip `cargo build --release`
 #   BENCH_REGEN=1           regenerate shards even if the stamp matches
 #   BENCH_DEFER_RM_FILES=20000  outputs with this many files are deleted at the end of the set
@@ -30,7 +31,7 @@ else
 fi
 export BENCH_SETS="${BENCH_SETS:-small big}"
 export BENCH_WORKERS="${BENCH_WORKERS:-$(nproc)}"
-export BENCH_TOOLS="${BENCH_TOOLS:-tar seed sp1 spN}"
+export BENCH_TOOLS="${BENCH_TOOLS:-tar seed sp1 spN floor}"
 SEED=42
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -49,6 +50,14 @@ cp -f "$SRC_BIN" "$BENCH_WORK/bin/shardprep"
 export SP_BIN="$BENCH_WORK/bin/shardprep"
 dirty=""; [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty=" + uncommitted changes in the work tree"
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$dirty (at copy time)" > "$SP_BIN.commit"
+
+# The create-floor program (only creating the output files; see create_floor.c).
+if command -v gcc >/dev/null; then
+    gcc -O2 -pthread "$BENCH_DIR/create_floor.c" -o "$BENCH_WORK/bin/create_floor"
+    export FLOOR_BIN="$BENCH_WORK/bin/create_floor"
+else
+    log "gcc not found: no create-floor row"
+fi
 
 # 2. Python venv with pandas + pyarrow (the seed's scripts and the checks need them).
 VENV="$(realpath -m "${VENV:-$BENCH_WORK/.venv}")"
