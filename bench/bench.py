@@ -702,8 +702,9 @@ def main():
         all_rows[set_name] = summarize(set_name, st, runs)
         for tool, row in all_rows[set_name].items():
             if row["median"] and row["others_cpu"] is not None and row["others_cpu"] > max(0.5, 0.5 * row["median"]):
-                warn(f"{set_name} {tool}: noisy: other processes used {row['others_cpu'] / row['median']:.1f} "
-                     f"cores on average during the runs (median)")
+                warn(f"{set_name} {tool}: noisy? other processes used {row['others_cpu'] / row['median']:.1f} "
+                     f"cores on average during the runs (median; this includes the kernel's writeback "
+                     f"threads, which a tool that syncs its output keeps busy)")
         raw[set_name] = {"stats": st, "runs": runs}
 
     with open(os.path.join(WORK, "results.json"), "w") as f:
