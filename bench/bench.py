@@ -609,7 +609,7 @@ def write_chart(all_rows, path):
     for ax, s in zip(axes[0], sets):
         rows = all_rows[s]
         tools = [t for t in TOOLS if t in rows and rows[t]["median"] is not None]
-        ax.bar([t if t != "spN" else f"sp{WORKERS}" for t in tools], [rows[t]["median"] for t in tools],
+        ax.bar([{"spN": f"sp{WORKERS}", "floor": "create-only"}.get(t, t) for t in tools], [rows[t]["median"] for t in tools],
                color=["#888", "#c66", "#69c", "#36a", "#bbb"][: len(tools)])
         ax.set_title(f"{s}: median wall time (s)")
         for i, t in enumerate(tools):
