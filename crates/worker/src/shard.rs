@@ -177,6 +177,11 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts a member whose `size` bytes are all in its file.
+    fn extracted(&mut self, size: u64) {
+        self.counts.files_extracted += 1;
+        self.counts.bytes_written += size;
+    }
     fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
         if self.issues.len() < ISSUE_LIST_CAP {
             self.issues.push(MemberIssue {
@@ -453,6 +458,20 @@ pub fn process_stream(
             let n = already + io::copy(entry, &mut io::sink()).map_err(read_err)?;
             if n < size { Err(truncated(n)) } else { Ok(()) }
         };
+        // Settles a streamed write of this member: `Ok(true)` when it is whole in its file.
+        let settle = |res: Result<Result<u64, io::Error>, PlaceError>, tally: &mut Tally| {
+            stream_result(
+                res,
+                tally,
+                &member,
+                size,
+                &keep_going,
+                &shard,
+                &truncated,
+                &read_err,
+                &write_err,
+            )
+        };
 
         match kind {
             Kind::Json => {
@@ -475,21 +494,10 @@ pub fn process_stream(
                         // Too large to parse: write the part read, then stream the rest.
                         let mut chained = (&json_buf[..]).chain(&mut entry);
                         let res = data.write_stream(&rel, &mut chained, size, &keep_going);
-                        stream_result(
-                            res,
-                            &mut tally,
-                            &member,
-                            size,
-                            &keep_going,
-                            &shard,
-                            &truncated,
-                            &read_err,
-                            &write_err,
-                        )?
+                        settle(res, &mut tally)?
                     };
                     if written {
-                        tally.counts.files_extracted += 1;
-                        tally.counts.bytes_written += size;
+                        tally.extracted(size);
                     }
                 } else if size > MAX_JSON_BYTES {
                     drain(&mut entry, MAX_JSON_BYTES)?;
@@ -552,19 +560,8 @@ pub fn process_stream(
                     tally.reject(&member, "shadowed_by_caption", "a caption file of the same name was written; the caption wins, as in the seed");
                 } else if task.extract {
                     let res = data.write_stream(&rel, &mut entry, size, &keep_going);
-                    if stream_result(
-                        res,
-                        &mut tally,
-                        &member,
-                        size,
-                        &keep_going,
-                        &shard,
-                        &truncated,
-                        &read_err,
-                        &write_err,
-                    )? {
-                        tally.counts.files_extracted += 1;
-                        tally.counts.bytes_written += size;
+                    if settle(res, &mut tally)? {
+                        tally.extracted(size);
                     }
                 } else {
                     drain(&mut entry, 0)?;
