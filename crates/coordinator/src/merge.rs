@@ -48,6 +48,17 @@ fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, Coo
     ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| merr(path, e))
 }
 
+/// The record batches of a fragment, `BATCH` rows at a time.
+fn read_batches(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<RecordBatch, CoordinatorError>> + '_, CoordinatorError> {
+    let reader = open_reader(path)?
+        .with_batch_size(BATCH)
+        .build()
+        .map_err(|e| merr(path, e))?;
+    Ok(reader.map(move |batch| batch.map_err(|e| merr(path, e))))
+}
+
 /// The merged schema: the seed's columns, then each extra column as
 /// `list<string>` if any fragment has it so, else as string.
 fn merged_schema(
@@ -96,12 +107,8 @@ pub fn merge(
     let mut names: Vec<(u64, u32)> = Vec::new();
     let mut rows = 0u64;
     for (si, (_, path)) in fragments.iter().enumerate() {
-        let reader = open_reader(path)?
-            .with_batch_size(BATCH)
-            .build()
-            .map_err(|e| merr(path, e))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| merr(path, e))?;
+        for batch in read_batches(path)? {
+            let batch = batch?;
             let cols = schema
                 .fields()
                 .iter()
@@ -160,12 +167,8 @@ fn find_duplicates(
     // Second pass, only to name the first few.
     let mut listed: Vec<DuplicateName> = Vec::new();
     for (shard, path) in fragments {
-        let reader = open_reader(path)?
-            .with_batch_size(BATCH)
-            .build()
-            .map_err(|e| merr(path, e))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| merr(path, e))?;
+        for batch in read_batches(path)? {
+            let batch = batch?;
             let Some(fname) = batch
                 .column_by_name("filename")
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
