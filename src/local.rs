@@ -1,6 +1,7 @@
 //! `run` (coordinator + N worker processes on this machine), `status`,
 //! `verify`, and the end-of-job summary.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -215,16 +216,19 @@ fn supervise(slots: &mut [Slot], launcher: &Launcher) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `reason=count, ...` or `none`.
+fn by_reason(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.join(", ")
+}
+
 /// Prints the end-of-job table (the same numbers as report.json).
 pub fn print_summary(r: &Report) {
     let t = &r.totals;
     let secs = r.wall_ms as f64 / 1000.0;
-    let skipped: Vec<String> = t.skipped.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let rejected: Vec<String> = t
-        .rejected_members
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
     let expected = r
         .expected_json
         .map(|e| e.to_string())
@@ -242,22 +246,8 @@ pub fn print_summary(r: &Report) {
     println!("  rows               {}", r.rows);
     println!("  captions written   {}", t.captions_written);
     println!("  images             {}", t.images);
-    println!(
-        "  skipped            {}",
-        if skipped.is_empty() {
-            "none".into()
-        } else {
-            skipped.join(", ")
-        }
-    );
-    println!(
-        "  members refused    {}",
-        if rejected.is_empty() {
-            "none".into()
-        } else {
-            rejected.join(", ")
-        }
-    );
+    println!("  skipped            {}", by_reason(&t.skipped));
+    println!("  members refused    {}", by_reason(&t.rejected_members));
     println!(
         "  duplicate names    {} across shards, {} within shards",
         r.duplicate_filenames, t.duplicate_members
