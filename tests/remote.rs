@@ -4,9 +4,10 @@
 //!
 //! - S3: `moto.server` (needs `SHARDPREP_PYTHON`, a python with `moto[server]` and boto3;
 //!   without it the test prints a skip line and returns), loaded with boto3.
-//! - HTTP(S) brace URLs, `--input-list` and a fake Hugging Face Hub: a small HTTP/1.1 server
-//!   below (Range requests, ETags, redirects, fixed statuses, a connection dropped mid-body
-//!   once, HEAD answered 200 while GET fails), which records every request.
+//! - HTTP(S) brace URLs, `--input-list` and a fake Hugging Face Hub: the small HTTP/1.1
+//!   server of `crates/remote/tests/common/server.rs` (Range requests, ETags, redirects,
+//!   fixed statuses, a connection dropped mid-body once, HEAD answered 200 while GET
+//!   fails), which records every request.
 //!
 //! "Identical" means: the same parquet bytes, the same data/ tree, the same counts in
 //! report.json (totals and per shard), the same multidatabackend.json up to the output path,
@@ -14,14 +15,14 @@
 //! No test changes the environment of this process: variables go to the child processes.
 //! Every run of the binary is bounded in time; every server stops when its test ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Seek, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Seek};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -387,290 +388,24 @@ fn etag_of(data: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// A small HTTP/1.1 server on 127.0.0.1
+// A small HTTP/1.1 server on 127.0.0.1 (shared with the remote crate's tests)
 // ---------------------------------------------------------------------------------------
 
-/// A request the server received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    /// Path and query.
-    target: String,
-    /// Header names in lower case.
-    headers: Vec<(String, String)>,
+#[path = "../crates/remote/tests/common/server.rs"]
+mod server;
+
+use server::{Route, Seen, Server};
+
+/// A file route whose ETag is derived from its bytes.
+fn file_route(data: &[u8]) -> Route {
+    Route::file(data, &etag_of(data))
 }
 
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+/// Serves every shard as `{prefix}{name}`.
+fn serve_shards(server: &Server, prefix: &str, shards: &[(String, Vec<u8>)]) {
+    for (name, data) in shards {
+        server.route(&format!("{prefix}{name}"), file_route(data));
     }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or_default()
-    }
-}
-
-enum Route {
-    /// A file with Range support and an ETag.
-    File { data: Arc<Vec<u8>>, etag: String },
-    /// Like `File`, but the first GET without a Range sends half the body and closes.
-    DropOnce {
-        data: Arc<Vec<u8>>,
-        etag: String,
-        dropped: AtomicBool,
-    },
-    /// The first GET answers ETag "v1" and is cut after half the body; every later request
-    /// answers ETag "v2" (the object was replaced by the same bytes mid-read).
-    ChangeAfterDrop {
-        data: Arc<Vec<u8>>,
-        gets: AtomicUsize,
-    },
-    /// 302 to this location.
-    Redirect(String),
-    /// This status with a short text body.
-    Status(u16),
-    /// HEAD answers like a file of `len` bytes; GET answers `status`.
-    HeadOkGetStatus {
-        len: usize,
-        etag: String,
-        status: u16,
-    },
-    /// A JSON body.
-    Json(String),
-}
-
-impl Route {
-    fn file(data: &[u8]) -> Route {
-        Route::File {
-            data: Arc::new(data.to_vec()),
-            etag: etag_of(data),
-        }
-    }
-}
-
-type Routes = Arc<Mutex<HashMap<String, Arc<Route>>>>;
-
-struct Server {
-    addr: SocketAddr,
-    routes: Routes,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Server {
-    /// Listens on a free port of 127.0.0.1 until dropped.
-    fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().unwrap();
-        let routes: Routes = Arc::default();
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s, st) = (Arc::clone(&routes), Arc::clone(&seen), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (r, s) = (Arc::clone(&r), Arc::clone(&s));
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-                    let _ = handle(stream, &r, &s);
-                });
-            }
-        });
-        Server {
-            addr,
-            routes,
-            seen,
-            stop,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn route(&self, target: &str, route: Route) {
-        self.routes
-            .lock()
-            .unwrap()
-            .insert(target.to_string(), Arc::new(route));
-    }
-
-    /// Serves every shard as `{prefix}{name}`.
-    fn serve(&self, prefix: &str, shards: &[(String, Vec<u8>)]) {
-        for (name, data) in shards {
-            self.route(&format!("{prefix}{name}"), Route::file(data));
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Requests with this method and path.
-    fn count(&self, method: &str, path: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|s| s.method == method && s.path() == path)
-            .count()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-fn handle(
-    stream: TcpStream,
-    routes: &Mutex<HashMap<String, Arc<Route>>>,
-    seen: &Mutex<Vec<Seen>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(());
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let request = Seen {
-        method,
-        target,
-        headers,
-    };
-    seen.lock().unwrap().push(request.clone());
-    let route = {
-        let routes = routes.lock().unwrap();
-        routes
-            .get(&request.target)
-            .or_else(|| routes.get(request.path()))
-            .cloned()
-    };
-    let mut out = stream;
-    let Some(route) = route else {
-        return respond_status(&mut out, 404);
-    };
-    let is_get = request.method == "GET";
-    match &*route {
-        Route::File { data, etag } => send_file(&mut out, &request, data, etag, false),
-        Route::DropOnce {
-            data,
-            etag,
-            dropped,
-        } => {
-            let cut = is_get
-                && request.header("range").is_none()
-                && !dropped.swap(true, Ordering::SeqCst);
-            send_file(&mut out, &request, data, etag, cut)
-        }
-        Route::ChangeAfterDrop { data, gets } => {
-            let first = is_get && gets.fetch_add(1, Ordering::SeqCst) == 0;
-            let etag = if first { "v1" } else { "v2" };
-            send_file(&mut out, &request, data, etag, first)
-        }
-        Route::Redirect(location) => write!(
-            out,
-            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-        Route::Status(code) => respond_status(&mut out, *code),
-        Route::HeadOkGetStatus { len, etag, status } => {
-            if is_get {
-                respond_status(&mut out, *status)
-            } else {
-                write!(
-                    out,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nETag: \"{etag}\"\r\nAccept-Ranges: bytes\r\nLast-Modified: Wed, 26 Nov 2025 10:00:00 GMT\r\nConnection: close\r\n\r\n"
-                )
-            }
-        }
-        Route::Json(body) => write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    }
-}
-
-fn respond_status(out: &mut TcpStream, code: u16) -> std::io::Result<()> {
-    let body = format!("status {code}");
-    write!(
-        out,
-        "HTTP/1.1 {code} Status\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// Serves `data` honouring `Range: bytes=A-` / `bytes=A-B`; with `cut`, sends the headers of
-/// the full answer but only half the body, then closes the connection.
-fn send_file(
-    out: &mut TcpStream,
-    request: &Seen,
-    data: &[u8],
-    etag: &str,
-    cut: bool,
-) -> std::io::Result<()> {
-    let total = data.len();
-    let range = request
-        .header("range")
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.split_once('-'))
-        .map(|(a, b)| {
-            let start: usize = a.parse().unwrap_or(0);
-            let end: usize = b.parse().map(|e: usize| e + 1).unwrap_or(total).min(total);
-            (start, end)
-        });
-    let (status, start, end) = match range {
-        Some((start, _)) if start >= total => {
-            return write!(
-                out,
-                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-        Some((start, end)) => ("206 Partial Content", start, end),
-        None => ("200 OK", 0, total),
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"{etag}\"\r\nAccept-Ranges: bytes\r\nLast-Modified: Wed, 26 Nov 2025 10:00:00 GMT\r\nConnection: close\r\n",
-        end - start
-    );
-    if range.is_some() {
-        head.push_str(&format!(
-            "Content-Range: bytes {start}-{}/{total}\r\n",
-            end - 1
-        ));
-    }
-    head.push_str("\r\n");
-    out.write_all(head.as_bytes())?;
-    if request.method == "HEAD" {
-        return Ok(());
-    }
-    if cut {
-        let half = start + (end - start) / 2;
-        out.write_all(&data[start..half])?;
-        out.flush()?;
-        return out.shutdown(Shutdown::Both);
-    }
-    out.write_all(&data[start..end])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -886,12 +621,12 @@ fn http_brace_urls_with_redirect_and_dropped_connection_match_a_local_run() {
     let fx = Fixture::new(7201);
     let server = Server::start();
     let shards = fx.shard_bytes();
-    server.route("/shards/data-000000.tar", Route::file(&shards[0].1));
+    server.route("/shards/data-000000.tar", file_route(&shards[0].1));
     server.route(
         "/shards/data-000001.tar",
         Route::Redirect(server.url("/blobs/data-000001.tar")),
     );
-    server.route("/blobs/data-000001.tar", Route::file(&shards[1].1));
+    server.route("/blobs/data-000001.tar", file_route(&shards[1].1));
     server.route(
         "/shards/data-000002.tar",
         Route::DropOnce {
@@ -961,23 +696,26 @@ fn hub_tree_and_resolve_urls_match_a_local_run() {
     entries.push(r#"{"type":"directory","oid":"78","size":0,"path":"data/sub"}"#.into());
     server.route(
         "/api/datasets/acme/dalle3-mini/tree/main/data",
-        Route::Json(format!("[{}]", entries.join(","))),
+        Route::Json {
+            body: format!("[{}]", entries.join(",")),
+            link: None,
+        },
     );
     let resolve = "/datasets/acme/dalle3-mini/resolve/main/data/";
     server.route(
         &format!("{resolve}data-000000.tar"),
-        Route::file(&shards[0].1),
+        file_route(&shards[0].1),
     );
     server.route(
         &format!("{resolve}data-000001.tar"),
-        Route::file(&shards[1].1),
+        file_route(&shards[1].1),
     );
     let cdn = format!("http://localhost:{}", server.addr.port());
     server.route(
         &format!("{resolve}data-000002.tar"),
         Route::Redirect(format!("{cdn}/cdn/2.tar")),
     );
-    server.route("/cdn/2.tar", Route::file(&shards[2].1));
+    server.route("/cdn/2.tar", file_route(&shards[2].1));
 
     let out = fx.out("hub");
     let endpoint = server.url("");
@@ -1031,7 +769,7 @@ fn hub_tree_and_resolve_urls_match_a_local_run() {
 fn input_list_of_http_urls_matches_a_local_run() {
     let fx = Fixture::new(7401);
     let server = Server::start();
-    server.serve("/mirror/shards/", &fx.shard_bytes());
+    serve_shards(&server, "/mirror/shards/", &fx.shard_bytes());
     let list = fx.dir().join("shards.txt");
     std::fs::write(
         &list,
@@ -1086,7 +824,7 @@ fn bad_remote_inputs_fail_with_a_message_naming_the_url() {
     let shard = make_shards(&tmp.path().join("in"), 1, 4, 7501);
     let data = std::fs::read(&shard[0]).unwrap();
     for i in 0..3 {
-        server.route(&format!("/shards/data-00000{i}.tar"), Route::file(&data));
+        server.route(&format!("/shards/data-00000{i}.tar"), file_route(&data));
     }
     server.route("/private/data-000000.tar", Route::Status(403));
     let host = server.addr.to_string();
@@ -1263,7 +1001,7 @@ fn shards_failing_at_read_time_are_reported_with_their_url() {
         })
         .collect();
     let server = Server::start();
-    server.serve("/shards/", &bytes);
+    serve_shards(&server, "/shards/", &bytes);
     for (i, status) in [(1, 404), (2, 403)] {
         server.route(
             &format!("/shards/{}", bytes[i].0),
@@ -1317,7 +1055,7 @@ fn shards_failing_at_read_time_are_reported_with_their_url() {
     );
 
     // The server serves them now: the done shards are kept, the failed ones done.
-    server.serve("/shards/", &bytes);
+    serve_shards(&server, "/shards/", &bytes);
     let ran = run_input(&input, &out, &[], &[]);
     ran.assert_ok();
     let r = report(&out);
@@ -1334,7 +1072,7 @@ fn shards_failing_at_read_time_are_reported_with_their_url() {
 fn changed_remote_object_is_redone_on_resume() {
     let fx = Fixture::new(7601);
     let server = Server::start();
-    server.serve("/shards/", &fx.shard_bytes());
+    serve_shards(&server, "/shards/", &fx.shard_bytes());
     let out = fx.out("http");
     let input = server.url("/shards/data-{000000..000002}.tar");
     run_input(&input, &out, &[], &[]).assert_ok();
@@ -1343,7 +1081,7 @@ fn changed_remote_object_is_redone_on_resume() {
     // Other samples (other member names) under the same URL.
     let other = make_shards(&fx.dir().join("other"), SHARDS, SAMPLES, 7699);
     let changed = std::fs::read(&other[1]).unwrap();
-    server.route("/shards/data-000001.tar", Route::file(&changed));
+    server.route("/shards/data-000001.tar", file_route(&changed));
     let gets = |name: &str| server.count("GET", &format!("/shards/{name}"));
     let before: Vec<usize> = (0..SHARDS)
         .map(|i| gets(&format!("data-00000{i}.tar")))
@@ -1393,7 +1131,7 @@ fn changed_remote_object_is_redone_on_resume() {
 fn credentials_in_urls_stay_out_of_logs_and_outputs() {
     let fx = Fixture::new(7701);
     let server = Server::start();
-    server.serve("/shards/", &fx.shard_bytes());
+    serve_shards(&server, "/shards/", &fx.shard_bytes());
     let host = server.addr.to_string();
 
     let out = fx.out("userinfo");
@@ -1441,7 +1179,7 @@ fn input_list_with_shards_in_subfolders_matches_a_local_run() {
         "c/d/data-000002.tar",
     ];
     for (place, (_, data)) in places.iter().zip(&shards) {
-        server.route(&format!("/mirror/{place}"), Route::file(data));
+        server.route(&format!("/mirror/{place}"), file_route(data));
     }
     let list = fx.dir().join("nested.txt");
     let lines: Vec<String> = places
@@ -1479,12 +1217,12 @@ fn a_remote_read_error_is_retried_not_reported_as_corrupt() {
     let fx = Fixture::new(7901);
     let server = Server::start();
     let shards = fx.shard_bytes();
-    server.serve("/shards/", &shards);
+    serve_shards(&server, "/shards/", &shards);
     server.route(
         "/shards/data-000001.tar",
         Route::ChangeAfterDrop {
             data: Arc::new(shards[1].1.clone()),
-            gets: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
         },
     );
     let out = fx.out("changed-mid-read");
