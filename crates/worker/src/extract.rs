@@ -359,6 +359,8 @@ impl Flusher {
     }
 
     /// Stops the thread; returns the first error a background flush met.
+    /// (A flusher dropped without `stop` ends its thread too, unwaited: the
+    /// dropped sender ends the loop.)
     fn stop(mut self) -> io::Result<()> {
         self.kick = None;
         match self.thread.take().map(JoinHandle::join) {
@@ -366,13 +368,6 @@ impl Flusher {
             Some(Err(_)) => Err(io::Error::other("the background flush thread panicked")),
             None => Ok(()),
         }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // Dropping the sender ends the thread; it is not waited for here.
-        self.kick = None;
     }
 }
 
