@@ -305,8 +305,8 @@ const FLUSH_EVERY_BYTES: u64 = 64 << 20;
 /// extracted (the kernel would otherwise wait up to 30 s, and the final
 /// sync would pay for the whole shard on the critical path).
 struct Flusher {
-    kick: Option<mpsc::SyncSender<()>>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    kick: mpsc::SyncSender<()>,
+    thread: JoinHandle<io::Result<()>>,
     files: u32,
     bytes: u64,
 }
@@ -329,8 +329,8 @@ impl Flusher {
                 first_err
             })?;
         Ok(Flusher {
-            kick: Some(kick),
-            thread: Some(thread),
+            kick,
+            thread,
             files: 0,
             bytes: 0,
         })
@@ -353,21 +353,18 @@ impl Flusher {
     fn kick(&mut self) {
         self.files = 0;
         self.bytes = 0;
-        if let Some(k) = &self.kick {
-            let _ = k.try_send(());
-        }
+        let _ = self.kick.try_send(());
     }
 
     /// Stops the thread; returns the first error a background flush met.
     /// (A flusher dropped without `stop` ends its thread too, unwaited: the
     /// dropped sender ends the loop.)
-    fn stop(mut self) -> io::Result<()> {
-        self.kick = None;
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(res)) => res,
-            Some(Err(_)) => Err(io::Error::other("the background flush thread panicked")),
-            None => Ok(()),
-        }
+    fn stop(self) -> io::Result<()> {
+        let Flusher { kick, thread, .. } = self;
+        drop(kick);
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the background flush thread panicked")))
     }
 }
 
