@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shardprep_core::durability::DataSync;
 
 fn duration(s: &str) -> Result<Duration, String> {
     shardprep_core::duration::parse_duration(s).map_err(|e| e.to_string())
@@ -132,16 +133,50 @@ pub struct JobArgs {
     /// At the end, how long to wait for workers to hear that the job is done.
     #[arg(long, env = "SHARDPREP_WORKER_GRACE", value_parser = duration, default_value = "10s")]
     pub worker_grace: Duration,
-    /// Do not wait for data/ to reach the disk before each shard's commit,
-    /// only once at the end (a power loss mid-job may then lose extracted
-    /// files of shards already committed; a process crash never does).
-    /// Writeback runs in the background during each shard either way, so
-    /// the gain is small: the commit skips waiting for the last few files.
-    #[arg(long, env = "SHARDPREP_NO_SYNC_PER_SHARD")]
+    /// When the files extracted into data/ are flushed to disk. `none`: left
+    /// to the kernel's writeback (within ~30 s), like `tar xf`: fastest; a
+    /// process crash loses nothing, and after a power loss a re-run finds the
+    /// committed shards whose files did not survive (boot id + file sizes) and
+    /// redoes them. `end`: flushed once before the verified report (on disk
+    /// when the job exits). `shard`: flushed before each shard's commit.
+    /// Fragments, the parquet and the report are always fsynced.
+    /// [default: none for `run`, shard for `coordinator` (workers on other
+    /// machines may restart unseen)]
+    #[arg(long, env = "SHARDPREP_DATA_SYNC", value_enum)]
+    pub data_sync: Option<DataSyncArg>,
+    /// Same as --data-sync end (kept for scripts).
+    #[arg(
+        long,
+        env = "SHARDPREP_NO_SYNC_PER_SHARD",
+        conflicts_with = "data_sync"
+    )]
     pub no_sync_per_shard: bool,
     /// How often the coordinator logs a progress line.
     #[arg(long, env = "SHARDPREP_PROGRESS_INTERVAL", value_parser = duration, default_value = "5s")]
     pub progress_interval: Duration,
+}
+
+/// `--data-sync` values (see `shardprep_core::durability::DataSync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataSyncArg {
+    /// Before each shard's commit.
+    Shard,
+    /// Once, before the verified report.
+    End,
+    /// Left to the kernel, like `tar xf`.
+    None,
+}
+
+impl JobArgs {
+    /// The flush policy the flags ask for, or `default`.
+    pub fn data_sync(&self, default: DataSync) -> DataSync {
+        match (self.data_sync, self.no_sync_per_shard) {
+            (Some(DataSyncArg::Shard), _) => DataSync::Shard,
+            (Some(DataSyncArg::End), _) | (None, true) => DataSync::End,
+            (Some(DataSyncArg::None), _) => DataSync::None,
+            (None, false) => default,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
 use shardprep_core::auth;
+use shardprep_core::durability::DataSync;
 use shardprep_core::fields::{FieldMap, PRESETS};
 
 use crate::cli::{
@@ -63,7 +64,13 @@ pub fn fields(job: &JobArgs) -> anyhow::Result<FieldMap> {
 }
 
 /// A coordinator config from the job flags.
-pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<CoordinatorConfig> {
+///
+/// `data_sync` is the flush policy when the flags give none.
+pub fn coordinator_config(
+    job: &JobArgs,
+    token: String,
+    data_sync: DataSync,
+) -> anyhow::Result<CoordinatorConfig> {
     if job.dataset_id.is_empty() || job.dataset_id.contains('/') {
         bail!(
             "--dataset-id {:?} must be a plain name (it names OUT/<id>.parquet)",
@@ -107,7 +114,7 @@ pub fn coordinator_config(job: &JobArgs, token: String) -> anyhow::Result<Coordi
         // Workers retry with a backoff of at most 3 s: linger a little longer.
         linger: Duration::from_secs(4),
         progress_interval: job.progress_interval,
-        sync_data_per_shard: !job.no_sync_per_shard,
+        data_sync: job.data_sync(data_sync),
         tls: None,
     })
 }
@@ -157,7 +164,9 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             t
         }
     };
-    let mut config = coordinator_config(&args.job, token)?;
+    // Workers may run on other machines, whose restarts this machine's boot
+    // id cannot reveal: each shard's files are on disk before it commits.
+    let mut config = coordinator_config(&args.job, token, DataSync::Shard)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(shardprep_coordinator::ServerTls {
             cert_pem: std::fs::read(cert)

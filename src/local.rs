@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shardprep_coordinator::report::Report;
 use shardprep_core::auth;
+use shardprep_core::durability::DataSync;
 use tokio::process::{Child, Command};
 
 use crate::cli::{LogFormat, RunArgs, StatusArgs, VerifyArgs};
@@ -82,7 +83,9 @@ fn spawn_worker(
 /// port, fresh token), N worker processes of this same binary, supervised.
 pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let token = auth::generate_token()?;
-    let mut config = coordinator_config(&args.job, token.clone())?;
+    // Every worker runs on this machine: after a power loss, the boot id
+    // tells a re-run which committed shards to check (see --data-sync).
+    let mut config = coordinator_config(&args.job, token.clone(), DataSync::None)?;
     // `run` owns its workers and stops any it has left.
     config.linger = Duration::ZERO;
     let grace = config.worker_grace;

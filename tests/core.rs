@@ -254,12 +254,51 @@ fn no_shards_is_a_clear_error() {
 }
 
 #[test]
-fn no_sync_per_shard_gives_the_same_output() {
+fn every_data_sync_mode_gives_the_same_output() {
     let tmp = tempdir();
     let shards = make_shards(&tmp.path().join("shards"), 3, 15, 7006);
-    let out = tmp.path().join("out");
-    run_job(&tmp.path().join("shards"), &out, &["--no-sync-per-shard"]);
-    assert_matches_seed(&out, &shards);
+    let modes: [(&[&str], &str, bool); 5] = [
+        (&[], "none", false),
+        (&["--data-sync", "none"], "none", false),
+        (&["--data-sync", "end"], "end", false),
+        (&["--no-sync-per-shard"], "end", false),
+        (&["--data-sync", "shard"], "shard", true),
+    ];
+    for (i, (flags, name, synced)) in modes.iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        run_job(&tmp.path().join("shards"), &out, flags);
+        assert_matches_seed(&out, &shards);
+        assert_eq!(report(&out)["data_sync"], *name, "{flags:?}");
+        // Each manifest says whether its files were on disk at commit time,
+        // and on which boot: what a restart needs to know what to check.
+        let frags = out.join(".shardprep/fragments");
+        let mut manifests = 0;
+        for e in std::fs::read_dir(&frags).unwrap() {
+            let p = e.unwrap().path();
+            if p.to_string_lossy().ends_with(".manifest.json") {
+                let m: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                assert_eq!(m["data_synced"], *synced, "{flags:?} {}", p.display());
+                assert!(!m["boot_id"].as_str().unwrap().is_empty());
+                manifests += 1;
+            }
+        }
+        assert_eq!(manifests, 3);
+    }
+    let both = run_raw(
+        &[
+            "run",
+            "--input",
+            "x",
+            "--output",
+            "y",
+            "--data-sync",
+            "end",
+            "--no-sync-per-shard",
+        ],
+        &[],
+    );
+    assert!(!both.status.success(), "conflicting flags were accepted");
 }
 
 #[test]

@@ -725,6 +725,8 @@ async fn client_loop(
                     },
                     issues: Vec::new(),
                     issues_not_listed: 0,
+                    data_synced: true,
+                    boot_id: String::new(),
                     elapsed_ms: 1,
                 };
                 let mut f = std::fs::File::create(tmp_dir.join(&manifest_tmp))

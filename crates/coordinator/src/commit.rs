@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use shardprep_core::durability;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
 
@@ -16,10 +17,16 @@ use crate::CoordinatorError;
 
 /// Reads the committed manifest of a shard, if it is complete and matches
 /// the shard's current identity. A changed input shard is redone.
+///
+/// A shard committed before its files were flushed (`data_synced: false`),
+/// on a boot other than `boot_id` (this machine's now), may have lost files
+/// to a power loss: its file list is checked (each file present, with the
+/// size it was written with) and the shard is redone if one is not.
 pub fn recover(
     layout: &OutputLayout,
     name: &str,
     identity: ShardIdentity,
+    boot_id: &str,
 ) -> Option<ShardManifest> {
     let path = layout.manifest_path(name);
     let bytes = std::fs::read(&path).ok()?;
@@ -48,6 +55,28 @@ pub fn recover(
         );
         return None;
     }
+    if !manifest.data_synced && (manifest.boot_id.is_empty() || manifest.boot_id != boot_id) {
+        let damaged = match std::fs::read(layout.files_list_path(name)) {
+            Ok(list) => durability::first_damaged_file(&layout.data_dir(), &list),
+            Err(e) => Some(format!("no file list ({e})")),
+        };
+        if let Some(damaged) = damaged {
+            tracing::warn!(
+                shard = name,
+                damaged = %damaged,
+                "the machine restarted before this shard's files were flushed to disk \
+                 and some are missing or short; redoing the shard"
+            );
+            for p in [layout.manifest_path(name), layout.fragment_path(name)] {
+                let _ = std::fs::remove_file(p);
+            }
+            return None;
+        }
+        tracing::info!(
+            shard = name,
+            "files written before a restart checked: all present with their sizes"
+        );
+    }
     Some(manifest)
 }
 
@@ -59,18 +88,11 @@ pub fn forget_outdated(layout: &OutputLayout, name: &str) {
     let data = layout.data_dir();
     let mut removed = 0u64;
     if let Ok(bytes) = std::fs::read(&list) {
-        for rel in bytes.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        for f in durability::parse_files_list(&bytes) {
             // Only plain relative paths below data/ (the worker wrote nothing else).
-            let rel = std::path::Path::new(
-                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rel),
-            );
-            if rel.is_absolute()
-                || rel
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
+            let Some(rel) = durability::listed_path(f.rel) else {
                 continue;
-            }
+            };
             if std::fs::remove_file(data.join(rel)).is_ok() {
                 removed += 1;
             }

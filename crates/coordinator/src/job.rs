@@ -76,13 +76,14 @@ pub async fn serve(
     let sources = discovery.shards;
     let shard_urls: Vec<Option<String>> = sources.iter().map(|s| s.url.clone()).collect();
     let bytes_total = sources.iter().map(|s| s.identity.size).sum();
+    let boot_id = shardprep_core::durability::boot_id();
     let recovered: Vec<_> = sources
         .iter()
         .map(|s| {
             (
                 s.name.clone(),
                 s.identity,
-                commit::recover(&layout, &s.name, s.identity),
+                commit::recover(&layout, &s.name, s.identity, &boot_id),
             )
         })
         .collect();
@@ -116,7 +117,7 @@ pub async fn serve(
         heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
         job_id,
-        sync_data_per_shard: config.sync_data_per_shard,
+        data_sync: config.data_sync.to_proto(),
     };
     let shared = Arc::new(JobShared {
         sched: Mutex::new(sched),
@@ -436,7 +437,7 @@ fn finish_job(
             }
         ));
     }
-    if !config.sync_data_per_shard && (config.extract || config.write_captions) {
+    if config.data_sync.at_end() && (config.extract || config.write_captions) {
         // Workers did not flush per shard: make data/ durable before the
         // report says the job is verified.
         let data = layout.data_dir();
@@ -473,6 +474,7 @@ fn finish_job(
             "parquet"
         }
         .into(),
+        data_sync: config.data_sync.as_str().into(),
         expected_json: config.expect_json,
         found_json: totals.json_files,
         rows,

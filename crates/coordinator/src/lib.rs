@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::proto;
@@ -96,9 +97,8 @@ pub struct CoordinatorConfig {
     pub linger: Duration,
     /// How often to log a progress line.
     pub progress_interval: Duration,
-    /// Workers flush `data/` before each commit; when false, the coordinator
-    /// flushes once before it writes a verified report.
-    pub sync_data_per_shard: bool,
+    /// When the files extracted into `data/` are flushed to disk.
+    pub data_sync: DataSync,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<ServerTls>,
 }

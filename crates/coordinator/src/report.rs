@@ -50,6 +50,10 @@ pub struct Report {
     pub dataset_id: String,
     pub caption_field: String,
     pub captions: String,
+    /// When `data/` was flushed to disk: `shard` (before each commit),
+    /// `end` (before this report) or `none` (left to the kernel, like `tar xf`).
+    #[serde(default)]
+    pub data_sync: String,
     pub expected_json: Option<u64>,
     /// Sum of the shards' `*.json` members: the seed's `find data -name '*.json' | wc -l`.
     pub found_json: u64,

@@ -448,6 +448,8 @@ mod tests {
             counts: ShardCounts::default(),
             issues: vec![],
             issues_not_listed: 0,
+            data_synced: true,
+            boot_id: String::new(),
             elapsed_ms: 0,
         }
     }

@@ -8,9 +8,11 @@
 //! - [`auth`]: the shared-secret token (generation, constant-time check).
 //! - [`fields`]: which JSON fields feed which parquet columns (presets).
 //! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
+//! - [`durability`]: when `data/` is flushed, boot ids, per-shard file lists.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
 
 pub mod auth;
+pub mod durability;
 pub mod duration;
 pub mod fields;
 pub mod layout;

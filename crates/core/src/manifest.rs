@@ -106,4 +106,15 @@ pub struct ShardManifest {
     /// Problems beyond the listed ones.
     pub issues_not_listed: u64,
     pub elapsed_ms: u64,
+    /// Whether the shard's `data/` files were flushed to disk before the
+    /// commit (see [`crate::durability`]). Older manifests: they were.
+    #[serde(default = "yes")]
+    pub data_synced: bool,
+    /// Boot id of the worker's machine when it committed (empty: unknown).
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+fn yes() -> bool {
+    true
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shardprep_core::auth::{AUTH_HEADER, bearer};
+use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::{OutputLayout, peak_rss_bytes};
 use shardprep_core::manifest::ShardIdentity;
@@ -407,7 +408,7 @@ async fn work_on(
         };
     let runtime = tokio::runtime::Handle::current();
     let task = ShardTask {
-        sync_data: spec.sync_data_per_shard,
+        data_sync: DataSync::from_proto(spec.data_sync),
         shards_in_data_dir,
         shard_path: path,
         shard_name: shard.clone(),

@@ -13,6 +13,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use shardprep_core::durability;
+
 /// Why a member name cannot be used as a path under `data/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsafeName {
@@ -87,8 +89,9 @@ pub struct DataDir {
     /// Directories below `root` already known to be real directories.
     known_dirs: HashSet<PathBuf>,
     buf: Vec<u8>,
-    /// Every file created, NUL-separated: lets a later run remove what an
-    /// outdated version of the shard wrote.
+    /// Every file created and its size (`durability::files_list_record`):
+    /// lets a later run remove what an outdated version of the shard wrote,
+    /// or find files a power loss took.
     log: Option<(io::BufWriter<File>, PathBuf)>,
 }
 
@@ -141,10 +144,9 @@ impl DataDir {
     /// Records the relative path of every file written into `log_path`.
     pub fn with_log(mut self, log_path: &Path) -> io::Result<Self> {
         let f = File::create(log_path)?;
-        self.log = Some((
-            io::BufWriter::with_capacity(256 << 10, f),
-            log_path.to_path_buf(),
-        ));
+        let mut w = io::BufWriter::with_capacity(256 << 10, f);
+        w.write_all(&durability::files_list_header())?;
+        self.log = Some((w, log_path.to_path_buf()));
         Ok(self)
     }
 
@@ -228,22 +230,29 @@ impl DataDir {
         }
         // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
-        if let Some((w, path)) = self.log.as_mut() {
-            w.write_all(rel.as_os_str().as_encoded_bytes())
-                .and_then(|()| w.write_all(b"\0"))
-                .map_err(|e| PlaceError::Io(path.clone(), e))?;
-        }
         if let Some(f) = self.flusher.as_mut() {
             f.note_file();
         }
         Ok(file)
     }
 
+    /// Adds a created file to the log with the size it was written with
+    /// (`None` when the write failed part-way).
+    fn record(&mut self, rel: &Path, size: Option<u64>) -> Result<(), PlaceError> {
+        if let Some((w, path)) = self.log.as_mut() {
+            let rec = durability::files_list_record(rel.as_os_str().as_encoded_bytes(), size);
+            w.write_all(&rec)
+                .map_err(|e| PlaceError::Io(path.clone(), e))?;
+        }
+        Ok(())
+    }
+
     /// Writes `data` as the file `rel`.
     pub fn write_bytes(&mut self, rel: &Path, data: &[u8]) -> Result<(), PlaceError> {
         let mut f = self.open(rel)?;
-        f.write_all(data)
-            .map_err(|e| PlaceError::Io(self.root.join(rel), e))
+        let written = f.write_all(data);
+        self.record(rel, written.is_ok().then_some(data.len() as u64))?;
+        written.map_err(|e| PlaceError::Io(self.root.join(rel), e))
     }
 
     /// Streams `size` bytes from `src` into the file `rel` with one buffer,
@@ -282,6 +291,11 @@ impl DataDir {
             }
         };
         self.buf = buf;
+        let size = match &result {
+            Ok(Ok(n)) => Some(*n),
+            _ => None,
+        };
+        self.record(rel, size)?;
         result
     }
 }

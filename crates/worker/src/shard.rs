@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use shardprep_core::durability::{self, DataSync};
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::{OutputLayout, fnv1a64, shard_file_stem};
 use shardprep_core::manifest::{
@@ -47,9 +48,8 @@ pub struct ShardTask {
     /// The shards live in `data/` itself (the Hugging Face layout): top-level
     /// `*.tar` members are not extracted, so no shard is ever overwritten.
     pub shards_in_data_dir: bool,
-    /// Flush `data/` to disk before the fragment is committed (crash-proof
-    /// even against power loss; costs the writeback wait per shard).
-    pub sync_data: bool,
+    /// When `data/` is flushed to disk (see `shardprep_core::durability`).
+    pub data_sync: DataSync,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
@@ -335,7 +335,7 @@ pub fn process_stream(
     std::fs::create_dir_all(&data_root).map_err(|e| write_err(&data_root, e))?;
     let writes_files = task.extract || task.write_captions;
     let mut data = DataDir::new(data_root.clone()).map_err(|e| write_err(&data_root, e))?;
-    if writes_files {
+    if writes_files && task.data_sync.background_flush() {
         // Writeback overlaps extraction even when the shard's end does not wait
         // for it: a flat directory of small files is flushed 2-3x faster so.
         data = data
@@ -603,7 +603,7 @@ pub fn process_stream(
     })?;
     tally.counts.rows = rows;
     tally.counts.bytes_read = live.bytes_read.load(Ordering::Relaxed);
-    if task.sync_data && writes_files {
+    if task.data_sync.per_shard() && writes_files {
         // Extracted files reach the disk before the fragment is committed.
         data.sync().map_err(|e| write_err(&data_root, e))?;
     } else {
@@ -623,6 +623,8 @@ pub fn process_stream(
         issues: tally.issues,
         issues_not_listed: tally.issues_not_listed,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        data_synced: !writes_files || task.data_sync.per_shard(),
+        boot_id: durability::boot_id(),
     };
     let manifest_path = tmp_dir.join(&manifest_tmp);
     write_synced(

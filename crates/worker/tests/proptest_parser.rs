@@ -390,7 +390,7 @@ fn run_shard(
         attempt: 1,
         worker_id: "prop".into(),
         shards_in_data_dir: in_data,
-        sync_data: false,
+        data_sync: shardprep_core::durability::DataSync::None,
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();

@@ -1,0 +1,246 @@
+//! When extracted files reach the disk, and how a restart finds out that a
+//! power loss may have taken some of them.
+//!
+//! Fragments, manifests, the parquet and the report are always `fsync`ed.
+//! The files in `data/` are flushed according to [`DataSync`]. A shard
+//! committed before its files were flushed records the machine's boot id in
+//! its manifest; a coordinator that recovers it after a reboot checks the
+//! shard's files against its file list (each file present with the size it
+//! was written with) and redoes the shard if any is not.
+
+use std::path::Path;
+
+/// When the files extracted into `data/` are flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataSync {
+    /// Before each shard's commit: a committed shard's files are on disk.
+    #[default]
+    Shard,
+    /// Once, before the verified report: on disk when the job ends.
+    End,
+    /// Never explicitly, like `tar xf`: the kernel writes them back on its
+    /// own (within ~30 s on Linux). A reboot before that is caught on resume.
+    None,
+}
+
+impl DataSync {
+    /// Whether workers flush `data/` before committing a shard.
+    pub fn per_shard(self) -> bool {
+        self == DataSync::Shard
+    }
+    /// Whether workers write back in the background while they extract
+    /// (so that a later flush has only the tail left).
+    pub fn background_flush(self) -> bool {
+        self != DataSync::None
+    }
+    /// Whether the coordinator flushes `data/` before the verified report.
+    pub fn at_end(self) -> bool {
+        self == DataSync::End
+    }
+    /// The name used on the command line and in the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataSync::Shard => "shard",
+            DataSync::End => "end",
+            DataSync::None => "none",
+        }
+    }
+    /// To the wire.
+    pub fn to_proto(self) -> i32 {
+        use crate::proto::DataSync as P;
+        match self {
+            DataSync::Shard => P::Shard as i32,
+            DataSync::End => P::End as i32,
+            DataSync::None => P::None as i32,
+        }
+    }
+    /// From the wire; an unknown value is the safest mode.
+    pub fn from_proto(v: i32) -> Self {
+        use crate::proto::DataSync as P;
+        match P::try_from(v) {
+            Ok(P::End) => DataSync::End,
+            Ok(P::None) => DataSync::None,
+            _ => DataSync::Shard,
+        }
+    }
+}
+
+/// This machine's boot id (`/proc/sys/kernel/random/boot_id`): it changes at
+/// every boot, so page-cache contents of an earlier boot id may be lost.
+/// `SHARDPREP_BOOT_ID` overrides it (tests use it to simulate a reboot).
+/// Empty when unknown, which never matches: files are then always checked.
+pub fn boot_id() -> String {
+    if let Ok(v) = std::env::var("SHARDPREP_BOOT_ID")
+        && !v.trim().is_empty()
+    {
+        return v.trim().to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// First record of a file list that carries sizes.
+const LIST_HEADER: &[u8] = b"shardprep-files-v2";
+
+/// Starts a file list (see [`parse_files_list`]).
+pub fn files_list_header() -> Vec<u8> {
+    let mut v = LIST_HEADER.to_vec();
+    v.push(0);
+    v
+}
+
+/// One record of a file list: the relative path under `data/` and the size
+/// the file was written with (`None`: unknown, e.g. a write that failed).
+pub fn files_list_record(rel: &[u8], size: Option<u64>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(rel.len() + 24);
+    v.extend_from_slice(rel);
+    v.push(0);
+    if let Some(n) = size {
+        v.extend_from_slice(n.to_string().as_bytes());
+    }
+    v.push(0);
+    v
+}
+
+/// A file written by a shard, as its file list records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile<'a> {
+    /// Relative path under `data/`, as raw bytes.
+    pub rel: &'a [u8],
+    /// Size when written, if known.
+    pub size: Option<u64>,
+}
+
+/// Parses a shard's file list: NUL-separated records, either `path, size`
+/// pairs after a header (this version) or bare paths (earlier versions).
+pub fn parse_files_list(bytes: &[u8]) -> Vec<ListedFile<'_>> {
+    let mut fields = bytes.split(|b| *b == 0);
+    let mut out = Vec::new();
+    let first = fields.next();
+    if first == Some(LIST_HEADER) {
+        while let Some(rel) = fields.next() {
+            let size = fields
+                .next()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok());
+            if !rel.is_empty() {
+                out.push(ListedFile { rel, size });
+            }
+        }
+        return out;
+    }
+    for rel in first.into_iter().chain(fields) {
+        if !rel.is_empty() {
+            out.push(ListedFile { rel, size: None });
+        }
+    }
+    out
+}
+
+/// A listed path as a plain relative path, or `None` if it is anything else
+/// (absolute, `..`): the worker never writes such names, so they are ignored.
+pub fn listed_path(rel: &[u8]) -> Option<&Path> {
+    let p = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rel));
+    let plain = !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    plain.then_some(p)
+}
+
+/// The first listed file under `data_dir` that is missing or has another
+/// size than it was written with, described for a log line; `None` when
+/// every file is as written.
+pub fn first_damaged_file(data_dir: &Path, list: &[u8]) -> Option<String> {
+    for f in parse_files_list(list) {
+        let Some(rel) = listed_path(f.rel) else {
+            continue;
+        };
+        let path = data_dir.join(rel);
+        match (std::fs::symlink_metadata(&path), f.size) {
+            (Err(e), _) => return Some(format!("{}: {e}", path.display())),
+            (Ok(m), Some(size)) if m.len() != size => {
+                return Some(format!(
+                    "{}: {} bytes, written with {size}",
+                    path.display(),
+                    m.len()
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_lists_round_trip_and_old_lists_still_parse() {
+        let mut list = files_list_header();
+        list.extend(files_list_record(b"a.png", Some(1024)));
+        list.extend(files_list_record(b"sub/b \xff.json", None));
+        list.extend(files_list_record(b"c.txt", Some(0)));
+        let parsed = parse_files_list(&list);
+        assert_eq!(
+            parsed,
+            vec![
+                ListedFile {
+                    rel: b"a.png",
+                    size: Some(1024)
+                },
+                ListedFile {
+                    rel: b"sub/b \xff.json",
+                    size: None
+                },
+                ListedFile {
+                    rel: b"c.txt",
+                    size: Some(0)
+                },
+            ]
+        );
+        let old = b"a.png\0b.json\0";
+        let parsed = parse_files_list(old);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            parsed[1],
+            ListedFile {
+                rel: b"b.json",
+                size: None
+            }
+        );
+        assert!(parse_files_list(b"").is_empty());
+    }
+
+    #[test]
+    fn damaged_files_are_found_by_presence_and_size() {
+        let dir = std::env::temp_dir().join(format!("sp-dur-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.png"), vec![7u8; 10]).unwrap();
+        std::fs::write(dir.join("b.txt"), b"cap").unwrap();
+        let mut list = files_list_header();
+        list.extend(files_list_record(b"a.png", Some(10)));
+        list.extend(files_list_record(b"b.txt", Some(3)));
+        list.extend(files_list_record(b"../outside", Some(1)));
+        assert_eq!(first_damaged_file(&dir, &list), None);
+        std::fs::write(dir.join("b.txt"), b"").unwrap();
+        let bad = first_damaged_file(&dir, &list).unwrap();
+        assert!(bad.contains("b.txt") && bad.contains("0 bytes"), "{bad}");
+        std::fs::remove_file(dir.join("a.png")).unwrap();
+        assert!(first_damaged_file(&dir, &list).unwrap().contains("a.png"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn modes_map_to_what_workers_and_coordinator_do() {
+        for m in [DataSync::Shard, DataSync::End, DataSync::None] {
+            assert_eq!(DataSync::from_proto(m.to_proto()), m);
+        }
+        assert!(DataSync::Shard.per_shard() && !DataSync::Shard.at_end());
+        assert!(DataSync::End.at_end() && DataSync::End.background_flush());
+        assert!(!DataSync::None.background_flush() && !DataSync::None.per_shard());
+        assert_eq!(DataSync::from_proto(99), DataSync::Shard);
+    }
+}
