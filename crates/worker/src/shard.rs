@@ -477,14 +477,15 @@ pub fn process_stream(
             Kind::Json => {
                 tally.counts.json_files += 1;
                 live.json_files.fetch_add(1, Ordering::Relaxed);
+                // Sized read: read_to_end would zero its whole spare capacity
+                // on every call through the tar reader (perf: 1% of the run in
+                // memset, ~8 KiB per JSON).
+                let take = size.min(MAX_JSON_BYTES) as usize;
                 json_buf.clear();
-                let take = size.min(MAX_JSON_BYTES);
-                (&mut entry)
-                    .take(take)
-                    .read_to_end(&mut json_buf)
-                    .map_err(read_err)?;
-                if (json_buf.len() as u64) < take {
-                    return Err(truncated(json_buf.len() as u64));
+                json_buf.resize(take, 0);
+                let got = read_full(&mut entry, &mut json_buf).map_err(read_err)?;
+                if got < take {
+                    return Err(truncated(got as u64));
                 }
                 if task.extract && !shadowed {
                     let written = if size <= MAX_JSON_BYTES {
@@ -637,6 +638,20 @@ pub fn process_stream(
         manifest_tmp,
         manifest,
     })
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Writes a small file and syncs it.
