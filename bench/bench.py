@@ -8,6 +8,7 @@ For each data set, in one process, ALTERNATING repetitions
   seed  that extraction + seed_compile.py + seed_extract_captions.py      (the seed's pipeline)
   sp1   shardprep run --workers 1
   spN   shardprep run --workers N   (N = BENCH_WORKERS, default nproc)
+  spNs  shardprep run --workers N --data-sync shard (each shard's files on disk before its commit)
 Outputs are removed and `sync` is called before every timed run (outside the
 timed region). The flush of the run's dirty pages (a `sync` right after it) is
 timed separately and shown as "+flush".
@@ -31,7 +32,7 @@ SP_BIN = os.path.abspath(os.environ.get("SP_BIN", os.path.join(ROOT, "target", "
 PY = os.path.abspath(os.environ.get("BENCH_PY", sys.executable))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", str(os.cpu_count() or 1)))
-TOOLS = os.environ.get("BENCH_TOOLS", "tar seed sp1 spN floor").split()
+TOOLS = os.environ.get("BENCH_TOOLS", "tar seed sp1 spN spNs floor").split()
 # The create-floor program (bench/create_floor.c, built by run.sh); the "floor" row needs it.
 FLOOR_BIN = os.environ.get("FLOOR_BIN", "")
 QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
@@ -273,11 +274,15 @@ def run_tool(tool, shards_dir, out, log_path):
             )
     elif tool == "floor":
         os.makedirs(os.path.join(out, "data"))
-        argv = [FLOOR_BIN, floor_list_path(os.path.dirname(shards_dir)), os.path.join(out, "data"), str(WORKERS)]
+        # No syncfs, like shardprep's default --data-sync none (+flush shows the writeback).
+        argv = [FLOOR_BIN, floor_list_path(os.path.dirname(shards_dir)), os.path.join(out, "data"), str(WORKERS),
+                "nosync"]
         steps = [("create files", argv, None)]
     else:
         n = 1 if tool == "sp1" else WORKERS
         argv = [SP_BIN, "run", "--input", shards_dir, "--output", out, "--workers", str(n)]
+        if tool == "spNs":
+            argv += ["--data-sync", "shard"]
         steps = [("shardprep run", argv, None)]
     wall, rc, rss, usr, sys_ = 0.0, 0, 0, 0.0, 0.0
     busy0 = cpu_busy_jiffies()
@@ -487,7 +492,9 @@ TOOL_LABEL = {
 
 def label(tool):
     if tool == "floor":
-        return f"create only: shardprep's output files, {WORKERS} threads + syncfs"
+        return f"create only: shardprep's output files, {WORKERS} threads, no flush"
+    if tool == "spNs":
+        return f"shardprep run --workers {WORKERS} --data-sync shard"
     return TOOL_LABEL.get(tool) or f"shardprep run --workers {WORKERS}"
 
 
@@ -522,6 +529,7 @@ def ratios_md(all_rows):
             ("seed", "sp1", "seed / sp1"),
             ("seed", "spN", "seed / spN"),
             ("spN", "floor", "spN / create-only"),
+            ("spNs", "tar", "spNs / tar"),
             ("tar", "floor", "tar / create-only"),
         ):
             x = ratio(rows, a, b)
@@ -609,8 +617,9 @@ def write_chart(all_rows, path):
     for ax, s in zip(axes[0], sets):
         rows = all_rows[s]
         tools = [t for t in TOOLS if t in rows and rows[t]["median"] is not None]
-        ax.bar([{"spN": f"sp{WORKERS}", "floor": "create-only"}.get(t, t) for t in tools], [rows[t]["median"] for t in tools],
-               color=["#888", "#c66", "#69c", "#36a", "#bbb"][: len(tools)])
+        ax.bar([{"spN": f"sp{WORKERS}", "spNs": f"sp{WORKERS} sync", "floor": "create-only"}.get(t, t)
+                for t in tools], [rows[t]["median"] for t in tools],
+               color=["#888", "#c66", "#69c", "#36a", "#58b", "#bbb"][: len(tools)])
         ax.set_title(f"{s}: median wall time (s)")
         for i, t in enumerate(tools):
             ax.text(i, rows[t]["median"], f"{rows[t]['median']:.2f}", ha="center", va="bottom", fontsize=8)
@@ -622,7 +631,7 @@ def write_chart(all_rows, path):
 def main():
     sets = set_dirs()
     for tool in TOOLS:
-        if tool not in ("tar", "seed", "sp1", "spN", "floor"):
+        if tool not in ("tar", "seed", "sp1", "spN", "spNs", "floor"):
             sys.exit(f"unknown tool {tool!r} in BENCH_TOOLS")
     if "floor" in TOOLS and not (FLOOR_BIN and os.access(FLOOR_BIN, os.X_OK)):
         warn("no create_floor program (gcc missing?): the floor row is skipped")

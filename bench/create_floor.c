@@ -3,13 +3,14 @@
  * filesystem, with nothing read, parsed or checked. A lower bound for any tool
  * that produces the same data/ folder: bench.py times it as the "floor" row.
  *
- *   create_floor LIST DIR THREADS
+ *   create_floor LIST DIR THREADS [nosync]
  *
  * LIST holds NUL-terminated records "SIZE<TAB>NAME" (bench.py writes it from
  * the seed's output, which equals shardprep's). Each file is created in DIR
  * with openat(O_CREAT|O_TRUNC|O_NOFOLLOW) + one write of SIZE zero bytes +
- * close, THREADS threads taking records in turn; then one syncfs, because
- * shardprep's timed output is on disk when it exits.
+ * close, THREADS threads taking records in turn; then one syncfs (the
+ * floor of `--data-sync end|shard`), or none with `nosync` (the floor of the
+ * default `--data-sync none`, which leaves the writeback to the kernel).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -45,7 +46,8 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: %s LIST DIR THREADS\n", argv[0]); return 2; }
+    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: %s LIST DIR THREADS [nosync]\n", argv[0]); return 2; }
+    int do_sync = !(argc == 5 && strcmp(argv[4], "nosync") == 0);
     FILE *f = fopen(argv[1], "rb");
     if (!f) { perror(argv[1]); return 2; }
     struct stat st;
@@ -71,7 +73,7 @@ int main(int argc, char **argv) {
     pthread_t th[256];
     for (long t = 0; t < nthreads; t++) pthread_create(&th[t], NULL, worker, (void *)t);
     for (int t = 0; t < nthreads; t++) pthread_join(th[t], NULL);
-    if (syncfs(dirfd_) != 0) { perror("syncfs"); return 1; }
+    if (do_sync && syncfs(dirfd_) != 0) { perror("syncfs"); return 1; }
     printf("created %zu files with %d threads\n", nrecs, nthreads);
     return 0;
 }

@@ -5,7 +5,7 @@
 #   BENCH_SETS="small big"  which data sets to run
 #   BENCH_QUICK=1           tiny smoke version (2x500 small, 2x8 big; 1 rep; results in bench/work/)
 #   BENCH_WORKERS=N         workers for the "spN" row (default: nproc)
-#   BENCH_TOOLS="tar seed sp1 spN floor"  subset/order of tools (floor needs seed before it)
+#   BENCH_TOOLS="tar seed sp1 spN spNs floor"  subset/order of tools (floor needs seed before it)
 #   BENCH_DROP_CACHES=0     don't drop the kernel's caches before each timed run (root only)
 #   BENCH_NO_BUILD=1        skip `cargo build --release`
 #   BENCH_REGEN=1           regenerate shards even if the stamp matches
@@ -31,7 +31,7 @@ else
 fi
 export BENCH_SETS="${BENCH_SETS:-small big}"
 export BENCH_WORKERS="${BENCH_WORKERS:-$(nproc)}"
-export BENCH_TOOLS="${BENCH_TOOLS:-tar seed sp1 spN floor}"
+export BENCH_TOOLS="${BENCH_TOOLS:-tar seed sp1 spN spNs floor}"
 SEED=42
 
 log() { printf '[bench] %s\n' "$*" >&2; }
