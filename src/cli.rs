@@ -194,6 +194,11 @@ pub struct RunArgs {
     /// Worker processes to start (default: number of CPUs).
     #[arg(long, env = "SHARDPREP_WORKERS")]
     pub workers: Option<usize>,
+    /// Threads per worker that create small files while the tar is read
+    /// (0: the reading thread writes each file itself). Default: the cores
+    /// the workers leave free, 1 to 4, or 0 with a worker per core.
+    #[arg(long, env = "SHARDPREP_WRITE_THREADS")]
+    pub write_threads: Option<usize>,
     /// Test hook passed to worker number 0 (see `worker --fault`).
     #[arg(long, env = "SHARDPREP_FAULT_WORKER0", hide = true)]
     pub fault_worker0: Option<String>,
@@ -259,6 +264,11 @@ pub struct WorkerArgs {
     /// Keep retrying an unreachable coordinator this long before giving up.
     #[arg(long, env = "SHARDPREP_CONNECT_TIMEOUT", value_parser = duration, default_value = "10m")]
     pub connect_timeout: Duration,
+    /// Threads that create small files while the tar is read (0: the
+    /// reading thread writes each file itself). Default: the cores left
+    /// beside this worker, 1 to 4 (0 on one core).
+    #[arg(long, env = "SHARDPREP_WRITE_THREADS")]
+    pub write_threads: Option<usize>,
     /// Test hook: fail:SHARD, stall:SHARD:DURATION or hang:SHARD.
     #[arg(long, env = "SHARDPREP_FAULT", hide = true)]
     pub fault: Option<String>,

@@ -231,6 +231,9 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         connect_timeout: args.connect_timeout,
         fault,
         tls: client_tls(&args.tls)?,
+        write_threads: args
+            .write_threads
+            .unwrap_or_else(|| shardprep_worker::default_write_threads(1)),
     };
     shardprep_worker::run(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -31,6 +31,8 @@ struct Launcher {
     log: LogFormat,
     /// Test hook for worker 0 only.
     fault_worker0: Option<String>,
+    /// `--write-threads` of each worker.
+    write_threads: usize,
 }
 
 impl Launcher {
@@ -40,18 +42,23 @@ impl Launcher {
         } else {
             None
         };
-        spawn_worker(&self.exe, &self.url, &self.token, i, self.log, fault)
+        let mut cmd = worker_command(&self.exe, &self.url, &self.token, i, self.log, fault);
+        cmd.env("SHARDPREP_WRITE_THREADS", self.write_threads.to_string());
+        cmd.spawn()
+            .with_context(|| format!("cannot start worker process {}", self.exe.display()))
     }
 }
 
-fn spawn_worker(
+/// The command line of local worker `i` (its environment is set explicitly,
+/// so a variable of the user's shell cannot change what `run` asked for).
+fn worker_command(
     exe: &PathBuf,
     url: &str,
     token: &str,
     i: usize,
     log: LogFormat,
     fault: Option<&str>,
-) -> anyhow::Result<Child> {
+) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("--log-format")
         .arg(match log {
@@ -75,8 +82,7 @@ fn spawn_worker(
         Some(f) => cmd.env("SHARDPREP_FAULT", f),
         None => cmd.env_remove("SHARDPREP_FAULT"),
     };
-    cmd.spawn()
-        .with_context(|| format!("cannot start worker process {}", exe.display()))
+    cmd
 }
 
 /// `shardprep run`: the coordinator in this process on 127.0.0.1 (ephemeral
@@ -114,6 +120,9 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
         token: token.clone(),
         log,
         fault_worker0: args.fault_worker0.clone(),
+        write_threads: args
+            .write_threads
+            .unwrap_or_else(|| shardprep_worker::default_write_threads(n)),
     };
     for i in 0..n {
         slots.push(Slot {

@@ -70,6 +70,27 @@ pub struct WorkerConfig {
     pub fault: Option<Fault>,
     /// Trust this CA (PEM) and use TLS; the URL must be `https://`.
     pub tls: Option<ClientTls>,
+    /// Threads creating small files while a shard is read (`0`: none).
+    pub write_threads: usize,
+}
+
+/// Writer threads per worker when `workers` workers share this machine:
+/// the cores the workers leave free, at least one while a core is spare,
+/// at most four (files in one directory are created one at a time by the
+/// kernel, so more threads only wait). With a worker per core, none:
+/// measured, a pool then only adds switching.
+pub fn default_write_threads(workers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    write_threads_for(cores, workers)
+}
+
+fn write_threads_for(cores: usize, workers: usize) -> usize {
+    let workers = workers.max(1);
+    if workers >= cores {
+        0
+    } else {
+        (cores / workers).saturating_sub(1).clamp(1, 4)
+    }
 }
 
 /// TLS settings of a client.
@@ -423,6 +444,7 @@ async fn work_on(
         lease_id,
         attempt: l.attempt,
         worker_id: worker_id.clone(),
+        write_threads: ctx.config.write_threads,
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let live = Arc::new(LiveProgress::default());
@@ -630,5 +652,16 @@ mod tests {
             Ok(Fault::Stall("a.tar".into(), Duration::from_secs(2)))
         );
         assert!(Fault::parse("explode:a.tar").is_err());
+    }
+
+    #[test]
+    fn write_threads_leave_cores_to_the_workers() {
+        assert_eq!(write_threads_for(2, 1), 1);
+        assert_eq!(write_threads_for(2, 2), 0);
+        assert_eq!(write_threads_for(1, 1), 0);
+        assert_eq!(write_threads_for(8, 4), 1);
+        assert_eq!(write_threads_for(8, 2), 3);
+        assert_eq!(write_threads_for(64, 1), 4);
+        assert_eq!(write_threads_for(4, 0), 3);
     }
 }

@@ -10,10 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use shardprep_core::durability;
+
+use crate::writers::{Finished, WriteQueue, WriteTag};
 
 /// Why a member name cannot be used as a path under `data/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +85,9 @@ pub struct DataDir {
     root: PathBuf,
     /// `root`, opened once: files are created relative to it (`openat`),
     /// so the kernel does not walk the whole path for every member.
-    root_fd: File,
+    root_fd: Arc<File>,
+    /// Small files queued to writer threads (or written on the spot).
+    queue: WriteQueue,
     /// Background writeback while the shard is written, if enabled.
     flusher: Option<Flusher>,
     /// Directories below `root` already known to be real directories.
@@ -105,7 +109,9 @@ impl DataDir {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(&root)?;
+        let root_fd = Arc::new(root_fd);
         Ok(DataDir {
+            queue: WriteQueue::new(Arc::clone(&root_fd), root.clone(), 0)?,
             root,
             root_fd,
             flusher: None,
@@ -115,11 +121,18 @@ impl DataDir {
         })
     }
 
+    /// Writes small files queued with [`DataDir::queue_bytes`] on `threads`
+    /// threads (`0`: on the spot); see [`crate::writers`].
+    pub fn with_writers(mut self, threads: usize) -> io::Result<Self> {
+        self.queue = WriteQueue::new(Arc::clone(&self.root_fd), self.root.clone(), threads)?;
+        Ok(self)
+    }
+
     /// Starts writing back to disk in the background while files are still
     /// being created, so that [`DataDir::sync`] at the end of the shard has
     /// only the tail left to flush (instead of the whole shard at once).
     pub fn with_background_flush(mut self) -> io::Result<Self> {
-        self.flusher = Some(Flusher::start(self.root_fd.try_clone()?)?);
+        self.flusher = Some(Flusher::start(self.root_fd.as_ref().try_clone()?)?);
         Ok(self)
     }
 
@@ -127,6 +140,7 @@ impl DataDir {
     /// `syncfs` per shard instead of one `fsync` per file), after stopping
     /// the background flush. The first error of either is returned.
     pub fn sync(&mut self) -> io::Result<()> {
+        self.queue.wait_all();
         let background = self.stop_background_flush();
         syncfs(&self.root_fd)?;
         background
@@ -150,8 +164,10 @@ impl DataDir {
         Ok(self)
     }
 
-    /// Flushes and syncs the log of written files.
+    /// Flushes and syncs the log of written files (after logging the
+    /// outcomes of queued writes not yet taken with [`DataDir::next_done`]).
     pub fn finish_log(&mut self) -> io::Result<()> {
+        self.log_outstanding().map_err(place_to_io)?;
         if let Some((w, _)) = self.log.as_mut() {
             w.flush()?;
             w.get_ref().sync_all()?;
@@ -173,6 +189,8 @@ impl DataDir {
             if self.known_dirs.contains(&cur) {
                 continue;
             }
+            // A queued file may be about to take this name: settle first.
+            self.queue.wait_all();
             let full = self.root.join(&cur);
             match std::fs::create_dir(&full) {
                 Ok(()) => {}
@@ -196,44 +214,81 @@ impl DataDir {
     /// Creates (or truncates) the file `rel`, never following a symlink at
     /// its own path; directories on the way were checked by `ensure_dirs`.
     fn open(&mut self, rel: &Path) -> Result<File, PlaceError> {
-        if let Some(parent) = rel.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            self.ensure_dirs(parent)?;
-        }
-        let c_rel = CString::new(rel.as_os_str().as_bytes()).map_err(|e| {
-            PlaceError::Io(
-                self.root.join(rel),
-                io::Error::new(io::ErrorKind::InvalidInput, e),
-            )
-        })?;
-        // SAFETY: `root_fd` is open for the life of `self` and `c_rel` is a
-        // NUL-terminated string that outlives the call.
-        let fd = unsafe {
-            libc::openat(
-                self.root_fd.as_raw_fd(),
-                c_rel.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644 as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            let full = self.root.join(rel);
-            return Err(match e.raw_os_error() {
-                Some(libc::ELOOP) => PlaceError::SymlinkInTheWay(full),
-                Some(libc::EISDIR) => PlaceError::DirectoryInTheWay(full),
-                Some(libc::ENOTDIR) => PlaceError::NotADirectory(full),
-                Some(libc::ENAMETOOLONG) => PlaceError::NameTooLong(full),
-                _ => PlaceError::Io(full, e),
-            });
-        }
-        // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
+        self.ensure_parent(rel)?;
+        // A queued write of the same path must land first (the later one wins).
+        self.queue.wait_for_path(rel);
+        let file = create_at(&self.root_fd, &self.root, rel)?;
         if let Some(f) = self.flusher.as_mut() {
             f.note_file();
         }
         Ok(file)
+    }
+
+    fn ensure_parent(&mut self, rel: &Path) -> Result<(), PlaceError> {
+        match rel.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => self.ensure_dirs(parent),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues writing `data` as the file `rel`; the outcome comes back, in
+    /// queue order, from [`DataDir::next_done`] (a refusal too).
+    pub fn queue_bytes(&mut self, rel: PathBuf, data: Vec<u8>, tag: WriteTag) {
+        let size = data.len() as u64;
+        if let Err(e) = self.ensure_parent(&rel) {
+            self.queue.push_finished(Finished {
+                rel,
+                tag,
+                size,
+                result: Err(e),
+            });
+            return;
+        }
+        if let Some(f) = self.flusher.as_mut() {
+            f.note_file();
+            f.note_bytes(size);
+        }
+        self.queue.push(rel, data, tag);
+    }
+
+    /// An empty buffer for the next [`DataDir::queue_bytes`] (reused).
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.queue.buffer()
+    }
+
+    /// Makes every queued outcome due (see [`DataDir::next_done`]).
+    pub fn wait_all(&mut self) {
+        self.queue.wait_all();
+    }
+
+    /// Makes the outcomes of queued writes of `rel` due.
+    pub fn wait_for_path(&mut self, rel: &Path) {
+        self.queue.wait_for_path(rel);
+    }
+
+    /// The oldest queued write's outcome once it is due (the queue's window
+    /// is full or a wait made it due), logged in the files list. `Err` only
+    /// when the files list cannot be written.
+    pub fn next_done(&mut self) -> Result<Option<Finished>, PlaceError> {
+        let Some(done) = self.queue.pop_due() else {
+            return Ok(None);
+        };
+        match &done.result {
+            Ok(()) => self.record(&done.rel, Some(done.size))?,
+            // Created, then the write failed.
+            Err(PlaceError::Io(..)) if !done.rel.as_os_str().is_empty() => {
+                self.record(&done.rel, None)?
+            }
+            Err(_) => {}
+        }
+        Ok(Some(done))
+    }
+
+    /// Logs every queued write not yet handed out (their outcomes are dropped).
+    fn log_outstanding(&mut self) -> Result<(), PlaceError> {
+        self.queue.wait_all();
+        while self.next_done()?.is_some() {}
+        Ok(())
     }
 
     /// Adds a created file to the log with the size it was written with
@@ -297,6 +352,56 @@ impl DataDir {
         };
         self.record(rel, size)?;
         result
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        // A shard that stops early still lists every file it created.
+        let _ = self.log_outstanding();
+    }
+}
+
+/// Creates (or truncates) the file `rel` under `root` (open as `root_fd`),
+/// never following a symlink at its own path; directories on the way must
+/// have been checked by [`DataDir::ensure_dirs`].
+pub(crate) fn create_at(root_fd: &File, root: &Path, rel: &Path) -> Result<File, PlaceError> {
+    let c_rel = CString::new(rel.as_os_str().as_bytes()).map_err(|e| {
+        PlaceError::Io(
+            root.join(rel),
+            io::Error::new(io::ErrorKind::InvalidInput, e),
+        )
+    })?;
+    // SAFETY: `root_fd` is an open descriptor and `c_rel` is a NUL-terminated
+    // string; both outlive the call.
+    let fd = unsafe {
+        libc::openat(
+            root_fd.as_raw_fd(),
+            c_rel.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        let full = root.join(rel);
+        return Err(match e.raw_os_error() {
+            Some(libc::ELOOP) => PlaceError::SymlinkInTheWay(full),
+            Some(libc::EISDIR) => PlaceError::DirectoryInTheWay(full),
+            Some(libc::ENOTDIR) => PlaceError::NotADirectory(full),
+            Some(libc::ENAMETOOLONG) => PlaceError::NameTooLong(full),
+            _ => PlaceError::Io(full, e),
+        });
+    }
+    // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The I/O error inside a placement error (for callers that only report I/O).
+fn place_to_io(e: PlaceError) -> io::Error {
+    match e {
+        PlaceError::Io(_, e) => e,
+        other => io::Error::other(format!("{other:?}")),
     }
 }
 

@@ -8,11 +8,15 @@
 //! - [`sample`]: one sample JSON to one table row.
 //! - [`fragment`]: rows to a parquet fragment, in batches.
 //! - [`extract`]: writing into `data/` without ever leaving it.
+//! - [`writers`]: small files written by a few threads, outcomes in order.
 
 pub mod client;
 pub mod extract;
 pub mod fragment;
 pub mod sample;
 pub mod shard;
+pub mod writers;
 
-pub use client::{ClientTls, Fault, WorkerConfig, WorkerError, WorkerExit, run};
+pub use client::{
+    ClientTls, Fault, WorkerConfig, WorkerError, WorkerExit, default_write_threads, run,
+};

@@ -24,6 +24,7 @@ use shardprep_core::manifest::{
 use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::{FragmentError, FragmentWriter};
 use crate::sample::{Parsed, parse_sample, stem};
+use crate::writers::{POOL_MAX_FILE, WriteTag};
 
 /// JSON members larger than this are extracted but not parsed.
 pub const MAX_JSON_BYTES: u64 = 16 << 20;
@@ -50,6 +51,9 @@ pub struct ShardTask {
     pub shards_in_data_dir: bool,
     /// When `data/` is flushed to disk (see `shardprep_core::durability`).
     pub data_sync: DataSync,
+    /// Threads creating small files while the tar is read (`0`: the reading
+    /// thread writes each file itself); see [`crate::writers`].
+    pub write_threads: usize,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
@@ -334,7 +338,9 @@ pub fn process_stream(
     let data_root = task.layout.data_dir();
     std::fs::create_dir_all(&data_root).map_err(|e| write_err(&data_root, e))?;
     let writes_files = task.extract || task.write_captions;
-    let mut data = DataDir::new(data_root.clone()).map_err(|e| write_err(&data_root, e))?;
+    let mut data = DataDir::new(data_root.clone())
+        .and_then(|d| d.with_writers(if writes_files { task.write_threads } else { 0 }))
+        .map_err(|e| write_err(&data_root, e))?;
     if writes_files && task.data_sync.background_flush() {
         // Writeback overlaps extraction even when the shard's end does not wait
         // for it: a flat directory of small files is flushed 2-3x faster so.
@@ -441,8 +447,19 @@ pub fn process_stream(
         }
         let kind = kind_of(&rel);
         // The seed writes captions after extracting: a caption wins over a `.txt` member of the same name.
-        let shadowed =
+        let mut shadowed =
             task.write_captions && top_level && captions_written.contains(&fnv1a64(rel_bytes));
+        if shadowed {
+            // Was that caption really written? Settle it first.
+            data.wait_for_path(&rel);
+            settle_writes(&mut data, &mut tally, &mut captions_written)
+                .map_err(|(p, e)| write_err(&p, e))?;
+            shadowed = captions_written.contains(&fnv1a64(rel_bytes));
+        }
+        let tag = |caption: bool| WriteTag {
+            member: member.clone(),
+            caption,
+        };
 
         let truncated = |copied: u64| {
             corrupt(
@@ -487,8 +504,15 @@ pub fn process_stream(
                 if got < take {
                     return Err(truncated(got as u64));
                 }
+                let parsed = (size <= MAX_JSON_BYTES && top_level)
+                    .then(|| parse_sample(&json_buf, &task.fields));
                 if task.extract && !shadowed {
-                    let written = if size <= MAX_JSON_BYTES {
+                    let written = if size <= POOL_MAX_FILE {
+                        // Counted when the write's outcome comes back.
+                        let bytes = std::mem::replace(&mut json_buf, data.buffer());
+                        data.queue_bytes(rel.clone(), bytes, tag(false));
+                        false
+                    } else if size <= MAX_JSON_BYTES {
                         let res = data.write_bytes(&rel, &json_buf);
                         place(&mut tally, &member, res).map_err(|(p, e)| write_err(&p, e))?
                     } else {
@@ -516,20 +540,18 @@ pub fn process_stream(
                         "json_in_subdirectory",
                         "only JSONs directly in data/ are samples, as in the seed",
                     );
-                } else {
-                    match parse_sample(&json_buf, &task.fields) {
+                } else if let Some(parsed) = parsed {
+                    match parsed {
                         Ok(Parsed::NoWidth) => {}
                         Ok(Parsed::Row(row)) => {
                             tally.counts.json_with_width += 1;
                             if task.write_captions {
                                 let txt = format!("{}.txt", stem(&row.filename));
-                                let res = data.write_bytes(Path::new(&txt), row.caption.as_bytes());
-                                let ok = place(&mut tally, &member, res)
-                                    .map_err(|(p, e)| write_err(&p, e))?;
-                                if ok {
-                                    captions_written.insert(fnv1a64(txt.as_bytes()));
-                                    tally.counts.captions_written += 1;
-                                }
+                                // Taken back out if the write is refused.
+                                captions_written.insert(fnv1a64(txt.as_bytes()));
+                                let mut bytes = data.buffer();
+                                bytes.extend_from_slice(row.caption.as_bytes());
+                                data.queue_bytes(PathBuf::from(txt), bytes, tag(true));
                             }
                             referenced.insert(row.filename.as_bytes());
                             fragment.push(&row).map_err(|source| ShardError::Fragment {
@@ -559,6 +581,17 @@ pub fn process_stream(
                 }
                 if shadowed {
                     tally.reject(&member, "shadowed_by_caption", "a caption file of the same name was written; the caption wins, as in the seed");
+                } else if task.extract && size <= POOL_MAX_FILE {
+                    let mut bytes = data.buffer();
+                    bytes.resize(size as usize, 0);
+                    let got = read_full(&mut entry, &mut bytes).map_err(read_err)?;
+                    bytes.truncate(got);
+                    data.queue_bytes(rel, bytes, tag(false));
+                    if (got as u64) < size {
+                        // The cut member stays as read so far, as `tar xf` leaves it.
+                        data.wait_all();
+                        return Err(truncated(got as u64));
+                    }
                 } else if task.extract {
                     let res = data.write_stream(&rel, &mut entry, size, &keep_going);
                     if settle(res, &mut tally)? {
@@ -569,8 +602,13 @@ pub fn process_stream(
                 }
             }
         }
+        settle_writes(&mut data, &mut tally, &mut captions_written)
+            .map_err(|(p, e)| write_err(&p, e))?;
         last_good_end = member_end;
     }
+    data.wait_all();
+    settle_writes(&mut data, &mut tally, &mut captions_written)
+        .map_err(|(p, e)| write_err(&p, e))?;
 
     if tally.counts.members == 0 {
         return Err(corrupt(
@@ -660,6 +698,41 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// Counts the queued writes whose outcomes are due: files written, captions
+/// written, refusals; passes disk errors up.
+fn settle_writes(
+    data: &mut DataDir,
+    tally: &mut Tally,
+    captions_written: &mut HashSet<u64>,
+) -> Result<(), (PathBuf, io::Error)> {
+    while let Some(done) = data.next_done().map_err(place_io)? {
+        let caption = done.tag.caption;
+        match place(tally, &done.tag.member, done.result)? {
+            true if caption => {
+                captions_written.insert(fnv1a64(done.rel.as_os_str().as_bytes()));
+                tally.counts.captions_written += 1;
+            }
+            true => tally.extracted(done.size),
+            false if caption => {
+                captions_written.remove(&fnv1a64(done.rel.as_os_str().as_bytes()));
+            }
+            false => {}
+        }
+    }
+    Ok(())
+}
+
+/// The path and I/O error of a failed placement.
+fn place_io(e: PlaceError) -> (PathBuf, io::Error) {
+    match e {
+        PlaceError::Io(p, e) => (p, e),
+        other => {
+            let (_, p) = place_reason(&other);
+            (p.to_path_buf(), io::Error::other(format!("{other:?}")))
+        }
+    }
 }
 
 /// Records a refused placement; passes disk errors up. `Ok(true)` when written.

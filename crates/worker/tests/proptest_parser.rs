@@ -355,7 +355,8 @@ fn run_shard(
     extract: bool,
     write_captions: bool,
     in_data: bool,
-) -> Result<(), TestCaseError> {
+    write_threads: usize,
+) -> Result<Outcome, TestCaseError> {
     let tmp = tempfile::Builder::new()
         .prefix("shardprep-prop-")
         .tempdir()
@@ -391,6 +392,7 @@ fn run_shard(
         worker_id: "prop".into(),
         shards_in_data_dir: in_data,
         data_sync: shardprep_core::durability::DataSync::None,
+        write_threads,
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();
@@ -444,7 +446,46 @@ fn run_shard(
         out_top
     );
     check_data(&out.join("data"), Path::new(""))?;
-    Ok(())
+    // Paths in messages name this run's temp dir: compare them as OUT/...
+    let out_str = out.display().to_string();
+    let strip = |v: Value| -> Value {
+        serde_json::from_str(&v.to_string().replace(&out_str, "OUT")).unwrap()
+    };
+    let result = match res {
+        Ok(o) => Ok((
+            serde_json::to_value(&o.manifest.counts).unwrap(),
+            strip(serde_json::to_value(&o.manifest.issues).unwrap()),
+        )),
+        Err(e) => Err(e.to_string().replace(&out_str, "OUT")),
+    };
+    let mut data = Vec::new();
+    list_tree(&out.join("data"), Path::new(""), &mut data);
+    data.sort();
+    Ok(Outcome { result, data })
+}
+
+/// What a shard run produced: counts and issues (or the error), and data/.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    result: Result<(Value, Value), String>,
+    /// Every path under data/ with its contents (`None` for directories).
+    data: Vec<(PathBuf, Option<Vec<u8>>)>,
+}
+
+fn list_tree(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, Option<Vec<u8>>)>) {
+    for e in std::fs::read_dir(root.join(rel)).unwrap() {
+        let e = e.unwrap();
+        let r = rel.join(e.file_name());
+        let ft = std::fs::symlink_metadata(e.path()).unwrap().file_type();
+        if ft.is_dir() {
+            out.push((r.clone(), None));
+            list_tree(root, &r, out);
+        } else if ft.is_file() {
+            out.push((r, Some(std::fs::read(e.path()).unwrap())));
+        } else {
+            out.push((r, Some(b"<symlink>".to_vec())));
+        }
+    }
 }
 
 /// data/ holds only files and directories, and the one symlink put there.
@@ -477,7 +518,7 @@ proptest! {
         ],
         extract in any::<bool>(),
     ) {
-        run_shard(&bytes, extract, true, false)?;
+        run_shard(&bytes, extract, true, false, 0)?;
     }
 
     #[test]
@@ -493,6 +534,25 @@ proptest! {
         for m in &mutations {
             mutate(&mut bytes, m);
         }
-        run_shard(&bytes, extract, write_captions, in_data)?;
+        run_shard(&bytes, extract, write_captions, in_data, 2)?;
+    }
+
+    /// Writer threads change nothing: same counts, same issues in the same
+    /// order, same error, same data/ tree as writing inline.
+    #[test]
+    fn writer_threads_change_nothing(
+        members in prop::collection::vec(member(), 1..14),
+        mutations in prop::collection::vec(mutation(), 0..3),
+        end_blocks in any::<bool>(),
+        write_captions in any::<bool>(),
+        threads in 1usize..4,
+    ) {
+        let mut bytes = build_tar(&members, end_blocks);
+        for m in &mutations {
+            mutate(&mut bytes, m);
+        }
+        let inline = run_shard(&bytes, true, write_captions, false, 0)?;
+        let pooled = run_shard(&bytes, true, write_captions, false, threads)?;
+        prop_assert_eq!(pooled, inline);
     }
 }
