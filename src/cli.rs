@@ -195,8 +195,8 @@ pub struct RunArgs {
     #[arg(long, env = "SHARDPREP_WORKERS")]
     pub workers: Option<usize>,
     /// Threads per worker that create small files while the tar is read
-    /// (0: the reading thread writes each file itself). Default: the cores
-    /// the workers leave free, 1 to 4, or 0 with a worker per core.
+    /// (0: the reading thread writes each file itself). Default: the CPUs
+    /// divided among the workers, 1 to 4.
     #[arg(long, env = "SHARDPREP_WRITE_THREADS")]
     pub write_threads: Option<usize>,
     /// Test hook passed to worker number 0 (see `worker --fault`).
@@ -265,8 +265,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "SHARDPREP_CONNECT_TIMEOUT", value_parser = duration, default_value = "10m")]
     pub connect_timeout: Duration,
     /// Threads that create small files while the tar is read (0: the
-    /// reading thread writes each file itself). Default: the cores left
-    /// beside this worker, 1 to 4 (0 on one core).
+    /// reading thread writes each file itself). Default: the CPUs, 1 to 4.
     #[arg(long, env = "SHARDPREP_WRITE_THREADS")]
     pub write_threads: Option<usize>,
     /// Test hook: fail:SHARD, stall:SHARD:DURATION or hang:SHARD.

@@ -75,22 +75,17 @@ pub struct WorkerConfig {
 }
 
 /// Writer threads per worker when `workers` workers share this machine:
-/// the cores the workers leave free, at least one while a core is spare,
-/// at most four (files in one directory are created one at a time by the
-/// kernel, so more threads only wait). With a worker per core, none:
-/// measured, a pool then only adds switching.
+/// the machine's cores divided among the workers, 1 to 4 (files in one
+/// directory are created one at a time by the kernel, so more threads only
+/// wait). Measured on 2 cores, 100k small samples: 1 worker took 1.5x the
+/// `tar xf` loop inline, 1.3x with 1 thread, ~1.0x with 2 to 4.
 pub fn default_write_threads(workers: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     write_threads_for(cores, workers)
 }
 
 fn write_threads_for(cores: usize, workers: usize) -> usize {
-    let workers = workers.max(1);
-    if workers >= cores {
-        0
-    } else {
-        (cores / workers).saturating_sub(1).clamp(1, 4)
-    }
+    (cores / workers.max(1)).clamp(1, 4)
 }
 
 /// TLS settings of a client.
@@ -655,13 +650,13 @@ mod tests {
     }
 
     #[test]
-    fn write_threads_leave_cores_to_the_workers() {
-        assert_eq!(write_threads_for(2, 1), 1);
-        assert_eq!(write_threads_for(2, 2), 0);
-        assert_eq!(write_threads_for(1, 1), 0);
-        assert_eq!(write_threads_for(8, 4), 1);
-        assert_eq!(write_threads_for(8, 2), 3);
+    fn write_threads_share_the_cores_among_workers() {
+        assert_eq!(write_threads_for(2, 1), 2);
+        assert_eq!(write_threads_for(2, 2), 1);
+        assert_eq!(write_threads_for(1, 1), 1);
+        assert_eq!(write_threads_for(8, 4), 2);
+        assert_eq!(write_threads_for(2, 8), 1);
         assert_eq!(write_threads_for(64, 1), 4);
-        assert_eq!(write_threads_for(4, 0), 3);
+        assert_eq!(write_threads_for(4, 0), 4);
     }
 }
