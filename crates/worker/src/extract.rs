@@ -80,6 +80,21 @@ pub enum PlaceError {
     Io(PathBuf, io::Error),
 }
 
+impl PlaceError {
+    /// The path and the I/O error, for callers that only report I/O (a
+    /// refusal becomes an error that describes it).
+    pub fn into_io(self) -> (PathBuf, io::Error) {
+        let what = format!("{self:?}");
+        match self {
+            PlaceError::Io(p, e) => (p, e),
+            PlaceError::NotADirectory(p)
+            | PlaceError::SymlinkInTheWay(p)
+            | PlaceError::DirectoryInTheWay(p)
+            | PlaceError::NameTooLong(p) => (p, io::Error::other(what)),
+        }
+    }
+}
+
 /// Writes files under one `data/` directory.
 pub struct DataDir {
     root: PathBuf,
@@ -167,7 +182,7 @@ impl DataDir {
     /// Flushes and syncs the log of written files (after logging the
     /// outcomes of queued writes not yet taken with [`DataDir::next_done`]).
     pub fn finish_log(&mut self) -> io::Result<()> {
-        self.log_outstanding().map_err(place_to_io)?;
+        self.log_outstanding().map_err(|e| e.into_io().1)?;
         if let Some((w, _)) = self.log.as_mut() {
             w.flush()?;
             w.get_ref().sync_all()?;
@@ -395,14 +410,6 @@ pub(crate) fn create_at(root_fd: &File, root: &Path, rel: &Path) -> Result<File,
     }
     // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// The I/O error inside a placement error (for callers that only report I/O).
-fn place_to_io(e: PlaceError) -> io::Error {
-    match e {
-        PlaceError::Io(_, e) => e,
-        other => io::Error::other(format!("{other:?}")),
-    }
 }
 
 /// Flushes every dirty page of the filesystem holding `f`.

@@ -707,7 +707,7 @@ fn settle_writes(
     tally: &mut Tally,
     captions_written: &mut HashSet<u64>,
 ) -> Result<(), (PathBuf, io::Error)> {
-    while let Some(done) = data.next_done().map_err(place_io)? {
+    while let Some(done) = data.next_done().map_err(PlaceError::into_io)? {
         let caption = done.tag.caption;
         match place(tally, &done.tag.member, done.result)? {
             true if caption => {
@@ -722,17 +722,6 @@ fn settle_writes(
         }
     }
     Ok(())
-}
-
-/// The path and I/O error of a failed placement.
-fn place_io(e: PlaceError) -> (PathBuf, io::Error) {
-    match e {
-        PlaceError::Io(p, e) => (p, e),
-        other => {
-            let (_, p) = place_reason(&other);
-            (p.to_path_buf(), io::Error::other(format!("{other:?}")))
-        }
-    }
 }
 
 /// Records a refused placement; passes disk errors up. `Ok(true)` when written.

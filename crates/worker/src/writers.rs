@@ -208,17 +208,13 @@ impl WriteQueue {
 
     /// Waits until every queued write is on disk and makes all outcomes due.
     pub fn wait_all(&mut self) {
-        let Some(last) = self.next_seq().checked_sub(1) else {
-            return;
-        };
-        if last < self.head_seq {
+        if self.ring.is_empty() {
             return;
         }
-        self.make_due(last);
+        self.make_due(self.next_seq() - 1);
         for lane in 0..self.lanes.len() {
             self.send(lane);
         }
-        self.wait_for(last);
         // Writes of different threads finish in any order: wait for each.
         for i in 0..self.ring.len() {
             self.wait_for(self.head_seq + i as u64);
