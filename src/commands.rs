@@ -1,7 +1,6 @@
 //! One function per subcommand, turning flags into library configs.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
@@ -93,12 +92,13 @@ pub fn coordinator_config(
     backend.maximum_image_size = job.maximum_image_size;
     backend.minimum_image_size = job.minimum_image_size;
     backend.target_downsample_size = job.target_downsample_size;
+    let input = match (&job.input, &job.input_list) {
+        (_, Some(list)) => shardprep_coordinator::InputSpec::List(list.clone()),
+        (Some(input), None) => shardprep_coordinator::InputSpec::parse(input),
+        (None, None) => bail!("give the shards with --input or --input-list"),
+    };
     Ok(CoordinatorConfig {
-        input: match (&job.input, &job.input_list) {
-            (_, Some(list)) => shardprep_coordinator::InputSpec::List(list.clone()),
-            (Some(input), None) => shardprep_coordinator::InputSpec::parse(input),
-            (None, None) => bail!("give the shards with --input or --input-list"),
-        },
+        input,
         output: job.output.clone(),
         token,
         fields: fields(job)?,
@@ -111,11 +111,9 @@ pub fn coordinator_config(
         heartbeat_interval: job.heartbeat_interval,
         max_attempts: job.max_attempts,
         worker_grace: job.worker_grace,
-        // Workers retry with a backoff of at most 3 s: linger a little longer.
-        linger: Duration::from_secs(4),
         progress_interval: job.progress_interval,
         data_sync: job.data_sync(data_sync),
-        tls: None,
+        ..CoordinatorConfig::default()
     })
 }
 
@@ -166,15 +164,16 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     };
     // Workers may run on other machines, whose restarts this machine's boot
     // id cannot reveal: each shard's files are on disk before it commits.
-    let mut config = coordinator_config(&args.job, token, DataSync::Shard)?;
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(shardprep_coordinator::ServerTls {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(shardprep_coordinator::ServerTls {
             cert_pem: std::fs::read(cert)
                 .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
             key_pem: std::fs::read(key)
                 .with_context(|| format!("cannot read --tls-key {}", key.display()))?,
-        });
-    }
+        }),
+        _ => None,
+    };
+    let config = coordinator_config(&args.job, token, DataSync::Shard)?.with_tls(tls);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

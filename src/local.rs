@@ -91,9 +91,9 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let token = auth::generate_token()?;
     // Every worker runs on this machine: after a power loss, the boot id
     // tells a re-run which committed shards to check (see --data-sync).
-    let mut config = coordinator_config(&args.job, token.clone(), DataSync::None)?;
-    // `run` owns its workers and stops any it has left.
-    config.linger = Duration::ZERO;
+    // `run` owns its workers and stops any it has left: no linger.
+    let config =
+        coordinator_config(&args.job, token.clone(), DataSync::None)?.with_linger(Duration::ZERO);
     let grace = config.worker_grace;
     let n = args
         .workers
@@ -334,13 +334,11 @@ pub fn status_json(st: &shardprep_core::proto::StatusResponse) -> serde_json::Va
 }
 
 fn rate(st: &shardprep_core::proto::StatusResponse) -> f64 {
-    st.bytes_read as f64 / 1e6 / (st.elapsed_ms.max(1) as f64 / 1000.0)
+    st.bytes_per_s() / 1e6
 }
 
 fn eta(st: &shardprep_core::proto::StatusResponse) -> Option<f64> {
-    let r = rate(st);
-    (r > 0.0 && st.bytes_total >= st.bytes_read)
-        .then(|| (st.bytes_total - st.bytes_read) as f64 / 1e6 / r)
+    st.eta_secs()
 }
 
 fn print_status(st: &shardprep_core::proto::StatusResponse) {

@@ -73,14 +73,8 @@ pub fn spawn(url: String, token: String) -> Display {
                 } else {
                     last = Some((secs, st.bytes_read, st.rows));
                 }
-                let eta = if mb_s > 0.0 && st.bytes_total > st.bytes_read {
-                    format!(
-                        "{:.0}s",
-                        (st.bytes_total - st.bytes_read) as f64 / 1e6 / mb_s
-                    )
-                } else {
-                    "-".into()
-                };
+                let eta = shardprep_core::wire::eta_secs(st.bytes_read, st.bytes_total, mb_s * 1e6)
+                    .map_or_else(|| "-".into(), |s| format!("{s:.0}s"));
                 main.set_length(u64::from(st.shards_total.max(1)));
                 main.set_position(u64::from(st.shards_done + st.shards_failed));
                 main.set_message(format!(

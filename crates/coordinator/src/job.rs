@@ -257,10 +257,9 @@ fn log_progress(shared: &JobShared) {
     } else {
         0.0
     };
-    let eta = if frac > 0.01 {
-        format!("{:.0}s", secs * (1.0 - frac) / frac)
-    } else {
-        "?".into()
+    let eta = match st.eta_secs() {
+        Some(s) if frac > 0.01 => format!("{s:.0}s"),
+        _ => "?".into(),
     };
     tracing::info!(
         done = st.shards_done,
@@ -441,14 +440,9 @@ fn finish_job(
         // Workers did not flush per shard: make data/ durable before the
         // report says the job is verified.
         let data = layout.data_dir();
-        if let Err(e) = std::fs::File::open(&data).and_then(|f| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: `f` is an open descriptor for the duration of the call.
-            match unsafe { libc::syncfs(f.as_raw_fd()) } {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        }) {
+        if let Err(e) =
+            std::fs::File::open(&data).and_then(|f| shardprep_core::durability::syncfs(&f))
+        {
             problems.push(format!("cannot flush {} to disk: {e}", data.display()));
         }
     }

@@ -103,6 +103,64 @@ pub struct CoordinatorConfig {
     pub tls: Option<ServerTls>,
 }
 
+impl Default for CoordinatorConfig {
+    /// The CLI's defaults: DALLE-3 fields, textfile captions, extraction on,
+    /// the seed's dataloader settings, flushes per shard.
+    fn default() -> Self {
+        CoordinatorConfig {
+            input: InputSpec::Local(PathBuf::from(".")),
+            output: PathBuf::from("out"),
+            token: String::new(),
+            fields: FieldMap::dalle3(),
+            write_captions: true,
+            extract: true,
+            expect_json: None,
+            backend: BackendSettings::seed("dalle3"),
+            lease_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(1),
+            max_attempts: 3,
+            worker_grace: Duration::from_secs(10),
+            // Workers retry with a backoff of at most 3 s: linger a little longer.
+            linger: Duration::from_secs(4),
+            progress_interval: Duration::from_secs(5),
+            data_sync: DataSync::Shard,
+            tls: None,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// A job reading `input` into `output` with every other setting at its default.
+    pub fn new(input: InputSpec, output: impl Into<PathBuf>) -> Self {
+        CoordinatorConfig {
+            input,
+            output: output.into(),
+            ..Default::default()
+        }
+    }
+    /// The shared secret every RPC must carry.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+    /// How long to keep answering "done" after the job.
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+    /// When the files extracted into `data/` are flushed.
+    pub fn with_data_sync(mut self, data_sync: DataSync) -> Self {
+        self.data_sync = data_sync;
+        self
+    }
+    /// Serve gRPC over TLS.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
 /// TLS identity of the coordinator.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
@@ -190,13 +248,7 @@ impl JobShared {
                     resp.rows += m.counts.rows;
                     resp.bytes_read += m.counts.bytes_read;
                     st.worker_id = m.worker_id.clone();
-                    st.progress = Some(proto::Progress {
-                        members: m.counts.members,
-                        bytes_read: m.counts.bytes_read,
-                        json_files: m.counts.json_files,
-                        rows: m.counts.rows,
-                        peak_rss_bytes: 0,
-                    });
+                    st.progress = Some(proto::Progress::from(&m.counts));
                 }
                 ShardState::Leased {
                     worker, progress, ..

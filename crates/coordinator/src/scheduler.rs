@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::proto::FailureKind;
 
 /// Progress a heartbeat reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -331,15 +332,14 @@ impl Scheduler {
         worker: &str,
         lease_id: u64,
         error: String,
-        retryable: bool,
-        abandoned: bool,
+        kind: FailureKind,
         now: Instant,
     ) -> bool {
         self.touch(worker, None, now).current = None;
         let Some(i) = self.current_lease(lease_id) else {
             return false;
         };
-        if abandoned {
+        if !kind.counts_as_attempt() {
             // Shutting down is not the shard's fault nor the worker's.
             self.unlease(i);
             let shard = &mut self.shards[i];
@@ -349,7 +349,7 @@ impl Scheduler {
             self.queue.push_front(i);
             return true;
         }
-        self.attempt_lost(i, error, retryable);
+        self.attempt_lost(i, error, kind.retryable());
         true
     }
 
@@ -536,7 +536,13 @@ mod tests {
         for attempt in 1..=3 {
             let g = grant(s.lease("a", t));
             assert_eq!(g.attempt, attempt);
-            assert!(s.fail("a", g.lease_id, format!("boom {attempt}"), true, false, t));
+            assert!(s.fail(
+                "a",
+                g.lease_id,
+                format!("boom {attempt}"),
+                FailureKind::Retryable,
+                t
+            ));
         }
         assert!(s.settled());
         assert_eq!(s.tally(), (0, 1, 0));
@@ -548,7 +554,13 @@ mod tests {
         let t = Instant::now();
         let mut s = sched(2, 3);
         let g = grant(s.lease("a", t));
-        assert!(s.fail("a", g.lease_id, "shutting down".into(), true, true, t));
+        assert!(s.fail(
+            "a",
+            g.lease_id,
+            "shutting down".into(),
+            FailureKind::Abandoned,
+            t
+        ));
         assert_eq!(s.shards[0].attempts, 0);
         assert!(s.shards[0].lost_by.is_empty());
         // Given back at the front of the queue, to anyone, as attempt 1 again.
@@ -556,7 +568,7 @@ mod tests {
         assert_eq!((g.name.as_str(), g.attempt), ("s0.tar", 1));
         let g = grant(s.lease("a", t));
         assert_eq!(g.name, "s1.tar");
-        assert!(s.fail("a", g.lease_id, "corrupt".into(), false, false, t));
+        assert!(s.fail("a", g.lease_id, "corrupt".into(), FailureKind::Permanent, t));
         assert!(matches!(s.shards[1].state, ShardState::Failed));
     }
 
@@ -580,7 +592,7 @@ mod tests {
         let mut s = sched(2, 3);
         let g0 = grant(s.lease("a", t));
         let g1 = grant(s.lease("b", t));
-        assert!(s.fail("a", g0.lease_id, "stuck".into(), true, false, t));
+        assert!(s.fail("a", g0.lease_id, "stuck".into(), FailureKind::Retryable, t));
         // `a` lost s0; `b` is alive and busy: `a` waits rather than retaking s0.
         assert_eq!(s.lease("a", t), LeaseAnswer::Wait);
         s.complete("b", g1.lease_id, manifest("s1.tar"), t);
@@ -589,7 +601,7 @@ mod tests {
         // Alone, a worker does retake a shard it lost.
         let mut s = sched(1, 3);
         let g = grant(s.lease("a", t));
-        assert!(s.fail("a", g.lease_id, "boom".into(), true, false, t));
+        assert!(s.fail("a", g.lease_id, "boom".into(), FailureKind::Retryable, t));
         assert_eq!(grant(s.lease("a", t)).attempt, 2);
     }
 

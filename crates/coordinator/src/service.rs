@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use shardprep_core::auth::{AUTH_HEADER, check_bearer};
 use shardprep_core::proto;
+use shardprep_core::proto::FailureKind;
 use shardprep_core::proto::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
@@ -202,7 +203,7 @@ impl Coordinator for CoordinatorService {
                 Err(e) => {
                     let msg = format!("commit failed: {e}");
                     tracing::error!(shard = %name, worker = %r.worker_id, "{msg}");
-                    s.fail(&r.worker_id, r.lease_id, msg.clone(), true, false, now);
+                    s.fail(&r.worker_id, r.lease_id, msg.clone(), FailureKind::Retryable, now);
                     drop(s);
                     commit::discard(layout, &r.fragment_tmp, &r.manifest_tmp);
                     proto::CompleteResponse {
@@ -236,14 +237,13 @@ impl Coordinator for CoordinatorService {
             &r.worker_id,
             r.lease_id,
             r.error.clone(),
-            r.retryable,
-            r.abandoned,
+            r.failure_kind(),
             Instant::now(),
         );
         if let Some(name) = name.filter(|_| current) {
             let i = s.shards.iter().position(|x| x.name == name).unwrap_or(0);
             let st = &s.shards[i];
-            if r.abandoned {
+            if !r.failure_kind().counts_as_attempt() {
                 tracing::info!(shard = %name, worker = %r.worker_id, "worker gave the shard back (shutting down)");
             } else if matches!(st.state, ShardState::Failed) {
                 tracing::error!(shard = %name, worker = %r.worker_id, attempts = st.attempts, error = %r.error, "shard failed for good");

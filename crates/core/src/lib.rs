@@ -10,6 +10,7 @@
 //! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
 //! - [`durability`]: when `data/` is flushed, boot ids, per-shard file lists.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
+//! - [`wire`]: conversions between wire and domain types, status arithmetic (ETA).
 
 pub mod auth;
 pub mod durability;
@@ -18,6 +19,7 @@ pub mod fields;
 pub mod layout;
 pub mod manifest;
 pub mod table;
+pub mod wire;
 
 /// Generated protocol code (`shardprep.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -409,11 +409,14 @@ async fn work_on(
                 shardprep_remote::redact(url),
                 shardprep_remote::redact(&spec.input_root)
             );
-            return report_failure(ctx, lease_id, &shard, msg, true).await;
+            return report_failure(ctx, lease_id, &shard, msg, proto::FailureKind::Permanent).await;
         }
         None => match resolve_shard(Path::new(&spec.input_root), &shard) {
             Ok(p) => p,
-            Err(msg) => return report_failure(ctx, lease_id, &shard, msg, true).await,
+            Err(msg) => {
+                return report_failure(ctx, lease_id, &shard, msg, proto::FailureKind::Permanent)
+                    .await;
+            }
         },
     };
     let layout = OutputLayout::new(&spec.output_root);
@@ -530,8 +533,7 @@ async fn work_on(
                 worker_id,
                 lease_id,
                 error: "the worker shut down".into(),
-                retryable: true,
-                abandoned: true,
+                kind: proto::FailureKind::Abandoned as i32,
             };
             // Best effort: if this does not get through, the lease expires.
             let mut c = ctx.client.clone();
@@ -539,9 +541,9 @@ async fn work_on(
             Ok(())
         }
         Ended::Processed(Err(e)) => {
-            let retryable = e.retryable();
-            tracing::error!(shard = %shard, error = %e, retryable, "shard failed");
-            report_failure(ctx, lease_id, &shard, e.to_string(), !retryable).await
+            let kind = e.failure_kind();
+            tracing::error!(shard = %shard, error = %e, kind = kind.as_str_name(), "shard failed");
+            report_failure(ctx, lease_id, &shard, e.to_string(), kind).await
         }
         Ended::Processed(Ok(out)) => {
             if let Some(Fault::Stall(s, d)) = &ctx.config.fault
@@ -588,14 +590,13 @@ async fn report_failure(
     lease_id: u64,
     shard: &str,
     error: String,
-    permanent: bool,
+    kind: proto::FailureKind,
 ) -> Result<(), WorkerError> {
     let req = proto::FailRequest {
         worker_id: ctx.config.worker_id.clone(),
         lease_id,
         error,
-        retryable: !permanent,
-        abandoned: false,
+        kind: kind as i32,
     };
     ctx.call("fail", |mut c| {
         let req = req.clone();

@@ -157,7 +157,7 @@ impl DataDir {
     pub fn sync(&mut self) -> io::Result<()> {
         self.queue.wait_all();
         let background = self.stop_background_flush();
-        syncfs(&self.root_fd)?;
+        durability::syncfs(&self.root_fd)?;
         background
     }
 
@@ -412,16 +412,6 @@ pub(crate) fn create_at(root_fd: &File, root: &Path, rel: &Path) -> Result<File,
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// Flushes every dirty page of the filesystem holding `f`.
-fn syncfs(f: &File) -> io::Result<()> {
-    // SAFETY: `f` is an open descriptor for the duration of the call.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Files and bytes written between two background flushes.
 const FLUSH_EVERY_FILES: u32 = 4096;
 const FLUSH_EVERY_BYTES: u64 = 64 << 20;
@@ -446,7 +436,7 @@ impl Flusher {
             .spawn(move || {
                 let mut first_err = Ok(());
                 while rx.recv().is_ok() {
-                    if let Err(e) = syncfs(&fd)
+                    if let Err(e) = durability::syncfs(&fd)
                         && first_err.is_ok()
                     {
                         first_err = Err(e);

@@ -20,6 +20,7 @@ use shardprep_core::layout::{OutputLayout, fnv1a64, shard_file_stem};
 use shardprep_core::manifest::{
     ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest,
 };
+use shardprep_core::proto::FailureKind;
 
 use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::{FragmentError, FragmentWriter};
@@ -117,9 +118,14 @@ pub enum ShardError {
 }
 
 impl ShardError {
-    /// Whether another attempt may succeed (a corrupt tar stays corrupt).
-    pub fn retryable(&self) -> bool {
-        !matches!(self, ShardError::Corrupt { .. })
+    /// How the coordinator should treat this failure: a corrupt tar stays
+    /// corrupt, anything else may succeed on another attempt.
+    pub fn failure_kind(&self) -> FailureKind {
+        if matches!(self, ShardError::Corrupt { .. }) {
+            FailureKind::Permanent
+        } else {
+            FailureKind::Retryable
+        }
     }
 }
 

@@ -1,0 +1,79 @@
+//! Conversions between the wire types of [`crate::proto`] and the domain
+//! types, and the few computations every reader of a job's status shares.
+//! No other module builds a wire message field by field.
+
+use crate::manifest::ShardCounts;
+use crate::proto::{self, FailureKind};
+
+impl FailureKind {
+    /// Whether another attempt may succeed.
+    pub fn retryable(self) -> bool {
+        self != FailureKind::Permanent
+    }
+    /// Whether the attempt counts against `--max-attempts`.
+    pub fn counts_as_attempt(self) -> bool {
+        self != FailureKind::Abandoned
+    }
+}
+
+impl proto::FailRequest {
+    /// The failure kind; an unknown value from a newer worker is retryable.
+    pub fn failure_kind(&self) -> FailureKind {
+        FailureKind::try_from(self.kind).unwrap_or(FailureKind::Retryable)
+    }
+}
+
+impl From<&ShardCounts> for proto::Progress {
+    /// The progress of a committed shard (peak RSS is a live-only number).
+    fn from(c: &ShardCounts) -> Self {
+        proto::Progress {
+            members: c.members,
+            bytes_read: c.bytes_read,
+            json_files: c.json_files,
+            rows: c.rows,
+            peak_rss_bytes: 0,
+        }
+    }
+}
+
+/// Seconds left at `bytes_per_s` for the bytes not read yet; `None` while no
+/// rate is known or when nothing is left to estimate.
+pub fn eta_secs(bytes_read: u64, bytes_total: u64, bytes_per_s: f64) -> Option<f64> {
+    (bytes_per_s > 0.0 && bytes_total > bytes_read)
+        .then(|| (bytes_total - bytes_read) as f64 / bytes_per_s)
+}
+
+impl proto::StatusResponse {
+    /// Average read rate since the job started, bytes per second.
+    pub fn bytes_per_s(&self) -> f64 {
+        self.bytes_read as f64 / (self.elapsed_ms.max(1) as f64 / 1000.0)
+    }
+    /// Seconds left at the average rate.
+    pub fn eta_secs(&self) -> Option<f64> {
+        eta_secs(self.bytes_read, self.bytes_total, self.bytes_per_s())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_is_the_rest_over_the_rate() {
+        assert_eq!(eta_secs(25, 100, 5.0), Some(15.0));
+        assert_eq!(eta_secs(0, 100, 0.0), None);
+        assert_eq!(eta_secs(100, 100, 5.0), None);
+    }
+
+    #[test]
+    fn failure_kinds_read_as_their_names() {
+        assert!(FailureKind::Retryable.retryable() && FailureKind::Retryable.counts_as_attempt());
+        assert!(!FailureKind::Permanent.retryable());
+        assert!(!FailureKind::Abandoned.counts_as_attempt());
+        let unknown = proto::FailRequest {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(unknown.failure_kind(), FailureKind::Retryable);
+    }
+}
