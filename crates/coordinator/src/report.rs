@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shardprep_core::manifest::{MemberIssue, ShardCounts};
 
-use crate::merge::DuplicateName;
+use crate::CoordinatorConfig;
+use crate::finish::ShardRows;
+use crate::merge::{DuplicateName, MergeOutcome};
 
 /// One shard's line in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +81,104 @@ pub struct Report {
     pub resources: Resources,
     /// Identifies the set of committed fragments merged (for no-op re-runs).
     pub fingerprint: String,
+}
+
+impl Report {
+    /// The report of `config`'s job, started at `started_at`, with nothing
+    /// counted yet; the `with_*` steps and [`Report::finish`] fill it in.
+    pub(crate) fn new(config: &CoordinatorConfig, started_at: &str) -> Report {
+        Report {
+            shardprep_version: env!("CARGO_PKG_VERSION").into(),
+            verdict: String::new(),
+            problems: Vec::new(),
+            input: config.input.display(),
+            output: std::path::absolute(&config.output)
+                .unwrap_or_else(|_| config.output.clone())
+                .display()
+                .to_string(),
+            parquet: None,
+            dataset_id: config.backend.dataset_id.clone(),
+            caption_field: config.fields.caption.clone(),
+            captions: if config.write_captions {
+                "textfile"
+            } else {
+                "parquet"
+            }
+            .into(),
+            data_sync: config.data_sync.as_str().into(),
+            expected_json: config.expect_json,
+            found_json: 0,
+            rows: 0,
+            fragment_rows: 0,
+            shards_total: 0,
+            shards_done: 0,
+            shards_failed: 0,
+            shards_recovered: 0,
+            totals: ShardCounts::default(),
+            duplicate_filenames: 0,
+            duplicate_filenames_listed: Vec::new(),
+            failures: Vec::new(),
+            shards: Vec::new(),
+            started_at: started_at.to_string(),
+            finished_at: String::new(),
+            wall_ms: 0,
+            mb_per_s: 0.0,
+            resources: Resources::default(),
+            fingerprint: String::new(),
+        }
+    }
+
+    /// The shards' lines and totals.
+    pub(crate) fn with_shards(mut self, rows: ShardRows) -> Report {
+        self.found_json = rows.totals.json_files;
+        self.fragment_rows = rows.totals.rows;
+        self.shards_total = rows.shards.len();
+        self.shards_failed = rows.failures.len();
+        self.shards_done = self.shards_total - self.shards_failed;
+        self.shards_recovered = rows.recovered;
+        self.totals = rows.totals;
+        self.failures = rows.failures;
+        self.shards = rows.shards;
+        self
+    }
+
+    /// What the merge wrote (nothing when shards failed), and where.
+    pub(crate) fn with_merge(mut self, merged: Option<(MergeOutcome, PathBuf)>) -> Report {
+        if let Some((m, path)) = merged {
+            self.rows = m.rows;
+            self.duplicate_filenames = m.duplicate_count;
+            self.duplicate_filenames_listed = m.duplicates;
+            self.parquet = Some(path.display().to_string());
+        }
+        self
+    }
+
+    /// The verdict (`ok` when there are no `problems`), timings and memory.
+    pub(crate) fn finish(
+        mut self,
+        problems: Vec<String>,
+        wall: std::time::Duration,
+        worker_peak_rss_bytes: u64,
+        fingerprint: String,
+    ) -> Report {
+        self.verdict = if problems.is_empty() { "ok" } else { "failed" }.into();
+        self.problems = problems;
+        self.finished_at = now_rfc3339();
+        self.wall_ms = wall.as_millis() as u64;
+        let read_now: u64 = self
+            .shards
+            .iter()
+            .filter(|s| !s.recovered)
+            .filter_map(|s| s.counts.as_ref().map(|c| c.bytes_read))
+            .sum();
+        self.mb_per_s = read_now as f64 / 1e6 / (self.wall_ms.max(1) as f64 / 1000.0);
+        self.resources = Resources {
+            coordinator_peak_rss_bytes: peak_rss_bytes(),
+            worker_peak_rss_bytes,
+        };
+        self.fingerprint = fingerprint;
+        self
+    }
 }
 
 /// Settings of the SimpleTuner dataloader entry (the seed's values by default).

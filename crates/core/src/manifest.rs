@@ -72,6 +72,27 @@ impl ShardCounts {
     }
 }
 
+/// How far a pass over a shard has got (what a heartbeat reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardProgress {
+    pub members: u64,
+    pub bytes_read: u64,
+    pub json_files: u64,
+    pub rows: u64,
+}
+
+impl From<&ShardCounts> for ShardProgress {
+    /// The progress of a finished pass.
+    fn from(c: &ShardCounts) -> Self {
+        ShardProgress {
+            members: c.members,
+            bytes_read: c.bytes_read,
+            json_files: c.json_files,
+            rows: c.rows,
+        }
+    }
+}
+
 /// One named problem inside a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberIssue {
