@@ -14,6 +14,7 @@ use crate::job::{JobOutcome, abs};
 use crate::merge::{self, MergeOutcome};
 use crate::report::{self, Report, ShardReport};
 use crate::scheduler::{ShardEntry, ShardState};
+use crate::verify::{self, Findings, ShardWrote};
 use crate::{CoordinatorConfig, CoordinatorError, JobShared};
 
 /// The report's shard lines and what they add up to.
@@ -150,16 +151,27 @@ fn merge_or_withdraw(
     Ok(Some(m))
 }
 
-/// The problem with the global JSON count, if there is one.
-pub(crate) fn json_count_problem(expected: Option<u64>, found: u64) -> Option<String> {
-    let expected = expected?;
-    (found != expected).then(|| {
-        format!(
-            "JSON count mismatch: expected {expected} JSON files, found {found} ({} {})",
-            found.abs_diff(expected),
-            if found < expected { "missing" } else { "extra" }
-        )
-    })
+/// [`verify::check_written`] on this job's committed shards: the files they
+/// wrote are in `data/`, and the JSON count is the expected one.
+fn written_check(layout: &OutputLayout, config: &CoordinatorConfig, rows: &ShardRows) -> Findings {
+    let done: Vec<ShardWrote> = rows
+        .shards
+        .iter()
+        .filter_map(|s| {
+            let c = s.counts.as_ref()?;
+            Some(ShardWrote {
+                name: s.name.clone(),
+                files: c.files_extracted + c.captions_written,
+            })
+        })
+        .collect();
+    verify::check_written(
+        layout,
+        &done,
+        config.expect_json,
+        rows.totals.json_files,
+        config.extract,
+    )
 }
 
 /// With `--data-sync end`, makes `data/` durable before the report says the
@@ -207,24 +219,24 @@ pub(crate) fn finish_job(
     let report_path = layout.report_path();
     let mut problems = failure_problems(&shared.input_problems, &rows.failures);
 
+    // What `verify` judges too: both read the output by the same check.
+    let written = written_check(layout, config, &rows);
     if problems.is_empty()
+        && written.problems.is_empty()
         && let Some(prev) = already_done(layout, config, &fingerprint)
     {
         tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
         write_backend(layout, config)?;
         return Ok(JobOutcome {
             ok: true,
-            report: prev,
+            report: prev.seen_again(&rows),
             report_path,
         });
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
     let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems)?;
-    problems.extend(json_count_problem(
-        config.expect_json,
-        rows.totals.json_files,
-    ));
+    problems.extend(written.problems);
     problems.extend(flush_data_at_end(layout, config));
     let report = Report::new(config, started_at)
         .with_shards(rows)

@@ -153,6 +153,16 @@ impl Report {
         self
     }
 
+    /// This report as a re-run that found the job already done tells it:
+    /// which shards this run recovered (all of them, as it redid none).
+    pub(crate) fn seen_again(mut self, rows: &ShardRows) -> Report {
+        self.shards_recovered = rows.recovered;
+        for s in &mut self.shards {
+            s.recovered = rows.shards.iter().any(|r| r.name == s.name && r.recovered);
+        }
+        self
+    }
+
     /// The verdict (`ok` when there are no `problems`), timings and memory.
     pub(crate) fn finish(
         mut self,
@@ -185,6 +195,10 @@ impl Report {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSettings {
     pub dataset_id: String,
+    /// Where the trainer mounts `OUT`: the default `instance_data_dir`,
+    /// `parquet.path` and `cache_dir_vae` are rebased onto it (the
+    /// per-path settings below still win). Default: absolute `OUT`.
+    pub trainer_root: Option<PathBuf>,
     /// `data/` as the trainer sees it; default: absolute `OUT/data`.
     pub instance_data_dir: Option<PathBuf>,
     /// The parquet as the trainer sees it; default: absolute `OUT/<id>.parquet`.
@@ -203,6 +217,7 @@ impl BackendSettings {
     pub fn seed(dataset_id: &str) -> Self {
         BackendSettings {
             dataset_id: dataset_id.to_string(),
+            trainer_root: None,
             instance_data_dir: None,
             parquet_path: None,
             resolution: 1.0,
@@ -215,25 +230,32 @@ impl BackendSettings {
     }
 }
 
+/// `p` made absolute against the current directory (SimpleTuner matches
+/// image paths by string, so a relative path matches nothing).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// The dataloader entry, as a one-element JSON array (SimpleTuner's
-/// `multidatabackend.json` is a list of entries).
+/// `multidatabackend.json` is a list of entries). Every path in it is
+/// absolute: relative settings are resolved against the current directory.
 pub fn backend_entry(
     s: &BackendSettings,
     out_abs: &Path,
     textfile_captions: bool,
 ) -> serde_json::Value {
-    let data_dir = s
-        .instance_data_dir
-        .clone()
-        .unwrap_or_else(|| out_abs.join("data"));
-    let parquet = s
-        .parquet_path
-        .clone()
-        .unwrap_or_else(|| out_abs.join(format!("{}.parquet", s.dataset_id)));
-    let cache = s
-        .cache_dir_vae
-        .clone()
-        .unwrap_or_else(|| out_abs.join("cache").join("vae").join(&s.dataset_id));
+    let root = absolute(s.trainer_root.as_deref().unwrap_or(out_abs));
+    let pick =
+        |given: &Option<PathBuf>, default: PathBuf| absolute(given.as_ref().unwrap_or(&default));
+    let data_dir = pick(&s.instance_data_dir, root.join("data"));
+    let parquet = pick(
+        &s.parquet_path,
+        root.join(format!("{}.parquet", s.dataset_id)),
+    );
+    let cache = pick(
+        &s.cache_dir_vae,
+        root.join("cache").join("vae").join(&s.dataset_id),
+    );
     json!([{
         "id": s.dataset_id,
         "type": "local",
@@ -322,5 +344,50 @@ mod tests {
         assert_eq!(e["parquet"]["caption_column"], "caption");
         assert_eq!(e["parquet"]["filename_column"], "filename");
         assert_eq!(e["parquet"]["identifier_includes_extension"], true);
+    }
+
+    fn paths(s: &BackendSettings) -> [String; 3] {
+        let e = &backend_entry(s, Path::new("/x/dalle3"), true)[0];
+        [
+            e["instance_data_dir"].as_str().unwrap().to_string(),
+            e["parquet"]["path"].as_str().unwrap().to_string(),
+            e["cache_dir_vae"].as_str().unwrap().to_string(),
+        ]
+    }
+
+    #[test]
+    fn trainer_root_rebases_every_path_and_per_path_settings_win() {
+        let mut s = BackendSettings::seed("dalle3");
+        s.trainer_root = Some("/mnt/train".into());
+        assert_eq!(
+            paths(&s),
+            [
+                "/mnt/train/data",
+                "/mnt/train/dalle3.parquet",
+                "/mnt/train/cache/vae/dalle3/"
+            ]
+        );
+        s.parquet_path = Some("/elsewhere/t.parquet".into());
+        assert_eq!(paths(&s)[1], "/elsewhere/t.parquet");
+        assert_eq!(paths(&s)[0], "/mnt/train/data");
+    }
+
+    #[test]
+    fn relative_paths_become_absolute_against_the_current_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut s = BackendSettings::seed("dalle3");
+        s.instance_data_dir = Some("out/e/data".into());
+        s.cache_dir_vae = Some("cache".into());
+        s.trainer_root = Some("mnt".into());
+        let [data, parquet, cache] = paths(&s);
+        assert_eq!(data, cwd.join("out/e/data").display().to_string());
+        assert_eq!(
+            parquet,
+            cwd.join("mnt/dalle3.parquet").display().to_string()
+        );
+        assert_eq!(cache, format!("{}/", cwd.join("cache").display()));
+        for p in [data, parquet, cache] {
+            assert!(Path::new(&p).is_absolute(), "{p}");
+        }
     }
 }

@@ -1,41 +1,234 @@
 //! `shardprep verify OUT`: checks an output folder without a coordinator,
 //! as the seed's manual checks do and more.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
-use shardprep_core::layout::{OutputLayout, stem};
+use shardprep_core::durability::{listed_path, parse_files_list};
+use shardprep_core::layout::{OutputLayout, fnv1a64, stem};
 
 /// What was checked and what is wrong.
 #[derive(Debug, Default, Serialize)]
 pub struct Findings {
     pub checked: Vec<String>,
     pub problems: Vec<String>,
+    /// Files in `data/` that no shard wrote (a trainer's caches, e.g.
+    /// SimpleTuner's `aspect_ratio_bucket_*.json`), the first few by name.
+    /// Not counted and not a problem.
+    pub foreign_files: Vec<String>,
+    /// How many such files there are in all.
+    pub foreign_files_total: u64,
+}
+
+/// Foreign files listed by name.
+const FOREIGN_LISTED: usize = 20;
+
+/// What the shards wrote into `data/`, from their committed file lists
+/// (`OUT/.shardprep/fragments/<shard>.files`).
+struct Written {
+    /// Hash of each relative path → (index of the last shard that wrote it, size).
+    last_writer: HashMap<u64, (usize, Option<u64>)>,
+    /// Distinct `*.json` paths written.
+    json: u64,
+}
+
+/// A committed shard: its name and how many files its counts say it wrote
+/// into `data/` (members and captions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardWrote {
+    pub name: String,
+    pub files: u64,
+}
+
+/// Reads the file lists of `shards` (in shard order; a later shard's file
+/// overwrites an earlier one's of the same name, as on disk).
+fn read_written(
+    layout: &OutputLayout,
+    shards: &[ShardWrote],
+    f: &mut Findings,
+) -> (Written, Vec<Vec<u8>>) {
+    let mut w = Written {
+        last_writer: HashMap::new(),
+        json: 0,
+    };
+    let mut lists = Vec::with_capacity(shards.len());
+    for (i, shard) in shards.iter().enumerate() {
+        let path = layout.files_list_path(&shard.name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // A shard that wrote nothing into data/ needs no list.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && shard.files == 0 => Vec::new(),
+            Err(e) => {
+                f.problems.push(format!(
+                    "cannot read the file list of shard {} ({}: {e}): what it wrote into data/ cannot be checked; remove OUT/.shardprep/fragments/{} and run the job again to redo the shard",
+                    shard.name,
+                    path.display(),
+                    layout.manifest_path(&shard.name).file_name().unwrap_or_default().to_string_lossy()
+                ));
+                Vec::new()
+            }
+        };
+        for rec in parse_files_list(&bytes) {
+            let new = w
+                .last_writer
+                .insert(fnv1a64(rec.rel), (i, rec.size))
+                .is_none();
+            if new && rec.rel.ends_with(b".json") {
+                w.json += 1;
+            }
+        }
+        lists.push(bytes);
+    }
+    (w, lists)
+}
+
+/// Checks what the job wrote into `data/`: every file each committed shard
+/// (`shards`, in shard order) lists is there with the size it was written
+/// with, and the JSON members it holds number `expected`. With nothing
+/// extracted (`extracted` false) the shards' count of JSON members
+/// (`json_members`) is compared instead. `verify` and a re-run's
+/// already-done check both judge an output by this.
+pub fn check_written(
+    layout: &OutputLayout,
+    shards: &[ShardWrote],
+    expected: Option<u64>,
+    json_members: u64,
+    extracted: bool,
+) -> Findings {
+    let mut f = Findings::default();
+    if !extracted {
+        if let Some(e) = expected {
+            check_json_members(json_members, e, &mut f);
+        }
+        return f;
+    }
+    let (written, lists) = read_written(layout, shards, &mut f);
+    let data = layout.data_dir();
+    let mut missing = Vec::new();
+    let (mut n_missing, mut json_missing) = (0u64, 0u64);
+    for (i, list) in lists.iter().enumerate() {
+        for rec in parse_files_list(list) {
+            let Some(rel) = listed_path(rec.rel) else {
+                continue;
+            };
+            if written.last_writer.get(&fnv1a64(rec.rel)).map(|w| w.0) != Some(i) {
+                continue; // overwritten by a later shard
+            }
+            let path = data.join(rel);
+            let why = match (std::fs::symlink_metadata(&path), rec.size) {
+                (Err(e), _) => format!("{e}"),
+                (Ok(m), Some(size)) if m.len() != size => {
+                    format!("{} bytes, written with {size}", m.len())
+                }
+                _ => continue,
+            };
+            n_missing += 1;
+            json_missing += u64::from(rec.rel.ends_with(b".json"));
+            if missing.len() < LISTED {
+                missing.push(format!(
+                    "data/{} ({why}, from shard {})",
+                    rel.display(),
+                    shards[i].name
+                ));
+            }
+        }
+    }
+    let present = written.json - json_missing;
+    f.checked.push(format!(
+        "data/ holds {present} *.json files the shards wrote"
+    ));
+    if json_missing > 0 {
+        f.problems.push(format!(
+            "the shards wrote {} JSON members into data/ but only {present} *.json files of them are there",
+            written.json
+        ));
+    }
+    if n_missing > 0 {
+        f.problems.push(format!(
+            "{n_missing} files the shards wrote into data/ are missing or changed since the job: {}; run the job again after removing OUT/.shardprep/fragments/<shard>.manifest.json of those shards to redo them",
+            missing.join(", ")
+        ));
+    } else {
+        f.checked
+            .push("every file the shards wrote is in data/ with its size".into());
+    }
+    if let Some(e) = expected {
+        match json_count_problem(e, present) {
+            Some(p) => f.problems.push(format!(
+                "{p}: data/ holds {present} *.json files, expected {e}"
+            )),
+            None => f
+                .checked
+                .push(format!("JSON count matches the expected {e}")),
+        }
+    }
+    f
+}
+
+/// The problem with the global JSON count, if there is one.
+fn json_count_problem(expected: u64, found: u64) -> Option<String> {
+    (found != expected).then(|| {
+        format!(
+            "JSON count mismatch: expected {expected} JSON files, found {found} ({} {})",
+            found.abs_diff(expected),
+            if found < expected { "missing" } else { "extra" }
+        )
+    })
+}
+
+/// Lists the files in `data/` that no shard wrote (by name, capped): a
+/// trainer's caches. They are neither counted nor a problem.
+fn list_foreign(layout: &OutputLayout, shards: &[ShardWrote], f: &mut Findings) {
+    let mut ours = HashSet::new();
+    for shard in shards {
+        let bytes = std::fs::read(layout.files_list_path(&shard.name)).unwrap_or_default();
+        ours.extend(parse_files_list(&bytes).iter().map(|r| fnv1a64(r.rel)));
+    }
+    let data = layout.data_dir();
+    let mut stack = vec![data.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(&data) else {
+                continue;
+            };
+            if ours.contains(&fnv1a64(rel.as_os_str().as_encoded_bytes())) {
+                continue;
+            }
+            f.foreign_files_total += 1;
+            if f.foreign_files.len() < FOREIGN_LISTED {
+                f.foreign_files.push(rel.display().to_string());
+            }
+        }
+    }
+    f.foreign_files.sort();
+    if f.foreign_files_total > 0 {
+        f.checked.push(format!(
+            "{} foreign files in data/ came from no shard (a trainer's caches?), not counted: {}{}",
+            f.foreign_files_total,
+            f.foreign_files.join(", "),
+            if f.foreign_files_total > f.foreign_files.len() as u64 {
+                ", …"
+            } else {
+                ""
+            }
+        ));
+    }
 }
 
 /// Problems listed one by one before they are only counted.
 const LISTED: usize = 20;
-
-/// Counts `*.json` files under `dir`, like `find dir -name '*.json' | wc -l`.
-pub fn count_json_files(dir: &Path) -> std::io::Result<u64> {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if e.file_name().as_encoded_bytes().ends_with(b".json") {
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
-}
 
 /// What `verify` reads from `report.json` (defaults when it is missing).
 struct ReportView {
@@ -72,6 +265,23 @@ impl ReportView {
             json,
         }
     }
+
+    /// The shards the report lists as done, in shard order.
+    fn done_shards(&self) -> Vec<ShardWrote> {
+        let count = |s: &serde_json::Value, k: &str| s["counts"][k].as_u64().unwrap_or(0);
+        self.json["shards"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["state"] == "done")
+            .filter_map(|s| {
+                Some(ShardWrote {
+                    name: s["name"].as_str()?.to_string(),
+                    files: count(s, "files_extracted") + count(s, "captions_written"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Checks `out`: the report, the JSON count in `data/`, the parquet's schema
@@ -82,10 +292,21 @@ pub fn verify_output(out: &Path, expect_json: Option<u64>, dataset_id: Option<&s
     let report = read_report(&layout, &mut f);
     check_verdict(report.as_ref(), &mut f);
     let view = ReportView::new(report, expect_json, dataset_id);
+    let shards = view.done_shards();
+    match (view.json["found_json"].as_u64(), view.expected) {
+        (None, Some(e)) if !view.extracted => f.problems.push(format!(
+            "cannot check --expect-json {e}: report.json has no found_json"
+        )),
+        (found, expected) => f.merge(check_written(
+            &layout,
+            &shards,
+            expected,
+            found.unwrap_or(0),
+            view.extracted,
+        )),
+    }
     if view.extracted {
-        check_json_in_data(&layout, &view, &mut f);
-    } else if let Some(e) = view.expected {
-        check_json_members(&view.json, e, &mut f);
+        list_foreign(&layout, &shards, &mut f);
     }
     check_parquet(&layout, &view, &mut f);
     check_backend(&layout, view.textfile, &mut f);
@@ -123,49 +344,26 @@ fn check_verdict(report: Option<&serde_json::Value>, f: &mut Findings) {
     }
 }
 
-/// The seed's check: `find data -name '*.json' | wc -l`.
-fn check_json_in_data(layout: &OutputLayout, view: &ReportView, f: &mut Findings) {
-    let n = match count_json_files(&layout.data_dir()) {
-        Ok(n) => n,
-        Err(e) => {
-            f.problems
-                .push(format!("cannot walk {}: {e}", layout.data_dir().display()));
-            return;
-        }
-    };
-    f.checked.push(format!("data/ holds {n} *.json files"));
-    if let Some(e) = view.expected {
-        if n == e {
-            f.checked
-                .push(format!("JSON count matches the expected {e}"));
-        } else {
-            f.problems
-                .push(format!("data/ holds {n} *.json files, expected {e}"));
-        }
-    }
-    if let Some(found) = view.json["found_json"].as_u64()
-        && found != n
-    {
-        f.problems.push(format!(
-            "the shards held {found} JSON members but data/ has {n} *.json files (duplicate names across shards overwrite each other: {})",
-            view.json["duplicate_filenames"]
-        ));
+/// Nothing was extracted (`--no-extract`): the shards' count of JSON
+/// members is what there is.
+fn check_json_members(found: u64, expected: u64, f: &mut Findings) {
+    match json_count_problem(expected, found) {
+        None => f
+            .checked
+            .push(format!("the shards held {found} JSON files, as expected")),
+        Some(p) => f.problems.push(format!(
+            "{p}: the shards held {found} JSON files, expected {expected}"
+        )),
     }
 }
 
-/// Nothing was extracted (`--no-extract`): the report's count of JSON
-/// members is what there is.
-fn check_json_members(report: &serde_json::Value, expected: u64, f: &mut Findings) {
-    match report["found_json"].as_u64() {
-        Some(found) if found == expected => f
-            .checked
-            .push(format!("the shards held {found} JSON files, as expected")),
-        Some(found) => f.problems.push(format!(
-            "the shards held {found} JSON files, expected {expected}"
-        )),
-        None => f.problems.push(format!(
-            "cannot check --expect-json {expected}: report.json has no found_json"
-        )),
+impl Findings {
+    /// Adds `other`'s findings to these.
+    fn merge(&mut self, other: Findings) {
+        self.checked.extend(other.checked);
+        self.problems.extend(other.problems);
+        self.foreign_files.extend(other.foreign_files);
+        self.foreign_files_total += other.foreign_files_total;
     }
 }
 
