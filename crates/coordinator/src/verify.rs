@@ -30,8 +30,9 @@ const FOREIGN_LISTED: usize = 20;
 /// What the shards wrote into `data/`, from their committed file lists
 /// (`OUT/.shardprep/fragments/<shard>.files`).
 struct Written {
-    /// Hash of each relative path → (index of the last shard that wrote it, size).
-    last_writer: HashMap<u64, (usize, Option<u64>)>,
+    /// Hash of each relative path → the last write of it: (shard index,
+    /// record index in that shard's list). Earlier writes were overwritten.
+    last_writer: HashMap<u64, (usize, usize)>,
     /// Distinct `*.json` paths written.
     json: u64,
 }
@@ -72,11 +73,8 @@ fn read_written(
                 Vec::new()
             }
         };
-        for rec in parse_files_list(&bytes) {
-            let new = w
-                .last_writer
-                .insert(fnv1a64(rec.rel), (i, rec.size))
-                .is_none();
+        for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
+            let new = w.last_writer.insert(fnv1a64(rec.rel), (i, j)).is_none();
             if new && rec.rel.ends_with(b".json") {
                 w.json += 1;
             }
@@ -111,12 +109,12 @@ pub fn check_written(
     let mut missing = Vec::new();
     let (mut n_missing, mut json_missing) = (0u64, 0u64);
     for (i, list) in lists.iter().enumerate() {
-        for rec in parse_files_list(list) {
+        for (j, rec) in parse_files_list(list).into_iter().enumerate() {
             let Some(rel) = listed_path(rec.rel) else {
                 continue;
             };
-            if written.last_writer.get(&fnv1a64(rec.rel)).map(|w| w.0) != Some(i) {
-                continue; // overwritten by a later shard
+            if written.last_writer.get(&fnv1a64(rec.rel)) != Some(&(i, j)) {
+                continue; // overwritten by a later write
             }
             let path = data.join(rel);
             let why = match (std::fs::symlink_metadata(&path), rec.size) {
