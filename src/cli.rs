@@ -94,13 +94,22 @@ pub struct JobArgs {
     /// Dataset id: the parquet's name and the SimpleTuner entry's id.
     #[arg(long, env = "SHARDPREP_DATASET_ID", default_value = "dalle3")]
     pub dataset_id: String,
-    /// data/ as the trainer will see it (default: absolute OUT/data).
+    /// Where the trainer mounts OUT: rebases instance_data_dir, parquet.path and cache_dir_vae
+    /// in multidatabackend.json together (the per-path flags still override). A relative
+    /// path is made absolute against the current directory.
+    #[arg(long, env = "SHARDPREP_TRAINER_ROOT")]
+    pub trainer_root: Option<PathBuf>,
+    /// data/ as the trainer will see it (default: TRAINER_ROOT/data, else absolute OUT/data).
+    /// A relative path is made absolute against the current directory.
     #[arg(long, env = "SHARDPREP_INSTANCE_DATA_DIR")]
     pub instance_data_dir: Option<PathBuf>,
-    /// The parquet's path as the trainer will see it (default: absolute OUT/<dataset-id>.parquet).
+    /// The parquet's path as the trainer will see it (default: TRAINER_ROOT/<dataset-id>.parquet,
+    /// else absolute OUT/<dataset-id>.parquet). A relative path is made absolute against the
+    /// current directory.
     #[arg(long, env = "SHARDPREP_TRAINER_PARQUET_PATH")]
     pub trainer_parquet_path: Option<PathBuf>,
-    /// SimpleTuner cache_dir_vae (default: absolute OUT/cache/vae/<dataset-id>/).
+    /// SimpleTuner cache_dir_vae (default: TRAINER_ROOT/cache/vae/<dataset-id>/, else absolute
+    /// OUT/cache/vae/<dataset-id>/). A relative path is made absolute against the current directory.
     #[arg(long, env = "SHARDPREP_CACHE_DIR_VAE")]
     pub cache_dir_vae: Option<PathBuf>,
     /// SimpleTuner resolution.

@@ -83,10 +83,19 @@ pub fn coordinator_config(
             job.lease_timeout
         );
     }
+    // SimpleTuner matches image paths by string: every path it gets is absolute.
+    let absolute = |p: &Option<std::path::PathBuf>| -> anyhow::Result<_> {
+        p.as_deref()
+            .map(|p| {
+                std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+            })
+            .transpose()
+    };
     let mut backend = BackendSettings::seed(&job.dataset_id);
-    backend.instance_data_dir = job.instance_data_dir.clone();
-    backend.parquet_path = job.trainer_parquet_path.clone();
-    backend.cache_dir_vae = job.cache_dir_vae.clone();
+    backend.trainer_root = absolute(&job.trainer_root)?;
+    backend.instance_data_dir = absolute(&job.instance_data_dir)?;
+    backend.parquet_path = absolute(&job.trainer_parquet_path)?;
+    backend.cache_dir_vae = absolute(&job.cache_dir_vae)?;
     backend.resolution = job.resolution;
     backend.resolution_type = job.resolution_type.clone();
     backend.maximum_image_size = job.maximum_image_size;

@@ -8,4 +8,5 @@ mod faults;
 mod hostile;
 mod remote;
 mod security;
+mod training;
 mod usage;

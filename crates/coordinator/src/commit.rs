@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use shardprep_core::durability;
-use shardprep_core::layout::OutputLayout;
+use shardprep_core::layout::{AttemptFiles, OutputLayout};
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
 
 use crate::CoordinatorError;
@@ -142,12 +142,14 @@ pub fn read_tmp_manifest(
     Ok(m)
 }
 
-/// Moves a worker's temporary fragment and manifest into place (manifest
-/// last). The caller makes the renames durable with [`sync_dir`] on the
-/// fragments folder once it no longer holds the scheduler's lock.
+/// Moves a worker's temporary fragment and manifest of lease `lease_id`
+/// into place (file list first, manifest last). The caller makes the
+/// renames durable with [`sync_dir`] on the fragments folder once it no
+/// longer holds the scheduler's lock.
 pub fn commit(
     layout: &OutputLayout,
     shard_name: &str,
+    lease_id: u64,
     fragment_tmp: &str,
     manifest_tmp: &str,
 ) -> Result<(), CoordinatorError> {
@@ -160,26 +162,24 @@ pub fn commit(
     };
     let frag_dst = layout.fragment_path(shard_name);
     let man_dst = layout.manifest_path(shard_name);
-    // The list of files the attempt wrote sits beside its fragment.
-    if let Some(files_tmp) = fragment_tmp
-        .strip_suffix(".parquet")
-        .map(|s| format!("{s}.files"))
-    {
-        let src = tmp_file(layout, &files_tmp)?;
-        if src.exists() {
-            let dst = layout.files_list_path(shard_name);
-            std::fs::rename(&src, &dst).map_err(|e| io("commit file list", &dst, e))?;
-        }
+    // The list of files the attempt wrote, named as the worker names it.
+    let src = tmp_file(layout, &AttemptFiles::new(shard_name, lease_id).files)?;
+    if src.exists() {
+        let dst = layout.files_list_path(shard_name);
+        std::fs::rename(&src, &dst).map_err(|e| io("commit file list", &dst, e))?;
     }
     std::fs::rename(&frag_src, &frag_dst).map_err(|e| io("commit fragment", &frag_dst, e))?;
     std::fs::rename(&man_src, &man_dst).map_err(|e| io("commit manifest", &man_dst, e))?;
     Ok(())
 }
 
-/// Removes a stale attempt's temporary files (best effort).
-pub fn discard(layout: &OutputLayout, fragment_tmp: &str, manifest_tmp: &str) {
-    let files_tmp = fragment_tmp.replace(".parquet", ".files");
-    for name in [fragment_tmp, manifest_tmp, files_tmp.as_str()] {
+/// Removes a stale attempt's temporary files of lease `lease_id` (best effort).
+pub fn discard(layout: &OutputLayout, lease_id: u64, fragment_tmp: &str, manifest_tmp: &str) {
+    let files_tmp = AttemptFiles::of_fragment(fragment_tmp, lease_id).map(|a| a.files);
+    for name in [Some(fragment_tmp), Some(manifest_tmp), files_tmp.as_deref()]
+        .into_iter()
+        .flatten()
+    {
         if let Ok(p) = tmp_file(layout, name) {
             let _ = std::fs::remove_file(p);
         }
@@ -222,4 +222,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
         sync_dir(parent);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> (tempfile::TempDir, OutputLayout) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = OutputLayout::new(dir.path());
+        std::fs::create_dir_all(layout.tmp_dir()).unwrap();
+        std::fs::create_dir_all(layout.fragments_dir()).unwrap();
+        (dir, layout)
+    }
+
+    fn write_attempt(layout: &OutputLayout, a: &AttemptFiles) {
+        for name in [&a.fragment, &a.manifest, &a.files] {
+            std::fs::write(layout.tmp_dir().join(name), name.as_bytes()).unwrap();
+        }
+    }
+
+    /// `str::replace(".parquet", ".files")` once named the wrong file for such a shard.
+    #[test]
+    fn a_shard_named_like_a_parquet_discards_its_own_file_list() {
+        let (_dir, layout) = layout();
+        let a = AttemptFiles::new("a.parquet.tar", 9);
+        write_attempt(&layout, &a);
+        discard(&layout, 9, &a.fragment, &a.manifest);
+        let left: Vec<_> = std::fs::read_dir(layout.tmp_dir()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    #[test]
+    fn a_shard_named_like_a_parquet_commits_its_file_list() {
+        let (_dir, layout) = layout();
+        let a = AttemptFiles::new("a.parquet.tar", 9);
+        write_attempt(&layout, &a);
+        commit(&layout, "a.parquet.tar", 9, &a.fragment, &a.manifest).unwrap();
+        let list = std::fs::read(layout.files_list_path("a.parquet.tar")).unwrap();
+        assert_eq!(list, a.files.as_bytes());
+        assert!(layout.manifest_path("a.parquet.tar").is_file());
+        assert!(layout.fragment_path("a.parquet.tar").is_file());
+    }
 }

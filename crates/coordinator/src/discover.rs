@@ -72,7 +72,10 @@ pub async fn discover_input(input: &InputSpec) -> Result<(String, Discovery), Co
                 .to_string();
             let d = tokio::task::spawn_blocking(move || discover(&dir))
                 .await
-                .map_err(|e| CoordinatorError::Server(e.to_string()))??;
+                .map_err(|e| CoordinatorError::TaskFailed {
+                    task: "input discovery",
+                    detail: e.to_string(),
+                })??;
             return Ok((root, d));
         }
         InputSpec::Remote(url) => shardprep_remote::list(url).await,

@@ -10,10 +10,12 @@
 //! - [`merge`]: fragments → final parquet, streaming, in shard order.
 //! - [`report`]: `report.json` and `multidatabackend.json`.
 //! - [`verify`]: checks of an existing output (`shardprep verify`).
-//! - [`job`]: the life of a job from start to verdict ([`serve`]).
+//! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
+//! - `finish`: the job's end: report rows, merge, checks, `report.json`.
 
 pub mod commit;
 pub mod discover;
+mod finish;
 pub mod job;
 pub mod merge;
 pub mod report;
@@ -22,7 +24,7 @@ pub mod service;
 pub mod verify;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use shardprep_core::durability::DataSync;
@@ -61,6 +63,10 @@ pub enum CoordinatorError {
     BadCommit(String),
     #[error("gRPC server failed: {0}")]
     Server(String),
+    #[error("the {task} stopped unexpectedly (a bug in shardprep; please report it): {detail}")]
+    TaskFailed { task: &'static str, detail: String },
+    #[error("cannot encode {what} as JSON: {detail}")]
+    Encode { what: &'static str, detail: String },
     #[error(
         "interrupted before the job finished; start the coordinator again with the same --output to resume"
     )]
@@ -188,18 +194,72 @@ impl Phase {
     }
 }
 
+/// Locks `m`, also after a panic elsewhere while it was held: every guarded
+/// state here changes in single assignments and stays usable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The job's scheduler and who waits on it. Changes go through
+/// [`JobState::update`], which wakes the job driver and idle workers'
+/// long polls itself, so no handler has to remember to.
+pub(crate) struct JobState {
+    sched: Mutex<Scheduler>,
+    changed: tokio::sync::Notify,
+    /// Bumped on every change that may turn a "wait" into work or "done":
+    /// idle workers' lease requests wait on it (long poll).
+    version: tokio::sync::watch::Sender<u64>,
+}
+
+impl JobState {
+    pub(crate) fn new(sched: Scheduler) -> Self {
+        JobState {
+            sched: Mutex::new(sched),
+            changed: tokio::sync::Notify::new(),
+            version: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Reads the scheduler.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Scheduler) -> R) -> R {
+        f(&lock(&self.sched))
+    }
+
+    /// Changes the scheduler, then wakes everyone waiting for a change.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut Scheduler) -> R) -> R {
+        self.update_if(|s| (f(s), true))
+    }
+
+    /// Changes the scheduler; wakes the waiters only when `f` says that what
+    /// they wait for may have changed.
+    pub(crate) fn update_if<R>(&self, f: impl FnOnce(&mut Scheduler) -> (R, bool)) -> R {
+        let (r, wake) = f(&mut lock(&self.sched));
+        if wake {
+            self.changed.notify_one();
+            self.version.send_modify(|v| *v += 1);
+        }
+        r
+    }
+
+    /// Resolves at the next [`JobState::update`].
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// A receiver of change notices, for long polls.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
 /// State shared by the RPC handlers and the job driver.
 pub struct JobShared {
-    pub(crate) sched: Mutex<Scheduler>,
+    pub(crate) state: JobState,
     pub(crate) spec: proto::JobSpec,
     pub(crate) layout: OutputLayout,
     pub(crate) started: Instant,
     pub(crate) bytes_total: u64,
     pub(crate) phase: Mutex<(Phase, String)>,
-    pub(crate) changed: tokio::sync::Notify,
-    /// Bumped on every change that may turn a "wait" into work or "done":
-    /// idle workers' lease requests wait on it (long poll).
-    pub(crate) version: tokio::sync::watch::Sender<u64>,
     /// Input files that could not be shards: each fails the verdict.
     pub(crate) input_problems: Vec<String>,
     /// Per shard index: the URL of a remote shard.
@@ -207,84 +267,90 @@ pub struct JobShared {
 }
 
 impl JobShared {
-    /// Wakes the job driver (a shard changed state).
-    pub(crate) fn wake(&self) {
-        self.changed.notify_one();
-        self.version.send_modify(|v| *v += 1);
-    }
-
     pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = (p, verdict.to_string());
+        *lock(&self.phase) = (p, verdict.to_string());
     }
 
     /// A snapshot of the job for `shardprep status`.
     pub fn status(&self) -> proto::StatusResponse {
-        let (phase, verdict) = self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let (phase, verdict) = lock(&self.phase).clone();
         let mut resp = proto::StatusResponse {
             phase: phase.name().into(),
-            shards_total: s.shards.len() as u32,
             bytes_total: self.bytes_total,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
             job_id: self.spec.job_id.clone(),
             verdict,
             ..Default::default()
         };
-        for (i, sh) in s.shards.iter().enumerate() {
-            let mut st = proto::ShardStatus {
-                index: i as u32,
-                name: sh.name.clone(),
-                state: sh.state_name().into(),
-                attempts: sh.attempts,
-                last_error: sh.last_error.clone().unwrap_or_default(),
-                size: sh.identity.size,
-                ..Default::default()
-            };
-            match &sh.state {
-                ShardState::Done(m) => {
-                    resp.shards_done += 1;
-                    resp.json_files += m.counts.json_files;
-                    resp.rows += m.counts.rows;
-                    resp.bytes_read += m.counts.bytes_read;
-                    st.worker_id = m.worker_id.clone();
-                    st.progress = Some(proto::Progress::from(&m.counts));
-                }
-                ShardState::Leased {
-                    worker, progress, ..
-                } => {
-                    resp.shards_leased += 1;
-                    resp.json_files += progress.json_files;
-                    resp.rows += progress.rows;
-                    resp.bytes_read += progress.bytes_read;
-                    st.worker_id = worker.clone();
-                    st.progress = Some(proto::Progress {
-                        members: progress.members,
-                        bytes_read: progress.bytes_read,
-                        json_files: progress.json_files,
-                        rows: progress.rows,
-                        peak_rss_bytes: 0,
-                    });
-                }
-                ShardState::Failed => resp.shards_failed += 1,
-                ShardState::Pending => {}
+        self.state.read(|s| {
+            resp.shards_total = s.shards().len() as u32;
+            for (i, sh) in s.shards().iter().enumerate() {
+                let st = shard_status(i, sh, &mut resp);
+                resp.shards.push(st);
             }
-            resp.shards.push(st);
-        }
-        let mut workers: Vec<_> = s.workers.iter().collect();
-        workers.sort_by(|a, b| a.0.cmp(b.0));
-        for (id, w) in workers {
-            resp.workers.push(proto::WorkerStatus {
-                worker_id: id.clone(),
-                hostname: w.hostname.clone(),
-                last_seen_ms_ago: now.saturating_duration_since(w.last_seen).as_millis() as u64,
-                current_shard: w
-                    .current
-                    .map(|i| s.shards[i].name.clone())
-                    .unwrap_or_default(),
-                shards_done: w.shards_done,
-            });
-        }
+            resp.workers = worker_statuses(s);
+        });
         resp
     }
+}
+
+/// One shard's line of the status, adding its numbers into `resp`'s totals.
+fn shard_status(
+    index: usize,
+    sh: &scheduler::ShardEntry,
+    resp: &mut proto::StatusResponse,
+) -> proto::ShardStatus {
+    let mut st = proto::ShardStatus {
+        index: index as u32,
+        name: sh.name.clone(),
+        state: sh.state_name().into(),
+        attempts: sh.attempts,
+        last_error: sh.last_error.clone().unwrap_or_default(),
+        size: sh.identity.size,
+        ..Default::default()
+    };
+    let (worker, progress) = match &sh.state {
+        ShardState::Done(m) => {
+            resp.shards_done += 1;
+            (&m.worker_id, scheduler::Progress::from(&m.counts))
+        }
+        ShardState::Leased {
+            worker, progress, ..
+        } => {
+            resp.shards_leased += 1;
+            (worker, *progress)
+        }
+        ShardState::Failed => {
+            resp.shards_failed += 1;
+            return st;
+        }
+        ShardState::Pending => return st,
+    };
+    resp.json_files += progress.json_files;
+    resp.rows += progress.rows;
+    resp.bytes_read += progress.bytes_read;
+    st.worker_id = worker.clone();
+    st.progress = Some(proto::Progress::from(progress));
+    st
+}
+
+/// The workers' lines of the status, by id.
+fn worker_statuses(s: &Scheduler) -> Vec<proto::WorkerStatus> {
+    let now = Instant::now();
+    let mut workers: Vec<_> = s.workers().iter().collect();
+    workers.sort_by(|a, b| a.0.cmp(b.0));
+    workers
+        .into_iter()
+        .map(|(id, w)| proto::WorkerStatus {
+            worker_id: id.clone(),
+            hostname: w.hostname.clone(),
+            last_seen_ms_ago: now.saturating_duration_since(w.last_seen).as_millis() as u64,
+            current_shard: w
+                .current
+                .and_then(|i| s.shards().get(i))
+                .map(|sh| sh.name.clone())
+                .unwrap_or_default(),
+            shards_done: w.shards_done,
+        })
+        .collect()
 }

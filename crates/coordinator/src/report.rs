@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shardprep_core::manifest::{MemberIssue, ShardCounts};
 
-use crate::merge::DuplicateName;
+use crate::CoordinatorConfig;
+use crate::finish::ShardRows;
+use crate::merge::{DuplicateName, MergeOutcome};
 
 /// One shard's line in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,10 +83,122 @@ pub struct Report {
     pub fingerprint: String,
 }
 
+impl Report {
+    /// The report of `config`'s job, started at `started_at`, with nothing
+    /// counted yet; the `with_*` steps and [`Report::finish`] fill it in.
+    pub(crate) fn new(config: &CoordinatorConfig, started_at: &str) -> Report {
+        Report {
+            shardprep_version: env!("CARGO_PKG_VERSION").into(),
+            verdict: String::new(),
+            problems: Vec::new(),
+            input: config.input.display(),
+            output: std::path::absolute(&config.output)
+                .unwrap_or_else(|_| config.output.clone())
+                .display()
+                .to_string(),
+            parquet: None,
+            dataset_id: config.backend.dataset_id.clone(),
+            caption_field: config.fields.caption.clone(),
+            captions: if config.write_captions {
+                "textfile"
+            } else {
+                "parquet"
+            }
+            .into(),
+            data_sync: config.data_sync.as_str().into(),
+            expected_json: config.expect_json,
+            found_json: 0,
+            rows: 0,
+            fragment_rows: 0,
+            shards_total: 0,
+            shards_done: 0,
+            shards_failed: 0,
+            shards_recovered: 0,
+            totals: ShardCounts::default(),
+            duplicate_filenames: 0,
+            duplicate_filenames_listed: Vec::new(),
+            failures: Vec::new(),
+            shards: Vec::new(),
+            started_at: started_at.to_string(),
+            finished_at: String::new(),
+            wall_ms: 0,
+            mb_per_s: 0.0,
+            resources: Resources::default(),
+            fingerprint: String::new(),
+        }
+    }
+
+    /// The shards' lines and totals.
+    pub(crate) fn with_shards(mut self, rows: ShardRows) -> Report {
+        self.found_json = rows.totals.json_files;
+        self.fragment_rows = rows.totals.rows;
+        self.shards_total = rows.shards.len();
+        self.shards_failed = rows.failures.len();
+        self.shards_done = self.shards_total - self.shards_failed;
+        self.shards_recovered = rows.recovered;
+        self.totals = rows.totals;
+        self.failures = rows.failures;
+        self.shards = rows.shards;
+        self
+    }
+
+    /// What the merge wrote (nothing when shards failed), and where.
+    pub(crate) fn with_merge(mut self, merged: Option<(MergeOutcome, PathBuf)>) -> Report {
+        if let Some((m, path)) = merged {
+            self.rows = m.rows;
+            self.duplicate_filenames = m.duplicate_count;
+            self.duplicate_filenames_listed = m.duplicates;
+            self.parquet = Some(path.display().to_string());
+        }
+        self
+    }
+
+    /// This report as a re-run that found the job already done tells it:
+    /// which shards this run recovered (all of them, as it redid none).
+    pub(crate) fn seen_again(mut self, rows: &ShardRows) -> Report {
+        self.shards_recovered = rows.recovered;
+        for s in &mut self.shards {
+            s.recovered = rows.shards.iter().any(|r| r.name == s.name && r.recovered);
+        }
+        self
+    }
+
+    /// The verdict (`ok` when there are no `problems`), timings and memory.
+    pub(crate) fn finish(
+        mut self,
+        problems: Vec<String>,
+        wall: std::time::Duration,
+        worker_peak_rss_bytes: u64,
+        fingerprint: String,
+    ) -> Report {
+        self.verdict = if problems.is_empty() { "ok" } else { "failed" }.into();
+        self.problems = problems;
+        self.finished_at = now_rfc3339();
+        self.wall_ms = wall.as_millis() as u64;
+        let read_now: u64 = self
+            .shards
+            .iter()
+            .filter(|s| !s.recovered)
+            .filter_map(|s| s.counts.as_ref().map(|c| c.bytes_read))
+            .sum();
+        self.mb_per_s = read_now as f64 / 1e6 / (self.wall_ms.max(1) as f64 / 1000.0);
+        self.resources = Resources {
+            coordinator_peak_rss_bytes: peak_rss_bytes(),
+            worker_peak_rss_bytes,
+        };
+        self.fingerprint = fingerprint;
+        self
+    }
+}
+
 /// Settings of the SimpleTuner dataloader entry (the seed's values by default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSettings {
     pub dataset_id: String,
+    /// Where the trainer mounts `OUT`: the default `instance_data_dir`,
+    /// `parquet.path` and `cache_dir_vae` are rebased onto it (the
+    /// per-path settings below still win). Default: absolute `OUT`.
+    pub trainer_root: Option<PathBuf>,
     /// `data/` as the trainer sees it; default: absolute `OUT/data`.
     pub instance_data_dir: Option<PathBuf>,
     /// The parquet as the trainer sees it; default: absolute `OUT/<id>.parquet`.
@@ -103,6 +217,7 @@ impl BackendSettings {
     pub fn seed(dataset_id: &str) -> Self {
         BackendSettings {
             dataset_id: dataset_id.to_string(),
+            trainer_root: None,
             instance_data_dir: None,
             parquet_path: None,
             resolution: 1.0,
@@ -115,25 +230,32 @@ impl BackendSettings {
     }
 }
 
+/// `p` made absolute against the current directory (SimpleTuner matches
+/// image paths by string, so a relative path matches nothing).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// The dataloader entry, as a one-element JSON array (SimpleTuner's
-/// `multidatabackend.json` is a list of entries).
+/// `multidatabackend.json` is a list of entries). Every path in it is
+/// absolute: relative settings are resolved against the current directory.
 pub fn backend_entry(
     s: &BackendSettings,
     out_abs: &Path,
     textfile_captions: bool,
 ) -> serde_json::Value {
-    let data_dir = s
-        .instance_data_dir
-        .clone()
-        .unwrap_or_else(|| out_abs.join("data"));
-    let parquet = s
-        .parquet_path
-        .clone()
-        .unwrap_or_else(|| out_abs.join(format!("{}.parquet", s.dataset_id)));
-    let cache = s
-        .cache_dir_vae
-        .clone()
-        .unwrap_or_else(|| out_abs.join("cache").join("vae").join(&s.dataset_id));
+    let root = absolute(s.trainer_root.as_deref().unwrap_or(out_abs));
+    let pick =
+        |given: &Option<PathBuf>, default: PathBuf| absolute(given.as_ref().unwrap_or(&default));
+    let data_dir = pick(&s.instance_data_dir, root.join("data"));
+    let parquet = pick(
+        &s.parquet_path,
+        root.join(format!("{}.parquet", s.dataset_id)),
+    );
+    let cache = pick(
+        &s.cache_dir_vae,
+        root.join("cache").join("vae").join(&s.dataset_id),
+    );
     json!([{
         "id": s.dataset_id,
         "type": "local",
@@ -222,5 +344,50 @@ mod tests {
         assert_eq!(e["parquet"]["caption_column"], "caption");
         assert_eq!(e["parquet"]["filename_column"], "filename");
         assert_eq!(e["parquet"]["identifier_includes_extension"], true);
+    }
+
+    fn paths(s: &BackendSettings) -> [String; 3] {
+        let e = &backend_entry(s, Path::new("/x/dalle3"), true)[0];
+        [
+            e["instance_data_dir"].as_str().unwrap().to_string(),
+            e["parquet"]["path"].as_str().unwrap().to_string(),
+            e["cache_dir_vae"].as_str().unwrap().to_string(),
+        ]
+    }
+
+    #[test]
+    fn trainer_root_rebases_every_path_and_per_path_settings_win() {
+        let mut s = BackendSettings::seed("dalle3");
+        s.trainer_root = Some("/mnt/train".into());
+        assert_eq!(
+            paths(&s),
+            [
+                "/mnt/train/data",
+                "/mnt/train/dalle3.parquet",
+                "/mnt/train/cache/vae/dalle3/"
+            ]
+        );
+        s.parquet_path = Some("/elsewhere/t.parquet".into());
+        assert_eq!(paths(&s)[1], "/elsewhere/t.parquet");
+        assert_eq!(paths(&s)[0], "/mnt/train/data");
+    }
+
+    #[test]
+    fn relative_paths_become_absolute_against_the_current_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut s = BackendSettings::seed("dalle3");
+        s.instance_data_dir = Some("out/e/data".into());
+        s.cache_dir_vae = Some("cache".into());
+        s.trainer_root = Some("mnt".into());
+        let [data, parquet, cache] = paths(&s);
+        assert_eq!(data, cwd.join("out/e/data").display().to_string());
+        assert_eq!(
+            parquet,
+            cwd.join("mnt/dalle3.parquet").display().to_string()
+        );
+        assert_eq!(cache, format!("{}/", cwd.join("cache").display()));
+        for p in [data, parquet, cache] {
+            assert!(Path::new(&p).is_absolute(), "{p}");
+        }
     }
 }

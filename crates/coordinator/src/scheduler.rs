@@ -12,17 +12,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+pub use shardprep_core::manifest::ShardProgress as Progress;
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
 use shardprep_core::proto::FailureKind;
-
-/// Progress a heartbeat reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub members: u64,
-    pub bytes_read: u64,
-    pub json_files: u64,
-    pub rows: u64,
-}
 
 /// State of one shard.
 #[derive(Debug, Clone)]
@@ -98,19 +90,29 @@ pub enum LeaseAnswer {
     Done,
 }
 
+/// What became of a current lease's failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailOutcome {
+    pub name: String,
+    /// Attempts counted so far.
+    pub attempts: u32,
+    /// The shard will not be tried again.
+    pub failed_for_good: bool,
+}
+
 /// The scheduler.
 #[derive(Debug)]
 pub struct Scheduler {
-    pub shards: Vec<ShardEntry>,
+    shards: Vec<ShardEntry>,
     queue: VecDeque<usize>,
     next_lease: u64,
-    pub lease_timeout: Duration,
+    lease_timeout: Duration,
     /// A lease whose progress has not moved for this long is taken back.
-    pub stall_timeout: Duration,
-    pub max_attempts: u32,
-    pub workers: HashMap<String, WorkerInfo>,
+    stall_timeout: Duration,
+    max_attempts: u32,
+    workers: HashMap<String, WorkerInfo>,
     /// Set once the job has finished merging: lease answers become `Done`.
-    pub finished: bool,
+    finished: bool,
     /// Current leases → shard index (so no RPC scans every shard).
     leased: HashMap<u64, usize>,
     done: usize,
@@ -170,8 +172,45 @@ impl Scheduler {
         }
     }
 
+    /// Sets how long a lease may go without progress before it is taken back.
+    pub fn with_stall_timeout(mut self, stall_timeout: Duration) -> Self {
+        self.stall_timeout = stall_timeout;
+        self
+    }
+
+    /// Every shard, in shard order.
+    pub fn shards(&self) -> &[ShardEntry] {
+        &self.shards
+    }
+
+    /// Every worker heard from, by id.
+    pub fn workers(&self) -> &HashMap<String, WorkerInfo> {
+        &self.workers
+    }
+
+    /// The largest peak RSS any worker reported.
+    pub fn worker_peak_rss(&self) -> u64 {
+        self.workers
+            .values()
+            .map(|w| w.peak_rss_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Ends the job: from now on every lease request is answered `Done`.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Notes that `worker` registered; true when it was not known before.
+    pub fn register(&mut self, worker: &str, hostname: &str, now: Instant) -> bool {
+        let new = !self.workers.contains_key(worker);
+        self.touch(worker, Some(hostname), now);
+        new
+    }
+
     /// Notes that `worker` was heard from.
-    pub fn touch(&mut self, worker: &str, hostname: Option<&str>, now: Instant) -> &mut WorkerInfo {
+    fn touch(&mut self, worker: &str, hostname: Option<&str>, now: Instant) -> &mut WorkerInfo {
         let w = self
             .workers
             .entry(worker.to_string())
@@ -276,16 +315,19 @@ impl Scheduler {
         self.leased.get(&lease_id).copied()
     }
 
-    /// Extends a lease; false if it is not current (expired, reassigned, unknown).
+    /// Extends a lease and records the worker's peak RSS; false if the
+    /// lease is not current (expired, reassigned, unknown).
     pub fn heartbeat(
         &mut self,
         worker: &str,
         lease_id: u64,
         progress: Progress,
+        peak_rss_bytes: u64,
         now: Instant,
     ) -> bool {
         self.expire(now);
-        self.touch(worker, None, now);
+        let w = self.touch(worker, None, now);
+        w.peak_rss_bytes = w.peak_rss_bytes.max(peak_rss_bytes);
         let timeout = self.lease_timeout;
         let Some(i) = self.current_lease(lease_id) else {
             return false;
@@ -326,7 +368,8 @@ impl Scheduler {
         Some(i)
     }
 
-    /// Records a failed (or abandoned) attempt of a current lease.
+    /// Records a failed (or abandoned) attempt of a current lease; `None`
+    /// for a stale lease (then nothing changes but the worker's last sighting).
     pub fn fail(
         &mut self,
         worker: &str,
@@ -334,12 +377,12 @@ impl Scheduler {
         error: String,
         kind: FailureKind,
         now: Instant,
-    ) -> bool {
+    ) -> Option<FailOutcome> {
         self.touch(worker, None, now).current = None;
-        let Some(i) = self.current_lease(lease_id) else {
-            return false;
-        };
-        if !kind.counts_as_attempt() {
+        let i = self.current_lease(lease_id)?;
+        if kind.counts_as_attempt() {
+            self.attempt_lost(i, error, kind.retryable());
+        } else {
             // Shutting down is not the shard's fault nor the worker's.
             self.unlease(i);
             let shard = &mut self.shards[i];
@@ -347,10 +390,13 @@ impl Scheduler {
             shard.last_error = Some(error);
             shard.state = ShardState::Pending;
             self.queue.push_front(i);
-            return true;
         }
-        self.attempt_lost(i, error, kind.retryable());
-        true
+        let shard = &self.shards[i];
+        Some(FailOutcome {
+            name: shard.name.clone(),
+            attempts: shard.attempts,
+            failed_for_good: matches!(shard.state, ShardState::Failed),
+        })
     }
 
     fn attempt_lost(&mut self, i: usize, error: String, retryable: bool) {
@@ -485,6 +531,7 @@ mod tests {
             "a",
             g1.lease_id,
             Progress::default(),
+            0,
             t + Duration::from_secs(8)
         ));
         assert_eq!(s.lease("b", t + Duration::from_secs(15)), LeaseAnswer::Wait);
@@ -496,6 +543,7 @@ mod tests {
             "a",
             g1.lease_id,
             Progress::default(),
+            0,
             t + Duration::from_secs(19)
         ));
         assert_eq!(
@@ -536,17 +584,20 @@ mod tests {
         for attempt in 1..=3 {
             let g = grant(s.lease("a", t));
             assert_eq!(g.attempt, attempt);
-            assert!(s.fail(
-                "a",
-                g.lease_id,
-                format!("boom {attempt}"),
-                FailureKind::Retryable,
-                t
-            ));
+            assert!(
+                s.fail(
+                    "a",
+                    g.lease_id,
+                    format!("boom {attempt}"),
+                    FailureKind::Retryable,
+                    t
+                )
+                .is_some()
+            );
         }
         assert!(s.settled());
         assert_eq!(s.tally(), (0, 1, 0));
-        assert_eq!(s.shards[0].last_error.as_deref(), Some("boom 3"));
+        assert_eq!(s.shards()[0].last_error.as_deref(), Some("boom 3"));
     }
 
     #[test]
@@ -554,22 +605,28 @@ mod tests {
         let t = Instant::now();
         let mut s = sched(2, 3);
         let g = grant(s.lease("a", t));
-        assert!(s.fail(
-            "a",
-            g.lease_id,
-            "shutting down".into(),
-            FailureKind::Abandoned,
-            t
-        ));
-        assert_eq!(s.shards[0].attempts, 0);
-        assert!(s.shards[0].lost_by.is_empty());
+        assert!(
+            s.fail(
+                "a",
+                g.lease_id,
+                "shutting down".into(),
+                FailureKind::Abandoned,
+                t
+            )
+            .is_some()
+        );
+        assert_eq!(s.shards()[0].attempts, 0);
+        assert!(s.shards()[0].lost_by.is_empty());
         // Given back at the front of the queue, to anyone, as attempt 1 again.
         let g = grant(s.lease("b", t));
         assert_eq!((g.name.as_str(), g.attempt), ("s0.tar", 1));
         let g = grant(s.lease("a", t));
         assert_eq!(g.name, "s1.tar");
-        assert!(s.fail("a", g.lease_id, "corrupt".into(), FailureKind::Permanent, t));
-        assert!(matches!(s.shards[1].state, ShardState::Failed));
+        assert!(
+            s.fail("a", g.lease_id, "corrupt".into(), FailureKind::Permanent, t)
+                .is_some()
+        );
+        assert!(matches!(s.shards()[1].state, ShardState::Failed));
     }
 
     #[test]
@@ -581,9 +638,9 @@ mod tests {
         ];
         let mut s = Scheduler::new(shards, Duration::from_secs(5), 3, 1);
         assert_eq!(grant(s.lease("w", t)).name, "b.tar");
-        s.finished = true;
+        s.finish();
         assert_eq!(s.lease("w", t), LeaseAnswer::Done);
-        assert!(s.workers["w"].told_done);
+        assert!(s.workers()["w"].told_done);
     }
 
     #[test]
@@ -592,7 +649,10 @@ mod tests {
         let mut s = sched(2, 3);
         let g0 = grant(s.lease("a", t));
         let g1 = grant(s.lease("b", t));
-        assert!(s.fail("a", g0.lease_id, "stuck".into(), FailureKind::Retryable, t));
+        assert!(
+            s.fail("a", g0.lease_id, "stuck".into(), FailureKind::Retryable, t)
+                .is_some()
+        );
         // `a` lost s0; `b` is alive and busy: `a` waits rather than retaking s0.
         assert_eq!(s.lease("a", t), LeaseAnswer::Wait);
         s.complete("b", g1.lease_id, manifest("s1.tar"), t);
@@ -601,25 +661,27 @@ mod tests {
         // Alone, a worker does retake a shard it lost.
         let mut s = sched(1, 3);
         let g = grant(s.lease("a", t));
-        assert!(s.fail("a", g.lease_id, "boom".into(), FailureKind::Retryable, t));
+        assert!(
+            s.fail("a", g.lease_id, "boom".into(), FailureKind::Retryable, t)
+                .is_some()
+        );
         assert_eq!(grant(s.lease("a", t)).attempt, 2);
     }
 
     #[test]
     fn a_hung_worker_that_still_heartbeats_loses_its_lease() {
         let t = Instant::now();
-        let mut s = sched(1, 3);
-        s.stall_timeout = Duration::from_secs(20);
+        let mut s = sched(1, 3).with_stall_timeout(Duration::from_secs(20));
         let g = grant(s.lease("a", t));
         let p = Progress {
             members: 1,
             ..Progress::default()
         };
-        assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(5)));
+        assert!(s.heartbeat("a", g.lease_id, p, 0, t + Duration::from_secs(5)));
         // Heartbeats keep coming, progress does not move.
-        assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(14)));
-        assert!(s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(23)));
-        assert!(!s.heartbeat("a", g.lease_id, p, t + Duration::from_secs(26)));
+        assert!(s.heartbeat("a", g.lease_id, p, 0, t + Duration::from_secs(14)));
+        assert!(s.heartbeat("a", g.lease_id, p, 0, t + Duration::from_secs(23)));
+        assert!(!s.heartbeat("a", g.lease_id, p, 0, t + Duration::from_secs(26)));
         assert_eq!(grant(s.lease("b", t + Duration::from_secs(26))).attempt, 2);
     }
 }

@@ -71,6 +71,39 @@ impl OutputLayout {
     }
 }
 
+/// The temporary files of one attempt at a shard, as names inside
+/// `OUT/.shardprep/tmp/`: `<stem>.<lease>.parquet`, `.manifest.json` and
+/// `.files` (the attempt's list of files written into `data/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptFiles {
+    pub fragment: String,
+    pub manifest: String,
+    pub files: String,
+}
+
+impl AttemptFiles {
+    /// The names for the attempt of `shard_name` under `lease_id`.
+    pub fn new(shard_name: &str, lease_id: u64) -> Self {
+        Self::named(&shard_file_stem(shard_name), lease_id)
+    }
+
+    /// The names of the attempt whose fragment is `fragment` (a name built
+    /// by [`AttemptFiles::new`] for `lease_id`); `None` for any other name.
+    /// Only the ending is parsed, so a shard named `a.parquet.tar` is fine.
+    pub fn of_fragment(fragment: &str, lease_id: u64) -> Option<Self> {
+        let stem = fragment.strip_suffix(&format!(".{lease_id}.parquet"))?;
+        (!stem.is_empty()).then(|| Self::named(stem, lease_id))
+    }
+
+    fn named(stem: &str, lease_id: u64) -> Self {
+        AttemptFiles {
+            fragment: format!("{stem}.{lease_id}.parquet"),
+            manifest: format!("{stem}.{lease_id}.manifest.json"),
+            files: format!("{stem}.{lease_id}.files"),
+        }
+    }
+}
+
 /// A file-name-safe, collision-free stem for a shard name: the name with
 /// unusual characters replaced, plus a hash of the exact name.
 pub fn shard_file_stem(shard_name: &str) -> String {
@@ -132,5 +165,17 @@ mod tests {
         let b = shard_file_stem("../evil/x.tar");
         assert!(!b.contains('/'));
         assert_ne!(shard_file_stem("a b.tar"), shard_file_stem("a_b.tar"));
+    }
+
+    #[test]
+    fn attempt_files_survive_a_shard_named_like_a_parquet() {
+        let a = AttemptFiles::new("a.parquet.tar", 7);
+        let stem = shard_file_stem("a.parquet.tar");
+        assert_eq!(a.fragment, format!("{stem}.7.parquet"));
+        assert_eq!(a.manifest, format!("{stem}.7.manifest.json"));
+        assert_eq!(a.files, format!("{stem}.7.files"));
+        assert_eq!(AttemptFiles::of_fragment(&a.fragment, 7), Some(a.clone()));
+        assert_eq!(AttemptFiles::of_fragment(&a.fragment, 8), None);
+        assert_eq!(AttemptFiles::of_fragment(".7.parquet", 7), None);
     }
 }

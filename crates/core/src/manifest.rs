@@ -40,6 +40,14 @@ pub struct ShardCounts {
     pub images_without_json: u64,
     /// Member names seen twice in the shard (the later one wins on disk).
     pub duplicate_members: u64,
+    /// Caption files written for images that have no row (so that a trainer
+    /// walking `data/` finds a caption for every image).
+    #[serde(default)]
+    pub captions_for_unlisted_images: u64,
+    /// Captions that textfile and parquet modes read differently (a newline
+    /// inside, surrounding whitespace), by kind: a warning, not a skip.
+    #[serde(default)]
+    pub caption_warnings: BTreeMap<String, u64>,
 }
 
 impl ShardCounts {
@@ -64,11 +72,36 @@ impl ShardCounts {
         self.json_without_image += o.json_without_image;
         self.images_without_json += o.images_without_json;
         self.duplicate_members += o.duplicate_members;
+        self.captions_for_unlisted_images += o.captions_for_unlisted_images;
+        for (k, v) in &o.caption_warnings {
+            *self.caption_warnings.entry(k.clone()).or_default() += v;
+        }
     }
 
     /// Total of skipped samples over all reasons.
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
+    }
+}
+
+/// How far a pass over a shard has got (what a heartbeat reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardProgress {
+    pub members: u64,
+    pub bytes_read: u64,
+    pub json_files: u64,
+    pub rows: u64,
+}
+
+impl From<&ShardCounts> for ShardProgress {
+    /// The progress of a finished pass.
+    fn from(c: &ShardCounts) -> Self {
+        ShardProgress {
+            members: c.members,
+            bytes_read: c.bytes_read,
+            json_files: c.json_files,
+            rows: c.rows,
+        }
     }
 }
 
@@ -117,4 +150,29 @@ pub struct ShardManifest {
 
 fn yes() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_including_caption_extras_and_old_manifests_still_read() {
+        let mut a = ShardCounts {
+            captions_for_unlisted_images: 2,
+            ..Default::default()
+        };
+        a.caption_warnings.insert("newline".into(), 1);
+        let mut total = ShardCounts::default();
+        total.add(&a);
+        total.add(&a);
+        assert_eq!(total.captions_for_unlisted_images, 4);
+        assert_eq!(total.caption_warnings["newline"], 2);
+        let mut old = serde_json::to_value(ShardCounts::default()).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("captions_for_unlisted_images");
+        o.remove("caption_warnings");
+        let back: ShardCounts = serde_json::from_value(old).unwrap();
+        assert_eq!(back, ShardCounts::default());
+    }
 }

@@ -2,7 +2,7 @@
 //! types, and the few computations every reader of a job's status shares.
 //! No other module builds a wire message field by field.
 
-use crate::manifest::ShardCounts;
+use crate::manifest::{ShardCounts, ShardProgress};
 use crate::proto::{self, FailureKind};
 
 impl FailureKind {
@@ -26,12 +26,31 @@ impl proto::FailRequest {
 impl From<&ShardCounts> for proto::Progress {
     /// The progress of a committed shard (peak RSS is a live-only number).
     fn from(c: &ShardCounts) -> Self {
+        proto::Progress::from(ShardProgress::from(c))
+    }
+}
+
+impl From<ShardProgress> for proto::Progress {
+    /// Progress on the wire (peak RSS is the worker's to fill in).
+    fn from(p: ShardProgress) -> Self {
         proto::Progress {
-            members: c.members,
-            bytes_read: c.bytes_read,
-            json_files: c.json_files,
-            rows: c.rows,
+            members: p.members,
+            bytes_read: p.bytes_read,
+            json_files: p.json_files,
+            rows: p.rows,
             peak_rss_bytes: 0,
+        }
+    }
+}
+
+impl From<&proto::Progress> for ShardProgress {
+    /// The progress a heartbeat carries (its peak RSS is read apart).
+    fn from(p: &proto::Progress) -> Self {
+        ShardProgress {
+            members: p.members,
+            bytes_read: p.bytes_read,
+            json_files: p.json_files,
+            rows: p.rows,
         }
     }
 }
@@ -63,6 +82,22 @@ mod tests {
         assert_eq!(eta_secs(25, 100, 5.0), Some(15.0));
         assert_eq!(eta_secs(0, 100, 0.0), None);
         assert_eq!(eta_secs(100, 100, 5.0), None);
+    }
+
+    #[test]
+    fn progress_crosses_the_wire_unchanged() {
+        let p = ShardProgress {
+            members: 1,
+            bytes_read: 2,
+            json_files: 3,
+            rows: 4,
+        };
+        let wire = proto::Progress::from(p);
+        assert_eq!(
+            (wire.members, wire.bytes_read, wire.json_files, wire.rows),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(ShardProgress::from(&wire), p);
     }
 
     #[test]
