@@ -67,9 +67,7 @@ pub fn recover(
                 "the machine restarted before this shard's files were flushed to disk \
                  and some are missing or short; redoing the shard"
             );
-            for p in [layout.manifest_path(name), layout.fragment_path(name)] {
-                let _ = std::fs::remove_file(p);
-            }
+            uncommit(layout, name);
             return None;
         }
         tracing::info!(
@@ -78,6 +76,14 @@ pub fn recover(
         );
     }
     Some(manifest)
+}
+
+/// Takes a shard's commit back (its manifest, then its fragment): the job
+/// redoes it, and its files in `data/` are written again over the old ones.
+pub fn uncommit(layout: &OutputLayout, name: &str) {
+    for p in [layout.manifest_path(name), layout.fragment_path(name)] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Removes what an outdated version of a shard left: the files it extracted

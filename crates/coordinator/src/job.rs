@@ -20,6 +20,7 @@ use crate::finish::finish_job;
 use crate::report::{self, Report};
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, auth_interceptor};
+use crate::verify::{self, ShardWrote};
 use crate::{CoordinatorConfig, CoordinatorError, JobShared, JobState, Phase};
 
 /// Largest request the server accepts (requests are small; this stops floods of junk).
@@ -165,13 +166,45 @@ fn recover_shards(
     sources: &[ShardSource],
 ) -> Vec<(String, ShardIdentity, Option<ShardManifest>)> {
     let boot_id = shardprep_core::durability::boot_id();
-    sources
+    let mut recovered: Vec<_> = sources
         .iter()
         .map(|s| {
             let m = commit::recover(layout, &s.name, s.identity, &boot_id);
             (s.name.clone(), s.identity, m)
         })
-        .collect()
+        .collect();
+    redo_damaged(layout, &mut recovered);
+    recovered
+}
+
+/// Checks the files every recovered shard wrote (present, with the size
+/// written: one `stat` each) and turns the damaged shards back into pending
+/// ones, so that a re-run repairs what `verify` would find.
+fn redo_damaged(
+    layout: &OutputLayout,
+    recovered: &mut [(String, ShardIdentity, Option<ShardManifest>)],
+) {
+    let wrote: Vec<ShardWrote> = recovered
+        .iter()
+        .filter_map(|(name, _, m)| {
+            let c = &m.as_ref()?.counts;
+            Some(ShardWrote {
+                name: name.clone(),
+                files: c.files_extracted + c.captions_written,
+            })
+        })
+        .collect();
+    if wrote.is_empty() {
+        return;
+    }
+    let damaged = verify::check_written(layout, &wrote, None, 0, true).damaged_shards;
+    for (name, _, m) in recovered.iter_mut() {
+        if m.is_some() && damaged.contains(name.as_str()) {
+            tracing::warn!(shard = %name, "files this shard wrote into data/ are missing or changed since it was committed; redoing the shard");
+            commit::uncommit(layout, name);
+            *m = None;
+        }
+    }
 }
 
 /// What every worker is told about the job.

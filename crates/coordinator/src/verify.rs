@@ -1,7 +1,7 @@
 //! `shardprep verify OUT`: checks an output folder without a coordinator,
 //! as the seed's manual checks do and more.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use arrow_array::{Array, StringArray};
@@ -22,6 +22,9 @@ pub struct Findings {
     pub foreign_files: Vec<String>,
     /// How many such files there are in all.
     pub foreign_files_total: u64,
+    /// Committed shards whose files in `data/` are missing or changed, or
+    /// whose file list cannot be read: redoing them repairs the output.
+    pub damaged_shards: BTreeSet<String>,
 }
 
 /// Foreign files listed by name.
@@ -64,6 +67,7 @@ fn read_written(
             // A shard that wrote nothing into data/ needs no list.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && shard.files == 0 => Vec::new(),
             Err(e) => {
+                f.damaged_shards.insert(shard.name.clone());
                 f.problems.push(format!(
                     "cannot read the file list of shard {} ({}: {e}): what it wrote into data/ cannot be checked; remove OUT/.shardprep/fragments/{} and run the job again to redo the shard",
                     shard.name,
@@ -125,6 +129,7 @@ pub fn check_written(
                 _ => continue,
             };
             n_missing += 1;
+            f.damaged_shards.insert(shards[i].name.clone());
             json_missing += u64::from(rec.rel.ends_with(b".json"));
             if missing.len() < LISTED {
                 missing.push(format!(
@@ -147,7 +152,7 @@ pub fn check_written(
     }
     if n_missing > 0 {
         f.problems.push(format!(
-            "{n_missing} files the shards wrote into data/ are missing or changed since the job: {}; run the job again after removing OUT/.shardprep/fragments/<shard>.manifest.json of those shards to redo them",
+            "{n_missing} files the shards wrote into data/ are missing or changed since the job: {}; run the job again: it redoes the shards they came from",
             missing.join(", ")
         ));
     } else {
