@@ -1223,3 +1223,67 @@ fn damaged_files_are_found_and_their_shards_redone() {
         "{err}"
     );
 }
+
+#[test]
+fn a_second_job_on_the_same_output_is_refused_naming_the_first() {
+    // A coordinator waiting for workers holds OUT; a `run` on the same OUT
+    // must refuse at once (exit 2) and name the holder, and must not touch
+    // the first job's files. Once the first is gone, the output is free.
+    let tmp = tempdir();
+    let shards_dir = tmp.path().join("shards");
+    let shards = make_shards(&shards_dir, 2, 10, 7501);
+    let out = tmp.path().join("out");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let log = tmp.path().join("coord.log");
+    let mut coord = Proc::spawn_logged(
+        "coordinator",
+        command(&[
+            "coordinator",
+            "--input",
+            path_str(&shards_dir),
+            "--output",
+            path_str(&out),
+            "--listen",
+            &listen,
+        ])
+        .env("SHARDPREP_TOKEN", "a-test-token"),
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.join(".shardprep/lock").exists()
+        || std::fs::read_to_string(out.join(".shardprep/lock"))
+            .unwrap_or_default()
+            .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline && coord.running(),
+            "{}",
+            coord.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let args = [
+        "run",
+        "--input",
+        path_str(&shards_dir),
+        "--output",
+        path_str(&out),
+    ];
+    let o = run_raw(&args, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", explain(&args, &o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another job is using this output")
+            && err.contains(&format!("\"pid\":{}", coord.pid())),
+        "{err}"
+    );
+    assert!(
+        coord.running(),
+        "the first job was disturbed:\n{}",
+        coord.log()
+    );
+    coord.stop();
+    run_ok(&args);
+    assert_matches_seed(&out, &shards);
+}

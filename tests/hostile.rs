@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::{Value, json};
@@ -1581,9 +1581,7 @@ fn full_disk_fails_the_shard_with_a_clear_message() {
         assert_ne!(r["verdict"], "ok");
         assert_eq!(r["failures"][0]["name"], "big.tar");
     }
-    // Known bug (see full_disk_leaves_no_temporary_report): a report that
-    // could not be written leaves OUT/report.json.tmp behind.
-    let _ = std::fs::remove_file(job.out.join("report.json.tmp"));
+    assert_no_temporaries(&job.out);
     job.assert_contained(&[]);
 }
 
@@ -1594,9 +1592,21 @@ fn full_disk_leaves_no_temporary_report() {
         return;
     };
     assert!(!run.output.status.success(), "{}", run.explain());
-    assert!(
-        !job.out.join("report.json.tmp").exists(),
-        "OUT/report.json.tmp was left behind"
-    );
+    assert_no_temporaries(&job.out);
     job.assert_contained(&[]);
+}
+
+/// No temporary file of a failed write (`*.tmp`: the parquet, the report,
+/// the entry) is left in `OUT`.
+fn assert_no_temporaries(out: &Path) {
+    let left: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "temporary files left behind in OUT: {left:?}"
+    );
 }

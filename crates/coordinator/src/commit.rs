@@ -208,10 +208,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
         what: what.to_string(),
         source: e,
     };
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = shardprep_core::layout::unique_tmp(path);
     let written = std::fs::File::create(&tmp)
         .map_err(|e| err("create", e))
         .and_then(|mut f| {

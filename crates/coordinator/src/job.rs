@@ -17,6 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::commit;
 use crate::discover::{ShardSource, discover_input};
 use crate::finish::finish_job;
+use crate::lock::OutputLock;
 use crate::report::{self, Report};
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, auth_interceptor};
@@ -43,11 +44,13 @@ fn out_err(path: &Path, what: &str, source: std::io::Error) -> CoordinatorError 
     }
 }
 
-/// Creates the output folders and checks that they are writable.
-fn prepare_output(layout: &OutputLayout) -> Result<(), CoordinatorError> {
+/// Creates the output folders, takes the job's lock on them and checks that
+/// they are writable.
+fn prepare_output(layout: &OutputLayout) -> Result<OutputLock, CoordinatorError> {
     for dir in [layout.data_dir(), layout.fragments_dir(), layout.tmp_dir()] {
         std::fs::create_dir_all(&dir).map_err(|e| out_err(&dir, "create", e))?;
     }
+    let lock = OutputLock::acquire(&layout.state_dir())?;
     let probe = layout.state_dir().join(".write-probe");
     std::fs::write(&probe, b"ok").map_err(|e| out_err(&probe, "write", e))?;
     let _ = std::fs::remove_file(&probe);
@@ -57,7 +60,7 @@ fn prepare_output(layout: &OutputLayout) -> Result<(), CoordinatorError> {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Runs a whole job, serving workers on `listener` until every shard is
@@ -119,10 +122,10 @@ async fn start_job(
     started: Instant,
 ) -> Result<JobShared, CoordinatorError> {
     let layout = OutputLayout::new(config.output.clone());
-    {
+    let lock = {
         let layout = layout.clone();
-        blocking("output preparation", move || prepare_output(&layout)).await??;
-    }
+        blocking("output preparation", move || prepare_output(&layout)).await??
+    };
     let (input_root, discovery) = discover_input(&config.input).await?;
     let sources = discovery.shards;
     let recovered = {
@@ -157,6 +160,7 @@ async fn start_job(
         phase: std::sync::Mutex::new((Phase::Running, String::new())),
         input_problems: discovery.refused,
         shard_urls: sources.iter().map(|s| s.url.clone()).collect(),
+        _lock: lock,
     })
 }
 

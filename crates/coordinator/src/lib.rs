@@ -17,6 +17,7 @@ pub mod commit;
 pub mod discover;
 mod finish;
 pub mod job;
+pub mod lock;
 pub mod merge;
 pub mod report;
 pub mod scheduler;
@@ -71,6 +72,10 @@ pub enum CoordinatorError {
         "interrupted before the job finished; start the coordinator again with the same --output to resume"
     )]
     Interrupted,
+    #[error(
+        "another job is using this output ({path} is locked by {holder}); wait for it to end or give another --output"
+    )]
+    OutputBusy { path: String, holder: String },
 }
 
 /// Everything the coordinator needs to run a job.
@@ -264,6 +269,8 @@ pub struct JobShared {
     pub(crate) input_problems: Vec<String>,
     /// Per shard index: the URL of a remote shard.
     pub(crate) shard_urls: Vec<Option<String>>,
+    /// This job's hold on the output folder (one job per `OUT`).
+    pub(crate) _lock: lock::OutputLock,
 }
 
 impl JobShared {

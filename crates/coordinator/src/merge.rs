@@ -95,7 +95,23 @@ pub fn merge(
     dest: &Path,
 ) -> Result<MergeOutcome, CoordinatorError> {
     let schema = merged_schema(fragments, extra)?;
-    let tmp = dest.with_extension("parquet.tmp");
+    let tmp = shardprep_core::layout::unique_tmp(dest);
+    let merged = merge_into(fragments, schema, &tmp, dest);
+    if merged.is_err() {
+        // Never leave a half-written table behind (e.g. on a full disk).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    merged
+}
+
+/// The merge proper: rows of `fragments` into `tmp`, then renamed to `dest`.
+fn merge_into(
+    fragments: &[(String, PathBuf)],
+    schema: Arc<Schema>,
+    tmp: &Path,
+    dest: &Path,
+) -> Result<MergeOutcome, CoordinatorError> {
+    let tmp = tmp.to_path_buf();
     let file = File::create(&tmp).map_err(|e| merr(&tmp, e))?;
     let mut writer = ArrowWriter::try_new(
         BufWriter::with_capacity(1 << 20, file),

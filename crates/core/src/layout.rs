@@ -154,6 +154,18 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A temporary name beside `path` that no other writer uses (this process's
+/// pid and a random number), for a write-then-rename of `path`.
+pub fn unique_tmp(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}-{:08x}.tmp",
+        std::process::id(),
+        crate::auth::random_u64() as u32
+    ));
+    path.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
