@@ -88,6 +88,37 @@ pub fn shard_file_stem(shard_name: &str) -> String {
     format!("{safe}-{:016x}", fnv1a64(shard_name.as_bytes()))
 }
 
+/// Names, inside `OUT/.shardprep/tmp/`, of the files one attempt (lease) at
+/// a shard writes before its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptTmpNames {
+    /// `<stem>.<lease>.parquet`: the fragment.
+    pub fragment: String,
+    /// `<stem>.<lease>.manifest.json`: the manifest.
+    pub manifest: String,
+    /// `<stem>.<lease>.files`: the list of files written into `data/`.
+    pub files_list: String,
+}
+
+/// The temporary file names of attempt `lease_id` at `shard_name`.
+pub fn attempt_tmp_names(shard_name: &str, lease_id: u64) -> AttemptTmpNames {
+    let base = format!("{}.{lease_id}", shard_file_stem(shard_name));
+    AttemptTmpNames {
+        fragment: format!("{base}.parquet"),
+        manifest: format!("{base}.manifest.json"),
+        files_list: format!("{base}.files"),
+    }
+}
+
+/// The files list beside the temporary fragment `fragment_tmp` (a name made
+/// by [`attempt_tmp_names`]); `None` when it does not end in `.parquet`.
+/// Only the last `.parquet` is replaced: a shard name may contain it too.
+pub fn files_list_tmp_name(fragment_tmp: &str) -> Option<String> {
+    fragment_tmp
+        .strip_suffix(".parquet")
+        .map(|base| format!("{base}.files"))
+}
+
 /// Python's `os.path.splitext(name)[0]`: the name without its last extension
 /// (a leading dot does not start an extension). The seed names caption files
 /// `data/<stem of image_name>.txt`.
@@ -132,5 +163,16 @@ mod tests {
         let b = shard_file_stem("../evil/x.tar");
         assert!(!b.contains('/'));
         assert_ne!(shard_file_stem("a b.tar"), shard_file_stem("a_b.tar"));
+    }
+
+    #[test]
+    fn attempt_names_share_one_base_even_with_parquet_in_the_shard_name() {
+        let n = attempt_tmp_names("x.parquet.tar", 7);
+        let base = format!("{}.7", shard_file_stem("x.parquet.tar"));
+        assert_eq!(n.fragment, format!("{base}.parquet"));
+        assert_eq!(n.manifest, format!("{base}.manifest.json"));
+        assert_eq!(n.files_list, format!("{base}.files"));
+        assert_eq!(files_list_tmp_name(&n.fragment), Some(n.files_list));
+        assert_eq!(files_list_tmp_name("x.manifest.json"), None);
     }
 }
