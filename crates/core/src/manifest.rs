@@ -40,6 +40,17 @@ pub struct ShardCounts {
     pub images_without_json: u64,
     /// Member names seen twice in the shard (the later one wins on disk).
     pub duplicate_members: u64,
+    /// `data/<stem>.txt` files written for extracted images that no row
+    /// captions (their JSON's caption text, else empty), so that a trainer
+    /// walking `data/` finds a caption file beside every image. Not in
+    /// `captions_written`, which stays the seed's count.
+    #[serde(default)]
+    pub captions_for_unlisted_images: u64,
+    /// Row captions that the textfile and parquet modes will read
+    /// differently, by kind (`newline`, `surrounding_whitespace`): warnings,
+    /// the rows are kept as they are.
+    #[serde(default)]
+    pub caption_warnings: BTreeMap<String, u64>,
 }
 
 impl ShardCounts {
@@ -64,6 +75,10 @@ impl ShardCounts {
         self.json_without_image += o.json_without_image;
         self.images_without_json += o.images_without_json;
         self.duplicate_members += o.duplicate_members;
+        self.captions_for_unlisted_images += o.captions_for_unlisted_images;
+        for (k, v) in &o.caption_warnings {
+            *self.caption_warnings.entry(k.clone()).or_default() += v;
+        }
     }
 
     /// Total of skipped samples over all reasons.

@@ -9,7 +9,7 @@ use shardprep_core::layout::fnv1a64;
 
 use super::ShardError;
 use super::input::ShardSource;
-use crate::writers::WriteTag;
+use crate::writers::{WriteKind, WriteTag};
 
 /// What a regular member is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub(super) enum Kind {
     Other,
 }
 
-fn kind_of(rel: &Path) -> Kind {
+pub(super) fn kind_of(rel: &Path) -> Kind {
     let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     // `*.json` exactly as `find -name '*.json'` and `glob('data/*.json')` match.
     if name.ends_with(b".json") {
@@ -98,10 +98,10 @@ impl<'a> Member<'a> {
 
     /// What to know of a write of this member (or of its caption) when its
     /// outcome comes back.
-    pub(super) fn tag(&self, caption: bool) -> WriteTag {
+    pub(super) fn tag(&self, kind: WriteKind) -> WriteTag {
         WriteTag {
             member: self.name.clone(),
-            caption,
+            kind,
         }
     }
 

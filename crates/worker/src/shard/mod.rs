@@ -11,8 +11,10 @@
 //! - [`member`]: one member (path, kind, offset) and the errors naming it;
 //! - [`pass`]: [`pass::ShardPass`], the pass's output handles and state,
 //!   one method per step (`member`, `json_member`, `file_member`, `finish`);
+//! - [`captions`]: caption files for images no row captions, caption warnings;
 //! - [`tally`]: the counts and the issues listed by name.
 
+mod captions;
 mod input;
 mod member;
 mod pass;

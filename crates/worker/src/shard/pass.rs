@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -13,14 +12,15 @@ use shardprep_core::durability;
 use shardprep_core::layout::{AttemptTmpNames, attempt_tmp_names, fnv1a64, shard_file_stem};
 use shardprep_core::manifest::ShardManifest;
 
+use super::captions::{UnlistedImages, caption_path, caption_warnings, path_key};
 use super::input::ShardSource;
-use super::member::{Kind, Member, refused_entry_type};
+use super::member::{Kind, Member, kind_of, refused_entry_type};
 use super::tally::{NameSet, Tally};
 use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask, write_synced};
 use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::FragmentWriter;
-use crate::sample::{Parsed, Row, Skip, parse_sample, stem};
-use crate::writers::{Finished, POOL_MAX_FILE};
+use crate::sample::{Parsed, Row, Skip, caption_of, parse_sample, stem};
+use crate::writers::{Finished, POOL_MAX_FILE, WriteKind, WriteTag};
 
 /// One pass over one shard: where it writes, and what it has seen so far.
 pub(super) struct ShardPass<'a> {
@@ -45,6 +45,9 @@ pub(super) struct ShardPass<'a> {
     /// Caption files queued or written (hashes of `<stem>.txt`); a refused
     /// caption is taken back out when its outcome comes back.
     captions_written: HashSet<u64>,
+    /// Images no row captions, when members and captions are both written
+    /// (see [`super::captions`]).
+    unlisted: Option<UnlistedImages>,
     /// The JSON member being read (reused).
     json_buf: Vec<u8>,
 }
@@ -80,6 +83,7 @@ impl<'a> ShardPass<'a> {
             images: NameSet::default(),
             referenced: NameSet::default(),
             captions_written: HashSet::new(),
+            unlisted: (task.extract && task.write_captions).then(UnlistedImages::default),
             json_buf: Vec::new(),
         })
     }
@@ -188,6 +192,7 @@ impl<'a> ShardPass<'a> {
         self.read_json(m, entry)?;
         let parsed = (m.size <= MAX_JSON_BYTES && m.top_level)
             .then(|| parse_sample(&self.json_buf, &self.task.fields));
+        let own_text = self.own_caption_text(m, parsed.as_ref());
         if self.task.extract && !shadowed {
             self.write_json(m, entry)?;
         } else if m.size > MAX_JSON_BYTES {
@@ -206,7 +211,25 @@ impl<'a> ShardPass<'a> {
         } else if let Some(parsed) = parsed {
             self.sample(m, parsed)?;
         }
+        if let (Some(unlisted), Some(text)) = (self.unlisted.as_mut(), own_text) {
+            unlisted.json_text(&m.rel, text);
+        }
         Ok(())
+    }
+
+    /// The caption text of a JSON that made no row, for the caption file
+    /// of its own image if no row captions that (read before `json_buf` is
+    /// handed to a writer).
+    fn own_caption_text(
+        &self,
+        m: &Member,
+        parsed: Option<&Result<Parsed, Skip>>,
+    ) -> Option<String> {
+        let made_row = matches!(parsed, Some(Ok(Parsed::Row(_))));
+        if self.unlisted.is_none() || made_row || m.size > MAX_JSON_BYTES {
+            return None;
+        }
+        caption_of(&self.json_buf, &self.task.fields)
     }
 
     /// Reads the JSON's first [`MAX_JSON_BYTES`] into `json_buf`.
@@ -229,7 +252,8 @@ impl<'a> ShardPass<'a> {
         let written = if m.size <= POOL_MAX_FILE {
             // Counted when the write's outcome comes back.
             let bytes = std::mem::replace(&mut self.json_buf, self.data.buffer());
-            self.data.queue_bytes(m.rel.clone(), bytes, m.tag(false));
+            self.data
+                .queue_bytes(m.rel.clone(), bytes, m.tag(WriteKind::Member));
             false
         } else if m.size <= MAX_JSON_BYTES {
             let res = self.data.write_bytes(&m.rel, &self.json_buf);
@@ -269,14 +293,25 @@ impl<'a> ShardPass<'a> {
     /// A row: into the fragment, and its caption into `data/<stem>.txt`.
     fn row(&mut self, m: &Member, row: Row) -> Result<(), ShardError> {
         self.tally.counts.json_with_width += 1;
+        for w in caption_warnings(&row.caption) {
+            self.tally.caption_warning(&m.name, w);
+        }
         if self.task.write_captions {
             let txt = format!("{}.txt", stem(&row.filename));
+            let key = fnv1a64(txt.as_bytes());
             // Taken back out if the write is refused.
-            self.captions_written.insert(fnv1a64(txt.as_bytes()));
+            self.captions_written.insert(key);
+            if let Some(unlisted) = self.unlisted.as_mut() {
+                unlisted.row_caption(key);
+                if key != path_key(&caption_path(&m.rel)) {
+                    // The row captions another image than the JSON's own.
+                    unlisted.json_text(&m.rel, row.caption.clone());
+                }
+            }
             let mut bytes = self.data.buffer();
             bytes.extend_from_slice(row.caption.as_bytes());
             self.data
-                .queue_bytes(PathBuf::from(txt), bytes, m.tag(true));
+                .queue_bytes(PathBuf::from(txt), bytes, m.tag(WriteKind::Caption));
         }
         self.referenced.insert(row.filename.as_bytes());
         self.fragment
@@ -315,6 +350,7 @@ impl<'a> ShardPass<'a> {
             let res = self.data.write_stream(&m.rel, entry, m.size, &keep_going);
             if self.streamed(m, res)? {
                 self.tally.extracted(m.size);
+                self.image_written(&m.rel, &m.name);
             }
         } else {
             m.drain(entry, 0)?;
@@ -328,7 +364,8 @@ impl<'a> ShardPass<'a> {
         bytes.resize(m.size as usize, 0);
         let got = m.read_into(entry, &mut bytes)?;
         bytes.truncate(got);
-        self.data.queue_bytes(m.rel.clone(), bytes, m.tag(false));
+        self.data
+            .queue_bytes(m.rel.clone(), bytes, m.tag(WriteKind::Member));
         if (got as u64) < m.size {
             // The cut member stays as read so far, as `tar xf` leaves it.
             self.data.wait_all();
@@ -369,18 +406,70 @@ impl<'a> ShardPass<'a> {
     /// captions written, refusals; passes disk errors up.
     fn settle_writes(&mut self) -> Result<(), ShardError> {
         while let Some(done) = self.next_done()? {
-            let key = fnv1a64(done.rel.as_os_str().as_bytes());
-            let caption = done.tag.caption;
-            match self.placed(&done.tag.member, done.result)? {
-                true if caption => {
-                    self.captions_written.insert(key);
-                    self.tally.counts.captions_written += 1;
+            let key = path_key(&done.rel);
+            let member = done.tag.member;
+            match done.tag.kind {
+                WriteKind::Member => {
+                    if self.placed(&member, done.result)? {
+                        self.tally.extracted(done.size);
+                        self.image_written(&done.rel, &member);
+                    }
                 }
-                true => self.tally.extracted(done.size),
-                false if caption => {
-                    self.captions_written.remove(&key);
+                WriteKind::Caption => {
+                    if self.placed(&member, done.result)? {
+                        self.captions_written.insert(key);
+                        self.tally.counts.captions_written += 1;
+                    } else {
+                        self.captions_written.remove(&key);
+                    }
                 }
-                false => {}
+                WriteKind::UnlistedCaption => self.unlisted_caption_done(&member, done.result)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// An extracted file is whole in `data/`: an image needs a caption file.
+    fn image_written(&mut self, rel: &Path, member: &str) {
+        if let Some(unlisted) = self.unlisted.as_mut()
+            && kind_of(rel) == Kind::Image
+        {
+            unlisted.image_written(rel, member, &self.captions_written);
+        }
+    }
+
+    /// Writes a caption file for every extracted image that still has none
+    /// (see [`super::captions`]).
+    fn write_unlisted_captions(&mut self) -> Result<(), ShardError> {
+        let Some(unlisted) = self.unlisted.take() else {
+            return Ok(());
+        };
+        for c in unlisted.missing(&self.captions_written, &self.seen_members) {
+            let mut bytes = self.data.buffer();
+            bytes.extend_from_slice(c.text.as_bytes());
+            let tag = WriteTag {
+                member: c.member,
+                kind: WriteKind::UnlistedCaption,
+            };
+            self.data.queue_bytes(c.path, bytes, tag);
+            self.settle_writes()?;
+        }
+        self.data.wait_all();
+        self.settle_writes()
+    }
+
+    fn unlisted_caption_done(
+        &mut self,
+        member: &str,
+        res: Result<(), PlaceError>,
+    ) -> Result<(), ShardError> {
+        match res {
+            Ok(()) => self.tally.counts.captions_for_unlisted_images += 1,
+            Err(PlaceError::Io(p, e)) => return Err(self.source.write_error(&p, e)),
+            Err(refused) => {
+                let detail = format!("no caption file for this image: {refused}");
+                self.tally
+                    .issue(member, "unlisted_caption_not_written", detail);
             }
         }
         Ok(())
@@ -402,6 +491,7 @@ impl<'a> ShardPass<'a> {
             let what = "the tar has no members (empty or not a tar archive)";
             return Err(self.source.corrupt(what.into(), 0, None));
         }
+        self.write_unlisted_captions()?;
         self.tally.cross_check(&self.referenced, &self.images);
         let source = self.source;
         self.tally.counts.rows = self

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use shardprep_core::layout::fnv1a64;
 use shardprep_core::manifest::{ISSUE_LIST_CAP, MemberIssue, ShardCounts};
 
+use super::captions::CaptionWarning;
+
 /// Names kept for listing problems found only at the end of a shard.
 const NAMES_KEPT: usize = 4096;
 
@@ -62,6 +64,16 @@ impl Tally {
     pub(super) fn skip(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
         *self.counts.skipped.entry(reason.to_string()).or_default() += 1;
         self.issue(member, reason, detail);
+    }
+
+    /// A row whose caption textfile and parquet modes read differently.
+    pub(super) fn caption_warning(&mut self, member: &str, w: &CaptionWarning) {
+        *self
+            .counts
+            .caption_warnings
+            .entry(w.key.to_string())
+            .or_default() += 1;
+        self.issue(member, w.issue, w.detail);
     }
 
     /// Counts and lists the rows whose image is not in the shard and the
