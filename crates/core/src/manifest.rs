@@ -40,12 +40,15 @@ pub struct ShardCounts {
     pub images_without_json: u64,
     /// Member names seen twice in the shard (the later one wins on disk).
     pub duplicate_members: u64,
-    /// Caption files written for images that have no row (so that a trainer
-    /// walking `data/` finds a caption for every image).
+    /// `data/<stem>.txt` files written for extracted images that no row
+    /// captions (their JSON's caption text, else empty), so that a trainer
+    /// walking `data/` finds a caption file beside every image. Not in
+    /// `captions_written`, which stays the seed's count.
     #[serde(default)]
     pub captions_for_unlisted_images: u64,
-    /// Captions that textfile and parquet modes read differently (a newline
-    /// inside, surrounding whitespace), by kind: a warning, not a skip.
+    /// Row captions that the textfile and parquet modes will read
+    /// differently, by kind (`newline`, `surrounding_whitespace`): warnings,
+    /// the rows are kept as they are.
     #[serde(default)]
     pub caption_warnings: BTreeMap<String, u64>,
 }

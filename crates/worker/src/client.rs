@@ -387,50 +387,71 @@ enum Ended {
     Shutdown,
 }
 
+/// One leased shard: located, processed on a blocking thread while
+/// heartbeats extend the lease, then reported to the coordinator.
 async fn work_on(
     ctx: &mut Ctx,
     spec: &proto::JobSpec,
     l: proto::ShardLease,
 ) -> Result<(), WorkerError> {
-    let worker_id = ctx.config.worker_id.clone();
-    let lease_id = l.lease_id;
-    let shard = l.shard_name.clone();
     let started = Instant::now();
-    tracing::info!(shard = %shard, attempt = l.attempt, lease = lease_id, "processing shard");
-
-    let remote_url = (!l.url.is_empty()).then(|| l.url.clone());
-    let path = match &remote_url {
-        Some(url) if shardprep_remote::is_under(&spec.input_root, url) => {
-            PathBuf::from(shardprep_remote::redact(url))
+    tracing::info!(shard = %l.shard_name, attempt = l.attempt, lease = l.lease_id, "processing shard");
+    let (path, url) = match locate(spec, &l) {
+        Ok(found) => found,
+        Err(msg) => {
+            let kind = proto::FailureKind::Permanent;
+            return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
         }
-        Some(url) => {
-            let msg = format!(
-                "refusing shard URL {}: it is not under the input location {}",
-                shardprep_remote::redact(url),
-                shardprep_remote::redact(&spec.input_root)
-            );
-            return report_failure(ctx, lease_id, &shard, msg, proto::FailureKind::Permanent).await;
-        }
-        None => match resolve_shard(Path::new(&spec.input_root), &shard) {
-            Ok(p) => p,
-            Err(msg) => {
-                return report_failure(ctx, lease_id, &shard, msg, proto::FailureKind::Permanent)
-                    .await;
-            }
-        },
     };
+    let task = shard_task(ctx, spec, &l, path, url.is_some());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let live = Arc::new(LiveProgress::default());
+    let fault = ctx.config.fault.clone();
+    let handle = spawn_processing(task, url, fault, Arc::clone(&cancel), Arc::clone(&live));
+    let ended = watch(ctx, spec, &l, handle, &cancel, &live).await?;
+    report(ctx, &l, ended, started).await
+}
+
+/// Where to read the leased shard: a local path inside the input folder, or
+/// a URL under the input location (with its redacted form as the path).
+fn locate(
+    spec: &proto::JobSpec,
+    l: &proto::ShardLease,
+) -> Result<(PathBuf, Option<String>), String> {
+    if l.url.is_empty() {
+        return resolve_shard(Path::new(&spec.input_root), &l.shard_name).map(|p| (p, None));
+    }
+    if !shardprep_remote::is_under(&spec.input_root, &l.url) {
+        return Err(format!(
+            "refusing shard URL {}: it is not under the input location {}",
+            shardprep_remote::redact(&l.url),
+            shardprep_remote::redact(&spec.input_root)
+        ));
+    }
+    Ok((
+        PathBuf::from(shardprep_remote::redact(&l.url)),
+        Some(l.url.clone()),
+    ))
+}
+
+fn shard_task(
+    ctx: &Ctx,
+    spec: &proto::JobSpec,
+    l: &proto::ShardLease,
+    path: PathBuf,
+    remote: bool,
+) -> ShardTask {
     let layout = OutputLayout::new(&spec.output_root);
-    let shards_in_data_dir = remote_url.is_none()
+    let shards_in_data_dir = !remote
         && match (path.parent(), layout.data_dir().canonicalize()) {
             (Some(parent), Ok(data)) => parent == data,
             _ => false,
         };
-    let runtime = tokio::runtime::Handle::current();
-    let task = ShardTask {
+    ShardTask {
         data_sync: DataSync::from_proto(spec.data_sync),
         shards_in_data_dir,
         shard_path: path,
-        shard_name: shard.clone(),
+        shard_name: l.shard_name.clone(),
         identity: ShardIdentity {
             size: l.size,
             mtime_ns: l.mtime_ns,
@@ -439,140 +460,221 @@ async fn work_on(
         fields: fields_of(spec),
         write_captions: spec.write_captions,
         extract: spec.extract,
-        lease_id,
+        lease_id: l.lease_id,
         attempt: l.attempt,
-        worker_id: worker_id.clone(),
+        worker_id: ctx.config.worker_id.clone(),
         write_threads: ctx.config.write_threads,
-    };
-    let cancel = Arc::new(AtomicBool::new(false));
-    let live = Arc::new(LiveProgress::default());
-    let fault = ctx.config.fault.clone();
-    let mut handle = {
-        let (cancel, live, task) = (cancel.clone(), live.clone(), task.clone());
-        tokio::task::spawn_blocking(move || {
-            match &fault {
-                Some(Fault::Fail(s)) if *s == task.shard_name => {
-                    return Err(ShardError::Open {
-                        shard: task.shard_name.clone(),
-                        path: task.shard_path.display().to_string(),
-                        source: std::io::Error::other("injected failure (--fault)"),
-                    });
-                }
-                Some(Fault::Hang(s)) if *s == task.shard_name => loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                },
-                _ => {}
-            }
-            match remote_url {
-                // Streamed with bounded read-ahead; dropped connections resume by range.
-                Some(url) => match shardprep_remote::open_blocking(&url, runtime) {
-                    Ok(reader) => process_stream(&task, reader, &cancel, &live),
-                    Err(e) => Err(ShardError::Open {
-                        shard: task.shard_name.clone(),
-                        path: task.shard_path.display().to_string(),
-                        source: std::io::Error::other(e.to_string()),
-                    }),
-                },
-                None => process_shard(&task, &cancel, &live),
-            }
-        })
-    };
+    }
+}
 
-    let hb_every = Duration::from_millis(spec.heartbeat_interval_ms.max(50));
+/// Runs the pass on a blocking thread (after a test fault, if one is set
+/// for this shard).
+fn spawn_processing(
+    task: ShardTask,
+    url: Option<String>,
+    fault: Option<Fault>,
+    cancel: Arc<AtomicBool>,
+    live: Arc<LiveProgress>,
+) -> tokio::task::JoinHandle<Result<ShardOutput, ShardError>> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        match &fault {
+            Some(Fault::Fail(s)) if *s == task.shard_name => {
+                return Err(ShardError::Open {
+                    shard: task.shard_name.clone(),
+                    path: task.shard_path.display().to_string(),
+                    source: std::io::Error::other("injected failure (--fault)"),
+                });
+            }
+            Some(Fault::Hang(s)) if *s == task.shard_name => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {}
+        }
+        match url {
+            // Streamed with bounded read-ahead; dropped connections resume by range.
+            Some(url) => match shardprep_remote::open_blocking(&url, runtime) {
+                Ok(reader) => process_stream(&task, reader, &cancel, &live),
+                Err(source) => Err(ShardError::Remote {
+                    shard: task.shard_name.clone(),
+                    url: task.shard_path.display().to_string(),
+                    source: Box::new(source),
+                }),
+            },
+            None => process_shard(&task, &cancel, &live),
+        }
+    })
+}
+
+/// Waits for the pass while heartbeats extend the lease; cancels the pass
+/// when the lease is lost or the worker shuts down.
+async fn watch(
+    ctx: &Ctx,
+    spec: &proto::JobSpec,
+    l: &proto::ShardLease,
+    mut handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<Ended, WorkerError> {
+    let shard = &l.shard_name;
     let lease_timeout = Duration::from_millis(spec.lease_timeout_ms.max(100));
     let mut last_ok = Instant::now();
-    let mut tick = tokio::time::interval(hb_every);
+    let mut tick = tokio::time::interval(Duration::from_millis(spec.heartbeat_interval_ms.max(50)));
     tick.tick().await;
     let mut shutdown = ctx.shutdown.clone();
     let ended = loop {
         tokio::select! {
-            r = &mut handle => {
-                break Ended::Processed(r.unwrap_or_else(|e| Err(ShardError::Cancelled(format!("{shard} (worker thread failed: {e})")))));
-            }
-            _ = shutdown.changed() => {
-                cancel.store(true, Ordering::Relaxed);
-                break Ended::Shutdown;
-            }
-            _ = tick.tick() => {
-                let hb = proto::HeartbeatRequest {
-                    worker_id: worker_id.clone(),
-                    lease_id,
-                    progress: Some(progress_of(&live)),
-                };
-                let mut c = ctx.client.clone();
-                match c.heartbeat(hb).await {
-                    Ok(r) if r.get_ref().lease_valid => last_ok = Instant::now(),
-                    Ok(_) => {
-                        tracing::warn!(shard = %shard, "the coordinator says our lease is gone; abandoning the shard");
-                        cancel.store(true, Ordering::Relaxed);
-                        break Ended::LeaseLost;
-                    }
-                    Err(s) if s.code() == Code::Unauthenticated => {
-                        cancel.store(true, Ordering::Relaxed);
-                        return Err(WorkerError::Unauthenticated { url: ctx.config.coordinator.clone() });
-                    }
-                    Err(s) => {
-                        tracing::warn!(shard = %shard, error = %s.message(), "heartbeat failed");
-                        // Fencing: without a renewed lease, another worker may own the shard by now.
-                        if last_ok.elapsed() >= lease_timeout {
-                            tracing::warn!(shard = %shard, "no heartbeat got through for the whole lease; stopping the shard");
-                            cancel.store(true, Ordering::Relaxed);
-                            break Ended::LeaseLost;
-                        }
-                    }
+            r = &mut handle => break Ended::Processed(r.unwrap_or_else(|e| Err(thread_failed(shard, e)))),
+            _ = shutdown.changed() => break Ended::Shutdown,
+            _ = tick.tick() => match heartbeat(ctx, l, live).await {
+                Ok(Beat::Renewed) => last_ok = Instant::now(),
+                Ok(Beat::LeaseGone) => break Ended::LeaseLost,
+                // Fencing: without a renewed lease, another worker may own the shard by now.
+                Ok(Beat::Failed) if last_ok.elapsed() >= lease_timeout => {
+                    tracing::warn!(shard = %shard, "no heartbeat got through for the whole lease; stopping the shard");
+                    break Ended::LeaseLost;
                 }
-            }
+                Ok(Beat::Failed) => {}
+                Err(e) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            },
         }
     };
+    if !matches!(ended, Ended::Processed(_)) {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    Ok(ended)
+}
 
+/// What one heartbeat found.
+enum Beat {
+    Renewed,
+    /// The coordinator says the lease is no longer ours.
+    LeaseGone,
+    /// It did not get through (the lease may still be ours).
+    Failed,
+}
+
+async fn heartbeat(
+    ctx: &Ctx,
+    l: &proto::ShardLease,
+    live: &LiveProgress,
+) -> Result<Beat, WorkerError> {
+    let hb = proto::HeartbeatRequest {
+        worker_id: ctx.config.worker_id.clone(),
+        lease_id: l.lease_id,
+        progress: Some(progress_of(live)),
+    };
+    let mut c = ctx.client.clone();
+    match c.heartbeat(hb).await {
+        Ok(r) if r.get_ref().lease_valid => Ok(Beat::Renewed),
+        Ok(_) => {
+            tracing::warn!(shard = %l.shard_name, "the coordinator says our lease is gone; abandoning the shard");
+            Ok(Beat::LeaseGone)
+        }
+        Err(s) if s.code() == Code::Unauthenticated => Err(WorkerError::Unauthenticated {
+            url: ctx.config.coordinator.clone(),
+        }),
+        Err(s) => {
+            tracing::warn!(shard = %l.shard_name, error = %s.message(), "heartbeat failed");
+            Ok(Beat::Failed)
+        }
+    }
+}
+
+/// The processing thread ended without a result: it panicked (a bug, named
+/// with its message) or was cancelled by the runtime.
+fn thread_failed(shard: &str, e: tokio::task::JoinError) -> ShardError {
+    if !e.is_panic() {
+        return ShardError::Cancelled(format!("{shard} (worker thread failed: {e})"));
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    ShardError::Panicked {
+        shard: shard.to_string(),
+        message,
+    }
+}
+
+/// Tells the coordinator how the shard ended.
+async fn report(
+    ctx: &mut Ctx,
+    l: &proto::ShardLease,
+    ended: Ended,
+    started: Instant,
+) -> Result<(), WorkerError> {
+    let shard = &l.shard_name;
     match ended {
         Ended::LeaseLost => Ok(()),
         Ended::Shutdown => {
-            tracing::info!(shard = %shard, "shutting down: giving the shard back");
-            let req = proto::FailRequest {
-                worker_id,
-                lease_id,
-                error: "the worker shut down".into(),
-                kind: proto::FailureKind::Abandoned as i32,
-            };
-            // Best effort: if this does not get through, the lease expires.
-            let mut c = ctx.client.clone();
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.fail(req)).await;
+            give_back(ctx, l).await;
             Ok(())
         }
         Ended::Processed(Err(e)) => {
             let kind = e.failure_kind();
             tracing::error!(shard = %shard, error = %e, kind = kind.as_str_name(), "shard failed");
-            report_failure(ctx, lease_id, &shard, e.to_string(), kind).await
+            report_failure(ctx, l.lease_id, shard, e.to_string(), kind).await
         }
         Ended::Processed(Ok(out)) => {
             if let Some(Fault::Stall(s, d)) = &ctx.config.fault
-                && *s == shard
+                && s == shard
             {
                 tracing::warn!(shard = %shard, pause = ?d, "test fault: stalling before reporting");
                 tokio::time::sleep(*d).await;
             }
-            let req = proto::CompleteRequest {
-                worker_id,
-                lease_id,
-                fragment_tmp: out.fragment_tmp.clone(),
-                manifest_tmp: out.manifest_tmp.clone(),
-            };
-            let r = ctx
-                .call("complete", |mut c| {
-                    let req = req.clone();
-                    async move { c.complete(req).await }
-                })
-                .await?;
-            if r.accepted {
-                let c = &out.manifest.counts;
-                tracing::info!(shard = %shard, rows = c.rows, json = c.json_files, members = c.members, secs = started.elapsed().as_secs_f64(), "shard done");
-            } else {
-                tracing::warn!(shard = %shard, reason = %r.message, "the coordinator did not accept the result");
-            }
-            Ok(())
+            complete(ctx, l, out, started).await
         }
     }
+}
+
+/// Gives the shard back on shutdown so that it is re-leased at once (best
+/// effort: if this does not get through, the lease expires).
+async fn give_back(ctx: &Ctx, l: &proto::ShardLease) {
+    tracing::info!(shard = %l.shard_name, "shutting down: giving the shard back");
+    let req = proto::FailRequest {
+        worker_id: ctx.config.worker_id.clone(),
+        lease_id: l.lease_id,
+        error: "the worker shut down".into(),
+        kind: proto::FailureKind::Abandoned as i32,
+    };
+    let mut c = ctx.client.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.fail(req)).await;
+}
+
+/// Reports a processed shard; the coordinator commits it if the lease is
+/// still current.
+async fn complete(
+    ctx: &mut Ctx,
+    l: &proto::ShardLease,
+    out: ShardOutput,
+    started: Instant,
+) -> Result<(), WorkerError> {
+    let shard = &l.shard_name;
+    let req = proto::CompleteRequest {
+        worker_id: ctx.config.worker_id.clone(),
+        lease_id: l.lease_id,
+        fragment_tmp: out.fragment_tmp.clone(),
+        manifest_tmp: out.manifest_tmp.clone(),
+    };
+    let r = ctx
+        .call("complete", |mut c| {
+            let req = req.clone();
+            async move { c.complete(req).await }
+        })
+        .await?;
+    if r.accepted {
+        let c = &out.manifest.counts;
+        tracing::info!(shard = %shard, rows = c.rows, json = c.json_files, members = c.members, secs = started.elapsed().as_secs_f64(), "shard done");
+    } else {
+        tracing::warn!(shard = %shard, reason = %r.message, "the coordinator did not accept the result");
+    }
+    Ok(())
 }
 
 fn progress_of(live: &LiveProgress) -> proto::Progress {
@@ -638,6 +740,21 @@ mod tests {
         ] {
             assert!(resolve_shard(&input, bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_pass_is_named_a_panic_not_a_cancellation() {
+        let join = tokio::task::spawn_blocking(|| -> () { panic!("boom at member 7") }).await;
+        let e = thread_failed("s.tar", join.unwrap_err());
+        assert!(
+            matches!(&e, ShardError::Panicked { message, .. } if message == "boom at member 7")
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("s.tar") && text.contains("panicked: boom at member 7"),
+            "{text}"
+        );
+        assert_eq!(e.failure_kind(), proto::FailureKind::Retryable);
     }
 
     #[test]

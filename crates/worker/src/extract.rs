@@ -65,32 +65,59 @@ pub fn safe_relative_path(name: &[u8]) -> Result<PathBuf, UnsafeName> {
 }
 
 /// Why a file could not be placed, when the cause is the tree (not the disk).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
     /// A symlink or non-directory stands where a directory must be.
+    #[error("{}: not a directory (a symlink or a file stands where a directory must be)", .0.display())]
     NotADirectory(PathBuf),
     /// A symlink stands at the file's own path (never followed).
+    #[error("{}: a symlink stands at the file's path (never followed)", .0.display())]
     SymlinkInTheWay(PathBuf),
     /// A directory stands at the file's path.
+    #[error("{}: a directory stands at the file's path", .0.display())]
     DirectoryInTheWay(PathBuf),
     /// A name component (or the whole path) is longer than the filesystem
     /// allows: a property of the member, not of the disk.
+    #[error("{}: the name is longer than the filesystem allows", .0.display())]
     NameTooLong(PathBuf),
     /// The disk or the permissions failed: the shard cannot go on.
-    Io(PathBuf, io::Error),
+    #[error("cannot write {}: {}", .0.display(), .1)]
+    Io(PathBuf, #[source] io::Error),
 }
 
 impl PlaceError {
     /// The path and the I/O error, for callers that only report I/O (a
     /// refusal becomes an error that describes it).
     pub fn into_io(self) -> (PathBuf, io::Error) {
-        let what = format!("{self:?}");
+        let what = self.to_string();
         match self {
             PlaceError::Io(p, e) => (p, e),
             PlaceError::NotADirectory(p)
             | PlaceError::SymlinkInTheWay(p)
             | PlaceError::DirectoryInTheWay(p)
             | PlaceError::NameTooLong(p) => (p, io::Error::other(what)),
+        }
+    }
+
+    /// Stable report key of the refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlaceError::NotADirectory(_) => "path_through_non_directory",
+            PlaceError::SymlinkInTheWay(_) => "symlink_in_the_way",
+            PlaceError::DirectoryInTheWay(_) => "directory_in_the_way",
+            PlaceError::NameTooLong(_) => "name_too_long",
+            PlaceError::Io(..) => "io_error",
+        }
+    }
+
+    /// The path that could not be written.
+    pub fn path(&self) -> &Path {
+        match self {
+            PlaceError::NotADirectory(p)
+            | PlaceError::SymlinkInTheWay(p)
+            | PlaceError::DirectoryInTheWay(p)
+            | PlaceError::NameTooLong(p)
+            | PlaceError::Io(p, _) => p,
         }
     }
 }
@@ -504,6 +531,22 @@ mod tests {
         assert_eq!(safe_relative_path(b"./"), Err(UnsafeName::Empty));
         assert_eq!(safe_relative_path(b""), Err(UnsafeName::Empty));
         assert!(safe_relative_path(b"caf\xe9.png").is_ok());
+    }
+
+    #[test]
+    fn refusals_read_as_sentences_naming_the_path() {
+        let e = PlaceError::NotADirectory(PathBuf::from("/o/data/link"));
+        assert_eq!(
+            e.to_string(),
+            "/o/data/link: not a directory (a symlink or a file stands where a directory must be)"
+        );
+        assert_eq!(e.reason(), "path_through_non_directory");
+        let io = PlaceError::Io(PathBuf::from("/o/data/x"), io::Error::other("disk full"));
+        assert_eq!(io.to_string(), "cannot write /o/data/x: disk full");
+        assert!(std::error::Error::source(&io).is_some());
+        let (p, e) = PlaceError::NameTooLong(PathBuf::from("/o/n")).into_io();
+        assert_eq!(p, PathBuf::from("/o/n"));
+        assert!(e.to_string().contains("longer than the filesystem allows"));
     }
 
     #[test]

@@ -151,6 +151,17 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
     }))
 }
 
+/// The caption text of a sample JSON, read as [`parse_sample`] reads its
+/// caption field (a string, or the first non-empty string of a list), for
+/// JSONs that made no row; `None` when the JSON or the caption is unusable.
+pub fn caption_of(bytes: &[u8], fields: &FieldMap) -> Option<String> {
+    let names = [fields.caption.as_str()];
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let found = WantedFields { names: &names }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    caption_text(found[0]?).ok()
+}
+
 /// The seed's `int(content['width'])`, minus its surprises: integers, integral
 /// floats and decimal strings (`"1024"`, `" 1024 "`) are accepted; anything
 /// else, and values outside `1..=MAX_DIMENSION`, are refused.
@@ -324,6 +335,18 @@ mod tests {
             Err(skip) => skip.reason,
             other => panic!("expected a skip, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn caption_of_reads_the_caption_without_width() {
+        let f = FieldMap::dalle3();
+        let c = |s: &str| caption_of(s.as_bytes(), &f);
+        assert_eq!(c(r#"{"short_caption":"a cat"}"#), Some("a cat".into()));
+        assert_eq!(c(r#"{"short_caption":["", "b"],"x":1}"#), Some("b".into()));
+        assert_eq!(c(r#"{"short_caption":" "}"#), None);
+        assert_eq!(c(r#"{"short_caption":3}"#), None);
+        assert_eq!(c(r#"{"width":3}"#), None);
+        assert_eq!(c("not json"), None);
     }
 
     #[test]

@@ -47,8 +47,18 @@ const BATCH: usize = 16;
 pub struct WriteTag {
     /// The tar member the write comes from.
     pub member: String,
-    /// A caption file (not a member's own data).
-    pub caption: bool,
+    pub kind: WriteKind,
+}
+
+/// What a queued write is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// The member's own data.
+    Member,
+    /// The caption file of a row (`data/<stem of image_name>.txt`).
+    Caption,
+    /// The caption file of an extracted image no row captions.
+    UnlistedCaption,
 }
 
 /// The outcome of one queued write, handed out in queue order.
@@ -401,7 +411,7 @@ mod tests {
     fn tag(i: usize) -> WriteTag {
         WriteTag {
             member: format!("m{i}"),
-            caption: false,
+            kind: WriteKind::Member,
         }
     }
 

@@ -1,0 +1,159 @@
+//! One tar member as the pass sees it: its checked path under `data/`, its
+//! kind, its place in the stream, and the errors that name it.
+
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use shardprep_core::layout::fnv1a64;
+
+use super::ShardError;
+use super::input::ShardSource;
+use crate::writers::{WriteKind, WriteTag};
+
+/// What a regular member is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Json,
+    Image,
+    Other,
+}
+
+pub(super) fn kind_of(rel: &Path) -> Kind {
+    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    // `*.json` exactly as `find -name '*.json'` and `glob('data/*.json')` match.
+    if name.ends_with(b".json") {
+        return Kind::Json;
+    }
+    let ext = match name.iter().rposition(|b| *b == b'.') {
+        Some(i) => name[i + 1..].to_ascii_lowercase(),
+        None => return Kind::Other,
+    };
+    match ext.as_slice() {
+        b"png" | b"jpg" | b"jpeg" | b"webp" | b"gif" | b"bmp" | b"tif" | b"tiff" => Kind::Image,
+        _ => Kind::Other,
+    }
+}
+
+/// The report key of an entry type that is never extracted (links,
+/// devices...); `None` for regular files.
+pub(super) fn refused_entry_type(etype: tar::EntryType) -> Option<&'static str> {
+    if etype.is_file() || etype == tar::EntryType::Continuous {
+        return None;
+    }
+    Some(match etype {
+        tar::EntryType::Symlink => "symlink",
+        tar::EntryType::Link => "hard_link",
+        tar::EntryType::Char | tar::EntryType::Block => "device",
+        tar::EntryType::Fifo => "fifo",
+        tar::EntryType::GNUSparse => "sparse_file",
+        _ => "unsupported_entry_type",
+    })
+}
+
+/// A regular file member being read.
+pub(super) struct Member<'a> {
+    source: &'a ShardSource,
+    /// The name in the tar (lossy UTF-8), as the report shows it.
+    pub name: String,
+    /// The checked path under `data/`.
+    pub rel: PathBuf,
+    /// Bytes of data the header announces.
+    pub size: u64,
+    /// Offset of the member's data in the tar stream.
+    pub data_pos: u64,
+    pub kind: Kind,
+    /// Directly in `data/`, where the seed's samples are.
+    pub top_level: bool,
+}
+
+impl<'a> Member<'a> {
+    pub(super) fn new(
+        source: &'a ShardSource,
+        name: String,
+        rel: PathBuf,
+        size: u64,
+        data_pos: u64,
+    ) -> Self {
+        Member {
+            source,
+            kind: kind_of(&rel),
+            top_level: rel.components().count() == 1,
+            name,
+            rel,
+            size,
+            data_pos,
+        }
+    }
+
+    /// The checked path as bytes.
+    pub(super) fn rel_bytes(&self) -> &[u8] {
+        self.rel.as_os_str().as_bytes()
+    }
+
+    /// The hash the pass keeps of the path.
+    pub(super) fn key(&self) -> u64 {
+        fnv1a64(self.rel_bytes())
+    }
+
+    /// What to know of a write of this member (or of its caption) when its
+    /// outcome comes back.
+    pub(super) fn tag(&self, kind: WriteKind) -> WriteTag {
+        WriteTag {
+            member: self.name.clone(),
+            kind,
+        }
+    }
+
+    /// The tar ended `copied` bytes into this member's data.
+    pub(super) fn truncated(&self, copied: u64) -> ShardError {
+        self.source.corrupt(
+            format!(
+                "the tar is truncated: member data ends after {copied} of {} bytes",
+                self.size
+            ),
+            self.data_pos + copied,
+            Some(&self.name),
+        )
+    }
+
+    /// Reading this member's data failed.
+    pub(super) fn read_error(&self, e: io::Error) -> ShardError {
+        self.source
+            .corrupt(format!("read error: {e}"), self.data_pos, Some(&self.name))
+    }
+
+    /// Reads the rest of this member's data without writing it; `already`
+    /// bytes were read before.
+    pub(super) fn drain(&self, entry: &mut dyn Read, already: u64) -> Result<(), ShardError> {
+        let n = already + io::copy(entry, &mut io::sink()).map_err(|e| self.read_error(e))?;
+        if n < self.size {
+            Err(self.truncated(n))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads until `buf` is full or the data ends; returns the bytes read.
+    pub(super) fn read_into(
+        &self,
+        entry: &mut dyn Read,
+        buf: &mut [u8],
+    ) -> Result<usize, ShardError> {
+        read_full(entry, buf).map_err(|e| self.read_error(e))
+    }
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,205 @@
+//! One streaming pass over one tar shard: extract members into `data/`,
+//! write caption files, build the parquet fragment and the manifest.
+//!
+//! Runs on a blocking thread. Memory is bounded: member data is streamed
+//! through one buffer, JSON members are read whole only up to a cap, rows go
+//! to the fragment in batches, and per-member bookkeeping is one 64-bit hash.
+//!
+//! Layout:
+//! - this file: the task, its outcome and errors, and the loop over members;
+//! - [`input`]: the tar stream (byte counts, input failures, first checks);
+//! - [`member`]: one member (path, kind, offset) and the errors naming it;
+//! - [`pass`]: [`pass::ShardPass`], the pass's output handles and state,
+//!   one method per step (`member`, `json_member`, `file_member`, `finish`);
+//! - [`captions`]: caption files for images no row captions, caption warnings;
+//! - [`tally`]: the counts and the issues listed by name.
+
+mod captions;
+mod input;
+mod member;
+mod pass;
+mod tally;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Instant;
+
+use shardprep_core::durability::DataSync;
+use shardprep_core::fields::FieldMap;
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::proto::FailureKind;
+use shardprep_remote::RemoteError;
+
+use crate::fragment::FragmentError;
+use input::ShardSource;
+use pass::ShardPass;
+
+/// JSON members larger than this are extracted but not parsed.
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// Everything needed to process one leased shard.
+#[derive(Debug, Clone)]
+pub struct ShardTask {
+    /// The tar file to read.
+    pub shard_path: PathBuf,
+    /// The shard's name in the job (relative to the input root).
+    pub shard_name: String,
+    pub identity: ShardIdentity,
+    pub layout: OutputLayout,
+    pub fields: FieldMap,
+    pub write_captions: bool,
+    pub extract: bool,
+    pub lease_id: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+    /// The shards live in `data/` itself (the Hugging Face layout): top-level
+    /// `*.tar` members are not extracted, so no shard is ever overwritten.
+    pub shards_in_data_dir: bool,
+    /// When `data/` is flushed to disk (see `shardprep_core::durability`).
+    pub data_sync: DataSync,
+    /// Threads creating small files while the tar is read (`0`: the reading
+    /// thread writes each file itself); see [`crate::writers`].
+    pub write_threads: usize,
+}
+
+/// Live counters a heartbeat reports while the shard runs.
+#[derive(Debug, Default)]
+pub struct LiveProgress {
+    pub members: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub json_files: AtomicU64,
+    pub rows: AtomicU64,
+}
+
+/// A processed shard: its fragment and manifest, written under temporary names.
+#[derive(Debug, Clone)]
+pub struct ShardOutput {
+    /// Fragment file name in `.shardprep/tmp/`.
+    pub fragment_tmp: String,
+    /// Manifest file name in `.shardprep/tmp/`.
+    pub manifest_tmp: String,
+    pub manifest: ShardManifest,
+}
+
+/// Why a shard could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {shard}: cannot open {path}: {source}")]
+    Open {
+        shard: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("shard {shard}: cannot open {url}: {source}")]
+    Remote {
+        shard: String,
+        /// The URL with credentials redacted.
+        url: String,
+        /// Boxed: the error is large, and rare.
+        source: Box<RemoteError>,
+    },
+    #[error("shard {shard}: {what} (at byte offset {offset}{})", member.as_ref().map(|m| format!(", member {m:?}")).unwrap_or_default())]
+    Corrupt {
+        shard: String,
+        what: String,
+        offset: u64,
+        member: Option<String>,
+    },
+    #[error(
+        "shard {shard}: cannot write {path}: {source}; check free space and permissions of the output directory"
+    )]
+    Write {
+        shard: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("shard {shard}: {source}")]
+    Fragment {
+        shard: String,
+        source: FragmentError,
+    },
+    #[error(
+        "shard {shard}: cannot read the input: {what} (at byte offset {offset}); another attempt will retry"
+    )]
+    Read {
+        shard: String,
+        what: String,
+        offset: u64,
+    },
+    #[error("shard {0}: cancelled (lease lost or shutting down)")]
+    Cancelled(String),
+    #[error(
+        "shard {shard}: the processing thread panicked: {message}; this is a bug in shardprep, please report it with the shard"
+    )]
+    Panicked { shard: String, message: String },
+}
+
+impl ShardError {
+    /// How the coordinator should treat this failure: a corrupt tar stays
+    /// corrupt, anything else may succeed on another attempt.
+    pub fn failure_kind(&self) -> FailureKind {
+        if matches!(self, ShardError::Corrupt { .. }) {
+            FailureKind::Permanent
+        } else {
+            FailureKind::Retryable
+        }
+    }
+}
+
+/// Processes one local shard file from start to end. `cancel` stops it
+/// between members (and between chunks of a large member).
+pub fn process_shard(
+    task: &ShardTask,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<ShardOutput, ShardError> {
+    let file = File::open(&task.shard_path).map_err(|source| ShardError::Open {
+        shard: task.shard_name.clone(),
+        path: task.shard_path.display().to_string(),
+        source,
+    })?;
+    process_stream(task, file, cancel, live)
+}
+
+/// Processes one shard read from `input` (a local file or a remote stream).
+pub fn process_stream(
+    task: &ShardTask,
+    input: impl Read,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<ShardOutput, ShardError> {
+    let started = Instant::now();
+    let source = ShardSource::new(&task.shard_name);
+    let reader = source.reader(input, &live.bytes_read)?;
+    let mut pass = ShardPass::open(task, &source, cancel, live)?;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| source.corrupt(format!("not a readable tar: {e}"), 0, None))?;
+    let mut last_good_end: u64 = 0;
+    for entry in entries {
+        if pass.cancelled() {
+            return Err(source.cancelled());
+        }
+        let mut entry = entry.map_err(|e| {
+            source.corrupt(
+                format!("broken tar header after the last good member: {e}"),
+                last_good_end,
+                None,
+            )
+        })?;
+        last_good_end = pass.member(&mut entry)?;
+    }
+    pass.finish(started)
+}
+
+/// Writes a small file and syncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

@@ -1,0 +1,586 @@
+//! [`ShardPass`]: the output handles and the state of one pass over a
+//! shard, with one method per step. The caller feeds it tar entries with
+//! [`ShardPass::member`] and ends with [`ShardPass::finish`].
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use shardprep_core::durability;
+use shardprep_core::layout::{AttemptFiles, fnv1a64, shard_file_stem};
+use shardprep_core::manifest::ShardManifest;
+
+use super::captions::{UnlistedImages, caption_path, caption_warnings, path_key};
+use super::input::ShardSource;
+use super::member::{Kind, Member, kind_of, refused_entry_type};
+use super::tally::{NameSet, Tally};
+use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask, write_synced};
+use crate::extract::{DataDir, PlaceError, safe_relative_path};
+use crate::fragment::FragmentWriter;
+use crate::sample::{Parsed, Row, Skip, caption_of, parse_sample, stem};
+use crate::writers::{Finished, POOL_MAX_FILE, WriteKind, WriteTag};
+
+/// One pass over one shard: where it writes, and what it has seen so far.
+pub(super) struct ShardPass<'a> {
+    task: &'a ShardTask,
+    source: &'a ShardSource,
+    cancel: &'a AtomicBool,
+    live: &'a LiveProgress,
+    /// This attempt's files in `tmp/`.
+    names: AttemptFiles,
+    tmp_dir: PathBuf,
+    /// Members or captions are written into `data/` at all.
+    writes_files: bool,
+    data: DataDir,
+    fragment: FragmentWriter,
+    tally: Tally,
+    /// Hashes of the member paths seen so far (duplicates).
+    seen_members: HashSet<u64>,
+    /// Top-level images of the shard.
+    images: NameSet,
+    /// Images the rows name.
+    referenced: NameSet,
+    /// Caption files queued or written (hashes of `<stem>.txt`); a refused
+    /// caption is taken back out when its outcome comes back.
+    captions_written: HashSet<u64>,
+    /// Images no row captions, when members and captions are both written
+    /// (see [`super::captions`]).
+    unlisted: Option<UnlistedImages>,
+    /// The JSON member being read (reused).
+    json_buf: Vec<u8>,
+}
+
+impl<'a> ShardPass<'a> {
+    /// Creates this attempt's fragment and files list and opens `data/`.
+    pub(super) fn open(
+        task: &'a ShardTask,
+        source: &'a ShardSource,
+        cancel: &'a AtomicBool,
+        live: &'a LiveProgress,
+    ) -> Result<Self, ShardError> {
+        let names = AttemptFiles::new(&task.shard_name, task.lease_id);
+        let tmp_dir = task.layout.tmp_dir();
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| source.write_error(&tmp_dir, e))?;
+        let fragment = FragmentWriter::create(&tmp_dir.join(&names.fragment), &task.fields.extra)
+            .map_err(|e| source.fragment_error(e))?;
+        let writes_files = task.extract || task.write_captions;
+        let files_list = tmp_dir.join(&names.files);
+        let data = open_data_dir(task, writes_files, &files_list, source)?;
+        Ok(ShardPass {
+            task,
+            source,
+            cancel,
+            live,
+            names,
+            tmp_dir,
+            writes_files,
+            data,
+            fragment,
+            tally: Tally::new(&task.shard_name),
+            seen_members: HashSet::new(),
+            images: NameSet::default(),
+            referenced: NameSet::default(),
+            captions_written: HashSet::new(),
+            unlisted: (task.extract && task.write_captions).then(UnlistedImages::default),
+            json_buf: Vec::new(),
+        })
+    }
+
+    /// The lease was lost or the worker is stopping.
+    pub(super) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Handles one tar entry; returns the stream offset where it ends.
+    pub(super) fn member<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<u64, ShardError> {
+        self.tally.counts.members += 1;
+        self.live.members.fetch_add(1, Ordering::Relaxed);
+        let size = entry.size();
+        let data_pos = entry.raw_file_position();
+        let end = data_pos + size.div_ceil(512) * 512;
+        let name_bytes = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&name_bytes).into_owned();
+        let etype = entry.header().entry_type();
+        let rel = match safe_relative_path(&name_bytes) {
+            Ok(rel) => rel,
+            Err(why) => {
+                let detail = "member name would leave data/; not extracted";
+                self.tally.reject(&name, why.reason(), detail);
+                return Ok(end);
+            }
+        };
+        if etype.is_dir() {
+            self.directory(&name, &rel)?;
+        } else if let Some(reason) = refused_entry_type(etype) {
+            let detail = format!("{etype:?} members are not extracted");
+            self.tally.reject(&name, reason, detail);
+        } else {
+            let member = Member::new(self.source, name, rel, size, data_pos);
+            self.file(&member, entry)?;
+        }
+        Ok(end)
+    }
+
+    /// A directory member: created (as a real directory) when extracting.
+    fn directory(&mut self, name: &str, rel: &Path) -> Result<(), ShardError> {
+        if !self.task.extract {
+            return Ok(());
+        }
+        match self.data.ensure_dirs(rel) {
+            Ok(()) => Ok(()),
+            Err(PlaceError::Io(p, e)) => Err(self.source.write_error(&p, e)),
+            Err(refused) => {
+                self.tally
+                    .reject(name, "unsafe_directory", refused.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// A regular member: duplicates and the guard of input shards first,
+    /// then the step of its kind, then the writes that came due.
+    fn file(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
+        if !self.seen_members.insert(m.key()) {
+            self.tally.counts.duplicate_members += 1;
+            self.tally.issue(
+                &m.name,
+                "duplicate_member",
+                "the same name appears again in this shard; the later copy wins",
+            );
+        }
+        if self.task.shards_in_data_dir && m.top_level && m.rel_bytes().ends_with(b".tar") {
+            self.tally.reject(&m.name, "would_overwrite_input", "a .tar member at the top of data/ could overwrite an input shard (shards and data/ are the same folder); not extracted");
+            return Ok(());
+        }
+        let shadowed = self.shadowed_by_caption(m)?;
+        match m.kind {
+            Kind::Json => self.json_member(m, entry, shadowed)?,
+            Kind::Image | Kind::Other => self.file_member(m, entry, shadowed)?,
+        }
+        self.settle_writes()
+    }
+
+    /// Whether a caption file was written at this member's path. The seed
+    /// writes captions after extracting: a caption wins over a `.txt`
+    /// member of the same name.
+    fn shadowed_by_caption(&mut self, m: &Member) -> Result<bool, ShardError> {
+        let key = m.key();
+        if !(self.task.write_captions && m.top_level && self.captions_written.contains(&key)) {
+            return Ok(false);
+        }
+        // Was that caption really written? Settle it first.
+        self.data.wait_for_path(&m.rel);
+        self.settle_writes()?;
+        Ok(self.captions_written.contains(&key))
+    }
+
+    /// A `.json` member: read (up to [`MAX_JSON_BYTES`]), written, and, at
+    /// the top of `data/`, turned into a row and a caption.
+    fn json_member(
+        &mut self,
+        m: &Member,
+        entry: &mut dyn Read,
+        shadowed: bool,
+    ) -> Result<(), ShardError> {
+        self.tally.counts.json_files += 1;
+        self.live.json_files.fetch_add(1, Ordering::Relaxed);
+        self.read_json(m, entry)?;
+        let parsed = (m.size <= MAX_JSON_BYTES && m.top_level)
+            .then(|| parse_sample(&self.json_buf, &self.task.fields));
+        let own_text = self.own_caption_text(m, parsed.as_ref());
+        if self.task.extract && !shadowed {
+            self.write_json(m, entry)?;
+        } else if m.size > MAX_JSON_BYTES {
+            m.drain(entry, MAX_JSON_BYTES)?;
+        }
+        if m.size > MAX_JSON_BYTES {
+            let detail = format!("{} bytes, more than {MAX_JSON_BYTES}", m.size);
+            self.tally.skip(&m.name, "json_too_large", detail);
+        } else if !m.top_level {
+            // The seed's glob('data/*.json') reads only top-level JSONs.
+            self.tally.skip(
+                &m.name,
+                "json_in_subdirectory",
+                "only JSONs directly in data/ are samples, as in the seed",
+            );
+        } else if let Some(parsed) = parsed {
+            self.sample(m, parsed)?;
+        }
+        if let (Some(unlisted), Some(text)) = (self.unlisted.as_mut(), own_text) {
+            unlisted.json_text(&m.rel, text);
+        }
+        Ok(())
+    }
+
+    /// The caption text of a JSON that made no row, for the caption file
+    /// of its own image if no row captions that (read before `json_buf` is
+    /// handed to a writer).
+    fn own_caption_text(
+        &self,
+        m: &Member,
+        parsed: Option<&Result<Parsed, Skip>>,
+    ) -> Option<String> {
+        let made_row = matches!(parsed, Some(Ok(Parsed::Row(_))));
+        if self.unlisted.is_none() || made_row || m.size > MAX_JSON_BYTES {
+            return None;
+        }
+        caption_of(&self.json_buf, &self.task.fields)
+    }
+
+    /// Reads the JSON's first [`MAX_JSON_BYTES`] into `json_buf`.
+    fn read_json(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
+        // Sized read: read_to_end would zero its whole spare capacity on
+        // every call through the tar reader (perf: 1% of the run in memset,
+        // ~8 KiB per JSON).
+        let take = m.size.min(MAX_JSON_BYTES) as usize;
+        self.json_buf.clear();
+        self.json_buf.resize(take, 0);
+        let got = m.read_into(entry, &mut self.json_buf)?;
+        if got < take {
+            return Err(m.truncated(got as u64));
+        }
+        Ok(())
+    }
+
+    /// Writes the JSON read into `json_buf` (and the rest of a large one).
+    fn write_json(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
+        let written = if m.size <= POOL_MAX_FILE {
+            // Counted when the write's outcome comes back.
+            let bytes = std::mem::replace(&mut self.json_buf, self.data.buffer());
+            self.data
+                .queue_bytes(m.rel.clone(), bytes, m.tag(WriteKind::Member));
+            false
+        } else if m.size <= MAX_JSON_BYTES {
+            let res = self.data.write_bytes(&m.rel, &self.json_buf);
+            self.placed(&m.name, res)?
+        } else {
+            // Too large to parse: write the part read, then stream the rest.
+            let cancel = self.cancel;
+            let mut chained = (&self.json_buf[..]).chain(entry);
+            let keep_going = || !cancel.load(Ordering::Relaxed);
+            let res = self
+                .data
+                .write_stream(&m.rel, &mut chained, m.size, &keep_going);
+            self.streamed(m, res)?
+        };
+        if written {
+            self.tally.extracted(m.size);
+        }
+        Ok(())
+    }
+
+    /// What a top-level JSON amounts to: a row, not a sample, or a skip.
+    fn sample(&mut self, m: &Member, parsed: Result<Parsed, Skip>) -> Result<(), ShardError> {
+        match parsed {
+            Ok(Parsed::NoWidth) => {}
+            Ok(Parsed::Row(row)) => self.row(m, row)?,
+            Err(skip) => {
+                if skip.has_width {
+                    self.tally.counts.json_with_width += 1;
+                }
+                tracing::debug!(shard = %self.task.shard_name, member = %m.name, reason = skip.reason, "{}", skip.detail);
+                self.tally.skip(&m.name, skip.reason, skip.detail);
+            }
+        }
+        Ok(())
+    }
+
+    /// A row: into the fragment, and its caption into `data/<stem>.txt`.
+    fn row(&mut self, m: &Member, row: Row) -> Result<(), ShardError> {
+        self.tally.counts.json_with_width += 1;
+        for w in caption_warnings(&row.caption) {
+            self.tally.caption_warning(&m.name, w);
+        }
+        if self.task.write_captions {
+            let txt = format!("{}.txt", stem(&row.filename));
+            let key = fnv1a64(txt.as_bytes());
+            // Taken back out if the write is refused.
+            self.captions_written.insert(key);
+            if let Some(unlisted) = self.unlisted.as_mut() {
+                unlisted.row_caption(key);
+                if key != path_key(&caption_path(&m.rel)) {
+                    // The row captions another image than the JSON's own.
+                    unlisted.json_text(&m.rel, row.caption.clone());
+                }
+            }
+            let mut bytes = self.data.buffer();
+            bytes.extend_from_slice(row.caption.as_bytes());
+            self.data
+                .queue_bytes(PathBuf::from(txt), bytes, m.tag(WriteKind::Caption));
+        }
+        self.referenced.insert(row.filename.as_bytes());
+        self.fragment
+            .push(&row)
+            .map_err(|e| self.source.fragment_error(e))?;
+        self.live.rows.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// An image or any other member: extracted as it is.
+    fn file_member(
+        &mut self,
+        m: &Member,
+        entry: &mut dyn Read,
+        shadowed: bool,
+    ) -> Result<(), ShardError> {
+        if m.kind == Kind::Image {
+            self.tally.counts.images += 1;
+            if m.top_level {
+                self.images.insert(m.rel_bytes());
+            }
+        } else {
+            self.tally.counts.other_files += 1;
+        }
+        if shadowed {
+            self.tally.reject(
+                &m.name,
+                "shadowed_by_caption",
+                "a caption file of the same name was written; the caption wins, as in the seed",
+            );
+        } else if self.task.extract && m.size <= POOL_MAX_FILE {
+            self.queue_small(m, entry)?;
+        } else if self.task.extract {
+            let cancel = self.cancel;
+            let keep_going = || !cancel.load(Ordering::Relaxed);
+            let res = self.data.write_stream(&m.rel, entry, m.size, &keep_going);
+            if self.streamed(m, res)? {
+                self.tally.extracted(m.size);
+                self.image_written(&m.rel, &m.name);
+            }
+        } else {
+            m.drain(entry, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a small member whole and queues its write.
+    fn queue_small(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
+        let mut bytes = self.data.buffer();
+        bytes.resize(m.size as usize, 0);
+        let got = m.read_into(entry, &mut bytes)?;
+        bytes.truncate(got);
+        self.data
+            .queue_bytes(m.rel.clone(), bytes, m.tag(WriteKind::Member));
+        if (got as u64) < m.size {
+            // The cut member stays as read so far, as `tar xf` leaves it.
+            self.data.wait_all();
+            return Err(m.truncated(got as u64));
+        }
+        Ok(())
+    }
+
+    /// Records a refused placement; passes disk errors up. `Ok(true)` when written.
+    fn placed(&mut self, member: &str, res: Result<(), PlaceError>) -> Result<bool, ShardError> {
+        match res {
+            Ok(()) => Ok(true),
+            Err(PlaceError::Io(p, e)) => Err(self.source.write_error(&p, e)),
+            Err(refused) => {
+                let detail = format!("not written: {}", refused.path().display());
+                self.tally.reject(member, refused.reason(), detail);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Settles a streamed write of `m`: `Ok(true)` when it is whole in its file.
+    fn streamed(
+        &mut self,
+        m: &Member,
+        res: Result<Result<u64, io::Error>, PlaceError>,
+    ) -> Result<bool, ShardError> {
+        match res {
+            Ok(Ok(n)) if n == m.size => Ok(true),
+            Ok(Ok(n)) => Err(m.truncated(n)),
+            Ok(Err(_)) if self.cancelled() => Err(self.source.cancelled()),
+            Ok(Err(e)) => Err(m.read_error(e)),
+            Err(place) => self.placed(&m.name, Err(place)),
+        }
+    }
+
+    /// Counts the queued writes whose outcomes are due: files written,
+    /// captions written, refusals; passes disk errors up.
+    fn settle_writes(&mut self) -> Result<(), ShardError> {
+        while let Some(done) = self.next_done()? {
+            let key = path_key(&done.rel);
+            let member = done.tag.member;
+            match done.tag.kind {
+                WriteKind::Member => {
+                    if self.placed(&member, done.result)? {
+                        self.tally.extracted(done.size);
+                        self.image_written(&done.rel, &member);
+                    }
+                }
+                WriteKind::Caption => {
+                    if self.placed(&member, done.result)? {
+                        self.captions_written.insert(key);
+                        self.tally.counts.captions_written += 1;
+                    } else {
+                        self.captions_written.remove(&key);
+                    }
+                }
+                WriteKind::UnlistedCaption => self.unlisted_caption_done(&member, done.result)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// An extracted file is whole in `data/`: an image needs a caption file.
+    fn image_written(&mut self, rel: &Path, member: &str) {
+        if let Some(unlisted) = self.unlisted.as_mut()
+            && kind_of(rel) == Kind::Image
+        {
+            unlisted.image_written(rel, member, &self.captions_written);
+        }
+    }
+
+    /// Writes a caption file for every extracted image that still has none
+    /// (see [`super::captions`]).
+    fn write_unlisted_captions(&mut self) -> Result<(), ShardError> {
+        let Some(unlisted) = self.unlisted.take() else {
+            return Ok(());
+        };
+        for c in unlisted.missing(&self.captions_written, &self.seen_members) {
+            let mut bytes = self.data.buffer();
+            bytes.extend_from_slice(c.text.as_bytes());
+            let tag = WriteTag {
+                member: c.member,
+                kind: WriteKind::UnlistedCaption,
+            };
+            self.data.queue_bytes(c.path, bytes, tag);
+            self.settle_writes()?;
+        }
+        self.data.wait_all();
+        self.settle_writes()
+    }
+
+    fn unlisted_caption_done(
+        &mut self,
+        member: &str,
+        res: Result<(), PlaceError>,
+    ) -> Result<(), ShardError> {
+        match res {
+            Ok(()) => self.tally.counts.captions_for_unlisted_images += 1,
+            Err(PlaceError::Io(p, e)) => return Err(self.source.write_error(&p, e)),
+            Err(refused) => {
+                let detail = format!("no caption file for this image: {refused}");
+                self.tally
+                    .issue(member, "unlisted_caption_not_written", detail);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_done(&mut self) -> Result<Option<Finished>, ShardError> {
+        self.data.next_done().map_err(|e| {
+            let (path, e) = e.into_io();
+            self.source.write_error(&path, e)
+        })
+    }
+
+    /// Settles every write, checks names across the shard, closes the
+    /// fragment, flushes `data/` as configured and writes the manifest.
+    pub(super) fn finish(mut self, started: Instant) -> Result<ShardOutput, ShardError> {
+        self.data.wait_all();
+        self.settle_writes()?;
+        if self.tally.counts.members == 0 {
+            let what = "the tar has no members (empty or not a tar archive)";
+            return Err(self.source.corrupt(what.into(), 0, None));
+        }
+        self.write_unlisted_captions()?;
+        self.tally.cross_check(&self.referenced, &self.images);
+        let source = self.source;
+        self.tally.counts.rows = self
+            .fragment
+            .finish()
+            .map_err(|e| source.fragment_error(e))?;
+        self.tally.counts.bytes_read = self.live.bytes_read.load(Ordering::Relaxed);
+        let files_list = self.tmp_dir.join(&self.names.files);
+        close_data(
+            &mut self.data,
+            self.task,
+            self.writes_files,
+            &files_list,
+            source,
+        )?;
+        let manifest = manifest(self.task, self.tally, self.writes_files, started);
+        let manifest_path = self.tmp_dir.join(&self.names.manifest);
+        write_synced(
+            &manifest_path,
+            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+        )
+        .map_err(|e| source.write_error(&manifest_path, e))?;
+        Ok(ShardOutput {
+            fragment_tmp: self.names.fragment,
+            manifest_tmp: self.names.manifest,
+            manifest,
+        })
+    }
+}
+
+/// Opens `data/` for this pass: writer threads, background flush and the
+/// files list as the task asks.
+fn open_data_dir(
+    task: &ShardTask,
+    writes_files: bool,
+    files_list: &Path,
+    source: &ShardSource,
+) -> Result<DataDir, ShardError> {
+    let root = task.layout.data_dir();
+    std::fs::create_dir_all(&root).map_err(|e| source.write_error(&root, e))?;
+    let threads = if writes_files { task.write_threads } else { 0 };
+    let mut data = DataDir::new(root.clone())
+        .and_then(|d| d.with_writers(threads))
+        .map_err(|e| source.write_error(&root, e))?;
+    if writes_files && task.data_sync.background_flush() {
+        // Writeback overlaps extraction even when the shard's end does not wait
+        // for it: a flat directory of small files is flushed 2-3x faster so.
+        data = data
+            .with_background_flush()
+            .map_err(|e| source.write_error(&root, e))?;
+    }
+    data.with_log(files_list)
+        .map_err(|e| source.write_error(files_list, e))
+}
+
+/// Flushes `data/` (before the commit when the task asks for it) and
+/// closes the files list.
+fn close_data(
+    data: &mut DataDir,
+    task: &ShardTask,
+    writes_files: bool,
+    files_list: &Path,
+    source: &ShardSource,
+) -> Result<(), ShardError> {
+    let root = data.root().to_path_buf();
+    if task.data_sync.per_shard() && writes_files {
+        // Extracted files reach the disk before the fragment is committed.
+        data.sync().map_err(|e| source.write_error(&root, e))?;
+    } else {
+        data.stop_background_flush()
+            .map_err(|e| source.write_error(&root, e))?;
+    }
+    data.finish_log()
+        .map_err(|e| source.write_error(files_list, e))
+}
+
+fn manifest(task: &ShardTask, tally: Tally, writes_files: bool, started: Instant) -> ShardManifest {
+    ShardManifest {
+        shard_name: task.shard_name.clone(),
+        identity: task.identity,
+        lease_id: task.lease_id,
+        attempt: task.attempt,
+        worker_id: task.worker_id.clone(),
+        fragment: format!("{}.parquet", shard_file_stem(&task.shard_name)),
+        counts: tally.counts,
+        issues: tally.issues,
+        issues_not_listed: tally.issues_not_listed,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        data_synced: !writes_files || task.data_sync.per_shard(),
+        boot_id: durability::boot_id(),
+    }
+}

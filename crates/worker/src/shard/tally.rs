@@ -1,0 +1,136 @@
+//! The bookkeeping of one pass: counts, problems listed by name (capped),
+//! and the sets of names compared at the shard's end.
+
+use std::collections::{HashMap, HashSet};
+
+use shardprep_core::layout::fnv1a64;
+use shardprep_core::manifest::{ISSUE_LIST_CAP, MemberIssue, ShardCounts};
+
+use super::captions::CaptionWarning;
+
+/// Names kept for listing problems found only at the end of a shard.
+const NAMES_KEPT: usize = 4096;
+
+/// Counts and listed issues of one pass.
+pub(super) struct Tally {
+    shard: String,
+    pub counts: ShardCounts,
+    pub issues: Vec<MemberIssue>,
+    pub issues_not_listed: u64,
+}
+
+impl Tally {
+    pub(super) fn new(shard: &str) -> Self {
+        Tally {
+            shard: shard.to_string(),
+            counts: ShardCounts::default(),
+            issues: Vec::new(),
+            issues_not_listed: 0,
+        }
+    }
+
+    /// Counts a member whose `size` bytes are all in its file.
+    pub(super) fn extracted(&mut self, size: u64) {
+        self.counts.files_extracted += 1;
+        self.counts.bytes_written += size;
+    }
+
+    /// Lists a problem by name while the list has room, else counts it.
+    pub(super) fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
+        if self.issues.len() < ISSUE_LIST_CAP {
+            self.issues.push(MemberIssue {
+                member: member.to_string(),
+                kind: kind.to_string(),
+                detail: detail.into(),
+            });
+        } else {
+            self.issues_not_listed += 1;
+        }
+    }
+
+    /// A member not extracted, for `reason`.
+    pub(super) fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+        *self
+            .counts
+            .rejected_members
+            .entry(reason.to_string())
+            .or_default() += 1;
+        let detail = detail.into();
+        tracing::warn!(shard = %self.shard, member, reason, "{detail}");
+        self.issue(member, reason, detail);
+    }
+
+    /// A JSON with width that did not become a row, for `reason`.
+    pub(super) fn skip(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+        *self.counts.skipped.entry(reason.to_string()).or_default() += 1;
+        self.issue(member, reason, detail);
+    }
+
+    /// A row whose caption textfile and parquet modes read differently.
+    pub(super) fn caption_warning(&mut self, member: &str, w: &CaptionWarning) {
+        *self
+            .counts
+            .caption_warnings
+            .entry(w.key.to_string())
+            .or_default() += 1;
+        self.issue(member, w.issue, w.detail);
+    }
+
+    /// Counts and lists the rows whose image is not in the shard and the
+    /// images no row names.
+    pub(super) fn cross_check(&mut self, referenced: &NameSet, images: &NameSet) {
+        let (n, names) = referenced.missing_from(images);
+        self.counts.json_without_image = n;
+        for name in names {
+            self.issue(
+                &name,
+                "json_without_image",
+                "a JSON names this image, but the shard does not contain it",
+            );
+        }
+        let (n, names) = images.missing_from(referenced);
+        self.counts.images_without_json = n;
+        for name in names {
+            self.issue(
+                &name,
+                "image_without_json",
+                "no JSON of the shard names this image",
+            );
+        }
+    }
+}
+
+/// Hashes of names with the first few names kept for the report.
+#[derive(Default)]
+pub(super) struct NameSet {
+    hashes: HashSet<u64>,
+    names: HashMap<u64, String>,
+}
+
+impl NameSet {
+    pub(super) fn insert(&mut self, name: &[u8]) -> bool {
+        let h = fnv1a64(name);
+        if self.names.len() < NAMES_KEPT {
+            self.names
+                .entry(h)
+                .or_insert_with(|| String::from_utf8_lossy(name).into_owned());
+        }
+        self.hashes.insert(h)
+    }
+
+    /// Names (where kept) of the entries missing from `other`, and their count.
+    fn missing_from(&self, other: &NameSet) -> (u64, Vec<String>) {
+        let mut n = 0;
+        let mut names = Vec::new();
+        for h in &self.hashes {
+            if !other.hashes.contains(h) {
+                n += 1;
+                if let Some(name) = self.names.get(h) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names.sort();
+        (n, names)
+    }
+}
