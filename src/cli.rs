@@ -313,8 +313,8 @@ pub struct GenerateArgs {
     /// Samples per shard.
     #[arg(long, default_value_t = 20)]
     pub samples: usize,
-    /// Smallest bytes per image: real PNG/JPEG files are padded up to it (random bytes in a
-    /// private PNG chunk / JPEG comments; they still decode).
+    /// Smallest bytes per image: the real PNG/JPEG files (0.3-11 KB) are padded up to it
+    /// with random bytes in a private PNG chunk / JPEG comments (they still decode).
     #[arg(long, default_value_t = 1024)]
     pub image_bytes: usize,
     /// Seed of the generator: same seed, same bytes.

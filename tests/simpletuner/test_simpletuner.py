@@ -191,18 +191,19 @@ def test_hugging_face_layout_trains(shards, tmp_path):
 
 def test_relative_paths_train(shards, tmp_path):
     # A new user's command line: relative paths, the trainer started from the same folder.
-    rel_shards = tmp_path / "shards"
-    shutil.copytree(Path(shards[0]).parent, rel_shards)
+    shutil.copytree(Path(shards[0]).parent, tmp_path / "shards")
     run([shardprep_bin(), "run", "--input", "shards", "--output", "out", "--workers", 2,
          "--instance-data-dir", "out/data", "--captions", "parquet"], cwd=tmp_path)
     out = tmp_path / "out"
     e = entry_of(out)
-    for key, path in (("instance_data_dir", e["instance_data_dir"]), ("parquet.path", e["parquet"]["path"]),
-                      ("cache_dir_vae", e.get("cache_dir_vae", "/"))):
-        assert os.path.isabs(path), f"{key} {path!r} in multidatabackend.json is relative"
-    samples = samples_in(shards)
     rc, s = check(out, cwd=tmp_path)
-    assert_trains(rc, s, expected(samples, e["minimum_image_size"]))
+    relative = [f"{key} {path!r}" for key, path in (
+        ("instance_data_dir", e["instance_data_dir"]), ("parquet.path", e["parquet"]["path"]),
+        ("cache_dir_vae", e.get("cache_dir_vae", "/"))) if not os.path.isabs(path)]
+    assert not relative, (f"relative paths in multidatabackend.json: {relative}; SimpleTuner then: "
+                          f"setup_ok={s['setup_ok']} discovered={s['discovered']} accepted={s['accepted']} "
+                          f"rejected={s['rejected']} error={s['setup_error']}")
+    assert_trains(rc, s, expected(samples_in(shards), e["minimum_image_size"]))
 
 
 def test_verify_passes_after_simpletuner_wrote_its_caches(shards, tmp_path):
