@@ -322,7 +322,8 @@ pub struct GenerateArgs {
     /// Samples per shard.
     #[arg(long, default_value_t = 20)]
     pub samples: usize,
-    /// Bytes per image (random, incompressible).
+    /// Smallest bytes per image: the real PNG/JPEG files (0.3-11 KB) are padded up to it
+    /// with random bytes in a private PNG chunk / JPEG comments (they still decode).
     #[arg(long, default_value_t = 1024)]
     pub image_bytes: usize,
     /// Seed of the generator: same seed, same bytes.
@@ -331,4 +332,13 @@ pub struct GenerateArgs {
     /// Every n-th JSON lacks width (0: none).
     #[arg(long, default_value_t = 9)]
     pub no_width_every: usize,
+    /// Every n-th JSON lies about the image's size: width + 128, height + 64 (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub lying_dims_every: usize,
+    /// Every n-th image is cut in the middle of its pixel data (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub truncated_every: usize,
+    /// Every n-th JSON's md5_hash/sha256_hash do not match its image (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub wrong_hash_every: usize,
 }

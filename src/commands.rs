@@ -262,6 +262,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         image_bytes: args.image_bytes,
         seed: args.seed,
         no_width_every: args.no_width_every,
+        lying_dims_every: args.lying_dims_every,
+        truncated_every: args.truncated_every,
+        wrong_hash_every: args.wrong_hash_every,
     };
     let paths = shardprep_fixtures::generate(&args.output, &opts)
         .with_context(|| format!("cannot write shards into {}", args.output.display()))?;

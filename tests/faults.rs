@@ -201,6 +201,7 @@ fn slow_shards(dir: &Path, shards: usize, seed: u64) -> Vec<PathBuf> {
             image_bytes: 64,
             seed,
             no_width_every: 7,
+            ..GenOptions::default()
         },
     )
     .expect("generate shards")

@@ -130,6 +130,7 @@ pub fn make_shards(dir: &Path, shards: usize, samples: usize, seed: u64) -> Vec<
             image_bytes: 700,
             seed,
             no_width_every: 7,
+            ..GenOptions::default()
         },
     )
     .expect("generate shards")
