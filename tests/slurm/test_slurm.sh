@@ -24,7 +24,7 @@ export SHARDPREP_BIN=${SHARDPREP_BIN:-$ROOT/target/release/shardprep}
 BIN=$SHARDPREP_BIN
 SBATCH=$ROOT/slurm/shardprep.sbatch
 SHARDS=8
-SAMPLES=1500
+SAMPLES=200
 EXPECT=$((SHARDS * SAMPLES))
 PASSED=0
 FAILED=0
@@ -58,6 +58,7 @@ finish() {
     timeout 10 scancel --user="$(id -un)" --name=shardprep-test 2>/dev/null
     [ "$OWN_CLUSTER" = 1 ] && timeout 60 "$ROOT/slurm/stop-cluster.sh" >/dev/null 2>&1
     if [ "${KEEP:-0}" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
+    say "cleaned up; $((SECONDS - T0)) s in all"
 }
 trap finish EXIT
 
@@ -107,13 +108,25 @@ exit_code_in_slurm() { timeout 10 scontrol show job "$1" | grep -q "ExitCode=$2:
 job_state() { timeout 10 scontrol show job "$1" | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
 report() { jq_py "$2" <"$1/report.json"; }
 
+# "pid command line" of every process (one python3, not a fork per process).
+process_table() {
+    python3 -c '
+import os
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            c = open("/proc/%s/cmdline" % p, "rb").read()
+        except OSError:
+            continue
+        print(p, c.replace(b"\0", b" ").decode(errors="replace"))'
+}
+
 # Processes of the job whose coordinator is at $1 (its URL's port in their command line).
+# The table is taken before grep starts, or grep would find its own command line.
 job_processes() {
-    local port=${1##*:} f
-    for f in /proc/[0-9]*/cmdline; do
-        tr '\0' ' ' <"$f" 2>/dev/null | grep -qF -e "--listen 0.0.0.0:$port " -e "--coordinator $1 " \
-            && echo "${f//[^0-9]/}"
-    done
+    local t
+    t=$(process_table)
+    grep -F -e "--listen 0.0.0.0:${1##*:} " -e "--coordinator $1 " <<<"$t" | cut -d' ' -f1
 }
 
 say "cluster"
@@ -122,7 +135,7 @@ CLUSTER_LOG=$(SHARDPREP_SLURM_DIR=$SHARDPREP_SLURM_DIR "$ROOT/slurm/start-cluste
 say "$CLUSTER_LOG ($((SECONDS - T0)) s)"
 
 say "shards and oracle ($SHARDS shards x $SAMPLES samples)"
-"$BIN" generate --output "$WORK/shards" --shards "$SHARDS" --samples "$SAMPLES" --image-bytes 4096 >/dev/null \
+"$BIN" generate --output "$WORK/shards" --shards "$SHARDS" --samples "$SAMPLES" --image-bytes 16384 >/dev/null \
     || { echo "0 passed, 1 failed (generate)"; exit 1; }
 "$BIN" run --input "$WORK/shards" --output "$WORK/oracle" --workers 2 --expect-json "$EXPECT" --progress never \
     >/dev/null 2>&1 || { echo "0 passed, 1 failed (oracle run)"; exit 1; }
@@ -161,14 +174,19 @@ OUT2=$WORK/out2
 SHARDPREP_FAULT=hang:data-000005.tar job cancel --ntasks 3 "$SBATCH" --input "$WORK/shards" --output "$OUT2" \
     --expect-json "$EXPECT" >/dev/null &
 BG=$!
-half_done() { status "$OUT2" | jq_py "assert d['phase'] == 'running' and d['shards_done'] >= $SHARDS // 2"; }
-if wait_until 120 half_done; then pass "job running, half of the shards done"; else fail "job running, half of the shards done" "$(tail -n 20 "$WORK/cancel.out")"; fi
+half_done() { kill -0 "$BG" 2>/dev/null || return 0; status "$OUT2" | jq_py "assert d['phase'] == 'running' and d['shards_done'] >= $SHARDS // 2" 2>/dev/null; }
+if wait_until 120 half_done && kill -0 "$BG" 2>/dev/null; then pass "job running, half of the shards done"; else fail "job running, half of the shards done" "$(tail -n 20 "$WORK/cancel.out")"; fi
 ID=$(timeout 10 squeue -h --name=shardprep-test -o '%i %k' | awk '$2 == "cancel" {print $1}')
 URL=$(cat "$OUT2/.shardprep/slurm/coordinator" 2>/dev/null)
 TOKEN=$(cat "$OUT2/.shardprep/slurm/token" 2>/dev/null)
 check "private folder 0700, token 0600" \
     test "$(stat -c %a "$OUT2/.shardprep/slurm")" = 700 -a "$(stat -c %a "$OUT2/.shardprep/slurm/token")" = 600
-token_on_no_command_line() { [ -n "$TOKEN" ] && ! cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -qF "$TOKEN"; }
+# The token is given to grep through a file descriptor, not as an argument.
+token_on_no_command_line() {
+    local t
+    t=$(process_table)
+    [ -n "$TOKEN" ] && ! grep -qFf <(printf '%s\n' "$TOKEN") <<<"$t"
+}
 check "the token is on no process's command line" token_on_no_command_line
 check "coordinator and 3 workers running" test "$(job_processes "$URL" | wc -l)" -ge 4
 timeout 10 scancel "$ID"
@@ -194,29 +212,49 @@ OUT3=$WORK/out3
 job kill --ntasks 3 --cpus-per-task 2 "$SBATCH" --input "$WORK/shards" --output "$OUT3" \
     --expect-json "$EXPECT" --lease-timeout 4s >/dev/null &
 BG=$!
-# A worker holding a shard is frozen (SIGSTOP, so it cannot finish it), seen still holding
-# it, then killed: the shard must be re-leased to another worker.
+# The job's worker processes: the binary itself, not the srun that started it.
+worker_pids() {
+    local url
+    url=$(cat "$OUT3/.shardprep/slurm/coordinator" 2>/dev/null) || return 0
+    process_table | awk -v c="$BIN worker --coordinator $url " 'substr($0, length($1) + 2) == c { print $1 }'
+}
+# Shards take a fraction of a second here, so: freeze every worker (SIGSTOP), look for one
+# holding a shard, let the others go on (SIGCONT) and kill that one with SIGKILL while it
+# still holds the shard; its shard must be re-leased to another worker.
 VICTIM='' VSHARD='' VPID=''
 freeze_a_worker() {
-    local st w p
-    st=$(status "$OUT3") || return 1
-    w=$(jq_py "l=[s for s in d['shards'] if s['state']=='leased' and s['worker']]; print(l[0]['worker'], l[0]['name']) if l else exit(1)" <<<"$st") || return 1
-    VICTIM=${w% *} VSHARD=${w#* }
-    p=${VICTIM%-*}
-    p=${p##*-}
-    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "worker --coordinator $(cat "$OUT3/.shardprep/slurm/coordinator")" || return 1
-    kill -STOP "$p" || return 1
-    sleep 0.5
-    if status "$OUT3" | jq_py "assert any(s['name']=='$VSHARD' and s['state']=='leased' and s['worker']=='$VICTIM' for s in d['shards'])"; then
-        VPID=$p
-        return 0
+    local pids hit
+    kill -0 "$BG" 2>/dev/null || return 0 # the job ended: nothing to catch
+    pids=$(worker_pids | xargs)
+    [ "$(wc -w <<<"$pids")" -ge 3 ] || return 1
+    # shellcheck disable=SC2086 # a list of pids
+    kill -STOP $pids
+    # Every thread stopped (a sandboxed kernel may take a moment), then in-flight calls land.
+    # shellcheck disable=SC2086
+    timeout 5 python3 -c '
+import glob, sys, time
+def stopped(p):
+    try:
+        return all(open(t).read().rsplit(")", 1)[1].split()[0] in "tT" for t in glob.glob("/proc/%s/task/*/stat" % p))
+    except OSError:
+        return False
+while not all(stopped(p) for p in sys.argv[1:]):
+    time.sleep(0.02)' $pids || { kill -CONT $pids 2>/dev/null; return 1; }
+    sleep 0.3
+    hit=$(status "$OUT3" | jq_py "
+pids = set('$pids'.split())
+l = [s for s in d['shards'] if s['state'] == 'leased' and s['worker'].rsplit('-', 2)[-2] in pids]
+print(l[0]['worker'], l[0]['name'], l[0]['worker'].rsplit('-', 2)[-2]) if l else exit(1)" 2>/dev/null)
+    if [ -n "$hit" ]; then
+        read -r VICTIM VSHARD VPID <<<"$hit"
+        kill -KILL "$VPID"
     fi
-    kill -CONT "$p"
-    return 1
+    # shellcheck disable=SC2086
+    kill -CONT $pids 2>/dev/null
+    [ -n "$hit" ]
 }
-if wait_until 120 freeze_a_worker; then pass "a worker of the job holding $VSHARD (pid $VPID) stopped mid-shard"
-else fail "a worker of the job stopped mid-shard" "$(tail -n 20 "$WORK/kill.out")"; fi
-[ -n "$VPID" ] && kill -KILL "$VPID"
+if wait_until 120 freeze_a_worker && [ -n "$VPID" ]; then pass "worker $VICTIM (pid $VPID) killed while it held $VSHARD"
+else fail "a worker killed while it held a shard" "$(tail -n 20 "$WORK/kill.out")"; fi
 wait_bg $BG 300
 RC=$?
 if [ $RC -eq 0 ]; then pass "job exits 0 after the kill"; else fail "job exits 0 after the kill, got $RC" "$(tail -n 20 "$WORK/kill.out")"; fi
