@@ -13,6 +13,7 @@
 #      2 for flags the script refuses
 #   3. scancel mid-way stops every process of the job; the same command resubmitted resumes
 #   4. a worker task killed with SIGKILL while it holds a shard: the job still verifies
+#   5. every worker killed: the script starts the worker step again and the job verifies
 #
 # Settings: SHARDPREP_BIN (default target/release/shardprep), SHARDPREP_SLURM_DIR
 # (the cluster's folder; a cluster already up there is reused and left up),
@@ -215,7 +216,7 @@ BG=$!
 # The job's worker processes: the binary itself, not the srun that started it.
 worker_pids() {
     local url
-    url=$(cat "$OUT3/.shardprep/slurm/coordinator" 2>/dev/null) || return 0
+    url=$(cat "$1/.shardprep/slurm/coordinator" 2>/dev/null) || return 0
     process_table | awk -v c="$BIN worker --coordinator $url " 'substr($0, length($1) + 2) == c { print $1 }'
 }
 # Shards take a fraction of a second here, so: freeze every worker (SIGSTOP), look for one
@@ -225,7 +226,7 @@ VICTIM='' VSHARD='' VPID=''
 freeze_a_worker() {
     local pids hit
     kill -0 "$BG" 2>/dev/null || return 0 # the job ended: nothing to catch
-    pids=$(worker_pids | xargs)
+    pids=$(worker_pids "$OUT3" | xargs)
     [ "$(wc -w <<<"$pids")" -ge 3 ] || return 1
     # shellcheck disable=SC2086 # a list of pids
     kill -STOP $pids
@@ -262,6 +263,29 @@ check "killed worker's shard was re-leased and done by another worker" \
     report "$OUT3" "s=[s for s in d['shards'] if s['name']=='$VSHARD'][0]; assert s['state']=='done' and s['attempts']>=2 and s['worker']!='$VICTIM', s"
 check "output verifies after the kill" verified "$OUT3"
 check "output identical to the oracle after the kill" same_as_oracle "$OUT3"
+
+# --- 5. the whole worker step dies ------------------------------------------------------
+say "5. every worker killed ($((SECONDS - T0)) s)"
+OUT4=$WORK/out4
+job relaunch --ntasks 2 "$SBATCH" --input "$WORK/shards" --output "$OUT4" \
+    --expect-json "$EXPECT" --lease-timeout 4s >/dev/null &
+BG=$!
+KILLED=''
+kill_all_workers() {
+    kill -0 "$BG" 2>/dev/null || return 0
+    KILLED=$(worker_pids "$OUT4" | xargs)
+    [ "$(wc -w <<<"$KILLED")" -ge 2 ] || return 1
+    # shellcheck disable=SC2086 # a list of pids
+    kill -KILL $KILLED
+}
+if wait_until 120 kill_all_workers && [ -n "$KILLED" ]; then pass "both workers killed (pids $KILLED)"
+else fail "both workers killed" "$(tail -n 20 "$WORK/relaunch.out")"; fi
+wait_bg $BG 300
+RC=$?
+if [ $RC -eq 0 ]; then pass "job exits 0 with a new worker step"; else fail "job exits 0 with a new worker step, got $RC" "$(tail -n 20 "$WORK/relaunch.out")"; fi
+check "the script started the worker step again" grep -q "starting it again" "$WORK/relaunch.out"
+check "output verifies after the relaunch" verified "$OUT4"
+check "output identical to the oracle after the relaunch" same_as_oracle "$OUT4"
 
 echo "$PASSED passed, $FAILED failed ($((SECONDS - T0)) s)"
 [ "$FAILED" -eq 0 ]
