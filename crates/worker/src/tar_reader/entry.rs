@@ -47,7 +47,9 @@ impl<'a, R: Read> Entry<'a, R> {
             None => self.reader.read_area(&mut buf[..n])?,
             Some(map) => {
                 let segs = &map.segments;
-                while self.seg < segs.len() && self.logical >= segs[self.seg].offset + segs[self.seg].len {
+                while self.seg < segs.len()
+                    && self.logical >= segs[self.seg].offset + segs[self.seg].len
+                {
                     self.seg += 1;
                 }
                 match segs.get(self.seg) {
@@ -106,7 +108,8 @@ impl<'a, R: Read> Entry<'a, R> {
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(), ExtractError> {
         for s in map.segments.iter().filter(|s| s.len > 0) {
-            file.seek(SeekFrom::Start(s.offset)).map_err(ExtractError::Write)?;
+            file.seek(SeekFrom::Start(s.offset))
+                .map_err(ExtractError::Write)?;
             self.copy_stored(file, s.len, keep_going)?;
         }
         file.set_len(map.real_size).map_err(ExtractError::Write)

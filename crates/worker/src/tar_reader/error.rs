@@ -111,9 +111,15 @@ impl TarError {
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error(transparent)]
-    Tar(#[from] TarError),
+    Tar(Box<TarError>),
     #[error("cannot write the extracted file: {0}")]
     Write(#[source] io::Error),
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<TarError> for ExtractError {
+    fn from(e: TarError) -> Self {
+        ExtractError::Tar(Box::new(e))
+    }
 }

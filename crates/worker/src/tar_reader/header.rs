@@ -31,7 +31,11 @@ fn parse_base256(field: &[u8]) -> Result<i128, BadNumber> {
         return Err(BadNumber);
     }
     let negative = field[0] == 0xff;
-    let mut v: i128 = if negative { -1 } else { i128::from(field[0] & 0x7f) };
+    let mut v: i128 = if negative {
+        -1
+    } else {
+        i128::from(field[0] & 0x7f)
+    };
     for &b in &field[1..] {
         v = (v << 8) | i128::from(b);
     }

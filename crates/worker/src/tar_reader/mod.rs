@@ -242,7 +242,9 @@ impl<R: Read> TarReader<R> {
         let size = header::size_field(block).map_err(|w| self.corrupt_after(offset, w))?;
         if size > self.limits.max_extension {
             let cap = self.limits.max_extension;
-            return Err(self.corrupt_after(offset, Corruption::ExtensionTooLarge { what, size, cap }));
+            return Err(
+                self.corrupt_after(offset, Corruption::ExtensionTooLarge { what, size, cap })
+            );
         }
         self.area = Area {
             member: what.to_string(),
@@ -296,7 +298,11 @@ impl<R: Read> TarReader<R> {
             link_name,
             kind,
             typeflag,
-            size: if kind == EntryKind::Directory { 0 } else { stored },
+            size: if kind == EntryKind::Directory {
+                0
+            } else {
+                stored
+            },
             stored_size: stored,
             start_offset: pending.start.unwrap_or(header_offset),
             header_offset,
@@ -323,7 +329,9 @@ impl<R: Read> TarReader<R> {
 
     /// Reads from the current data area; EOF inside it is a truncation.
     fn read_area(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
-        let n = buf.len().min(usize::try_from(self.area.left).unwrap_or(usize::MAX));
+        let n = buf
+            .len()
+            .min(usize::try_from(self.area.left).unwrap_or(usize::MAX));
         if n == 0 {
             return Ok(0);
         }

@@ -58,7 +58,10 @@ pub(crate) fn parse(body: &[u8], max_pairs: usize) -> Result<Pax, Corruption> {
 }
 
 /// Splits one record off `rest`: key, value, the remaining bytes.
-fn record(rest: &[u8]) -> Result<(&[u8], &[u8], &[u8]), Corruption> {
+/// One record split off the body: key, value, the bytes after it.
+type Record<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn record(rest: &[u8]) -> Result<Record<'_>, Corruption> {
     let bad = |why: &str| Corruption::BadPax(why.to_string());
     let space = rest
         .iter()
@@ -97,11 +100,11 @@ fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<()
         b"GNU.sparse.size" | b"GNU.sparse.realsize" => s.real_size = v(),
         b"GNU.sparse.numblocks" => s.numblocks = v(),
         b"GNU.sparse.map" => s.map = v(),
-        b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
-            // Kept up to the cap (plus one to tell "too many" later).
-            if s.pairs.len() <= max_pairs.saturating_mul(2) {
-                s.pairs.push((key == b"GNU.sparse.offset", value.to_vec()));
-            }
+        // Kept up to the cap (plus one to tell "too many" later).
+        b"GNU.sparse.offset" | b"GNU.sparse.numbytes"
+            if s.pairs.len() <= max_pairs.saturating_mul(2) =>
+        {
+            s.pairs.push((key == b"GNU.sparse.offset", value.to_vec()));
         }
         _ => {}
     }

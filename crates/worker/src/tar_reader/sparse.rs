@@ -97,7 +97,9 @@ pub(crate) fn pax0_segments(keys: &SparseKeys, max: usize) -> Result<Vec<Segment
                 .enumerate()
                 .all(|(i, (is_offset, _))| *is_offset == (i % 2 == 0));
             if !ordered {
-                return Err(invalid("GNU.sparse.offset and numbytes records do not alternate"));
+                return Err(invalid(
+                    "GNU.sparse.offset and numbytes records do not alternate",
+                ));
             }
             keys.pairs.iter().map(|(_, v)| v.as_slice()).collect()
         }
@@ -106,17 +108,17 @@ pub(crate) fn pax0_segments(keys: &SparseKeys, max: usize) -> Result<Vec<Segment
         return Err(too_many(max));
     }
     let segments = pairs(numbers.iter().map(|n| decimal(n)))?;
-    if let Some(n) = keys.numblocks.as_deref() {
-        if decimal(n) != Some(segments.len() as u64) {
-            return Err(invalid("GNU.sparse.numblocks does not match the map"));
-        }
+    if let Some(n) = keys.numblocks.as_deref()
+        && decimal(n) != Some(segments.len() as u64)
+    {
+        return Err(invalid("GNU.sparse.numblocks does not match the map"));
     }
     Ok(segments)
 }
 
 fn pairs(numbers: impl Iterator<Item = Option<u64>>) -> Result<Vec<Segment>, Refusal> {
     let numbers: Vec<Option<u64>> = numbers.collect();
-    if numbers.len() % 2 != 0 {
+    if !numbers.len().is_multiple_of(2) {
         return Err(invalid("the sparse map has an odd count of numbers"));
     }
     numbers
@@ -131,7 +133,11 @@ fn pairs(numbers: impl Iterator<Item = Option<u64>>) -> Result<Vec<Segment>, Ref
 /// Reads the old GNU sparse entries (24 bytes each: offset, numbytes in
 /// octal) of one header area; an entry starting with NUL ends the list.
 /// Returns false once the list ended.
-pub(crate) fn old_gnu_entries(area: &[u8], out: &mut Vec<Segment>, max: usize) -> Result<bool, Refusal> {
+pub(crate) fn old_gnu_entries(
+    area: &[u8],
+    out: &mut Vec<Segment>,
+    max: usize,
+) -> Result<bool, Refusal> {
     for entry in area.chunks_exact(24) {
         if entry[0] == 0 {
             return Ok(false);
@@ -166,16 +172,27 @@ impl MapParser {
             match b {
                 b'0'..=b'9' => {
                     let d = u64::from(b - b'0');
-                    let v = self.digits.unwrap_or(0).checked_mul(10).and_then(|v| v.checked_add(d));
+                    let v = self
+                        .digits
+                        .unwrap_or(0)
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(d));
                     self.digits = Some(v.ok_or_else(|| invalid("a sparse map number overflows"))?);
                 }
                 b'\n' => {
-                    let v = self.digits.take().ok_or_else(|| invalid("an empty line in the sparse map"))?;
+                    let v = self
+                        .digits
+                        .take()
+                        .ok_or_else(|| invalid("an empty line in the sparse map"))?;
                     if self.end_number(v, max)? {
                         return pairs(self.numbers.iter().map(|&n| Some(n))).map(Some);
                     }
                 }
-                _ => return Err(invalid("the sparse map holds a byte that is not a digit or newline")),
+                _ => {
+                    return Err(invalid(
+                        "the sparse map holds a byte that is not a digit or newline",
+                    ));
+                }
             }
         }
         Ok(None)
@@ -210,7 +227,9 @@ pub(crate) fn validate(segments: &[Segment], real_size: u64, stored: u64) -> Res
             return Err(invalid("sparse data runs overlap or are out of order"));
         }
         if seg_end > real_size {
-            return Err(invalid(format!("a sparse data run ends at {seg_end}, past the real size {real_size}")));
+            return Err(invalid(format!(
+                "a sparse data run ends at {seg_end}, past the real size {real_size}"
+            )));
         }
         end = seg_end;
         total += s.len;
@@ -232,18 +251,33 @@ mod tests {
         let mut p = MapParser::default();
         assert_eq!(p.feed(b"2\n0\n5\n10", 8), Ok(None));
         let runs = p.feed(b"0\n3\n", 8).expect("valid").expect("complete");
-        assert_eq!(runs, vec![Segment { offset: 0, len: 5 }, Segment { offset: 100, len: 3 }]);
+        assert_eq!(
+            runs,
+            vec![
+                Segment { offset: 0, len: 5 },
+                Segment {
+                    offset: 100,
+                    len: 3
+                }
+            ]
+        );
         assert!(MapParser::default().feed(b"9\n", 8).is_err());
         assert!(MapParser::default().feed(b"1\nx", 8).is_err());
     }
 
     #[test]
     fn validation() {
-        let s = [Segment { offset: 0, len: 5 }, Segment { offset: 10, len: 5 }];
+        let s = [
+            Segment { offset: 0, len: 5 },
+            Segment { offset: 10, len: 5 },
+        ];
         assert!(validate(&s, 15, 10).is_ok());
         assert!(validate(&s, 14, 10).is_err());
         assert!(validate(&s, 15, 11).is_err());
-        let back = [Segment { offset: 10, len: 5 }, Segment { offset: 0, len: 5 }];
+        let back = [
+            Segment { offset: 10, len: 5 },
+            Segment { offset: 0, len: 5 },
+        ];
         assert!(validate(&back, 15, 10).is_err());
     }
 }

@@ -103,7 +103,9 @@ impl<R: Read> TarReader<R> {
         let mut used = 0u64;
         loop {
             if self.area.left == 0 {
-                return Ok(Err(sparse::invalid("the sparse map runs past the member's data")));
+                return Ok(Err(sparse::invalid(
+                    "the sparse map runs past the member's data",
+                )));
             }
             let mut block = [0u8; 512];
             let n = block.len().min(self.area.left as usize);
