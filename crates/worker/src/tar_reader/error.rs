@@ -44,6 +44,10 @@ pub enum Corruption {
     TruncatedHeader { got: usize },
     #[error("the archive is truncated: member data ends after {got} of {expected} bytes")]
     TruncatedData { got: u64, expected: u64 },
+    #[error(
+        "the archive ends inside the block padding after the member's data ({missing} bytes missing)"
+    )]
+    TruncatedPadding { missing: u64 },
     #[error("negative size {0} in the header")]
     NegativeSize(i128),
     #[error("the {field} field {raw:?} is not a number")]

@@ -353,23 +353,28 @@ impl<R: Read> TarReader<R> {
     }
 
     /// Skips what is left of the current data area and its padding. EOF in
-    /// the padding after complete data ends the archive (GNU tar complains
-    /// but has extracted the member whole).
+    /// the padding is damage too: GNU tar reads whole blocks and fails there.
     fn skip_rest(&mut self) -> Result<(), TarError> {
         let mut scratch = [0u8; 8192];
         while self.area.left > 0 {
             self.read_area(&mut scratch)?;
         }
         while self.area.pad > 0 {
+            let offset = self.pos;
             let n = scratch.len().min(self.area.pad as usize);
             let got = self.read_some(&mut scratch[..n], None)?;
             if got == 0 {
-                self.finished = true;
-                break;
+                return Err(TarError::Corrupt {
+                    offset,
+                    member: Some(self.area.member.clone()),
+                    after: None,
+                    what: Corruption::TruncatedPadding {
+                        missing: self.area.pad,
+                    },
+                });
             }
             self.area.pad -= got as u64;
         }
-        self.area.pad = 0;
         Ok(())
     }
 
