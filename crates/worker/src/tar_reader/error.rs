@@ -34,9 +34,9 @@ pub enum Corruption {
         "header checksum mismatch: the header says {stored}, its bytes sum to {unsigned} (unsigned) or {signed} (signed); not a tar header"
     )]
     BadChecksum {
-        stored: i128,
-        unsigned: i128,
-        signed: i128,
+        stored: i64,
+        unsigned: i64,
+        signed: i64,
     },
     #[error("the header's checksum field {0:?} is not a number; not a tar header")]
     BadChecksumField(String),
@@ -49,7 +49,7 @@ pub enum Corruption {
     )]
     TruncatedPadding { missing: u64 },
     #[error("negative size {0} in the header")]
-    NegativeSize(i128),
+    NegativeSize(i64),
     #[error("the {field} field {raw:?} is not a number")]
     BadNumber { field: &'static str, raw: String },
     #[error("{what} of {size} bytes is larger than the {cap}-byte limit")]

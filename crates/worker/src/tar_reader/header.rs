@@ -70,7 +70,9 @@ fn parse_octal(field: &[u8]) -> Result<i128, BadNumber> {
 pub(crate) fn size_field(block: &[u8; 512]) -> Result<u64, Corruption> {
     let raw = &block[SIZE];
     match parse_number(raw) {
-        Ok(v) if v < 0 => Err(Corruption::NegativeSize(v)),
+        Ok(v) if v < 0 => Err(Corruption::NegativeSize(
+            i64::try_from(v).unwrap_or(i64::MIN),
+        )),
         Ok(v) => u64::try_from(v).map_err(|_| bad_number("size", raw)),
         Err(BadNumber) => Err(bad_number("size", raw)),
     }
@@ -89,12 +91,13 @@ pub(crate) fn verify_checksum(block: &[u8; 512]) -> Result<(), Corruption> {
     let raw = &block[CHKSUM];
     let stored = parse_number(raw)
         .map_err(|_| Corruption::BadChecksumField(String::from_utf8_lossy(raw).into_owned()))?;
-    let (mut unsigned, mut signed) = (0i128, 0i128);
+    let (mut unsigned, mut signed) = (0i64, 0i64);
     for (i, &b) in block.iter().enumerate() {
         let b = if CHKSUM.contains(&i) { b' ' } else { b };
-        unsigned += i128::from(b);
-        signed += i128::from(b as i8);
+        unsigned += i64::from(b);
+        signed += i64::from(b as i8);
     }
+    let stored = i64::try_from(stored).unwrap_or(i64::MAX);
     if stored == unsigned || stored == signed {
         Ok(())
     } else {
