@@ -614,6 +614,8 @@ fn input_failures_are_retryable_not_corruption() {
 // ------------------------------------------------------------ throughput
 
 /// `cargo test --release -p shardprep-worker --test tar_fidelity -- --ignored --nocapture`
+/// Measured 2026-12-01 (2 cores, load ~14, noisy): 471 MB, 200k members of 0.1-3 KB,
+/// 256 KiB BufReader: tar crate 462 / 715 / 740 MB/s, tar_reader 594 / 661 / 1438 MB/s.
 #[test]
 #[ignore = "a measurement, not a check"]
 fn throughput_against_the_tar_crate() {
