@@ -15,6 +15,7 @@ pub mod extract;
 pub mod fragment;
 pub mod sample;
 pub mod shard;
+pub mod tar_reader;
 pub mod writers;
 
 pub use client::{

@@ -1,0 +1,436 @@
+//! A streaming tar reader that follows GNU tar where the `tar` crate 0.4 does
+//! not (issue 18). The `tar` crate's [`tar::Header`] still parses names,
+//! modes and times; this module owns the iteration:
+//!
+//! - PAX `path`/`linkpath`/`size` and GNU `L`/`K` long names (the last header
+//!   of a kind before a member wins; a long name is cut at its first NUL;
+//!   global `g` records are defaults for later members, as in GNU tar);
+//! - GNU sparse files (old `S`, PAX 0.0, 0.1, 1.0) yield their real name,
+//!   real size and a [`SparseMap`]; [`Entry::write_to_file`] seeks over holes;
+//! - header-only types (links, devices, FIFOs, directories) ignore their size
+//!   field; a regular type whose name ends in `/` is a directory;
+//! - checksums over signed or unsigned bytes; the first zero block, or EOF at
+//!   a header boundary, ends the archive;
+//! - damage is a typed [`TarError::Corrupt`] with the member and offset, apart
+//!   from failures of the input ([`TarError::Io`], retryable).
+//!
+//! Memory is bounded: only extension headers (up to [`Limits::max_extension`])
+//! and sparse maps (up to [`Limits::max_sparse_segments`] runs) are buffered.
+//! The reader does no buffering of its own: wrap a raw file or socket in a
+//! `BufReader`.
+
+mod entry;
+mod error;
+mod header;
+mod pax;
+mod sparse;
+
+use std::io::{self, Read};
+
+pub use entry::Entry;
+pub use error::{Corruption, ExtractError, TarError};
+pub use header::EntryKind;
+pub use sparse::{Segment, SparseFormat, SparseMap};
+
+use header::{BLOCK, TYPEFLAG};
+use pax::Pax;
+
+/// Default cap on the expanded size of a sparse member (1 TiB).
+pub const DEFAULT_MAX_SPARSE_SIZE: u64 = 1 << 40;
+
+/// Bounds on what the reader accepts or buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest PAX or GNU long-name header body kept in memory.
+    pub max_extension: u64,
+    /// Sparse members expanding past this are refused (`sparse_too_large`).
+    pub max_sparse_size: u64,
+    /// Sparse maps with more runs are refused (`sparse_map_too_large`).
+    pub max_sparse_segments: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_extension: 1 << 20,
+            max_sparse_size: DEFAULT_MAX_SPARSE_SIZE,
+            max_sparse_segments: 1 << 20,
+        }
+    }
+}
+
+/// Why a member is not to be extracted, though the archive goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// A short stable reason (`sparse_too_large`, `invalid_sparse_map`, ...).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Everything known about one member before its data is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// The final name: PAX `path`, else GNU long name, else the header's
+    /// (ustar prefix joined); for GNU sparse files `GNU.sparse.name`.
+    pub name: Vec<u8>,
+    pub link_name: Option<Vec<u8>>,
+    pub kind: EntryKind,
+    /// The raw type flag of the member's own header.
+    pub typeflag: u8,
+    /// Size of the data as extracted (0 for header-only types; the real size
+    /// of a sparse file).
+    pub size: u64,
+    /// Bytes of data the archive stores after the header (a 1.0 map included).
+    pub stored_size: u64,
+    /// Offset of the member's first header (its first PAX/GNU extension).
+    pub start_offset: u64,
+    /// Offset of the member's own header.
+    pub header_offset: u64,
+    /// Offset of the data area (after the header and any old GNU sparse
+    /// extension blocks).
+    pub data_offset: u64,
+    pub sparse: Option<SparseMap>,
+    /// Set when the member must not be extracted; its data reads as empty.
+    pub refusal: Option<Refusal>,
+    pub mode: Option<u32>,
+    pub mtime: Option<u64>,
+}
+
+impl EntryMeta {
+    /// The name for messages and reports.
+    pub fn name_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+
+    /// Offset just past the member's data and padding.
+    pub fn end_offset(&self) -> u64 {
+        self.data_offset + self.stored_size.div_ceil(BLOCK) * BLOCK
+    }
+}
+
+/// The data area of the current member: what is left of it and for whom.
+#[derive(Debug, Default)]
+struct Area {
+    member: String,
+    stored: u64,
+    left: u64,
+    pad: u64,
+}
+
+/// Extension headers seen before a member.
+#[derive(Default)]
+struct Pending {
+    pax: Option<Pax>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    start: Option<u64>,
+}
+
+/// Streams the members of a tar archive; see the module docs.
+pub struct TarReader<R> {
+    inner: R,
+    pos: u64,
+    limits: Limits,
+    area: Area,
+    finished: bool,
+    global: Pax,
+    last_member: Option<String>,
+}
+
+impl<R: Read> TarReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self::with_limits(inner, Limits::default())
+    }
+
+    pub fn with_limits(inner: R, limits: Limits) -> Self {
+        TarReader {
+            inner,
+            pos: 0,
+            limits,
+            area: Area::default(),
+            finished: false,
+            global: Pax::default(),
+            last_member: None,
+        }
+    }
+
+    /// Bytes consumed from the input so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// The next member, after skipping what is left of the previous one;
+    /// `None` at the end of the archive.
+    pub fn next_entry(&mut self) -> Result<Option<Entry<'_, R>>, TarError> {
+        match self.next_meta()? {
+            Some(meta) => Ok(Some(Entry::new(self, meta))),
+            None => Ok(None),
+        }
+    }
+
+    fn next_meta(&mut self) -> Result<Option<EntryMeta>, TarError> {
+        if self.finished {
+            return Ok(None);
+        }
+        self.skip_rest()?;
+        let mut pending = Pending::default();
+        loop {
+            let offset = self.pos;
+            let Some(block) = self.read_header()? else {
+                // A PAX or long-name header right before the end is harmless.
+                self.finished = true;
+                return Ok(None);
+            };
+            pending.start.get_or_insert(offset);
+            match block[TYPEFLAG] {
+                b'x' | b'X' => {
+                    let body = self.read_extension(&block, offset, "PAX header")?;
+                    pending.pax = Some(self.parse_pax(&body, offset)?);
+                }
+                b'g' => {
+                    let body = self.read_extension(&block, offset, "PAX global header")?;
+                    let global = self.parse_pax(&body, offset)?;
+                    self.global = global.with_defaults(&self.global);
+                }
+                b'L' => {
+                    let body = self.read_extension(&block, offset, "GNU long name")?;
+                    pending.long_name = Some(cut_at_nul(body));
+                }
+                b'K' => {
+                    let body = self.read_extension(&block, offset, "GNU long link name")?;
+                    pending.long_link = Some(cut_at_nul(body));
+                }
+                _ => {
+                    let meta = self.member(&block, offset, pending)?;
+                    self.last_member = Some(meta.name_lossy());
+                    return Ok(Some(meta));
+                }
+            }
+        }
+    }
+
+    /// Reads one header block: `None` at the end of the archive (a zero
+    /// block, or EOF right at a block boundary).
+    fn read_header(&mut self) -> Result<Option<[u8; 512]>, TarError> {
+        let mut block = [0u8; 512];
+        let offset = self.pos;
+        let got = self.fill(&mut block, None)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < block.len() {
+            return Err(self.corrupt_after(offset, Corruption::TruncatedHeader { got }));
+        }
+        if block.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        header::verify_checksum(&block).map_err(|what| self.corrupt_after(offset, what))?;
+        Ok(Some(block))
+    }
+
+    /// Reads the body of an extension header (bounded) and its padding.
+    fn read_extension(
+        &mut self,
+        block: &[u8; 512],
+        offset: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, TarError> {
+        let size = header::size_field(block).map_err(|w| self.corrupt_after(offset, w))?;
+        if size > self.limits.max_extension {
+            let cap = self.limits.max_extension;
+            return Err(
+                self.corrupt_after(offset, Corruption::ExtensionTooLarge { what, size, cap })
+            );
+        }
+        self.area = Area {
+            member: what.to_string(),
+            stored: size,
+            left: size,
+            pad: padding(size),
+        };
+        let mut body = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < body.len() {
+            got += self.read_area(&mut body[got..])?;
+        }
+        self.skip_rest()?;
+        Ok(body)
+    }
+
+    fn parse_pax(&self, body: &[u8], offset: u64) -> Result<Pax, TarError> {
+        pax::parse(body, self.limits.max_sparse_segments).map_err(|w| self.corrupt_after(offset, w))
+    }
+
+    /// Builds the member of `block` with its pending extensions applied, and
+    /// sets up its data area.
+    fn member(
+        &mut self,
+        block: &[u8; 512],
+        header_offset: u64,
+        pending: Pending,
+    ) -> Result<EntryMeta, TarError> {
+        let hdr = tar::Header::from_byte_slice(block);
+        let typeflag = block[TYPEFLAG];
+        let pax = pending.pax.unwrap_or_default().with_defaults(&self.global);
+        let name = (pax.path.clone().or(pending.long_name))
+            .unwrap_or_else(|| hdr.path_bytes().into_owned());
+        let link_name = (pax.linkpath.clone().or(pending.long_link))
+            .or_else(|| hdr.link_name_bytes().map(|l| l.into_owned()));
+        let member = String::from_utf8_lossy(&name).into_owned();
+        let header_size = header::size_field(block).map_err(|what| TarError::Corrupt {
+            offset: header_offset,
+            member: Some(member.clone()),
+            after: None,
+            what,
+        })?;
+        let kind = EntryKind::classify(typeflag, &name);
+        let stored = if kind.has_data(typeflag) {
+            pax.size.unwrap_or(header_size)
+        } else {
+            0
+        };
+        let mut meta = EntryMeta {
+            name,
+            link_name,
+            kind,
+            typeflag,
+            size: if kind == EntryKind::Directory {
+                0
+            } else {
+                stored
+            },
+            stored_size: stored,
+            start_offset: pending.start.unwrap_or(header_offset),
+            header_offset,
+            data_offset: header_offset + BLOCK,
+            sparse: None,
+            refusal: None,
+            mode: hdr.mode().ok(),
+            mtime: hdr.mtime().ok(),
+        };
+        if typeflag == b'S' {
+            self.old_gnu_sparse(block, &mut meta)?;
+        }
+        self.area = Area {
+            member,
+            stored,
+            left: stored,
+            pad: padding(stored),
+        };
+        if matches!(typeflag, b'0' | 0 | b'7') && pax.sparse.present() {
+            self.pax_sparse(&pax, &mut meta)?;
+        }
+        Ok(meta)
+    }
+
+    /// Reads from the current data area; EOF inside it is a truncation.
+    fn read_area(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
+        let n = buf
+            .len()
+            .min(usize::try_from(self.area.left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        let offset = self.pos;
+        let got = self.read_some(&mut buf[..n], Some(&self.area.member.clone()))?;
+        if got == 0 {
+            return Err(TarError::Corrupt {
+                offset,
+                member: Some(self.area.member.clone()),
+                after: None,
+                what: Corruption::TruncatedData {
+                    got: self.area.stored - self.area.left,
+                    expected: self.area.stored,
+                },
+            });
+        }
+        self.area.left -= got as u64;
+        Ok(got)
+    }
+
+    /// Skips what is left of the current data area and its padding. EOF in
+    /// the padding is damage too: GNU tar reads whole blocks and fails there.
+    fn skip_rest(&mut self) -> Result<(), TarError> {
+        let mut scratch = [0u8; 8192];
+        while self.area.left > 0 {
+            self.read_area(&mut scratch)?;
+        }
+        while self.area.pad > 0 {
+            let offset = self.pos;
+            let n = scratch.len().min(self.area.pad as usize);
+            let got = self.read_some(&mut scratch[..n], None)?;
+            if got == 0 {
+                return Err(TarError::Corrupt {
+                    offset,
+                    member: Some(self.area.member.clone()),
+                    after: None,
+                    what: Corruption::TruncatedPadding {
+                        missing: self.area.pad,
+                    },
+                });
+            }
+            self.area.pad -= got as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads until `buf` is full or the input ends.
+    fn fill(&mut self, buf: &mut [u8], member: Option<&str>) -> Result<usize, TarError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.read_some(&mut buf[got..], member)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(got)
+    }
+
+    /// One read of the input; its errors are input failures.
+    fn read_some(&mut self, buf: &mut [u8], member: Option<&str>) -> Result<usize, TarError> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(TarError::Io {
+                        offset: self.pos,
+                        member: member.map(str::to_string),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A corrupt header: the member is unknown, the last good one is named.
+    fn corrupt_after(&self, offset: u64, what: Corruption) -> TarError {
+        TarError::Corrupt {
+            offset,
+            member: None,
+            after: self.last_member.clone(),
+            what,
+        }
+    }
+}
+
+fn padding(size: u64) -> u64 {
+    size.div_ceil(BLOCK) * BLOCK - size
+}
+
+/// GNU tar cuts a long name at its first NUL (writers pad with junk after).
+fn cut_at_nul(mut body: Vec<u8>) -> Vec<u8> {
+    if let Some(i) = body.iter().position(|&b| b == 0) {
+        body.truncate(i);
+    }
+    body
+}
+
+mod sparse_read;

@@ -1,0 +1,152 @@
+//! PAX extended header records (`x`, `g`) and the `GNU.sparse.*` keywords.
+
+use super::error::Corruption;
+
+/// The records of one PAX header that the reader acts on (last one wins per
+/// keyword, except the repeated `GNU.sparse.offset`/`numbytes` of format 0.0).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Pax {
+    pub path: Option<Vec<u8>>,
+    pub linkpath: Option<Vec<u8>>,
+    pub size: Option<u64>,
+    pub sparse: SparseKeys,
+}
+
+/// `GNU.sparse.*` keywords as written by GNU tar (formats 0.0, 0.1, 1.0).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SparseKeys {
+    pub major: Option<Vec<u8>>,
+    pub minor: Option<Vec<u8>>,
+    pub name: Option<Vec<u8>>,
+    /// `GNU.sparse.size` (0.x) or `GNU.sparse.realsize` (1.0).
+    pub real_size: Option<Vec<u8>>,
+    pub numblocks: Option<Vec<u8>>,
+    /// `GNU.sparse.map` (0.1): `offset,size,offset,size,...`.
+    pub map: Option<Vec<u8>>,
+    /// `GNU.sparse.offset` / `GNU.sparse.numbytes` values in order (0.0).
+    pub pairs: Vec<(bool, Vec<u8>)>,
+}
+
+impl SparseKeys {
+    /// Whether the header describes a GNU sparse file at all.
+    pub fn present(&self) -> bool {
+        self.map.is_some() || !self.pairs.is_empty() || self.major.is_some()
+    }
+}
+
+impl Pax {
+    /// Global records (`g`) are defaults under a member's own (`x`) records.
+    pub fn with_defaults(mut self, global: &Pax) -> Pax {
+        self.path = self.path.or_else(|| global.path.clone());
+        self.linkpath = self.linkpath.or_else(|| global.linkpath.clone());
+        self.size = self.size.or(global.size);
+        self
+    }
+}
+
+/// Parses the body of a PAX header: records `LEN KEY=VALUE\n`. `max_pairs`
+/// bounds the 0.0 sparse pairs kept (more are counted, not stored).
+pub(crate) fn parse(body: &[u8], max_pairs: usize) -> Result<Pax, Corruption> {
+    let mut pax = Pax::default();
+    let mut rest = body;
+    while !rest.is_empty() && rest.iter().any(|&b| b != 0) {
+        let (key, value, tail) = record(rest)?;
+        apply(&mut pax, key, value, max_pairs)?;
+        rest = tail;
+    }
+    Ok(pax)
+}
+
+/// Splits one record off `rest`: key, value, the remaining bytes.
+/// One record split off the body: key, value, the bytes after it.
+type Record<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn record(rest: &[u8]) -> Result<Record<'_>, Corruption> {
+    let bad = |why: &str| Corruption::BadPax(why.to_string());
+    let space = rest
+        .iter()
+        .position(|&b| b == b' ')
+        .filter(|&i| i > 0 && i <= 20)
+        .ok_or_else(|| bad("a record does not start with its length"))?;
+    let len: usize = std::str::from_utf8(&rest[..space])
+        .ok()
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("a record length is not a decimal number"))?;
+    if len <= space + 1 || len > rest.len() {
+        return Err(bad("a record length points outside the header"));
+    }
+    let rec = &rest[space + 1..len];
+    let rec = rec
+        .strip_suffix(b"\n")
+        .ok_or_else(|| bad("a record does not end with a newline"))?;
+    let eq = rec
+        .iter()
+        .position(|&b| b == b'=')
+        .ok_or_else(|| bad("a record has no '='"))?;
+    Ok((&rec[..eq], &rec[eq + 1..], &rest[len..]))
+}
+
+fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<(), Corruption> {
+    let v = || Some(value.to_vec());
+    let s = &mut pax.sparse;
+    match key {
+        b"path" => pax.path = v(),
+        b"linkpath" => pax.linkpath = v(),
+        b"size" => pax.size = Some(decimal(value).ok_or_else(|| bad_value("size", value))?),
+        b"GNU.sparse.major" => s.major = v(),
+        b"GNU.sparse.minor" => s.minor = v(),
+        b"GNU.sparse.name" => s.name = v(),
+        b"GNU.sparse.size" | b"GNU.sparse.realsize" => s.real_size = v(),
+        b"GNU.sparse.numblocks" => s.numblocks = v(),
+        b"GNU.sparse.map" => s.map = v(),
+        // Kept up to the cap (plus one to tell "too many" later).
+        b"GNU.sparse.offset" | b"GNU.sparse.numbytes"
+            if s.pairs.len() <= max_pairs.saturating_mul(2) =>
+        {
+            s.pairs.push((key == b"GNU.sparse.offset", value.to_vec()));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn bad_value(key: &str, value: &[u8]) -> Corruption {
+    Corruption::BadPax(format!(
+        "{key}={:?} is not a decimal number",
+        String::from_utf8_lossy(value)
+    ))
+}
+
+/// A plain non-negative decimal number (no sign, no spaces).
+pub(crate) fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_last_wins_and_sparse_pairs_in_order() {
+        let body = b"14 path=a.txt\n14 path=b.txt\n26 GNU.sparse.offset=4096\n25 GNU.sparse.numbytes=7\n11 size=42\n";
+        let pax = parse(body, 16).expect("valid records");
+        assert_eq!(pax.path.as_deref(), Some(&b"b.txt"[..]));
+        assert_eq!(pax.size, Some(42));
+        assert_eq!(pax.sparse.pairs.len(), 2);
+        assert!(pax.sparse.pairs[0].0 && !pax.sparse.pairs[1].0);
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        assert!(parse(b"99 path=a\n", 16).is_err());
+        assert!(parse(b"x path=a\n", 16).is_err());
+        assert!(parse(b"10 path=ab", 16).is_err());
+        assert!(parse(b"12 size=-1\n", 16).is_err());
+        assert!(parse(b"", 16).is_ok());
+        assert!(parse(b"\0\0\0", 16).is_ok());
+    }
+}
