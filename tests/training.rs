@@ -57,6 +57,7 @@ fn scene(seed: u64) -> (tempfile::TempDir, PathBuf) {
             image_bytes: 700,
             seed,
             no_width_every: 7,
+            ..GenOptions::default()
         },
     )
     .expect("generate shards");

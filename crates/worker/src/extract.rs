@@ -352,6 +352,23 @@ impl DataDir {
         written.map_err(|e| PlaceError::Io(self.root.join(rel), e))
     }
 
+    /// Writes the file `rel` through `write`, which may seek (a sparse
+    /// member's holes); `write` returns the file's size.
+    pub fn write_with<E>(
+        &mut self,
+        rel: &Path,
+        write: impl FnOnce(&mut File) -> Result<u64, E>,
+    ) -> Result<Result<u64, E>, PlaceError> {
+        let mut f = self.open(rel)?;
+        let result = write(&mut f);
+        let size = result.as_ref().ok().copied();
+        if let (Some(fl), Some(n)) = (self.flusher.as_mut(), size) {
+            fl.note_bytes(n);
+        }
+        self.record(rel, size)?;
+        Ok(result)
+    }
+
     /// Streams `size` bytes from `src` into the file `rel` with one buffer,
     /// checking `keep_going` between chunks. Returns the bytes copied, which
     /// are fewer than `size` only if `src` ended early (a truncated tar).

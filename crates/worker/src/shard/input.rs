@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ShardError;
 use crate::fragment::FragmentError;
+use crate::tar_reader::TarError;
 
 /// Read buffer of the tar stream.
 const READ_BUF: usize = 256 << 10;
@@ -74,6 +75,31 @@ impl ShardSource {
                 offset,
                 member: member.map(str::to_string),
             },
+        }
+    }
+
+    /// A tar reader error: an input failure is retryable, damage is not.
+    pub(super) fn tar_error(&self, e: TarError) -> ShardError {
+        match e {
+            TarError::Io { offset, source, .. } => ShardError::Read {
+                shard: self.shard.clone(),
+                what: source.to_string(),
+                offset,
+            },
+            TarError::Corrupt {
+                offset,
+                member,
+                after,
+                what,
+            } => {
+                // Damage in a header: the words the docs and tests look for.
+                let what = match (&member, after) {
+                    (Some(_), _) => what.to_string(),
+                    (None, Some(a)) => format!("broken tar header after member {a:?}: {what}"),
+                    (None, None) => format!("broken tar header: {what}"),
+                };
+                self.corrupt(what, offset, member.as_deref())
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use shardprep_core::layout::fnv1a64;
 
 use super::ShardError;
 use super::input::ShardSource;
+use crate::tar_reader::{EntryKind, TarError};
 use crate::writers::{WriteKind, WriteTag};
 
 /// What a regular member is, by its name.
@@ -36,19 +37,16 @@ pub(super) fn kind_of(rel: &Path) -> Kind {
 }
 
 /// The report key of an entry type that is never extracted (links,
-/// devices...); `None` for regular files.
-pub(super) fn refused_entry_type(etype: tar::EntryType) -> Option<&'static str> {
-    if etype.is_file() || etype == tar::EntryType::Continuous {
-        return None;
+/// devices...); `None` for regular files and directories.
+pub(super) fn refused_entry_type(kind: EntryKind) -> Option<&'static str> {
+    match kind {
+        EntryKind::File | EntryKind::Directory => None,
+        EntryKind::Symlink => Some("symlink"),
+        EntryKind::HardLink => Some("hard_link"),
+        EntryKind::CharDevice | EntryKind::BlockDevice => Some("device"),
+        EntryKind::Fifo => Some("fifo"),
+        EntryKind::Other(_) => Some("unsupported_entry_type"),
     }
-    Some(match etype {
-        tar::EntryType::Symlink => "symlink",
-        tar::EntryType::Link => "hard_link",
-        tar::EntryType::Char | tar::EntryType::Block => "device",
-        tar::EntryType::Fifo => "fifo",
-        tar::EntryType::GNUSparse => "sparse_file",
-        _ => "unsupported_entry_type",
-    })
 }
 
 /// A regular file member being read.
@@ -117,10 +115,11 @@ impl<'a> Member<'a> {
         )
     }
 
-    /// Reading this member's data failed.
+    /// Reading this member's data failed: the input (retryable) or the
+    /// archive (truncated, corrupt), as the tar reader says.
     pub(super) fn read_error(&self, e: io::Error) -> ShardError {
-        self.source
-            .corrupt(format!("read error: {e}"), self.data_pos, Some(&self.name))
+        let e = TarError::from_io(e, self.data_pos, Some(&self.name));
+        self.source.tar_error(e)
     }
 
     /// Reads the rest of this member's data without writing it; `already`
@@ -140,20 +139,28 @@ impl<'a> Member<'a> {
         entry: &mut dyn Read,
         buf: &mut [u8],
     ) -> Result<usize, ShardError> {
-        read_full(entry, buf).map_err(|e| self.read_error(e))
-    }
-}
-
-/// Reads until `buf` is full or the source ends; returns the bytes read.
-fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match self.read_partial(entry, buf) {
+            (got, None) => Ok(got),
+            (_, Some(e)) => Err(e),
         }
     }
-    Ok(got)
+
+    /// Like [`Member::read_into`], but keeps the bytes read before an error
+    /// (a truncated member is left as `tar xf` leaves it).
+    pub(super) fn read_partial(
+        &self,
+        entry: &mut dyn Read,
+        buf: &mut [u8],
+    ) -> (usize, Option<ShardError>) {
+        let mut got = 0;
+        while got < buf.len() {
+            match entry.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (got, Some(self.read_error(e))),
+            }
+        }
+        (got, None)
+    }
 }

@@ -34,6 +34,7 @@ use shardprep_core::proto::FailureKind;
 use shardprep_remote::RemoteError;
 
 use crate::fragment::FragmentError;
+use crate::tar_reader::TarReader;
 use input::ShardSource;
 use pass::ShardPass;
 
@@ -175,23 +176,15 @@ pub fn process_stream(
     let source = ShardSource::new(&task.shard_name);
     let reader = source.reader(input, &live.bytes_read)?;
     let mut pass = ShardPass::open(task, &source, cancel, live)?;
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| source.corrupt(format!("not a readable tar: {e}"), 0, None))?;
-    let mut last_good_end: u64 = 0;
-    for entry in entries {
+    let mut archive = TarReader::new(reader);
+    loop {
         if pass.cancelled() {
             return Err(source.cancelled());
         }
-        let mut entry = entry.map_err(|e| {
-            source.corrupt(
-                format!("broken tar header after the last good member: {e}"),
-                last_good_end,
-                None,
-            )
-        })?;
-        last_good_end = pass.member(&mut entry)?;
+        let Some(mut entry) = archive.next_entry().map_err(|e| source.tar_error(e))? else {
+            break;
+        };
+        pass.member(&mut entry)?;
     }
     pass.finish(started)
 }

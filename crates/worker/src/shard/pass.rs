@@ -20,6 +20,7 @@ use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask, wr
 use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::FragmentWriter;
 use crate::sample::{Parsed, Row, Skip, caption_of, parse_sample, stem};
+use crate::tar_reader::{Entry, EntryKind, ExtractError};
 use crate::writers::{Finished, POOL_MAX_FILE, WriteKind, WriteTag};
 
 /// One pass over one shard: where it writes, and what it has seen so far.
@@ -94,19 +95,15 @@ impl<'a> ShardPass<'a> {
     }
 
     /// Handles one tar entry; returns the stream offset where it ends.
-    pub(super) fn member<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-    ) -> Result<u64, ShardError> {
+    pub(super) fn member<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<u64, ShardError> {
         self.tally.counts.members += 1;
         self.live.members.fetch_add(1, Ordering::Relaxed);
-        let size = entry.size();
-        let data_pos = entry.raw_file_position();
-        let end = data_pos + size.div_ceil(512) * 512;
-        let name_bytes = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&name_bytes).into_owned();
-        let etype = entry.header().entry_type();
-        let rel = match safe_relative_path(&name_bytes) {
+        let meta = entry.meta();
+        let (size, data_pos, end, kind) =
+            (meta.size, meta.data_offset, meta.end_offset(), meta.kind);
+        let name = meta.name_lossy();
+        let refusal = meta.refusal.clone();
+        let rel = match safe_relative_path(&meta.name) {
             Ok(rel) => rel,
             Err(why) => {
                 let detail = "member name would leave data/; not extracted";
@@ -114,10 +111,12 @@ impl<'a> ShardPass<'a> {
                 return Ok(end);
             }
         };
-        if etype.is_dir() {
+        if let Some(refusal) = refusal {
+            self.tally.reject(&name, refusal.reason, refusal.detail);
+        } else if kind == EntryKind::Directory {
             self.directory(&name, &rel)?;
-        } else if let Some(reason) = refused_entry_type(etype) {
-            let detail = format!("{etype:?} members are not extracted");
+        } else if let Some(reason) = refused_entry_type(kind) {
+            let detail = format!("{kind:?} members are not extracted");
             self.tally.reject(&name, reason, detail);
         } else {
             let member = Member::new(self.source, name, rel, size, data_pos);
@@ -144,7 +143,7 @@ impl<'a> ShardPass<'a> {
 
     /// A regular member: duplicates and the guard of input shards first,
     /// then the step of its kind, then the writes that came due.
-    fn file(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
+    fn file<R: Read>(&mut self, m: &Member, entry: &mut Entry<'_, R>) -> Result<(), ShardError> {
         if !self.seen_members.insert(m.key()) {
             self.tally.counts.duplicate_members += 1;
             self.tally.issue(
@@ -322,10 +321,10 @@ impl<'a> ShardPass<'a> {
     }
 
     /// An image or any other member: extracted as it is.
-    fn file_member(
+    fn file_member<R: Read>(
         &mut self,
         m: &Member,
-        entry: &mut dyn Read,
+        entry: &mut Entry<'_, R>,
         shadowed: bool,
     ) -> Result<(), ShardError> {
         if m.kind == Kind::Image {
@@ -342,6 +341,8 @@ impl<'a> ShardPass<'a> {
                 "shadowed_by_caption",
                 "a caption file of the same name was written; the caption wins, as in the seed",
             );
+        } else if self.task.extract && entry.meta().sparse.is_some() {
+            self.sparse_file(m, entry)?;
         } else if self.task.extract && m.size <= POOL_MAX_FILE {
             self.queue_small(m, entry)?;
         } else if self.task.extract {
@@ -358,18 +359,44 @@ impl<'a> ShardPass<'a> {
         Ok(())
     }
 
+    /// A GNU sparse member: written with its holes seeked over, so it takes
+    /// only its data's space on disk.
+    fn sparse_file<R: Read>(
+        &mut self,
+        m: &Member,
+        entry: &mut Entry<'_, R>,
+    ) -> Result<(), ShardError> {
+        let cancel = self.cancel;
+        let keep_going = || !cancel.load(Ordering::Relaxed);
+        let res = self
+            .data
+            .write_with(&m.rel, |f| entry.write_to_file(f, &keep_going));
+        match res {
+            Ok(Ok(n)) => {
+                self.tally.extracted(n);
+                Ok(())
+            }
+            Ok(Err(ExtractError::Cancelled)) => Err(self.source.cancelled()),
+            Ok(Err(ExtractError::Tar(e))) => Err(self.source.tar_error(*e)),
+            Ok(Err(ExtractError::Write(e))) => {
+                Err(self.source.write_error(&self.data.root().join(&m.rel), e))
+            }
+            Err(place) => self.placed(&m.name, Err(place)).map(|_| ()),
+        }
+    }
+
     /// Reads a small member whole and queues its write.
     fn queue_small(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
         let mut bytes = self.data.buffer();
         bytes.resize(m.size as usize, 0);
-        let got = m.read_into(entry, &mut bytes)?;
+        let (got, failed) = m.read_partial(entry, &mut bytes);
         bytes.truncate(got);
         self.data
             .queue_bytes(m.rel.clone(), bytes, m.tag(WriteKind::Member));
-        if (got as u64) < m.size {
+        if failed.is_some() || (got as u64) < m.size {
             // The cut member stays as read so far, as `tar xf` leaves it.
             self.data.wait_all();
-            return Err(m.truncated(got as u64));
+            return Err(failed.unwrap_or_else(|| m.truncated(got as u64)));
         }
         Ok(())
     }
@@ -487,10 +514,6 @@ impl<'a> ShardPass<'a> {
     pub(super) fn finish(mut self, started: Instant) -> Result<ShardOutput, ShardError> {
         self.data.wait_all();
         self.settle_writes()?;
-        if self.tally.counts.members == 0 {
-            let what = "the tar has no members (empty or not a tar archive)";
-            return Err(self.source.corrupt(what.into(), 0, None));
-        }
         self.write_unlisted_captions()?;
         self.tally.cross_check(&self.referenced, &self.images);
         let source = self.source;

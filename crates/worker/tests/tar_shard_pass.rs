@@ -1,0 +1,151 @@
+//! Issue 18 through the shard pass: `data/` equals `tar xf` (members the
+//! pass refuses are listed in the manifest, by name and reason).
+
+mod tar_cases;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use shardprep_core::fields::FieldMap;
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_worker::shard::{LiveProgress, ShardError, ShardTask, process_shard};
+use tar_cases::*;
+
+fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
+    let task = ShardTask {
+        shard_path: archive.to_path_buf(),
+        shard_name: "s.tar".into(),
+        identity: ShardIdentity {
+            size: 0,
+            mtime_ns: 0,
+        },
+        layout: OutputLayout::new(out.to_path_buf()),
+        fields: FieldMap::dalle3(),
+        write_captions: false,
+        extract: true,
+        lease_id: 1,
+        attempt: 1,
+        worker_id: "t".into(),
+        shards_in_data_dir: false,
+        data_sync: shardprep_core::durability::DataSync::None,
+        write_threads: 1,
+    };
+    process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
+}
+
+/// Runs the pass and `tar xf`; `data/` must equal tar's tree minus the
+/// members the manifest lists as refused. Returns the manifest.
+fn pass_matches_gnu_tar(dir: &Path, archive: &Path) -> ShardManifest {
+    assert!(gnu_extract(archive, &dir.join("gnu")));
+    let manifest = run_pass(archive, &dir.join("out")).expect("the pass reads what GNU tar reads");
+    let mut gnu = tree(&dir.join("gnu"));
+    for issue in &manifest.issues {
+        gnu.remove(Path::new(&issue.member));
+    }
+    assert_eq!(
+        tree(&dir.join("out/data")),
+        gnu,
+        "data/ differs from tar xf"
+    );
+    manifest
+}
+
+#[test]
+fn sparse_members_are_expanded_as_sparse_files() {
+    for flags in [
+        "--format=posix --sparse-version=0.0",
+        "--format=posix --sparse-version=0.1",
+        "--format=posix --sparse-version=1.0",
+        "--format=gnu",
+    ] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        sh(
+            tmp.path(),
+            &format!(
+                "mkdir -p src/sub && truncate -s 20M src/sub/sparse.db
+             printf hello | dd of=src/sub/sparse.db bs=1 seek=4096 conv=notrunc status=none
+             printf world | dd of=src/sub/sparse.db bs=1 seek=15000000 conv=notrunc status=none
+             printf '{{}}' > src/a.json
+             tar --sparse {flags} -cf a.tar -C src sub a.json"
+            ),
+        );
+        let manifest = pass_matches_gnu_tar(tmp.path(), &tmp.path().join("a.tar"));
+        assert!(
+            manifest.counts.rejected_members.is_empty(),
+            "{flags}: {:?}",
+            manifest.issues
+        );
+        let db = tmp.path().join("out/data/sub/sparse.db");
+        assert!(allocated(&db) <= 64 << 10, "{flags}: holes were written");
+    }
+}
+
+#[test]
+fn header_only_types_with_sizes_lose_no_members() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = concat(&[
+        &Hdr::new(b"d", b'5', 1024).bytes(),
+        &Hdr::new(b"l", b'2', 600).link(b"a.txt").bytes(),
+        &Hdr::new(b"f", b'6', 600).bytes(),
+        &file("a.txt", b"A"),
+        &Hdr::new(b"vd/", 0, 0).v7().bytes(),
+        &long_name(b"first.txt\0"),
+        &long_name(b"second.txt\0junk"),
+        &file("hdr.txt", b"L"),
+        &pax(b'x', &[("path", b"p.txt")]),
+        &EOA,
+    ]);
+    let path = write_archive(tmp.path(), "a.tar", &archive);
+    let m = pass_matches_gnu_tar(tmp.path(), &path);
+    assert_eq!(m.counts.members, 6);
+    assert_eq!(m.counts.files_extracted, 2);
+    assert_eq!(
+        m.counts.rejected_members.values().sum::<u64>(),
+        2,
+        "{:?}",
+        m.issues
+    );
+    assert!(tmp.path().join("out/data/vd").is_dir());
+}
+
+#[test]
+fn an_empty_tar_is_a_done_shard() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = write_archive(tmp.path(), "a.tar", &EOA);
+    let m = run_pass(&path, &tmp.path().join("out")).expect("a valid empty tar");
+    assert_eq!(m.counts.members, 0);
+}
+
+#[test]
+fn a_too_large_sparse_member_is_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    sh(tmp.path(), "mkdir src && truncate -s 2T src/huge.img && printf x | dd of=src/huge.img bs=1 seek=99 conv=notrunc status=none
+        printf b > src/b.txt && tar --sparse --format=posix --sparse-version=1.0 -cf a.tar -C src huge.img b.txt");
+    let m = run_pass(&tmp.path().join("a.tar"), &tmp.path().join("out")).expect("pass");
+    assert_eq!(m.counts.rejected_members.get("sparse_too_large"), Some(&1));
+    assert_eq!(m.issues[0].member, "huge.img");
+    assert_eq!(
+        std::fs::read(tmp.path().join("out/data/b.txt")).expect("b"),
+        b"b"
+    );
+}
+
+#[test]
+fn damage_is_permanent_and_input_loss_is_not() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let full = file("cut.bin", &vec![7u8; 5000]);
+    let path = write_archive(tmp.path(), "a.tar", &full[..3512]);
+    let e = run_pass(&path, &tmp.path().join("out")).expect_err("truncated");
+    assert!(
+        matches!(&e, ShardError::Corrupt { member: Some(m), offset: 3512, .. } if m == "cut.bin"),
+        "{e}"
+    );
+    let neg = concat(&[
+        &Hdr::new(b"n.txt", b'0', 0).size_field([0xff; 12]).bytes(),
+        &EOA,
+    ]);
+    let path = write_archive(tmp.path(), "b.tar", &neg);
+    let e = run_pass(&path, &tmp.path().join("out2")).expect_err("negative");
+    assert!(e.to_string().contains("negative size"), "{e}");
+}
