@@ -49,6 +49,8 @@ NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 UID = 65532
 GRPC_PORT = 50051
+# The coordinator's /metrics port (Prometheus text format, no token).
+METRICS_PORT = 9090
 # What the container image runs (Dockerfile ENTRYPOINT).
 IMAGE_ENTRYPOINT = "/shardprep"
 
@@ -259,13 +261,16 @@ def test_service_reaches_coordinator_only(rendered):
     worker_labels = worker["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= coord_labels.items()
     assert not selector.items() <= worker_labels.items()
-    (port,) = svc["spec"]["ports"]
-    assert port["port"] == GRPC_PORT
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {"grpc", "metrics"}, ports
     c = main_container(coord)
-    target = port.get("targetPort", port["port"])
-    if isinstance(target, str):
-        target = {p.get("name"): p["containerPort"] for p in c["ports"]}[target]
-    assert target == GRPC_PORT
+    for name, expected in (("grpc", GRPC_PORT), ("metrics", METRICS_PORT)):
+        port = ports[name]
+        assert port["port"] == expected, name
+        target = port.get("targetPort", port["port"])
+        if isinstance(target, str):
+            target = {p.get("name"): p["containerPort"] for p in c["ports"]}[target]
+        assert target == expected, name
 
 
 def test_worker_uses_service_url(rendered):
@@ -289,14 +294,51 @@ def test_network_policy_admits_only_workers(rendered):
         assert "Ingress" in p["spec"]["policyTypes"]
         rules = p["spec"].get("ingress", [])
         assert rules, "the coordinator must admit the workers"
+        grpc_rules = 0
         for rule in rules:
             assert rule.get("from"), "an ingress rule without `from` admits everybody"
+            ports = [(q.get("protocol", "TCP"), q["port"]) for q in rule.get("ports", [])]
+            if ports == [("TCP", METRICS_PORT)]:
+                check_metrics_peers(rule["from"], worker_labels, coord_labels)
+                continue
+            grpc_rules += 1
             for peer in rule["from"]:
                 assert set(peer) == {"podSelector"}, f"peer {peer} admits more than worker pods"
                 sel = peer["podSelector"].get("matchLabels", {})
                 assert sel and sel.items() <= worker_labels.items()
                 assert not sel.items() <= coord_labels.items()
-            assert [(q.get("protocol", "TCP"), q["port"]) for q in rule["ports"]] == [("TCP", GRPC_PORT)]
+            assert ports == [("TCP", GRPC_PORT)], f"a rule opens {ports}: only gRPC (workers) and metrics"
+        assert grpc_rules, "no rule admits the workers to the gRPC port"
+
+
+def check_metrics_peers(peers: list[dict], worker_labels: dict, coord_labels: dict) -> None:
+    """The metrics port is open to Prometheus only: each peer selects pods by
+    label (in a namespace picked by label), none is an IP block or everybody."""
+    for peer in peers:
+        assert set(peer) <= {"podSelector", "namespaceSelector"}, f"metrics peer {peer}: selectors only"
+        sel = peer.get("podSelector", {}).get("matchLabels", {})
+        assert sel, f"metrics peer {peer} admits every pod"
+        assert not sel.items() <= worker_labels.items() and not sel.items() <= coord_labels.items()
+        if "namespaceSelector" in peer:
+            assert peer["namespaceSelector"].get("matchLabels"), f"metrics peer {peer}: every namespace"
+
+
+def test_metrics_are_scrapeable(rendered):
+    """The coordinator serves /metrics on the port the pod and the Service
+    announce to Prometheus (prometheus.io/* annotations)."""
+    coord = job_by_component(rendered, "coordinator")
+    c = main_container(coord)
+    ports = {p.get("name"): p["containerPort"] for p in c["ports"]}
+    assert ports.get("metrics") == METRICS_PORT, ports
+    env = effective_env_names(c, rendered)
+    listen = setting(c["args"], env, "metrics-listen")
+    assert listen == f"0.0.0.0:{METRICS_PORT}", listen
+    svc = one(rendered, "Service", "shardprep-coordinator")
+    for where, meta in (("pod", coord["spec"]["template"]["metadata"]), ("Service", svc["metadata"])):
+        ann = meta.get("annotations", {})
+        assert ann.get("prometheus.io/scrape") == "true", where
+        assert ann.get("prometheus.io/port") == str(METRICS_PORT), where
+        assert ann.get("prometheus.io/path", "/metrics") == "/metrics", where
 
 
 def test_resources(rendered):
@@ -846,3 +888,30 @@ def test_coordinator_restart_resumes(cluster):
     report = json.loads((Path(coordinator.setting("output")) / "report.json").read_text())
     if "shards_recovered" in report:
         assert report["shards_recovered"] >= before, report
+
+
+def binary_has_metrics(bin_path: Path) -> bool:
+    """Whether this build of the binary knows --metrics-listen."""
+    out = subprocess.run([str(bin_path), "coordinator", "--help"], capture_output=True, text=True, timeout=20)
+    return "--metrics-listen" in out.stdout
+
+
+def test_coordinator_serves_metrics_where_the_manifests_say(cluster):
+    """The coordinator container, run as the manifests say, answers GET /metrics
+    on its (mapped) metrics port with the Prometheus text format."""
+    if not binary_has_metrics(cluster.bin):
+        pytest.skip("this shardprep build has no --metrics-listen yet")
+    import urllib.request
+
+    coordinator = cluster.pod("coordinator", "shardprep-coordinator-metrics")
+    generate_shards(cluster, coordinator)
+    address = coordinator.setting("metrics-listen")
+    assert address == cluster.addresses[f"0.0.0.0:{METRICS_PORT}"], address
+    coordinator.start()
+
+    def page():
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
+            return r.read().decode()
+
+    text = wait_until(page, READY_TIMEOUT_S, "a /metrics page", coordinator)
+    assert "shardprep_shards" in text, text[:2000]

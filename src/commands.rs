@@ -180,11 +180,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
     let outcome = shardprep_coordinator::serve(config, listener, shutdown_signal()).await?;
     crate::local::print_summary(&outcome.report);
-    Ok(if outcome.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_JOB_FAILED)
-    })
+    Ok(crate::local::exit_code(outcome.ok))
 }
 
 fn write_private(path: &std::path::Path, token: &str) -> anyhow::Result<()> {

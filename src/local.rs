@@ -2,88 +2,18 @@
 //! `verify`, and the end-of-job summary.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use shardprep_coordinator::report::Report;
+use shardprep_coordinator::{CoordinatorConfig, CoordinatorError, JobOutcome};
 use shardprep_core::auth;
 use shardprep_core::durability::DataSync;
-use tokio::process::{Child, Command};
 
 use crate::cli::{LogFormat, RunArgs, StatusArgs, VerifyArgs};
 use crate::commands::{EXIT_JOB_FAILED, coordinator_config, shutdown_signal, token_from};
-
-/// Restarts allowed per worker slot when a worker process dies.
-const RESTARTS_PER_SLOT: u32 = 3;
-
-struct Slot {
-    child: Option<Child>,
-    restarts: u32,
-}
-
-/// How `run` starts worker number `i` (the first start and any restart).
-struct Launcher {
-    exe: PathBuf,
-    url: String,
-    token: String,
-    log: LogFormat,
-    /// Test hook for worker 0 only.
-    fault_worker0: Option<String>,
-    /// `--write-threads` of each worker.
-    write_threads: usize,
-}
-
-impl Launcher {
-    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
-        let fault = if i == 0 {
-            self.fault_worker0.as_deref()
-        } else {
-            None
-        };
-        let mut cmd = worker_command(&self.exe, &self.url, &self.token, i, self.log, fault);
-        cmd.env("SHARDPREP_WRITE_THREADS", self.write_threads.to_string());
-        cmd.spawn()
-            .with_context(|| format!("cannot start worker process {}", self.exe.display()))
-    }
-}
-
-/// The command line of local worker `i` (its environment is set explicitly,
-/// so a variable of the user's shell cannot change what `run` asked for).
-fn worker_command(
-    exe: &PathBuf,
-    url: &str,
-    token: &str,
-    i: usize,
-    log: LogFormat,
-    fault: Option<&str>,
-) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.arg("--log-format")
-        .arg(match log {
-            LogFormat::Human => "human",
-            LogFormat::Json => "json",
-        })
-        .arg("worker")
-        .arg("--coordinator")
-        .arg(url)
-        .env("SHARDPREP_TOKEN", token)
-        .env_remove("SHARDPREP_TOKEN_FILE")
-        .env(
-            "SHARDPREP_WORKER_ID",
-            format!("local-{i}-{:04x}", auth::random_u64() & 0xffff),
-        )
-        // The coordinator is local: if it is gone for this long, it is not coming back.
-        .env("SHARDPREP_CONNECT_TIMEOUT", "20s")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    match fault {
-        Some(f) => cmd.env("SHARDPREP_FAULT", f),
-        None => cmd.env_remove("SHARDPREP_FAULT"),
-    };
-    cmd
-}
+use crate::workers::{Launcher, Workers};
 
 /// `shardprep run`: the coordinator in this process on 127.0.0.1 (ephemeral
 /// port, fresh token), N worker processes of this same binary, supervised.
@@ -95,28 +25,12 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let config =
         coordinator_config(&args.job, token.clone(), DataSync::None)?.with_linger(Duration::ZERO);
     let grace = config.worker_grace;
-    let n = args
-        .workers
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .max(1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut coord = tokio::spawn(shardprep_coordinator::serve(config, listener, async {
-        let _ = stop_rx.await;
-    }));
-    let exe = std::env::current_exe().context("cannot find this program's own path")?;
-    tracing::info!(workers = n, coordinator = %url, "starting local job");
-    let mut slots = Vec::with_capacity(n);
+    let n = worker_count(args.workers);
+    let mut coordinator = LocalCoordinator::start(config).await?;
+    tracing::info!(workers = n, coordinator = %coordinator.url, "starting local job");
     let launcher = Launcher {
-        exe,
-        url: url.clone(),
+        exe: std::env::current_exe().context("cannot find this program's own path")?,
+        url: coordinator.url.clone(),
         token: token.clone(),
         log,
         fault_worker0: args.fault_worker0.clone(),
@@ -124,109 +38,94 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
             .write_threads
             .unwrap_or_else(|| shardprep_worker::default_write_threads(n)),
     };
-    for i in 0..n {
-        slots.push(Slot {
-            child: Some(launcher.spawn(i)?),
-            restarts: 0,
-        });
-    }
+    let mut workers = Workers::start(launcher, n)?;
     let progress = crate::progress::active(args.progress)
-        .then(|| crate::progress::spawn(url.clone(), token.clone()));
-
-    let mut stop_tx = Some(stop_tx);
-    let mut signal = Box::pin(shutdown_signal());
-    let mut signalled = false;
-    let result = loop {
-        tokio::select! {
-            r = &mut coord => break r,
-            _ = &mut signal, if !signalled => {
-                signalled = true;
-                tracing::warn!("stopping: workers give their shards back; run again with the same --output to resume");
-                for s in &mut slots {
-                    if let Some(c) = &s.child
-                        && let Some(pid) = c.id() {
-                            // SAFETY: kill(2) on our own child's pid.
-                            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                        }
-                }
-                if let Some(tx) = stop_tx.take() {
-                    let _ = tx.send(());
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                supervise(&mut slots, &launcher)?;
-            }
-        }
-    };
+        .then(|| crate::progress::spawn(coordinator.url.clone(), token));
+    let result = coordinator.supervise(&mut workers).await?;
     if let Some(p) = progress {
         p.finish().await;
     }
-    // The coordinator has told every worker it heard from; those still
-    // running never reached it (e.g. a job that had nothing left to do):
-    // ask them to stop, then kill what is left after a short grace.
-    let settle = Instant::now() + Duration::from_millis(300);
-    for s in &mut slots {
-        if let Some(c) = &mut s.child {
-            let _ =
-                tokio::time::timeout(settle.saturating_duration_since(Instant::now()), c.wait())
-                    .await;
-            if let Ok(None) = c.try_wait()
-                && let Some(pid) = c.id()
-            {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-        }
-    }
-    let deadline = Instant::now() + grace.min(Duration::from_secs(3));
-    for s in &mut slots {
-        if let Some(c) = &mut s.child {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, c.wait()).await.is_err() {
-                tracing::warn!(pid = c.id(), "worker did not exit in time; killing it");
-                let _ = c.kill().await;
-            }
-        }
-    }
+    workers.stop(grace).await;
     let outcome = result.context("the coordinator task failed")??;
     print_summary(&outcome.report);
-    Ok(if outcome.ok {
+    Ok(exit_code(outcome.ok))
+}
+
+/// `--workers`, or one per CPU.
+fn worker_count(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+    .max(1)
+}
+
+/// The exit code of a job that ran: 0 verified, [`EXIT_JOB_FAILED`] otherwise.
+pub fn exit_code(verified: bool) -> ExitCode {
+    if verified {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_JOB_FAILED)
-    })
+    }
 }
 
-/// Restarts worker processes that died while the job runs.
-fn supervise(slots: &mut [Slot], launcher: &Launcher) -> anyhow::Result<()> {
-    let mut alive = 0;
-    for (i, s) in slots.iter_mut().enumerate() {
-        let Some(c) = &mut s.child else { continue };
-        match c.try_wait() {
-            Ok(None) => alive += 1,
-            Ok(Some(st)) if st.success() => s.child = None,
-            Ok(Some(st)) => {
-                if s.restarts < RESTARTS_PER_SLOT {
-                    s.restarts += 1;
-                    tracing::warn!(worker = i, status = %st, restart = s.restarts, "a worker process died; starting a new one");
-                    s.child = Some(launcher.spawn(i)?);
-                    alive += 1;
-                } else {
-                    tracing::error!(worker = i, status = %st, "a worker process died too often; not restarting it");
-                    s.child = None;
+type ServeResult = Result<JobOutcome, CoordinatorError>;
+
+/// The coordinator of a `run`, serving on a task of this process.
+struct LocalCoordinator {
+    url: String,
+    task: tokio::task::JoinHandle<ServeResult>,
+    /// Ends the job early (Ctrl-C); taken when used.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LocalCoordinator {
+    /// Listens on an ephemeral port of 127.0.0.1 and starts serving.
+    async fn start(config: CoordinatorConfig) -> anyhow::Result<LocalCoordinator> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot listen on 127.0.0.1")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(shardprep_coordinator::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(LocalCoordinator {
+            url,
+            task,
+            stop: Some(stop),
+        })
+    }
+
+    /// Waits for the job to end while restarting dead workers; on SIGTERM or
+    /// Ctrl-C asks the workers and the coordinator to stop (the job resumes
+    /// on a re-run). Fails when every worker died too often.
+    async fn supervise(
+        &mut self,
+        workers: &mut Workers,
+    ) -> anyhow::Result<Result<ServeResult, tokio::task::JoinError>> {
+        let mut signal = Box::pin(shutdown_signal());
+        let mut signalled = false;
+        loop {
+            tokio::select! {
+                r = &mut self.task => return Ok(r),
+                _ = &mut signal, if !signalled => {
+                    signalled = true;
+                    tracing::warn!("stopping: workers give their shards back; run again with the same --output to resume");
+                    workers.terminate();
+                    if let Some(tx) = self.stop.take() {
+                        let _ = tx.send(());
+                    }
                 }
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => workers.supervise()?,
             }
-            Err(e) => tracing::warn!(error = %e, "cannot check a worker process"),
         }
     }
-    if alive == 0
-        && slots.iter().all(|s| s.child.is_none())
-        && slots.iter().any(|s| s.restarts >= RESTARTS_PER_SLOT)
-    {
-        anyhow::bail!("every worker process died; see the errors above");
-    }
-    Ok(())
 }
+
+/// How often `run` looks for dead workers.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 
 /// `reason=count, ...` or `none`.
 fn by_reason(counts: &BTreeMap<String, u64>) -> String {
@@ -404,9 +303,5 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    Ok(if findings.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_JOB_FAILED)
-    })
+    Ok(exit_code(findings.problems.is_empty()))
 }

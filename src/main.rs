@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod local;
 mod progress;
+mod workers;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
 //! The whole DALLE-3 preparation end to end (issue: core).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -13,7 +13,7 @@ fn run_with_two_workers_matches_the_seed() {
     let o = run_ok(&[
         "run",
         "--input",
-        path_str(tmp.path().join("shards")),
+        path_str(&tmp.path().join("shards")),
         "--output",
         out.to_str().unwrap(),
         "--workers",
@@ -93,10 +93,11 @@ fn count_mismatch_fails_with_the_numbers_and_still_reports() {
     let tmp = tempdir();
     make_shards(&tmp.path().join("shards"), 2, 10, 7003);
     let out = tmp.path().join("out");
+    let shards_dir = tmp.path().join("shards");
     let args = [
         "run",
         "--input",
-        path_str(tmp.path().join("shards")),
+        path_str(&shards_dir),
         "--output",
         out.to_str().unwrap(),
         "--workers",
@@ -137,21 +138,22 @@ fn coordinator_and_workers_as_separate_processes() {
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut coord = Command::new(bin())
-        .args(["coordinator", "--input"])
-        .arg(tmp.path().join("shards"))
-        .arg("--output")
-        .arg(&out)
-        .args(["--listen", &listen, "--token-file"])
-        .arg(&token_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let coord = Proc::spawn(
+        "coordinator",
+        command(&["coordinator", "--input"])
+            .arg(tmp.path().join("shards"))
+            .arg("--output")
+            .arg(&out)
+            .args(["--listen", &listen, "--token-file"])
+            .arg(&token_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let mut workers: Vec<_> = (0..2)
         .map(|i| {
-            Command::new(bin())
-                .args([
+            Proc::spawn(
+                &format!("w{i}"),
+                command(&[
                     "worker",
                     "--coordinator",
                     &format!("http://{listen}"),
@@ -160,27 +162,18 @@ fn coordinator_and_workers_as_separate_processes() {
                 ])
                 .env("SHARDPREP_TOKEN", "s3cret-token")
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                .stderr(Stdio::piped()),
+            )
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = coord.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "coordinator did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let co = coord.wait_with_output().unwrap();
+    let co = coord.output(Duration::from_secs(60));
     assert!(
-        status.success(),
+        co.status.success(),
         "coordinator failed: {}",
         String::from_utf8_lossy(&co.stderr)
     );
     for w in &mut workers {
-        let st = w.wait().unwrap();
+        let st = w.wait_exit(Duration::from_secs(60));
         assert!(st.success(), "worker exited with {st}");
     }
     assert_matches_seed(&out, &shards);
@@ -199,10 +192,11 @@ fn finished_job_rerun_is_a_no_op() {
     let tmp = tempdir();
     make_shards(&tmp.path().join("shards"), 2, 10, 7005);
     let out = tmp.path().join("out");
+    let shards_dir = tmp.path().join("shards");
     let args = [
         "run",
         "--input",
-        path_str(tmp.path().join("shards")),
+        path_str(&shards_dir),
         "--output",
         out.to_str().unwrap(),
         "--workers",
@@ -235,12 +229,14 @@ fn finished_job_rerun_is_a_no_op() {
 fn no_shards_is_a_clear_error() {
     let tmp = tempdir();
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
+    let empty_dir = tmp.path().join("empty");
+    let o_dir = tmp.path().join("o");
     let args = [
         "run",
         "--input",
-        path_str(tmp.path().join("empty")),
+        path_str(&empty_dir),
         "--output",
-        path_str(tmp.path().join("o")),
+        path_str(&o_dir),
         "--workers",
         "1",
     ];

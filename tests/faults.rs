@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,22 +33,15 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// A process of the binary under test; stdout and stderr go to a log file.
-struct Proc {
-    name: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    log: PathBuf,
-}
-
-/// A job's folders, its port, and the processes of one test. Dropping it
-/// kills what still runs; after a panic it prints every process's log.
+/// A job's folders, its port, and the processes of one test (each logging
+/// to a file). Dropping it stops what still runs; after a panic it prints
+/// every process's log.
 struct Scene {
     procs: Vec<Proc>,
     input: PathBuf,
     out: PathBuf,
     port: u16,
-    tmp: Option<tempfile::TempDir>,
+    tmp: TestDir,
 }
 
 impl Scene {
@@ -59,12 +52,12 @@ impl Scene {
             input: tmp.path().join("shards"),
             out: tmp.path().join("dalle3"),
             port: free_port(),
-            tmp: Some(tmp),
+            tmp,
         }
     }
 
     fn dir(&self) -> &Path {
-        self.tmp.as_ref().expect("temp dir").path()
+        self.tmp.path()
     }
 
     fn url(&self) -> String {
@@ -74,18 +67,9 @@ impl Scene {
     /// Starts `shardprep ARGS` with a clean `SHARDPREP_*` environment plus `envs`.
     fn spawn(&mut self, name: &str, args: &[String], envs: &[(&str, &str)]) -> usize {
         let log = self.dir().join(format!("{}-{name}.log", self.procs.len()));
-        let file = File::create(&log).expect("create log file");
-        let child = command(args, envs)
-            .stdout(file.try_clone().expect("clone log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start shardprep");
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            status: None,
-            log,
-        });
+        let mut cmd = command(args);
+        cmd.env("RUST_LOG", "info").envs(envs.iter().copied());
+        self.procs.push(Proc::spawn_logged(name, &mut cmd, &log));
         self.procs.len() - 1
     }
 
@@ -139,52 +123,26 @@ impl Scene {
         self.spawn(name, &args, &[])
     }
 
-    /// The exit status, if the process has ended (reaps it).
-    fn poll(&mut self, i: usize) -> Option<ExitStatus> {
-        let p = &mut self.procs[i];
-        if p.status.is_none() {
-            p.status = p.child.try_wait().expect("try_wait");
-        }
-        p.status
-    }
-
     fn running(&mut self, i: usize) -> bool {
-        self.poll(i).is_none()
+        self.procs[i].running()
     }
 
     /// Sends a real signal. Only to a child not yet reaped, so the pid is ours.
     fn signal(&mut self, i: usize, sig: i32) {
-        assert!(
-            self.running(i),
-            "{} already exited before signal {sig}",
-            self.procs[i].name
-        );
-        let pid = self.procs[i].child.id() as i32;
-        // SAFETY: kill(2) on our own, unreaped child.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+        self.procs[i].signal(sig);
     }
 
     fn pid(&self, i: usize) -> u32 {
-        self.procs[i].child.id()
+        self.procs[i].pid()
     }
 
     /// Waits for the process to exit; panics after `timeout`.
     fn wait_exit(&mut self, i: usize, timeout: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.poll(i) {
-                return st;
-            }
-            if start.elapsed() > timeout {
-                panic!("{} did not exit within {timeout:?}", self.procs[i].name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.procs[i].wait_exit(timeout)
     }
 
     fn log(&self, i: usize) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.procs[i].log).unwrap_or_default()).into_owned()
+        self.procs[i].log()
     }
 
     /// `shardprep status --json` of this scene's coordinator (None if unreachable).
@@ -195,7 +153,9 @@ impl Scene {
             self.url(),
             "--json".into(),
         ];
-        let o = command(&args, &[("SHARDPREP_TOKEN", TOKEN)])
+        let o = command(&args)
+            .env("RUST_LOG", "info")
+            .env("SHARDPREP_TOKEN", TOKEN)
             .output()
             .expect("start shardprep status");
         if !o.status.success() {
@@ -221,69 +181,12 @@ impl Scene {
     }
 }
 
-/// `shardprep ARGS` with the `SHARDPREP_*` variables of the caller removed.
-fn command(args: &[String], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(bin());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDPREP_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info").args(args).stdin(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
 impl Drop for Scene {
+    /// Asks every process still running to stop at once (so that they share
+    /// one grace period); each [`Proc`] then waits, kills and reports.
     fn drop(&mut self) {
-        let dump = std::thread::panicking();
-        // What still runs (a failed test) gets SIGTERM first, so that `run`
-        // stops its own workers; SIGCONT wakes anything left stopped.
-        let mut left = false;
         for p in &mut self.procs {
-            if p.status.is_none() && matches!(p.child.try_wait(), Ok(None)) {
-                let pid = p.child.id() as i32;
-                // SAFETY: kill(2) on our own, unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGCONT);
-                    libc::kill(pid, libc::SIGTERM);
-                }
-                left = true;
-            }
-        }
-        let deadline = Instant::now() + secs(3);
-        while left && Instant::now() < deadline {
-            left = self
-                .procs
-                .iter_mut()
-                .any(|p| p.status.is_none() && matches!(p.child.try_wait(), Ok(None)));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for p in &mut self.procs {
-            if p.status.is_none() {
-                let _ = p.child.kill();
-                p.status = p.child.wait().ok();
-            }
-            if dump {
-                let log = String::from_utf8_lossy(&std::fs::read(&p.log).unwrap_or_default())
-                    .into_owned();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(120)..];
-                eprintln!(
-                    "===== {} (pid {}, {:?}) =====\n{}",
-                    p.name,
-                    p.child.id(),
-                    p.status,
-                    tail.join("\n")
-                );
-            }
-        }
-        if std::env::var_os("KEEP_TEST_DIRS").is_some()
-            && let Some(t) = self.tmp.take()
-        {
-            eprintln!("kept {}", t.keep().display());
+            p.terminate();
         }
     }
 }
@@ -1148,31 +1051,6 @@ fn a_worker_gives_up_after_the_connect_timeout() {
     );
 }
 
-/// The pids of `parent`'s direct children (from /proc/*/stat).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so parse after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let (Some(state), Some(ppid)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if ppid.parse::<u32>().ok() == Some(parent) && state != "Z" {
-            v.push(pid);
-        }
-    }
-    v
-}
-
 /// Case 9: `run` restarts a worker process that dies (SIGKILL inside a shard);
 /// the dead worker's shard comes back after the lease timeout.
 #[test]
@@ -1285,10 +1163,11 @@ fn files_a_reboot_took_are_found_and_their_shards_redone() {
     let tmp = tempdir();
     let shards = make_shards(&tmp.path().join("shards"), 3, 15, 7401);
     let out = tmp.path().join("out");
+    let shards_dir = tmp.path().join("shards");
     let args = [
         "run",
         "--input",
-        path_str(tmp.path().join("shards")),
+        path_str(&shards_dir),
         "--output",
         path_str(&out),
         "--workers",

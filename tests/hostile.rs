@@ -115,7 +115,7 @@ fn add_raw_file(b: &mut Tar, name: &[u8], data: &[u8]) {
 
 /// A temp dir holding `in/` (shards), `out/` (OUT) and `sentinel/` (must stay empty).
 struct Job {
-    tmp: tempfile::TempDir,
+    tmp: TestDir,
     input: PathBuf,
     out: PathBuf,
     sentinel: PathBuf,

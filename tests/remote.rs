@@ -20,7 +20,7 @@ use std::ffi::OsStr;
 use std::io::{Read, Seek};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::{Duration, Instant};
@@ -80,19 +80,22 @@ impl Ran {
 /// Whether a variable of this process must not reach the binary: its own settings,
 /// credentials and endpoints of the stores, proxies (the servers are on loopback).
 fn scrubbed(name: &OsStr) -> bool {
-    let name = name.to_string_lossy();
-    let upper = name.to_ascii_uppercase();
-    [
-        "SHARDPREP_",
-        "AWS_",
-        "HF_",
-        "HUGGING_FACE",
-        "GOOGLE_",
-        "AZURE_",
-    ]
-    .iter()
-    .any(|p| upper.starts_with(p))
+    let upper = name.to_string_lossy().to_ascii_uppercase();
+    is_shardprep_var(name)
+        || ["AWS_", "HF_", "HUGGING_FACE", "GOOGLE_", "AZURE_"]
+            .iter()
+            .any(|p| upper.starts_with(p))
         || ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "RUST_LOG"].contains(&upper.as_str())
+}
+
+/// Removes from `cmd` every variable of this process that [`scrubbed`] names.
+fn scrub(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        if scrubbed(&k) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// Runs `shardprep ARGS` with a clean environment plus `envs`, at most [`RUN_TIMEOUT`]
@@ -100,34 +103,19 @@ fn scrubbed(name: &OsStr) -> bool {
 fn shardprep(args: &[&str], envs: &[(&str, &str)]) -> Ran {
     let mut out = tempfile::tempfile().expect("temp file for stdout");
     let mut err = tempfile::tempfile().expect("temp file for stderr");
-    let mut cmd = Command::new(bin());
-    for (k, _) in std::env::vars_os() {
-        if scrubbed(&k) {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
+    let mut cmd = command(args);
+    scrub(&mut cmd)
+        .env("RUST_LOG", "info")
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
-        .args(args)
-        .stdin(Stdio::null())
+        .envs(envs.iter().copied())
         .stdout(out.try_clone().unwrap())
         .stderr(err.try_clone().unwrap());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start shardprep");
+    let mut proc = Proc::spawn("shardprep", &mut cmd);
     let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let status = status.unwrap_or_else(|| stop(&mut child));
+    let status = proc
+        .wait_timeout(RUN_TIMEOUT)
+        .unwrap_or_else(|| proc.stop());
     let read = |f: &mut std::fs::File| {
         let mut s = String::new();
         f.rewind().unwrap();
@@ -151,21 +139,6 @@ fn shardprep(args: &[&str], envs: &[(&str, &str)]) -> Ran {
         ran.explain()
     );
     ran
-}
-
-/// SIGTERM (so that `run` stops its workers), then SIGKILL after 3 s.
-fn stop(child: &mut Child) -> ExitStatus {
-    // SAFETY: kill(2) on our own, unreaped child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait().unwrap()
 }
 
 /// `shardprep run --input INPUT --output OUT --workers 2 EXTRA...`
@@ -206,7 +179,7 @@ fn run_list(list: &Path, out: &Path, envs: &[(&str, &str)]) -> Ran {
 /// A temp dir with generated shards in `in/` and the output of a local-folder run of
 /// them in `local/`.
 struct Fixture {
-    tmp: tempfile::TempDir,
+    tmp: TestDir,
     shards: Vec<PathBuf>,
     local: PathBuf,
 }
@@ -432,9 +405,9 @@ for pair in sys.argv[3:]:
 print(json.dumps(etags))
 "#;
 
-/// A moto S3 server on a free port of 127.0.0.1, killed when dropped (even on panic).
+/// A moto S3 server on a free port of 127.0.0.1, stopped when dropped (even on panic).
 struct Moto {
-    child: Child,
+    proc: Proc,
     python: String,
     endpoint: String,
 }
@@ -442,28 +415,29 @@ struct Moto {
 impl Moto {
     fn start(python: &str) -> Moto {
         let port = free_port();
-        let child = Command::new(python)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto.server");
+        let proc = Proc::spawn(
+            "moto.server",
+            Command::new(python)
+                .args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         let mut moto = Moto {
-            child,
+            proc,
             python: python.to_string(),
             endpoint: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = moto.child.try_wait().unwrap() {
+            if let Some(status) = moto.proc.poll() {
                 panic!(
                     "moto.server exited at start ({status}): is moto[server] installed for {python}?"
                 );
@@ -491,16 +465,12 @@ impl Moto {
     /// Uploads `objects` (key, file) into `bucket` with boto3; returns their ETags.
     fn put(&self, bucket: &str, objects: &[(String, PathBuf)]) -> BTreeMap<String, String> {
         let mut cmd = Command::new(&self.python);
-        cmd.arg("-c")
+        scrub(&mut cmd)
+            .arg("-c")
             .arg(S3_PUT)
             .arg(&self.endpoint)
             .arg(bucket)
             .stdin(Stdio::null());
-        for (k, _) in std::env::vars_os() {
-            if scrubbed(&k) {
-                cmd.env_remove(k);
-            }
-        }
         for (key, path) in objects {
             cmd.arg(format!("{key}={}", path.display()));
         }
@@ -511,13 +481,6 @@ impl Moto {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("ETags from the loader")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,6 +1,6 @@
 //! The service's guards: token on every RPC, TLS, limits against floods.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shardprep_core::proto;
@@ -8,16 +8,10 @@ use shardprep_core::proto::coordinator_client::CoordinatorClient;
 
 use crate::util::*;
 
+/// A coordinator of this file's tests, stopped when dropped.
 struct Coord {
-    child: Child,
+    proc: Proc,
     url: String,
-}
-
-impl Drop for Coord {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts a coordinator on a free port with `token`, a stall hook keeping the job open.
@@ -25,25 +19,25 @@ fn start_coordinator(tmp: &std::path::Path, extra: &[&str]) -> Coord {
     make_shards(&tmp.join("shards"), 2, 10, 9100);
     std::fs::write(tmp.join("token"), "right-token\n").unwrap();
     let port = free_port();
-    let child = Command::new(bin())
-        .args([
+    let proc = Proc::spawn(
+        "coordinator",
+        command(&[
             "coordinator",
             "--input",
-            path_str(tmp.join("shards")),
+            path_str(&tmp.join("shards")),
             "--output",
-            path_str(tmp.join("out")),
+            path_str(&tmp.join("out")),
         ])
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--token-file",
-            path_str(tmp.join("token")),
+            path_str(&tmp.join("token")),
         ])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped()),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -53,7 +47,7 @@ fn start_coordinator(tmp: &std::path::Path, extra: &[&str]) -> Coord {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Coord { child, url }
+    Coord { proc, url }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -122,28 +116,13 @@ fn requests_without_the_right_token_are_refused() {
         "{}",
         String::from_utf8_lossy(&w.stderr)
     );
-    let _ = coord.child.kill();
-    let out = coord.child.wait_with_output_ref();
+    coord.proc.signal(libc::SIGKILL);
+    let out = coord.proc.output(Duration::from_secs(10));
+    let out = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.contains("refused a request without the right token"),
         "the refusal is not logged:\n{out}"
     );
-}
-
-trait WaitOutput {
-    fn wait_with_output_ref(&mut self) -> String;
-}
-
-impl WaitOutput for Child {
-    fn wait_with_output_ref(&mut self) -> String {
-        use std::io::Read;
-        let _ = self.wait();
-        let mut s = String::new();
-        if let Some(e) = self.stderr.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    }
 }
 
 #[test]
@@ -197,9 +176,9 @@ fn tls_with_a_self_signed_certificate() {
         tmp.path(),
         &[
             "--tls-cert",
-            path_str(tmp.path().join("cert.pem")),
+            path_str(&tmp.path().join("cert.pem")),
             "--tls-key",
-            path_str(tmp.path().join("key.pem")),
+            path_str(&tmp.path().join("key.pem")),
         ],
     );
     let https = coord.url.replace("http://127.0.0.1", "https://localhost");
@@ -224,7 +203,7 @@ fn tls_with_a_self_signed_certificate() {
             "--coordinator",
             &https,
             "--tls-ca",
-            path_str(tmp.path().join("cert.pem")),
+            path_str(&tmp.path().join("cert.pem")),
         ],
         &[("SHARDPREP_TOKEN", "right-token")],
     );

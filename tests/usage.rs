@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
@@ -16,20 +16,6 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// Runs the binary with a clean token environment plus `envs`.
-fn run_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .env_remove("SHARDPREP_TOKEN")
-        .env_remove("SHARDPREP_TOKEN_FILE");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("start shardprep")
-}
-
-/// stdout and stderr of a command, together.
 fn all_output(o: &Output) -> String {
     format!(
         "{}{}",
@@ -108,40 +94,6 @@ fn files_with_ext(tree: &BTreeMap<PathBuf, Vec<u8>>, ext: &str) -> Vec<PathBuf> 
         .filter(|p| p.extension().is_some_and(|e| e == ext))
         .cloned()
         .collect()
-}
-
-/// A child process killed when the test ends, whatever happens.
-struct Reaper(Option<Child>);
-
-impl Reaper {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-    /// Waits up to `limit` for exit; returns the output (stdout/stderr if piped).
-    fn wait(mut self, limit: Duration) -> Output {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.child().try_wait().unwrap().is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child().kill();
-                let o = self.0.take().unwrap().wait_with_output().unwrap();
-                panic!("process did not exit within {limit:?}\n{}", all_output(&o));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.0.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 // ---------------------------------------------------------------- verify
@@ -269,26 +221,25 @@ fn status_shows_a_running_job_and_needs_the_token() {
     let token = "status-test-token-8201";
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{listen}");
-    let coord = Command::new(bin())
-        .args([
+    let shards_dir = tmp.path().join("shards");
+    let coord = Proc::spawn(
+        "coordinator",
+        command(&[
             "coordinator",
             "--input",
-            path_str(tmp.path().join("shards")),
+            path_str(&shards_dir),
             "--output",
             path_str(&out),
         ])
         .args(["--listen", &listen, "--worker-grace", "3s"])
         .env("SHARDPREP_TOKEN", token)
-        .env_remove("SHARDPREP_TOKEN_FILE")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let coord = Reaper(Some(coord));
+        .stderr(Stdio::piped()),
+    );
     // One worker that keeps data-000000.tar leased for a while before committing it.
-    let worker = Command::new(bin())
-        .args([
+    let worker = Proc::spawn(
+        "worker",
+        command(&[
             "worker",
             "--coordinator",
             &url,
@@ -297,18 +248,14 @@ fn status_shows_a_running_job_and_needs_the_token() {
         ])
         .args(["--fault", "stall:data-000000.tar:6s"])
         .env("SHARDPREP_TOKEN", token)
-        .env_remove("SHARDPREP_TOKEN_FILE")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let worker = Reaper(Some(worker));
+        .stderr(Stdio::piped()),
+    );
 
     // Poll until the stalled shard shows up as leased.
     let deadline = Instant::now() + Duration::from_secs(30);
     let st = loop {
-        let o = run_env(
+        let o = run_raw(
             &["status", "--coordinator", &url, "--json"],
             &[("SHARDPREP_TOKEN", token)],
         );
@@ -356,7 +303,7 @@ fn status_shows_a_running_job_and_needs_the_token() {
     assert_eq!(workers[0]["current_shard"], "data-000000.tar");
 
     // The human table shows the same.
-    let o = run_env(
+    let o = run_raw(
         &["status", "--coordinator", &url],
         &[("SHARDPREP_TOKEN", token)],
     );
@@ -372,7 +319,7 @@ fn status_shows_a_running_job_and_needs_the_token() {
     // The token can come from a file too.
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let o = run_env(
+    let o = run_raw(
         &[
             "status",
             "--coordinator",
@@ -386,7 +333,7 @@ fn status_shows_a_running_job_and_needs_the_token() {
     assert!(o.status.success(), "{}", all_output(&o));
 
     // Without a token: refused before asking, naming the token.
-    let o = run_env(&["status", "--coordinator", &url, "--json"], &[]);
+    let o = run_raw(&["status", "--coordinator", &url, "--json"], &[]);
     assert!(
         !o.status.success(),
         "status without a token must fail\n{}",
@@ -399,7 +346,7 @@ fn status_shows_a_running_job_and_needs_the_token() {
     );
 
     // With a wrong token: the coordinator refuses it.
-    let o = run_env(
+    let o = run_raw(
         &["status", "--coordinator", &url, "--json"],
         &[("SHARDPREP_TOKEN", "wrong-token")],
     );
@@ -473,9 +420,9 @@ fn status_shows_a_running_job_and_needs_the_token() {
     drop(rt);
 
     // The job still finishes correctly.
-    let w = worker.wait(Duration::from_secs(60));
+    let w = worker.output(Duration::from_secs(60));
     assert!(w.status.success(), "worker: {}", all_output(&w));
-    let c = coord.wait(Duration::from_secs(60));
+    let c = coord.output(Duration::from_secs(60));
     assert!(c.status.success(), "coordinator: {}", all_output(&c));
     assert_matches_seed(&out, &shard_paths);
 }
@@ -603,10 +550,11 @@ fn unknown_preset_is_a_clear_error() {
     let tmp = tempdir();
     make_shards(&tmp.path().join("shards"), 1, 3, 8401);
     let out = tmp.path().join("out");
+    let shards_dir = tmp.path().join("shards");
     let args = [
         "run",
         "--input",
-        path_str(tmp.path().join("shards")),
+        path_str(&shards_dir),
         "--output",
         path_str(&out),
         "--preset",
@@ -969,12 +917,14 @@ fn dataset_id_and_entry_overrides() {
     assert!(out2.join("bar.parquet").is_file());
 
     // A dataset id that is not a plain name is refused.
+    let shards_dir = tmp.path().join("shards");
+    let o3_dir = tmp.path().join("o3");
     let args = [
         "run",
         "--input",
-        path_str(tmp.path().join("shards")),
+        path_str(&shards_dir),
         "--output",
-        path_str(tmp.path().join("o3")),
+        path_str(&o3_dir),
         "--dataset-id",
         "a/b",
     ];
@@ -1171,9 +1121,10 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
     ] {
         let out = tmp.path().join(format!("o{}", args.len()));
         let mut args = args.clone();
+        let shards_dir = tmp.path().join("shards");
         args.extend([
             "--input",
-            path_str(tmp.path().join("shards")),
+            path_str(&shards_dir),
             "--output",
             path_str(&out),
             "--workers",
@@ -1235,12 +1186,14 @@ fn run_without_shards_fails_promptly_and_says_it_once() {
     let tmp = tempdir();
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
     for (input, needle) in [("empty", "no *.tar shards"), ("missing", "os error 2")] {
+        let input_dir = tmp.path().join(input);
+        let o_dir = tmp.path().join("o");
         let args = [
             "run",
             "--input",
-            path_str(tmp.path().join(input)),
+            path_str(&input_dir),
             "--output",
-            path_str(tmp.path().join("o")),
+            path_str(&o_dir),
             "--workers",
             "1",
         ];
@@ -1267,14 +1220,16 @@ fn run_without_shards_fails_promptly_and_says_it_once() {
 fn json_logs_stay_json_when_the_job_cannot_start() {
     let tmp = tempdir();
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
+    let empty_dir = tmp.path().join("empty");
+    let o_dir = tmp.path().join("o");
     let args = [
         "--log-format",
         "json",
         "run",
         "--input",
-        path_str(tmp.path().join("empty")),
+        path_str(&empty_dir),
         "--output",
-        path_str(tmp.path().join("o")),
+        path_str(&o_dir),
         "--workers",
         "1",
     ];

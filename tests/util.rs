@@ -1,19 +1,24 @@
-//! Helpers shared by the integration tests: temp dirs, running the binary
-//! with diagnostics on failure, and an independent oracle of the seed's
-//! three steps (tar xf, compile.py, extract-captions.py).
+//! Helpers shared by the integration tests: temp dirs ([`tempdir`]), the one
+//! command builder of the binary ([`command`]), the one guard of a started
+//! process ([`Proc`]), diagnostics on failure, and an independent oracle of
+//! the seed's three steps (tar xf, compile.py, extract-captions.py).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub use shardprep_fixtures::{GenOptions, Sample, generate, write_shard};
 
-/// A path as a `&'static str` for argument lists (leaks a little; tests only).
-pub fn path_str(p: impl AsRef<Path>) -> &'static str {
-    Box::leak(p.as_ref().to_string_lossy().into_owned().into_boxed_str())
+/// A path as `&str` for argument lists (the tests' temp paths are UTF-8).
+pub fn path_str<P: AsRef<Path> + ?Sized>(p: &P) -> &str {
+    let p = p.as_ref();
+    p.to_str()
+        .unwrap_or_else(|| panic!("not a UTF-8 path: {}", p.display()))
 }
 
 /// The binary under test.
@@ -21,22 +26,61 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shardprep"))
 }
 
-/// A temp dir that survives the test when `KEEP_TEST_DIRS` is set.
-pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("shardprep-test-")
-        .tempdir()
-        .expect("create temp dir")
+/// A test's temp dir, removed when dropped unless `KEEP_TEST_DIRS` is set
+/// (then its path is printed and it stays for a look).
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("temp dir").path()
+    }
 }
 
-/// Runs the binary; returns its output (not checked).
-pub fn run_raw(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).stdin(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP_TEST_DIRS").is_some()
+            && let Some(t) = self.0.take()
+        {
+            eprintln!("kept {}", t.keep().display());
+        }
     }
-    cmd.output().expect("start shardprep")
+}
+
+/// A fresh temp dir (see [`TestDir`]).
+pub fn tempdir() -> TestDir {
+    TestDir(Some(
+        tempfile::Builder::new()
+            .prefix("shardprep-test-")
+            .tempdir()
+            .expect("create temp dir"),
+    ))
+}
+
+/// Whether a variable of this process is a setting of the binary, which must
+/// not reach the binary under test: each test gives the ones it means.
+pub fn is_shardprep_var(name: &OsStr) -> bool {
+    name.to_string_lossy().starts_with("SHARDPREP_")
+}
+
+/// `shardprep ARGS` with stdin closed and every `SHARDPREP_*` variable of
+/// this process removed. Every test that runs the binary starts here.
+pub fn command<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars_os() {
+        if is_shardprep_var(&k) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the binary with `envs` on top of [`command`]; returns its output (not checked).
+pub fn run_raw(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    command(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("start shardprep")
 }
 
 /// Formats a command's result for a failure message.
@@ -275,4 +319,266 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+// ---------------------------------------------------------------- processes
+
+/// How long a process asked to stop (SIGTERM) gets before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// A started process, stopped when the guard drops (even on a panic):
+/// SIGCONT and SIGTERM to it and to every process below it (so that `run`
+/// stops its workers, and a worker a test froze with SIGSTOP can exit), then
+/// SIGKILL to what is left after [`STOP_GRACE`]. After a panic it prints the
+/// tail of its log, if it writes one.
+pub struct Proc {
+    name: String,
+    /// None once handed over by [`Proc::output`].
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    log: Option<PathBuf>,
+    /// When SIGTERM was sent, if it was.
+    terminated: Option<Instant>,
+}
+
+impl Proc {
+    /// Starts `cmd`; its stdout and stderr are as `cmd` set them.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            status: None,
+            log: None,
+            terminated: None,
+        }
+    }
+
+    /// Starts `cmd` with stdout and stderr going to the file `log`.
+    pub fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).expect("create log file");
+        cmd.stdout(file.try_clone().expect("clone log file"))
+            .stderr(file);
+        let mut p = Proc::spawn(name, cmd);
+        p.log = Some(log.to_path_buf());
+        p
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("process already handed over")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("process already handed over")
+            .id()
+    }
+
+    /// The exit status, if the process has ended (reaps it).
+    pub fn poll(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child().try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.poll().is_none()
+    }
+
+    /// Sends a real signal. Only to a child not yet reaped, so the pid is ours.
+    pub fn signal(&mut self, sig: i32) {
+        assert!(
+            self.running(),
+            "{} already exited before signal {sig}",
+            self.name
+        );
+        let pid = self.pid() as i32;
+        // SAFETY: kill(2) on our own, unreaped child.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits for the process to exit; None after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.poll() {
+                return Some(st);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_timeout(timeout)
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.name))
+    }
+
+    /// Waits up to `limit` for the exit, then returns what it wrote to its
+    /// piped stdout and stderr; after `limit` kills it and panics with that output.
+    pub fn output(mut self, limit: Duration) -> Output {
+        let exited = self.wait_timeout(limit).is_some();
+        if !exited {
+            self.kill_tree();
+        }
+        let mut child = self.child.take().expect("process already handed over");
+        let status = match self.status {
+            Some(st) => st,
+            None => child.wait().expect("wait"),
+        };
+        let mut o = Output {
+            status,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_end(&mut o.stdout);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_end(&mut o.stderr);
+        }
+        assert!(
+            exited,
+            "{} did not exit within {limit:?}\n{}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    /// What the process wrote to its log so far (empty without a log).
+    pub fn log(&self) -> String {
+        let bytes = self
+            .log
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Asks the process to stop if it still runs: SIGCONT to it and every
+    /// process below it, SIGTERM to it.
+    pub fn terminate(&mut self) {
+        if self.child.is_none() || self.terminated.is_some() || !self.running() {
+            return;
+        }
+        let pid = self.pid();
+        for p in descendants(pid).into_iter().chain([pid]) {
+            // SAFETY: kill(2) on our own unreaped child or a process below it.
+            unsafe { libc::kill(p as i32, libc::SIGCONT) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        self.terminated = Some(Instant::now());
+    }
+
+    /// Stops the process: [`Proc::terminate`], then SIGKILL to what is
+    /// left [`STOP_GRACE`] after it. Returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.terminate();
+        if let Some(st) = self.poll() {
+            return st;
+        }
+        let since = self.terminated.map_or(Duration::ZERO, |t| t.elapsed());
+        if let Some(st) = self.wait_timeout(STOP_GRACE.saturating_sub(since)) {
+            return st;
+        }
+        self.kill_tree();
+        let st = self.child().wait().expect("wait");
+        self.status = Some(st);
+        st
+    }
+
+    /// SIGKILL to the process and every process below it.
+    fn kill_tree(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        let pid = self.pid();
+        for p in descendants(pid) {
+            // SAFETY: kill(2) on a process below our own unreaped child.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        let _ = self.child().kill();
+    }
+
+    /// The last lines of the log, for a failed test.
+    fn dump(&self) {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(120)..];
+        eprintln!(
+            "===== {} (pid {:?}, {:?}) =====\n{}",
+            self.name,
+            self.child.as_ref().map(Child::id),
+            self.status,
+            tail.join("\n")
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.stop();
+        if std::thread::panicking() && self.log.is_some() {
+            self.dump();
+        }
+    }
+}
+
+/// The pids of `parent`'s direct children (from /proc/*/stat), zombies left out.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so parse after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if ppid.parse::<u32>().ok() == Some(parent) && state != "Z" {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Every process below `pid` (children, their children, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        for c in children_of(p) {
+            all.push(c);
+            next.push(c);
+        }
+    }
+    all
 }
