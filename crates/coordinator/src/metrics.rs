@@ -428,3 +428,118 @@ impl Page {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+
+    fn committed(worker: &str) -> ShardManifest {
+        let mut counts = ShardCounts {
+            members: 10,
+            bytes_read: 5000,
+            bytes_written: 4000,
+            json_files: 4,
+            json_with_width: 3,
+            files_extracted: 8,
+            captions_written: 3,
+            rows: 3,
+            ..ShardCounts::default()
+        };
+        counts.skipped.insert("invalid_width".into(), 1);
+        counts.rejected_members.insert("unsafe_path".into(), 2);
+        ShardManifest {
+            shard_name: "a.tar".into(),
+            identity: ShardIdentity {
+                size: 1,
+                mtime_ns: 1,
+            },
+            lease_id: 1,
+            attempt: 1,
+            worker_id: worker.into(),
+            fragment: "a.parquet".into(),
+            counts,
+            issues: vec![],
+            issues_not_listed: 0,
+            data_synced: true,
+            boot_id: String::new(),
+            elapsed_ms: 1,
+        }
+    }
+
+    /// A shard committed by a worker of an earlier run, one leased now.
+    fn scheduler(now: Instant) -> Scheduler {
+        let id = ShardIdentity {
+            size: 1,
+            mtime_ns: 1,
+        };
+        let shards = vec![
+            ("a.tar".to_string(), id, Some(committed("w-old"))),
+            ("b.tar".to_string(), id, None),
+        ];
+        let mut s = Scheduler::new(shards, Duration::from_secs(10), 3, 1);
+        let crate::scheduler::LeaseAnswer::Shard(g) = s.lease("w-now", now) else {
+            panic!("b.tar should be leased");
+        };
+        let p = Progress {
+            members: 2,
+            bytes_read: 700,
+            json_files: 1,
+            rows: 1,
+        };
+        assert!(s.heartbeat("w-now", g.lease_id, p, 0, now));
+        s
+    }
+
+    fn text(page: &Page) -> String {
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&page.registry.gather(), &mut text)
+            .unwrap();
+        text
+    }
+
+    #[test]
+    fn a_snapshot_adds_committed_leased_and_per_worker_work() {
+        let now = Instant::now();
+        let snap = Snapshot::of(&scheduler(now), now);
+        assert_eq!(snap.shards, [0, 1, 1, 0]);
+        assert_eq!((snap.work.bytes_read, snap.work.members), (5700, 12));
+        assert_eq!((snap.work.json_files, snap.work.rows), (5, 4));
+        assert_eq!(snap.committed.bytes_written, 4000);
+        assert_eq!(snap.workers["w-old"], (1, None));
+        assert_eq!(snap.workers["w-now"], (0, Some(0.0)));
+    }
+
+    #[test]
+    fn the_page_names_counters_by_convention_with_labels_by_reason() {
+        let now = Instant::now();
+        let snap = Snapshot::of(&scheduler(now), now);
+        let page = Page::new().unwrap();
+        page.work(&snap).unwrap();
+        page.committed(&snap.committed).unwrap();
+        page.workers(&snap).unwrap();
+        let text = text(&page);
+        for line in [
+            "# TYPE shardprep_bytes_read_total counter",
+            "shardprep_bytes_read_total 5700",
+            "shardprep_bytes_written_total 4000",
+            "shardprep_samples_total 3",
+            "shardprep_files_created_total{kind=\"member\"} 8",
+            "shardprep_files_created_total{kind=\"caption\"} 3",
+            "shardprep_skipped_total{reason=\"invalid_width\"} 1",
+            "shardprep_members_refused_total{reason=\"unsafe_path\"} 2",
+            "shardprep_worker_shards_done_total{worker=\"w-old\"} 1",
+            "shardprep_worker_shards_done_total{worker=\"w-now\"} 0",
+            "# TYPE shardprep_worker_last_heartbeat_seconds gauge",
+            "shardprep_worker_last_heartbeat_seconds{worker=\"w-now\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        // No heartbeat for a worker known only by an earlier run's commit.
+        assert!(
+            !text.contains("last_heartbeat_seconds{worker=\"w-old\"}"),
+            "{text}"
+        );
+    }
+}
