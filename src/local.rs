@@ -21,9 +21,15 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let token = auth::generate_token()?;
     // Every worker runs on this machine: after a power loss, the boot id
     // tells a re-run which committed shards to check (see --data-sync).
-    // `run` owns its workers and stops any it has left: no linger.
-    let config =
-        coordinator_config(&args.job, token.clone(), DataSync::None)?.with_linger(Duration::ZERO);
+    // `run` owns its workers and stops any it has left: no linger, except
+    // long enough for a Prometheus scraping --metrics-listen to see the verdict.
+    let config = coordinator_config(&args.job, token.clone(), DataSync::None)?;
+    let linger = if config.metrics_listen.is_some() {
+        Duration::from_secs(3)
+    } else {
+        Duration::ZERO
+    };
+    let config = config.with_linger(linger);
     let grace = config.worker_grace;
     let n = worker_count(args.workers);
     let mut coordinator = LocalCoordinator::start(config).await?;

@@ -18,6 +18,7 @@ use crate::commit;
 use crate::discover::{ShardSource, discover_input};
 use crate::finish::finish_job;
 use crate::lock::OutputLock;
+use crate::metrics::{self, MetricsServer};
 use crate::report::{self, Report};
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, auth_interceptor};
@@ -74,7 +75,10 @@ pub async fn serve(
 ) -> Result<JobOutcome, CoordinatorError> {
     let started = Instant::now();
     let started_at = report::now_rfc3339();
+    let metrics_listener = metrics::bind(config.metrics_listen).await?;
     let shared = Arc::new(start_job(&config, started).await?);
+    // Serves until `serve` returns, the lingering after the job included.
+    let _metrics = metrics_listener.map(|l| MetricsServer::start(l, shared.clone()));
     let (interrupt_tx, interrupt_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -158,6 +162,7 @@ async fn start_job(
         started,
         bytes_total: sources.iter().map(|s| s.identity.size).sum(),
         phase: std::sync::Mutex::new((Phase::Running, String::new())),
+        ended: std::sync::OnceLock::new(),
         input_problems: discovery.refused,
         shard_urls: sources.iter().map(|s| s.url.clone()).collect(),
         _lock: lock,

@@ -11,6 +11,7 @@
 //! - [`report`]: `report.json` and `multidatabackend.json`.
 //! - [`verify`]: checks of an existing output (`shardprep verify`).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
+//! - `metrics`: `GET /metrics` (Prometheus text format) from the job's state.
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
 
 pub mod commit;
@@ -19,13 +20,15 @@ mod finish;
 pub mod job;
 pub mod lock;
 pub mod merge;
+mod metrics;
 pub mod report;
 pub mod scheduler;
 pub mod service;
 pub mod verify;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use shardprep_core::durability::DataSync;
@@ -64,6 +67,13 @@ pub enum CoordinatorError {
     BadCommit(String),
     #[error("gRPC server failed: {0}")]
     Server(String),
+    #[error(
+        "cannot serve /metrics on {addr}: {source}; pick a free port with --metrics-listen (or leave it off)"
+    )]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the {task} stopped unexpectedly (a bug in shardprep; please report it): {detail}")]
     TaskFailed { task: &'static str, detail: String },
     #[error("cannot encode {what} as JSON: {detail}")]
@@ -112,6 +122,8 @@ pub struct CoordinatorConfig {
     pub data_sync: DataSync,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<ServerTls>,
+    /// Serve `GET /metrics` (Prometheus text format, no token) here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -137,6 +149,7 @@ impl Default for CoordinatorConfig {
             progress_interval: Duration::from_secs(5),
             data_sync: DataSync::Shard,
             tls: None,
+            metrics_listen: None,
         }
     }
 }
@@ -168,6 +181,11 @@ impl CoordinatorConfig {
     /// Serve gRPC over TLS.
     pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
         self.tls = tls;
+        self
+    }
+    /// Serve `GET /metrics` on `addr` (off when `None`).
+    pub fn with_metrics_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics_listen = addr;
         self
     }
 }
@@ -265,6 +283,8 @@ pub struct JobShared {
     pub(crate) started: Instant,
     pub(crate) bytes_total: u64,
     pub(crate) phase: Mutex<(Phase, String)>,
+    /// When the job reached `Finished` or `Failed`.
+    pub(crate) ended: OnceLock<Instant>,
     /// Input files that could not be shards: each fails the verdict.
     pub(crate) input_problems: Vec<String>,
     /// Per shard index: the URL of a remote shard.
@@ -276,6 +296,19 @@ pub struct JobShared {
 impl JobShared {
     pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {
         *lock(&self.phase) = (p, verdict.to_string());
+        if matches!(p, Phase::Finished | Phase::Failed) {
+            let _ = self.ended.set(Instant::now());
+        }
+    }
+
+    /// The job's phase.
+    pub(crate) fn phase(&self) -> Phase {
+        lock(&self.phase).0
+    }
+
+    /// When the job ended, once it has.
+    pub(crate) fn ended(&self) -> Option<Instant> {
+        self.ended.get().copied()
     }
 
     /// A snapshot of the job for `shardprep status`.

@@ -117,6 +117,20 @@ pub struct Scheduler {
     leased: HashMap<u64, usize>,
     done: usize,
     failed: usize,
+    tallies: Tallies,
+}
+
+/// Running counts of the scheduler's events, for `/metrics`; they never go down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tallies {
+    /// Leases of a shard that an earlier attempt had already held.
+    pub retries: u64,
+    /// Leases taken back because their worker went silent or stopped moving.
+    pub lease_expiries: u64,
+    /// Work of attempts that ended without a commit (failed, expired,
+    /// abandoned), as last reported: added to the live work, the job's
+    /// counters never go down when an attempt is lost.
+    pub lost_work: Progress,
 }
 
 impl Scheduler {
@@ -169,6 +183,7 @@ impl Scheduler {
             leased: HashMap::new(),
             done,
             failed: 0,
+            tallies: Tallies::default(),
         }
     }
 
@@ -186,6 +201,11 @@ impl Scheduler {
     /// Every worker heard from, by id.
     pub fn workers(&self) -> &HashMap<String, WorkerInfo> {
         &self.workers
+    }
+
+    /// Retries, lease expiries and the work of lost attempts so far.
+    pub fn tallies(&self) -> Tallies {
+        self.tallies
     }
 
     /// The largest peak RSS any worker reported.
@@ -246,6 +266,9 @@ impl Scheduler {
         self.next_lease += 1;
         let deadline = now + self.lease_timeout;
         let shard = &mut self.shards[index];
+        if shard.attempts > 0 {
+            self.tallies.retries += 1;
+        }
         shard.attempts += 1;
         shard.state = ShardState::Leased {
             lease_id,
@@ -308,6 +331,19 @@ impl Scheduler {
         if let ShardState::Leased { lease_id, .. } = &self.shards[i].state {
             self.leased.remove(lease_id);
         }
+    }
+
+    /// Forgets the current lease of shard `i`, whose attempt ends without a
+    /// commit: its work so far goes into the lost work.
+    fn drop_lease(&mut self, i: usize) {
+        if let ShardState::Leased { progress, .. } = &self.shards[i].state {
+            let lost = &mut self.tallies.lost_work;
+            lost.members += progress.members;
+            lost.bytes_read += progress.bytes_read;
+            lost.json_files += progress.json_files;
+            lost.rows += progress.rows;
+        }
+        self.unlease(i);
     }
 
     /// The shard index of a current lease.
@@ -384,7 +420,7 @@ impl Scheduler {
             self.attempt_lost(i, error, kind.retryable());
         } else {
             // Shutting down is not the shard's fault nor the worker's.
-            self.unlease(i);
+            self.drop_lease(i);
             let shard = &mut self.shards[i];
             shard.attempts = shard.attempts.saturating_sub(1);
             shard.last_error = Some(error);
@@ -400,7 +436,7 @@ impl Scheduler {
     }
 
     fn attempt_lost(&mut self, i: usize, error: String, retryable: bool) {
-        self.unlease(i);
+        self.drop_lease(i);
         let max = self.max_attempts;
         let shard = &mut self.shards[i];
         if let ShardState::Leased { worker, .. } = &shard.state
@@ -458,6 +494,7 @@ impl Scheduler {
             }
             self.attempt_lost(*i, error, true);
         }
+        self.tallies.lease_expiries += expired.len() as u64;
         expired.len()
     }
 
@@ -683,5 +720,38 @@ mod tests {
         assert!(s.heartbeat("a", g.lease_id, p, 0, t + Duration::from_secs(23)));
         assert!(!s.heartbeat("a", g.lease_id, p, 0, t + Duration::from_secs(26)));
         assert_eq!(grant(s.lease("b", t + Duration::from_secs(26))).attempt, 2);
+    }
+
+    #[test]
+    fn tallies_count_retries_expiries_and_the_work_of_lost_attempts() {
+        let t = Instant::now();
+        let mut s = sched(1, 3);
+        let p = Progress {
+            members: 3,
+            bytes_read: 300,
+            json_files: 1,
+            rows: 1,
+        };
+        let g = grant(s.lease("a", t));
+        assert!(s.heartbeat("a", g.lease_id, p, 0, t));
+        // Silent past its lease: expired, its work counted as lost.
+        assert_eq!(s.expire(t + Duration::from_secs(11)), 1);
+        let g2 = grant(s.lease("b", t + Duration::from_secs(11)));
+        assert_eq!((g2.name.as_str(), g2.attempt), ("s0.tar", 2));
+        // Shutting down: not an attempt, but its work is lost too.
+        assert!(s.heartbeat("b", g2.lease_id, p, 0, t + Duration::from_secs(12)));
+        s.fail(
+            "b",
+            g2.lease_id,
+            "bye".into(),
+            FailureKind::Abandoned,
+            t + Duration::from_secs(12),
+        );
+        let again = grant(s.lease("c", t + Duration::from_secs(12)));
+        assert_eq!(again.attempt, 2);
+        let tallies = s.tallies();
+        assert_eq!((tallies.retries, tallies.lease_expiries), (2, 1));
+        assert_eq!(tallies.lost_work.bytes_read, 600);
+        assert_eq!(tallies.lost_work.members, 6);
     }
 }
