@@ -161,7 +161,17 @@ pub fn print_summary(r: &Report) {
         r.found_json
     );
     println!("  rows               {}", r.rows);
-    println!("  captions written   {}", t.captions_written);
+    println!(
+        "  captions written   {} (+{} for images without a row, so a trainer finds one beside every image)",
+        t.captions_written, t.captions_for_unlisted_images
+    );
+    println!(
+        "  caption warnings   {}",
+        match by_reason(&t.caption_warnings).as_str() {
+            "none" => "none".to_string(),
+            w => format!("{w} (textfile and parquet captions differ for these)"),
+        }
+    );
     println!("  images             {}", t.images);
     println!("  skipped            {}", by_reason(&t.skipped));
     println!("  members refused    {}", by_reason(&t.rejected_members));
