@@ -1288,3 +1288,24 @@ fn a_second_job_on_the_same_output_is_refused_naming_the_first() {
     run_ok(&args);
     assert_matches_seed(&out, &shards);
 }
+
+#[test]
+fn collisions_of_completed_shards_are_reported_even_when_a_shard_failed() {
+    // A user fixing a failed shard needs every problem at once: the names two
+    // completed shards share are listed although nothing was merged.
+    let tmp = tempdir();
+    let dir = tmp.path().join("shards");
+    let shards = make_shards(&dir, 1, 12, 7601);
+    std::fs::copy(&shards[0], dir.join("data-000009.tar")).unwrap();
+    std::fs::write(dir.join("data-000005.tar"), vec![b'x'; 4096]).unwrap();
+    let out = tmp.path().join("out");
+    let args = ["run", "--input", path_str(&dir), "--output", path_str(&out)];
+    let o = run_raw(&args, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", explain(&args, &o));
+    let r = report(&out);
+    assert_eq!(r["shards_failed"], 1, "{r:#}");
+    assert!(r["duplicate_filenames"].as_u64().unwrap() > 0, "{r:#}");
+    let listed = &r["duplicate_filenames_listed"][0]["shards"];
+    assert_eq!(listed[0], "data-000000.tar", "{r:#}");
+    assert_eq!(listed[1], "data-000009.tar", "{r:#}");
+}

@@ -236,11 +236,18 @@ pub(crate) fn finish_job(
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
     let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems)?;
+    // With failed shards nothing is merged; the collisions among the shards
+    // that did complete are still reported, so every problem shows at once.
+    let collisions = match merged {
+        None => Some(merge::duplicates_among(&rows.fragments)?),
+        Some(_) => None,
+    };
     problems.extend(written.problems);
     problems.extend(flush_data_at_end(layout, config));
     let report = Report::new(config, started_at)
         .with_shards(rows)
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
+        .with_duplicates(collisions)
         .finish(problems, started.elapsed(), workers_rss, fingerprint);
     let json = serde_json::to_vec_pretty(&report).map_err(|e| CoordinatorError::Encode {
         what: "report.json",

@@ -163,6 +163,31 @@ fn merge_into(
     })
 }
 
+/// File names whose rows come from more than one of `fragments` (count, and
+/// the first few by name), without writing a table: what the report lists
+/// when some shards failed and nothing is merged.
+pub fn duplicates_among(
+    fragments: &[(String, PathBuf)],
+) -> Result<(u64, Vec<DuplicateName>), CoordinatorError> {
+    let mut names: Vec<(u64, u32)> = Vec::new();
+    for (si, (_, path)) in fragments.iter().enumerate() {
+        for batch in read_batches(path)? {
+            let batch = batch?;
+            if let Some(fname) = batch
+                .column_by_name("filename")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            {
+                names.extend(
+                    (0..fname.len())
+                        .filter(|&i| fname.is_valid(i))
+                        .map(|i| (fnv1a64(fname.value(i).as_bytes()), si as u32)),
+                );
+            }
+        }
+    }
+    find_duplicates(names, fragments)
+}
+
 /// File names whose rows come from more than one shard: these overwrite each
 /// other in the flat `data/` folder (the seed loses one silently).
 fn find_duplicates(

@@ -153,6 +153,15 @@ impl Report {
         self
     }
 
+    /// File names several completed shards share, when no merge ran.
+    pub(crate) fn with_duplicates(mut self, found: Option<(u64, Vec<DuplicateName>)>) -> Report {
+        if let Some((count, listed)) = found {
+            self.duplicate_filenames = count;
+            self.duplicate_filenames_listed = listed;
+        }
+        self
+    }
+
     /// This report as a re-run that found the job already done tells it:
     /// which shards this run recovered (all of them, as it redid none).
     pub(crate) fn seen_again(mut self, rows: &ShardRows) -> Report {
