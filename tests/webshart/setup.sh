@@ -4,8 +4,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${WS_VENV:-$here/../../.venv-webshart}"
-py="${PYTHON312:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)}"
-if [ ! -x "$py" ]; then
+py=""
+for cand in ${PYTHON312:-} python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
+  # A pyenv shim may exist and still fail: take the first that runs.
+  if "$cand" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then py="$cand"; break; fi
+done
+if [ -z "$py" ]; then
   echo "setup.sh: python3.12 not found (webshart 0.6.0 needs Python >= 3.12); set PYTHON312" >&2
   exit 1
 fi

@@ -365,15 +365,15 @@ impl<'a> Pass<'a> {
         self.counts.members += 1;
         let name = String::from_utf8_lossy(&m.name).into_owned();
         let end = m.data_pos.saturating_add(m.size);
-        if end > self.win.len() {
+        if end > self.win.file_len() {
             return Err(self.corrupt(
                 format!(
                     "the tar is truncated: member data ends after {} of {} bytes (the file has {} bytes)",
-                    self.win.len().saturating_sub(m.data_pos),
+                    self.win.file_len().saturating_sub(m.data_pos),
                     m.size,
-                    self.win.len()
+                    self.win.file_len()
                 ),
-                self.win.len(),
+                self.win.file_len(),
                 Some(&name),
             ));
         }
@@ -587,7 +587,7 @@ impl<'a> Pass<'a> {
                 source,
             })?;
         self.counts.bytes_read = self.win.bytes_read();
-        let index = index_bytes(self.shard, self.win.len(), &self.files);
+        let index = index_bytes(self.shard, self.win.file_len(), &self.files);
         self.stats.entries = self.files.len() as u64;
         self.stats.index_bytes = index.len() as u64;
         Ok(IndexedShard {

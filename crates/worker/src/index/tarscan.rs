@@ -151,7 +151,7 @@ impl Scanner {
             return Err(corrupt(
                 format!(
                     "the tar is truncated: a header is cut off after {got} of 512 bytes (the file has {} bytes)",
-                    win.len()
+                    win.file_len()
                 ),
                 pos,
                 None,

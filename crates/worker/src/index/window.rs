@@ -34,7 +34,7 @@ impl Window {
     }
 
     /// The file's size.
-    pub fn len(&self) -> u64 {
+    pub fn file_len(&self) -> u64 {
         self.len
     }
 
