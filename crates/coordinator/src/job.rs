@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::mode::Mode;
 use shardprep_core::proto;
 use shardprep_core::proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -128,10 +129,11 @@ async fn start_job(
     };
     let (input_root, discovery) = discover_input(&config.input).await?;
     let sources = discovery.shards;
+    check_mode(config, &sources)?;
     let recovered = {
-        let (layout, sources) = (layout.clone(), sources.clone());
+        let (layout, sources, mode) = (layout.clone(), sources.clone(), config.mode);
         blocking("recovery of committed shards", move || {
-            recover_shards(&layout, &sources)
+            recover_shards(&layout, &sources, mode)
         })
         .await?
     };
@@ -164,16 +166,48 @@ async fn start_job(
     })
 }
 
-/// Each shard with the manifest of its earlier commit, if that still holds.
+/// Refuses what the mode cannot do: index mode reads local shards only.
+fn check_mode(config: &CoordinatorConfig, sources: &[ShardSource]) -> Result<(), CoordinatorError> {
+    if config.mode != Mode::Index {
+        return Ok(());
+    }
+    if !matches!(config.input, crate::InputSpec::Local(_)) {
+        return Err(CoordinatorError::Unsupported(
+            "--mode index reads local shards from one folder (webshart's `source`); \
+             give --input DIR, not a list or a remote location"
+                .into(),
+        ));
+    }
+    match sources.iter().find(|s| s.url.is_some()) {
+        Some(s) => Err(CoordinatorError::Unsupported(format!(
+            "--mode index reads local shards; {} is remote: mount the bucket or download the tars \
+             (the trainer reads them from there too), then index the local folder",
+            s.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Each shard with the manifest of its earlier commit, if that still holds
+/// (in index mode: and its index is in place).
 fn recover_shards(
     layout: &OutputLayout,
     sources: &[ShardSource],
+    mode: Mode,
 ) -> Vec<(String, ShardIdentity, Option<ShardManifest>)> {
     let boot_id = shardprep_core::durability::boot_id();
     let mut recovered: Vec<_> = sources
         .iter()
         .map(|s| {
-            let m = commit::recover(layout, &s.name, s.identity, &boot_id);
+            let mut m = commit::recover(layout, &s.name, s.identity, &boot_id);
+            if let Some(why) = m
+                .as_ref()
+                .and_then(|m| wrong_mode(layout, &s.name, m, mode))
+            {
+                tracing::warn!(shard = %s.name, "{why}; redoing the shard");
+                commit::uncommit(layout, &s.name);
+                m = None;
+            }
             (s.name.clone(), s.identity, m)
         })
         .collect();
@@ -211,6 +245,26 @@ fn redo_damaged(
     }
 }
 
+/// Why a committed shard does not hold in this job's mode: an index-mode
+/// shard needs its index file; an extract-mode job redoes index-mode shards
+/// (they extracted nothing).
+fn wrong_mode(
+    layout: &OutputLayout,
+    name: &str,
+    m: &ShardManifest,
+    mode: Mode,
+) -> Option<&'static str> {
+    match mode {
+        Mode::Index if !layout.index_path(name).is_some_and(|p| p.is_file()) => {
+            Some("the committed shard's index file is missing")
+        }
+        Mode::Extract if !m.counts.index.is_zero() => {
+            Some("the shard was committed by an index-mode run, which extracted nothing")
+        }
+        _ => None,
+    }
+}
+
 /// What every worker is told about the job.
 fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
     proto::JobSpec {
@@ -227,6 +281,7 @@ fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
+        mode: config.mode.to_proto(),
     }
 }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
+use shardprep_core::mode::Mode;
 use shardprep_core::proto;
 
 pub use discover::InputSpec;
@@ -60,6 +61,8 @@ pub enum CoordinatorError {
     Remote(String),
     #[error("merge failed: {0}")]
     Merge(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("bad commit: {0}")]
     BadCommit(String),
     #[error("gRPC server failed: {0}")]
@@ -112,6 +115,8 @@ pub struct CoordinatorConfig {
     pub data_sync: DataSync,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<ServerTls>,
+    /// Extract the members, or write a webshart index per shard.
+    pub mode: Mode,
 }
 
 impl Default for CoordinatorConfig {
@@ -137,6 +142,7 @@ impl Default for CoordinatorConfig {
             progress_interval: Duration::from_secs(5),
             data_sync: DataSync::Shard,
             tls: None,
+            mode: Mode::Extract,
         }
     }
 }
@@ -163,6 +169,11 @@ impl CoordinatorConfig {
     /// When the files extracted into `data/` are flushed.
     pub fn with_data_sync(mut self, data_sync: DataSync) -> Self {
         self.data_sync = data_sync;
+        self
+    }
+    /// Extract the members, or index the tars in place.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
     /// Serve gRPC over TLS.
@@ -274,6 +285,11 @@ pub struct JobShared {
 }
 
 impl JobShared {
+    /// The job's mode (what the workers were told).
+    pub(crate) fn mode(&self) -> Mode {
+        Mode::from_proto(self.spec.mode).unwrap_or_default()
+    }
+
     pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {
         *lock(&self.phase) = (p, verdict.to_string());
     }

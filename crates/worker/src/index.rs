@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use shardprep_core::durability;
 use shardprep_core::fields::FieldMap;
-use shardprep_core::layout::{OutputLayout, fnv1a64, shard_file_stem};
+use shardprep_core::layout::{AttemptFiles, OutputLayout, fnv1a64, shard_file_stem};
 use shardprep_core::manifest::{
     ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest,
 };
@@ -33,11 +33,11 @@ use crate::fragment::FragmentWriter;
 use crate::sample::{Parsed, parse_sample};
 use crate::shard::{LiveProgress, MAX_JSON_BYTES, ShardError, write_synced};
 use doc::{FileEntry, caption_of, index_bytes, sample_key};
+use shardprep_core::manifest::IndexCounts;
 use tarscan::{Member, ScanError, Scanner};
 use window::Window;
 
-/// Folder of the index files under the output root.
-pub const INDEX_DIR: &str = "index";
+pub use shardprep_core::layout::INDEX_DIR;
 
 /// Everything needed to index one leased shard.
 #[derive(Debug, Clone)]
@@ -99,19 +99,12 @@ pub struct IndexOutput {
 /// index relative to its metadata folder. `None` for a name that would
 /// leave the folder.
 pub fn index_rel_path(shard_name: &str) -> Option<PathBuf> {
-    let base = shard_name.strip_suffix(".tar").unwrap_or(shard_name);
-    let rel = safe_relative_path(format!("{base}.json").as_bytes()).ok()?;
-    Some(rel)
+    shardprep_core::layout::index_rel_path(shard_name)
 }
 
 /// `OUT/index/<shard name without .tar>.json`.
 pub fn index_path(layout: &OutputLayout, shard_name: &str) -> Option<PathBuf> {
-    Some(
-        layout
-            .root()
-            .join(INDEX_DIR)
-            .join(index_rel_path(shard_name)?),
-    )
+    layout.index_path(shard_name)
 }
 
 /// Moves a verified shard's index from `.shardprep/tmp/` to its place under
@@ -152,9 +145,12 @@ pub fn index_shard(
     let tmp_dir = task.layout.tmp_dir();
     std::fs::create_dir_all(&tmp_dir).map_err(|e| write_err(&tmp_dir, e))?;
     let stem = shard_file_stem(shard);
-    let fragment_tmp = format!("{stem}.{}.parquet", task.lease_id);
-    let index_tmp = format!("{stem}.{}.index.json", task.lease_id);
-    let manifest_tmp = format!("{stem}.{}.manifest.json", task.lease_id);
+    let AttemptFiles {
+        fragment: fragment_tmp,
+        manifest: manifest_tmp,
+        index: index_tmp,
+        ..
+    } = AttemptFiles::new(shard, task.lease_id);
     let done = index_file(
         &task.shard_path,
         shard,
@@ -590,6 +586,13 @@ impl<'a> Pass<'a> {
         let index = index_bytes(self.shard, self.win.file_len(), &self.files);
         self.stats.entries = self.files.len() as u64;
         self.stats.index_bytes = index.len() as u64;
+        self.counts.index = IndexCounts {
+            entries: self.stats.entries,
+            images_with_dimensions: self.stats.images_with_dimensions,
+            images_without_dimensions: self.stats.images_without_dimensions,
+            dimension_mismatches: self.stats.dimension_mismatches,
+            images_with_caption: self.stats.images_with_caption,
+        };
         Ok(IndexedShard {
             index,
             counts: self.counts,
