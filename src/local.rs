@@ -157,6 +157,15 @@ pub fn print_summary(r: &Report) {
     println!("  rows               {}", r.rows);
     println!("  captions written   {}", t.captions_written);
     println!("  images             {}", t.images);
+    if let Some(ix) = &r.index {
+        println!(
+            "  index              {} entries, {} images with dimensions, {} without, {} disagree with their JSON",
+            ix.entries,
+            ix.images_with_dimensions,
+            ix.images_without_dimensions,
+            ix.dimension_mismatches
+        );
+    }
     println!("  skipped            {}", by_reason(&t.skipped));
     println!("  members refused    {}", by_reason(&t.rejected_members));
     println!(

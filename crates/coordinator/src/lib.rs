@@ -10,6 +10,7 @@
 //! - [`merge`]: fragments → final parquet, streaming, in shard order.
 //! - [`report`]: `report.json` and `multidatabackend.json`.
 //! - [`verify`]: checks of an existing output (`shardprep verify`).
+//! - [`verify_index`]: the same for an index-mode output (`--mode index`).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
 
@@ -23,6 +24,7 @@ pub mod report;
 pub mod scheduler;
 pub mod service;
 pub mod verify;
+pub mod verify_index;
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
