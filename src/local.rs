@@ -176,7 +176,7 @@ pub fn print_summary(r: &Report) {
     println!(
         "  throughput         {:.1} MB/s, {:.0} files/s",
         r.mb_per_s,
-        t.files_extracted as f64 / secs.max(0.001)
+        r.index.as_ref().map_or(t.files_extracted, |ix| ix.entries) as f64 / secs.max(0.001)
     );
     if let Some(p) = &r.parquet {
         println!("  parquet            {p}");

@@ -127,9 +127,9 @@ async fn start_job(
         let layout = layout.clone();
         blocking("output preparation", move || prepare_output(&layout)).await??
     };
+    check_mode(config)?;
     let (input_root, discovery) = discover_input(&config.input).await?;
     let sources = discovery.shards;
-    check_mode(config, &sources)?;
     let recovered = {
         let (layout, sources, mode) = (layout.clone(), sources.clone(), config.mode);
         blocking("recovery of committed shards", move || {
@@ -166,26 +166,18 @@ async fn start_job(
     })
 }
 
-/// Refuses what the mode cannot do: index mode reads local shards only.
-fn check_mode(config: &CoordinatorConfig, sources: &[ShardSource]) -> Result<(), CoordinatorError> {
-    if config.mode != Mode::Index {
-        return Ok(());
-    }
-    if !matches!(config.input, crate::InputSpec::Local(_)) {
+/// Refuses what the mode cannot do: index mode reads local shards in one
+/// folder (the webshart entry's `source`).
+fn check_mode(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
+    if config.mode == Mode::Index && !matches!(config.input, crate::InputSpec::Local(_)) {
         return Err(CoordinatorError::Unsupported(
-            "--mode index reads local shards from one folder (webshart's `source`); \
-             give --input DIR, not a list or a remote location"
+            "--mode index reads local shards from one folder (the webshart entry's `source`): \
+             give --input DIR; for remote shards mount the bucket or download the tars \
+             (the trainer reads them from there too), then index the local folder"
                 .into(),
         ));
     }
-    match sources.iter().find(|s| s.url.is_some()) {
-        Some(s) => Err(CoordinatorError::Unsupported(format!(
-            "--mode index reads local shards; {} is remote: mount the bucket or download the tars \
-             (the trainer reads them from there too), then index the local folder",
-            s.name
-        ))),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Each shard with the manifest of its earlier commit, if that still holds

@@ -495,7 +495,7 @@ impl RowCheck<'_> {
                 self.bad_caption
             ));
         }
-        if self.no_image == 0 {
+        if self.images && self.no_image == 0 {
             f.checked.push("every row's image is in data/".into());
         }
         if self.textfile && self.bad_caption == 0 {
