@@ -2,13 +2,15 @@
 captions and sizes; a cut shard gets no index; and the checker catches a
 wrong offset or caption (so a pass means something).
 
-Run: tests/webshart/setup.sh && .venv-webshart/bin/pytest tests/webshart
+Run: tests/webshart/setup.sh && SHARDPREP_BIN=$PWD/target/release/shardprep \
+     .venv-webshart/bin/python -m pytest -q tests/webshart
 
-The indexer is `SHARDPREP_INDEX_CMD` (a command with `{input}` and
-`{output}`; the index is read from `{output}/index`), by default the
-`index_dir` example of the worker crate (built with cargo when missing).
-Once the CLI has it: SHARDPREP_INDEX_CMD='target/release/shardprep run
---input {input} --output {output} --mode index'.
+The indexer is the real CLI: `$SHARDPREP_BIN run --input {input} --output
+{output} --mode index` (default binary: target/release/shardprep, else
+target/debug/shardprep, built with cargo when neither exists).
+`SHARDPREP_INDEX_CMD` (a command with `{input}` and `{output}`; the index is
+read from `{output}/index`) replaces it, e.g. to check another indexer.
+Without webshart (no Python 3.12 venv) the module is skipped.
 """
 
 import json
@@ -19,21 +21,33 @@ import sys
 from pathlib import Path
 
 import pytest
-import webshart
+
+webshart = pytest.importorskip("webshart", reason="needs the webshart venv: run tests/webshart/setup.sh")
+pytest.importorskip("PIL", reason="needs the webshart venv: run tests/webshart/setup.sh")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
 
+def shardprep_bin():
+    given = os.environ.get("SHARDPREP_BIN")
+    if given:
+        return Path(given)
+    for profile in ("release", "debug"):
+        exe = REPO / "target" / profile / "shardprep"
+        if exe.exists():
+            return exe
+    subprocess.run(["cargo", "build", "-q", "--bin", "shardprep"], cwd=REPO, check=True)
+    return REPO / "target" / "debug" / "shardprep"
+
+
 def indexer_cmd():
+    """The indexing command and whether it is shardprep's CLI (which writes a report)."""
     cmd = os.environ.get("SHARDPREP_INDEX_CMD")
     if cmd:
-        return cmd
-    exe = REPO / "target" / "debug" / "examples" / "index_dir"
-    if not exe.exists():
-        subprocess.run(["cargo", "build", "-q", "-p", "shardprep-worker", "--example", "index_dir"],
-                       cwd=REPO, check=True)
-    return f"{exe} {{input}} {{output}}"
+        return cmd, False
+    exe = shlex.quote(str(shardprep_bin()))
+    return f"{exe} run --input {{input}} --output {{output}} --mode index --workers 2", True
 
 
 def run_checker(index, tars):
@@ -48,9 +62,22 @@ def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws")
     tars, out = root / "tars", root / "out"
     subprocess.run([sys.executable, str(HERE / "make_shards.py"), str(tars), "--seed", "7"], check=True)
-    cmd = indexer_cmd().format(input=shlex.quote(str(tars)), output=shlex.quote(str(out)))
-    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=REPO)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
+    template, is_cli = indexer_cmd()
+    cmd = template.format(input=shlex.quote(str(tars)), output=shlex.quote(str(out)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDPREP_")}
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=REPO, env=env)
+    if is_cli:
+        # The cut shard fails the job (exit 1): everything else is indexed, and the report says which.
+        assert p.returncode == 1, f"{cmd}\n{p.stdout}\n{p.stderr}"
+        report = json.loads((out / "report.json").read_text())
+        assert report["mode"] == "index" and report["verdict"] == "failed", report["problems"]
+        assert [f["name"] for f in report["failures"]] == ["data-000003.tar"], report["failures"]
+        assert "truncated" in report["failures"][0]["error"], report["failures"]
+        entry = json.loads((out / "multidatabackend.json").read_text())[0]
+        assert entry["type"] == "webshart" and entry["metadata"] == str(out / "index"), entry
+        assert entry["source"] == str(tars), entry
+    else:
+        assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
     return tars, out / "index"
 
 

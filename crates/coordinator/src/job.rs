@@ -128,7 +128,7 @@ async fn start_job(
         blocking("output preparation", move || prepare_output(&layout)).await??
     };
     check_mode(config)?;
-    let (input_root, discovery) = discover_input(&config.input).await?;
+    let (input_root, discovery) = discover_input(&config.input, config.mode == Mode::Index).await?;
     let sources = discovery.shards;
     let recovered = {
         let (layout, sources, mode) = (layout.clone(), sources.clone(), config.mode);
