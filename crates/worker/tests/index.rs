@@ -270,7 +270,10 @@ fn a_tar_cut_mid_member_fails_naming_the_member() {
     let cut = bytes.len() / 2;
     std::fs::write(dir.path().join("cut.tar"), &bytes[..cut]).expect("write");
     let err = run(dir.path(), "cut.tar").expect_err("a cut tar fails");
-    assert!(!err.retryable(), "a truncated tar stays truncated: {err}");
+    assert!(
+        !err.failure_kind().retryable(),
+        "a truncated tar stays truncated: {err}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("truncated") && msg.contains("cut.tar"),
