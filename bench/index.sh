@@ -7,8 +7,12 @@
 #
 #   bench/index.sh [WORKDIR]      env: WS_VENV (webshart venv), REPS (1),
 #                                 SMALL="shards samples" (4 4000), BIG="shards samples" (2 150)
-# Until `shardprep run --mode index` exists the index pass runs through the
-# worker crate's `index_dir` example (one process, shards one after another).
+#                                 WORKERS (2): workers of `shardprep run`
+#                                 SHARDPREP_INDEX_CMD: another indexer, a command with
+#                                 {input} and {output} (default: the real CLI,
+#                                 `shardprep run --input {input} --output {output} --mode index`)
+# The shardprep row is the whole job: coordinator, workers, gRPC, commit,
+# parquet merge, report and verification.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-/tmp/shardprep-index-bench}"
@@ -18,8 +22,17 @@ reps="${REPS:-1}"
 read -r small_n small_s <<<"${SMALL:-4 4000}"
 read -r big_n big_s <<<"${BIG:-2 150}"
 mkdir -p "$work"
-(cd "$repo" && cargo build -q --release -p shardprep-worker --example index_dir)
-indexer="$repo/target/release/examples/index_dir"
+workers="${WORKERS:-2}"
+if [ -z "${SHARDPREP_INDEX_CMD:-}" ]; then
+  (cd "$repo" && cargo build -q --release --bin shardprep)
+  SHARDPREP_INDEX_CMD="$repo/target/release/shardprep run --input {input} --output {output} --mode index --workers $workers"
+fi
+# indexer DIR OUT: runs the index command on one set.
+indexer() {
+  local cmd=${SHARDPREP_INDEX_CMD//\{input\}/$1}
+  cmd=${cmd//\{output\}/$2}
+  env -u SHARDPREP_INDEX_CMD bash -c "$cmd"
+}
 
 drop_cache() { # evicts the shards from the page cache
   "$py" - "$@" <<'PY'
@@ -29,30 +42,40 @@ for p in pathlib.Path(sys.argv[1]).rglob("*.tar"):
 PY
 }
 
-# measure LABEL SET_DIR FILES BYTES -- CMD...: runs CMD, samples its /proc io and RSS (children included).
+# descendants PID: PID and all its descendants.
+descendants() {
+  local p=$1
+  echo "$p"
+  for c in $(pgrep -P "$p" 2>/dev/null); do descendants "$c"; done
+}
+
+# measure LABEL SET_DIR FILES BYTES -- CMD...: runs CMD, samples the /proc io and RSS of it
+# and all its descendants (each process's last seen counters are kept after it exits).
+# "peak RSS" is the largest single process (the issue's worker target), not a sum.
 measure() {
   local label=$1 dir=$2 files=$3 bytes=$4; shift 5
   drop_cache "$dir"
   local start end
   start=$(date +%s.%N)
   "$@" >"$work/$label.out" 2>&1 &
-  local pid=$! rb=0 rc=0 rss=0
+  local pid=$! rss=0
+  declare -A prb=() prc=()
   while kill -0 "$pid" 2>/dev/null; do
-    local pids="$pid $(pgrep -P "$pid" 2>/dev/null | tr '\n' ' ')"
-    local s_rb=0 s_rc=0 s_rss=0
-    for p in $pids; do
+    for p in $(descendants "$pid"); do
       [ -r "/proc/$p/io" ] || continue
-      s_rb=$((s_rb + $(awk '/^read_bytes/{print $2}' "/proc/$p/io" 2>/dev/null || echo 0)))
-      s_rc=$((s_rc + $(awk '/^rchar/{print $2}' "/proc/$p/io" 2>/dev/null || echo 0)))
-      s_rss=$((s_rss + $(awk '/^VmHWM/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+      local v
+      v=$(awk '/^read_bytes/{print $2}' "/proc/$p/io" 2>/dev/null || echo 0); [ -n "$v" ] && prb[$p]=$v
+      v=$(awk '/^rchar/{print $2}' "/proc/$p/io" 2>/dev/null || echo 0); [ -n "$v" ] && prc[$p]=$v
+      v=$(awk '/^VmHWM/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      [ -n "$v" ] && [ "$v" -gt "$rss" ] && rss=$v
     done
-    [ "$s_rb" -gt "$rb" ] && rb=$s_rb
-    [ "$s_rc" -gt "$rc" ] && rc=$s_rc
-    [ "$s_rss" -gt "$rss" ] && rss=$s_rss
     sleep 0.05
   done
   wait "$pid" || { echo "$label failed:"; tail -5 "$work/$label.out"; return 1; }
   end=$(date +%s.%N)
+  local rb=0 rc=0 p
+  for p in "${!prb[@]}"; do rb=$((rb + prb[$p])); done
+  for p in "${!prc[@]}"; do rc=$((rc + prc[$p])); done
   awk -v l="$label" -v t0="$start" -v t1="$end" -v f="$files" -v b="$bytes" -v rb="$rb" -v rc="$rc" -v rss="$rss" 'BEGIN {
     t = t1 - t0; printf "%-28s %8.2f s %10.0f files/s  read_bytes %9.1f MB (%7.1f MB/s)  rchar %9.1f MB  of %8.1f MB  peak RSS %6.1f MiB\n",
       l, t, f / t, rb / 1e6, rb / 1e6 / t, rc / 1e6, b / 1e6, rss / 1024 }'
@@ -71,7 +94,7 @@ run_set() {
     measure "webshart-$name-$r" "$dir" "$files" "$bytes" -- \
       "$venv/bin/webshart" extract-metadata --source "$dir" --destination "$work/ws-$name" \
       --checkpoint-dir "$work/ws-$name-ckpt" --include-image-geometry
-    measure "shardprep-index-$name-$r" "$dir" "$files" "$bytes" -- "$indexer" "$dir" "$work/sp-$name"
+    measure "shardprep-index-$name-$r" "$dir" "$files" "$bytes" -- indexer "$dir" "$work/sp-$name"
   done
 }
 
