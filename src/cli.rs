@@ -92,6 +92,11 @@ pub struct JobArgs {
     /// Do not write images and JSON into data/ (only the table and the report).
     #[arg(long, env = "SHARDPREP_NO_EXTRACT")]
     pub no_extract: bool,
+    /// extract: members into OUT/data/ (and captions). index: extract nothing; write one
+    /// webshart index per shard into OUT/index/ (SimpleTuner `type: webshart` trains from
+    /// the tars in place); local shards in one --input folder only.
+    #[arg(long, env = "SHARDPREP_MODE", value_enum, default_value_t = ModeArg::Extract)]
+    pub mode: ModeArg,
     /// Dataset id: the parquet's name and the SimpleTuner entry's id.
     #[arg(long, env = "SHARDPREP_DATASET_ID", default_value = "dalle3")]
     pub dataset_id: String,
@@ -169,6 +174,24 @@ pub struct JobArgs {
     /// Off unless given.
     #[arg(long, env = "SHARDPREP_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `--mode` values (see `shardprep_core::mode::Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Extract the members into data/.
+    Extract,
+    /// Write a webshart index per shard; extract nothing.
+    Index,
+}
+
+impl From<ModeArg> for shardprep_core::mode::Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Extract => shardprep_core::mode::Mode::Extract,
+            ModeArg::Index => shardprep_core::mode::Mode::Index,
+        }
+    }
 }
 
 /// `--data-sync` values (see `shardprep_core::durability::DataSync`).

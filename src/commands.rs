@@ -7,6 +7,7 @@ use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
 use shardprep_core::auth;
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::{FieldMap, PRESETS};
+use shardprep_core::mode::Mode;
 
 use crate::cli::{
     Captions, Cli, ClientTlsArgs, Command, CoordinatorArgs, GenerateArgs, JobArgs, TokenArgs,
@@ -106,13 +107,17 @@ pub fn coordinator_config(
         (Some(input), None) => shardprep_coordinator::InputSpec::parse(input),
         (None, None) => bail!("give the shards with --input or --input-list"),
     };
+    let mode = Mode::from(job.mode);
+    // Index mode writes nothing into data/: no members, no caption files.
+    let indexing = mode == Mode::Index;
     Ok(CoordinatorConfig {
         input,
         output: job.output.clone(),
         token,
         fields: fields(job)?,
-        write_captions: job.captions == Captions::Textfile,
-        extract: !job.no_extract,
+        write_captions: job.captions == Captions::Textfile && !indexing,
+        extract: !job.no_extract && !indexing,
+        mode,
         expect_json: job.expect_json,
         backend,
         lease_timeout: job.lease_timeout,

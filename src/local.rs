@@ -173,6 +173,15 @@ pub fn print_summary(r: &Report) {
         }
     );
     println!("  images             {}", t.images);
+    if let Some(ix) = &r.index {
+        println!(
+            "  index              {} entries, {} images with dimensions, {} without, {} disagree with their JSON",
+            ix.entries,
+            ix.images_with_dimensions,
+            ix.images_without_dimensions,
+            ix.dimension_mismatches
+        );
+    }
     println!("  skipped            {}", by_reason(&t.skipped));
     println!("  members refused    {}", by_reason(&t.rejected_members));
     println!(
@@ -183,7 +192,7 @@ pub fn print_summary(r: &Report) {
     println!(
         "  throughput         {:.1} MB/s, {:.0} files/s",
         r.mb_per_s,
-        t.files_extracted as f64 / secs.max(0.001)
+        r.index.as_ref().map_or(t.files_extracted, |ix| ix.entries) as f64 / secs.max(0.001)
     );
     if let Some(p) = &r.parquet {
         println!("  parquet            {p}");

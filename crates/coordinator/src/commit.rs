@@ -6,12 +6,17 @@
 //! `fragments/<stem>.manifest.json`, manifest last. The manifest's presence is
 //! the commit: a fragment exists whole or not at all, and a stale attempt can
 //! never commit a second one.
+//!
+//! In index mode the shard's webshart index (`tmp/<stem>.<lease>.index.json`)
+//! is synced and renamed to `OUT/index/<shard>.json` before the manifest: a
+//! committed shard has its index, and a shard that failed never gets one.
 
 use std::path::Path;
 
 use shardprep_core::durability;
 use shardprep_core::layout::{AttemptFiles, OutputLayout};
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::mode::Mode;
 
 use crate::CoordinatorError;
 
@@ -84,6 +89,15 @@ pub fn uncommit(layout: &OutputLayout, name: &str) {
     for p in [layout.manifest_path(name), layout.fragment_path(name)] {
         let _ = std::fs::remove_file(p);
     }
+    remove_index(layout, name);
+}
+
+/// Removes a shard's published index, if any: an index is only ever there
+/// for a committed shard.
+fn remove_index(layout: &OutputLayout, name: &str) {
+    if let Some(p) = layout.index_path(name) {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Removes what an outdated version of a shard left: the files it extracted
@@ -107,6 +121,7 @@ pub fn forget_outdated(layout: &OutputLayout, name: &str) {
     for p in [list, layout.manifest_path(name), layout.fragment_path(name)] {
         let _ = std::fs::remove_file(p);
     }
+    remove_index(layout, name);
     tracing::info!(
         shard = name,
         removed,
@@ -149,15 +164,16 @@ pub fn read_tmp_manifest(
 }
 
 /// Moves a worker's temporary fragment and manifest of lease `lease_id`
-/// into place (file list first, manifest last). The caller makes the
-/// renames durable with [`sync_dir`] on the fragments folder once it no
-/// longer holds the scheduler's lock.
+/// into place (file list first, then the fragment, in index mode the
+/// index, manifest last). The caller makes the renames durable with
+/// [`sync_dir`] on the fragments folder once it no longer holds the
+/// scheduler's lock.
 pub fn commit(
     layout: &OutputLayout,
     shard_name: &str,
     lease_id: u64,
-    fragment_tmp: &str,
-    manifest_tmp: &str,
+    (fragment_tmp, manifest_tmp): (&str, &str),
+    mode: Mode,
 ) -> Result<(), CoordinatorError> {
     let frag_src = tmp_file(layout, fragment_tmp)?;
     let man_src = tmp_file(layout, manifest_tmp)?;
@@ -175,14 +191,51 @@ pub fn commit(
         std::fs::rename(&src, &dst).map_err(|e| io("commit file list", &dst, e))?;
     }
     std::fs::rename(&frag_src, &frag_dst).map_err(|e| io("commit fragment", &frag_dst, e))?;
+    if mode == Mode::Index {
+        publish_index(layout, shard_name, lease_id)?;
+    }
     std::fs::rename(&man_src, &man_dst).map_err(|e| io("commit manifest", &man_dst, e))?;
+    Ok(())
+}
+
+/// Syncs the attempt's index and renames it to `OUT/index/<shard>.json`
+/// (folders created as needed, the folder synced after the rename).
+fn publish_index(
+    layout: &OutputLayout,
+    shard_name: &str,
+    lease_id: u64,
+) -> Result<(), CoordinatorError> {
+    let src = tmp_file(layout, &AttemptFiles::new(shard_name, lease_id).index)?;
+    let dst = layout.index_path(shard_name).ok_or_else(|| {
+        CoordinatorError::BadCommit(format!(
+            "shard name {shard_name:?} cannot name an index file under index/"
+        ))
+    })?;
+    let io = |what: &str, p: &Path, e: std::io::Error| CoordinatorError::Output {
+        path: p.display().to_string(),
+        what: what.to_string(),
+        source: e,
+    };
+    let file = std::fs::File::open(&src).map_err(|e| {
+        CoordinatorError::BadCommit(format!(
+            "the worker wrote no index {} for this index-mode shard: {e}",
+            src.display()
+        ))
+    })?;
+    file.sync_all().map_err(|e| io("sync index", &src, e))?;
+    let parent = dst.parent().unwrap_or(layout.root());
+    std::fs::create_dir_all(parent).map_err(|e| io("create index folder", parent, e))?;
+    std::fs::rename(&src, &dst).map_err(|e| io("publish index", &dst, e))?;
+    sync_dir(parent);
     Ok(())
 }
 
 /// Removes a stale attempt's temporary files of lease `lease_id` (best effort).
 pub fn discard(layout: &OutputLayout, lease_id: u64, fragment_tmp: &str, manifest_tmp: &str) {
-    let files_tmp = AttemptFiles::of_fragment(fragment_tmp, lease_id).map(|a| a.files);
-    for name in [Some(fragment_tmp), Some(manifest_tmp), files_tmp.as_deref()]
+    let attempt = AttemptFiles::of_fragment(fragment_tmp, lease_id);
+    let files_tmp = attempt.as_ref().map(|a| a.files.as_str());
+    let index_tmp = attempt.as_ref().map(|a| a.index.as_str());
+    for name in [Some(fragment_tmp), Some(manifest_tmp), files_tmp, index_tmp]
         .into_iter()
         .flatten()
     {
@@ -240,7 +293,7 @@ mod tests {
     }
 
     fn write_attempt(layout: &OutputLayout, a: &AttemptFiles) {
-        for name in [&a.fragment, &a.manifest, &a.files] {
+        for name in [&a.fragment, &a.manifest, &a.files, &a.index] {
             std::fs::write(layout.tmp_dir().join(name), name.as_bytes()).unwrap();
         }
     }
@@ -261,10 +314,40 @@ mod tests {
         let (_dir, layout) = layout();
         let a = AttemptFiles::new("a.parquet.tar", 9);
         write_attempt(&layout, &a);
-        commit(&layout, "a.parquet.tar", 9, &a.fragment, &a.manifest).unwrap();
+        commit(
+            &layout,
+            "a.parquet.tar",
+            9,
+            (&a.fragment, &a.manifest),
+            Mode::Extract,
+        )
+        .unwrap();
         let list = std::fs::read(layout.files_list_path("a.parquet.tar")).unwrap();
         assert_eq!(list, a.files.as_bytes());
         assert!(layout.manifest_path("a.parquet.tar").is_file());
         assert!(layout.fragment_path("a.parquet.tar").is_file());
+    }
+
+    #[test]
+    fn index_mode_publishes_the_index_and_a_missing_one_is_no_commit() {
+        let (_dir, layout) = layout();
+        let name = "sub/s-1.tar";
+        let a = AttemptFiles::new(name, 4);
+        write_attempt(&layout, &a);
+        commit(&layout, name, 4, (&a.fragment, &a.manifest), Mode::Index).unwrap();
+        let index = layout.index_path(name).unwrap();
+        assert_eq!(std::fs::read(&index).unwrap(), a.index.as_bytes());
+        assert!(layout.manifest_path(name).is_file());
+        // Taking the commit back takes the index with it.
+        uncommit(&layout, name);
+        assert!(!index.exists());
+
+        let b = AttemptFiles::new(name, 5);
+        write_attempt(&layout, &b);
+        std::fs::remove_file(layout.tmp_dir().join(&b.index)).unwrap();
+        let err = commit(&layout, name, 5, (&b.fragment, &b.manifest), Mode::Index).unwrap_err();
+        assert!(err.to_string().contains("no index"), "{err}");
+        assert!(!layout.manifest_path(name).exists());
+        assert!(!index.exists());
     }
 }

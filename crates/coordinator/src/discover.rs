@@ -62,7 +62,12 @@ fn remote_identity(size: u64, version: &str) -> ShardIdentity {
 }
 
 /// Lists the shards of any input, and the root workers resolve them against.
-pub async fn discover_input(input: &InputSpec) -> Result<(String, Discovery), CoordinatorError> {
+/// `recursive`: a local folder's subfolders too (index mode: webshart finds
+/// the tars of every subfolder of its `source`).
+pub async fn discover_input(
+    input: &InputSpec,
+    recursive: bool,
+) -> Result<(String, Discovery), CoordinatorError> {
     let listing = match input {
         InputSpec::Local(dir) => {
             let dir = dir.clone();
@@ -70,7 +75,7 @@ pub async fn discover_input(input: &InputSpec) -> Result<(String, Discovery), Co
                 .unwrap_or_else(|_| dir.clone())
                 .display()
                 .to_string();
-            let d = tokio::task::spawn_blocking(move || discover(&dir))
+            let d = tokio::task::spawn_blocking(move || discover_in(&dir, recursive))
                 .await
                 .map_err(|e| CoordinatorError::TaskFailed {
                     task: "input discovery",
@@ -123,55 +128,73 @@ pub struct Discovery {
 /// present now, are the job's shards: files extracted later into the same
 /// folder (the Hugging Face layout puts shards in `data/`) are never shards.
 pub fn discover(dir: &Path) -> Result<Discovery, CoordinatorError> {
-    let read = std::fs::read_dir(dir).map_err(|source| CoordinatorError::Input {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    let mut shards = Vec::new();
-    let mut refused = Vec::new();
-    for entry in read {
-        let entry = entry.map_err(|source| CoordinatorError::Input {
-            path: dir.display().to_string(),
+    discover_in(dir, false)
+}
+
+/// [`discover`], with `recursive` the `*.tar` files of the subfolders too
+/// (named `sub/x.tar`; symlinked folders are not followed).
+pub fn discover_in(dir: &Path, recursive: bool) -> Result<Discovery, CoordinatorError> {
+    let mut found = Discovery::default();
+    let mut folders = vec![(dir.to_path_buf(), String::new())];
+    while let Some((folder, prefix)) = folders.pop() {
+        let err = |source| CoordinatorError::Input {
+            path: folder.display().to_string(),
             source,
-        })?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            if name.as_encoded_bytes().ends_with(b".tar") {
-                let msg = format!(
-                    "input file {:?} was not processed: its name is not UTF-8; rename it and run again",
-                    name
-                );
-                tracing::error!("{msg}");
-                refused.push(msg);
+        };
+        for entry in std::fs::read_dir(&folder).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            if recursive && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Some(name) = entry.file_name().to_str() {
+                    folders.push((entry.path(), format!("{prefix}{name}/")));
+                }
+                continue;
             }
-            continue;
-        };
-        if !name.ends_with(".tar") {
-            continue;
+            tar_entry(&entry, &prefix, &mut found)?;
         }
-        let path = entry.path();
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        let identity = identity_of(&path).map_err(|source| CoordinatorError::Input {
-            path: path.display().to_string(),
-            source,
-        })?;
-        shards.push(ShardSource {
-            name: name.to_string(),
-            path,
-            identity,
-            url: None,
-        });
     }
-    shards.sort_by(|a, b| a.name.cmp(&b.name));
-    if shards.is_empty() {
+    found.shards.sort_by(|a, b| a.name.cmp(&b.name));
+    if found.shards.is_empty() {
         return Err(CoordinatorError::NoShards {
             path: dir.display().to_string(),
         });
     }
-    Ok(Discovery { shards, refused })
+    Ok(found)
+}
+
+/// Adds `entry` (in the folder named `prefix` under the input) if it is a `*.tar` file.
+fn tar_entry(
+    entry: &std::fs::DirEntry,
+    prefix: &str,
+    found: &mut Discovery,
+) -> Result<(), CoordinatorError> {
+    let name = entry.file_name();
+    let Some(name) = name.to_str() else {
+        if name.as_encoded_bytes().ends_with(b".tar") {
+            let msg = format!(
+                "input file {:?} was not processed: its name is not UTF-8; rename it and run again",
+                entry.path()
+            );
+            tracing::error!("{msg}");
+            found.refused.push(msg);
+        }
+        return Ok(());
+    };
+    if !name.ends_with(".tar") {
+        return Ok(());
+    }
+    let path = entry.path();
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let identity = identity_of(&path).map_err(|source| CoordinatorError::Input {
+        path: path.display().to_string(),
+        source,
+    })?;
+    found.shards.push(ShardSource {
+        name: format!("{prefix}{name}"),
+        path,
+        identity,
+        url: None,
+    });
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use shardprep_core::layout::{OutputLayout, fnv1a64};
 use shardprep_core::manifest::ShardCounts;
+use shardprep_core::mode::Mode;
 
 use crate::commit::write_atomic;
 use crate::job::{JobOutcome, abs};
@@ -15,7 +16,7 @@ use crate::merge::{self, MergeOutcome};
 use crate::report::{self, Report, ShardReport};
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, ShardWrote};
-use crate::{CoordinatorConfig, CoordinatorError, JobShared};
+use crate::{CoordinatorConfig, CoordinatorError, InputSpec, JobShared};
 
 /// The report's shard lines and what they add up to.
 #[derive(Debug, Default)]
@@ -84,8 +85,10 @@ pub(crate) fn fingerprint(entries: &[ShardEntry], config: &CoordinatorConfig) ->
         }
     }
     fp.push_str(&format!(
-        "{}|{:?}",
-        config.backend.dataset_id, config.fields
+        "{}|{:?}|{}",
+        config.backend.dataset_id,
+        config.fields,
+        config.mode.as_str()
     ));
     format!("{:016x}", fnv1a64(fp.as_bytes()))
 }
@@ -272,7 +275,13 @@ fn write_backend(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
 ) -> Result<(), CoordinatorError> {
-    let entry = report::backend_entry(&config.backend, &abs(layout.root()), config.write_captions);
+    let out = abs(layout.root());
+    let entry = match (&config.mode, &config.input) {
+        (Mode::Index, InputSpec::Local(input)) => {
+            report::webshart_entry(&config.backend, &abs(input), &out)
+        }
+        _ => report::backend_entry(&config.backend, &out, config.write_captions),
+    };
     let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| CoordinatorError::Encode {
         what: "multidatabackend.json",
         detail: e.to_string(),

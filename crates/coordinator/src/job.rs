@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::mode::Mode;
 use shardprep_core::proto;
 use shardprep_core::proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -130,12 +131,13 @@ async fn start_job(
         let layout = layout.clone();
         blocking("output preparation", move || prepare_output(&layout)).await??
     };
-    let (input_root, discovery) = discover_input(&config.input).await?;
+    check_mode(config)?;
+    let (input_root, discovery) = discover_input(&config.input, config.mode == Mode::Index).await?;
     let sources = discovery.shards;
     let recovered = {
-        let (layout, sources) = (layout.clone(), sources.clone());
+        let (layout, sources, mode) = (layout.clone(), sources.clone(), config.mode);
         blocking("recovery of committed shards", move || {
-            recover_shards(&layout, &sources)
+            recover_shards(&layout, &sources, mode)
         })
         .await?
     };
@@ -169,16 +171,40 @@ async fn start_job(
     })
 }
 
-/// Each shard with the manifest of its earlier commit, if that still holds.
+/// Refuses what the mode cannot do: index mode reads local shards in one
+/// folder (the webshart entry's `source`).
+fn check_mode(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
+    if config.mode == Mode::Index && !matches!(config.input, crate::InputSpec::Local(_)) {
+        return Err(CoordinatorError::Unsupported(
+            "--mode index reads local shards from one folder (the webshart entry's `source`): \
+             give --input DIR; for remote shards mount the bucket or download the tars \
+             (the trainer reads them from there too), then index the local folder"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Each shard with the manifest of its earlier commit, if that still holds
+/// (in index mode: and its index is in place).
 fn recover_shards(
     layout: &OutputLayout,
     sources: &[ShardSource],
+    mode: Mode,
 ) -> Vec<(String, ShardIdentity, Option<ShardManifest>)> {
     let boot_id = shardprep_core::durability::boot_id();
     let mut recovered: Vec<_> = sources
         .iter()
         .map(|s| {
-            let m = commit::recover(layout, &s.name, s.identity, &boot_id);
+            let mut m = commit::recover(layout, &s.name, s.identity, &boot_id);
+            if let Some(why) = m
+                .as_ref()
+                .and_then(|m| wrong_mode(layout, &s.name, m, mode))
+            {
+                tracing::warn!(shard = %s.name, "{why}; redoing the shard");
+                commit::uncommit(layout, &s.name);
+                m = None;
+            }
             (s.name.clone(), s.identity, m)
         })
         .collect();
@@ -216,6 +242,26 @@ fn redo_damaged(
     }
 }
 
+/// Why a committed shard does not hold in this job's mode: an index-mode
+/// shard needs its index file; an extract-mode job redoes index-mode shards
+/// (they extracted nothing).
+fn wrong_mode(
+    layout: &OutputLayout,
+    name: &str,
+    m: &ShardManifest,
+    mode: Mode,
+) -> Option<&'static str> {
+    match mode {
+        Mode::Index if !layout.index_path(name).is_some_and(|p| p.is_file()) => {
+            Some("the committed shard's index file is missing")
+        }
+        Mode::Extract if !m.counts.index.is_zero() => {
+            Some("the shard was committed by an index-mode run, which extracted nothing")
+        }
+        _ => None,
+    }
+}
+
 /// What every worker is told about the job.
 fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
     proto::JobSpec {
@@ -232,6 +278,7 @@ fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
+        mode: config.mode.to_proto(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`merge`]: fragments → final parquet, streaming, in shard order.
 //! - [`report`]: `report.json` and `multidatabackend.json`.
 //! - [`verify`]: checks of an existing output (`shardprep verify`).
+//! - [`verify_index`]: the same for an index-mode output (`--mode index`).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
 //! - `metrics`: `GET /metrics` (Prometheus text format) from the job's state.
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
@@ -25,6 +26,7 @@ pub mod report;
 pub mod scheduler;
 pub mod service;
 pub mod verify;
+pub mod verify_index;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
+use shardprep_core::mode::Mode;
 use shardprep_core::proto;
 
 pub use discover::InputSpec;
@@ -63,6 +66,8 @@ pub enum CoordinatorError {
     Remote(String),
     #[error("merge failed: {0}")]
     Merge(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("bad commit: {0}")]
     BadCommit(String),
     #[error("gRPC server failed: {0}")]
@@ -124,6 +129,8 @@ pub struct CoordinatorConfig {
     pub tls: Option<ServerTls>,
     /// Serve `GET /metrics` (Prometheus text format, no token) here.
     pub metrics_listen: Option<SocketAddr>,
+    /// Extract the members, or write a webshart index per shard.
+    pub mode: Mode,
 }
 
 impl Default for CoordinatorConfig {
@@ -150,6 +157,7 @@ impl Default for CoordinatorConfig {
             data_sync: DataSync::Shard,
             tls: None,
             metrics_listen: None,
+            mode: Mode::Extract,
         }
     }
 }
@@ -176,6 +184,11 @@ impl CoordinatorConfig {
     /// When the files extracted into `data/` are flushed.
     pub fn with_data_sync(mut self, data_sync: DataSync) -> Self {
         self.data_sync = data_sync;
+        self
+    }
+    /// Extract the members, or index the tars in place.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
     /// Serve gRPC over TLS.
@@ -294,6 +307,11 @@ pub struct JobShared {
 }
 
 impl JobShared {
+    /// The job's mode (what the workers were told).
+    pub(crate) fn mode(&self) -> Mode {
+        Mode::from_proto(self.spec.mode).unwrap_or_default()
+    }
+
     pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {
         *lock(&self.phase) = (p, verdict.to_string());
         if matches!(p, Phase::Finished | Phase::Failed) {

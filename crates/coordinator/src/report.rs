@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shardprep_core::manifest::{MemberIssue, ShardCounts};
+use shardprep_core::manifest::{IndexCounts, MemberIssue, ShardCounts};
+use shardprep_core::mode::Mode;
 
 use crate::CoordinatorConfig;
 use crate::finish::ShardRows;
@@ -42,6 +43,12 @@ pub struct Resources {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub shardprep_version: String,
+    /// `extract` (members into `data/`) or `index` (a webshart index per shard).
+    #[serde(default)]
+    pub mode: String,
+    /// Index mode: the index entries over all done shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexCounts>,
     /// `ok` or `failed`.
     pub verdict: String,
     /// Why the verdict is `failed` (empty when ok).
@@ -89,6 +96,8 @@ impl Report {
     pub(crate) fn new(config: &CoordinatorConfig, started_at: &str) -> Report {
         Report {
             shardprep_version: env!("CARGO_PKG_VERSION").into(),
+            mode: config.mode.as_str().into(),
+            index: None,
             verdict: String::new(),
             problems: Vec::new(),
             input: config.input.display(),
@@ -99,10 +108,10 @@ impl Report {
             parquet: None,
             dataset_id: config.backend.dataset_id.clone(),
             caption_field: config.fields.caption.clone(),
-            captions: if config.write_captions {
-                "textfile"
-            } else {
-                "parquet"
+            captions: match (config.mode, config.write_captions) {
+                (Mode::Index, _) => "webshart",
+                (Mode::Extract, true) => "textfile",
+                (Mode::Extract, false) => "parquet",
             }
             .into(),
             data_sync: config.data_sync.as_str().into(),
@@ -136,6 +145,9 @@ impl Report {
         self.shards_failed = rows.failures.len();
         self.shards_done = self.shards_total - self.shards_failed;
         self.shards_recovered = rows.recovered;
+        if self.mode == Mode::Index.as_str() {
+            self.index = Some(rows.totals.index.clone());
+        }
         self.totals = rows.totals;
         self.failures = rows.failures;
         self.shards = rows.shards;
@@ -288,6 +300,33 @@ pub fn backend_entry(
     }])
 }
 
+/// The webshart dataloader entry of an index-mode output (a one-element
+/// array): SimpleTuner reads the tars in `input_abs` through the indexes in
+/// `<root>/index`, with the extract entry's resolution settings.
+pub fn webshart_entry(s: &BackendSettings, input_abs: &Path, out_abs: &Path) -> serde_json::Value {
+    let root = absolute(s.trainer_root.as_deref().unwrap_or(out_abs));
+    let cache = root.join("cache");
+    json!([{
+        "id": s.dataset_id,
+        "type": "webshart",
+        "dataset_type": "image",
+        "source": absolute(input_abs).to_string_lossy(),
+        "metadata": root.join(shardprep_core::layout::INDEX_DIR).to_string_lossy(),
+        "caption_strategy": "webshart",
+        "metadata_backend": "webshart",
+        "webshart": {
+            "cache_dir": cache.join("webshart").to_string_lossy(),
+            "shard_cache_gb": 0
+        },
+        "resolution": s.resolution,
+        "maximum_image_size": s.maximum_image_size,
+        "minimum_image_size": s.minimum_image_size,
+        "target_downsample_size": s.target_downsample_size,
+        "resolution_type": s.resolution_type,
+        "cache_dir_vae": format!("{}/", cache.join("vae").join(&s.dataset_id).to_string_lossy()),
+    }])
+}
+
 pub use shardprep_core::layout::peak_rss_bytes;
 
 /// Current time as RFC 3339 (UTC, seconds).
@@ -398,5 +437,25 @@ mod tests {
         for p in [data, parquet, cache] {
             assert!(Path::new(&p).is_absolute(), "{p}");
         }
+    }
+
+    #[test]
+    fn webshart_entry_names_the_tars_the_index_and_the_cache() {
+        let e = webshart_entry(
+            &BackendSettings::seed("dalle3"),
+            Path::new("/in/tars"),
+            Path::new("/x/out"),
+        );
+        let e = &e[0];
+        assert_eq!(e["type"], "webshart");
+        assert_eq!(e["dataset_type"], "image");
+        assert_eq!(e["source"], "/in/tars");
+        assert_eq!(e["metadata"], "/x/out/index");
+        assert_eq!(e["caption_strategy"], "webshart");
+        assert_eq!(e["metadata_backend"], "webshart");
+        assert_eq!(e["webshart"]["cache_dir"], "/x/out/cache/webshart");
+        assert_eq!(e["webshart"]["shard_cache_gb"], 0);
+        assert_eq!(e["resolution_type"], "area");
+        assert_eq!(e["maximum_image_size"], 2.0);
     }
 }

@@ -87,8 +87,8 @@ fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::Compl
         let name = s.shards()[i].name.clone();
         let result = commit::read_tmp_manifest(layout, &r.manifest_tmp, &name, r.lease_id)
             .and_then(|m| {
-                commit::commit(layout, &name, r.lease_id, &r.fragment_tmp, &r.manifest_tmp)
-                    .map(|()| m)
+                let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
+                commit::commit(layout, &name, r.lease_id, tmp, shared.mode()).map(|()| m)
             });
         match result {
             Ok(manifest) => {

@@ -312,7 +312,12 @@ pub fn verify_output(out: &Path, expect_json: Option<u64>, dataset_id: Option<&s
         list_foreign(&layout, &shards, &mut f);
     }
     check_parquet(&layout, &view, &mut f);
-    check_backend(&layout, view.textfile, &mut f);
+    if view.json["mode"] == "index" {
+        crate::verify_index::check_index_output(&layout, &view.json, &mut f);
+        crate::verify_index::check_webshart_backend(&layout, &mut f);
+    } else {
+        check_backend(&layout, view.textfile, &mut f);
+    }
     f
 }
 
@@ -490,7 +495,7 @@ impl RowCheck<'_> {
                 self.bad_caption
             ));
         }
-        if self.no_image == 0 {
+        if self.images && self.no_image == 0 {
             f.checked.push("every row's image is in data/".into());
         }
         if self.textfile && self.bad_caption == 0 {

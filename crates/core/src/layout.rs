@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! OUT/data/                      extracted members and caption .txt files
+//! OUT/index/                     one webshart index per shard (`--mode index`)
 //! OUT/<dataset-id>.parquet       the merged table
 //! OUT/report.json                counts, verdict, failures
 //! OUT/multidatabackend.json      the SimpleTuner dataloader entry
@@ -29,6 +30,15 @@ impl OutputLayout {
     /// `OUT/data`: extracted files and captions.
     pub fn data_dir(&self) -> PathBuf {
         self.root.join("data")
+    }
+    /// `OUT/index`: the webshart index files (`--mode index`).
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join(INDEX_DIR)
+    }
+    /// `OUT/index/<shard name without .tar>.json`, where webshart looks for a
+    /// shard's index; `None` for a name that would leave the folder.
+    pub fn index_path(&self, shard_name: &str) -> Option<PathBuf> {
+        Some(self.index_dir().join(index_rel_path(shard_name)?))
     }
     /// `OUT/.shardprep`: the job's private state.
     pub fn state_dir(&self) -> PathBuf {
@@ -71,14 +81,39 @@ impl OutputLayout {
     }
 }
 
+/// Folder of the index files under the output root.
+pub const INDEX_DIR: &str = "index";
+
+/// `<shard name without .tar>.json`: a shard's index relative to `OUT/index/`
+/// (`.` components dropped); `None` for an empty, absolute or `..` name.
+pub fn index_rel_path(shard_name: &str) -> Option<PathBuf> {
+    use std::path::Component;
+    let base = shard_name.strip_suffix(".tar").unwrap_or(shard_name);
+    let named = format!("{base}.json");
+    if named.contains('\0') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for comp in Path::new(&named).components() {
+        match comp {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
 /// The temporary files of one attempt at a shard, as names inside
-/// `OUT/.shardprep/tmp/`: `<stem>.<lease>.parquet`, `.manifest.json` and
-/// `.files` (the attempt's list of files written into `data/`).
+/// `OUT/.shardprep/tmp/`: `<stem>.<lease>.parquet`, `.manifest.json`,
+/// `.files` (the attempt's list of files written into `data/`) and
+/// `.index.json` (its webshart index, in index mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptFiles {
     pub fragment: String,
     pub manifest: String,
     pub files: String,
+    pub index: String,
 }
 
 impl AttemptFiles {
@@ -100,6 +135,7 @@ impl AttemptFiles {
             fragment: format!("{stem}.{lease_id}.parquet"),
             manifest: format!("{stem}.{lease_id}.manifest.json"),
             files: format!("{stem}.{lease_id}.files"),
+            index: format!("{stem}.{lease_id}.index.json"),
         }
     }
 }
@@ -180,12 +216,25 @@ mod tests {
     }
 
     #[test]
+    fn index_paths_stay_inside_the_index_folder() {
+        let l = OutputLayout::new("/o");
+        assert_eq!(
+            l.index_path("a/b-000.tar"),
+            Some(PathBuf::from("/o/index/a/b-000.json"))
+        );
+        assert_eq!(index_rel_path("./x.tar"), Some(PathBuf::from("x.json")));
+        assert_eq!(index_rel_path("../x.tar"), None);
+        assert_eq!(index_rel_path("/x.tar"), None);
+    }
+
+    #[test]
     fn attempt_files_survive_a_shard_named_like_a_parquet() {
         let a = AttemptFiles::new("a.parquet.tar", 7);
         let stem = shard_file_stem("a.parquet.tar");
         assert_eq!(a.fragment, format!("{stem}.7.parquet"));
         assert_eq!(a.manifest, format!("{stem}.7.manifest.json"));
         assert_eq!(a.files, format!("{stem}.7.files"));
+        assert_eq!(a.index, format!("{stem}.7.index.json"));
         assert_eq!(AttemptFiles::of_fragment(&a.fragment, 7), Some(a.clone()));
         assert_eq!(AttemptFiles::of_fragment(&a.fragment, 8), None);
         assert_eq!(AttemptFiles::of_fragment(".7.parquet", 7), None);

@@ -8,6 +8,7 @@
 //! - [`auth`]: the shared-secret token (generation, constant-time check).
 //! - [`fields`]: which JSON fields feed which parquet columns (presets).
 //! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
+//! - [`mode`]: extract the members or index the tars in place (`--mode`).
 //! - [`durability`]: when `data/` is flushed, boot ids, per-shard file lists.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
 //! - [`wire`]: conversions between wire and domain types, status arithmetic (ETA).
@@ -18,6 +19,7 @@ pub mod duration;
 pub mod fields;
 pub mod layout;
 pub mod manifest;
+pub mod mode;
 pub mod table;
 pub mod wire;
 

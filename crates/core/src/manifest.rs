@@ -51,6 +51,39 @@ pub struct ShardCounts {
     /// the rows are kept as they are.
     #[serde(default)]
     pub caption_warnings: BTreeMap<String, u64>,
+    /// What the webshart index of the shard holds (`--mode index`; zero otherwise).
+    #[serde(default, skip_serializing_if = "IndexCounts::is_zero")]
+    pub index: IndexCounts,
+}
+
+/// Counts of a shard's webshart index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexCounts {
+    /// Entries in the index (members with a safe UTF-8 name).
+    pub entries: u64,
+    /// Images whose header gave their width and height.
+    pub images_with_dimensions: u64,
+    /// Images whose header could not be read (their entry has no width/height).
+    pub images_without_dimensions: u64,
+    /// Images whose header disagrees with the width/height of their JSON.
+    pub dimension_mismatches: u64,
+    /// Image entries that carry `captions`.
+    pub images_with_caption: u64,
+}
+
+impl IndexCounts {
+    /// Whether every count is zero (an extract-mode shard).
+    pub fn is_zero(&self) -> bool {
+        *self == IndexCounts::default()
+    }
+    /// Adds another shard's counts into this one.
+    pub fn add(&mut self, o: &IndexCounts) {
+        self.entries += o.entries;
+        self.images_with_dimensions += o.images_with_dimensions;
+        self.images_without_dimensions += o.images_without_dimensions;
+        self.dimension_mismatches += o.dimension_mismatches;
+        self.images_with_caption += o.images_with_caption;
+    }
 }
 
 impl ShardCounts {
@@ -79,6 +112,7 @@ impl ShardCounts {
         for (k, v) in &o.caption_warnings {
             *self.caption_warnings.entry(k.clone()).or_default() += v;
         }
+        self.index.add(&o.index);
     }
 
     /// Total of skipped samples over all reasons.

@@ -3,7 +3,26 @@
 //! No other module builds a wire message field by field.
 
 use crate::manifest::{ShardCounts, ShardProgress};
+use crate::mode::Mode;
 use crate::proto::{self, FailureKind};
+
+impl Mode {
+    /// To the wire.
+    pub fn to_proto(self) -> i32 {
+        match self {
+            Mode::Extract => proto::Mode::Extract as i32,
+            Mode::Index => proto::Mode::Index as i32,
+        }
+    }
+    /// From the wire; `None` for a value this build does not know (a worker
+    /// must not guess what a newer coordinator asks of it).
+    pub fn from_proto(v: i32) -> Option<Self> {
+        match proto::Mode::try_from(v).ok()? {
+            proto::Mode::Extract => Some(Mode::Extract),
+            proto::Mode::Index => Some(Mode::Index),
+        }
+    }
+}
 
 impl FailureKind {
     /// Whether another attempt may succeed.
@@ -98,6 +117,16 @@ mod tests {
             (1, 2, 3, 4)
         );
         assert_eq!(ShardProgress::from(&wire), p);
+    }
+
+    #[test]
+    fn modes_cross_the_wire_and_unknown_ones_are_refused() {
+        for m in [Mode::Extract, Mode::Index] {
+            assert_eq!(Mode::from_proto(m.to_proto()), Some(m));
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
+        }
+        assert_eq!(Mode::from_proto(7), None);
+        assert!("indexes".parse::<Mode>().is_err());
     }
 
     #[test]

@@ -24,9 +24,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::index::{IndexTask, index_shard};
 use crate::shard::{
     LiveProgress, ShardError, ShardOutput, ShardTask, process_shard, process_stream,
 };
+use shardprep_core::mode::Mode;
 
 /// Faults a test can inject into a worker (hidden `--fault` flag).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,11 +405,24 @@ async fn work_on(
             return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
         }
     };
+    let mode = match mode_of(spec, url.is_some()) {
+        Ok(mode) => mode,
+        Err(msg) => {
+            let kind = proto::FailureKind::Permanent;
+            return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
+        }
+    };
     let task = shard_task(ctx, spec, &l, path, url.is_some());
     let cancel = Arc::new(AtomicBool::new(false));
     let live = Arc::new(LiveProgress::default());
     let fault = ctx.config.fault.clone();
-    let handle = spawn_processing(task, url, fault, Arc::clone(&cancel), Arc::clone(&live));
+    let handle = spawn_processing(
+        (task, mode),
+        url,
+        fault,
+        Arc::clone(&cancel),
+        Arc::clone(&live),
+    );
     let ended = watch(ctx, spec, &l, handle, &cancel, &live).await?;
     report(ctx, &l, ended, started).await
 }
@@ -432,6 +447,44 @@ fn locate(
         PathBuf::from(shardprep_remote::redact(&l.url)),
         Some(l.url.clone()),
     ))
+}
+
+/// The job's mode, if this worker can do it for this shard.
+fn mode_of(spec: &proto::JobSpec, remote: bool) -> Result<Mode, String> {
+    match Mode::from_proto(spec.mode) {
+        None => Err(format!(
+            "the coordinator asks for mode {} that this worker does not know: run workers of the coordinator's shardprep version",
+            spec.mode
+        )),
+        Some(Mode::Index) if remote => Err(
+            "--mode index reads local shards; this shard is remote (mount or download the tars, then index the local folder)".into(),
+        ),
+        Some(mode) => Ok(mode),
+    }
+}
+
+/// The index pass of a local shard, its result in the extract pass's shape.
+fn index_local(
+    task: &ShardTask,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<ShardOutput, ShardError> {
+    let t = IndexTask {
+        shard_path: task.shard_path.clone(),
+        shard_name: task.shard_name.clone(),
+        identity: task.identity,
+        layout: task.layout.clone(),
+        fields: task.fields.clone(),
+        lease_id: task.lease_id,
+        attempt: task.attempt,
+        worker_id: task.worker_id.clone(),
+    };
+    // The index file is named by AttemptFiles: the coordinator finds it from the fragment's name.
+    index_shard(&t, cancel, live).map(|out| ShardOutput {
+        fragment_tmp: out.fragment_tmp,
+        manifest_tmp: out.manifest_tmp,
+        manifest: out.manifest,
+    })
 }
 
 fn shard_task(
@@ -470,7 +523,7 @@ fn shard_task(
 /// Runs the pass on a blocking thread (after a test fault, if one is set
 /// for this shard).
 fn spawn_processing(
-    task: ShardTask,
+    (task, mode): (ShardTask, Mode),
     url: Option<String>,
     fault: Option<Fault>,
     cancel: Arc<AtomicBool>,
@@ -501,6 +554,7 @@ fn spawn_processing(
                     source: Box::new(source),
                 }),
             },
+            None if mode == Mode::Index => index_local(&task, &cancel, &live),
             None => process_shard(&task, &cancel, &live),
         }
     })

@@ -1,0 +1,309 @@
+//! `shardprep verify OUT` on an index-mode output (`--mode index`): every
+//! done shard has its webshart index, every entry lies inside its tar (whose
+//! size is the index's `filesize`), every image entry with dimensions starts
+//! with an image signature at its `offset`, the counts match the report, and
+//! no index is there for a shard that is not done.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::manifest::IndexCounts;
+
+use crate::verify::Findings;
+
+/// Problems listed one by one per kind before they are only counted.
+const LISTED: usize = 20;
+
+/// Member endings the index pass treats as images (as the extract pass counts them).
+const IMAGE_EXTS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// Whether `head` starts like a PNG, JPEG, WebP, GIF, BMP or TIFF file.
+pub fn has_image_signature(head: &[u8]) -> bool {
+    head.starts_with(b"\x89PNG\r\n\x1a\n")
+        || head.starts_with(&[0xff, 0xd8, 0xff])
+        || (head.len() >= 12 && head.starts_with(b"RIFF") && &head[8..12] == b"WEBP")
+        || head.starts_with(b"GIF87a")
+        || head.starts_with(b"GIF89a")
+        || head.starts_with(b"BM")
+        || head.starts_with(b"II*\0")
+        || head.starts_with(b"MM\0*")
+}
+
+fn is_image(name: &str) -> bool {
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| IMAGE_EXTS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+/// What the checks of all shards found, totalled.
+#[derive(Default)]
+struct Tally {
+    counts: IndexCounts,
+    /// Problems of each kind so far (to cap the listing).
+    listed: u64,
+    over_cap: u64,
+}
+
+impl Tally {
+    fn problem(&mut self, f: &mut Findings, msg: String) {
+        self.listed += 1;
+        if self.listed <= LISTED as u64 {
+            f.problems.push(msg);
+        } else {
+            self.over_cap += 1;
+        }
+    }
+}
+
+/// Checks the indexes of the done shards the report lists, with the tars
+/// under the report's `input` folder.
+pub fn check_index_output(layout: &OutputLayout, report: &Value, f: &mut Findings) {
+    let Some(input) = report["input"].as_str().map(PathBuf::from) else {
+        f.problems.push(
+            "report.json names no input folder: the index cannot be checked against the tars"
+                .into(),
+        );
+        return;
+    };
+    let mut tally = Tally::default();
+    let mut expected = HashSet::new();
+    let shards = report["shards"].as_array().cloned().unwrap_or_default();
+    let done: Vec<&Value> = shards.iter().filter(|s| s["state"] == "done").collect();
+    for s in &done {
+        let Some(name) = s["name"].as_str() else {
+            continue;
+        };
+        let Some(path) = layout.index_path(name) else {
+            tally.problem(f, format!("shard {name:?} cannot name an index file"));
+            continue;
+        };
+        expected.insert(path.clone());
+        let before = tally.counts.clone();
+        check_shard(&path, &input.join(name), name, &mut tally, f);
+        let mut got = tally.counts.clone();
+        subtract(&mut got, &before);
+        let entries = s["counts"]["index"]["entries"].as_u64().unwrap_or(0);
+        if got.entries != entries {
+            let msg = format!(
+                "index of shard {name} has {} entries, report.json says {entries}",
+                got.entries
+            );
+            tally.problem(f, msg);
+        }
+    }
+    check_stray(layout, &expected, &mut tally, f);
+    check_totals(report, &tally.counts, f);
+    if tally.over_cap > 0 {
+        f.problems
+            .push(format!("{} more index problems not listed", tally.over_cap));
+    }
+    if tally.listed == 0 {
+        f.checked.push(format!(
+            "{} shards have their index: {} entries, all inside their tars; {} images with dimensions start with an image signature",
+            done.len(),
+            tally.counts.entries,
+            tally.counts.images_with_dimensions
+        ));
+    }
+}
+
+fn subtract(a: &mut IndexCounts, b: &IndexCounts) {
+    a.entries -= b.entries;
+    a.images_with_dimensions -= b.images_with_dimensions;
+    a.images_without_dimensions -= b.images_without_dimensions;
+    a.images_with_caption -= b.images_with_caption;
+}
+
+/// One shard's index against its tar.
+fn check_shard(index: &Path, tar: &Path, name: &str, tally: &mut Tally, f: &mut Findings) {
+    let doc: Value = match std::fs::read(index)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!(
+                "shard {name} is done but its index {} is missing or unreadable ({e}); run the job again to redo it",
+                index.display()
+            );
+            return tally.problem(f, msg);
+        }
+    };
+    let file = match File::open(tar) {
+        Ok(file) => file,
+        Err(e) => {
+            return tally.problem(f, format!("cannot open shard {}: {e}", tar.display()));
+        }
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if doc["filesize"].as_u64() != Some(size) {
+        let msg = format!(
+            "index of shard {name}: filesize {} but the tar has {size} bytes (the tar changed? run the job again)",
+            doc["filesize"]
+        );
+        tally.problem(f, msg);
+    }
+    let Some(files) = doc["files"].as_object() else {
+        return tally.problem(f, format!("index of shard {name} has no \"files\" object"));
+    };
+    for (member, e) in files {
+        check_entry(&file, size, name, member, e, tally, f);
+    }
+}
+
+/// One entry: inside the tar; an image with dimensions starts with a signature.
+fn check_entry(
+    file: &File,
+    size: u64,
+    shard: &str,
+    member: &str,
+    e: &Value,
+    tally: &mut Tally,
+    f: &mut Findings,
+) {
+    tally.counts.entries += 1;
+    let (Some(offset), Some(length)) = (e["offset"].as_u64(), e["length"].as_u64()) else {
+        let msg = format!("index of shard {shard}: entry {member:?} has no offset/length");
+        return tally.problem(f, msg);
+    };
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        let msg = format!(
+            "index of shard {shard}: entry {member:?} ({offset}+{length}) ends past the tar's {size} bytes"
+        );
+        return tally.problem(f, msg);
+    }
+    if e.get("captions").is_some() && is_image(member) {
+        tally.counts.images_with_caption += 1;
+    }
+    if !is_image(member) {
+        return;
+    }
+    if e.get("width").is_none() {
+        tally.counts.images_without_dimensions += 1;
+        return;
+    }
+    tally.counts.images_with_dimensions += 1;
+    let mut head = [0u8; 12];
+    let n = file.read_at(&mut head, offset).unwrap_or(0);
+    if !has_image_signature(&head[..n.min(length as usize)]) {
+        let msg = format!(
+            "index of shard {shard}: entry {member:?} at offset {offset} does not start with an image signature (the index does not match the tar)"
+        );
+        tally.problem(f, msg);
+    }
+}
+
+/// Index files of shards that are not done (a failed shard gets none).
+fn check_stray(
+    layout: &OutputLayout,
+    expected: &HashSet<PathBuf>,
+    tally: &mut Tally,
+    f: &mut Findings,
+) {
+    let mut stack = vec![layout.index_dir()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if !expected.contains(&path) {
+                let msg = format!(
+                    "{} is the index of no done shard (webshart would load it): remove it",
+                    path.display()
+                );
+                tally.problem(f, msg);
+            }
+        }
+    }
+}
+
+/// The totals against the report's `index` counts.
+fn check_totals(report: &Value, got: &IndexCounts, f: &mut Findings) {
+    let want: Option<IndexCounts> = serde_json::from_value(report["index"].clone()).ok();
+    let Some(want) = want else {
+        f.problems
+            .push("report.json of an index-mode output has no \"index\" counts".into());
+        return;
+    };
+    let pairs = [
+        ("entries", got.entries, want.entries),
+        (
+            "images with dimensions",
+            got.images_with_dimensions,
+            want.images_with_dimensions,
+        ),
+        (
+            "images without dimensions",
+            got.images_without_dimensions,
+            want.images_without_dimensions,
+        ),
+        (
+            "images with a caption",
+            got.images_with_caption,
+            want.images_with_caption,
+        ),
+    ];
+    let mut ok = true;
+    for (what, got, want) in pairs {
+        if got != want {
+            ok = false;
+            f.problems.push(format!(
+                "the indexes hold {got} {what}, report.json says {want}"
+            ));
+        }
+    }
+    if ok {
+        f.checked
+            .push("the indexes' counts match report.json".into());
+    }
+}
+
+/// The webshart entry of `multidatabackend.json` points at this output's index.
+pub fn check_webshart_backend(layout: &OutputLayout, f: &mut Findings) {
+    let entry = std::fs::read(layout.backend_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let e = entry.as_ref().map(|v| &v[0]);
+    let index = std::path::absolute(layout.index_dir()).unwrap_or_else(|_| layout.index_dir());
+    let ok = e.is_some_and(|e| {
+        e["type"] == "webshart"
+            && e["metadata_backend"] == "webshart"
+            && e["caption_strategy"] == "webshart"
+            && e["source"].is_string()
+            && e["metadata"].is_string()
+    });
+    if ok {
+        f.checked.push(format!(
+            "multidatabackend.json has the webshart entry (metadata {})",
+            e.and_then(|e| e["metadata"].as_str()).unwrap_or_default()
+        ));
+    } else {
+        f.problems.push(format!(
+            "multidatabackend.json is missing or has no webshart entry (type webshart, metadata {})",
+            index.display()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_of_the_image_types_and_nothing_else() {
+        assert!(has_image_signature(b"\x89PNG\r\n\x1a\n...."));
+        assert!(has_image_signature(&[0xff, 0xd8, 0xff, 0xe0]));
+        assert!(has_image_signature(b"RIFF\0\0\0\0WEBPVP8 "));
+        assert!(has_image_signature(b"GIF89a"));
+        assert!(!has_image_signature(b"RIFF\0\0\0\0WAVE"));
+        assert!(!has_image_signature(b"{\"caption\""));
+        assert!(!has_image_signature(b""));
+        assert!(is_image("a/b.JPG") && !is_image("a.json") && !is_image("png"));
+    }
+}

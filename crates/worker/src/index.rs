@@ -1,0 +1,671 @@
+//! Index mode: one pass over a local tar shard that writes its webshart
+//! index (see [`doc`]) and the same parquet rows as the extract pass, and
+//! reads only the headers, the JSON members and the first bytes of each
+//! image — the rest of every image is seeked over, never read.
+//!
+//! Members are checked as in the extract pass (unsafe names, links and
+//! devices are refused and get no entry; duplicates are counted, the later
+//! copy wins), and every member's data must lie inside the file: a tar cut
+//! off mid-member fails with the shard and the member named.
+
+pub mod doc;
+pub mod tarscan;
+pub mod window;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use shardprep_core::durability;
+use shardprep_core::fields::FieldMap;
+use shardprep_core::layout::{AttemptFiles, OutputLayout, fnv1a64, shard_file_stem};
+use shardprep_core::manifest::{
+    ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest,
+};
+
+use crate::extract::safe_relative_path;
+use crate::fragment::FragmentWriter;
+use crate::sample::{Parsed, parse_sample};
+use crate::shard::{LiveProgress, MAX_JSON_BYTES, ShardError, write_synced};
+use doc::{FileEntry, caption_of, index_bytes, sample_key};
+use shardprep_core::manifest::IndexCounts;
+use tarscan::{Member, ScanError, Scanner};
+use window::Window;
+
+pub use shardprep_core::layout::INDEX_DIR;
+
+/// Everything needed to index one leased shard.
+#[derive(Debug, Clone)]
+pub struct IndexTask {
+    /// The local tar file.
+    pub shard_path: PathBuf,
+    /// The shard's name in the job (relative to the input root).
+    pub shard_name: String,
+    pub identity: ShardIdentity,
+    pub layout: OutputLayout,
+    pub fields: FieldMap,
+    pub lease_id: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+}
+
+/// Counts only index mode has (beside the [`ShardCounts`] of the manifest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStats {
+    /// Entries in the index (members that are regular files with a safe UTF-8 name).
+    pub entries: u64,
+    /// Images whose header gave their width and height.
+    pub images_with_dimensions: u64,
+    /// Images whose header could not be read (no `width`/`height` in their entry).
+    pub images_without_dimensions: u64,
+    /// Images whose header disagrees with the width/height of their JSON.
+    pub dimension_mismatches: u64,
+    /// Images whose entry carries `captions` (from the JSON of the same key).
+    pub images_with_caption: u64,
+    /// Size of the index document in bytes.
+    pub index_bytes: u64,
+}
+
+/// One indexed file, before anything is written under the output.
+#[derive(Debug, Clone)]
+pub struct IndexedShard {
+    /// The webshart index document (byte-identical for the same tar).
+    pub index: Vec<u8>,
+    pub counts: ShardCounts,
+    pub issues: Vec<MemberIssue>,
+    pub issues_not_listed: u64,
+    pub stats: IndexStats,
+}
+
+/// An indexed shard whose files wait in `.shardprep/tmp/` for the commit.
+#[derive(Debug, Clone)]
+pub struct IndexOutput {
+    /// Index file name in `.shardprep/tmp/` (publish it with [`publish_index`]).
+    pub index_tmp: String,
+    /// Fragment file name in `.shardprep/tmp/`.
+    pub fragment_tmp: String,
+    /// Manifest file name in `.shardprep/tmp/`.
+    pub manifest_tmp: String,
+    pub manifest: ShardManifest,
+    pub stats: IndexStats,
+}
+
+/// `<shard name without .tar>.json`: where webshart looks for a shard's
+/// index relative to its metadata folder. `None` for a name that would
+/// leave the folder.
+pub fn index_rel_path(shard_name: &str) -> Option<PathBuf> {
+    shardprep_core::layout::index_rel_path(shard_name)
+}
+
+/// `OUT/index/<shard name without .tar>.json`.
+pub fn index_path(layout: &OutputLayout, shard_name: &str) -> Option<PathBuf> {
+    layout.index_path(shard_name)
+}
+
+/// Moves a verified shard's index from `.shardprep/tmp/` to its place under
+/// `OUT/index/` (synced, then renamed, then the folder synced). Returns the path.
+pub fn publish_index(
+    layout: &OutputLayout,
+    shard_name: &str,
+    index_tmp: &str,
+) -> io::Result<PathBuf> {
+    let dest = index_path(layout, shard_name).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("shard name {shard_name:?} cannot name an index file under {INDEX_DIR}/"),
+        )
+    })?;
+    let parent = dest.parent().unwrap_or(layout.root());
+    std::fs::create_dir_all(parent)?;
+    std::fs::rename(layout.tmp_dir().join(index_tmp), &dest)?;
+    File::open(parent)?.sync_all()?;
+    Ok(dest)
+}
+
+/// Indexes one leased shard: writes the index, the fragment and the
+/// manifest under temporary names in `.shardprep/tmp/`. `cancel` stops it
+/// between members.
+pub fn index_shard(
+    task: &IndexTask,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<IndexOutput, ShardError> {
+    let started = Instant::now();
+    let shard = &task.shard_name;
+    let write_err = |path: &Path, source: io::Error| ShardError::Write {
+        shard: shard.clone(),
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp_dir = task.layout.tmp_dir();
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| write_err(&tmp_dir, e))?;
+    let stem = shard_file_stem(shard);
+    let AttemptFiles {
+        fragment: fragment_tmp,
+        manifest: manifest_tmp,
+        index: index_tmp,
+        ..
+    } = AttemptFiles::new(shard, task.lease_id);
+    let done = index_file(
+        &task.shard_path,
+        shard,
+        &task.fields,
+        &tmp_dir.join(&fragment_tmp),
+        cancel,
+        live,
+    )?;
+    let index_path = tmp_dir.join(&index_tmp);
+    write_synced(&index_path, &done.index).map_err(|e| write_err(&index_path, e))?;
+    let manifest = ShardManifest {
+        shard_name: shard.clone(),
+        identity: task.identity,
+        lease_id: task.lease_id,
+        attempt: task.attempt,
+        worker_id: task.worker_id.clone(),
+        fragment: format!("{stem}.parquet"),
+        counts: done.counts,
+        issues: done.issues,
+        issues_not_listed: done.issues_not_listed,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        data_synced: true,
+        boot_id: durability::boot_id(),
+    };
+    let manifest_path = tmp_dir.join(&manifest_tmp);
+    write_synced(
+        &manifest_path,
+        &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    )
+    .map_err(|e| write_err(&manifest_path, e))?;
+    Ok(IndexOutput {
+        index_tmp,
+        fragment_tmp,
+        manifest_tmp,
+        manifest,
+        stats: done.stats,
+    })
+}
+
+/// Indexes the tar at `path` (named `shard_name` in errors and in the
+/// index's `path`), writing its parquet rows to `fragment_path`.
+pub fn index_file(
+    path: &Path,
+    shard_name: &str,
+    fields: &FieldMap,
+    fragment_path: &Path,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<IndexedShard, ShardError> {
+    let open_err = |source: io::Error| ShardError::Open {
+        shard: shard_name.to_string(),
+        path: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(open_err)?;
+    let filesize = file.metadata().map_err(open_err)?.len();
+    let fragment = FragmentWriter::create(fragment_path, &fields.extra).map_err(|source| {
+        ShardError::Fragment {
+            shard: shard_name.to_string(),
+            source,
+        }
+    })?;
+    let mut pass = Pass::new(shard_name, fields, Window::new(file, filesize), fragment);
+    pass.check_start()?;
+    let mut scanner = Scanner::new();
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ShardError::Cancelled(shard_name.to_string()));
+        }
+        let member = scanner
+            .next_member(&mut pass.win)
+            .map_err(|e| pass.scan_error(e))?;
+        let Some(member) = member else { break };
+        live.members.fetch_add(1, Ordering::Relaxed);
+        pass.member(member, live)?;
+        live.bytes_read
+            .store(pass.win.bytes_read(), Ordering::Relaxed);
+    }
+    pass.finish()
+}
+
+/// What the JSON of one sample key says.
+struct JsonInfo {
+    caption: Option<String>,
+    /// Width and height of its row, when it made one.
+    dims: Option<(i64, i64)>,
+}
+
+/// The state of one pass.
+struct Pass<'a> {
+    shard: &'a str,
+    fields: &'a FieldMap,
+    win: Window,
+    fragment: FragmentWriter,
+    counts: ShardCounts,
+    issues: Vec<MemberIssue>,
+    issues_not_listed: u64,
+    stats: IndexStats,
+    files: BTreeMap<String, FileEntry>,
+    /// Index keys of the image entries, resolved against `json` at the end.
+    image_keys: Vec<String>,
+    json: HashMap<String, JsonInfo>,
+    seen: HashSet<u64>,
+    /// Top-level image names and the images rows name (for the report's pairing counts).
+    images: HashSet<String>,
+    referenced: HashSet<String>,
+    json_buf: Vec<u8>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(shard: &'a str, fields: &'a FieldMap, win: Window, fragment: FragmentWriter) -> Self {
+        Pass {
+            shard,
+            fields,
+            win,
+            fragment,
+            counts: ShardCounts::default(),
+            issues: Vec::new(),
+            issues_not_listed: 0,
+            stats: IndexStats::default(),
+            files: BTreeMap::new(),
+            image_keys: Vec::new(),
+            json: HashMap::new(),
+            seen: HashSet::new(),
+            images: HashSet::new(),
+            referenced: HashSet::new(),
+            json_buf: Vec::new(),
+        }
+    }
+
+    fn corrupt(&self, what: impl Into<String>, offset: u64, member: Option<&str>) -> ShardError {
+        ShardError::Corrupt {
+            shard: self.shard.to_string(),
+            what: what.into(),
+            offset,
+            member: member.map(str::to_string),
+        }
+    }
+
+    fn read_err(&self, e: &io::Error, offset: u64) -> ShardError {
+        ShardError::Read {
+            shard: self.shard.to_string(),
+            what: e.to_string(),
+            offset,
+        }
+    }
+
+    fn scan_error(&self, e: ScanError) -> ShardError {
+        match e {
+            ScanError::Corrupt {
+                what,
+                offset,
+                member,
+            } => self.corrupt(what, offset, member.as_deref()),
+            ScanError::Io(e, offset) => self.read_err(&e, offset),
+        }
+    }
+
+    /// Refuses an empty or compressed file before walking it.
+    fn check_start(&mut self) -> Result<(), ShardError> {
+        let head: Vec<u8> = match self.win.bytes_at(0) {
+            Ok(b) => b.iter().take(2).copied().collect(),
+            Err(e) => return Err(self.read_err(&e, 0)),
+        };
+        if head.is_empty() {
+            return Err(self.corrupt("the file is empty, not a tar archive", 0, None));
+        }
+        if head.starts_with(&[0x1f, 0x8b]) {
+            return Err(self.corrupt(
+                "the file is gzip-compressed; shardprep reads plain tar shards: decompress it (gunzip) first",
+                0,
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
+        if self.issues.len() < ISSUE_LIST_CAP {
+            self.issues.push(MemberIssue {
+                member: member.to_string(),
+                kind: kind.to_string(),
+                detail: detail.into(),
+            });
+        } else {
+            self.issues_not_listed += 1;
+        }
+    }
+
+    fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+        *self
+            .counts
+            .rejected_members
+            .entry(reason.to_string())
+            .or_default() += 1;
+        let detail = detail.into();
+        tracing::warn!(shard = %self.shard, member, reason, "{detail}");
+        self.issue(member, reason, detail);
+    }
+
+    fn skip(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+        *self.counts.skipped.entry(reason.to_string()).or_default() += 1;
+        self.issue(member, reason, detail);
+    }
+
+    /// Handles one member: checks, then its entry, row and caption.
+    fn member(&mut self, m: Member, live: &LiveProgress) -> Result<(), ShardError> {
+        self.counts.members += 1;
+        let name = String::from_utf8_lossy(&m.name).into_owned();
+        let end = m.data_pos.saturating_add(m.size);
+        if end > self.win.file_len() {
+            return Err(self.corrupt(
+                format!(
+                    "the tar is truncated: member data ends after {} of {} bytes (the file has {} bytes)",
+                    self.win.file_len().saturating_sub(m.data_pos),
+                    m.size,
+                    self.win.file_len()
+                ),
+                self.win.file_len(),
+                Some(&name),
+            ));
+        }
+        let rel = match safe_relative_path(&m.name) {
+            Ok(rel) => rel,
+            Err(why) => {
+                self.reject(
+                    &name,
+                    why.reason(),
+                    "member name would leave data/; not indexed",
+                );
+                return Ok(());
+            }
+        };
+        if m.entry_type.is_dir() {
+            return Ok(());
+        }
+        if !(m.entry_type.is_file() || m.entry_type == tar::EntryType::Continuous) {
+            let reason = refused_type(m.entry_type);
+            let detail = format!("{:?} members are not indexed", m.entry_type);
+            self.reject(&name, reason, detail);
+            return Ok(());
+        }
+        let rel_bytes = rel.as_os_str().as_bytes();
+        if !self.seen.insert(fnv1a64(rel_bytes)) {
+            self.counts.duplicate_members += 1;
+            self.issue(
+                &name,
+                "duplicate_member",
+                "the same name appears again in this shard; the later copy wins",
+            );
+        }
+        let top_level = rel.components().count() == 1;
+        let rel_name = String::from_utf8_lossy(rel_bytes).into_owned();
+        // JSON keys must be text: a name that is not UTF-8 gets no entry (its row still counts).
+        let key = std::str::from_utf8(&m.name).ok().map(str::to_string);
+        if key.is_none() {
+            self.reject(
+                &name,
+                "name_not_utf8",
+                "webshart index keys are text; not indexed",
+            );
+        }
+        let mut entry = FileEntry::plain(m.data_pos, m.size);
+        match kind_of(&rel) {
+            Kind::Json => {
+                live.json_files.fetch_add(1, Ordering::Relaxed);
+                self.json(&m, &name, key.as_deref(), top_level, live)?;
+            }
+            Kind::Image => {
+                self.counts.images += 1;
+                if top_level {
+                    self.images.insert(rel_name);
+                }
+                self.image(&m, &name, &mut entry);
+                if let Some(k) = &key {
+                    self.image_keys.push(k.clone());
+                }
+            }
+            Kind::Other => self.counts.other_files += 1,
+        }
+        if let Some(k) = key {
+            self.files.insert(k, entry);
+        }
+        Ok(())
+    }
+
+    /// A JSON member: its row (as the extract pass makes it) and its caption.
+    fn json(
+        &mut self,
+        m: &Member,
+        name: &str,
+        key: Option<&str>,
+        top_level: bool,
+        live: &LiveProgress,
+    ) -> Result<(), ShardError> {
+        self.counts.json_files += 1;
+        if m.size > MAX_JSON_BYTES {
+            let detail = format!("{} bytes, more than {MAX_JSON_BYTES}", m.size);
+            self.skip(name, "json_too_large", detail);
+            return Ok(());
+        }
+        let mut buf = std::mem::take(&mut self.json_buf);
+        buf.clear();
+        buf.resize(m.size as usize, 0);
+        let got = self
+            .win
+            .read_exact_at(m.data_pos, &mut buf)
+            .map_err(|e| self.read_err(&e, m.data_pos))?;
+        if (got as u64) < m.size {
+            return Err(self.corrupt(
+                format!(
+                    "the tar is truncated: member data ends after {got} of {} bytes",
+                    m.size
+                ),
+                m.data_pos + got as u64,
+                Some(name),
+            ));
+        }
+        let mut info = JsonInfo {
+            caption: None,
+            dims: None,
+        };
+        if top_level {
+            self.row(&buf, name, &mut info, live)?;
+        } else {
+            self.skip(
+                name,
+                "json_in_subdirectory",
+                "only JSONs directly in data/ are samples, as in the seed",
+            );
+        }
+        if info.caption.is_none() {
+            info.caption = caption_of(&buf, &self.fields.caption);
+        }
+        if let Some(k) = key {
+            self.json.insert(sample_key(k).to_string(), info);
+        }
+        self.json_buf = buf;
+        Ok(())
+    }
+
+    /// The parquet row of a top-level JSON, exactly as the extract pass makes it.
+    fn row(
+        &mut self,
+        json: &[u8],
+        name: &str,
+        info: &mut JsonInfo,
+        live: &LiveProgress,
+    ) -> Result<(), ShardError> {
+        match parse_sample(json, self.fields) {
+            Ok(Parsed::NoWidth) => {}
+            Ok(Parsed::Row(row)) => {
+                self.counts.json_with_width += 1;
+                self.referenced.insert(row.filename.clone());
+                info.dims = Some((row.width, row.height));
+                info.caption = Some(row.caption.clone());
+                self.fragment
+                    .push(&row)
+                    .map_err(|source| ShardError::Fragment {
+                        shard: self.shard.to_string(),
+                        source,
+                    })?;
+                live.rows.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(skip) => {
+                if skip.has_width {
+                    self.counts.json_with_width += 1;
+                }
+                self.skip(name, skip.reason, skip.detail);
+            }
+        }
+        Ok(())
+    }
+
+    /// An image member: its dimensions from its first bytes.
+    fn image(&mut self, m: &Member, name: &str, entry: &mut FileEntry) {
+        let dims = imagesize::reader_size(self.win.member(m.data_pos, m.size));
+        match dims {
+            Ok(d) if d.width > 0 && d.height > 0 => {
+                let w = u32::try_from(d.width).unwrap_or(u32::MAX);
+                let h = u32::try_from(d.height).unwrap_or(u32::MAX);
+                entry.set_dimensions(w, h);
+                self.stats.images_with_dimensions += 1;
+            }
+            other => {
+                self.stats.images_without_dimensions += 1;
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(d) => format!("{}x{}", d.width, d.height),
+                };
+                let detail =
+                    format!("no width/height from the image header ({why}); the entry has none");
+                self.issue(name, "no_image_dimensions", detail);
+            }
+        }
+    }
+
+    /// Pairs images with their JSON's caption, counts, and builds the document.
+    fn finish(mut self) -> Result<IndexedShard, ShardError> {
+        if self.counts.members == 0 {
+            return Err(self.corrupt(
+                "the tar has no members (empty or not a tar archive)",
+                0,
+                None,
+            ));
+        }
+        self.attach_captions();
+        let mut missing: Vec<String> = self.referenced.difference(&self.images).cloned().collect();
+        missing.sort();
+        self.counts.json_without_image = missing.len() as u64;
+        for name in missing {
+            let detail = "a JSON names this image, but the shard does not contain it";
+            self.issue(&name, "json_without_image", detail);
+        }
+        let mut unnamed: Vec<String> = self.images.difference(&self.referenced).cloned().collect();
+        unnamed.sort();
+        self.counts.images_without_json = unnamed.len() as u64;
+        for name in unnamed {
+            self.issue(
+                &name,
+                "image_without_json",
+                "no JSON of the shard names this image",
+            );
+        }
+        self.counts.rows = self
+            .fragment
+            .finish()
+            .map_err(|source| ShardError::Fragment {
+                shard: self.shard.to_string(),
+                source,
+            })?;
+        self.counts.bytes_read = self.win.bytes_read();
+        let index = index_bytes(self.shard, self.win.file_len(), &self.files);
+        self.stats.entries = self.files.len() as u64;
+        self.stats.index_bytes = index.len() as u64;
+        self.counts.index = IndexCounts {
+            entries: self.stats.entries,
+            images_with_dimensions: self.stats.images_with_dimensions,
+            images_without_dimensions: self.stats.images_without_dimensions,
+            dimension_mismatches: self.stats.dimension_mismatches,
+            images_with_caption: self.stats.images_with_caption,
+        };
+        Ok(IndexedShard {
+            index,
+            counts: self.counts,
+            issues: self.issues,
+            issues_not_listed: self.issues_not_listed,
+            stats: self.stats,
+        })
+    }
+
+    /// Gives each image entry its JSON's caption; reports disagreeing sizes.
+    fn attach_captions(&mut self) {
+        let keys = std::mem::take(&mut self.image_keys);
+        let mut mismatches = Vec::new();
+        for name in keys {
+            let Some(info) = self.json.get(sample_key(&name)) else {
+                continue;
+            };
+            let Some(entry) = self.files.get_mut(&name) else {
+                continue;
+            };
+            if entry.captions.is_none()
+                && let Some(c) = &info.caption
+            {
+                entry.captions = Some(c.clone());
+                self.stats.images_with_caption += 1;
+            }
+            if let (Some((jw, jh)), Some(w), Some(h)) = (info.dims, entry.width, entry.height)
+                && (i64::from(w), i64::from(h)) != (jw, jh)
+            {
+                mismatches.push((
+                    name,
+                    format!("image header {w}x{h}, JSON {jw}x{jh}; the index has the header's"),
+                ));
+            }
+        }
+        self.stats.dimension_mismatches = mismatches.len() as u64;
+        for (name, detail) in mismatches {
+            self.issue(&name, "dimensions_disagree", detail);
+        }
+    }
+}
+
+/// The report key of a member type that is not indexed (as the extract pass names it).
+fn refused_type(et: tar::EntryType) -> &'static str {
+    match et {
+        tar::EntryType::Symlink => "symlink",
+        tar::EntryType::Link => "hard_link",
+        tar::EntryType::Char | tar::EntryType::Block => "device",
+        tar::EntryType::Fifo => "fifo",
+        tar::EntryType::GNUSparse => "sparse_file",
+        _ => "unsupported_entry_type",
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Json,
+    Image,
+    Other,
+}
+
+/// Member kinds exactly as the extract pass counts them.
+fn kind_of(rel: &Path) -> Kind {
+    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    if name.ends_with(b".json") {
+        return Kind::Json;
+    }
+    let ext = match name.iter().rposition(|b| *b == b'.') {
+        Some(i) => name[i + 1..].to_ascii_lowercase(),
+        None => return Kind::Other,
+    };
+    match ext.as_slice() {
+        b"png" | b"jpg" | b"jpeg" | b"webp" | b"gif" | b"bmp" | b"tif" | b"tiff" => Kind::Image,
+        _ => Kind::Other,
+    }
+}

@@ -1,0 +1,222 @@
+//! Positioned reads of a local tar file through one small buffer: headers,
+//! JSON members and image heads are read; everything else is never touched.
+
+use std::fs::File;
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+/// Bytes fetched at once around a position (a header, a JSON, an image head).
+pub const WINDOW_BYTES: usize = 16 << 10;
+/// Bytes fetched when a reader of one member steps outside the window (a
+/// JPEG's next segment marker after a seek over EXIF): a small read.
+pub const STEP_BYTES: usize = 2 << 10;
+
+/// A file read at chosen offsets, with one buffered window and a count of
+/// the bytes really read.
+pub struct Window {
+    file: File,
+    len: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+    bytes_read: u64,
+}
+
+impl Window {
+    /// Wraps an open file of `len` bytes.
+    pub fn new(file: File, len: u64) -> Self {
+        Window {
+            file,
+            len,
+            buf: Vec::with_capacity(WINDOW_BYTES),
+            buf_start: 0,
+            bytes_read: 0,
+        }
+    }
+
+    /// The file's size.
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes read from the file so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// The buffered bytes from `pos` on (refilled when `pos` is outside the
+    /// window); empty at the end of the file.
+    pub fn bytes_at(&mut self, pos: u64) -> io::Result<&[u8]> {
+        self.bytes_at_with(pos, WINDOW_BYTES)
+    }
+
+    /// As [`Window::bytes_at`], refilling only `fetch` bytes.
+    fn bytes_at_with(&mut self, pos: u64, fetch: usize) -> io::Result<&[u8]> {
+        let end = self.buf_start + self.buf.len() as u64;
+        if pos < self.buf_start || pos >= end {
+            self.refill(pos, fetch)?;
+        }
+        let from = (pos - self.buf_start) as usize;
+        Ok(&self.buf[from.min(self.buf.len())..])
+    }
+
+    fn refill(&mut self, pos: u64, fetch: usize) -> io::Result<()> {
+        let want = (self.len.saturating_sub(pos)).min(fetch as u64) as usize;
+        self.buf.clear();
+        self.buf.resize(want, 0);
+        self.buf_start = pos;
+        let got = self.pread_full(pos, want)?;
+        self.buf.truncate(got);
+        Ok(())
+    }
+
+    /// Fills `self.buf[..want]` from file offset `pos`; returns the bytes read.
+    fn pread_full(&mut self, pos: u64, want: usize) -> io::Result<usize> {
+        let mut got = 0;
+        while got < want {
+            match self
+                .file
+                .read_at(&mut self.buf[got..want], pos + got as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bytes_read += got as u64;
+        Ok(got)
+    }
+
+    /// Reads exactly `out.len()` bytes at `pos` (from the window when they
+    /// are in it, else straight from the file). Short only at the file's end.
+    pub fn read_exact_at(&mut self, pos: u64, out: &mut [u8]) -> io::Result<usize> {
+        let end = self.buf_start + self.buf.len() as u64;
+        let in_window = pos >= self.buf_start && pos + out.len() as u64 <= end;
+        if !in_window && out.len() < WINDOW_BYTES / 2 {
+            self.refill(pos, WINDOW_BYTES)?;
+        }
+        let end = self.buf_start + self.buf.len() as u64;
+        if pos >= self.buf_start && pos + out.len() as u64 <= end {
+            let from = (pos - self.buf_start) as usize;
+            out.copy_from_slice(&self.buf[from..from + out.len()]);
+            return Ok(out.len());
+        }
+        let mut got = 0;
+        while got < out.len() {
+            match self.file.read_at(&mut out[got..], pos + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bytes_read += got as u64;
+        Ok(got)
+    }
+
+    /// A reader over `len` bytes at `start`, seekable without reading.
+    pub fn member(&mut self, start: u64, len: u64) -> MemberReader<'_> {
+        MemberReader {
+            win: self,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+/// One member's data as a `BufRead + Seek` (what `imagesize` walks): seeks
+/// move a cursor, only the bytes asked for are read.
+pub struct MemberReader<'a> {
+    win: &'a mut Window,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl BufRead for MemberReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos >= self.len {
+            return Ok(&[]);
+        }
+        let left = (self.len - self.pos) as usize;
+        let bytes = self.win.bytes_at_with(self.start + self.pos, STEP_BYTES)?;
+        Ok(&bytes[..bytes.len().min(left)])
+    }
+    fn consume(&mut self, amt: usize) {
+        self.pos += amt as u64;
+    }
+}
+
+impl Read for MemberReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let avail = self.fill_buf()?;
+            let n = avail.len().min(out.len());
+            out[..n].copy_from_slice(&avail[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl Seek for MemberReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the member start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn window_over(bytes: &[u8]) -> Window {
+        let mut f = tempfile::tempfile().expect("temp file");
+        f.write_all(bytes).expect("write");
+        Window::new(f, bytes.len() as u64)
+    }
+
+    #[test]
+    fn seeking_a_member_reads_only_what_is_asked() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = window_over(&data);
+        let mut r = w.member(1000, 150_000);
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).expect("read");
+        assert_eq!(b, data[1000..1004]);
+        r.seek(SeekFrom::Current(100_000)).expect("seek");
+        r.read_exact(&mut b).expect("read");
+        assert_eq!(b, data[101_004..101_008]);
+        r.seek(SeekFrom::Start(149_998)).expect("seek");
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).expect("read");
+        assert_eq!(tail, data[150_998..151_000], "a member ends at its length");
+        assert!(
+            w.bytes_read() <= 3 * WINDOW_BYTES as u64,
+            "read {}",
+            w.bytes_read()
+        );
+    }
+
+    #[test]
+    fn exact_reads_cross_the_window_and_stop_at_the_end() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let mut w = window_over(&data);
+        let mut big = vec![0u8; 40_000];
+        assert_eq!(w.read_exact_at(10, &mut big).expect("read"), 40_000);
+        assert_eq!(big, data[10..40_010]);
+        let mut small = [0u8; 512];
+        assert_eq!(w.read_exact_at(99_800, &mut small).expect("read"), 200);
+        assert_eq!(small[..200], data[99_800..]);
+    }
+}
