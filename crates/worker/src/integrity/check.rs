@@ -207,7 +207,9 @@ pub fn judge(cfg: &IntegrityConfig, facts: &ImageFacts, claims: Option<&Claims>)
         );
     }
     match &facts.decode {
-        Some(Err(e @ DecodeError::TooManyPixels { .. })) => push(Reason::TooManyPixels, e.to_string()),
+        Some(Err(e @ DecodeError::TooManyPixels { .. })) => {
+            push(Reason::TooManyPixels, e.to_string())
+        }
         Some(Err(e)) => push(Reason::DecodeFailed, e.to_string()),
         _ => {}
     }
@@ -228,9 +230,9 @@ pub fn judge(cfg: &IntegrityConfig, facts: &ImageFacts, claims: Option<&Claims>)
 
 fn header_detail(e: &DimsError, bytes: u64) -> String {
     match e {
-        DimsError::NeedMore { need, .. } if bytes < *need as u64 => format!(
-            "the file ends after {bytes} bytes, inside its header ({need} needed)"
-        ),
+        DimsError::NeedMore { need, .. } if bytes < *need as u64 => {
+            format!("the file ends after {bytes} bytes, inside its header ({need} needed)")
+        }
         DimsError::NeedMore { .. } => {
             format!("no image size within the first {HEADER_MAX} bytes")
         }
@@ -334,7 +336,8 @@ impl HeaderSniffer {
             }
         }
         let room = HEADER_MAX - self.prefix.len();
-        self.prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.prefix
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
         if self.prefix.len() > chunk.len() && self.prefix.len() >= self.need {
             self.retry();
         }

@@ -8,7 +8,7 @@
 //! One image is decoded at a time by the calling thread.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use image::codecs::bmp::BmpDecoder;
@@ -49,7 +49,39 @@ pub enum DecodeError {
 /// pixel decoded.
 pub fn decode_check(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), DecodeError> {
     let format = sniff_format(bytes).map_err(DecodeError::Unrecognised)?;
-    decode_reader(Cursor::new(bytes), format, bytes.len() as u64, max_pixels)
+    let dims = decode_reader(Cursor::new(bytes), format, bytes.len() as u64, max_pixels)?;
+    if format == ImageFormat::Jpeg && !jpeg_ends_after_scan(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and succeeds; PIL
+        // (and so the trainer) refuses such a file as truncated.
+        return Err(DecodeError::Failed {
+            format: "jpeg",
+            message: "the file ends before its end-of-image marker (truncated)".into(),
+        });
+    }
+    Ok(dims)
+}
+
+/// Whether an end-of-image marker follows the first scan. Entropy-coded data
+/// escapes 0xFF, so `FF D9` after the first SOS is the end of the image
+/// (an EXIF thumbnail's own EOI sits before it and does not count).
+fn jpeg_ends_after_scan(b: &[u8]) -> bool {
+    let mut pos = 2usize;
+    // Walk the segments to the first start-of-scan.
+    while pos + 4 <= b.len() && b[pos] == 0xFF {
+        let marker = b[pos + 1];
+        if marker == 0xFF {
+            pos += 1;
+            continue;
+        }
+        let len = u16::from_be_bytes([b[pos + 2], b[pos + 3]]) as usize;
+        pos += 2 + len;
+        if marker == 0xDA {
+            return b
+                .get(pos..)
+                .is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]));
+        }
+    }
+    false
 }
 
 /// Decodes an image file (read through a small buffer, not whole, except
@@ -61,6 +93,13 @@ pub fn decode_file(path: &Path, max_pixels: u64) -> Result<(u32, u32), DecodeErr
     let mut reader = BufReader::with_capacity(64 << 10, file);
     let head = reader.fill_buf().map_err(io)?;
     let format = sniff_format(head).map_err(DecodeError::Unrecognised)?;
+    if format == ImageFormat::Jpeg {
+        // The JPEG decoder reads the file whole anyway; the size is capped first.
+        check_jpeg_len(len, max_pixels)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        reader.read_to_end(&mut bytes).map_err(io)?;
+        return decode_check(&bytes, max_pixels);
+    }
     decode_reader(reader, format, len, max_pixels)
 }
 
@@ -71,14 +110,8 @@ pub fn decode_reader<R: BufRead + Seek>(
     len: u64,
     max_pixels: u64,
 ) -> Result<(u32, u32), DecodeError> {
-    let max_bytes = max_pixels.saturating_mul(BYTES_PER_PIXEL_CAP);
-    if format == ImageFormat::Jpeg && len > max_bytes + (1 << 20) {
-        return Err(DecodeError::TooManyPixels {
-            what: format!(
-                "the JPEG file is {len} bytes, more than a JPEG within the pixel cap can need"
-            ),
-            max_pixels,
-        });
+    if format == ImageFormat::Jpeg {
+        check_jpeg_len(len, max_pixels)?;
     }
     let failed = |e: ImageError| match e {
         ImageError::Limits(l) => DecodeError::TooManyPixels {
@@ -97,6 +130,20 @@ pub fn decode_reader<R: BufRead + Seek>(
         ImageFormat::Gif => run(GifDecoder::new(r).map_err(failed)?, max_pixels, &failed),
         ImageFormat::Bmp => run(BmpDecoder::new(r).map_err(failed)?, max_pixels, &failed),
     }
+}
+
+/// A JPEG is decoded from a copy of its bytes: refuse files larger than any
+/// JPEG within the pixel cap needs.
+fn check_jpeg_len(len: u64, max_pixels: u64) -> Result<(), DecodeError> {
+    if len > max_pixels.saturating_mul(BYTES_PER_PIXEL_CAP) + (1 << 20) {
+        return Err(DecodeError::TooManyPixels {
+            what: format!(
+                "the JPEG file is {len} bytes, more than a JPEG within the pixel cap can need"
+            ),
+            max_pixels,
+        });
+    }
+    Ok(())
 }
 
 /// Checks the claimed size against the cap, then decodes every pixel

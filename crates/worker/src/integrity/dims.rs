@@ -57,7 +57,10 @@ pub enum DimsError {
 
 /// Recognises one of the five formats from its magic bytes.
 pub fn sniff_format(b: &[u8]) -> Result<ImageFormat, DimsError> {
-    let need_more = |need: usize| DimsError::NeedMore { have: b.len(), need };
+    let need_more = |need: usize| DimsError::NeedMore {
+        have: b.len(),
+        need,
+    };
     if b.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Ok(ImageFormat::Png);
     }
@@ -82,7 +85,11 @@ pub fn sniff_format(b: &[u8]) -> Result<ImageFormat, DimsError> {
         b"BM",
         b"RIFF",
     ];
-    if b.len() < 12 && magics.iter().any(|m| m.starts_with(&b[..b.len().min(m.len())])) {
+    if b.len() < 12
+        && magics
+            .iter()
+            .any(|m| m.starts_with(&b[..b.len().min(m.len())]))
+    {
         return Err(need_more(12));
     }
     Err(DimsError::UnknownFormat(hex_start(b)))
@@ -154,7 +161,10 @@ fn fix_size(format: ImageFormat, b: &[u8], w: u64, h: u64) -> (u64, u64) {
 /// when `b` ends before that.
 fn jpeg_frame_end(b: &[u8]) -> Result<usize, DimsError> {
     let mut pos = 2usize;
-    let need_more = |need: usize| DimsError::NeedMore { have: b.len(), need };
+    let need_more = |need: usize| DimsError::NeedMore {
+        have: b.len(),
+        need,
+    };
     let mut depth = 0i32;
     loop {
         if b.len() < pos + 4 {

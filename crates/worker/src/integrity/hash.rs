@@ -28,7 +28,7 @@ impl HashAlgo {
         }
     }
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlgo::Md5 => 16,
             HashAlgo::Sha256 => 32,
@@ -69,7 +69,9 @@ impl FromStr for HashSpec {
         if field.is_empty() {
             return Err(format!("--hash-field {s:?}: the field name is empty"));
         }
-        let algo = algo.parse().map_err(|e| format!("--hash-field {s:?}: {e}"))?;
+        let algo = algo
+            .parse()
+            .map_err(|e| format!("--hash-field {s:?}: {e}"))?;
         Ok(HashSpec {
             field: field.to_string(),
             algo,
@@ -199,12 +201,12 @@ pub fn compare_digest(spec: &HashSpec, claimed: &str, digests: &Digests) -> Resu
     };
     let want = claimed.trim();
     let well_formed =
-        want.len() == spec.algo.len() * 2 && want.bytes().all(|b| b.is_ascii_hexdigit());
+        want.len() == spec.algo.digest_len() * 2 && want.bytes().all(|b| b.is_ascii_hexdigit());
     if !well_formed {
         return Err(format!(
             "{}: {want:?} is not a {}-digit hex {} digest",
             spec.field,
-            spec.algo.len() * 2,
+            spec.algo.digest_len() * 2,
             spec.algo.name()
         ));
     }
@@ -287,7 +289,11 @@ mod tests {
             d.hex(HashAlgo::Sha256).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(d.hex(HashAlgo::Sha512).unwrap().starts_with("ddaf35a193617aba"));
+        assert!(
+            d.hex(HashAlgo::Sha512)
+                .unwrap()
+                .starts_with("ddaf35a193617aba")
+        );
     }
 
     #[test]
