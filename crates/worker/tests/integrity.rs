@@ -574,3 +574,115 @@ fn flags_parse_and_name_their_fault() {
         ]
     );
 }
+
+/// A photo-like picture: smooth shapes plus grain, so it compresses like one.
+fn photo(w: u32, h: u32, grain: u32) -> RgbImage {
+    let base = picture(w, h);
+    let mut seed = 99u64;
+    RgbImage::from_fn(w, h, |x, y| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let n = ((seed >> 40) % (2 * grain as u64 + 1)) as i32 - grain as i32;
+        let p = base.get_pixel(x, y).0;
+        Rgb(p.map(|c| (c as i32 + n).clamp(0, 255) as u8))
+    })
+}
+
+fn jpeg_quality(img: &RgbImage, q: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q)
+        .encode_image(img)
+        .unwrap();
+    out
+}
+
+/// Seconds per call of `f`, best of 3 runs of `n` calls.
+fn per_call(n: usize, mut f: impl FnMut()) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_secs_f64() / n as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Costs on one core (bench/integrity.sh runs it in release mode).
+#[test]
+#[ignore = "benchmark: bench/integrity.sh"]
+fn bench_integrity_costs() {
+    let default_cfg = IntegrityConfig::default();
+    let small_png = encode(&photo(256, 256, 8), Fmt::Png);
+    let exif_jpeg = jpeg_with_app_segments(&picture(1024, 1024), 1, 60_000);
+    for (name, bytes) in [("png", &small_png), ("jpeg+60KB exif", &exif_jpeg)] {
+        let s = per_call(200_000, || {
+            std::hint::black_box(ImageCheck::whole(&default_cfg, std::hint::black_box(bytes)));
+        });
+        println!("header dims, {name} held whole: {:.0} ns/image", s * 1e9);
+    }
+    let s = per_call(20_000, || {
+        let mut c = ImageCheck::new(&default_cfg, exif_jpeg.len() as u64);
+        for chunk in exif_jpeg.chunks(1 << 20) {
+            c.update(chunk);
+        }
+        std::hint::black_box(c.finish(None));
+    });
+    println!(
+        "header dims, jpeg+60KB exif streamed: {:.0} ns/image",
+        s * 1e9
+    );
+
+    let buf: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    for algo in [HashAlgo::Md5, HashAlgo::Sha256, HashAlgo::Sha512] {
+        let s = per_call(1, || {
+            let mut h = ImageHasher::new([algo]);
+            for chunk in buf.chunks(1 << 20) {
+                h.update(chunk);
+            }
+            std::hint::black_box(h.finish());
+        });
+        println!(
+            "hash {}: {:.0} MB/s",
+            algo.name(),
+            buf.len() as f64 / s / 1e6
+        );
+    }
+    let dalle3 = IntegrityConfig {
+        hashes: dalle3_hash_fields(),
+        ..IntegrityConfig::default()
+    };
+    let s = per_call(1, || {
+        let mut h = ImageHasher::for_specs(&dalle3.hashes);
+        for chunk in buf.chunks(1 << 20) {
+            h.update(chunk);
+        }
+        std::hint::black_box(h.finish());
+    });
+    println!(
+        "hash dalle3 preset (md5+sha512): {:.0} MB/s",
+        buf.len() as f64 / s / 1e6
+    );
+
+    let jpeg = jpeg_quality(&photo(1792, 1024, 24), 92);
+    let png = encode(&photo(1024, 1024, 3), Fmt::Png);
+    for (name, bytes, dims) in [
+        ("jpeg 1792x1024", &jpeg, (1792, 1024)),
+        ("png 1024x1024", &png, (1024, 1024)),
+    ] {
+        let ((), peak) =
+            peak_during(|| assert_eq!(decode_check(bytes, DEFAULT_MAX_PIXELS), Ok(dims)));
+        let s = per_call(10, || {
+            std::hint::black_box(decode_check(bytes, DEFAULT_MAX_PIXELS).unwrap());
+        });
+        println!(
+            "decode {name}, {:.2} MiB file: {:.1} images/s, {:.1} MB/s of file, peak heap {:.1} MiB",
+            bytes.len() as f64 / (1 << 20) as f64,
+            1.0 / s,
+            bytes.len() as f64 / s / 1e6,
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+}
