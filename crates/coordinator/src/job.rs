@@ -213,7 +213,7 @@ fn redo_damaged(
 
 /// What every worker is told about the job.
 fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
-    proto::JobSpec {
+    let mut spec = proto::JobSpec {
         input_root,
         output_root: abs(&config.output).display().to_string(),
         caption_field: config.fields.caption.clone(),
@@ -227,7 +227,10 @@ fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
-    }
+        ..Default::default()
+    };
+    config.image_checks.to_proto(&mut spec);
+    spec
 }
 
 /// The running gRPC server (coordinator service + health).

@@ -112,6 +112,8 @@ pub struct CoordinatorConfig {
     pub data_sync: DataSync,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<ServerTls>,
+    /// Checks of the images themselves the workers make (issue 20).
+    pub image_checks: shardprep_core::manifest::ImageChecks,
 }
 
 impl Default for CoordinatorConfig {
@@ -137,6 +139,7 @@ impl Default for CoordinatorConfig {
             progress_interval: Duration::from_secs(5),
             data_sync: DataSync::Shard,
             tls: None,
+            image_checks: Default::default(),
         }
     }
 }

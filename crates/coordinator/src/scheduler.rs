@@ -496,6 +496,7 @@ mod tests {
             issues_not_listed: 0,
             data_synced: true,
             boot_id: String::new(),
+            image_checks: Default::default(),
             elapsed_ms: 0,
         }
     }

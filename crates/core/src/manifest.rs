@@ -51,6 +51,15 @@ pub struct ShardCounts {
     /// the rows are kept as they are.
     #[serde(default)]
     pub caption_warnings: BTreeMap<String, u64>,
+    /// Problems found in the images themselves, by reason (`dims_mismatch`,
+    /// `unreadable_image_header`, `decode_failed`, `too_many_pixels`,
+    /// `hash_mismatch`); the images are listed in the issues.
+    #[serde(default)]
+    pub image_problems: BTreeMap<String, u64>,
+    /// Top-level images whose header (and, when asked, decode and hashes)
+    /// were checked.
+    #[serde(default)]
+    pub images_checked: u64,
 }
 
 impl ShardCounts {
@@ -79,6 +88,10 @@ impl ShardCounts {
         for (k, v) in &o.caption_warnings {
             *self.caption_warnings.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &o.image_problems {
+            *self.image_problems.entry(k.clone()).or_default() += v;
+        }
+        self.images_checked += o.images_checked;
     }
 
     /// Total of skipped samples over all reasons.
@@ -149,6 +162,31 @@ pub struct ShardManifest {
     /// Boot id of the worker's machine when it committed (empty: unknown).
     #[serde(default)]
     pub boot_id: String,
+    /// The image checks this pass made (older manifests: the header only).
+    #[serde(default)]
+    pub image_checks: ImageChecks,
+}
+
+/// The image checks a job asks for, as its flags spell them (parsed by the
+/// worker). The default is the seed's rows: dimensions from the JSON, no
+/// decode, no hashes, bad images kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageChecks {
+    /// Where the table's `width`/`height` come from: `json` (or empty) or `image`.
+    #[serde(default)]
+    pub dims: String,
+    /// Decode every image fully.
+    #[serde(default)]
+    pub decode: bool,
+    /// Leave out the rows (and captions) of bad images.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// Hash fields verified against the image bytes, `NAME=ALGO`.
+    #[serde(default)]
+    pub hash_fields: Vec<String>,
+    /// Refuse to decode images claiming more pixels (`0`: the default cap).
+    #[serde(default)]
+    pub max_pixels: u64,
 }
 
 fn yes() -> bool {

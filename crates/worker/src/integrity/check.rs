@@ -378,3 +378,60 @@ impl<R: Read> Read for CheckingReader<'_, '_, R> {
         Ok(n)
     }
 }
+
+impl IntegrityConfig {
+    /// The config a job's [`ImageChecks`](shardprep_core::manifest::ImageChecks)
+    /// spell; an error names the bad value.
+    pub fn from_checks(c: &shardprep_core::manifest::ImageChecks) -> Result<Self, String> {
+        let dims = match c.dims.as_str() {
+            "" => DimsSource::Json,
+            other => other.parse()?,
+        };
+        let hashes = c
+            .hash_fields
+            .iter()
+            .map(|h| h.parse::<HashSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(IntegrityConfig {
+            dims,
+            check_decode: c.decode,
+            hashes,
+            on_bad_image: if c.skip_bad {
+                OnBadImage::Skip
+            } else {
+                OnBadImage::Keep
+            },
+            max_pixels: if c.max_pixels == 0 {
+                DEFAULT_MAX_PIXELS
+            } else {
+                c.max_pixels
+            },
+        })
+    }
+
+    /// The [`ImageChecks`](shardprep_core::manifest::ImageChecks) spelling this config.
+    pub fn to_checks(&self) -> shardprep_core::manifest::ImageChecks {
+        shardprep_core::manifest::ImageChecks {
+            dims: match self.dims {
+                DimsSource::Json => "json".into(),
+                DimsSource::Image => "image".into(),
+            },
+            decode: self.check_decode,
+            skip_bad: self.on_bad_image == OnBadImage::Skip,
+            hash_fields: self.hashes.iter().map(|h| h.to_string()).collect(),
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+impl IntegrityConfig {
+    /// The config of a job spec. A value this worker cannot read (a newer
+    /// coordinator) is logged and the seed's behaviour used instead.
+    pub fn from_spec(spec: &shardprep_core::proto::JobSpec) -> Self {
+        let checks = shardprep_core::manifest::ImageChecks::from_proto(spec);
+        IntegrityConfig::from_checks(&checks).unwrap_or_else(|e| {
+            tracing::error!("the job's image checks cannot be read ({e}); checking image headers only: update this worker");
+            IntegrityConfig::default()
+        })
+    }
+}
