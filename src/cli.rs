@@ -107,7 +107,11 @@ pub struct JobArgs {
     #[arg(long, env = "SHARDPREP_CHECK_HASHES")]
     pub check_hashes: bool,
     /// A JSON field holding a digest of the image file, NAME=md5|sha256|sha512 (repeatable).
-    #[arg(long = "hash-field", env = "SHARDPREP_HASH_FIELDS", value_delimiter = ',')]
+    #[arg(
+        long = "hash-field",
+        env = "SHARDPREP_HASH_FIELDS",
+        value_delimiter = ','
+    )]
     pub hash_fields: Vec<String>,
     /// With --check-images decode: refuse to decode an image whose header claims more
     /// pixels than this (recorded as too_many_pixels; decompression bombs exist).

@@ -497,6 +497,8 @@ mod tests {
             data_synced: true,
             boot_id: String::new(),
             image_checks: Default::default(),
+            image_issues: Vec::new(),
+            image_issues_not_listed: 0,
             elapsed_ms: 0,
         }
     }

@@ -165,6 +165,13 @@ pub struct ShardManifest {
     /// The image checks this pass made (older manifests: the header only).
     #[serde(default)]
     pub image_checks: ImageChecks,
+    /// Images with problems (counted in `counts.image_problems`), listed by
+    /// name and reason, at most [`ISSUE_LIST_CAP`].
+    #[serde(default)]
+    pub image_issues: Vec<MemberIssue>,
+    /// Image problems beyond the listed ones.
+    #[serde(default)]
+    pub image_issues_not_listed: u64,
 }
 
 /// The image checks a job asks for, as its flags spell them (parsed by the

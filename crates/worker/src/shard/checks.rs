@@ -116,11 +116,6 @@ impl ImageChecks {
 fn record(tally: &mut Tally, image: &str, v: &Verdict) {
     tally.counts.images_checked += 1;
     for p in &v.problems {
-        *tally
-            .counts
-            .image_problems
-            .entry(p.reason.as_str().to_string())
-            .or_default() += 1;
-        tally.issue(image, p.reason.as_str(), p.detail.clone());
+        tally.image_problem(image, p.reason.as_str(), &p.detail);
     }
 }

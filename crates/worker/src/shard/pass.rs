@@ -12,8 +12,8 @@ use shardprep_core::durability;
 use shardprep_core::layout::{AttemptFiles, fnv1a64, shard_file_stem};
 use shardprep_core::manifest::ShardManifest;
 
-use super::checks::{ImageChecks, Pending};
 use super::captions::{UnlistedImages, caption_path, caption_warnings, path_key};
+use super::checks::{ImageChecks, Pending};
 use super::input::ShardSource;
 use super::member::{Kind, Member, kind_of, refused_entry_type};
 use super::tally::{NameSet, Tally};
@@ -710,5 +710,7 @@ fn manifest(task: &ShardTask, tally: Tally, writes_files: bool, started: Instant
         data_synced: !writes_files || task.data_sync.per_shard(),
         boot_id: durability::boot_id(),
         image_checks: task.integrity.to_checks(),
+        image_issues: tally.image_issues,
+        image_issues_not_listed: tally.image_issues_not_listed,
     }
 }
