@@ -332,6 +332,10 @@ pub struct VerifyArgs {
     /// The dataset id (parquet name); default: read from report.json, else dalle3.
     #[arg(long, env = "SHARDPREP_DATASET_ID")]
     pub dataset_id: Option<String>,
+    /// Also re-read every image a JSON of data/ names: its header size against the JSON,
+    /// and the full decode and hash fields when the job's report says they were checked.
+    #[arg(long)]
+    pub deep: bool,
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,

@@ -6,6 +6,7 @@ mod util;
 mod core;
 mod faults;
 mod hostile;
+mod integrity;
 mod remote;
 mod security;
 mod training;
