@@ -90,27 +90,27 @@ fn faults_are_named_and_the_default_output_stays_the_seeds() {
     let tmp = tempdir();
     let input = tmp.path().join("in");
     // Every 4th JSON lies (samples 3, 7, ..., 27: 7 per shard); every 9th
-    // lacks width (8, 17, 26: not rows, their images are still checked).
+    // lacks width (8, 17, 26: not rows, their images are checked alone).
     generate_cli(&input, &["--lying-dims-every", "4"]);
     let out = tmp.path().join("out");
     let run = run_job(&input, &out, &[]);
     assert_matches_seed(&out, &shards_of(&input));
     let r = report(&out);
     let issues = image_issues(&r);
-    // Sample 26 both lies and lacks width: no claim to compare, 6 per shard.
-    assert_eq!(kinds(&issues, "dims_mismatch"), 12, "{issues:?}");
-    assert_eq!(r["totals"]["image_problems"]["dims_mismatch"], 12);
+    assert_eq!(kinds(&issues, "dims_mismatch"), 14, "{issues:?}");
+    assert_eq!(r["totals"]["image_problems"]["dims_mismatch"], 14);
     assert_eq!(r["totals"]["images_checked"], 60);
     assert_eq!(r["image_checks"]["dims"], "json");
     let summary = stdout(&run);
     assert!(
-        summary.contains("image problems     dims_mismatch=12"),
+        summary.contains("image problems     dims_mismatch=14"),
         "{summary}"
     );
     let deep = run_ok(&["verify", "--deep", path_str(&out)]);
     let text = stdout(&deep);
-    assert!(text.contains("60 images of data/ re-checked"), "{text}");
-    assert!(text.contains("dims_mismatch=12"), "{text}");
+    // --deep re-checks the rows' images (54: 6 JSONs lack width).
+    assert!(text.contains("54 images of data/ re-checked"), "{text}");
+    assert!(text.contains("dims_mismatch=14"), "{text}");
     // A lie told after the job is found by --deep and not by the report.
     let (path, mut j) = honest_json(&out.join("data"), &issues);
     j["width"] = serde_json::json!(j["width"].as_i64().unwrap() + 1);
