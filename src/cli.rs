@@ -97,6 +97,32 @@ pub struct JobArgs {
     /// the tars in place); local shards in one --input folder only.
     #[arg(long, env = "SHARDPREP_MODE", value_enum, default_value_t = ModeArg::Extract)]
     pub mode: ModeArg,
+    /// Where the table's width/height come from: json (the seed's rows) or image (its header).
+    /// Either way, images whose header disagrees with their JSON are counted as dims_mismatch.
+    #[arg(long, env = "SHARDPREP_DIMS", default_value = "json", value_parser = ["json", "image"])]
+    pub dims: String,
+    /// decode: decode every image fully on the workers and report those that fail.
+    #[arg(long, env = "SHARDPREP_CHECK_IMAGES", default_value = "none", value_parser = ["none", "decode"])]
+    pub check_images: String,
+    /// What to do with the row of a bad image (bad header, failed decode, wrong hash):
+    /// keep (the seed's rows) or skip (leave the row and its caption out; counted as bad_image).
+    #[arg(long, env = "SHARDPREP_ON_BAD_IMAGE", default_value = "keep", value_parser = ["keep", "skip"])]
+    pub on_bad_image: String,
+    /// Verify each image's bytes against the hash fields of the preset (dalle3:
+    /// md5_file_hash=md5, sha512_hash=sha512), plus any --hash-field.
+    #[arg(long, env = "SHARDPREP_CHECK_HASHES")]
+    pub check_hashes: bool,
+    /// A JSON field holding a digest of the image file, NAME=md5|sha256|sha512 (repeatable).
+    #[arg(
+        long = "hash-field",
+        env = "SHARDPREP_HASH_FIELDS",
+        value_delimiter = ','
+    )]
+    pub hash_fields: Vec<String>,
+    /// With --check-images decode: refuse to decode an image whose header claims more
+    /// pixels than this (recorded as too_many_pixels; decompression bombs exist).
+    #[arg(long, env = "SHARDPREP_MAX_PIXELS")]
+    pub max_pixels: Option<u64>,
     /// Dataset id: the parquet's name and the SimpleTuner entry's id.
     #[arg(long, env = "SHARDPREP_DATASET_ID", default_value = "dalle3")]
     pub dataset_id: String,
@@ -335,6 +361,10 @@ pub struct VerifyArgs {
     /// The dataset id (parquet name); default: read from report.json, else dalle3.
     #[arg(long, env = "SHARDPREP_DATASET_ID")]
     pub dataset_id: Option<String>,
+    /// Also re-read every image a JSON of data/ names: its header size against the JSON,
+    /// and the full decode and hash fields when the job's report says they were checked.
+    #[arg(long)]
+    pub deep: bool,
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
@@ -367,7 +397,7 @@ pub struct GenerateArgs {
     /// Every n-th image is cut in the middle of its pixel data (0: none).
     #[arg(long, default_value_t = 0)]
     pub truncated_every: usize,
-    /// Every n-th JSON's md5_hash/sha256_hash do not match its image (0: none).
+    /// Every n-th JSON's md5_file_hash/sha512_hash do not match its image (0: none).
     #[arg(long, default_value_t = 0)]
     pub wrong_hash_every: usize,
 }

@@ -128,8 +128,40 @@ pub fn coordinator_config(
         progress_interval: job.progress_interval,
         data_sync: job.data_sync(data_sync),
         metrics_listen: job.metrics_listen,
+        image_checks: image_checks(job)?,
         ..CoordinatorConfig::default()
     })
+}
+
+/// The image checks the flags ask for, checked here so that a bad
+/// `--hash-field` stops the job before any worker starts.
+fn image_checks(job: &JobArgs) -> anyhow::Result<shardprep_core::manifest::ImageChecks> {
+    use shardprep_worker::integrity::{HashSpec, IntegrityConfig, preset_hash_fields};
+    let mut hashes: Vec<HashSpec> = Vec::new();
+    if job.check_hashes {
+        hashes = preset_hash_fields(&job.preset).with_context(|| {
+            format!(
+                "--check-hashes: the preset {:?} names no hash fields; give them with --hash-field NAME=ALGO",
+                job.preset
+            )
+        })?;
+    }
+    for h in &job.hash_fields {
+        let spec: HashSpec = h.parse().map_err(anyhow::Error::msg)?;
+        if !hashes.contains(&spec) {
+            hashes.push(spec);
+        }
+    }
+    let cfg = IntegrityConfig {
+        dims: job.dims.parse().map_err(anyhow::Error::msg)?,
+        check_decode: job.check_images == "decode",
+        hashes,
+        on_bad_image: job.on_bad_image.parse().map_err(anyhow::Error::msg)?,
+        max_pixels: job
+            .max_pixels
+            .unwrap_or(shardprep_worker::integrity::DEFAULT_MAX_PIXELS),
+    };
+    Ok(cfg.to_checks())
 }
 
 /// The token from SHARDPREP_TOKEN or --token-file, if either is given.

@@ -184,6 +184,7 @@ pub fn print_summary(r: &Report) {
     }
     println!("  skipped            {}", by_reason(&t.skipped));
     println!("  members refused    {}", by_reason(&t.rejected_members));
+    print_image_checks(r);
     println!(
         "  duplicate names    {} across shards, {} within shards",
         r.duplicate_filenames, t.duplicate_members
@@ -199,6 +200,42 @@ pub fn print_summary(r: &Report) {
     }
     for p in &r.problems {
         println!("  PROBLEM            {p}");
+    }
+}
+
+/// Image problems listed in the summary, at most.
+const IMAGE_ISSUES_SHOWN: usize = 10;
+
+/// The summary's lines on the images themselves (issue 20).
+fn print_image_checks(r: &Report) {
+    let t = &r.totals;
+    let c = &r.image_checks;
+    let mut made = vec!["header size".to_string()];
+    if c.decode {
+        made.push("full decode".into());
+    }
+    if !c.hash_fields.is_empty() {
+        made.push(format!("hashes {}", c.hash_fields.join(" ")));
+    }
+    println!(
+        "  images checked     {} ({})",
+        t.images_checked,
+        made.join(", ")
+    );
+    println!("  image problems     {}", by_reason(&t.image_problems));
+    let listed = r
+        .shards
+        .iter()
+        .flat_map(|s| s.image_issues.iter().map(move |i| (s.name.as_str(), i)));
+    for (shard, i) in listed.take(IMAGE_ISSUES_SHOWN) {
+        println!("    {} {shard}/{}: {}", i.kind, i.member, i.detail);
+    }
+    let total: u64 = t.image_problems.values().sum();
+    if total > IMAGE_ISSUES_SHOWN as u64 {
+        println!("    ... (all listed in report.json, per shard: image_issues)");
+    }
+    if let Some(n) = t.skipped.get("bad_image") {
+        println!("  bad-image rows     {n} left out (--on-bad-image skip)");
     }
 }
 
@@ -305,11 +342,16 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let findings = shardprep_coordinator::verify::verify_output(
+    let mut findings = shardprep_coordinator::verify::verify_output(
         &args.output,
         args.expect_json,
         args.dataset_id.as_deref(),
     );
+    if args.deep {
+        let deep = crate::deep::deep_check(&args.output);
+        findings.checked.extend(deep.checked);
+        findings.problems.extend(deep.problems);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod deep;
 mod local;
 mod progress;
 mod workers;

@@ -7,6 +7,7 @@ mod core;
 mod faults;
 mod hostile;
 mod index_mode;
+mod integrity;
 mod remote;
 mod security;
 mod training;

@@ -727,6 +727,9 @@ async fn client_loop(
                     issues_not_listed: 0,
                     data_synced: true,
                     boot_id: String::new(),
+                    image_checks: Default::default(),
+                    image_issues: Vec::new(),
+                    image_issues_not_listed: 0,
                     elapsed_ms: 1,
                 };
                 let mut f = std::fs::File::create(tmp_dir.join(&manifest_tmp))

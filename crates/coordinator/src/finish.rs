@@ -43,6 +43,8 @@ fn shard_report(e: &ShardEntry) -> ShardReport {
         counts: None,
         issues: Vec::new(),
         issues_not_listed: 0,
+        image_issues: Vec::new(),
+        image_issues_not_listed: 0,
     };
     if let ShardState::Done(m) = &e.state {
         r.worker = Some(m.worker_id.clone());
@@ -52,6 +54,8 @@ fn shard_report(e: &ShardEntry) -> ShardReport {
         r.counts = Some(m.counts.clone());
         r.issues = m.issues.clone();
         r.issues_not_listed = m.issues_not_listed;
+        r.image_issues = m.image_issues.clone();
+        r.image_issues_not_listed = m.image_issues_not_listed;
         r.error = None;
     }
     r

@@ -132,6 +132,7 @@ async fn start_job(
         blocking("output preparation", move || prepare_output(&layout)).await??
     };
     check_mode(config)?;
+    check_index_image_checks(config)?;
     let (input_root, discovery) = discover_input(&config.input, config.mode == Mode::Index).await?;
     let sources = discovery.shards;
     let recovered = {
@@ -179,6 +180,20 @@ fn check_mode(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
             "--mode index reads local shards from one folder (the webshart entry's `source`): \
              give --input DIR; for remote shards mount the bucket or download the tars \
              (the trainer reads them from there too), then index the local folder"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses image checks index mode cannot make: it reads no image bytes
+/// past their headers, so it neither decodes nor hashes them.
+fn check_index_image_checks(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
+    let checks = &config.image_checks;
+    if config.mode == Mode::Index && (checks.decode || !checks.hash_fields.is_empty()) {
+        return Err(CoordinatorError::Unsupported(
+            "--mode index reads no image bytes past their headers, so --check-images decode \
+             and --check-hashes do not apply: run them in --mode extract (or drop them)"
                 .into(),
         ));
     }
@@ -264,7 +279,7 @@ fn wrong_mode(
 
 /// What every worker is told about the job.
 fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
-    proto::JobSpec {
+    let mut spec = proto::JobSpec {
         input_root,
         output_root: abs(&config.output).display().to_string(),
         caption_field: config.fields.caption.clone(),
@@ -279,7 +294,10 @@ fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
         mode: config.mode.to_proto(),
-    }
+        ..Default::default()
+    };
+    config.image_checks.to_proto(&mut spec);
+    spec
 }
 
 /// The running gRPC server (coordinator service + health).

@@ -131,6 +131,8 @@ pub struct CoordinatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Extract the members, or write a webshart index per shard.
     pub mode: Mode,
+    /// Checks of the images themselves the workers make (issue 20).
+    pub image_checks: shardprep_core::manifest::ImageChecks,
 }
 
 impl Default for CoordinatorConfig {
@@ -158,6 +160,7 @@ impl Default for CoordinatorConfig {
             tls: None,
             metrics_listen: None,
             mode: Mode::Extract,
+            image_checks: Default::default(),
         }
     }
 }

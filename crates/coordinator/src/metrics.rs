@@ -407,6 +407,12 @@ impl Page {
             "Members not extracted in committed shards, by reason.",
             "reason",
             c.rejected_members.iter().map(|(r, n)| (r.as_str(), *n)),
+        )?;
+        self.counters(
+            "image_problems_total",
+            "Images with problems in committed shards (dims_mismatch, decode_failed, ...), by reason.",
+            "reason",
+            c.image_problems.iter().map(|(r, n)| (r.as_str(), *n)),
         )
     }
 
@@ -448,6 +454,7 @@ mod tests {
         };
         counts.skipped.insert("invalid_width".into(), 1);
         counts.rejected_members.insert("unsafe_path".into(), 2);
+        counts.image_problems.insert("dims_mismatch".into(), 1);
         ShardManifest {
             shard_name: "a.tar".into(),
             identity: ShardIdentity {
@@ -464,6 +471,9 @@ mod tests {
             data_synced: true,
             boot_id: String::new(),
             elapsed_ms: 1,
+            image_checks: Default::default(),
+            image_issues: vec![],
+            image_issues_not_listed: 0,
         }
     }
 
@@ -529,6 +539,7 @@ mod tests {
             "shardprep_files_created_total{kind=\"caption\"} 3",
             "shardprep_skipped_total{reason=\"invalid_width\"} 1",
             "shardprep_members_refused_total{reason=\"unsafe_path\"} 2",
+            "shardprep_image_problems_total{reason=\"dims_mismatch\"} 1",
             "shardprep_worker_shards_done_total{worker=\"w-old\"} 1",
             "shardprep_worker_shards_done_total{worker=\"w-now\"} 0",
             "# TYPE shardprep_worker_last_heartbeat_seconds gauge",

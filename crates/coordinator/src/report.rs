@@ -29,6 +29,12 @@ pub struct ShardReport {
     pub counts: Option<ShardCounts>,
     pub issues: Vec<MemberIssue>,
     pub issues_not_listed: u64,
+    /// Images with problems (bad header, size unlike the JSON's, failed
+    /// decode, wrong hash), by name and reason.
+    #[serde(default)]
+    pub image_issues: Vec<MemberIssue>,
+    #[serde(default)]
+    pub image_issues_not_listed: u64,
 }
 
 /// Peak memory seen.
@@ -63,6 +69,9 @@ pub struct Report {
     /// `end` (before this report) or `none` (left to the kernel, like `tar xf`).
     #[serde(default)]
     pub data_sync: String,
+    /// The image checks the workers made (`verify --deep` repeats them).
+    #[serde(default)]
+    pub image_checks: shardprep_core::manifest::ImageChecks,
     pub expected_json: Option<u64>,
     /// Sum of the shards' `*.json` members: the seed's `find data -name '*.json' | wc -l`.
     pub found_json: u64,
@@ -115,6 +124,7 @@ impl Report {
             }
             .into(),
             data_sync: config.data_sync.as_str().into(),
+            image_checks: config.image_checks.clone(),
             expected_json: config.expect_json,
             found_json: 0,
             rows: 0,

@@ -533,6 +533,9 @@ mod tests {
             issues_not_listed: 0,
             data_synced: true,
             boot_id: String::new(),
+            image_checks: Default::default(),
+            image_issues: Vec::new(),
+            image_issues_not_listed: 0,
             elapsed_ms: 0,
         }
     }

@@ -54,6 +54,15 @@ pub struct ShardCounts {
     /// What the webshart index of the shard holds (`--mode index`; zero otherwise).
     #[serde(default, skip_serializing_if = "IndexCounts::is_zero")]
     pub index: IndexCounts,
+    /// Problems found in the images themselves, by reason (`dims_mismatch`,
+    /// `unreadable_image_header`, `decode_failed`, `too_many_pixels`,
+    /// `hash_mismatch`); the images are listed in the issues.
+    #[serde(default)]
+    pub image_problems: BTreeMap<String, u64>,
+    /// Top-level images whose header (and, when asked, decode and hashes)
+    /// were checked.
+    #[serde(default)]
+    pub images_checked: u64,
 }
 
 /// Counts of a shard's webshart index.
@@ -113,6 +122,10 @@ impl ShardCounts {
             *self.caption_warnings.entry(k.clone()).or_default() += v;
         }
         self.index.add(&o.index);
+        for (k, v) in &o.image_problems {
+            *self.image_problems.entry(k.clone()).or_default() += v;
+        }
+        self.images_checked += o.images_checked;
     }
 
     /// Total of skipped samples over all reasons.
@@ -183,6 +196,38 @@ pub struct ShardManifest {
     /// Boot id of the worker's machine when it committed (empty: unknown).
     #[serde(default)]
     pub boot_id: String,
+    /// The image checks this pass made (older manifests: the header only).
+    #[serde(default)]
+    pub image_checks: ImageChecks,
+    /// Images with problems (counted in `counts.image_problems`), listed by
+    /// name and reason, at most [`ISSUE_LIST_CAP`].
+    #[serde(default)]
+    pub image_issues: Vec<MemberIssue>,
+    /// Image problems beyond the listed ones.
+    #[serde(default)]
+    pub image_issues_not_listed: u64,
+}
+
+/// The image checks a job asks for, as its flags spell them (parsed by the
+/// worker). The default is the seed's rows: dimensions from the JSON, no
+/// decode, no hashes, bad images kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageChecks {
+    /// Where the table's `width`/`height` come from: `json` (or empty) or `image`.
+    #[serde(default)]
+    pub dims: String,
+    /// Decode every image fully.
+    #[serde(default)]
+    pub decode: bool,
+    /// Leave out the rows (and captions) of bad images.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// Hash fields verified against the image bytes, `NAME=ALGO`.
+    #[serde(default)]
+    pub hash_fields: Vec<String>,
+    /// Refuse to decode images claiming more pixels (`0`: the default cap).
+    #[serde(default)]
+    pub max_pixels: u64,
 }
 
 fn yes() -> bool {

@@ -92,6 +92,28 @@ impl proto::StatusResponse {
     }
 }
 
+impl crate::manifest::ImageChecks {
+    /// Sets the image-check fields of a job spec.
+    pub fn to_proto(&self, spec: &mut proto::JobSpec) {
+        spec.dims = self.dims.clone();
+        spec.check_decode = self.decode;
+        spec.skip_bad_images = self.skip_bad;
+        spec.hash_fields = self.hash_fields.clone();
+        spec.max_pixels = self.max_pixels;
+    }
+
+    /// The image checks a job spec asks for.
+    pub fn from_proto(spec: &proto::JobSpec) -> Self {
+        crate::manifest::ImageChecks {
+            dims: spec.dims.clone(),
+            decode: spec.check_decode,
+            skip_bad: spec.skip_bad_images,
+            hash_fields: spec.hash_fields.clone(),
+            max_pixels: spec.max_pixels,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -517,6 +517,7 @@ fn shard_task(
         attempt: l.attempt,
         worker_id: ctx.config.worker_id.clone(),
         write_threads: ctx.config.write_threads,
+        integrity: crate::integrity::IntegrityConfig::from_spec(spec),
     }
 }
 

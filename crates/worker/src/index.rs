@@ -174,6 +174,11 @@ pub fn index_shard(
         elapsed_ms: started.elapsed().as_millis() as u64,
         data_synced: true,
         boot_id: durability::boot_id(),
+        // Index mode reads no image bytes past their headers: its
+        // dimension checks are counted in `counts.index`.
+        image_checks: Default::default(),
+        image_issues: Vec::new(),
+        image_issues_not_listed: 0,
     };
     let manifest_path = tmp_dir.join(&manifest_tmp);
     write_synced(

@@ -14,6 +14,7 @@ pub mod client;
 pub mod extract;
 pub mod fragment;
 pub mod index;
+pub mod integrity;
 pub mod sample;
 pub mod shard;
 pub mod tar_reader;

@@ -15,6 +15,7 @@
 //! - [`tally`]: the counts and the issues listed by name.
 
 mod captions;
+mod checks;
 mod input;
 mod member;
 mod pass;
@@ -34,6 +35,7 @@ use shardprep_core::proto::FailureKind;
 use shardprep_remote::RemoteError;
 
 use crate::fragment::FragmentError;
+use crate::integrity::IntegrityConfig;
 use crate::tar_reader::TarReader;
 use input::ShardSource;
 use pass::ShardPass;
@@ -64,6 +66,8 @@ pub struct ShardTask {
     /// Threads creating small files while the tar is read (`0`: the reading
     /// thread writes each file itself); see [`crate::writers`].
     pub write_threads: usize,
+    /// The checks of the images themselves (see [`crate::integrity`]).
+    pub integrity: IntegrityConfig,
 }
 
 /// Live counters a heartbeat reports while the shard runs.

@@ -13,12 +13,14 @@ use shardprep_core::layout::{AttemptFiles, fnv1a64, shard_file_stem};
 use shardprep_core::manifest::ShardManifest;
 
 use super::captions::{UnlistedImages, caption_path, caption_warnings, path_key};
+use super::checks::{ImageChecks, Pending};
 use super::input::ShardSource;
 use super::member::{Kind, Member, kind_of, refused_entry_type};
 use super::tally::{NameSet, Tally};
 use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask, write_synced};
 use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::FragmentWriter;
+use crate::integrity::{CheckingReader, Claims, ImageCheck, ImageFacts, hash_claims};
 use crate::sample::{Parsed, Row, Skip, caption_of, parse_sample, stem};
 use crate::tar_reader::{Entry, EntryKind, ExtractError};
 use crate::writers::{Finished, POOL_MAX_FILE, WriteKind, WriteTag};
@@ -51,6 +53,8 @@ pub(super) struct ShardPass<'a> {
     unlisted: Option<UnlistedImages>,
     /// The JSON member being read (reused).
     json_buf: Vec<u8>,
+    /// The checks of the images themselves.
+    checks: ImageChecks,
 }
 
 impl<'a> ShardPass<'a> {
@@ -86,6 +90,7 @@ impl<'a> ShardPass<'a> {
             captions_written: HashSet::new(),
             unlisted: (task.extract && task.write_captions).then(UnlistedImages::default),
             json_buf: Vec::new(),
+            checks: ImageChecks::new(&task.integrity),
         })
     }
 
@@ -191,6 +196,7 @@ impl<'a> ShardPass<'a> {
         self.read_json(m, entry)?;
         let parsed = (m.size <= MAX_JSON_BYTES && m.top_level)
             .then(|| parse_sample(&self.json_buf, &self.task.fields));
+        let hashes = self.hash_claims(parsed.as_ref());
         let own_text = self.own_caption_text(m, parsed.as_ref());
         if self.task.extract && !shadowed {
             self.write_json(m, entry)?;
@@ -208,7 +214,7 @@ impl<'a> ShardPass<'a> {
                 "only JSONs directly in data/ are samples, as in the seed",
             );
         } else if let Some(parsed) = parsed {
-            self.sample(m, parsed)?;
+            self.sample(m, parsed, hashes)?;
         }
         if let (Some(unlisted), Some(text)) = (self.unlisted.as_mut(), own_text) {
             unlisted.json_text(&m.rel, text);
@@ -273,11 +279,26 @@ impl<'a> ShardPass<'a> {
         Ok(())
     }
 
+    /// The hash fields of a JSON that made a row, read before `json_buf`
+    /// is handed to a writer (none unless hashes are checked).
+    fn hash_claims(&self, parsed: Option<&Result<Parsed, Skip>>) -> Vec<Option<String>> {
+        let specs = &self.checks.cfg().hashes;
+        if specs.is_empty() || !matches!(parsed, Some(Ok(Parsed::Row(_)))) {
+            return Vec::new();
+        }
+        hash_claims(&self.json_buf, specs)
+    }
+
     /// What a top-level JSON amounts to: a row, not a sample, or a skip.
-    fn sample(&mut self, m: &Member, parsed: Result<Parsed, Skip>) -> Result<(), ShardError> {
+    fn sample(
+        &mut self,
+        m: &Member,
+        parsed: Result<Parsed, Skip>,
+        hashes: Vec<Option<String>>,
+    ) -> Result<(), ShardError> {
         match parsed {
             Ok(Parsed::NoWidth) => {}
-            Ok(Parsed::Row(row)) => self.row(m, row)?,
+            Ok(Parsed::Row(row)) => self.row(m, row, hashes)?,
             Err(skip) => {
                 if skip.has_width {
                     self.tally.counts.json_with_width += 1;
@@ -289,12 +310,45 @@ impl<'a> ShardPass<'a> {
         Ok(())
     }
 
-    /// A row: into the fragment, and its caption into `data/<stem>.txt`.
-    fn row(&mut self, m: &Member, row: Row) -> Result<(), ShardError> {
+    /// A JSON's row: written now, or (when rows wait for their image)
+    /// handed to the checks; its image is judged against its claims.
+    fn row(&mut self, m: &Member, row: Row, hashes: Vec<Option<String>>) -> Result<(), ShardError> {
         self.tally.counts.json_with_width += 1;
         for w in caption_warnings(&row.caption) {
             self.tally.caption_warning(&m.name, w);
         }
+        self.referenced.insert(row.filename.as_bytes());
+        let claims = Claims {
+            width: Some(row.width),
+            height: Some(row.height),
+            hashes,
+        };
+        let image = row.filename.clone();
+        if self.checks.defers_rows() {
+            let pending = Pending {
+                row,
+                member: m.name.clone(),
+                rel: m.rel.clone(),
+            };
+            self.checks.json(&image, claims, Some(pending));
+        } else {
+            self.write_row(&m.name, &m.rel, row)?;
+            self.checks.json(&image, claims, None);
+        }
+        self.settle_checks()
+    }
+
+    /// Writes the rows the checks released and counts their verdicts.
+    fn settle_checks(&mut self) -> Result<(), ShardError> {
+        for p in self.checks.settle(&mut self.tally) {
+            self.write_row(&p.member, &p.rel, p.row)?;
+        }
+        Ok(())
+    }
+
+    /// A row: into the fragment, and its caption into `data/<stem>.txt`
+    /// (`member`, `rel`: its JSON).
+    fn write_row(&mut self, member: &str, rel: &Path, row: Row) -> Result<(), ShardError> {
         if self.task.write_captions {
             let txt = format!("{}.txt", stem(&row.filename));
             let key = fnv1a64(txt.as_bytes());
@@ -302,17 +356,19 @@ impl<'a> ShardPass<'a> {
             self.captions_written.insert(key);
             if let Some(unlisted) = self.unlisted.as_mut() {
                 unlisted.row_caption(key);
-                if key != path_key(&caption_path(&m.rel)) {
+                if key != path_key(&caption_path(rel)) {
                     // The row captions another image than the JSON's own.
-                    unlisted.json_text(&m.rel, row.caption.clone());
+                    unlisted.json_text(rel, row.caption.clone());
                 }
             }
             let mut bytes = self.data.buffer();
             bytes.extend_from_slice(row.caption.as_bytes());
-            self.data
-                .queue_bytes(PathBuf::from(txt), bytes, m.tag(WriteKind::Caption));
+            let tag = WriteTag {
+                member: member.to_string(),
+                kind: WriteKind::Caption,
+            };
+            self.data.queue_bytes(PathBuf::from(txt), bytes, tag);
         }
-        self.referenced.insert(row.filename.as_bytes());
         self.fragment
             .push(&row)
             .map_err(|e| self.source.fragment_error(e))?;
@@ -346,17 +402,57 @@ impl<'a> ShardPass<'a> {
         } else if self.task.extract && m.size <= POOL_MAX_FILE {
             self.queue_small(m, entry)?;
         } else if self.task.extract {
-            let cancel = self.cancel;
-            let keep_going = || !cancel.load(Ordering::Relaxed);
+            self.stream_member(m, entry)?;
+        } else if m.kind == Kind::Image && m.top_level {
+            let mut check = ImageCheck::new(&self.task.integrity, m.size);
+            let mut reader = CheckingReader {
+                inner: &mut *entry,
+                check: &mut check,
+            };
+            m.drain(&mut reader, 0)?;
+            self.image_checked(m, check.finish(None))?;
+        } else {
+            m.drain(entry, 0)?;
+        }
+        Ok(())
+    }
+
+    /// A member too large for the writer pool, streamed into its file
+    /// (a top-level image through its check).
+    fn stream_member(&mut self, m: &Member, entry: &mut dyn Read) -> Result<(), ShardError> {
+        let cancel = self.cancel;
+        let keep_going = || !cancel.load(Ordering::Relaxed);
+        if !(m.kind == Kind::Image && m.top_level) {
             let res = self.data.write_stream(&m.rel, entry, m.size, &keep_going);
             if self.streamed(m, res)? {
                 self.tally.extracted(m.size);
                 self.image_written(&m.rel, &m.name);
             }
-        } else {
-            m.drain(entry, 0)?;
+            return Ok(());
         }
-        Ok(())
+        let mut check = ImageCheck::new(&self.task.integrity, m.size);
+        let mut reader = CheckingReader {
+            inner: entry,
+            check: &mut check,
+        };
+        let res = self
+            .data
+            .write_stream(&m.rel, &mut reader, m.size, &keep_going);
+        let written = self.streamed(m, res)?;
+        let path = self.data.root().join(&m.rel);
+        let facts = check.finish(written.then_some(path.as_path()));
+        if written {
+            self.tally.extracted(m.size);
+            self.image_written(&m.rel, &m.name);
+        }
+        self.image_checked(m, facts)
+    }
+
+    /// A top-level image's facts go to the checks.
+    fn image_checked(&mut self, m: &Member, facts: ImageFacts) -> Result<(), ShardError> {
+        self.checks
+            .image(&String::from_utf8_lossy(m.rel_bytes()), facts);
+        self.settle_checks()
     }
 
     /// A GNU sparse member: written with its holes seeked over, so it takes
@@ -391,6 +487,9 @@ impl<'a> ShardPass<'a> {
         bytes.resize(m.size as usize, 0);
         let (got, failed) = m.read_partial(entry, &mut bytes);
         bytes.truncate(got);
+        let whole = failed.is_none() && got as u64 == m.size;
+        let facts = (whole && m.kind == Kind::Image && m.top_level)
+            .then(|| ImageCheck::whole(&self.task.integrity, &bytes));
         self.data
             .queue_bytes(m.rel.clone(), bytes, m.tag(WriteKind::Member));
         if failed.is_some() || (got as u64) < m.size {
@@ -398,7 +497,10 @@ impl<'a> ShardPass<'a> {
             self.data.wait_all();
             return Err(failed.unwrap_or_else(|| m.truncated(got as u64)));
         }
-        Ok(())
+        match facts {
+            Some(facts) => self.image_checked(m, facts),
+            None => Ok(()),
+        }
     }
 
     /// Records a refused placement; passes disk errors up. `Ok(true)` when written.
@@ -512,6 +614,8 @@ impl<'a> ShardPass<'a> {
     /// Settles every write, checks names across the shard, closes the
     /// fragment, flushes `data/` as configured and writes the manifest.
     pub(super) fn finish(mut self, started: Instant) -> Result<ShardOutput, ShardError> {
+        self.checks.finish();
+        self.settle_checks()?;
         self.data.wait_all();
         self.settle_writes()?;
         self.write_unlisted_captions()?;
@@ -605,5 +709,8 @@ fn manifest(task: &ShardTask, tally: Tally, writes_files: bool, started: Instant
         elapsed_ms: started.elapsed().as_millis() as u64,
         data_synced: !writes_files || task.data_sync.per_shard(),
         boot_id: durability::boot_id(),
+        image_checks: task.integrity.to_checks(),
+        image_issues: tally.image_issues,
+        image_issues_not_listed: tally.image_issues_not_listed,
     }
 }

@@ -17,6 +17,9 @@ pub(super) struct Tally {
     pub counts: ShardCounts,
     pub issues: Vec<MemberIssue>,
     pub issues_not_listed: u64,
+    /// Problems of the images themselves, listed apart.
+    pub image_issues: Vec<MemberIssue>,
+    pub image_issues_not_listed: u64,
 }
 
 impl Tally {
@@ -26,6 +29,8 @@ impl Tally {
             counts: ShardCounts::default(),
             issues: Vec::new(),
             issues_not_listed: 0,
+            image_issues: Vec::new(),
+            image_issues_not_listed: 0,
         }
     }
 
@@ -45,6 +50,25 @@ impl Tally {
             });
         } else {
             self.issues_not_listed += 1;
+        }
+    }
+
+    /// Counts and lists (while the list has room) a problem of an image.
+    pub(super) fn image_problem(&mut self, image: &str, reason: &str, detail: &str) {
+        *self
+            .counts
+            .image_problems
+            .entry(reason.to_string())
+            .or_default() += 1;
+        tracing::debug!(shard = %self.shard, image, reason, "{detail}");
+        if self.image_issues.len() < ISSUE_LIST_CAP {
+            self.image_issues.push(MemberIssue {
+                member: image.to_string(),
+                kind: reason.to_string(),
+                detail: detail.to_string(),
+            });
+        } else {
+            self.image_issues_not_listed += 1;
         }
     }
 

@@ -1,0 +1,121 @@
+//! The checks of the images themselves within a pass: each top-level image's
+//! facts (header size, and decode and digests when asked) are paired with
+//! the JSON row naming it by a [`Ledger`]; rows are released in JSON order.
+//!
+//! By default (sizes from the JSON, bad images kept) rows go to the fragment
+//! as their JSON is read, exactly as without the checks, and the ledger only
+//! judges; with `--dims image` or `--on-bad-image skip` rows wait in the
+//! ledger for their image (at most [`crate::integrity::MAX_WAITING`]).
+
+use std::path::PathBuf;
+
+use crate::integrity::{Claims, ImageFacts, IntegrityConfig, Ledger, Resolved, Verdict};
+use crate::sample::Row;
+
+use super::tally::Tally;
+
+/// A row held back until its image is judged, with what its caption needs.
+pub(super) struct Pending {
+    pub row: Row,
+    /// The JSON member's name in the tar.
+    pub member: String,
+    /// The JSON member's path under `data/`.
+    pub rel: PathBuf,
+}
+
+/// A row the ledger let go: to be written (its sizes as the table takes them).
+pub(super) type Released = Pending;
+
+/// The pass's image checks.
+pub(super) struct ImageChecks {
+    ledger: Ledger<Option<Pending>>,
+}
+
+impl ImageChecks {
+    pub(super) fn new(cfg: &IntegrityConfig) -> Self {
+        ImageChecks {
+            ledger: Ledger::new(cfg.clone()),
+        }
+    }
+
+    pub(super) fn cfg(&self) -> &IntegrityConfig {
+        self.ledger.config()
+    }
+
+    /// Whether rows wait for their image instead of going out at once.
+    pub(super) fn defers_rows(&self) -> bool {
+        self.cfg().defers_rows()
+    }
+
+    /// A top-level image's facts.
+    pub(super) fn image(&mut self, name: &str, facts: ImageFacts) {
+        self.ledger.image(name, facts);
+    }
+
+    /// A JSON's row naming `image`; `pending` is `None` when the row was
+    /// already written.
+    pub(super) fn json(&mut self, image: &str, claims: Claims, pending: Option<Pending>) {
+        self.ledger.json(image, claims, pending);
+    }
+
+    /// The end of the shard: everything still waiting is released.
+    pub(super) fn finish(&mut self) {
+        self.ledger.finish();
+    }
+
+    /// Counts the verdicts settled so far and returns the rows to write.
+    pub(super) fn settle(&mut self, tally: &mut Tally) -> Vec<Released> {
+        let mut out = Vec::new();
+        while let Some(done) = self.ledger.pop_ready() {
+            match done {
+                Resolved::Row {
+                    row,
+                    image,
+                    verdict,
+                } => {
+                    if let Some(v) = &verdict {
+                        record(tally, &image, v);
+                    }
+                    if let Some(p) = row {
+                        self.release(tally, p, verdict.as_ref(), &mut out);
+                    }
+                }
+                Resolved::LoneImage { image, verdict } => record(tally, &image, &verdict),
+            }
+        }
+        out
+    }
+
+    /// A held row: written with the table's sizes, or left out (skip).
+    fn release(
+        &self,
+        tally: &mut Tally,
+        mut p: Pending,
+        verdict: Option<&Verdict>,
+        out: &mut Vec<Released>,
+    ) {
+        let cfg = self.cfg();
+        if let Some(v) = verdict {
+            if !v.keep_row(cfg) {
+                let reasons: Vec<&str> = v.problems.iter().map(|p| p.reason.as_str()).collect();
+                let detail = format!(
+                    "its image {} is bad ({}); left out with --on-bad-image skip",
+                    p.row.filename,
+                    reasons.join(", ")
+                );
+                tally.skip(&p.member, "bad_image", detail);
+                return;
+            }
+            (p.row.width, p.row.height) = v.table_dims(cfg, (p.row.width, p.row.height));
+        }
+        out.push(p);
+    }
+}
+
+/// Counts and lists each problem of one image.
+fn record(tally: &mut Tally, image: &str, v: &Verdict) {
+    tally.counts.images_checked += 1;
+    for p in &v.problems {
+        tally.image_problem(image, p.reason.as_str(), &p.detail);
+    }
+}
