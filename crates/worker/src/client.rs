@@ -24,6 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::fence::Fence;
 use crate::shard::{
     LiveProgress, ShardError, ShardOutput, ShardTask, process_shard, process_stream,
 };
@@ -168,8 +169,17 @@ pub fn client(url: &str, token: &str, tls: Option<&ClientTls>) -> Result<Client,
     ))
 }
 
+/// Whether a failed call may succeed if retried: the server is busy or
+/// gone for now, or the connection broke (an HTTP/2 GOAWAY or reset, a
+/// broken pipe, which tonic reports as `Internal` or `Unknown`).
 fn transient(s: &Status) -> bool {
-    matches!(
+    let msg = s.message().to_ascii_lowercase();
+    let broken_connection = s.code() == Code::Internal
+        && ["goaway", "go away", "connection", "broken pipe", "reset", "h2 protocol error"]
+            .iter()
+            .any(|w| msg.contains(w));
+    broken_connection
+        || matches!(
         s.code(),
         Code::Unavailable
             | Code::Unknown
@@ -303,6 +313,9 @@ async fn run_loop(
         let req = proto::LeaseRequest {
             worker_id: ctx.config.worker_id.clone(),
         };
+        // The coordinator's lease runs from when it received the request:
+        // counting from before it was sent keeps the worker's deadline earlier.
+        let sent = Instant::now();
         let lease = ctx
             .call("lease", |mut c| {
                 let req = req.clone();
@@ -315,7 +328,7 @@ async fn run_loop(
                 return Ok(WorkerExit::JobDone);
             }
             Some(proto::lease_response::Outcome::Shard(l)) => {
-                work_on(&mut ctx, &spec, l).await?;
+                work_on(&mut ctx, &spec, l, sent).await?;
             }
             Some(proto::lease_response::Outcome::WaitMs(ms)) => {
                 let mut rx = ctx.shutdown.clone();
@@ -393,6 +406,7 @@ async fn work_on(
     ctx: &mut Ctx,
     spec: &proto::JobSpec,
     l: proto::ShardLease,
+    sent: Instant,
 ) -> Result<(), WorkerError> {
     let started = Instant::now();
     tracing::info!(shard = %l.shard_name, attempt = l.attempt, lease = l.lease_id, "processing shard");
@@ -403,12 +417,15 @@ async fn work_on(
             return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
         }
     };
-    let task = shard_task(ctx, spec, &l, path, url.is_some());
     let cancel = Arc::new(AtomicBool::new(false));
+    let lease = LeaseClock::of(spec);
+    let fence = Fence::new(Arc::clone(&cancel), l.lease_id, lease.deadline_from(sent));
+    let mut task = shard_task(ctx, spec, &l, path, url.is_some());
+    task.fence = fence.clone();
     let live = Arc::new(LiveProgress::default());
     let fault = ctx.config.fault.clone();
     let handle = spawn_processing(task, url, fault, Arc::clone(&cancel), Arc::clone(&live));
-    let ended = watch(ctx, spec, &l, handle, &cancel, &live).await?;
+    let ended = watch(ctx, lease, &l, handle, &fence, &live).await?;
     report(ctx, &l, ended, started).await
 }
 
@@ -464,6 +481,7 @@ fn shard_task(
         attempt: l.attempt,
         worker_id: ctx.config.worker_id.clone(),
         write_threads: ctx.config.write_threads,
+        fence: Fence::default(),
     }
 }
 
@@ -486,9 +504,12 @@ fn spawn_processing(
                     source: std::io::Error::other("injected failure (--fault)"),
                 });
             }
-            Some(Fault::Hang(s)) if *s == task.shard_name => loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            },
+            Some(Fault::Hang(s)) if *s == task.shard_name => {
+                while !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Err(ShardError::Cancelled(task.shard_name.clone()));
+            }
             _ => {}
         }
         match url {
@@ -506,46 +527,106 @@ fn spawn_processing(
     })
 }
 
-/// Waits for the pass while heartbeats extend the lease; cancels the pass
-/// when the lease is lost or the worker shuts down.
+/// The lease as the worker counts it: the coordinator's timeout less a
+/// safety margin (a fifth), from the send time of the request that began
+/// or renewed it, on the monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct LeaseClock {
+    safe: Duration,
+    interval: Duration,
+}
+
+impl LeaseClock {
+    fn of(spec: &proto::JobSpec) -> Self {
+        let timeout = Duration::from_millis(spec.lease_timeout_ms.max(100));
+        LeaseClock {
+            safe: timeout - timeout / 5,
+            interval: Duration::from_millis(spec.heartbeat_interval_ms.max(50)),
+        }
+    }
+
+    fn deadline_from(self, sent: Instant) -> Instant {
+        sent + self.safe
+    }
+}
+
+type BeatFuture<'a> = std::pin::Pin<Box<dyn Future<Output = (Instant, Result<Beat, WorkerError>)> + Send + 'a>>;
+
+/// Awaits the heartbeat in flight, if any (else never resolves).
+async fn beat_done(beat: &mut Option<BeatFuture<'_>>) -> (Instant, Result<Beat, WorkerError>) {
+    match beat.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the pass while heartbeats extend the lease. The deadline is
+/// enforced on its own branch, never behind a heartbeat in flight (each
+/// heartbeat's own timeout is the time left). When the lease is lost or
+/// the worker shuts down, the fence closes and the pass (with its writer
+/// threads) is waited for before moving on.
 async fn watch(
     ctx: &Ctx,
-    spec: &proto::JobSpec,
+    lease: LeaseClock,
     l: &proto::ShardLease,
     mut handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>,
-    cancel: &AtomicBool,
+    fence: &Fence,
     live: &LiveProgress,
 ) -> Result<Ended, WorkerError> {
     let shard = &l.shard_name;
-    let lease_timeout = Duration::from_millis(spec.lease_timeout_ms.max(100));
-    let mut last_ok = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(spec.heartbeat_interval_ms.max(50)));
+    let mut tick = tokio::time::interval(lease.interval);
     tick.tick().await;
     let mut shutdown = ctx.shutdown.clone();
+    let mut beat: Option<BeatFuture<'_>> = None;
     let ended = loop {
+        let deadline = fence.deadline();
         tokio::select! {
             r = &mut handle => break Ended::Processed(r.unwrap_or_else(|e| Err(thread_failed(shard, e)))),
             _ = shutdown.changed() => break Ended::Shutdown,
-            _ = tick.tick() => match heartbeat(ctx, l, live).await {
-                Ok(Beat::Renewed) => last_ok = Instant::now(),
-                Ok(Beat::LeaseGone) => break Ended::LeaseLost,
-                // Fencing: without a renewed lease, another worker may own the shard by now.
-                Ok(Beat::Failed) if last_ok.elapsed() >= lease_timeout => {
-                    tracing::warn!(shard = %shard, "no heartbeat got through for the whole lease; stopping the shard");
-                    break Ended::LeaseLost;
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if fence.deadline() > Instant::now() {
+                    continue;
                 }
-                Ok(Beat::Failed) => {}
-                Err(e) => {
-                    cancel.store(true, Ordering::Relaxed);
-                    return Err(e);
+                tracing::warn!(shard = %shard, "no heartbeat got through before the lease deadline; stopping the shard");
+                break Ended::LeaseLost;
+            }
+            _ = tick.tick(), if beat.is_none() => {
+                let sent = Instant::now();
+                let left = deadline.saturating_duration_since(sent);
+                beat = Some(Box::pin(async move {
+                    let r = match tokio::time::timeout(left, heartbeat(ctx, l, live)).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(Beat::Failed),
+                    };
+                    (sent, r)
+                }));
+            }
+            (sent, r) = beat_done(&mut beat) => {
+                beat = None;
+                match r {
+                    Ok(Beat::Renewed) => fence.extend_to(lease.deadline_from(sent)),
+                    Ok(Beat::LeaseGone) => break Ended::LeaseLost,
+                    Ok(Beat::Failed) => {}
+                    Err(e) => {
+                        stop_pass(fence, handle).await;
+                        return Err(e);
+                    }
                 }
-            },
+            }
         }
     };
-    if !matches!(ended, Ended::Processed(_)) {
-        cancel.store(true, Ordering::Relaxed);
+    if matches!(ended, Ended::Processed(_)) {
+        return Ok(ended);
     }
+    stop_pass(fence, handle).await;
     Ok(ended)
+}
+
+/// Closes the fence and waits for the pass to return: its writer threads
+/// have stopped by then, and queued writes were dropped, not published.
+async fn stop_pass(fence: &Fence, handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>) {
+    fence.close();
+    let _ = handle.await;
 }
 
 /// What one heartbeat found.

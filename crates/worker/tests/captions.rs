@@ -44,6 +44,7 @@ fn run(
         shards_in_data_dir: false,
         data_sync: DataSync::None,
         write_threads,
+        fence: Default::default(),
     };
     let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

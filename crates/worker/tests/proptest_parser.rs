@@ -393,6 +393,7 @@ fn run_shard(
         shards_in_data_dir: in_data,
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads,
+        fence: Default::default(),
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();

@@ -30,6 +30,7 @@ fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
         shards_in_data_dir: false,
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads: 1,
+        fence: Default::default(),
     };
     process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
 }

@@ -64,6 +64,9 @@ pub struct ShardTask {
     /// Threads creating small files while the tar is read (`0`: the reading
     /// thread writes each file itself); see [`crate::writers`].
     pub write_threads: usize,
+    /// Closes when the lease ends: no file is published after that (see
+    /// [`crate::fence`]). The default stays open.
+    pub fence: crate::fence::Fence,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
