@@ -48,6 +48,11 @@ pub enum Command {
 /// Settings of a job, shared by `run` and `coordinator`.
 #[derive(Debug, Args, Clone)]
 pub struct JobArgs {
+    /// On a re-run, also compare the checksum of every file earlier shards
+    /// wrote (reads them all; without it only sizes are checked), so that
+    /// changed bytes are repaired too.
+    #[arg(long)]
+    pub deep: bool,
     /// Where the *.tar shards are: a folder (e.g. the Hugging Face download's data/),
     /// s3://BUCKET/PREFIX/ (also gs://, az://), https://HOST/data-{000000..000068}.tar,
     /// or hf://datasets/OWNER/NAME[/PATH].
@@ -309,6 +314,9 @@ pub struct VerifyArgs {
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also read every file the shards wrote and compare its checksum.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,7 @@ pub fn coordinator_config(
         worker_grace: job.worker_grace,
         progress_interval: job.progress_interval,
         data_sync: job.data_sync(data_sync),
+        deep: job.deep,
         ..CoordinatorConfig::default()
     })
 }

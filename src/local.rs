@@ -280,10 +280,11 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let findings = shardprep_coordinator::verify::verify_output(
+    let findings = shardprep_coordinator::verify::verify_output_deep(
         &args.output,
         args.expect_json,
         args.dataset_id.as_deref(),
+        args.deep,
     );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);

@@ -129,9 +129,9 @@ async fn start_job(
     let (input_root, discovery) = discover_input(&config.input).await?;
     let sources = discovery.shards;
     let recovered = {
-        let (layout, sources) = (layout.clone(), sources.clone());
+        let (layout, sources, deep) = (layout.clone(), sources.clone(), config.deep);
         blocking("recovery of committed shards", move || {
-            recover_shards(&layout, &sources)
+            recover_shards(&layout, &sources, deep)
         })
         .await?
     };
@@ -168,6 +168,7 @@ async fn start_job(
 fn recover_shards(
     layout: &OutputLayout,
     sources: &[ShardSource],
+    deep: bool,
 ) -> Vec<(String, ShardIdentity, Option<ShardManifest>)> {
     let boot_id = shardprep_core::durability::boot_id();
     let mut recovered: Vec<_> = sources
@@ -177,7 +178,7 @@ fn recover_shards(
             (s.name.clone(), s.identity, m)
         })
         .collect();
-    redo_damaged(layout, &mut recovered);
+    redo_damaged(layout, &mut recovered, deep);
     recovered
 }
 
@@ -187,6 +188,7 @@ fn recover_shards(
 fn redo_damaged(
     layout: &OutputLayout,
     recovered: &mut [(String, ShardIdentity, Option<ShardManifest>)],
+    deep: bool,
 ) {
     let wrote: Vec<ShardWrote> = recovered
         .iter()
@@ -201,7 +203,7 @@ fn redo_damaged(
     if wrote.is_empty() {
         return;
     }
-    let damaged = verify::check_written(layout, &wrote, None, 0, true).damaged_shards;
+    let damaged = verify::check_written(layout, &wrote, None, 0, true, deep).damaged_shards;
     for (name, _, m) in recovered.iter_mut() {
         if m.is_some() && damaged.contains(name.as_str()) {
             tracing::warn!(shard = %name, "files this shard wrote into data/ are missing or changed since it was committed; redoing the shard");

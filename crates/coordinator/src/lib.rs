@@ -112,6 +112,9 @@ pub struct CoordinatorConfig {
     pub data_sync: DataSync,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<ServerTls>,
+    /// A re-run compares the checksums of the files earlier shards wrote,
+    /// not only their sizes.
+    pub deep: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -137,6 +140,7 @@ impl Default for CoordinatorConfig {
             progress_interval: Duration::from_secs(5),
             data_sync: DataSync::Shard,
             tls: None,
+            deep: false,
         }
     }
 }
