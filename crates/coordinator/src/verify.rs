@@ -171,7 +171,11 @@ pub fn check_written(
 
 /// Why a listed file is not as written: missing, another size, or (with
 /// `deep`) other bytes than its recorded checksum.
-fn damage(path: &Path, rec: &shardprep_core::durability::ListedFile<'_>, deep: bool) -> Option<String> {
+fn damage(
+    path: &Path,
+    rec: &shardprep_core::durability::ListedFile<'_>,
+    deep: bool,
+) -> Option<String> {
     let m = match std::fs::symlink_metadata(path) {
         Err(e) => return Some(format!("{e}")),
         Ok(m) => m,

@@ -310,7 +310,11 @@ mod tests {
             Some(10),
             Some(crc32fast::hash(&[7u8; 10])),
         ));
-        list.extend(files_list_record(b"b.txt", Some(3), Some(crc32fast::hash(b"cap"))));
+        list.extend(files_list_record(
+            b"b.txt",
+            Some(3),
+            Some(crc32fast::hash(b"cap")),
+        ));
         list.extend(files_list_record(b"../outside", Some(1), None));
         assert_eq!(first_damaged_file(&dir, &list, true), None);
         std::fs::write(dir.join("b.txt"), b"cat").unwrap();
@@ -321,7 +325,11 @@ mod tests {
         let bad = first_damaged_file(&dir, &list, false).unwrap();
         assert!(bad.contains("b.txt") && bad.contains("0 bytes"), "{bad}");
         std::fs::remove_file(dir.join("a.png")).unwrap();
-        assert!(first_damaged_file(&dir, &list, false).unwrap().contains("a.png"));
+        assert!(
+            first_damaged_file(&dir, &list, false)
+                .unwrap()
+                .contains("a.png")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -175,19 +175,26 @@ pub fn client(url: &str, token: &str, tls: Option<&ClientTls>) -> Result<Client,
 fn transient(s: &Status) -> bool {
     let msg = s.message().to_ascii_lowercase();
     let broken_connection = s.code() == Code::Internal
-        && ["goaway", "go away", "connection", "broken pipe", "reset", "h2 protocol error"]
-            .iter()
-            .any(|w| msg.contains(w));
+        && [
+            "goaway",
+            "go away",
+            "connection",
+            "broken pipe",
+            "reset",
+            "h2 protocol error",
+        ]
+        .iter()
+        .any(|w| msg.contains(w));
     broken_connection
         || matches!(
-        s.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-    )
+            s.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Aborted
+        )
 }
 
 struct Ctx {
@@ -550,7 +557,8 @@ impl LeaseClock {
     }
 }
 
-type BeatFuture<'a> = std::pin::Pin<Box<dyn Future<Output = (Instant, Result<Beat, WorkerError>)> + Send + 'a>>;
+type BeatFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = (Instant, Result<Beat, WorkerError>)> + Send + 'a>>;
 
 /// Awaits the heartbeat in flight, if any (else never resolves).
 async fn beat_done(beat: &mut Option<BeatFuture<'_>>) -> (Instant, Result<Beat, WorkerError>) {
@@ -624,7 +632,10 @@ async fn watch(
 
 /// Closes the fence and waits for the pass to return: its writer threads
 /// have stopped by then, and queued writes were dropped, not published.
-async fn stop_pass(fence: &Fence, handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>) {
+async fn stop_pass(
+    fence: &Fence,
+    handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>,
+) {
     fence.close();
     let _ = handle.await;
 }

@@ -351,10 +351,14 @@ impl DataDir {
 
     /// Adds a published file to the log with the size and CRC it was
     /// written with (`None`: unknown).
-    fn record(&mut self, rel: &Path, size: Option<u64>, crc: Option<u32>) -> Result<(), PlaceError> {
+    fn record(
+        &mut self,
+        rel: &Path,
+        size: Option<u64>,
+        crc: Option<u32>,
+    ) -> Result<(), PlaceError> {
         if let Some((w, path)) = self.log.as_mut() {
-            let rec =
-                durability::files_list_record(rel.as_os_str().as_encoded_bytes(), size, crc);
+            let rec = durability::files_list_record(rel.as_os_str().as_encoded_bytes(), size, crc);
             w.write_all(&rec)
                 .map_err(|e| PlaceError::Io(path.clone(), e))?;
         }
@@ -644,7 +648,13 @@ impl Staged {
         for _ in 0..2 {
             // SAFETY: both paths are NUL-terminated and outlive the call.
             let rc = unsafe {
-                libc::linkat(libc::AT_FDCWD, proc.as_ptr(), dir, tmp.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc.as_ptr(),
+                    dir,
+                    tmp.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
             };
             match cvt(rc) {
                 Ok(_) => {
