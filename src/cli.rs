@@ -49,6 +49,11 @@ pub enum Command {
 /// Settings of a job, shared by `run` and `coordinator`.
 #[derive(Debug, Args, Clone)]
 pub struct JobArgs {
+    /// On a re-run, also compare the checksum of every file earlier shards
+    /// wrote (reads them all; without it only sizes are checked), so that
+    /// changed bytes are repaired too.
+    #[arg(long)]
+    pub deep: bool,
     /// Where the *.tar shards are: a folder (e.g. the Hugging Face download's data/),
     /// s3://BUCKET/PREFIX/ (also gs://, az://), https://HOST/data-{000000..000068}.tar,
     /// or hf://datasets/OWNER/NAME[/PATH].
@@ -361,8 +366,9 @@ pub struct VerifyArgs {
     /// The dataset id (parquet name); default: read from report.json, else dalle3.
     #[arg(long, env = "SHARDPREP_DATASET_ID")]
     pub dataset_id: Option<String>,
-    /// Also re-read every image a JSON of data/ names: its header size against the JSON,
-    /// and the full decode and hash fields when the job's report says they were checked.
+    /// Also read every file the shards wrote and compare its checksum, and re-check every
+    /// image a JSON of data/ names: its header size against the JSON, and the full decode and
+    /// hash fields when the job's report says they were checked.
     #[arg(long)]
     pub deep: bool,
     /// Print the findings as JSON.

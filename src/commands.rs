@@ -129,6 +129,7 @@ pub fn coordinator_config(
         data_sync: job.data_sync(data_sync),
         metrics_listen: job.metrics_listen,
         image_checks: image_checks(job)?,
+        deep: job.deep,
         ..CoordinatorConfig::default()
     })
 }

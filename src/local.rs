@@ -342,10 +342,11 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut findings = shardprep_coordinator::verify::verify_output(
+    let mut findings = shardprep_coordinator::verify::verify_output_deep(
         &args.output,
         args.expect_json,
         args.dataset_id.as_deref(),
+        args.deep,
     );
     if args.deep {
         let deep = crate::deep::deep_check(&args.output);

@@ -133,6 +133,9 @@ pub struct CoordinatorConfig {
     pub mode: Mode,
     /// Checks of the images themselves the workers make (issue 20).
     pub image_checks: shardprep_core::manifest::ImageChecks,
+    /// A re-run compares the checksums of the files earlier shards wrote,
+    /// not only their sizes.
+    pub deep: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -161,6 +164,7 @@ impl Default for CoordinatorConfig {
             metrics_listen: None,
             mode: Mode::Extract,
             image_checks: Default::default(),
+            deep: false,
         }
     }
 }

@@ -45,6 +45,7 @@ fn run(
         data_sync: DataSync::None,
         write_threads,
         integrity: Default::default(),
+        fence: Default::default(),
     };
     let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

@@ -394,6 +394,7 @@ fn run_shard(
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads,
         integrity: Default::default(),
+        fence: Default::default(),
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();

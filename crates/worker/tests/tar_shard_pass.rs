@@ -31,6 +31,7 @@ fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads: 1,
         integrity: Default::default(),
+        fence: Default::default(),
     };
     process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
 }

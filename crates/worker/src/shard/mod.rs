@@ -68,6 +68,9 @@ pub struct ShardTask {
     pub write_threads: usize,
     /// The checks of the images themselves (see [`crate::integrity`]).
     pub integrity: IntegrityConfig,
+    /// Closes when the lease ends: no file is published after that (see
+    /// [`crate::fence`]). The default stays open.
+    pub fence: crate::fence::Fence,
 }
 
 /// Live counters a heartbeat reports while the shard runs.

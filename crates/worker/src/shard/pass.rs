@@ -661,6 +661,7 @@ fn open_data_dir(
     std::fs::create_dir_all(&root).map_err(|e| source.write_error(&root, e))?;
     let threads = if writes_files { task.write_threads } else { 0 };
     let mut data = DataDir::new(root.clone())
+        .and_then(|d| d.with_fence(task.fence.clone()))
         .and_then(|d| d.with_writers(threads))
         .map_err(|e| source.write_error(&root, e))?;
     if writes_files && task.data_sync.background_flush() {
