@@ -128,6 +128,7 @@ pub fn coordinator_config(
         progress_interval: job.progress_interval,
         data_sync: job.data_sync(data_sync),
         metrics_listen: job.metrics_listen,
+        max_sparse_size: job.max_sparse_size,
         ..CoordinatorConfig::default()
     })
 }

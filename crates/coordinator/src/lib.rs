@@ -131,6 +131,8 @@ pub struct CoordinatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Extract the members, or write a webshart index per shard.
     pub mode: Mode,
+    /// Sparse members expanding past this many bytes are refused.
+    pub max_sparse_size: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -158,6 +160,7 @@ impl Default for CoordinatorConfig {
             tls: None,
             metrics_listen: None,
             mode: Mode::Extract,
+            max_sparse_size: shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE,
         }
     }
 }
@@ -187,6 +190,10 @@ impl CoordinatorConfig {
         self
     }
     /// Extract the members, or index the tars in place.
+    pub fn with_max_sparse_size(mut self, bytes: u64) -> Self {
+        self.max_sparse_size = bytes;
+        self
+    }
     pub fn with_mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self

@@ -478,6 +478,7 @@ fn index_local(
         lease_id: task.lease_id,
         attempt: task.attempt,
         worker_id: task.worker_id.clone(),
+        max_sparse_size: task.max_sparse_size,
     };
     // The index file is named by AttemptFiles: the coordinator finds it from the fragment's name.
     index_shard(&t, cancel, live).map(|out| ShardOutput {
@@ -517,6 +518,9 @@ fn shard_task(
         attempt: l.attempt,
         worker_id: ctx.config.worker_id.clone(),
         write_threads: ctx.config.write_threads,
+        max_sparse_size: spec
+            .max_sparse_size
+            .unwrap_or(shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE),
     }
 }
 

@@ -44,6 +44,7 @@ fn run(
         shards_in_data_dir: false,
         data_sync: DataSync::None,
         write_threads,
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

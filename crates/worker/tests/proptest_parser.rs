@@ -393,6 +393,7 @@ fn run_shard(
         shards_in_data_dir: in_data,
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads,
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();

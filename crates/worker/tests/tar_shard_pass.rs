@@ -30,6 +30,7 @@ fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
         shards_in_data_dir: false,
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads: 1,
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
 }

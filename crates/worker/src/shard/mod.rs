@@ -15,7 +15,7 @@
 //! - [`tally`]: the counts and the issues listed by name.
 
 mod captions;
-mod input;
+pub(crate) mod input;
 mod member;
 mod pass;
 mod tally;
@@ -34,8 +34,9 @@ use shardprep_core::proto::FailureKind;
 use shardprep_remote::RemoteError;
 
 use crate::fragment::FragmentError;
-use crate::tar_reader::TarReader;
+use crate::tar_reader::{Limits, TarReader};
 use input::ShardSource;
+pub(crate) use member::{refused_entry_type, unknown_type_warning};
 use pass::ShardPass;
 
 /// JSON members larger than this are extracted but not parsed.
@@ -64,6 +65,9 @@ pub struct ShardTask {
     /// Threads creating small files while the tar is read (`0`: the reading
     /// thread writes each file itself); see [`crate::writers`].
     pub write_threads: usize,
+    /// Sparse members expanding past this many bytes are refused
+    /// (`--max-sparse-size`).
+    pub max_sparse_size: u64,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
@@ -176,7 +180,11 @@ pub fn process_stream(
     let source = ShardSource::new(&task.shard_name);
     let reader = source.reader(input, &live.bytes_read)?;
     let mut pass = ShardPass::open(task, &source, cancel, live)?;
-    let mut archive = TarReader::new(reader);
+    let limits = Limits {
+        max_sparse_size: task.max_sparse_size,
+        ..Limits::default()
+    };
+    let mut archive = TarReader::with_limits(reader, limits);
     loop {
         if pass.cancelled() {
             return Err(source.cancelled());
