@@ -1709,3 +1709,29 @@ fn max_sparse_size_takes_units_and_refuses_garbage() {
         run.explain()
     );
 }
+
+#[test]
+fn an_unknown_type_flag_is_extracted_as_a_file_with_a_warning() {
+    let job = Job::new();
+    let mut b = new_tar();
+    add_sample(&mut b, "a0");
+    let h = raw_header(b"odd.bin", tar::EntryType::new(b'Q'), 3, b"");
+    b.append(&h, &b"QQQ"[..]).unwrap();
+    add_sample(&mut b, "a1");
+    job.add("odd.tar", &finish(b));
+    job.add_good("good.tar", "g", 2);
+    let run = job.run("2", &[]);
+    assert_good_shard_done(&job, &run, 2);
+    let r = job.report();
+    let s = shard(&r, "odd.tar");
+    assert_eq!(by_reason(s, "rejected_members"), reasons(&[]));
+    assert_eq!(issues(s, "unknown_entry_type"), ["odd.bin"]);
+    assert_eq!(r["totals"]["member_warnings"]["unknown_entry_type"], 1);
+    assert_eq!(std::fs::read(job.data().join("odd.bin")).unwrap(), b"QQQ");
+    assert!(
+        run.all_output()
+            .contains("member warnings    unknown_entry_type"),
+        "{}",
+        run.explain()
+    );
+}

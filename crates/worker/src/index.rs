@@ -3,10 +3,13 @@
 //! reads only the headers, the JSON members and the first bytes of each
 //! image — the rest of every image is seeked over, never read.
 //!
-//! Members are checked as in the extract pass (unsafe names, links and
-//! devices are refused and get no entry; duplicates are counted, the later
-//! copy wins), and every member's data must lie inside the file: a tar cut
-//! off mid-member fails with the shard and the member named.
+//! The tar is walked by the extract pass's reader ([`TarReader::seeking`]):
+//! the same members under the same names (PAX, GNU long names, header-only
+//! types, V7 directories), checked as in the extract pass (unsafe names,
+//! links and devices are refused and get no entry; duplicates are counted,
+//! the later copy wins), and the same errors: a tar cut off mid-member fails
+//! with the shard and the member named. GNU sparse members get no entry
+//! (`sparse_file`): no offset and length can serve their expanded bytes.
 
 pub mod doc;
 pub mod window;
