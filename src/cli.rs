@@ -11,6 +11,10 @@ fn duration(s: &str) -> Result<Duration, String> {
     shardprep_core::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn bytes(s: &str) -> Result<u64, String> {
+    shardprep_core::size::parse_bytes(s)
+}
+
 /// Turn webdataset tar shards (image + JSON per sample) into a training-ready
 /// SimpleTuner dataset: extracted files, caption .txt files, one parquet table,
 /// a report and the dataloader entry — in one streaming pass per shard.
@@ -173,6 +177,11 @@ pub struct JobArgs {
     /// A shard whose worker reports no progress for this long is given to another worker.
     #[arg(long, env = "SHARDPREP_STALL_TIMEOUT", value_parser = duration, default_value = "5m")]
     pub stall_timeout: Duration,
+    /// Sparse members (GNU tar --sparse) whose expanded size passes this are
+    /// refused and listed in the report; the others are written as sparse
+    /// files (holes take no disk). Bytes, or e.g. 64G, 2TiB.
+    #[arg(long, env = "SHARDPREP_MAX_SPARSE_SIZE", value_name = "BYTES", value_parser = bytes, default_value = "1TiB")]
+    pub max_sparse_size: u64,
     /// Attempts per shard before it is marked failed.
     #[arg(long, env = "SHARDPREP_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

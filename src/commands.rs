@@ -130,6 +130,7 @@ pub fn coordinator_config(
         metrics_listen: job.metrics_listen,
         image_checks: image_checks(job)?,
         deep: job.deep,
+        max_sparse_size: job.max_sparse_size,
         ..CoordinatorConfig::default()
     })
 }

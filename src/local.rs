@@ -172,6 +172,12 @@ pub fn print_summary(r: &Report) {
             w => format!("{w} (textfile and parquet captions differ for these)"),
         }
     );
+    if !t.member_warnings.is_empty() {
+        println!(
+            "  member warnings    {} (unknown type flags, extracted as regular files as tar xf does)",
+            by_reason(&t.member_warnings)
+        );
+    }
     println!("  images             {}", t.images);
     if let Some(ix) = &r.index {
         println!(

@@ -297,6 +297,7 @@ fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
         mode: config.mode.to_proto(),
+        max_sparse_size: Some(config.max_sparse_size),
         ..Default::default()
     };
     config.image_checks.to_proto(&mut spec);

@@ -136,6 +136,8 @@ pub struct CoordinatorConfig {
     /// A re-run compares the checksums of the files earlier shards wrote,
     /// not only their sizes.
     pub deep: bool,
+    /// Sparse members expanding past this many bytes are refused.
+    pub max_sparse_size: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -165,6 +167,7 @@ impl Default for CoordinatorConfig {
             mode: Mode::Extract,
             image_checks: Default::default(),
             deep: false,
+            max_sparse_size: shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE,
         }
     }
 }
@@ -194,6 +197,10 @@ impl CoordinatorConfig {
         self
     }
     /// Extract the members, or index the tars in place.
+    pub fn with_max_sparse_size(mut self, bytes: u64) -> Self {
+        self.max_sparse_size = bytes;
+        self
+    }
     pub fn with_mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self

@@ -511,6 +511,7 @@ fn index_local(
         lease_id: task.lease_id,
         attempt: task.attempt,
         worker_id: task.worker_id.clone(),
+        max_sparse_size: task.max_sparse_size,
     };
     // The index file is named by AttemptFiles: the coordinator finds it from the fragment's name.
     index_shard(&t, cancel, live).map(|out| ShardOutput {
@@ -552,6 +553,9 @@ fn shard_task(
         write_threads: ctx.config.write_threads,
         integrity: crate::integrity::IntegrityConfig::from_spec(spec),
         fence: Fence::default(),
+        max_sparse_size: spec
+            .max_sparse_size
+            .unwrap_or(shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE),
     }
 }
 

@@ -46,6 +46,7 @@ fn run(
         write_threads,
         integrity: Default::default(),
         fence: Default::default(),
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

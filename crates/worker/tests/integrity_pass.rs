@@ -65,6 +65,7 @@ fn run(shard: &Path, out: &Path, extract: bool, integrity: IntegrityConfig) -> P
         write_threads: 1,
         integrity,
         fence: Default::default(),
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let done = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

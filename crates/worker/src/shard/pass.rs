@@ -124,6 +124,10 @@ impl<'a> ShardPass<'a> {
             let detail = format!("{kind:?} members are not extracted");
             self.tally.reject(&name, reason, detail);
         } else {
+            if let EntryKind::Other(flag) = kind {
+                let (key, detail) = super::unknown_type_warning(flag);
+                self.tally.member_warning(&name, key, detail);
+            }
             let member = Member::new(self.source, name, rel, size, data_pos);
             self.file(&member, entry)?;
         }
