@@ -923,6 +923,47 @@ fn a_shard_changed_after_commit_is_redone_on_resume() {
     assert_matches_seed(&s.out, &shards);
 }
 
+/// Case 7a: as case 7, but the replaced shard keeps its size and its
+/// modification time (`cp new old && touch -r saved old`): the inode's
+/// ctime still tells the change, and the shard is redone.
+#[test]
+fn a_shard_replaced_with_the_same_size_and_mtime_is_redone() {
+    let mut s = Scene::new();
+    let shards = make_shards(&s.input.clone(), 2, 20, 8703);
+    let out = s.out.clone();
+    let p = s.run("run-1", &out, &["--workers", "1"]);
+    assert_success(s.wait_exit(p, secs(30)), "the first run");
+    let before = committed(&s.out);
+    let mtime = std::fs::metadata(&shards[1]).unwrap().modified().unwrap();
+    let size = std::fs::metadata(&shards[1]).unwrap().len();
+    // ctime has a clock tick of resolution: make sure it moves.
+    std::thread::sleep(Duration::from_millis(20));
+    rewrite_images(&shards[1]);
+    File::options()
+        .write(true)
+        .open(&shards[1])
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let m = std::fs::metadata(&shards[1]).unwrap();
+    assert_eq!((m.len(), m.modified().unwrap()), (size, mtime));
+    let p = s.run("run-2", &out, &["--workers", "1"]);
+    assert_success(s.wait_exit(p, secs(30)), "the second run");
+    let r = report(&s.out);
+    assert_eq!(
+        shard_entry(&r, "data-000000.tar")["recovered"],
+        true,
+        "{r:#}"
+    );
+    assert_eq!(
+        shard_entry(&r, "data-000001.tar")["recovered"],
+        false,
+        "{r:#}"
+    );
+    assert!(committed(&s.out)["data-000001.tar"] != before["data-000001.tar"]);
+    assert_matches_seed(&s.out, &shards);
+}
+
 /// Case 7b: as case 7, with the shard regenerated from another seed (other member
 /// names): the output must be the seed's for the new inputs, so the files
 /// the old version of the shard extracted must not stay in data/.

@@ -709,6 +709,7 @@ async fn client_loop(
                     identity: ShardIdentity {
                         size: l.size,
                         mtime_ns: l.mtime_ns,
+                        ..Default::default()
                     },
                     lease_id: l.lease_id,
                     attempt: l.attempt,

@@ -45,10 +45,10 @@ pub fn recover(
     if manifest.shard_name != name {
         return None;
     }
-    if manifest.identity != identity {
+    if !manifest.identity.same_input(&identity) {
         tracing::warn!(
             shard = name,
-            "the shard changed since it was committed (size or mtime); redoing it"
+            "the shard changed since it was committed (size, mtime, inode or ctime); redoing it"
         );
         forget_outdated(layout, name);
         return None;

@@ -58,6 +58,7 @@ fn remote_identity(size: u64, version: &str) -> ShardIdentity {
     ShardIdentity {
         size,
         mtime_ns: shardprep_core::layout::fnv1a64(version.as_bytes()) as i64,
+        ..Default::default()
     }
 }
 
@@ -106,13 +107,15 @@ pub async fn discover_input(
     ))
 }
 
-/// Identity of a file: size and modification time in nanoseconds.
+/// Identity of a file: size, mtime, inode and ctime (nanoseconds).
 pub fn identity_of(path: &Path) -> std::io::Result<ShardIdentity> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
     Ok(ShardIdentity {
         size: m.len(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        inode: m.ino(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
     })
 }
 

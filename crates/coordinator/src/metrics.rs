@@ -460,6 +460,7 @@ mod tests {
             identity: ShardIdentity {
                 size: 1,
                 mtime_ns: 1,
+                ..Default::default()
             },
             lease_id: 1,
             attempt: 1,
@@ -482,6 +483,7 @@ mod tests {
         let id = ShardIdentity {
             size: 1,
             mtime_ns: 1,
+            ..Default::default()
         };
         let shards = vec![
             ("a.tar".to_string(), id, Some(committed("w-old"))),

@@ -528,6 +528,7 @@ mod tests {
         ShardIdentity {
             size: 1,
             mtime_ns: 1,
+            ..Default::default()
         }
     }
     fn manifest(name: &str) -> ShardManifest {

@@ -61,6 +61,8 @@ fn shard_lease(g: Grant, url: Option<String>, held: std::time::Duration) -> prot
         attempt: g.attempt,
         size: g.identity.size,
         mtime_ns: g.identity.mtime_ns,
+        inode: g.identity.inode,
+        ctime_ns: g.identity.ctime_ns,
         url: url.unwrap_or_default(),
         // Rounded down: the worker's deadline stays on the safe side.
         held_ms: held.as_millis() as u64,

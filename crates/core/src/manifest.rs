@@ -174,10 +174,34 @@ pub struct MemberIssue {
 }
 
 /// Identity of an input shard: a changed shard is redone on resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Local shards: size, mtime, inode and ctime (a `cp` over the file plus
+/// `touch -r` keeps size and mtime but not ctime; a new file gets a new
+/// inode). Remote shards: size and a hash of the ETag in `mtime_ns`; inode
+/// and ctime stay 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardIdentity {
     pub size: u64,
     pub mtime_ns: i64,
+    /// Inode number (0: unknown, e.g. a manifest written before it was kept).
+    #[serde(default)]
+    pub inode: u64,
+    /// Status-change time in nanoseconds (0: unknown).
+    #[serde(default)]
+    pub ctime_ns: i64,
+}
+
+impl ShardIdentity {
+    /// Whether `now` is the same input as the one this identity was taken
+    /// of. Inode and ctime are compared only when both sides know them, so
+    /// that manifests of older versions still recover.
+    pub fn same_input(&self, now: &ShardIdentity) -> bool {
+        let known = |a: u64, b: u64| a == 0 || b == 0 || a == b;
+        self.size == now.size
+            && self.mtime_ns == now.mtime_ns
+            && known(self.inode, now.inode)
+            && known(self.ctime_ns as u64, now.ctime_ns as u64)
+    }
 }
 
 /// Written next to a committed fragment; its presence marks the shard done.

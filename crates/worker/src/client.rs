@@ -542,6 +542,8 @@ fn shard_task(
         identity: ShardIdentity {
             size: l.size,
             mtime_ns: l.mtime_ns,
+            inode: l.inode,
+            ctime_ns: l.ctime_ns,
         },
         layout,
         fields: fields_of(spec),

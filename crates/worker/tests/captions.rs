@@ -33,6 +33,7 @@ fn run(
         identity: ShardIdentity {
             size: 0,
             mtime_ns: 0,
+            ..Default::default()
         },
         layout: OutputLayout::new(tmp.path().join("out")),
         fields: FieldMap::dalle3(),

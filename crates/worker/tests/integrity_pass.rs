@@ -52,6 +52,7 @@ fn run(shard: &Path, out: &Path, extract: bool, integrity: IntegrityConfig) -> P
         identity: ShardIdentity {
             size: 0,
             mtime_ns: 0,
+            ..Default::default()
         },
         layout: OutputLayout::new(out.to_path_buf()),
         fields: FieldMap::dalle3(),

@@ -294,6 +294,7 @@ fn modes_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
         identity: ShardIdentity {
             size: bytes.len() as u64,
             mtime_ns: 0,
+            ..Default::default()
         },
         layout: OutputLayout::new(tmp.path().join("out")),
         fields: FieldMap::dalle3(),
@@ -466,6 +467,7 @@ fn run_shard(
         identity: ShardIdentity {
             size: bytes.len() as u64,
             mtime_ns: 0,
+            ..Default::default()
         },
         layout: OutputLayout::new(out.clone()),
         fields: FieldMap::dalle3(),

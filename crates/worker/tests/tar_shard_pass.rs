@@ -19,6 +19,7 @@ fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
         identity: ShardIdentity {
             size: 0,
             mtime_ns: 0,
+            ..Default::default()
         },
         layout: OutputLayout::new(out.to_path_buf()),
         fields: FieldMap::dalle3(),
