@@ -1,7 +1,9 @@
-//! Index mode: one pass over a local tar shard that writes its webshart
-//! index (see [`doc`]) and the same parquet rows as the extract pass, and
-//! reads only the headers, the JSON members and the first bytes of each
-//! image — the rest of every image is seeked over, never read.
+//! Index mode: one pass over a tar shard that writes its webshart index
+//! (see [`doc`]) and the same parquet rows as the extract pass, and reads
+//! only the headers, the JSON members and the first bytes of each image —
+//! the rest of every image is seeked over, never read. A remote shard is
+//! read the same way, by range requests ([`shardprep_remote::open_ranged`]):
+//! the images' bytes are never transferred.
 //!
 //! Members are checked as in the extract pass (unsafe names, links and
 //! devices are refused and get no entry; duplicates are counted, the later
@@ -42,8 +44,10 @@ pub use shardprep_core::layout::INDEX_DIR;
 /// Everything needed to index one leased shard.
 #[derive(Debug, Clone)]
 pub struct IndexTask {
-    /// The local tar file.
+    /// The local tar file (for a remote shard: its redacted URL, for messages).
     pub shard_path: PathBuf,
+    /// A remote shard: its URL and the runtime that does the range requests.
+    pub remote: Option<(String, tokio::runtime::Handle)>,
     /// The shard's name in the job (relative to the input root).
     pub shard_name: String,
     pub identity: ShardIdentity,
@@ -151,14 +155,21 @@ pub fn index_shard(
         index: index_tmp,
         ..
     } = AttemptFiles::new(shard, task.lease_id);
-    let done = index_file(
-        &task.shard_path,
-        shard,
-        &task.fields,
-        &tmp_dir.join(&fragment_tmp),
-        cancel,
-        live,
-    )?;
+    let fragment_path = tmp_dir.join(&fragment_tmp);
+    let done = match &task.remote {
+        None => index_file(
+            &task.shard_path,
+            shard,
+            &task.fields,
+            &fragment_path,
+            cancel,
+            live,
+        )?,
+        Some((url, handle)) => {
+            let win = open_remote(task, url, handle.clone())?;
+            index_window(win, shard, &task.fields, &fragment_path, cancel, live)?
+        }
+    };
     let index_path = tmp_dir.join(&index_tmp);
     write_synced(&index_path, &done.index).map_err(|e| write_err(&index_path, e))?;
     let manifest = ShardManifest {
@@ -207,13 +218,54 @@ pub fn index_file(
     };
     let file = File::open(path).map_err(open_err)?;
     let filesize = file.metadata().map_err(open_err)?.len();
+    let win = Window::new(file, filesize);
+    index_window(win, shard_name, fields, fragment_path, cancel, live)
+}
+
+/// Opens a remote shard for range requests; its size must be the one the
+/// job listed (else the object changed since: a re-run lists it again).
+fn open_remote(
+    task: &IndexTask,
+    url: &str,
+    handle: tokio::runtime::Handle,
+) -> Result<Window, ShardError> {
+    let remote_err = |source| ShardError::Remote {
+        shard: task.shard_name.clone(),
+        url: shardprep_remote::redact(url),
+        source: Box::new(source),
+    };
+    let options = shardprep_remote::ReadOptions::default();
+    let obj = shardprep_remote::open_ranged(url, handle, &options).map_err(remote_err)?;
+    if obj.size() != task.identity.size {
+        return Err(remote_err(shardprep_remote::RemoteError::Changed {
+            url: obj.url().to_string(),
+            detail: format!(
+                "{} bytes now, {} when the job listed it; run the job again to list it anew",
+                obj.size(),
+                task.identity.size
+            ),
+        }));
+    }
+    Ok(Window::remote(obj))
+}
+
+/// Indexes the tar `win` reads (named `shard_name` in errors and in the
+/// index's `path`), writing its parquet rows to `fragment_path`.
+pub fn index_window(
+    win: Window,
+    shard_name: &str,
+    fields: &FieldMap,
+    fragment_path: &Path,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<IndexedShard, ShardError> {
     let fragment = FragmentWriter::create(fragment_path, &fields.extra).map_err(|source| {
         ShardError::Fragment {
             shard: shard_name.to_string(),
             source,
         }
     })?;
-    let mut pass = Pass::new(shard_name, fields, Window::new(file, filesize), fragment);
+    let mut pass = Pass::new(shard_name, fields, win, fragment);
     pass.check_start()?;
     let mut scanner = Scanner::new();
     loop {
@@ -583,6 +635,7 @@ impl<'a> Pass<'a> {
                 source,
             })?;
         self.counts.bytes_read = self.win.bytes_read();
+        tracing::debug!(shard = %self.shard, bytes_read = self.counts.bytes_read, range_requests = self.win.requests(), filesize = self.win.file_len(), "index pass done");
         let index = index_bytes(self.shard, self.win.file_len(), &self.files);
         self.stats.entries = self.files.len() as u64;
         self.stats.index_bytes = index.len() as u64;
