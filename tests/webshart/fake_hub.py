@@ -9,6 +9,7 @@ HF_ENDPOINT), so the Hub is served twice: over plain HTTP for shardprep
 (`HF_ENDPOINT`), and over TLS as `huggingface.co` behind a CONNECT proxy for
 webshart (`HTTPS_PROXY`, with `SSL_CERT_FILE` naming a test CA that signed
 the certificate). Only the standard library and the `openssl` command.
+bench/index_remote.py serves its shard sets with it too.
 """
 
 import hashlib
@@ -52,6 +53,7 @@ class Hub:
         self.folder = Path(folder)
         self.repo = repo
         self.tar_bytes_sent = 0
+        self.tar_requests = 0
         self.requests = []
         self.lock = threading.Lock()
         self.servers = []
@@ -72,8 +74,9 @@ class Hub:
             rel = self.rel(p)
             if under and not rel.startswith(under + "/"):
                 continue
-            oid = hashlib.sha1(p.read_bytes()).hexdigest()
-            out.append({"type": "file", "path": rel, "size": p.stat().st_size, "oid": oid})
+            st = p.stat()
+            oid = hashlib.sha1(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+            out.append({"type": "file", "path": rel, "size": st.st_size, "oid": oid})
         return out
 
     def handler(self):
@@ -119,8 +122,7 @@ class Hub:
             def send_file(self, p):
                 if not p.is_file() or hub.folder not in p.resolve().parents:
                     return self.not_found()
-                data = p.read_bytes()
-                total = len(data)
+                total = p.stat().st_size
                 start, end, status = 0, total, 200
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes="):
@@ -137,17 +139,27 @@ class Hub:
                 self.send_response(status)
                 self.send_header("Content-Length", str(end - start))
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", '"%s"' % hashlib.sha1(data).hexdigest())
+                st = p.stat()
+                self.send_header("ETag", f'"{st.st_size}-{st.st_mtime_ns}"')
                 self.send_header("Last-Modified", "Wed, 26 Nov 2025 10:00:00 GMT")
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
                 self.end_headers()
                 if self.command == "HEAD":
                     return
-                self.wfile.write(data[start:end])
+                sent = 0
+                with open(p, "rb") as f:
+                    f.seek(start)
+                    while sent < end - start:
+                        chunk = f.read(min(1 << 20, end - start - sent))
+                        if not chunk:
+                            break
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
                 if p.suffix == ".tar":
                     with hub.lock:
-                        hub.tar_bytes_sent += end - start
+                        hub.tar_bytes_sent += sent
+                        hub.tar_requests += 1
 
         return Handler
 
