@@ -397,3 +397,52 @@ fn index_mode_on_a_hub_folder_reads_ranges_and_gives_the_local_index() {
     let said = String::from_utf8_lossy(&v.stdout);
     assert!(said.contains("the tars are remote"), "{said}");
 }
+
+/// `--input-list` of local paths: the list's common folder is the webshart
+/// `source`, each index lies at its shard's path under it, and verify holds.
+#[test]
+fn index_mode_takes_an_input_list_of_local_paths() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    let tars = shards(&input);
+    let sub = input.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let moved = sub.join(tars[1].file_name().unwrap());
+    std::fs::rename(&tars[1], &moved).unwrap();
+    let list = dir.path().join("shards.txt");
+    std::fs::write(
+        &list,
+        format!("{}\n# a comment\n{}\n", tars[0].display(), moved.display()),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = [
+        "run",
+        "--input-list",
+        path_str(&list),
+        "--output",
+        path_str(&out),
+        "--mode",
+        "index",
+    ];
+    let r = run_raw(&args, &[]);
+    assert!(r.status.success(), "{}", explain(&args, &r));
+    let name0 = tars[0].file_name().unwrap().to_str().unwrap();
+    let name1 = moved.file_name().unwrap().to_str().unwrap();
+    assert!(
+        out.join("index")
+            .join(name0.replace(".tar", ".json"))
+            .is_file()
+    );
+    let doc = read_json(&out.join("index/sub").join(name1.replace(".tar", ".json")));
+    assert_eq!(
+        doc["filesize"].as_u64(),
+        Some(std::fs::metadata(&moved).unwrap().len())
+    );
+    assert_eq!(files_under(&out.join("index")), 2);
+    let e = &read_json(&out.join("multidatabackend.json"))[0];
+    let root = std::path::absolute(&input).unwrap();
+    assert_eq!(e["source"], root.to_str().unwrap());
+    let v = verify(&out);
+    assert!(v.status.success(), "{}", explain(&["verify"], &v));
+}

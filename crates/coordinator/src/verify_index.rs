@@ -58,17 +58,32 @@ impl Tally {
     }
 }
 
+/// The folder of the tars: the webshart entry's `source` when it is a
+/// folder (also for an input list), else the report's `input`.
+fn tars_folder(layout: &OutputLayout, report: &Value) -> Option<PathBuf> {
+    let entry: Option<Value> = std::fs::read(layout.backend_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let source = entry.as_ref().and_then(|e| e[0]["source"].as_str());
+    match source.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => Some(dir),
+        _ => report["input"].as_str().map(PathBuf::from),
+    }
+}
+
 /// Checks the indexes of the done shards the report lists, with the tars
-/// under the report's `input` folder.
+/// under the entry's `source` folder (remote tars: without reading them).
 pub fn check_index_output(layout: &OutputLayout, report: &Value, f: &mut Findings) {
-    let Some(input) = report["input"].as_str().map(PathBuf::from) else {
+    let Some(input) = tars_folder(layout, report) else {
         f.problems.push(
             "report.json names no input folder: the index cannot be checked against the tars"
                 .into(),
         );
         return;
     };
-    let remote = shardprep_remote::is_remote(&input.to_string_lossy());
+    let remote = report["input"]
+        .as_str()
+        .is_some_and(shardprep_remote::is_remote);
     let mut tally = Tally::default();
     let mut expected = HashSet::new();
     let shards = report["shards"].as_array().cloned().unwrap_or_default();
