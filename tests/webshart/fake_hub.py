@@ -84,6 +84,7 @@ class Hub:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms Nagle + delayed-ACK stall per small answer
 
             def log_message(self, *args):
                 pass
