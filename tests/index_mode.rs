@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::server::{Route, Server};
 use crate::util::*;
 
 fn read_json(p: &Path) -> Value {
@@ -236,20 +237,212 @@ fn e_past_end(index: &Path, image: &str) {
 }
 
 #[test]
-fn index_mode_refuses_remote_inputs_with_a_clear_message() {
+fn index_mode_refuses_inputs_webshart_cannot_read_naming_what_to_do() {
     let dir = tempdir();
     let out = dir.path().join("out");
+    for (input, says) in [
+        (
+            "https://127.0.0.1:9/shards/data-{000000..000001}.tar",
+            "mount the bucket or server as a folder",
+        ),
+        ("s3://bucket/dalle3/data/", "webshart 0.6.0 reads tars only"),
+        (
+            "hf://datasets/acme/mini@v2/data",
+            "index hf://datasets/acme/mini/data (the main revision)",
+        ),
+    ] {
+        let args = [
+            "run",
+            "--input",
+            input,
+            "--output",
+            path_str(&out),
+            "--mode",
+            "index",
+        ];
+        let r = run_raw(&args, &[]);
+        assert!(!r.status.success(), "{}", explain(&args, &r));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(says), "{input}: {err}");
+    }
+}
+
+/// The index of a tar without its informational `path`.
+fn without_path(mut doc: Value) -> Value {
+    doc.as_object_mut().map(|o| o.remove("path"));
+    doc
+}
+
+/// A fake Hub (tree API and resolve URLs with Range support, one shard
+/// redirected to a "CDN") serving `tars` as `data/<name>` of `acme/mini`.
+fn fake_hub(tars: &[std::path::PathBuf]) -> Server {
+    let server = Server::start();
+    let mut entries = Vec::new();
+    for (i, tar) in tars.iter().enumerate() {
+        let name = tar.file_name().unwrap().to_str().unwrap();
+        let data = std::fs::read(tar).unwrap();
+        let etag = format!("{:016x}", shardprep_core::layout::fnv1a64(&data));
+        entries.push(format!(
+            r#"{{"type":"file","oid":"{i}","size":134,"path":"data/{name}","lfs":{{"oid":"{etag}","size":{},"pointerSize":134}}}}"#,
+            data.len()
+        ));
+        let resolve = format!("/datasets/acme/mini/resolve/main/data/{name}");
+        if i == 1 {
+            let cdn = format!("/cdn/{name}");
+            server.route(&resolve, Route::Redirect(server.url(&cdn)));
+            server.route(&cdn, Route::file(&data, &etag));
+        } else {
+            server.route(&resolve, Route::file(&data, &etag));
+        }
+    }
+    server.route(
+        "/api/datasets/acme/mini/tree/main/data",
+        Route::Json {
+            body: format!("[{}]", entries.join(",")),
+            link: None,
+        },
+    );
+    server
+}
+
+/// Index mode on `hf://datasets/OWNER/NAME/data` reads the tars by range
+/// requests: every index equals the local index of the same tars (but for
+/// `path`), lies at the shard's path in the repository (where webshart looks
+/// for it), the entry names the repository and its subfolder, and the
+/// images' bytes were not transferred.
+#[test]
+fn index_mode_on_a_hub_folder_reads_ranges_and_gives_the_local_index() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    let opts = shardprep_fixtures::GenOptions {
+        shards: 3,
+        samples_per_shard: 12,
+        image_bytes: 200_000,
+        seed: 1907,
+        no_width_every: 5,
+        lying_dims_every: 4,
+        ..Default::default()
+    };
+    let tars = shardprep_fixtures::generate(&input, &opts).unwrap();
+    let (local, hub) = (dir.path().join("local"), dir.path().join("hub"));
+    run_job(&input, &local, &["--mode", "index"]);
+    let server = fake_hub(&tars);
+    let endpoint = server.url("");
     let args = [
         "run",
         "--input",
-        "https://127.0.0.1:9/shards/data-{000000..000001}.tar",
+        "hf://datasets/acme/mini/data",
+        "--output",
+        path_str(&hub),
+        "--workers",
+        "2",
+        "--mode",
+        "index",
+    ];
+    let env = [
+        ("HF_ENDPOINT", endpoint.as_str()),
+        ("NO_PROXY", "127.0.0.1,localhost"),
+    ];
+    let r = run_raw(&args, &env);
+    assert!(r.status.success(), "{}", explain(&args, &r));
+
+    let mut total = 0;
+    for tar in &tars {
+        let name = tar.file_name().unwrap().to_str().unwrap();
+        total += std::fs::metadata(tar).unwrap().len();
+        let json = name.replace(".tar", ".json");
+        let remote = read_json(&hub.join("index/data").join(&json));
+        assert_eq!(remote["path"], format!("data/{name}"));
+        assert_eq!(
+            without_path(remote),
+            without_path(read_json(&local.join("index").join(&json))),
+            "{name}: the index of the Hub shard differs from the local one"
+        );
+    }
+    assert_eq!(files_under(&hub.join("index")), tars.len());
+    assert_eq!(
+        std::fs::read(hub.join("dalle3.parquet")).unwrap(),
+        std::fs::read(local.join("dalle3.parquet")).unwrap()
+    );
+
+    let report = read_json(&hub.join("report.json"));
+    assert_eq!(report["verdict"], "ok", "{report:#}");
+    let read = report["totals"]["bytes_read"].as_u64().unwrap();
+    assert!(
+        read > 0 && read * 4 < total,
+        "index mode transferred {read} of {total} bytes: the images must be skipped"
+    );
+    let tar_gets: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path().ends_with(".tar"))
+        .collect();
+    assert!(tar_gets.len() >= tars.len(), "{tar_gets:#?}");
+    for s in &tar_gets {
+        let range = s.header("range").unwrap_or_default();
+        assert!(
+            range.starts_with("bytes=") && !range.ends_with('-'),
+            "only bounded range requests: {s:?}"
+        );
+    }
+
+    let e = &read_json(&hub.join("multidatabackend.json"))[0];
+    assert_eq!(e["type"], "webshart");
+    assert_eq!(e["source"], "acme/mini");
+    assert_eq!(e["subfolder"], "data");
+    let index = std::path::absolute(hub.join("index")).unwrap();
+    assert_eq!(e["metadata"], index.to_str().unwrap());
+    let v = verify(&hub);
+    assert!(v.status.success(), "{}", explain(&["verify"], &v));
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert!(said.contains("the tars are remote"), "{said}");
+}
+
+/// `--input-list` of local paths: the list's common folder is the webshart
+/// `source`, each index lies at its shard's path under it, and verify holds.
+#[test]
+fn index_mode_takes_an_input_list_of_local_paths() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    let tars = shards(&input);
+    let sub = input.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let moved = sub.join(tars[1].file_name().unwrap());
+    std::fs::rename(&tars[1], &moved).unwrap();
+    let list = dir.path().join("shards.txt");
+    std::fs::write(
+        &list,
+        format!("{}\n# a comment\n{}\n", tars[0].display(), moved.display()),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = [
+        "run",
+        "--input-list",
+        path_str(&list),
         "--output",
         path_str(&out),
         "--mode",
         "index",
     ];
     let r = run_raw(&args, &[]);
-    assert!(!r.status.success());
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("--mode index reads local shards"), "{err}");
+    assert!(r.status.success(), "{}", explain(&args, &r));
+    let name0 = tars[0].file_name().unwrap().to_str().unwrap();
+    let name1 = moved.file_name().unwrap().to_str().unwrap();
+    assert!(
+        out.join("index")
+            .join(name0.replace(".tar", ".json"))
+            .is_file()
+    );
+    let doc = read_json(&out.join("index/sub").join(name1.replace(".tar", ".json")));
+    assert_eq!(
+        doc["filesize"].as_u64(),
+        Some(std::fs::metadata(&moved).unwrap().len())
+    );
+    assert_eq!(files_under(&out.join("index")), 2);
+    let e = &read_json(&out.join("multidatabackend.json"))[0];
+    let root = std::path::absolute(&input).unwrap();
+    assert_eq!(e["source"], root.to_str().unwrap());
+    let v = verify(&out);
+    assert!(v.status.success(), "{}", explain(&["verify"], &v));
 }

@@ -361,13 +361,10 @@ fn etag_of(data: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// A small HTTP/1.1 server on 127.0.0.1 (shared with the remote crate's tests)
+// A small HTTP/1.1 server on 127.0.0.1 (`crate::server`, shared with the remote crate's tests)
 // ---------------------------------------------------------------------------------------
 
-#[path = "../crates/remote/tests/common/server.rs"]
-mod server;
-
-use server::{Route, Seen, Server};
+use crate::server::{Route, Seen, Server};
 
 /// A file route whose ETag is derived from its bytes.
 fn file_route(data: &[u8]) -> Route {

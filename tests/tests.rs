@@ -3,6 +3,10 @@
 
 mod util;
 
+/// A small HTTP/1.1 server on 127.0.0.1 (Range, redirects, faults), shared with the remote crate's tests.
+#[path = "../crates/remote/tests/common/server.rs"]
+mod server;
+
 mod core;
 mod faults;
 mod fencing;

@@ -4,6 +4,10 @@ member's, the caption is the JSON's caption field, the width and height are
 the image's. Exits non-zero on any mismatch.
 
     python check_index.py --index OUT/index --tars INPUT [--caption-field short_caption]
+    python check_index.py --index OUT/index --tars REPO_COPY --hub OWNER/NAME [--subfolder S]
+
+With --hub, webshart reads the Hub repository (tars and samples by HTTP) and
+REPO_COPY is a local copy of the repository to compare with.
 """
 
 import argparse
@@ -45,8 +49,9 @@ def tar_members(path):
 
 
 class Checker:
-    def __init__(self, caption_field):
+    def __init__(self, caption_field, repo_copy=None):
         self.field = caption_field
+        self.repo_copy = repo_copy
         self.problems = []
         self.samples = 0
         self.files = 0
@@ -54,11 +59,18 @@ class Checker:
     def bad(self, shard, name, what):
         self.problems.append(f"{shard}: {name}: {what}")
 
+    def local_tar(self, tar_path):
+        """The local tar of a shard webshart names by path or by Hub URL."""
+        if self.repo_copy is None:
+            return Path(tar_path)
+        return self.repo_copy / tar_path.split("/resolve/main/", 1)[1]
+
     def shard(self, ds, loader, idx):
         info = ds.get_shard_info(idx)
         shard = info["name"]
-        members = tar_members(info["tar_path"])
-        if info["size"] != Path(info["tar_path"]).stat().st_size:
+        local = self.local_tar(info["tar_path"])
+        members = tar_members(local)
+        if info["size"] != local.stat().st_size:
             self.bad(shard, "-", f"filesize {info['size']} != tar size")
         names = ds.list_files_in_shard(idx)
         if sorted(names) != sorted(members):
@@ -107,13 +119,23 @@ def main():
     ap.add_argument("--index", required=True, help="folder of <shard>.json index files")
     ap.add_argument("--tars", required=True, help="folder of the tars")
     ap.add_argument("--caption-field", default="short_caption")
+    ap.add_argument("--hub", help="read the tars from this Hub dataset repository (OWNER/NAME)")
+    ap.add_argument("--subfolder", help="with --hub: the folder of the repository")
     args = ap.parse_args()
-    ds = webshart.discover_dataset(str(Path(args.tars).resolve()), metadata=str(Path(args.index).resolve()))
+    index = str(Path(args.index).resolve())
+    if args.hub:
+        ds = webshart.discover_dataset(args.hub, subfolder=args.subfolder, metadata=index)
+        check = Checker(args.caption_field, Path(args.tars))
+    else:
+        ds = webshart.discover_dataset(str(Path(args.tars).resolve()), metadata=index)
+        check = Checker(args.caption_field)
     loader = webshart.TarDataLoader(ds)
-    check = Checker(args.caption_field)
     found = set()
     for idx in range(ds.num_shards):
-        found.add(ds.get_shard_info(idx)["name"])
+        info = ds.get_shard_info(idx)
+        # A Hub shard is named by its file name; its index is at its path in the repository.
+        found.add(str(check.local_tar(info["tar_path"]).relative_to(args.tars))[: -len(".tar")]
+                  if args.hub else info["name"])
         check.shard(ds, loader, idx)
     indexed = {str(p.relative_to(args.index))[: -len(".json")] for p in Path(args.index).rglob("*.json")}
     if found != indexed:

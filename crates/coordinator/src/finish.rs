@@ -16,7 +16,8 @@ use crate::merge::{self, MergeOutcome};
 use crate::report::{self, Report, ShardReport};
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, ShardWrote};
-use crate::{CoordinatorConfig, CoordinatorError, InputSpec, JobShared};
+use crate::webshart::WebshartSource;
+use crate::{CoordinatorConfig, CoordinatorError, JobShared};
 
 /// The report's shard lines and what they add up to.
 #[derive(Debug, Default)]
@@ -234,7 +235,7 @@ pub(crate) fn finish_job(
         && let Some(prev) = already_done(layout, config, &fingerprint)
     {
         tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
-        write_backend(layout, config)?;
+        write_backend(layout, config, shared.webshart.as_ref())?;
         return Ok(JobOutcome {
             ok: true,
             report: prev.seen_again(&rows),
@@ -262,7 +263,7 @@ pub(crate) fn finish_job(
         detail: e.to_string(),
     })?;
     write_atomic(&report_path, &json)?;
-    write_backend(layout, config)?;
+    write_backend(layout, config, shared.webshart.as_ref())?;
     log_verdict(&report);
     Ok(JobOutcome {
         ok: report.verdict == "ok",
@@ -279,12 +280,11 @@ fn read_report(path: &Path) -> Option<Report> {
 fn write_backend(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
+    webshart: Option<&WebshartSource>,
 ) -> Result<(), CoordinatorError> {
     let out = abs(layout.root());
-    let entry = match (&config.mode, &config.input) {
-        (Mode::Index, InputSpec::Local(input)) => {
-            report::webshart_entry(&config.backend, &abs(input), &out)
-        }
+    let entry = match (&config.mode, webshart) {
+        (Mode::Index, Some(source)) => report::webshart_entry(&config.backend, source, &out),
         _ => report::backend_entry(&config.backend, &out, config.write_captions),
     };
     let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| CoordinatorError::Encode {

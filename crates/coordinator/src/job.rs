@@ -131,9 +131,21 @@ async fn start_job(
         let layout = layout.clone();
         blocking("output preparation", move || prepare_output(&layout)).await??
     };
-    check_mode(config)?;
     check_index_image_checks(config)?;
-    let (input_root, discovery) = discover_input(&config.input, config.mode == Mode::Index).await?;
+    let index = config.mode == Mode::Index;
+    let known = if index {
+        crate::webshart::before_listing(&config.input)?
+    } else {
+        None
+    };
+    let (mut input_root, mut discovery) = discover_input(&config.input, index).await?;
+    let webshart = if index {
+        let source = crate::webshart::after_listing(known, &mut input_root, &mut discovery)?;
+        warn_hub_endpoint(&source);
+        Some(source)
+    } else {
+        None
+    };
     let sources = discovery.shards;
     let recovered = {
         let (layout, sources) = (layout.clone(), sources.clone());
@@ -169,22 +181,22 @@ async fn start_job(
         ended: std::sync::OnceLock::new(),
         input_problems: discovery.refused,
         shard_urls: sources.iter().map(|s| s.url.clone()).collect(),
+        webshart,
         _lock: lock,
     })
 }
 
-/// Refuses what the mode cannot do: index mode reads local shards in one
-/// folder (the webshart entry's `source`).
-fn check_mode(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
-    if config.mode == Mode::Index && !matches!(config.input, crate::InputSpec::Local(_)) {
-        return Err(CoordinatorError::Unsupported(
-            "--mode index reads local shards from one folder (the webshart entry's `source`): \
-             give --input DIR; for remote shards mount the bucket or download the tars \
-             (the trainer reads them from there too), then index the local folder"
-                .into(),
-        ));
+/// webshart discovers Hub repositories on huggingface.co only (it ignores
+/// `HF_ENDPOINT`): an index made from a mirror must match the tars there.
+fn warn_hub_endpoint(source: &crate::webshart::WebshartSource) {
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_default();
+    let endpoint = endpoint.trim_end_matches('/');
+    if matches!(source, crate::webshart::WebshartSource::Hub { .. })
+        && !endpoint.is_empty()
+        && endpoint != shardprep_remote::HF_DEFAULT_ENDPOINT
+    {
+        tracing::warn!(hf_endpoint = %endpoint, "the shards are read from HF_ENDPOINT, but webshart 0.6.0 reads the repository from huggingface.co: the index fits only if both hold the same tars");
     }
-    Ok(())
 }
 
 /// Refuses image checks index mode cannot make: it reads no image bytes

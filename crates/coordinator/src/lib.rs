@@ -27,6 +27,7 @@ pub mod scheduler;
 pub mod service;
 pub mod verify;
 pub mod verify_index;
+pub mod webshart;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -316,6 +317,8 @@ pub struct JobShared {
     pub(crate) input_problems: Vec<String>,
     /// Per shard index: the URL of a remote shard.
     pub(crate) shard_urls: Vec<Option<String>>,
+    /// Index mode: where the trainer's webshart reads the tars.
+    pub(crate) webshart: Option<webshart::WebshartSource>,
     /// This job's hold on the output folder (one job per `OUT`).
     pub(crate) _lock: lock::OutputLock,
 }

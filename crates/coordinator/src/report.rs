@@ -10,6 +10,7 @@ use shardprep_core::mode::Mode;
 use crate::CoordinatorConfig;
 use crate::finish::ShardRows;
 use crate::merge::{DuplicateName, MergeOutcome};
+use crate::webshart::WebshartSource;
 
 /// One shard's line in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,16 +312,24 @@ pub fn backend_entry(
 }
 
 /// The webshart dataloader entry of an index-mode output (a one-element
-/// array): SimpleTuner reads the tars in `input_abs` through the indexes in
-/// `<root>/index`, with the extract entry's resolution settings.
-pub fn webshart_entry(s: &BackendSettings, input_abs: &Path, out_abs: &Path) -> serde_json::Value {
+/// array): SimpleTuner reads the tars at `source` (a local folder, or a Hub
+/// repository with its `subfolder`) through the indexes in `<root>/index`,
+/// with the extract entry's resolution settings.
+pub fn webshart_entry(
+    s: &BackendSettings,
+    source: &WebshartSource,
+    out_abs: &Path,
+) -> serde_json::Value {
     let root = absolute(s.trainer_root.as_deref().unwrap_or(out_abs));
     let cache = root.join("cache");
-    json!([{
+    let mut entry = json!({
         "id": s.dataset_id,
         "type": "webshart",
         "dataset_type": "image",
-        "source": absolute(input_abs).to_string_lossy(),
+        "source": match source {
+            WebshartSource::Folder(dir) => absolute(Path::new(dir)).to_string_lossy().into_owned(),
+            WebshartSource::Hub { repo, .. } => repo.clone(),
+        },
         "metadata": root.join(shardprep_core::layout::INDEX_DIR).to_string_lossy(),
         "caption_strategy": "webshart",
         "metadata_backend": "webshart",
@@ -334,7 +343,13 @@ pub fn webshart_entry(s: &BackendSettings, input_abs: &Path, out_abs: &Path) -> 
         "target_downsample_size": s.target_downsample_size,
         "resolution_type": s.resolution_type,
         "cache_dir_vae": format!("{}/", cache.join("vae").join(&s.dataset_id).to_string_lossy()),
-    }])
+    });
+    if let WebshartSource::Hub { subfolder, .. } = source
+        && !subfolder.is_empty()
+    {
+        entry["subfolder"] = json!(subfolder);
+    }
+    json!([entry])
 }
 
 pub use shardprep_core::layout::peak_rss_bytes;
@@ -453,10 +468,11 @@ mod tests {
     fn webshart_entry_names_the_tars_the_index_and_the_cache() {
         let e = webshart_entry(
             &BackendSettings::seed("dalle3"),
-            Path::new("/in/tars"),
+            &WebshartSource::Folder("/in/tars".into()),
             Path::new("/x/out"),
         );
         let e = &e[0];
+        assert!(e.get("subfolder").is_none());
         assert_eq!(e["type"], "webshart");
         assert_eq!(e["dataset_type"], "image");
         assert_eq!(e["source"], "/in/tars");
@@ -467,5 +483,20 @@ mod tests {
         assert_eq!(e["webshart"]["shard_cache_gb"], 0);
         assert_eq!(e["resolution_type"], "area");
         assert_eq!(e["maximum_image_size"], 2.0);
+    }
+
+    #[test]
+    fn webshart_entry_of_a_hub_folder_names_the_repository_and_its_subfolder() {
+        let hub = |sub: &str| WebshartSource::Hub {
+            repo: "o/n".into(),
+            subfolder: sub.into(),
+        };
+        let settings = BackendSettings::seed("dalle3");
+        let e = webshart_entry(&settings, &hub("data"), Path::new("/x/out"));
+        assert_eq!(e[0]["source"], "o/n");
+        assert_eq!(e[0]["subfolder"], "data");
+        assert_eq!(e[0]["metadata"], "/x/out/index");
+        let e = webshart_entry(&settings, &hub(""), Path::new("/x/out"));
+        assert!(e[0].get("subfolder").is_none());
     }
 }

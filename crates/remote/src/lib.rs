@@ -24,6 +24,7 @@ mod error;
 mod hub;
 mod list;
 mod location;
+mod ranged;
 mod reader;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,7 @@ pub use braces::{MAX_EXPANSION, expand_braces};
 pub use error::RemoteError;
 pub use list::{list, list_file};
 pub use location::HF_DEFAULT_ENDPOINT;
+pub use ranged::{MAX_SPAN, MIN_SPAN, RangedObject, open_ranged};
 pub use reader::{ReadOptions, RemoteReader, open_blocking, open_blocking_with};
 
 /// One shard of a [`Listing`].
@@ -62,6 +64,37 @@ impl Listing {
     /// Sum of the shard sizes.
     pub fn total_size(&self) -> u64 {
         self.shards.iter().map(|s| s.size).sum()
+    }
+}
+
+/// A `hf://datasets/OWNER/NAME[@REVISION][/PATH]` location, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubLocation {
+    pub owner: String,
+    pub name: String,
+    /// Branch, tag or commit as written; `None` means `main`.
+    pub revision: Option<String>,
+    /// Path inside the repository, without leading or trailing '/' (may be empty).
+    pub path: String,
+}
+
+/// The Hub dataset location `input` names; `Ok(None)` for any other scheme or a local path.
+pub fn hub_location(input: &str) -> Result<Option<HubLocation>, RemoteError> {
+    let input = input.trim();
+    let is_hub = input
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("hf://"));
+    if !is_hub {
+        return Ok(None);
+    }
+    match location::Location::parse(input)? {
+        location::Location::Hub(h) => Ok(Some(HubLocation {
+            owner: h.owner,
+            name: h.name,
+            revision: h.revision,
+            path: h.path,
+        })),
+        _ => Ok(None),
     }
 }
 

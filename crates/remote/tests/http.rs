@@ -464,3 +464,54 @@ fn server_without_range_support_fails_at_once() {
         .count();
     assert_eq!(gets, 2, "the cut GET and one range GET, no further retries");
 }
+
+/// Positioned reads by bounded range requests: the bytes at scattered offsets are the
+/// object's and a seek transfers nothing of what it skips; reads that follow each other grow
+/// the range (few requests); a new ETag between two requests fails the read.
+#[test]
+fn ranged_reads_fetch_only_what_is_asked() {
+    use shardprep_remote::{MIN_SPAN, open_ranged};
+    let server = Server::start();
+    let data = common::noise(8 << 20, 77);
+    server.route("/r/obj.tar", Route::file(&data, "e1"));
+    let url = server.url("/r/obj.tar");
+    let rt = runtime();
+    let handle = rt.handle().clone();
+    let server = Arc::new(server);
+    let srv = Arc::clone(&server);
+    std::thread::spawn(move || {
+        let options = ReadOptions::default();
+        let mut obj = open_ranged(&url, handle.clone(), &options).unwrap();
+        assert_eq!(obj.size(), data.len() as u64);
+        let mut buf = [0u8; 100];
+        for pos in [10u64, 3_000_000, 6_500_000, data.len() as u64 - 40] {
+            let n = obj.read_at(&mut buf, pos).unwrap();
+            let p = pos as usize;
+            assert_eq!(&buf[..n], &data[p..p + n], "bytes at {pos}");
+            assert_eq!(n, 100.min(data.len() - p));
+        }
+        assert_eq!(obj.read_at(&mut buf, data.len() as u64).unwrap(), 0);
+        assert_eq!(obj.requests(), 4, "one range per seek: {obj:?}");
+        assert!(
+            obj.bytes_fetched() <= 4 * MIN_SPAN as u64,
+            "a seek transfers nothing of what it skips: {obj:?}"
+        );
+
+        let mut obj = open_ranged(&url, handle.clone(), &options).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1000];
+        while got.len() < 2 << 20 {
+            let n = obj.read_at(&mut chunk, got.len() as u64).unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, data[..got.len()]);
+        assert!(obj.requests() <= 8, "growing ranges: {obj:?}");
+
+        srv.route("/r/obj.tar", Route::file(&data, "e2"));
+        let err = obj.read_at(&mut buf, 7_000_000).unwrap_err().to_string();
+        assert!(err.contains("object changed"), "{err}");
+    })
+    .join()
+    .unwrap();
+    drop(rt);
+}

@@ -428,7 +428,7 @@ async fn work_on(
             return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
         }
     };
-    let mode = match mode_of(spec, url.is_some()) {
+    let mode = match mode_of(spec) {
         Ok(mode) => mode,
         Err(msg) => {
             let kind = proto::FailureKind::Permanent;
@@ -483,27 +483,27 @@ fn locate(
 }
 
 /// The job's mode, if this worker can do it for this shard.
-fn mode_of(spec: &proto::JobSpec, remote: bool) -> Result<Mode, String> {
+fn mode_of(spec: &proto::JobSpec) -> Result<Mode, String> {
     match Mode::from_proto(spec.mode) {
         None => Err(format!(
             "the coordinator asks for mode {} that this worker does not know: run workers of the coordinator's shardprep version",
             spec.mode
         )),
-        Some(Mode::Index) if remote => Err(
-            "--mode index reads local shards; this shard is remote (mount or download the tars, then index the local folder)".into(),
-        ),
         Some(mode) => Ok(mode),
     }
 }
 
-/// The index pass of a local shard, its result in the extract pass's shape.
-fn index_local(
+/// The index pass of a shard (local, or remote by range requests when
+/// `remote` is set), its result in the extract pass's shape.
+fn index_one(
     task: &ShardTask,
+    remote: Option<(String, tokio::runtime::Handle)>,
     cancel: &AtomicBool,
     live: &LiveProgress,
 ) -> Result<ShardOutput, ShardError> {
     let t = IndexTask {
         shard_path: task.shard_path.clone(),
+        remote,
         shard_name: task.shard_name.clone(),
         identity: task.identity,
         layout: task.layout.clone(),
@@ -589,6 +589,11 @@ fn spawn_processing(
             _ => {}
         }
         match url {
+            // Range requests for what the index needs; a local entry of an input list as a file.
+            Some(url) if mode == Mode::Index => {
+                let remote = shardprep_remote::is_remote(&url).then_some((url, runtime));
+                index_one(&task, remote, &cancel, &live)
+            }
             // Streamed with bounded read-ahead; dropped connections resume by range.
             Some(url) => match shardprep_remote::open_blocking(&url, runtime) {
                 Ok(reader) => process_stream(&task, reader, &cancel, &live),
@@ -598,7 +603,7 @@ fn spawn_processing(
                     source: Box::new(source),
                 }),
             },
-            None if mode == Mode::Index => index_local(&task, &cancel, &live),
+            None if mode == Mode::Index => index_one(&task, None, &cancel, &live),
             None => process_shard(&task, &cancel, &live),
         }
     })

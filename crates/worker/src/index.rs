@@ -1,7 +1,9 @@
-//! Index mode: one pass over a local tar shard that writes its webshart
-//! index (see [`doc`]) and the same parquet rows as the extract pass, and
-//! reads only the headers, the JSON members and the first bytes of each
-//! image — the rest of every image is seeked over, never read.
+//! Index mode: one pass over a tar shard that writes its webshart index
+//! (see [`doc`]) and the same parquet rows as the extract pass, and reads
+//! only the headers, the JSON members and the first bytes of each image —
+//! the rest of every image is seeked over, never read. A remote shard is
+//! read the same way, by range requests ([`shardprep_remote::open_ranged`]):
+//! the images' bytes are never transferred.
 //!
 //! The tar is walked by the extract pass's reader ([`TarReader::seeking`]):
 //! the same members under the same names (PAX, GNU long names, header-only
@@ -45,8 +47,10 @@ pub use shardprep_core::layout::INDEX_DIR;
 /// Everything needed to index one leased shard.
 #[derive(Debug, Clone)]
 pub struct IndexTask {
-    /// The local tar file.
+    /// The local tar file (for a remote shard: its redacted URL, for messages).
     pub shard_path: PathBuf,
+    /// A remote shard: its URL and the runtime that does the range requests.
+    pub remote: Option<(String, tokio::runtime::Handle)>,
     /// The shard's name in the job (relative to the input root).
     pub shard_name: String,
     pub identity: ShardIdentity,
@@ -156,15 +160,21 @@ pub fn index_shard(
         index: index_tmp,
         ..
     } = AttemptFiles::new(shard, task.lease_id);
-    let done = index_file(
-        &task.shard_path,
+    let fragment_path = tmp_dir.join(&fragment_tmp);
+    let limits = Limits {
+        max_sparse_size: task.max_sparse_size,
+        ..Limits::default()
+    };
+    let win = match &task.remote {
+        None => open_local(&task.shard_path, shard)?,
+        Some((url, handle)) => open_remote(task, url, handle.clone())?,
+    };
+    let done = index_window(
+        win,
         shard,
         &task.fields,
-        Limits {
-            max_sparse_size: task.max_sparse_size,
-            ..Limits::default()
-        },
-        &tmp_dir.join(&fragment_tmp),
+        limits,
+        &fragment_path,
         cancel,
         live,
     )?;
@@ -217,6 +227,12 @@ pub fn index_file(
     cancel: &AtomicBool,
     live: &LiveProgress,
 ) -> Result<IndexedShard, ShardError> {
+    let win = open_local(path, shard_name)?;
+    index_window(win, shard_name, fields, limits, fragment_path, cancel, live)
+}
+
+/// Opens a local shard.
+fn open_local(path: &Path, shard_name: &str) -> Result<Window, ShardError> {
     let open_err = |source: io::Error| ShardError::Open {
         shard: shard_name.to_string(),
         path: path.display().to_string(),
@@ -224,6 +240,48 @@ pub fn index_file(
     };
     let file = File::open(path).map_err(open_err)?;
     let filesize = file.metadata().map_err(open_err)?.len();
+    Ok(Window::new(file, filesize))
+}
+
+/// Opens a remote shard for range requests; its size must be the one the
+/// job listed (else the object changed since: a re-run lists it again).
+fn open_remote(
+    task: &IndexTask,
+    url: &str,
+    handle: tokio::runtime::Handle,
+) -> Result<Window, ShardError> {
+    let remote_err = |source| ShardError::Remote {
+        shard: task.shard_name.clone(),
+        url: shardprep_remote::redact(url),
+        source: Box::new(source),
+    };
+    let options = shardprep_remote::ReadOptions::default();
+    let obj = shardprep_remote::open_ranged(url, handle, &options).map_err(remote_err)?;
+    if obj.size() != task.identity.size {
+        return Err(remote_err(shardprep_remote::RemoteError::Changed {
+            url: obj.url().to_string(),
+            detail: format!(
+                "{} bytes now, {} when the job listed it; run the job again to list it anew",
+                obj.size(),
+                task.identity.size
+            ),
+        }));
+    }
+    Ok(Window::remote(obj))
+}
+
+/// Indexes the tar `win` reads (named `shard_name` in errors and in the
+/// index's `path`), writing its parquet rows to `fragment_path`; the walk
+/// is as in [`index_file`].
+pub fn index_window(
+    win: Window,
+    shard_name: &str,
+    fields: &FieldMap,
+    limits: Limits,
+    fragment_path: &Path,
+    cancel: &AtomicBool,
+    live: &LiveProgress,
+) -> Result<IndexedShard, ShardError> {
     let fragment = FragmentWriter::create(fragment_path, &fields.extra).map_err(|source| {
         ShardError::Fragment {
             shard: shard_name.to_string(),
@@ -232,7 +290,7 @@ pub fn index_file(
     })?;
     let source = ShardSource::new(shard_name);
     let mut pass = Pass::new(shard_name, &source, fields, fragment);
-    let mut win = Window::new(file, filesize);
+    let mut win = win;
     pass.check_start(&mut win)?;
     let mut tar = TarReader::seeking(Cursor::new(win), limits);
     loop {
@@ -606,6 +664,7 @@ impl<'a> Pass<'a> {
                 source,
             })?;
         self.counts.bytes_read = win.bytes_read();
+        tracing::debug!(shard = %self.shard, bytes_read = self.counts.bytes_read, range_requests = win.requests(), filesize = win.file_len(), "index pass done");
         let index = index_bytes(self.shard, win.file_len(), &self.files);
         self.stats.entries = self.files.len() as u64;
         self.stats.index_bytes = index.len() as u64;

@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 server on 127.0.0.1 for the tests: files with Range support, redirects,
 //! fixed statuses, JSON pages, bodies cut mid-way, generated bodies; it records every request.
 //! Shared by the remote crate's tests (`common/mod.rs`) and the end-to-end `tests/remote.rs`
-//! (included there with `#[path]`), so it uses only the standard library.
+//! (included by `tests/tests.rs` with `#[path]`), so it uses only the standard library.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

@@ -1,5 +1,7 @@
-//! Positioned reads of a local tar file through one small buffer: headers,
-//! JSON members and image heads are read; everything else is never touched.
+//! Positioned reads of a tar through one small buffer: headers, JSON members
+//! and image heads are read; everything else is never touched. The tar is a
+//! local file or a remote object read by range requests
+//! ([`shardprep_remote::RangedObject`]).
 
 use std::fs::File;
 use std::io::{self, BufRead, Read, Seek, SeekFrom};
@@ -11,10 +13,26 @@ pub const WINDOW_BYTES: usize = 16 << 10;
 /// JPEG's next segment marker after a seek over EXIF): a small read.
 pub const STEP_BYTES: usize = 2 << 10;
 
-/// A file read at chosen offsets, with one buffered window and a count of
+/// Where a [`Window`] reads from.
+enum Source {
+    Local(File),
+    Remote(Box<shardprep_remote::RangedObject>),
+}
+
+impl Source {
+    /// Bytes at `pos`: 0 only at the end; a remote read may be short.
+    fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        match self {
+            Source::Local(f) => f.read_at(buf, pos),
+            Source::Remote(r) => r.read_at(buf, pos),
+        }
+    }
+}
+
+/// A tar read at chosen offsets, with one buffered window and a count of
 /// the bytes really read.
 pub struct Window {
-    file: File,
+    file: Source,
     len: u64,
     buf: Vec<u8>,
     buf_start: u64,
@@ -24,6 +42,17 @@ pub struct Window {
 impl Window {
     /// Wraps an open file of `len` bytes.
     pub fn new(file: File, len: u64) -> Self {
+        Self::with_source(Source::Local(file), len)
+    }
+
+    /// Wraps a remote object opened for range requests (its size is the
+    /// first response's).
+    pub fn remote(obj: shardprep_remote::RangedObject) -> Self {
+        let len = obj.size();
+        Self::with_source(Source::Remote(Box::new(obj)), len)
+    }
+
+    fn with_source(file: Source, len: u64) -> Self {
         Window {
             file,
             len,
@@ -38,9 +67,20 @@ impl Window {
         self.len
     }
 
-    /// Bytes read from the file so far.
+    /// Bytes read from the file so far (remote: transferred by range requests).
     pub fn bytes_read(&self) -> u64 {
-        self.bytes_read
+        match &self.file {
+            Source::Local(_) => self.bytes_read,
+            Source::Remote(r) => r.bytes_fetched(),
+        }
+    }
+
+    /// Range requests made so far (0 for a local file).
+    pub fn requests(&self) -> u64 {
+        match &self.file {
+            Source::Local(_) => 0,
+            Source::Remote(r) => r.requests(),
+        }
     }
 
     /// The buffered bytes from `pos` on (refilled when `pos` is outside the
@@ -78,6 +118,11 @@ impl Window {
                 .read_at(&mut self.buf[got..want], pos + got as u64)
             {
                 Ok(0) => break,
+                // A remote source gives what its last range holds: enough for the window.
+                Ok(n) if matches!(self.file, Source::Remote(_)) => {
+                    got += n;
+                    break;
+                }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
