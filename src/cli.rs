@@ -56,7 +56,7 @@ pub struct JobArgs {
     /// On a re-run, also compare the checksum of every file earlier shards
     /// wrote (reads them all; without it only sizes are checked), so that
     /// changed bytes are repaired too.
-    #[arg(long)]
+    #[arg(long, env = "SHARDPREP_DEEP")]
     pub deep: bool,
     /// Where the *.tar shards are: a folder (e.g. the Hugging Face download's data/),
     /// s3://BUCKET/PREFIX/ (also gs://, az://), https://HOST/data-{000000..000068}.tar,
