@@ -830,8 +830,10 @@ fn sigterm_of_a_worker_gives_its_shard_back_at_once() {
         "wV gave its shard back"
     );
     assert!(
+        s.log(c).lines().any(|l| l.contains("worker gave the shard back")
+            && l.contains("the worker shut down")),
+        "{}",
         s.log(c)
-            .contains("worker gave the shard back (shutting down)")
     );
     let r = report(&s.out);
     let e = shard_entry(&r, &held);

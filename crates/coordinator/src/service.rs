@@ -236,7 +236,7 @@ impl Coordinator for CoordinatorService {
         });
         if let Some(o) = outcome {
             if !kind.counts_as_attempt() {
-                tracing::info!(shard = %o.name, worker = %r.worker_id, "worker gave the shard back (shutting down)");
+                tracing::info!(shard = %o.name, worker = %r.worker_id, reason = %r.error, "worker gave the shard back");
             } else if o.failed_for_good {
                 tracing::error!(shard = %o.name, worker = %r.worker_id, attempts = o.attempts, error = %r.error, "shard failed for good");
             } else {
