@@ -60,33 +60,15 @@ fn a_worker_resumed_after_its_lease_changes_no_committed_file() {
     let out = tmp.path().join("dalle3");
     // One shard, big enough that the frozen worker is caught inside it.
     let shards = make_shards(&input, 1, 3000, 17);
-    let port = free_port();
-    let mut coord_args = strings(&["coordinator", "--input", path_str(&input), "--output"]);
-    coord_args.extend(strings(&[path_str(&out), "--listen"]));
-    coord_args.push(format!("127.0.0.1:{port}"));
-    coord_args.extend(strings(&[
-        "--lease-timeout",
-        "2s",
-        "--heartbeat-interval",
-        "300ms",
-        "--worker-grace",
-        "2s",
-    ]));
-    let mut coord = spawn(tmp.path(), "coordinator", &coord_args);
-    let worker = |id: &str| {
-        let mut a = strings(&["worker", "--coordinator"]);
-        a.push(format!("http://127.0.0.1:{port}"));
-        a.extend(strings(&["--worker-id", id]));
-        spawn(tmp.path(), id, &a)
-    };
-    let mut a = worker("paused");
+    let (mut coord, url) = coordinator(tmp.path(), &input, &out);
+    let mut a = worker(tmp.path(), &url, "paused", &[]);
     wait_until(
         "the first worker leased the shard",
         Duration::from_secs(60),
         || a.log().contains("processing shard"),
     );
     a.signal(libc::SIGSTOP);
-    let mut b = worker("second");
+    let mut b = worker(tmp.path(), &url, "second", &[]);
     let status = coord.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "coordinator: {}", coord.log());
     assert!(coord.log().contains("verified") || out.join("report.json").is_file());

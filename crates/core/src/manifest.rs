@@ -173,6 +173,26 @@ pub struct MemberIssue {
     pub detail: String,
 }
 
+/// Lists a problem in `list` while it has fewer than [`ISSUE_LIST_CAP`],
+/// else counts it in `not_listed`.
+pub fn list_issue(
+    list: &mut Vec<MemberIssue>,
+    not_listed: &mut u64,
+    member: &str,
+    kind: &str,
+    detail: impl Into<String>,
+) {
+    if list.len() < ISSUE_LIST_CAP {
+        list.push(MemberIssue {
+            member: member.to_string(),
+            kind: kind.to_string(),
+            detail: detail.into(),
+        });
+    } else {
+        *not_listed += 1;
+    }
+}
+
 /// Identity of an input shard: a changed shard is redone on resume.
 ///
 /// Local shards: size, mtime, inode and ctime (a `cp` over the file plus

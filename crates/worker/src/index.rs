@@ -28,14 +28,13 @@ use serde::{Deserialize, Serialize};
 use shardprep_core::durability;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::{AttemptFiles, OutputLayout, fnv1a64, shard_file_stem};
-use shardprep_core::manifest::{
-    ISSUE_LIST_CAP, MemberIssue, ShardCounts, ShardIdentity, ShardManifest,
-};
+use shardprep_core::manifest::{MemberIssue, ShardCounts, ShardIdentity, ShardManifest};
 
 use crate::extract::safe_relative_path;
 use crate::fragment::FragmentWriter;
 use crate::sample::{Parsed, parse_sample};
 use crate::shard::input::ShardSource;
+use crate::shard::member::{Kind, kind_of};
 use crate::shard::{LiveProgress, MAX_JSON_BYTES, ShardError, write_synced};
 use crate::tar_reader::{Entry, EntryKind, EntryMeta, Limits, TarReader};
 use doc::{FileEntry, caption_of, index_bytes, sample_key};
@@ -392,15 +391,8 @@ impl<'a> Pass<'a> {
     }
 
     fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
-        if self.issues.len() < ISSUE_LIST_CAP {
-            self.issues.push(MemberIssue {
-                member: member.to_string(),
-                kind: kind.to_string(),
-                detail: detail.into(),
-            });
-        } else {
-            self.issues_not_listed += 1;
-        }
+        let (list, n) = (&mut self.issues, &mut self.issues_not_listed);
+        shardprep_core::manifest::list_issue(list, n, member, kind, detail);
     }
 
     fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
@@ -720,27 +712,4 @@ impl<'a> Pass<'a> {
 /// The report key of a member type that is not indexed (as the extract pass names it).
 fn refused_type(kind: EntryKind) -> &'static str {
     crate::shard::refused_entry_type(kind).unwrap_or("unsupported_entry_type")
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Json,
-    Image,
-    Other,
-}
-
-/// Member kinds exactly as the extract pass counts them.
-fn kind_of(rel: &Path) -> Kind {
-    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-    if name.ends_with(b".json") {
-        return Kind::Json;
-    }
-    let ext = match name.iter().rposition(|b| *b == b'.') {
-        Some(i) => name[i + 1..].to_ascii_lowercase(),
-        None => return Kind::Other,
-    };
-    match ext.as_slice() {
-        b"png" | b"jpg" | b"jpeg" | b"webp" | b"gif" | b"bmp" | b"tif" | b"tiff" => Kind::Image,
-        _ => Kind::Other,
-    }
 }

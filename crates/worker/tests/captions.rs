@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
-use shardprep_core::durability::DataSync;
-use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::manifest::ShardManifest;
 use shardprep_fixtures::append_file;
 use shardprep_worker::shard::{LiveProgress, ShardTask, process_shard};
 
@@ -28,26 +26,13 @@ fn run(
     }
     std::fs::write(&shard_path, b.into_inner().unwrap()).unwrap();
     let task = ShardTask {
-        shard_path,
-        shard_name: "s.tar".into(),
-        identity: ShardIdentity {
-            size: 0,
-            mtime_ns: 0,
-            ..Default::default()
-        },
-        layout: OutputLayout::new(tmp.path().join("out")),
-        fields: FieldMap::dalle3(),
         write_captions,
-        extract: true,
-        lease_id: 1,
-        attempt: 1,
-        worker_id: "t".into(),
-        shards_in_data_dir: false,
-        data_sync: DataSync::None,
         write_threads,
-        integrity: Default::default(),
-        fence: Default::default(),
-        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
+        ..ShardTask::new(
+            shard_path,
+            "s.tar",
+            OutputLayout::new(tmp.path().join("out")),
+        )
     };
     let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

@@ -15,34 +15,20 @@ use std::sync::atomic::AtomicBool;
 use serde_json::Value;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardCounts, ShardIdentity, ShardManifest};
+use shardprep_core::manifest::{ShardCounts, ShardManifest};
 use shardprep_worker::index::{IndexedShard, index_file};
 use shardprep_worker::shard::{LiveProgress, ShardError, ShardTask, process_shard};
-use shardprep_worker::tar_reader::{DEFAULT_MAX_SPARSE_SIZE, Limits};
+use shardprep_worker::tar_reader::Limits;
 use tar_cases::*;
 
 fn extract(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
     let task = ShardTask {
-        shard_path: archive.to_path_buf(),
-        shard_name: "s.tar".into(),
-        identity: ShardIdentity {
-            size: 0,
-            mtime_ns: 0,
-            ..Default::default()
-        },
-        layout: OutputLayout::new(out.to_path_buf()),
-        fields: FieldMap::dalle3(),
         write_captions: false,
-        extract: true,
-        lease_id: 1,
-        attempt: 1,
-        worker_id: "t".into(),
-        shards_in_data_dir: false,
-        data_sync: shardprep_core::durability::DataSync::None,
-        write_threads: 0,
-        max_sparse_size: DEFAULT_MAX_SPARSE_SIZE,
-        integrity: Default::default(),
-        fence: Default::default(),
+        ..ShardTask::new(
+            archive.to_path_buf(),
+            "s.tar",
+            OutputLayout::new(out.to_path_buf()),
+        )
     };
     process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
 }

@@ -9,10 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::RowAccessor;
-use shardprep_core::durability::DataSync;
-use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::manifest::ShardManifest;
 use shardprep_fixtures::{GenOptions, generate};
 use shardprep_worker::integrity::{DimsSource, IntegrityConfig, OnBadImage, dalle3_hash_fields};
 use shardprep_worker::shard::{LiveProgress, ShardTask, process_shard};
@@ -47,26 +45,14 @@ struct Pass {
 
 fn run(shard: &Path, out: &Path, extract: bool, integrity: IntegrityConfig) -> Pass {
     let task = ShardTask {
-        shard_path: shard.to_path_buf(),
-        shard_name: "data-000000.tar".into(),
-        identity: ShardIdentity {
-            size: 0,
-            mtime_ns: 0,
-            ..Default::default()
-        },
-        layout: OutputLayout::new(out.to_path_buf()),
-        fields: FieldMap::dalle3(),
-        write_captions: true,
         extract,
-        lease_id: 1,
-        attempt: 1,
-        worker_id: "t".into(),
-        shards_in_data_dir: false,
-        data_sync: DataSync::None,
         write_threads: 1,
         integrity,
-        fence: Default::default(),
-        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
+        ..ShardTask::new(
+            shard.to_path_buf(),
+            "data-000000.tar",
+            OutputLayout::new(out.to_path_buf()),
+        )
     };
     let done = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

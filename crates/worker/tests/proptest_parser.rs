@@ -289,26 +289,16 @@ fn modes_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
     let shard = tmp.path().join("s.tar");
     std::fs::write(&shard, bytes).unwrap();
     let task = ShardTask {
-        shard_path: shard.clone(),
-        shard_name: "s.tar".into(),
         identity: ShardIdentity {
             size: bytes.len() as u64,
-            mtime_ns: 0,
             ..Default::default()
         },
-        layout: OutputLayout::new(tmp.path().join("out")),
-        fields: FieldMap::dalle3(),
         write_captions: false,
-        extract: true,
-        lease_id: 1,
-        attempt: 1,
-        worker_id: "prop".into(),
-        shards_in_data_dir: false,
-        data_sync: shardprep_core::durability::DataSync::None,
-        write_threads: 0,
-        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
-        integrity: Default::default(),
-        fence: Default::default(),
+        ..ShardTask::new(
+            shard.clone(),
+            "s.tar",
+            OutputLayout::new(tmp.path().join("out")),
+        )
     };
     let cancel = AtomicBool::new(false);
     let x = process_shard(&task, &cancel, &LiveProgress::default());
@@ -462,26 +452,15 @@ fn run_shard(
     .join("s.tar");
     std::fs::write(&shard_path, bytes).unwrap();
     let task = ShardTask {
-        shard_path: shard_path.clone(),
-        shard_name: "s.tar".into(),
         identity: ShardIdentity {
             size: bytes.len() as u64,
-            mtime_ns: 0,
             ..Default::default()
         },
-        layout: OutputLayout::new(out.clone()),
-        fields: FieldMap::dalle3(),
         write_captions,
         extract,
-        lease_id: 1,
-        attempt: 1,
-        worker_id: "prop".into(),
         shards_in_data_dir: in_data,
-        data_sync: shardprep_core::durability::DataSync::None,
         write_threads,
-        integrity: Default::default(),
-        fence: Default::default(),
-        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
+        ..ShardTask::new(shard_path.clone(), "s.tar", OutputLayout::new(out.clone()))
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();

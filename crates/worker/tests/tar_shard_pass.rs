@@ -6,34 +6,20 @@ mod tar_cases;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::manifest::ShardManifest;
 use shardprep_worker::shard::{LiveProgress, ShardError, ShardTask, process_shard};
 use tar_cases::*;
 
 fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
     let task = ShardTask {
-        shard_path: archive.to_path_buf(),
-        shard_name: "s.tar".into(),
-        identity: ShardIdentity {
-            size: 0,
-            mtime_ns: 0,
-            ..Default::default()
-        },
-        layout: OutputLayout::new(out.to_path_buf()),
-        fields: FieldMap::dalle3(),
         write_captions: false,
-        extract: true,
-        lease_id: 1,
-        attempt: 1,
-        worker_id: "t".into(),
-        shards_in_data_dir: false,
-        data_sync: shardprep_core::durability::DataSync::None,
         write_threads: 1,
-        integrity: Default::default(),
-        fence: Default::default(),
-        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
+        ..ShardTask::new(
+            archive.to_path_buf(),
+            "s.tar",
+            OutputLayout::new(out.to_path_buf()),
+        )
     };
     process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
 }

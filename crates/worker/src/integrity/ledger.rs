@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use shardprep_core::manifest::{ISSUE_LIST_CAP, MemberIssue};
+use shardprep_core::manifest::{MemberIssue, list_issue};
 
 use super::check::{Claims, ImageFacts, IntegrityConfig, Verdict, judge};
 
@@ -181,7 +181,7 @@ pub struct IntegrityTally {
     pub rows_skipped: u64,
     /// Images judged.
     pub images_checked: u64,
-    /// Listed problems, at most [`ISSUE_LIST_CAP`].
+    /// Listed problems, at most [`shardprep_core::manifest::ISSUE_LIST_CAP`].
     pub listed: Vec<MemberIssue>,
     pub not_listed: u64,
 }
@@ -195,15 +195,8 @@ impl IntegrityTally {
                 .by_reason
                 .entry(p.reason.as_str().to_string())
                 .or_default() += 1;
-            if self.listed.len() < ISSUE_LIST_CAP {
-                self.listed.push(MemberIssue {
-                    member: member.to_string(),
-                    kind: p.reason.as_str().to_string(),
-                    detail: p.detail.clone(),
-                });
-            } else {
-                self.not_listed += 1;
-            }
+            let (list, n) = (&mut self.listed, &mut self.not_listed);
+            list_issue(list, n, member, p.reason.as_str(), p.detail.clone());
         }
     }
 }

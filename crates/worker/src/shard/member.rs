@@ -14,13 +14,14 @@ use crate::writers::{WriteKind, WriteTag};
 
 /// What a regular member is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Json,
     Image,
     Other,
 }
 
-pub(super) fn kind_of(rel: &Path) -> Kind {
+/// The member's kind, as both passes count it.
+pub(crate) fn kind_of(rel: &Path) -> Kind {
     let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     // `*.json` exactly as `find -name '*.json'` and `glob('data/*.json')` match.
     if name.ends_with(b".json") {

@@ -17,7 +17,7 @@
 mod captions;
 mod checks;
 pub(crate) mod input;
-mod member;
+pub(crate) mod member;
 mod pass;
 mod tally;
 
@@ -75,6 +75,33 @@ pub struct ShardTask {
     /// Sparse members expanding past this many bytes are refused
     /// (`--max-sparse-size`).
     pub max_sparse_size: u64,
+}
+
+impl ShardTask {
+    /// A task for the tar at `shard_path`, named `shard_name`, writing into
+    /// `layout`, with every other setting at the CLI's default: DALLE-3
+    /// fields, captions and extraction on, lease 1 attempt 1, no flush, the
+    /// reading thread writes, default image checks, an open fence.
+    pub fn new(shard_path: PathBuf, shard_name: &str, layout: OutputLayout) -> Self {
+        ShardTask {
+            shard_path,
+            shard_name: shard_name.to_string(),
+            identity: ShardIdentity::default(),
+            layout,
+            fields: FieldMap::dalle3(),
+            write_captions: true,
+            extract: true,
+            lease_id: 1,
+            attempt: 1,
+            worker_id: "worker".into(),
+            shards_in_data_dir: false,
+            data_sync: DataSync::None,
+            write_threads: 0,
+            integrity: IntegrityConfig::default(),
+            fence: crate::fence::Fence::default(),
+            max_sparse_size: crate::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
+        }
+    }
 }
 
 /// Live counters a heartbeat reports while the shard runs.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use shardprep_core::layout::fnv1a64;
-use shardprep_core::manifest::{ISSUE_LIST_CAP, MemberIssue, ShardCounts};
+use shardprep_core::manifest::{MemberIssue, ShardCounts, list_issue};
 
 use super::captions::CaptionWarning;
 
@@ -42,15 +42,13 @@ impl Tally {
 
     /// Lists a problem by name while the list has room, else counts it.
     pub(super) fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
-        if self.issues.len() < ISSUE_LIST_CAP {
-            self.issues.push(MemberIssue {
-                member: member.to_string(),
-                kind: kind.to_string(),
-                detail: detail.into(),
-            });
-        } else {
-            self.issues_not_listed += 1;
-        }
+        list_issue(
+            &mut self.issues,
+            &mut self.issues_not_listed,
+            member,
+            kind,
+            detail,
+        );
     }
 
     /// Counts and lists (while the list has room) a problem of an image.
@@ -61,15 +59,8 @@ impl Tally {
             .entry(reason.to_string())
             .or_default() += 1;
         tracing::debug!(shard = %self.shard, image, reason, "{detail}");
-        if self.image_issues.len() < ISSUE_LIST_CAP {
-            self.image_issues.push(MemberIssue {
-                member: image.to_string(),
-                kind: reason.to_string(),
-                detail: detail.to_string(),
-            });
-        } else {
-            self.image_issues_not_listed += 1;
-        }
+        let (list, n) = (&mut self.image_issues, &mut self.image_issues_not_listed);
+        list_issue(list, n, image, reason, detail);
     }
 
     /// A member not extracted, for `reason`.
