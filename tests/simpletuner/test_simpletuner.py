@@ -13,7 +13,8 @@ encoders). The expected numbers come from reading the tars here, not from shardp
 image is discovered; an image whose JSON lacks width or height has no parquet row
 (`metadata_missing`); one whose JSON area is under the entry's `minimum_image_size`
 megapixels is `too_small`; the others are accepted, each with the caption of its parquet row,
-which is the JSON's field.
+which is the JSON's field. The `--mode index` tests run SimpleTuner's webshart backend on the
+`type: webshart` entry instead (see `index_expected`: there the image's real size decides).
 """
 
 import json
