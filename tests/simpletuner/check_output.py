@@ -21,6 +21,13 @@ Stubbed, because they need model weights or a GPU (everything else is SimpleTune
     no image is VAE-encoded;
   * the text-embed cache records the prompts it is given instead of encoding them.
 
+A `type: webshart` entry (`shardprep run --mode index`) is read the same way through
+SimpleTuner's WebshartDataBackend and WebshartMetadataBackend: discovered = the image samples
+its data backend lists from the indexes, rejected = its bucketing statistics (it buckets from
+the index's width/height), captions = the webshart caption strategy's, compared with the
+parquet's; `per_sample` in the summary gives each accepted member's caption and the size
+SimpleTuner bucketed it by, for checks against the tars.
+
 It prints one JSON summary on stdout and exits 0 when the unpatched setup completes, 1 when it
 raised (the summary then says where), 2 on a usage error. When the unpatched setup dies on a
 missing caption `.txt`, a second run with one diagnostic patch (a missing `.txt` raises
@@ -133,6 +140,14 @@ def parent(a):
     data_dir = str(entry.get("instance_data_dir", ""))
     stale = [os.path.join(data_dir, f"aspect_ratio_bucket_{k}_{entry['id']}.json")
              for k in ("indices", "metadata")]
+    if is_webshart(entry):
+        # SimpleTuner keeps a webshart backend's bucket and caption caches in its cache_dir,
+        # and webshart its copies of the indexes in cache_dir/metadata_cache (never refreshed).
+        data_dir = str((entry.get("webshart") or {}).get("cache_dir", ""))
+        stale = [os.path.join(data_dir, f"aspect_ratio_bucket_{k}_{entry['id']}.json")
+                 for k in ("indices", "metadata")] + [
+            os.path.join(data_dir, f"aspect_ratio_bucket_indices_{entry['id']}.json_captions.json")] + [
+            os.path.join(r, n) for r, _, ns in os.walk(os.path.join(data_dir, "metadata_cache")) for n in ns]
     stale_removed = [p for p in stale if os.path.isfile(p)]
     for p in stale_removed:
         os.remove(p)
@@ -155,6 +170,7 @@ def parent(a):
         "out": a.out,
         "entry_file": entry_file,
         "entry_overrides": overrides,
+        "type": entry.get("type"),
         "instance_data_dir": entry.get("instance_data_dir"),
         "caption_strategy": entry.get("caption_strategy"),
         "caption_column": entry.get("parquet", {}).get("caption_column"),
@@ -164,8 +180,9 @@ def parent(a):
         "tolerant_setup_error": None if tolerant is None else (tolerant.get("error") or tolerant.get("crashed")),
         **{k: measured.get(k) for k in ("discovered", "accepted", "buckets", "rejected",
                                          "rejected_examples", "captions", "images", "stubs",
-                                         "filtering_statistics", "config_warnings", "note")},
-        "on_disk": on_disk(entry),
+                                         "filtering_statistics", "config_warnings", "note",
+                                         "webshart", "per_sample")},
+        "on_disk": on_disk_webshart(a.out, entry) if is_webshart(entry) else on_disk(entry),
         "stale_bucket_caches_removed": stale_removed,
         "simpletuner_wrote": [os.path.relpath(p, a.out) for p in wrote],
         "simpletuner_files_removed": not a.keep_simpletuner_files,
@@ -178,6 +195,29 @@ def parent(a):
         with open(a.json, "w") as f:
             f.write(text)
     return 0 if ok else 1
+
+
+def is_webshart(entry):
+    return entry.get("type") == "webshart"
+
+
+def parquet_of(out, entry):
+    """The parquet a webshart entry's output has beside it (the entry itself names none)."""
+    return os.path.join(out, f"{entry['id']}.parquet")
+
+
+def on_disk_webshart(out, entry):
+    """The tars at `source` and the indexes at `metadata`, read with os and pyarrow."""
+    import pyarrow.parquet as pq
+    facts = {}
+    for key, ext in (("source", ".tar"), ("metadata", ".json")):
+        d = str(entry.get(key, ""))
+        facts[key.replace("source", "tars").replace("metadata", "indexes")] = sorted(
+            os.path.relpath(os.path.join(r, n), d) for r, _, ns in os.walk(d) for n in ns
+            if n.endswith(ext)) if os.path.isdir(d) else None
+    p = parquet_of(out, entry)
+    facts["parquet_rows"] = pq.read_metadata(p).num_rows if os.path.isfile(p) else None
+    return facts
 
 
 def on_disk(entry):
@@ -325,11 +365,89 @@ def inspect_backend(a, entry, records, result):
     result["accepted"] = len(accepted)
     result["buckets"] = {k: len(v) for k, v in buckets.items()}
     result["filtering_statistics"] = getattr(meta, "filtering_statistics", None)
+    if is_webshart(entry):
+        inspect_webshart(a, entry, records, result, meta, data, accepted)
+        return
     rejected = rejections(meta, found, set(accepted))
     result["rejected"] = {k: len(v) for k, v in sorted(rejected.items())}
     result["rejected_examples"] = {k: v[:5] for k, v in sorted(rejected.items())}
     result["captions"] = compare_captions(entry, data, records, accepted, meta.instance_data_dir)
     result["images"] = prepare_images(a, bid, model_of(), data, accepted)
+
+
+def inspect_webshart(a, entry, records, result, meta, data, accepted):
+    """A webshart backend: what its data backend lists, its bucketing statistics, captions."""
+    listed = [p for _, _, files in data.list_files(file_extensions=[e.strip(".") for e in IMAGE_EXTS])
+              for p in files]
+    result["discovered"] = len(listed)
+    shards = []
+    for i in range(data.num_shards()):
+        info = data.dataset.get_shard_info(i)
+        info = info if isinstance(info, dict) else {}
+        shards.append({"tar": os.path.basename(str(info.get("tar_path") or info.get("name") or i)),
+                       "samples": len(data.dataset.list_samples_in_shard(i))})
+    result["webshart"] = {"backend": type(data).__name__, "metadata_backend": type(meta).__name__,
+                          "cache_dir": data.cache_dir, "metadata_cache_dir": data.metadata_cache_dir,
+                          "shard_cache_dir": data.shard_cache_dir, "shards": shards}
+    stats = (result["filtering_statistics"] or {}).get("skipped", {})
+    result["rejected"] = {k: v for k, v in sorted(stats.items()) if v and k != "already_exists"}
+    result["rejected_examples"] = {"not in a bucket": [data.parse_sample_id(p).filename
+                                                       for p in sorted(set(listed) - set(accepted))[:5]]}
+    result["captions"], result["per_sample"] = compare_webshart_captions(a, entry, data, records, accepted)
+    bucket_of = {p: k for k, v in meta.aspect_ratio_bucket_indices.items() for p in v}
+    for sid in accepted:
+        facts = result["per_sample"].setdefault(data.parse_sample_id(sid).filename, {})
+        facts["original_size"] = (meta.get_metadata_by_filepath(sid) or {}).get("original_size")
+        facts["bucket"] = bucket_of.get(sid)
+    result["images"] = prepare_images(a, entry["id"], model_of(), data, accepted)
+
+
+def compare_webshart_captions(a, entry, data, records, accepted):
+    """Each accepted sample's webshart caption against its parquet row's (by member name)."""
+    import pyarrow.parquet as pq
+    from simpletuner.helpers.prompts import PromptHandler
+
+    p = parquet_of(a.out, entry)
+    want = {}
+    if os.path.isfile(p):
+        table = pq.read_table(p, columns=["filename", "caption"])
+        want = {os.path.basename(f): c for f, c in zip(table.column(0).to_pylist(), table.column(1).to_pylist())}
+    recorded = {}
+    for r in records:
+        ip = (r.get("metadata") or {}).get("image_path")
+        if ip:
+            recorded.setdefault(data.normalize_sample_id(ip), []).append(r["prompt"])
+    c = {"checked": 0, "equal": 0, "equal_after_strip": 0, "mismatch": 0, "no_parquet_row": 0,
+         "error": 0, "text_embed_records": len(records),
+         "text_embed_images_outside_buckets": len(set(recorded) - set(accepted)), "examples": []}
+    per_sample = {}
+    for sid in accepted:
+        c["checked"] += 1
+        name = data.parse_sample_id(sid).filename
+        try:
+            sampler = as_list(PromptHandler.magic_prompt(
+                image_path=sid, use_captions=True, caption_strategy=entry.get("caption_strategy"),
+                prepend_instance_prompt=False, data_backend=data, instance_prompt=None,
+                sampler_backend_id=entry["id"]))
+        except Exception as e:
+            c["error"] += 1
+            if len(c["examples"]) < 5:
+                c["examples"].append({"image": name, "error": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        embed = recorded.get(sid)
+        per_sample[name] = {"sampler": sampler, "text_embed": embed}
+        ref = as_list(want.get(name))
+        if ref is None:
+            c["no_parquet_row"] += 1
+        elif sampler == ref and embed == ref:
+            c["equal"] += 1
+        elif sampler == [x.strip() for x in ref] == embed:
+            c["equal_after_strip"] += 1
+        else:
+            c["mismatch"] += 1
+            if len(c["examples"]) < 5:
+                c["examples"].append({"image": name, "parquet": ref, "sampler": sampler, "text_embed": embed})
+    return c, per_sample
 
 
 def model_of():

@@ -13,7 +13,8 @@ encoders). The expected numbers come from reading the tars here, not from shardp
 image is discovered; an image whose JSON lacks width or height has no parquet row
 (`metadata_missing`); one whose JSON area is under the entry's `minimum_image_size`
 megapixels is `too_small`; the others are accepted, each with the caption of its parquet row,
-which is the JSON's field.
+which is the JSON's field. The `--mode index` tests run SimpleTuner's webshart backend on the
+`type: webshart` entry instead (see `index_expected`: there the image's real size decides).
 """
 
 import json
@@ -220,3 +221,161 @@ def test_verify_passes_after_simpletuner_wrote_its_caches(shards, tmp_path):
         f"after SimpleTuner wrote {s['simpletuner_wrote']}: verify exited {verify.returncode}\n"
         f"{verify.stdout[-1500:]}{verify.stderr[-1500:]}\nre-run exited {rerun.returncode}\n"
         f"{rerun.stdout[-1500:]}{rerun.stderr[-1500:]}")
+
+
+
+@pytest.fixture(scope="module")
+def index_shards(tmp_path_factory):
+    """Fresh shards for index mode: `good/` holds three, some JSONs lying about the image's
+    size (the index has the image header's); `with-broken/` holds them plus a fourth cut in
+    the middle of a member (it must get no index, and webshart must skip its tar)."""
+    root = tmp_path_factory.mktemp("index-shards")
+    gen = root / "gen"
+    run([shardprep_bin(), "generate", "--output", gen, "--shards", SHARDS + 1, "--samples", SAMPLES,
+         "--seed", SEED + 1, "--lying-dims-every", 7])
+    tars = sorted(gen.glob("*.tar"))
+    assert len(tars) == SHARDS + 1
+    good, with_broken = root / "good", root / "with-broken"
+    for d in (good, with_broken):
+        d.mkdir()
+        for t in tars[:-1]:
+            shutil.copy(t, d)
+    broken = with_broken / tars[-1].name
+    shutil.copy(tars[-1], broken)
+    with open(broken, "r+b") as f:
+        f.truncate(broken.stat().st_size * 3 // 5 + 100)  # not on a 512-byte block boundary
+    return {"good": good, "with_broken": with_broken, "broken": broken.name,
+            "good_tars": sorted(good.glob("*.tar"))}
+
+
+def index_expected(tars, min_megapixels, field="short_caption"):
+    """From the tars alone (PIL reads each image's real size, the index's source of width and
+    height): every image is discovered and bucketed by its real size, one whose real area is
+    under `minimum_image_size` is `too_small`, each accepted one has its JSON's caption."""
+    from PIL import Image
+    images = {}
+    for t in tars:
+        with tarfile.open(t) as tf:
+            members = {m.name: m for m in tf.getmembers()}
+            for name, m in members.items():
+                stem, ext = os.path.splitext(name)
+                if ext.lower() not in IMAGE_EXTS:
+                    continue
+                with Image.open(tf.extractfile(m)) as im:
+                    size = list(im.size)
+                j = json.load(tf.extractfile(members[stem + ".json"]))
+                images[name] = {"size": size, "json": j}
+    small = [n for n, v in images.items() if v["size"][0] * v["size"][1] < min_megapixels * 1_000_000]
+    accepted = sorted(set(images) - set(small))
+    json_dims = {n: [v["json"].get("width"), v["json"].get("height")] for n, v in images.items()}
+    return {"discovered": len(images), "accepted": accepted,
+            "rejected": {"too_small": len(small)} if small else {},
+            "size": {n: images[n]["size"] for n in accepted},
+            "caption": {n: images[n]["json"][field] for n in accepted},
+            "lying": [n for n in accepted if None not in json_dims[n] and json_dims[n] != images[n]["size"]],
+            "no_width": [n for n in accepted if None in json_dims[n]],
+            "parquet_rows": sum(None not in d for d in json_dims.values())}
+
+
+def index_run(tars_dir, out, want_rc):
+    r = run([shardprep_bin(), "run", "--input", tars_dir, "--output", out, "--mode", "index",
+             "--workers", 2], ok=False)
+    assert r.returncode == want_rc, (f"shardprep run --mode index exited {r.returncode}, not {want_rc}:\n"
+                                     f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "index", report
+    return report
+
+
+def assert_webshart_entry(e, tars_dir, out):
+    """The webshart entry has what SimpleTuner 4.10.1's webshart builder reads. Without
+    `webshart.cache_dir` it falls back to ./cache/webshart/<id> in the trainer's folder, without
+    `shard_cache_gb` it copies whole tars (25 GB) there, without `metadata` it looks for the
+    indexes beside the tars."""
+    missing = [k for k in ("id", "type", "source", "metadata", "caption_strategy", "metadata_backend",
+                           "dataset_type", "resolution", "resolution_type", "minimum_image_size",
+                           "maximum_image_size", "target_downsample_size", "cache_dir_vae")
+               if k not in e] + [f"webshart.{k}" for k in ("cache_dir", "shard_cache_gb")
+                                 if k not in e.get("webshart", {})]
+    assert not missing, f"multidatabackend.json's webshart entry lacks {missing}: {e}"
+    assert (e["type"], e["caption_strategy"], e["metadata_backend"]) == ("webshart",) * 3, e
+    assert (e["source"], e["metadata"]) == (str(tars_dir), str(out / "index")), e
+    relative = [p for p in (e["source"], e["metadata"], e["webshart"]["cache_dir"], e["cache_dir_vae"])
+                if not os.path.isabs(p)]
+    assert not relative, f"relative paths in the webshart entry: {relative}"
+
+
+def check_webshart(out, tmp_path, e, good_tars, want, keep=False):
+    """check_output.py on a webshart entry, from a trainer folder SimpleTuner must not write
+    into; asserts what holds with or without a broken shard beside the good ones."""
+    trainer_dir = tmp_path / "trainer"
+    trainer_dir.mkdir()
+    rc, s = check(out, cwd=trainer_dir, keep=keep)
+    why = json.dumps({k: s.get(k) for k in ("setup_error", "discovered", "accepted", "rejected",
+                                            "rejected_examples", "captions", "images", "webshart",
+                                            "filtering_statistics", "on_disk", "logs")},
+                     indent=1, ensure_ascii=False)
+    assert rc == 0 and s["setup_ok"], f"SimpleTuner's setup failed on the webshart entry:\n{why}"
+    w = s["webshart"]
+    assert w and w["backend"] == "WebshartDataBackend", why
+    assert [x["tar"] for x in w["shards"]] == [t.name for t in good_tars], f"webshart's shards:\n{why}"
+    assert w["cache_dir"] == e["webshart"]["cache_dir"] and w["shard_cache_dir"] is None, why
+    wrote = sorted(str(p.relative_to(trainer_dir)) for p in trainer_dir.rglob("*"))
+    assert not wrote, f"SimpleTuner wrote into the trainer's folder, not the entry's cache_dir: {wrote}"
+    assert s["discovered"] == want["discovered"], why
+    assert s["rejected"] == want["rejected"], why
+    assert s["accepted"] == len(want["accepted"]), why
+    assert sum(s["buckets"].values()) == len(want["accepted"]), why
+    per = s["per_sample"]
+    assert sorted(per) == want["accepted"], why
+    wrong_size = {n: (per[n]["original_size"], want["size"][n]) for n in want["accepted"]
+                  if list(per[n]["original_size"] or []) != want["size"][n]}
+    assert not wrong_size, f"SimpleTuner bucketed these by another size than the image's (got, real): {wrong_size}"
+    wrong_caption = {n: (per[n], want["caption"][n]) for n in want["accepted"]
+                     if not per[n]["sampler"] == per[n]["text_embed"] == [want["caption"][n]]}
+    assert not wrong_caption, f"captions differ from the JSON's (SimpleTuner, JSON): {wrong_caption}"
+    assert s["images"]["prepared"] == s["images"]["checked"] == len(want["accepted"]), why
+    return s, why
+
+
+def test_index_mode_webshart_entry_trains(index_shards, tmp_path):
+    # `--mode index`: nothing extracted; SimpleTuner's webshart backend reads the tars in place
+    # through OUT/index, buckets by the index's width/height, captions from the index.
+    tars_dir, good = index_shards["good"], index_shards["good_tars"]
+    out = tmp_path / "out"
+    index_run(tars_dir, out, 0)
+    e = entry_of(out)
+    assert_webshart_entry(e, tars_dir, out)
+    want = index_expected(good, e["minimum_image_size"])
+    assert want["lying"] and want["no_width"], "no accepted image lies about its size or lacks width"
+    s, why = check_webshart(out, tmp_path, e, good, want, keep=True)
+    # The parquet (rows for JSONs with width and height, as in extract mode) agrees too.
+    assert s["on_disk"]["parquet_rows"] == want["parquet_rows"], why
+    c = s["captions"]
+    assert c["error"] == c["mismatch"] == 0, why
+    assert c["no_parquet_row"] == len(want["no_width"]), why
+    assert c["equal"] == len(want["accepted"]) - len(want["no_width"]), why
+    # SimpleTuner's caches (OUT/cache/webshart, kept) leave the output valid and a re-run a no-op.
+    assert any(p.startswith("cache/webshart/metadata_cache/") for p in s["simpletuner_wrote"]), s["simpletuner_wrote"]
+    n_json = len(samples_in(good))
+    verify = run([shardprep_bin(), "verify", out, "--expect-json", n_json], ok=False)
+    rerun = run([shardprep_bin(), "run", "--input", tars_dir, "--output", out, "--mode", "index",
+                 "--expect-json", n_json], ok=False)
+    assert (verify.returncode, rerun.returncode) == (0, 0), (
+        f"after SimpleTuner wrote {s['simpletuner_wrote']}: verify exited {verify.returncode}\n"
+        f"{verify.stdout[-1500:]}{verify.stderr[-1500:]}\nre-run exited {rerun.returncode}\n"
+        f"{rerun.stdout[-1500:]}{rerun.stderr[-1500:]}")
+
+
+def test_index_mode_broken_shard_is_skipped_by_simpletuner(index_shards, tmp_path):
+    # The cut shard fails the job (exit 1, no parquet) and gets no index; its tar stays in
+    # `source`, and SimpleTuner (through webshart) trains on the other shards only.
+    tars_dir, good = index_shards["with_broken"], index_shards["good_tars"]
+    out = tmp_path / "out"
+    report = index_run(tars_dir, out, 1)
+    assert [f["name"] for f in report["failures"]] == [index_shards["broken"]], report["failures"]
+    assert sorted(p.name for p in (out / "index").glob("*.json")) == [t.stem + ".json" for t in good]
+    assert (tars_dir / index_shards["broken"]).exists()
+    e = entry_of(out)
+    assert_webshart_entry(e, tars_dir, out)
+    check_webshart(out, tmp_path, e, good, index_expected(good, e["minimum_image_size"]))
