@@ -1214,6 +1214,29 @@ fn same_member_twice_in_a_shard_is_counted_and_the_later_copy_wins() {
     job.assert_contained(&[]);
 }
 
+/// A JSON without `width` is no row (the seed's rule), but it still names
+/// its image: that image is not "without JSON", in either mode.
+#[test]
+fn an_image_named_by_a_json_without_width_is_not_an_orphan() {
+    for mode in ["extract", "index"] {
+        let job = Job::new();
+        let mut b = new_tar();
+        add_sample(&mut b, "a0");
+        append_file(&mut b, "nw.png", &image(3, 300)).unwrap();
+        let no_width = serde_json::to_vec(&json!({"image_name": "nw.png", "short_caption": "c"}));
+        append_file(&mut b, "nw.json", &no_width.unwrap()).unwrap();
+        job.add("nowidth.tar", &finish(b));
+        let run = job.run("1", &["--mode", mode]);
+        run.assert_ok();
+        let r = job.report();
+        let s = shard(&r, "nowidth.tar");
+        assert_eq!(s["counts"]["rows"], 1, "{mode}: {s:#}");
+        assert_eq!(s["counts"]["images_without_json"], 0, "{mode}: {s:#}");
+        assert_eq!(s["counts"]["json_without_image"], 0, "{mode}: {s:#}");
+        assert!(issues(s, "image_without_json").is_empty(), "{mode}: {s:#}");
+    }
+}
+
 #[test]
 fn json_without_image_and_image_without_json_are_counted_and_named() {
     let job = Job::new();

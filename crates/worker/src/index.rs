@@ -580,7 +580,12 @@ impl<'a> Pass<'a> {
         live: &LiveProgress,
     ) -> Result<(), ShardError> {
         match parse_sample(json, self.fields) {
-            Ok(Parsed::NoWidth) => {}
+            // Not a sample, but its JSON still names its image.
+            Ok(Parsed::NoWidth { filename }) => {
+                if let Some(f) = filename {
+                    self.referenced.insert(f);
+                }
+            }
             Ok(Parsed::Row(row)) => {
                 self.counts.json_with_width += 1;
                 self.referenced.insert(row.filename.clone());

@@ -70,7 +70,8 @@ pub enum Parsed {
     /// A row (the JSON has the width field and everything needed).
     Row(Row),
     /// No width field: not a sample, exactly as the seed's `if "width" not in content: continue`.
-    NoWidth,
+    /// `filename`: the image it names, when its filename field is a usable name.
+    NoWidth { filename: Option<String> },
 }
 
 /// Parses a sample JSON. `Err` means it has the width field (or could not be
@@ -98,7 +99,10 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
     let get = |i: usize| found[i];
 
     let Some(width_raw) = get(0) else {
-        return Ok(Parsed::NoWidth);
+        let filename = get(3)
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .filter(|s| check_filename(s).is_ok());
+        return Ok(Parsed::NoWidth { filename });
     };
     let width = dimension(width_raw).map_err(|d| Skip::new("invalid_width", d))?;
     let height = match get(1) {
@@ -363,7 +367,9 @@ mod tests {
     fn no_width_is_not_a_sample() {
         assert_eq!(
             parse(r#"{"image_name":"a.png","height":1}"#),
-            Ok(Parsed::NoWidth)
+            Ok(Parsed::NoWidth {
+                filename: Some("a.png".into())
+            })
         );
     }
 

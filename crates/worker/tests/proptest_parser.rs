@@ -121,7 +121,7 @@ fn check_parsed(res: Result<Parsed, shardprep_worker::sample::Skip>) -> Result<(
             prop_assert!(!row.filename.contains('/') && !row.filename.contains('\0'));
             prop_assert!(!row.filename.contains(".."));
         }
-        Ok(Parsed::NoWidth) => {}
+        Ok(Parsed::NoWidth { .. }) => {}
         Err(skip) => prop_assert!(!skip.reason.is_empty()),
     }
     Ok(())

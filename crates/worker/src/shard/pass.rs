@@ -301,7 +301,12 @@ impl<'a> ShardPass<'a> {
         hashes: Vec<Option<String>>,
     ) -> Result<(), ShardError> {
         match parsed {
-            Ok(Parsed::NoWidth) => {}
+            // Not a sample, but its JSON still names its image.
+            Ok(Parsed::NoWidth { filename }) => {
+                if let Some(f) = filename {
+                    self.referenced.insert(f.as_bytes());
+                }
+            }
             Ok(Parsed::Row(row)) => self.row(m, row, hashes)?,
             Err(skip) => {
                 if skip.has_width {
