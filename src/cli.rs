@@ -11,6 +11,10 @@ fn duration(s: &str) -> Result<Duration, String> {
     shardprep_core::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn bytes(s: &str) -> Result<u64, String> {
+    shardprep_core::size::parse_bytes(s)
+}
+
 /// Turn webdataset tar shards (image + JSON per sample) into a training-ready
 /// SimpleTuner dataset: extracted files, caption .txt files, one parquet table,
 /// a report and the dataloader entry — in one streaming pass per shard.
@@ -49,6 +53,11 @@ pub enum Command {
 /// Settings of a job, shared by `run` and `coordinator`.
 #[derive(Debug, Args, Clone)]
 pub struct JobArgs {
+    /// On a re-run, also compare the checksum of every file earlier shards
+    /// wrote (reads them all; without it only sizes are checked), so that
+    /// changed bytes are repaired too.
+    #[arg(long)]
+    pub deep: bool,
     /// Where the *.tar shards are: a folder (e.g. the Hugging Face download's data/),
     /// s3://BUCKET/PREFIX/ (also gs://, az://), https://HOST/data-{000000..000068}.tar,
     /// or hf://datasets/OWNER/NAME[/PATH].
@@ -168,6 +177,11 @@ pub struct JobArgs {
     /// A shard whose worker reports no progress for this long is given to another worker.
     #[arg(long, env = "SHARDPREP_STALL_TIMEOUT", value_parser = duration, default_value = "5m")]
     pub stall_timeout: Duration,
+    /// Sparse members (GNU tar --sparse) whose expanded size passes this are
+    /// refused and listed in the report; the others are written as sparse
+    /// files (holes take no disk). Bytes, or e.g. 64G, 2TiB.
+    #[arg(long, env = "SHARDPREP_MAX_SPARSE_SIZE", value_name = "BYTES", value_parser = bytes, default_value = "1TiB")]
+    pub max_sparse_size: u64,
     /// Attempts per shard before it is marked failed.
     #[arg(long, env = "SHARDPREP_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -361,8 +375,9 @@ pub struct VerifyArgs {
     /// The dataset id (parquet name); default: read from report.json, else dalle3.
     #[arg(long, env = "SHARDPREP_DATASET_ID")]
     pub dataset_id: Option<String>,
-    /// Also re-read every image a JSON of data/ names: its header size against the JSON,
-    /// and the full decode and hash fields when the job's report says they were checked.
+    /// Also read every file the shards wrote and compare its checksum, and re-check every
+    /// image a JSON of data/ names: its header size against the JSON, and the full decode and
+    /// hash fields when the job's report says they were checked.
     #[arg(long)]
     pub deep: bool,
     /// Print the findings as JSON.

@@ -129,6 +129,8 @@ pub fn coordinator_config(
         data_sync: job.data_sync(data_sync),
         metrics_listen: job.metrics_listen,
         image_checks: image_checks(job)?,
+        deep: job.deep,
+        max_sparse_size: job.max_sparse_size,
         ..CoordinatorConfig::default()
     })
 }

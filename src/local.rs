@@ -172,6 +172,12 @@ pub fn print_summary(r: &Report) {
             w => format!("{w} (textfile and parquet captions differ for these)"),
         }
     );
+    if !t.member_warnings.is_empty() {
+        println!(
+            "  member warnings    {} (unknown type flags, extracted as regular files as tar xf does)",
+            by_reason(&t.member_warnings)
+        );
+    }
     println!("  images             {}", t.images);
     if let Some(ix) = &r.index {
         println!(
@@ -342,10 +348,11 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut findings = shardprep_coordinator::verify::verify_output(
+    let mut findings = shardprep_coordinator::verify::verify_output_deep(
         &args.output,
         args.expect_json,
         args.dataset_id.as_deref(),
+        args.deep,
     );
     if args.deep {
         let deep = crate::deep::deep_check(&args.output);

@@ -1614,3 +1614,124 @@ fn assert_no_temporaries(out: &Path) {
         "temporary files left behind in OUT: {left:?}"
     );
 }
+
+// ---------------------------------------------------------------- sparse files
+
+/// A GNU tar archive holding `big.db` (10 MiB expanded, 1 byte of data,
+/// PAX sparse 1.0) and `after.txt`.
+fn sparse_tar() -> Vec<u8> {
+    let tmp = tempdir();
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(
+            "mkdir src && truncate -s 10M src/big.db
+             printf x | dd of=src/big.db bs=1 seek=4096 conv=notrunc status=none
+             printf after > src/after.txt
+             tar --sparse --format=posix --sparse-version=1.0 -cf a.tar -C src big.db after.txt",
+        )
+        .current_dir(tmp.path())
+        .output()
+        .expect("sh and GNU tar run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(tmp.path().join("a.tar")).unwrap()
+}
+
+#[test]
+fn a_sparse_member_past_max_sparse_size_is_refused_and_named() {
+    let flag: &[&str] = &["--max-sparse-size", "1M"];
+    let index: &[&str] = &["--max-sparse-size", "1M", "--mode", "index"];
+    let env = [("SHARDPREP_MAX_SPARSE_SIZE", "1048576")];
+    for (how, extra, envs) in [
+        ("flag", flag, &[][..]),
+        ("env", &[][..], &env[..]),
+        ("index", index, &[][..]),
+    ] {
+        let job = Job::new();
+        job.add("sparse.tar", &sparse_tar());
+        job.add_good("good.tar", "g", 2);
+        let mut args: Vec<&str> = vec!["run", "--input", path_str(&job.input)];
+        args.extend(["--output", path_str(&job.out), "--workers", "2"]);
+        args.extend(extra);
+        let run = Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output: run_raw(&args, envs),
+        };
+        run.assert_ok();
+        let r = job.report();
+        assert_eq!(r["verdict"], "ok", "{how}: {r:#}");
+        let s = shard(&r, "sparse.tar");
+        assert_eq!(
+            by_reason(s, "rejected_members"),
+            reasons(&[("sparse_too_large", 1)]),
+            "{how}"
+        );
+        assert_eq!(issues(s, "sparse_too_large"), ["big.db"], "{how}");
+        let detail = s["issues"][0]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("10485760") && detail.contains("1048576-byte limit"),
+            "{how}: {detail}"
+        );
+        assert_eq!(r["totals"]["rejected_members"]["sparse_too_large"], 1);
+        assert!(!job.data().join("big.db").exists(), "{how}");
+        if how != "index" {
+            assert_eq!(
+                std::fs::read(job.data().join("after.txt")).unwrap(),
+                b"after"
+            );
+        }
+    }
+    // Under the default cap (1 TiB) the member is expanded, as a sparse file.
+    let job = Job::new();
+    job.add("sparse.tar", &sparse_tar());
+    job.add_good("good.tar", "g", 2);
+    let run = job.run("2", &[]);
+    assert_good_shard_done(&job, &run, 2);
+    let big = std::fs::metadata(job.data().join("big.db")).unwrap();
+    assert_eq!(big.len(), 10 << 20);
+    assert!(std::os::unix::fs::MetadataExt::blocks(&big) * 512 <= 64 << 10);
+}
+
+#[test]
+fn max_sparse_size_takes_units_and_refuses_garbage() {
+    let help = run_ok(&["run", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--max-sparse-size <BYTES>"), "{help}");
+    let job = Job::new();
+    let run = job.run("1", &["--max-sparse-size", "lots"]);
+    assert_eq!(run.output.status.code(), Some(2), "{}", run.explain());
+    assert!(
+        run.all_output().contains("invalid size \"lots\""),
+        "{}",
+        run.explain()
+    );
+}
+
+#[test]
+fn an_unknown_type_flag_is_extracted_as_a_file_with_a_warning() {
+    let job = Job::new();
+    let mut b = new_tar();
+    add_sample(&mut b, "a0");
+    let h = raw_header(b"odd.bin", tar::EntryType::new(b'Q'), 3, b"");
+    b.append(&h, &b"QQQ"[..]).unwrap();
+    add_sample(&mut b, "a1");
+    job.add("odd.tar", &finish(b));
+    job.add_good("good.tar", "g", 2);
+    let run = job.run("2", &[]);
+    assert_good_shard_done(&job, &run, 2);
+    let r = job.report();
+    let s = shard(&r, "odd.tar");
+    assert_eq!(by_reason(s, "rejected_members"), reasons(&[]));
+    assert_eq!(issues(s, "unknown_entry_type"), ["odd.bin"]);
+    assert_eq!(r["totals"]["member_warnings"]["unknown_entry_type"], 1);
+    assert_eq!(std::fs::read(job.data().join("odd.bin")).unwrap(), b"QQQ");
+    assert!(
+        run.all_output()
+            .contains("member warnings    unknown_entry_type"),
+        "{}",
+        run.explain()
+    );
+}

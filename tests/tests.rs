@@ -5,6 +5,7 @@ mod util;
 
 mod core;
 mod faults;
+mod fencing;
 mod hostile;
 mod index_mode;
 mod integrity;

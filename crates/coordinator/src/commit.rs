@@ -62,7 +62,7 @@ pub fn recover(
     }
     if !manifest.data_synced && (manifest.boot_id.is_empty() || manifest.boot_id != boot_id) {
         let damaged = match std::fs::read(layout.files_list_path(name)) {
-            Ok(list) => durability::first_damaged_file(&layout.data_dir(), &list),
+            Ok(list) => durability::first_damaged_file(&layout.data_dir(), &list, false),
             Err(e) => Some(format!("no file list ({e})")),
         };
         if let Some(damaged) = damaged {

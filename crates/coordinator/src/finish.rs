@@ -178,6 +178,7 @@ fn written_check(layout: &OutputLayout, config: &CoordinatorConfig, rows: &Shard
         config.expect_json,
         rows.totals.json_files,
         config.extract,
+        false,
     )
 }
 

@@ -136,9 +136,10 @@ async fn start_job(
     let (input_root, discovery) = discover_input(&config.input, config.mode == Mode::Index).await?;
     let sources = discovery.shards;
     let recovered = {
-        let (layout, sources, mode) = (layout.clone(), sources.clone(), config.mode);
+        let (layout, sources) = (layout.clone(), sources.clone());
+        let (mode, deep) = (config.mode, config.deep);
         blocking("recovery of committed shards", move || {
-            recover_shards(&layout, &sources, mode)
+            recover_shards(&layout, &sources, mode, deep)
         })
         .await?
     };
@@ -206,6 +207,7 @@ fn recover_shards(
     layout: &OutputLayout,
     sources: &[ShardSource],
     mode: Mode,
+    deep: bool,
 ) -> Vec<(String, ShardIdentity, Option<ShardManifest>)> {
     let boot_id = shardprep_core::durability::boot_id();
     let mut recovered: Vec<_> = sources
@@ -223,7 +225,7 @@ fn recover_shards(
             (s.name.clone(), s.identity, m)
         })
         .collect();
-    redo_damaged(layout, &mut recovered);
+    redo_damaged(layout, &mut recovered, deep);
     recovered
 }
 
@@ -233,6 +235,7 @@ fn recover_shards(
 fn redo_damaged(
     layout: &OutputLayout,
     recovered: &mut [(String, ShardIdentity, Option<ShardManifest>)],
+    deep: bool,
 ) {
     let wrote: Vec<ShardWrote> = recovered
         .iter()
@@ -247,7 +250,7 @@ fn redo_damaged(
     if wrote.is_empty() {
         return;
     }
-    let damaged = verify::check_written(layout, &wrote, None, 0, true).damaged_shards;
+    let damaged = verify::check_written(layout, &wrote, None, 0, true, deep).damaged_shards;
     for (name, _, m) in recovered.iter_mut() {
         if m.is_some() && damaged.contains(name.as_str()) {
             tracing::warn!(shard = %name, "files this shard wrote into data/ are missing or changed since it was committed; redoing the shard");
@@ -294,6 +297,7 @@ fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
         mode: config.mode.to_proto(),
+        max_sparse_size: Some(config.max_sparse_size),
         ..Default::default()
     };
     config.image_checks.to_proto(&mut spec);

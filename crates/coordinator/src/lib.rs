@@ -133,6 +133,11 @@ pub struct CoordinatorConfig {
     pub mode: Mode,
     /// Checks of the images themselves the workers make (issue 20).
     pub image_checks: shardprep_core::manifest::ImageChecks,
+    /// A re-run compares the checksums of the files earlier shards wrote,
+    /// not only their sizes.
+    pub deep: bool,
+    /// Sparse members expanding past this many bytes are refused.
+    pub max_sparse_size: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -161,6 +166,8 @@ impl Default for CoordinatorConfig {
             metrics_listen: None,
             mode: Mode::Extract,
             image_checks: Default::default(),
+            deep: false,
+            max_sparse_size: shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE,
         }
     }
 }
@@ -190,6 +197,10 @@ impl CoordinatorConfig {
         self
     }
     /// Extract the members, or index the tars in place.
+    pub fn with_max_sparse_size(mut self, bytes: u64) -> Self {
+        self.max_sparse_size = bytes;
+        self
+    }
     pub fn with_mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self

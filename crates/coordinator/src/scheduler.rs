@@ -290,24 +290,34 @@ impl Scheduler {
     }
 
     /// The next pending shard for `worker`: the first one it has not lost
-    /// before; one it lost only when no other live worker could take it.
+    /// before; else the first one no other idle live worker could take
+    /// (one that has not lost it either). Idle workers long-poll, so such a
+    /// worker takes the shard at once; a busy one might never come back for
+    /// it (a hang), so only idle ones are waited for.
     fn next_for(&mut self, worker: &str, now: Instant) -> Option<usize> {
         let pos = self
             .queue
             .iter()
-            .position(|&i| !self.shards[i].lost_by.iter().any(|w| w == worker));
-        if let Some(pos) = pos {
-            return self.queue.remove(pos);
-        }
-        let others_alive = self.workers.iter().any(|(id, w)| {
+            .position(|&i| !self.shards[i].lost_by.iter().any(|w| w == worker))
+            .or_else(|| {
+                self.queue
+                    .iter()
+                    .position(|&i| !self.another_could_take(worker, i, now))
+            })?;
+        self.queue.remove(pos)
+    }
+
+    /// Whether a live idle worker other than `worker` that has not lost
+    /// shard `i` exists.
+    fn another_could_take(&self, worker: &str, i: usize, now: Instant) -> bool {
+        let lost_by = &self.shards[i].lost_by;
+        self.workers.iter().any(|(id, w)| {
             id != worker
                 && !w.told_done
+                && w.current.is_none()
                 && now.saturating_duration_since(w.last_seen) < self.lease_timeout
-        });
-        if others_alive && !self.queue.is_empty() {
-            return None;
-        }
-        self.queue.pop_front()
+                && !lost_by.iter().any(|l| l == id)
+        })
     }
 
     fn release_held_by(&mut self, worker: &str) {
@@ -684,18 +694,18 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_shard_goes_to_another_live_worker_first() {
+    fn a_lost_shard_goes_to_another_idle_worker_first() {
         let t = Instant::now();
         let mut s = sched(2, 3);
         let g0 = grant(s.lease("a", t));
         let g1 = grant(s.lease("b", t));
+        s.complete("b", g1.lease_id, manifest("s1.tar"), t);
         assert!(
             s.fail("a", g0.lease_id, "stuck".into(), FailureKind::Retryable, t)
                 .is_some()
         );
-        // `a` lost s0; `b` is alive and busy: `a` waits rather than retaking s0.
+        // `a` lost s0; `b` is alive and idle: `a` waits, `b` takes s0.
         assert_eq!(s.lease("a", t), LeaseAnswer::Wait);
-        s.complete("b", g1.lease_id, manifest("s1.tar"), t);
         let again = grant(s.lease("b", t));
         assert_eq!((again.name.as_str(), again.attempt), ("s0.tar", 2));
         // Alone, a worker does retake a shard it lost.
@@ -706,6 +716,31 @@ mod tests {
                 .is_some()
         );
         assert_eq!(grant(s.lease("a", t)).attempt, 2);
+    }
+
+    #[test]
+    fn workers_that_all_lost_a_shard_do_not_wait_for_a_busy_one() {
+        // `c` hangs on s1 (heartbeating); `a` and `b` both lost s0. Waiting
+        // for `c` could take until the stall timeout: one of them retakes s0.
+        let t = Instant::now();
+        let mut s = sched(2, 4);
+        let g0 = grant(s.lease("a", t));
+        let _g1 = grant(s.lease("c", t));
+        assert!(
+            s.fail("a", g0.lease_id, "lost".into(), FailureKind::Retryable, t)
+                .is_some()
+        );
+        // `a` sees `b` (registered, idle, has not lost s0): it waits.
+        s.touch("b", None, t);
+        assert_eq!(s.lease("a", t), LeaseAnswer::Wait);
+        let g = grant(s.lease("b", t));
+        assert!(
+            s.fail("b", g.lease_id, "lost".into(), FailureKind::Retryable, t)
+                .is_some()
+        );
+        // Now both lost it and `c` is busy: the next to ask takes it.
+        let again = grant(s.lease("a", t));
+        assert_eq!((again.name.as_str(), again.attempt), ("s0.tar", 3));
     }
 
     #[test]

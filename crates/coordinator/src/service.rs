@@ -53,7 +53,7 @@ fn check_worker_id(id: &str) -> Result<(), Status> {
 }
 
 /// The wire form of a granted shard.
-fn shard_lease(g: Grant, url: Option<String>) -> proto::ShardLease {
+fn shard_lease(g: Grant, url: Option<String>, held: std::time::Duration) -> proto::ShardLease {
     proto::ShardLease {
         lease_id: g.lease_id,
         shard_index: g.index as u32,
@@ -62,6 +62,8 @@ fn shard_lease(g: Grant, url: Option<String>) -> proto::ShardLease {
         size: g.identity.size,
         mtime_ns: g.identity.mtime_ns,
         url: url.unwrap_or_default(),
+        // Rounded down: the worker's deadline stays on the safe side.
+        held_ms: held.as_millis() as u64,
     }
 }
 
@@ -136,6 +138,7 @@ impl Coordinator for CoordinatorService {
         &self,
         req: Request<proto::LeaseRequest>,
     ) -> Result<Response<proto::LeaseResponse>, Status> {
+        let arrived = Instant::now();
         let r = req.into_inner();
         check_worker_id(&r.worker_id)?;
         // Long poll: an idle worker's request waits (bounded) for a change,
@@ -161,7 +164,7 @@ impl Coordinator for CoordinatorService {
             LeaseAnswer::Shard(g) => {
                 tracing::info!(shard = %g.name, worker = %r.worker_id, attempt = g.attempt, lease = g.lease_id, "shard leased");
                 let url = self.shared.shard_urls.get(g.index).cloned().flatten();
-                proto::lease_response::Outcome::Shard(shard_lease(g, url))
+                proto::lease_response::Outcome::Shard(shard_lease(g, url, arrived.elapsed()))
             }
             // The request already waited: ask again soon.
             LeaseAnswer::Wait => proto::lease_response::Outcome::WaitMs(10),

@@ -100,6 +100,7 @@ pub fn check_written(
     expected: Option<u64>,
     json_members: u64,
     extracted: bool,
+    deep: bool,
 ) -> Findings {
     let mut f = Findings::default();
     if !extracted {
@@ -121,12 +122,8 @@ pub fn check_written(
                 continue; // overwritten by a later write
             }
             let path = data.join(rel);
-            let why = match (std::fs::symlink_metadata(&path), rec.size) {
-                (Err(e), _) => format!("{e}"),
-                (Ok(m), Some(size)) if m.len() != size => {
-                    format!("{} bytes, written with {size}", m.len())
-                }
-                _ => continue,
+            let Some(why) = damage(&path, &rec, deep) else {
+                continue;
             };
             n_missing += 1;
             f.damaged_shards.insert(shards[i].name.clone());
@@ -170,6 +167,30 @@ pub fn check_written(
         }
     }
     f
+}
+
+/// Why a listed file is not as written: missing, another size, or (with
+/// `deep`) other bytes than its recorded checksum.
+fn damage(
+    path: &Path,
+    rec: &shardprep_core::durability::ListedFile<'_>,
+    deep: bool,
+) -> Option<String> {
+    let m = match std::fs::symlink_metadata(path) {
+        Err(e) => return Some(format!("{e}")),
+        Ok(m) => m,
+    };
+    if let Some(size) = rec.size
+        && m.len() != size
+    {
+        return Some(format!("{} bytes, written with {size}", m.len()));
+    }
+    let want = rec.crc.filter(|_| deep)?;
+    match shardprep_core::durability::file_crc(path) {
+        Ok(got) if got == want => None,
+        Ok(got) => Some(format!("checksum {got:08x}, written with {want:08x}")),
+        Err(e) => Some(format!("{e}")),
+    }
 }
 
 /// The problem with the global JSON count, if there is one.
@@ -290,6 +311,16 @@ impl ReportView {
 /// Checks `out`: the report, the JSON count in `data/`, the parquet's schema
 /// and rows, each row's image and caption file, and the SimpleTuner entry.
 pub fn verify_output(out: &Path, expect_json: Option<u64>, dataset_id: Option<&str>) -> Findings {
+    verify_output_deep(out, expect_json, dataset_id, false)
+}
+
+/// [`verify_output`], with `deep`: every written file's checksum too.
+pub fn verify_output_deep(
+    out: &Path,
+    expect_json: Option<u64>,
+    dataset_id: Option<&str>,
+    deep: bool,
+) -> Findings {
     let mut f = Findings::default();
     let layout = OutputLayout::new(out);
     let report = read_report(&layout, &mut f);
@@ -306,6 +337,7 @@ pub fn verify_output(out: &Path, expect_json: Option<u64>, dataset_id: Option<&s
             expected,
             found.unwrap_or(0),
             view.extracted,
+            deep,
         )),
     }
     if view.extracted {

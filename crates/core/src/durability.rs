@@ -94,8 +94,10 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// First record of a file list that carries sizes.
-const LIST_HEADER: &[u8] = b"shardprep-files-v2";
+/// First record of a file list that carries sizes only (read, not written).
+const LIST_HEADER_V2: &[u8] = b"shardprep-files-v2";
+/// First record of a file list that carries sizes and CRC-32C checksums.
+const LIST_HEADER: &[u8] = b"shardprep-files-v3";
 
 /// Starts a file list (see [`parse_files_list`]).
 pub fn files_list_header() -> Vec<u8> {
@@ -104,14 +106,19 @@ pub fn files_list_header() -> Vec<u8> {
     v
 }
 
-/// One record of a file list: the relative path under `data/` and the size
-/// the file was written with (`None`: unknown, e.g. a write that failed).
-pub fn files_list_record(rel: &[u8], size: Option<u64>) -> Vec<u8> {
-    let mut v = Vec::with_capacity(rel.len() + 24);
+/// One record of a file list: the relative path under `data/`, the size
+/// the file was written with and the CRC-32 of its bytes, computed while
+/// writing (`None`: unknown, e.g. a write that failed or a sparse member).
+pub fn files_list_record(rel: &[u8], size: Option<u64>, crc: Option<u32>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(rel.len() + 32);
     v.extend_from_slice(rel);
     v.push(0);
     if let Some(n) = size {
         v.extend_from_slice(n.to_string().as_bytes());
+    }
+    v.push(0);
+    if let (Some(c), Some(_)) = (crc, size) {
+        v.extend_from_slice(format!("{c:08x}").as_bytes());
     }
     v.push(0);
     v
@@ -124,29 +131,43 @@ pub struct ListedFile<'a> {
     pub rel: &'a [u8],
     /// Size when written, if known.
     pub size: Option<u64>,
+    /// CRC-32 (`crc32fast`, IEEE) of the bytes written, if known.
+    pub crc: Option<u32>,
 }
 
-/// Parses a shard's file list: NUL-separated records, either `path, size`
-/// pairs after a header (this version) or bare paths (earlier versions).
+fn text(f: Option<&[u8]>) -> Option<&str> {
+    f.and_then(|s| std::str::from_utf8(s).ok())
+}
+
+/// Parses a shard's file list: NUL-separated records, `path, size, crc`
+/// after a v3 header, `path, size` after a v2 header, or bare paths
+/// (earlier versions).
 pub fn parse_files_list(bytes: &[u8]) -> Vec<ListedFile<'_>> {
     let mut fields = bytes.split(|b| *b == 0);
     let mut out = Vec::new();
     let first = fields.next();
-    if first == Some(LIST_HEADER) {
+    let with_crc = first == Some(LIST_HEADER);
+    if with_crc || first == Some(LIST_HEADER_V2) {
         while let Some(rel) = fields.next() {
-            let size = fields
-                .next()
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|s| s.parse().ok());
+            let size = text(fields.next()).and_then(|s| s.parse().ok());
+            let crc = if with_crc {
+                text(fields.next()).and_then(|s| u32::from_str_radix(s, 16).ok())
+            } else {
+                None
+            };
             if !rel.is_empty() {
-                out.push(ListedFile { rel, size });
+                out.push(ListedFile { rel, size, crc });
             }
         }
         return out;
     }
     for rel in first.into_iter().chain(fields) {
         if !rel.is_empty() {
-            out.push(ListedFile { rel, size: None });
+            out.push(ListedFile {
+                rel,
+                size: None,
+                crc: None,
+            });
         }
     }
     out
@@ -163,27 +184,67 @@ pub fn listed_path(rel: &[u8]) -> Option<&Path> {
 }
 
 /// The first listed file under `data_dir` that is missing or has another
-/// size than it was written with, described for a log line; `None` when
-/// every file is as written.
-pub fn first_damaged_file(data_dir: &Path, list: &[u8]) -> Option<String> {
-    for f in parse_files_list(list) {
-        let Some(rel) = listed_path(f.rel) else {
+/// size than it was written with (with `deep`, or other bytes: its CRC is
+/// recomputed), described for a log line; `None` when every file is as
+/// written. Later records of a path win (a duplicate member is rewritten).
+pub fn first_damaged_file(data_dir: &Path, list: &[u8], deep: bool) -> Option<String> {
+    let files = parse_files_list(list);
+    let mut last = std::collections::HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        last.insert(f.rel, i);
+    }
+    for (i, f) in files.iter().enumerate() {
+        let Some(rel) = listed_path(f.rel).filter(|_| last.get(f.rel) == Some(&i)) else {
             continue;
         };
-        let path = data_dir.join(rel);
-        match (std::fs::symlink_metadata(&path), f.size) {
-            (Err(e), _) => return Some(format!("{}: {e}", path.display())),
-            (Ok(m), Some(size)) if m.len() != size => {
-                return Some(format!(
-                    "{}: {} bytes, written with {size}",
-                    path.display(),
-                    m.len()
-                ));
-            }
-            _ => {}
+        if let Some(why) = check_file(&data_dir.join(rel), f, deep) {
+            return Some(why);
         }
     }
     None
+}
+
+fn check_file(path: &Path, f: &ListedFile<'_>, deep: bool) -> Option<String> {
+    let m = match std::fs::symlink_metadata(path) {
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+        Ok(m) => m,
+    };
+    if let Some(size) = f.size
+        && m.len() != size
+    {
+        return Some(format!(
+            "{}: {} bytes, written with {size}",
+            path.display(),
+            m.len()
+        ));
+    }
+    let (Some(want), true) = (f.crc, deep) else {
+        return None;
+    };
+    match file_crc(path) {
+        Ok(got) if got == want => None,
+        Ok(got) => Some(format!(
+            "{}: checksum {got:08x}, written with {want:08x} (the bytes changed)",
+            path.display()
+        )),
+        Err(e) => Some(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The CRC-32 of a file's bytes, read in 1 MiB chunks.
+pub fn file_crc(path: &Path) -> io::Result<u32> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(h.finalize()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -193,24 +254,27 @@ mod tests {
     #[test]
     fn file_lists_round_trip_and_old_lists_still_parse() {
         let mut list = files_list_header();
-        list.extend(files_list_record(b"a.png", Some(1024)));
-        list.extend(files_list_record(b"sub/b \xff.json", None));
-        list.extend(files_list_record(b"c.txt", Some(0)));
+        list.extend(files_list_record(b"a.png", Some(1024), Some(0xdead)));
+        list.extend(files_list_record(b"sub/b \xff.json", None, Some(1)));
+        list.extend(files_list_record(b"c.txt", Some(0), None));
         let parsed = parse_files_list(&list);
         assert_eq!(
             parsed,
             vec![
                 ListedFile {
                     rel: b"a.png",
-                    size: Some(1024)
+                    size: Some(1024),
+                    crc: Some(0xdead)
                 },
                 ListedFile {
                     rel: b"sub/b \xff.json",
-                    size: None
+                    size: None,
+                    crc: None
                 },
                 ListedFile {
                     rel: b"c.txt",
-                    size: Some(0)
+                    size: Some(0),
+                    crc: None
                 },
             ]
         );
@@ -221,9 +285,14 @@ mod tests {
             parsed[1],
             ListedFile {
                 rel: b"b.json",
-                size: None
+                size: None,
+                crc: None
             }
         );
+        let v2 = b"shardprep-files-v2\0a.png\x0010\0b.txt\0\0";
+        let parsed = parse_files_list(v2);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!((parsed[0].size, parsed[0].crc), (Some(10), None));
         assert!(parse_files_list(b"").is_empty());
     }
 
@@ -235,15 +304,32 @@ mod tests {
         std::fs::write(dir.join("a.png"), vec![7u8; 10]).unwrap();
         std::fs::write(dir.join("b.txt"), b"cap").unwrap();
         let mut list = files_list_header();
-        list.extend(files_list_record(b"a.png", Some(10)));
-        list.extend(files_list_record(b"b.txt", Some(3)));
-        list.extend(files_list_record(b"../outside", Some(1)));
-        assert_eq!(first_damaged_file(&dir, &list), None);
+        list.extend(files_list_record(b"a.png", Some(1), Some(1)));
+        list.extend(files_list_record(
+            b"a.png",
+            Some(10),
+            Some(crc32fast::hash(&[7u8; 10])),
+        ));
+        list.extend(files_list_record(
+            b"b.txt",
+            Some(3),
+            Some(crc32fast::hash(b"cap")),
+        ));
+        list.extend(files_list_record(b"../outside", Some(1), None));
+        assert_eq!(first_damaged_file(&dir, &list, true), None);
+        std::fs::write(dir.join("b.txt"), b"cat").unwrap();
+        assert_eq!(first_damaged_file(&dir, &list, false), None);
+        let bad = first_damaged_file(&dir, &list, true).unwrap();
+        assert!(bad.contains("b.txt") && bad.contains("checksum"), "{bad}");
         std::fs::write(dir.join("b.txt"), b"").unwrap();
-        let bad = first_damaged_file(&dir, &list).unwrap();
+        let bad = first_damaged_file(&dir, &list, false).unwrap();
         assert!(bad.contains("b.txt") && bad.contains("0 bytes"), "{bad}");
         std::fs::remove_file(dir.join("a.png")).unwrap();
-        assert!(first_damaged_file(&dir, &list).unwrap().contains("a.png"));
+        assert!(
+            first_damaged_file(&dir, &list, false)
+                .unwrap()
+                .contains("a.png")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

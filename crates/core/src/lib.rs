@@ -11,6 +11,7 @@
 //! - [`mode`]: extract the members or index the tars in place (`--mode`).
 //! - [`durability`]: when `data/` is flushed, boot ids, per-shard file lists.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
+//! - [`size`]: byte sizes (`64M`, `1TiB`) for flags, the sparse cap's default.
 //! - [`wire`]: conversions between wire and domain types, status arithmetic (ETA).
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod fields;
 pub mod layout;
 pub mod manifest;
 pub mod mode;
+pub mod size;
 pub mod table;
 pub mod wire;
 

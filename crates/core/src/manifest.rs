@@ -51,6 +51,10 @@ pub struct ShardCounts {
     /// the rows are kept as they are.
     #[serde(default)]
     pub caption_warnings: BTreeMap<String, u64>,
+    /// Members handled with a warning, by kind (`unknown_entry_type`: an
+    /// unknown type flag, extracted as a regular file as GNU tar does).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_warnings: BTreeMap<String, u64>,
     /// What the webshart index of the shard holds (`--mode index`; zero otherwise).
     #[serde(default, skip_serializing_if = "IndexCounts::is_zero")]
     pub index: IndexCounts,
@@ -120,6 +124,9 @@ impl ShardCounts {
         self.captions_for_unlisted_images += o.captions_for_unlisted_images;
         for (k, v) in &o.caption_warnings {
             *self.caption_warnings.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.member_warnings {
+            *self.member_warnings.entry(k.clone()).or_default() += v;
         }
         self.index.add(&o.index);
         for (k, v) in &o.image_problems {

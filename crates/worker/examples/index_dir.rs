@@ -52,7 +52,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .join("fragments")
             .join(format!("{}.parquet", name.replace('/', "_")));
         let cancel = AtomicBool::new(false);
-        match index_file(&input.join(name), name, &fields, &frag, &cancel, &live) {
+        match index_file(
+            &input.join(name),
+            name,
+            &fields,
+            Default::default(),
+            &frag,
+            &cancel,
+            &live,
+        ) {
             Ok(done) => {
                 let rel = index_rel_path(name).ok_or("shard name leaves the index folder")?;
                 let dest = out.join("index").join(rel);

@@ -24,6 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::fence::Fence;
 use crate::index::{IndexTask, index_shard};
 use crate::shard::{
     LiveProgress, ShardError, ShardOutput, ShardTask, process_shard, process_stream,
@@ -170,16 +171,32 @@ pub fn client(url: &str, token: &str, tls: Option<&ClientTls>) -> Result<Client,
     ))
 }
 
+/// Whether a failed call may succeed if retried: the server is busy or
+/// gone for now, or the connection broke (an HTTP/2 GOAWAY or reset, a
+/// broken pipe, which tonic reports as `Internal` or `Unknown`).
 fn transient(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-    )
+    let msg = s.message().to_ascii_lowercase();
+    let broken_connection = s.code() == Code::Internal
+        && [
+            "goaway",
+            "go away",
+            "connection",
+            "broken pipe",
+            "reset",
+            "h2 protocol error",
+        ]
+        .iter()
+        .any(|w| msg.contains(w));
+    broken_connection
+        || matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Aborted
+        )
 }
 
 struct Ctx {
@@ -305,6 +322,9 @@ async fn run_loop(
         let req = proto::LeaseRequest {
             worker_id: ctx.config.worker_id.clone(),
         };
+        // The coordinator's lease runs from when it received the request:
+        // counting from before it was sent keeps the worker's deadline earlier.
+        let sent = Instant::now();
         let lease = ctx
             .call("lease", |mut c| {
                 let req = req.clone();
@@ -317,7 +337,7 @@ async fn run_loop(
                 return Ok(WorkerExit::JobDone);
             }
             Some(proto::lease_response::Outcome::Shard(l)) => {
-                work_on(&mut ctx, &spec, l).await?;
+                work_on(&mut ctx, &spec, l, sent).await?;
             }
             Some(proto::lease_response::Outcome::WaitMs(ms)) => {
                 let mut rx = ctx.shutdown.clone();
@@ -386,6 +406,8 @@ fn fields_of(spec: &proto::JobSpec) -> FieldMap {
 enum Ended {
     Processed(Result<ShardOutput, ShardError>),
     LeaseLost,
+    /// No heartbeat got through before the worker's own lease deadline.
+    DeadlinePassed,
     Shutdown,
 }
 
@@ -395,6 +417,7 @@ async fn work_on(
     ctx: &mut Ctx,
     spec: &proto::JobSpec,
     l: proto::ShardLease,
+    sent: Instant,
 ) -> Result<(), WorkerError> {
     let started = Instant::now();
     tracing::info!(shard = %l.shard_name, attempt = l.attempt, lease = l.lease_id, "processing shard");
@@ -412,8 +435,18 @@ async fn work_on(
             return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
         }
     };
-    let task = shard_task(ctx, spec, &l, path, url.is_some());
     let cancel = Arc::new(AtomicBool::new(false));
+    let lease = LeaseClock::of(spec);
+    // The lease's clock started no earlier than `sent` + the time the
+    // coordinator held the request.
+    let granted = sent + Duration::from_millis(l.held_ms);
+    let fence = Fence::new(
+        Arc::clone(&cancel),
+        l.lease_id,
+        lease.deadline_from(granted),
+    );
+    let mut task = shard_task(ctx, spec, &l, path, url.is_some());
+    task.fence = fence.clone();
     let live = Arc::new(LiveProgress::default());
     let fault = ctx.config.fault.clone();
     let handle = spawn_processing(
@@ -423,7 +456,7 @@ async fn work_on(
         Arc::clone(&cancel),
         Arc::clone(&live),
     );
-    let ended = watch(ctx, spec, &l, handle, &cancel, &live).await?;
+    let ended = watch(ctx, lease, &l, handle, &fence, &live).await?;
     report(ctx, &l, ended, started).await
 }
 
@@ -478,6 +511,7 @@ fn index_local(
         lease_id: task.lease_id,
         attempt: task.attempt,
         worker_id: task.worker_id.clone(),
+        max_sparse_size: task.max_sparse_size,
     };
     // The index file is named by AttemptFiles: the coordinator finds it from the fragment's name.
     index_shard(&t, cancel, live).map(|out| ShardOutput {
@@ -518,6 +552,10 @@ fn shard_task(
         worker_id: ctx.config.worker_id.clone(),
         write_threads: ctx.config.write_threads,
         integrity: crate::integrity::IntegrityConfig::from_spec(spec),
+        fence: Fence::default(),
+        max_sparse_size: spec
+            .max_sparse_size
+            .unwrap_or(shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE),
     }
 }
 
@@ -540,9 +578,12 @@ fn spawn_processing(
                     source: std::io::Error::other("injected failure (--fault)"),
                 });
             }
-            Some(Fault::Hang(s)) if *s == task.shard_name => loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            },
+            Some(Fault::Hang(s)) if *s == task.shard_name => {
+                while !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Err(ShardError::Cancelled(task.shard_name.clone()));
+            }
             _ => {}
         }
         match url {
@@ -561,46 +602,110 @@ fn spawn_processing(
     })
 }
 
-/// Waits for the pass while heartbeats extend the lease; cancels the pass
-/// when the lease is lost or the worker shuts down.
+/// The lease as the worker counts it: the coordinator's timeout less a
+/// safety margin (a fifth), from the send time of the request that began
+/// or renewed it, on the monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct LeaseClock {
+    safe: Duration,
+    interval: Duration,
+}
+
+impl LeaseClock {
+    fn of(spec: &proto::JobSpec) -> Self {
+        let timeout = Duration::from_millis(spec.lease_timeout_ms.max(100));
+        LeaseClock {
+            safe: timeout - timeout / 5,
+            interval: Duration::from_millis(spec.heartbeat_interval_ms.max(50)),
+        }
+    }
+
+    fn deadline_from(self, sent: Instant) -> Instant {
+        sent + self.safe
+    }
+}
+
+type BeatFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = (Instant, Result<Beat, WorkerError>)> + Send + 'a>>;
+
+/// Awaits the heartbeat in flight, if any (else never resolves).
+async fn beat_done(beat: &mut Option<BeatFuture<'_>>) -> (Instant, Result<Beat, WorkerError>) {
+    match beat.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the pass while heartbeats extend the lease. The deadline is
+/// enforced on its own branch, never behind a heartbeat in flight (each
+/// heartbeat's own timeout is the time left). When the lease is lost or
+/// the worker shuts down, the fence closes and the pass (with its writer
+/// threads) is waited for before moving on.
 async fn watch(
     ctx: &Ctx,
-    spec: &proto::JobSpec,
+    lease: LeaseClock,
     l: &proto::ShardLease,
     mut handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>,
-    cancel: &AtomicBool,
+    fence: &Fence,
     live: &LiveProgress,
 ) -> Result<Ended, WorkerError> {
     let shard = &l.shard_name;
-    let lease_timeout = Duration::from_millis(spec.lease_timeout_ms.max(100));
-    let mut last_ok = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(spec.heartbeat_interval_ms.max(50)));
+    let mut tick = tokio::time::interval(lease.interval);
     tick.tick().await;
     let mut shutdown = ctx.shutdown.clone();
+    let mut beat: Option<BeatFuture<'_>> = None;
     let ended = loop {
+        let deadline = fence.deadline();
         tokio::select! {
             r = &mut handle => break Ended::Processed(r.unwrap_or_else(|e| Err(thread_failed(shard, e)))),
             _ = shutdown.changed() => break Ended::Shutdown,
-            _ = tick.tick() => match heartbeat(ctx, l, live).await {
-                Ok(Beat::Renewed) => last_ok = Instant::now(),
-                Ok(Beat::LeaseGone) => break Ended::LeaseLost,
-                // Fencing: without a renewed lease, another worker may own the shard by now.
-                Ok(Beat::Failed) if last_ok.elapsed() >= lease_timeout => {
-                    tracing::warn!(shard = %shard, "no heartbeat got through for the whole lease; stopping the shard");
-                    break Ended::LeaseLost;
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if fence.deadline() > Instant::now() {
+                    continue;
                 }
-                Ok(Beat::Failed) => {}
-                Err(e) => {
-                    cancel.store(true, Ordering::Relaxed);
-                    return Err(e);
+                tracing::warn!(shard = %shard, "no heartbeat got through before the lease deadline; stopping the shard");
+                break Ended::DeadlinePassed;
+            }
+            _ = tick.tick(), if beat.is_none() => {
+                let sent = Instant::now();
+                let left = deadline.saturating_duration_since(sent);
+                beat = Some(Box::pin(async move {
+                    let r = match tokio::time::timeout(left, heartbeat(ctx, l, live)).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(Beat::Failed),
+                    };
+                    (sent, r)
+                }));
+            }
+            (sent, r) = beat_done(&mut beat) => {
+                beat = None;
+                match r {
+                    Ok(Beat::Renewed) => fence.extend_to(lease.deadline_from(sent)),
+                    Ok(Beat::LeaseGone) => break Ended::LeaseLost,
+                    Ok(Beat::Failed) => {}
+                    Err(e) => {
+                        stop_pass(fence, handle).await;
+                        return Err(e);
+                    }
                 }
-            },
+            }
         }
     };
-    if !matches!(ended, Ended::Processed(_)) {
-        cancel.store(true, Ordering::Relaxed);
+    if matches!(ended, Ended::Processed(_)) {
+        return Ok(ended);
     }
+    stop_pass(fence, handle).await;
     Ok(ended)
+}
+
+/// Closes the fence and waits for the pass to return: its writer threads
+/// have stopped by then, and queued writes were dropped, not published.
+async fn stop_pass(
+    fence: &Fence,
+    handle: tokio::task::JoinHandle<Result<ShardOutput, ShardError>>,
+) {
+    fence.close();
+    let _ = handle.await;
 }
 
 /// What one heartbeat found.
@@ -668,7 +773,13 @@ async fn report(
     match ended {
         Ended::LeaseLost => Ok(()),
         Ended::Shutdown => {
-            give_back(ctx, l).await;
+            give_back(ctx, l, "the worker shut down").await;
+            Ok(())
+        }
+        // The coordinator may still count the lease as ours (it hears from
+        // this worker when it asks for work): say it is given up.
+        Ended::DeadlinePassed => {
+            give_back(ctx, l, "no heartbeat got through before the lease deadline").await;
             Ok(())
         }
         Ended::Processed(Err(e)) => {
@@ -688,14 +799,15 @@ async fn report(
     }
 }
 
-/// Gives the shard back on shutdown so that it is re-leased at once (best
-/// effort: if this does not get through, the lease expires).
-async fn give_back(ctx: &Ctx, l: &proto::ShardLease) {
-    tracing::info!(shard = %l.shard_name, "shutting down: giving the shard back");
+/// Gives the shard back (on shutdown, or past the worker's own lease
+/// deadline) so that it is re-leased at once (best effort: if this does not
+/// get through, the lease expires).
+async fn give_back(ctx: &Ctx, l: &proto::ShardLease, why: &str) {
+    tracing::info!(shard = %l.shard_name, "{why}: giving the shard back");
     let req = proto::FailRequest {
         worker_id: ctx.config.worker_id.clone(),
         lease_id: l.lease_id,
-        error: "the worker shut down".into(),
+        error: why.into(),
         kind: proto::FailureKind::Abandoned as i32,
     };
     let mut c = ctx.client.clone();

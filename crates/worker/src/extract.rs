@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 
 use shardprep_core::durability;
 
+use crate::fence::Fence;
 use crate::writers::{Finished, WriteQueue, WriteTag};
 
 /// Why a member name cannot be used as a path under `data/`.
@@ -130,6 +131,8 @@ pub struct DataDir {
     root_fd: Arc<File>,
     /// Small files queued to writer threads (or written on the spot).
     queue: WriteQueue,
+    /// Files are published only while the attempt's lease holds.
+    fence: Fence,
     /// Background writeback while the shard is written, if enabled.
     flusher: Option<Flusher>,
     /// Directories below `root` already known to be real directories.
@@ -152,8 +155,10 @@ impl DataDir {
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(&root)?;
         let root_fd = Arc::new(root_fd);
+        let fence = Fence::default();
         Ok(DataDir {
-            queue: WriteQueue::new(Arc::clone(&root_fd), root.clone(), 0)?,
+            queue: WriteQueue::new(Arc::clone(&root_fd), root.clone(), 0, fence.clone())?,
+            fence,
             root,
             root_fd,
             flusher: None,
@@ -163,10 +168,23 @@ impl DataDir {
         })
     }
 
+    /// Publishes files only while `fence` is open (call before
+    /// [`DataDir::with_writers`]): after the lease ends, nothing at a real
+    /// path changes and queued writes are dropped.
+    pub fn with_fence(mut self, fence: Fence) -> io::Result<Self> {
+        self.fence = fence;
+        self.with_writers(0)
+    }
+
     /// Writes small files queued with [`DataDir::queue_bytes`] on `threads`
     /// threads (`0`: on the spot); see [`crate::writers`].
     pub fn with_writers(mut self, threads: usize) -> io::Result<Self> {
-        self.queue = WriteQueue::new(Arc::clone(&self.root_fd), self.root.clone(), threads)?;
+        self.queue = WriteQueue::new(
+            Arc::clone(&self.root_fd),
+            self.root.clone(),
+            threads,
+            self.fence.clone(),
+        )?;
         Ok(self)
     }
 
@@ -253,13 +271,14 @@ impl DataDir {
         Ok(())
     }
 
-    /// Creates (or truncates) the file `rel`, never following a symlink at
-    /// its own path; directories on the way were checked by `ensure_dirs`.
-    fn open(&mut self, rel: &Path) -> Result<File, PlaceError> {
+    /// Starts the file `rel` under a private name (published by
+    /// [`Staged::publish`], never through a symlink at its own path);
+    /// directories on the way were checked by `ensure_dirs`.
+    fn open(&mut self, rel: &Path) -> Result<Staged, PlaceError> {
         self.ensure_parent(rel)?;
         // A queued write of the same path must land first (the later one wins).
         self.queue.wait_for_path(rel);
-        let file = create_at(&self.root_fd, &self.root, rel)?;
+        let file = stage_at(&self.root_fd, &self.root, rel, &self.fence)?;
         if let Some(f) = self.flusher.as_mut() {
             f.note_file();
         }
@@ -282,6 +301,7 @@ impl DataDir {
                 rel,
                 tag,
                 size,
+                crc: None,
                 result: Err(e),
             });
             return;
@@ -315,13 +335,9 @@ impl DataDir {
         let Some(done) = self.queue.pop_due() else {
             return Ok(None);
         };
-        match &done.result {
-            Ok(()) => self.record(&done.rel, Some(done.size))?,
-            // Created, then the write failed.
-            Err(PlaceError::Io(..)) if !done.rel.as_os_str().is_empty() => {
-                self.record(&done.rel, None)?
-            }
-            Err(_) => {}
+        // A failed write published nothing: only written files are listed.
+        if done.result.is_ok() {
+            self.record(&done.rel, Some(done.size), done.crc)?;
         }
         Ok(Some(done))
     }
@@ -333,11 +349,16 @@ impl DataDir {
         Ok(())
     }
 
-    /// Adds a created file to the log with the size it was written with
-    /// (`None` when the write failed part-way).
-    fn record(&mut self, rel: &Path, size: Option<u64>) -> Result<(), PlaceError> {
+    /// Adds a published file to the log with the size and CRC it was
+    /// written with (`None`: unknown).
+    fn record(
+        &mut self,
+        rel: &Path,
+        size: Option<u64>,
+        crc: Option<u32>,
+    ) -> Result<(), PlaceError> {
         if let Some((w, path)) = self.log.as_mut() {
-            let rec = durability::files_list_record(rel.as_os_str().as_encoded_bytes(), size);
+            let rec = durability::files_list_record(rel.as_os_str().as_encoded_bytes(), size, crc);
             w.write_all(&rec)
                 .map_err(|e| PlaceError::Io(path.clone(), e))?;
         }
@@ -347,31 +368,37 @@ impl DataDir {
     /// Writes `data` as the file `rel`.
     pub fn write_bytes(&mut self, rel: &Path, data: &[u8]) -> Result<(), PlaceError> {
         let mut f = self.open(rel)?;
-        let written = f.write_all(data);
-        self.record(rel, written.is_ok().then_some(data.len() as u64))?;
-        written.map_err(|e| PlaceError::Io(self.root.join(rel), e))
+        f.file
+            .write_all(data)
+            .map_err(|e| PlaceError::Io(self.root.join(rel), e))?;
+        f.publish(&self.root)?;
+        self.record(rel, Some(data.len() as u64), Some(crc32fast::hash(data)))
     }
 
     /// Writes the file `rel` through `write`, which may seek (a sparse
-    /// member's holes); `write` returns the file's size.
+    /// member's holes); `write` returns the file's size. Published only when
+    /// `write` succeeds (listed without a checksum: holes are not hashed).
     pub fn write_with<E>(
         &mut self,
         rel: &Path,
         write: impl FnOnce(&mut File) -> Result<u64, E>,
     ) -> Result<Result<u64, E>, PlaceError> {
         let mut f = self.open(rel)?;
-        let result = write(&mut f);
-        let size = result.as_ref().ok().copied();
-        if let (Some(fl), Some(n)) = (self.flusher.as_mut(), size) {
-            fl.note_bytes(n);
+        let result = write(&mut f.file);
+        if let Ok(n) = &result {
+            if let Some(fl) = self.flusher.as_mut() {
+                fl.note_bytes(*n);
+            }
+            f.publish(&self.root)?;
+            self.record(rel, Some(*n), None)?;
         }
-        self.record(rel, size)?;
         Ok(result)
     }
 
     /// Streams `size` bytes from `src` into the file `rel` with one buffer,
-    /// checking `keep_going` between chunks. Returns the bytes copied, which
-    /// are fewer than `size` only if `src` ended early (a truncated tar).
+    /// checking `keep_going` and the fence between chunks. Returns the bytes
+    /// copied, which are fewer than `size` only if `src` ended early (a
+    /// truncated tar). The file appears only once complete.
     pub fn write_stream(
         &mut self,
         rel: &Path,
@@ -380,37 +407,48 @@ impl DataDir {
         keep_going: &dyn Fn() -> bool,
     ) -> Result<Result<u64, io::Error>, PlaceError> {
         let mut f = self.open(rel)?;
-        let mut copied = 0u64;
         let mut buf = std::mem::take(&mut self.buf);
-        let result = loop {
+        let mut crc = crc32fast::Hasher::new();
+        let result = self.copy(&mut f.file, src, size, keep_going, &mut buf, &mut crc);
+        self.buf = buf;
+        if let Ok(Ok(n)) = &result {
+            f.publish(&self.root)?;
+            self.record(rel, Some(*n), Some(crc.finalize()))?;
+        }
+        result.map_err(|e| PlaceError::Io(self.root.join(rel), e))
+    }
+
+    fn copy(
+        &mut self,
+        f: &mut File,
+        src: &mut dyn Read,
+        size: u64,
+        keep_going: &dyn Fn() -> bool,
+        buf: &mut [u8],
+        crc: &mut crc32fast::Hasher,
+    ) -> Result<Result<u64, io::Error>, io::Error> {
+        let mut copied = 0u64;
+        loop {
             if copied >= size {
-                break Ok(Ok(copied));
+                return Ok(Ok(copied));
             }
-            if !keep_going() {
-                break Ok(Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")));
+            if !keep_going() || !self.fence.is_open() {
+                return Ok(Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")));
             }
             let want = buf.len().min((size - copied) as usize);
             let n = match src.read(&mut buf[..want]) {
-                Ok(0) => break Ok(Ok(copied)),
+                Ok(0) => return Ok(Ok(copied)),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break Ok(Err(e)),
+                Err(e) => return Ok(Err(e)),
             };
-            if let Err(e) = f.write_all(&buf[..n]) {
-                break Err(PlaceError::Io(self.root.join(rel), e));
-            }
+            f.write_all(&buf[..n])?;
+            crc.update(&buf[..n]);
             copied += n as u64;
             if let Some(fl) = self.flusher.as_mut() {
                 fl.note_bytes(n as u64);
             }
-        };
-        self.buf = buf;
-        let size = match &result {
-            Ok(Ok(n)) => Some(*n),
-            _ => None,
-        };
-        self.record(rel, size)?;
-        result
+        }
     }
 }
 
@@ -421,39 +459,230 @@ impl Drop for DataDir {
     }
 }
 
-/// Creates (or truncates) the file `rel` under `root` (open as `root_fd`),
-/// never following a symlink at its own path; directories on the way must
-/// have been checked by [`DataDir::ensure_dirs`].
-pub(crate) fn create_at(root_fd: &File, root: &Path, rel: &Path) -> Result<File, PlaceError> {
-    let c_rel = CString::new(rel.as_os_str().as_bytes()).map_err(|e| {
+fn c_path(root: &Path, rel: &Path) -> Result<CString, PlaceError> {
+    CString::new(rel.as_os_str().as_bytes()).map_err(|e| {
         PlaceError::Io(
             root.join(rel),
             io::Error::new(io::ErrorKind::InvalidInput, e),
         )
-    })?;
-    // SAFETY: `root_fd` is an open descriptor and `c_rel` is a NUL-terminated
-    // string; both outlive the call.
+    })
+}
+
+/// The refusal an `errno` from creating or placing `rel` stands for.
+fn place_error(root: &Path, rel: &Path, e: io::Error) -> PlaceError {
+    let full = root.join(rel);
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => PlaceError::SymlinkInTheWay(full),
+        Some(libc::EISDIR) => PlaceError::DirectoryInTheWay(full),
+        Some(libc::ENOTDIR) => PlaceError::NotADirectory(full),
+        Some(libc::ENAMETOOLONG) => PlaceError::NameTooLong(full),
+        _ => PlaceError::Io(full, e),
+    }
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A file being written under a private name; it appears at its real path
+/// only through [`Staged::publish`], complete, and only while the fence is
+/// open. Dropped unpublished, it leaves nothing behind.
+pub(crate) struct Staged {
+    pub(crate) file: File,
+    rel: PathBuf,
+    /// The private name under the root when the file has one (no
+    /// `O_TMPFILE` on this filesystem); `None`: an unnamed `O_TMPFILE`.
+    named: Option<CString>,
+    root_fd: Arc<File>,
+    fence: Fence,
+}
+
+/// `dir/.<name>.sp<tag>`: the attempt's private name for `rel`.
+fn private_name(rel: &Path, tag: u64) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(rel.file_name().unwrap_or_default());
+    name.push(format!(".sp{tag:016x}"));
+    rel.with_file_name(name)
+}
+
+/// Starts writing the file `rel` under `root` (open as `root_fd`) under a
+/// private name; directories on the way must have been checked by
+/// [`DataDir::ensure_dirs`].
+pub(crate) fn stage_at(
+    root_fd: &Arc<File>,
+    root: &Path,
+    rel: &Path,
+    fence: &Fence,
+) -> Result<Staged, PlaceError> {
+    let parent = match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let c_parent = c_path(root, parent)?;
+    // SAFETY: `root_fd` is open and `c_parent` NUL-terminated, both outlive the call.
     let fd = unsafe {
         libc::openat(
             root_fd.as_raw_fd(),
-            c_rel.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            c_parent.as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
             0o644 as libc::c_uint,
         )
     };
-    if fd < 0 {
+    let (fd, named) = if fd >= 0 {
+        (fd, None)
+    } else {
         let e = io::Error::last_os_error();
-        let full = root.join(rel);
-        return Err(match e.raw_os_error() {
-            Some(libc::ELOOP) => PlaceError::SymlinkInTheWay(full),
-            Some(libc::EISDIR) => PlaceError::DirectoryInTheWay(full),
-            Some(libc::ENOTDIR) => PlaceError::NotADirectory(full),
-            Some(libc::ENAMETOOLONG) => PlaceError::NameTooLong(full),
-            _ => PlaceError::Io(full, e),
-        });
+        if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) {
+            return Err(place_error(root, parent, e));
+        }
+        // No O_TMPFILE here: a named private file instead.
+        let tmp = c_path(root, &private_name(rel, fence.tag()))?;
+        // SAFETY: as above.
+        let fd = unsafe {
+            libc::openat(
+                root_fd.as_raw_fd(),
+                tmp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(place_error(root, rel, io::Error::last_os_error()));
+        }
+        (fd, Some(tmp))
+    };
+    Ok(Staged {
+        // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
+        file: unsafe { File::from_raw_fd(fd) },
+        rel: rel.to_path_buf(),
+        named,
+        root_fd: Arc::clone(root_fd),
+        fence: fence.clone(),
+    })
+}
+
+impl Staged {
+    /// Puts the complete file at its path, replacing a regular file there
+    /// atomically (never a symlink or a directory), if the fence is open.
+    pub(crate) fn publish(mut self, root: &Path) -> Result<(), PlaceError> {
+        if !self.fence.is_open() {
+            return Err(PlaceError::Io(
+                root.join(&self.rel),
+                io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the lease ended: the file is not published",
+                ),
+            ));
+        }
+        let dir = self.root_fd.as_raw_fd();
+        let c_rel = c_path(root, &self.rel)?;
+        if self.named.is_none() {
+            let proc = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                .map_err(|e| PlaceError::Io(root.join(&self.rel), io::Error::other(e)))?;
+            // SAFETY: both paths are NUL-terminated and outlive the call.
+            let rc = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc.as_ptr(),
+                    dir,
+                    c_rel.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            match cvt(rc) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(place_error(root, &self.rel, e)),
+            }
+            self.check_replaceable(root, &c_rel)?;
+            self.name_privately(root, &proc)?;
+        } else {
+            self.check_replaceable(root, &c_rel)?;
+        }
+        let Some(tmp) = self.named.take() else {
+            unreachable!("named above");
+        };
+        // SAFETY: both paths are NUL-terminated and outlive the call.
+        let rc = unsafe { libc::renameat(dir, tmp.as_ptr(), dir, c_rel.as_ptr()) };
+        cvt(rc).map(|_| ()).map_err(|e| {
+            // SAFETY: as above.
+            unsafe { libc::unlinkat(dir, tmp.as_ptr(), 0) };
+            place_error(root, &self.rel, e)
+        })
     }
-    // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+
+    /// Refuses to replace a symlink or a directory standing at the path.
+    fn check_replaceable(&self, root: &Path, c_rel: &CString) -> Result<(), PlaceError> {
+        // SAFETY: `st` is written by the call; the path outlives it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                self.root_fd.as_raw_fd(),
+                c_rel.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        let full = root.join(&self.rel);
+        match cvt(rc) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(place_error(root, &self.rel, e)),
+            Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                Err(PlaceError::SymlinkInTheWay(full))
+            }
+            Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                Err(PlaceError::DirectoryInTheWay(full))
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Gives the unnamed file its private name (to rename it over the path).
+    fn name_privately(&mut self, root: &Path, proc: &CString) -> Result<(), PlaceError> {
+        let tmp = c_path(root, &private_name(&self.rel, self.fence.tag()))?;
+        let dir = self.root_fd.as_raw_fd();
+        for _ in 0..2 {
+            // SAFETY: both paths are NUL-terminated and outlive the call.
+            let rc = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc.as_ptr(),
+                    dir,
+                    tmp.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            match cvt(rc) {
+                Ok(_) => {
+                    self.named = Some(tmp);
+                    return Ok(());
+                }
+                // Left by an earlier try of this same attempt: it is ours.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    // SAFETY: as above.
+                    unsafe { libc::unlinkat(dir, tmp.as_ptr(), 0) };
+                }
+                Err(e) => return Err(place_error(root, &self.rel, e)),
+            }
+        }
+        Err(PlaceError::Io(
+            root.join(&self.rel),
+            io::Error::other("the private name stays taken"),
+        ))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.named.take() {
+            // SAFETY: the path is NUL-terminated and outlives the call.
+            unsafe { libc::unlinkat(self.root_fd.as_raw_fd(), tmp.as_ptr(), 0) };
+        }
+    }
 }
 
 /// Files and bytes written between two background flushes.

@@ -3,13 +3,15 @@
 //! reads only the headers, the JSON members and the first bytes of each
 //! image — the rest of every image is seeked over, never read.
 //!
-//! Members are checked as in the extract pass (unsafe names, links and
-//! devices are refused and get no entry; duplicates are counted, the later
-//! copy wins), and every member's data must lie inside the file: a tar cut
-//! off mid-member fails with the shard and the member named.
+//! The tar is walked by the extract pass's reader ([`TarReader::seeking`]):
+//! the same members under the same names (PAX, GNU long names, header-only
+//! types, V7 directories), checked as in the extract pass (unsafe names,
+//! links and devices are refused and get no entry; duplicates are counted,
+//! the later copy wins), and the same errors: a tar cut off mid-member fails
+//! with the shard and the member named. GNU sparse members get no entry
+//! (`sparse_file`): no offset and length can serve their expanded bytes.
 
 pub mod doc;
-pub mod tarscan;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,11 +33,12 @@ use shardprep_core::manifest::{
 use crate::extract::safe_relative_path;
 use crate::fragment::FragmentWriter;
 use crate::sample::{Parsed, parse_sample};
+use crate::shard::input::ShardSource;
 use crate::shard::{LiveProgress, MAX_JSON_BYTES, ShardError, write_synced};
+use crate::tar_reader::{Entry, EntryKind, EntryMeta, Limits, TarReader};
 use doc::{FileEntry, caption_of, index_bytes, sample_key};
 use shardprep_core::manifest::IndexCounts;
-use tarscan::{Member, ScanError, Scanner};
-use window::Window;
+use window::{Cursor, Window};
 
 pub use shardprep_core::layout::INDEX_DIR;
 
@@ -52,6 +55,8 @@ pub struct IndexTask {
     pub lease_id: u64,
     pub attempt: u32,
     pub worker_id: String,
+    /// Sparse members expanding past this are refused (`--max-sparse-size`).
+    pub max_sparse_size: u64,
 }
 
 /// Counts only index mode has (beside the [`ShardCounts`] of the manifest).
@@ -155,6 +160,10 @@ pub fn index_shard(
         &task.shard_path,
         shard,
         &task.fields,
+        Limits {
+            max_sparse_size: task.max_sparse_size,
+            ..Limits::default()
+        },
         &tmp_dir.join(&fragment_tmp),
         cancel,
         live,
@@ -196,11 +205,14 @@ pub fn index_shard(
 }
 
 /// Indexes the tar at `path` (named `shard_name` in errors and in the
-/// index's `path`), writing its parquet rows to `fragment_path`.
+/// index's `path`), writing its parquet rows to `fragment_path`. The tar is
+/// walked by [`TarReader::seeking`] with `limits`: the members, names and
+/// errors of the extract pass, and the data it does not need seeked over.
 pub fn index_file(
     path: &Path,
     shard_name: &str,
     fields: &FieldMap,
+    limits: Limits,
     fragment_path: &Path,
     cancel: &AtomicBool,
     live: &LiveProgress,
@@ -218,23 +230,22 @@ pub fn index_file(
             source,
         }
     })?;
-    let mut pass = Pass::new(shard_name, fields, Window::new(file, filesize), fragment);
-    pass.check_start()?;
-    let mut scanner = Scanner::new();
+    let source = ShardSource::new(shard_name);
+    let mut pass = Pass::new(shard_name, &source, fields, fragment);
+    let mut win = Window::new(file, filesize);
+    pass.check_start(&mut win)?;
+    let mut tar = TarReader::seeking(Cursor::new(win), limits);
     loop {
         if cancel.load(Ordering::Relaxed) {
-            return Err(ShardError::Cancelled(shard_name.to_string()));
+            return Err(source.cancelled());
         }
-        let member = scanner
-            .next_member(&mut pass.win)
-            .map_err(|e| pass.scan_error(e))?;
-        let Some(member) = member else { break };
-        live.members.fetch_add(1, Ordering::Relaxed);
-        pass.member(member, live)?;
-        live.bytes_read
-            .store(pass.win.bytes_read(), Ordering::Relaxed);
+        if !pass.member(&mut tar, live)? {
+            break;
+        }
+        let read = tar.get_mut().window().bytes_read();
+        live.bytes_read.store(read, Ordering::Relaxed);
     }
-    pass.finish()
+    pass.finish(tar.get_mut().window())
 }
 
 /// What the JSON of one sample key says.
@@ -247,8 +258,8 @@ struct JsonInfo {
 /// The state of one pass.
 struct Pass<'a> {
     shard: &'a str,
+    source: &'a ShardSource,
     fields: &'a FieldMap,
-    win: Window,
     fragment: FragmentWriter,
     counts: ShardCounts,
     issues: Vec<MemberIssue>,
@@ -266,11 +277,16 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(shard: &'a str, fields: &'a FieldMap, win: Window, fragment: FragmentWriter) -> Self {
+    fn new(
+        shard: &'a str,
+        source: &'a ShardSource,
+        fields: &'a FieldMap,
+        fragment: FragmentWriter,
+    ) -> Self {
         Pass {
             shard,
+            source,
             fields,
-            win,
             fragment,
             counts: ShardCounts::default(),
             issues: Vec::new(),
@@ -287,12 +303,7 @@ impl<'a> Pass<'a> {
     }
 
     fn corrupt(&self, what: impl Into<String>, offset: u64, member: Option<&str>) -> ShardError {
-        ShardError::Corrupt {
-            shard: self.shard.to_string(),
-            what: what.into(),
-            offset,
-            member: member.map(str::to_string),
-        }
+        self.source.corrupt(what.into(), offset, member)
     }
 
     fn read_err(&self, e: &io::Error, offset: u64) -> ShardError {
@@ -303,20 +314,9 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn scan_error(&self, e: ScanError) -> ShardError {
-        match e {
-            ScanError::Corrupt {
-                what,
-                offset,
-                member,
-            } => self.corrupt(what, offset, member.as_deref()),
-            ScanError::Io(e, offset) => self.read_err(&e, offset),
-        }
-    }
-
     /// Refuses an empty or compressed file before walking it.
-    fn check_start(&mut self) -> Result<(), ShardError> {
-        let head: Vec<u8> = match self.win.bytes_at(0) {
+    fn check_start(&mut self, win: &mut Window) -> Result<(), ShardError> {
+        let head: Vec<u8> = match win.bytes_at(0) {
             Ok(b) => b.iter().take(2).copied().collect(),
             Err(e) => return Err(self.read_err(&e, 0)),
         };
@@ -361,45 +361,25 @@ impl<'a> Pass<'a> {
         self.issue(member, reason, detail);
     }
 
-    /// Handles one member: checks, then its entry, row and caption.
-    fn member(&mut self, m: Member, live: &LiveProgress) -> Result<(), ShardError> {
-        self.counts.members += 1;
-        let name = String::from_utf8_lossy(&m.name).into_owned();
-        let end = m.data_pos.saturating_add(m.size);
-        if end > self.win.file_len() {
-            return Err(self.corrupt(
-                format!(
-                    "the tar is truncated: member data ends after {} of {} bytes (the file has {} bytes)",
-                    self.win.file_len().saturating_sub(m.data_pos),
-                    m.size,
-                    self.win.file_len()
-                ),
-                self.win.file_len(),
-                Some(&name),
-            ));
-        }
-        let rel = match safe_relative_path(&m.name) {
-            Ok(rel) => rel,
-            Err(why) => {
-                self.reject(
-                    &name,
-                    why.reason(),
-                    "member name would leave data/; not indexed",
-                );
-                return Ok(());
-            }
+    /// Reads the next member and handles it: checks, then its entry, row
+    /// and caption. `Ok(false)` at the end of the archive.
+    fn member(
+        &mut self,
+        tar: &mut TarReader<Cursor>,
+        live: &LiveProgress,
+    ) -> Result<bool, ShardError> {
+        let source = self.source;
+        let Some(mut entry) = tar.next_entry().map_err(|e| source.tar_error(e))? else {
+            return Ok(false);
         };
-        if m.entry_type.is_dir() {
-            return Ok(());
-        }
-        if !(m.entry_type.is_file() || m.entry_type == tar::EntryType::Continuous) {
-            let reason = refused_type(m.entry_type);
-            let detail = format!("{:?} members are not indexed", m.entry_type);
-            self.reject(&name, reason, detail);
-            return Ok(());
-        }
-        let rel_bytes = rel.as_os_str().as_bytes();
-        if !self.seen.insert(fnv1a64(rel_bytes)) {
+        let m = entry.meta().clone();
+        self.counts.members += 1;
+        live.members.fetch_add(1, Ordering::Relaxed);
+        let Some(rel) = self.indexable(&m) else {
+            return Ok(true);
+        };
+        let name = m.name_lossy();
+        if !self.seen.insert(fnv1a64(rel.as_os_str().as_bytes())) {
             self.counts.duplicate_members += 1;
             self.issue(
                 &name,
@@ -408,7 +388,6 @@ impl<'a> Pass<'a> {
             );
         }
         let top_level = rel.components().count() == 1;
-        let rel_name = String::from_utf8_lossy(rel_bytes).into_owned();
         // JSON keys must be text: a name that is not UTF-8 gets no entry (its row still counts).
         let key = std::str::from_utf8(&m.name).ok().map(str::to_string);
         if key.is_none() {
@@ -418,18 +397,20 @@ impl<'a> Pass<'a> {
                 "webshart index keys are text; not indexed",
             );
         }
-        let mut entry = FileEntry::plain(m.data_pos, m.size);
+        let mut file = FileEntry::plain(m.data_offset, m.size);
         match kind_of(&rel) {
             Kind::Json => {
                 live.json_files.fetch_add(1, Ordering::Relaxed);
-                self.json(&m, &name, key.as_deref(), top_level, live)?;
+                self.json(&m, &mut entry, key.as_deref(), top_level, live)?;
             }
             Kind::Image => {
                 self.counts.images += 1;
                 if top_level {
-                    self.images.insert(rel_name);
+                    self.images
+                        .insert(String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned());
                 }
-                self.image(&m, &name, &mut entry);
+                drop(entry);
+                self.image(&m, tar.get_mut().window(), &mut file);
                 if let Some(k) = &key {
                     self.image_keys.push(k.clone());
                 }
@@ -437,21 +418,69 @@ impl<'a> Pass<'a> {
             Kind::Other => self.counts.other_files += 1,
         }
         if let Some(k) = key {
-            self.files.insert(k, entry);
+            self.files.insert(k, file);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The checked path of a member that gets an entry; `None` (refused
+    /// and recorded as the extract pass does, or a directory) otherwise.
+    fn indexable(&mut self, m: &EntryMeta) -> Option<PathBuf> {
+        let name = m.name_lossy();
+        let rel = match safe_relative_path(&m.name) {
+            Ok(rel) => rel,
+            Err(why) => {
+                let detail = "member name would leave data/; not indexed";
+                self.reject(&name, why.reason(), detail);
+                return None;
+            }
+        };
+        if let Some(refusal) = &m.refusal {
+            self.reject(&name, refusal.reason, refusal.detail.clone());
+            return None;
+        }
+        match m.kind {
+            EntryKind::Directory => return None,
+            EntryKind::File | EntryKind::Other(_) => {}
+            kind => {
+                let reason = refused_type(kind);
+                self.reject(&name, reason, format!("{kind:?} members are not indexed"));
+                return None;
+            }
+        }
+        if m.sparse.is_some() {
+            let detail = "a sparse file's data is not one run of bytes in the tar, so no offset and length can serve it; not indexed (extract mode expands it)";
+            self.reject(&name, "sparse_file", detail);
+            return None;
+        }
+        if let EntryKind::Other(flag) = m.kind {
+            self.warn_unknown_type(&name, flag);
+        }
+        Some(rel)
+    }
+
+    /// An unknown type flag: indexed as a regular file, as GNU tar extracts it.
+    fn warn_unknown_type(&mut self, name: &str, flag: u8) {
+        let (key, detail) = crate::shard::unknown_type_warning(flag);
+        *self
+            .counts
+            .member_warnings
+            .entry(key.to_string())
+            .or_default() += 1;
+        self.issue(name, key, detail);
     }
 
     /// A JSON member: its row (as the extract pass makes it) and its caption.
     fn json(
         &mut self,
-        m: &Member,
-        name: &str,
+        m: &EntryMeta,
+        entry: &mut Entry<'_, Cursor>,
         key: Option<&str>,
         top_level: bool,
         live: &LiveProgress,
     ) -> Result<(), ShardError> {
         self.counts.json_files += 1;
+        let name = &m.name_lossy();
         if m.size > MAX_JSON_BYTES {
             let detail = format!("{} bytes, more than {MAX_JSON_BYTES}", m.size);
             self.skip(name, "json_too_large", detail);
@@ -460,20 +489,15 @@ impl<'a> Pass<'a> {
         let mut buf = std::mem::take(&mut self.json_buf);
         buf.clear();
         buf.resize(m.size as usize, 0);
-        let got = self
-            .win
-            .read_exact_at(m.data_pos, &mut buf)
-            .map_err(|e| self.read_err(&e, m.data_pos))?;
-        if (got as u64) < m.size {
-            return Err(self.corrupt(
-                format!(
-                    "the tar is truncated: member data ends after {got} of {} bytes",
-                    m.size
-                ),
-                m.data_pos + got as u64,
-                Some(name),
-            ));
+        let mut got = 0;
+        while got < buf.len() {
+            match entry.read_data(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(self.source.tar_error(e)),
+            }
         }
+        buf.truncate(got);
         let mut info = JsonInfo {
             caption: None,
             dims: None,
@@ -531,8 +555,9 @@ impl<'a> Pass<'a> {
     }
 
     /// An image member: its dimensions from its first bytes.
-    fn image(&mut self, m: &Member, name: &str, entry: &mut FileEntry) {
-        let dims = imagesize::reader_size(self.win.member(m.data_pos, m.size));
+    fn image(&mut self, m: &EntryMeta, win: &mut Window, entry: &mut FileEntry) {
+        let name = &m.name_lossy();
+        let dims = imagesize::reader_size(win.member(m.data_offset, m.size));
         match dims {
             Ok(d) if d.width > 0 && d.height > 0 => {
                 let w = u32::try_from(d.width).unwrap_or(u32::MAX);
@@ -554,14 +579,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Pairs images with their JSON's caption, counts, and builds the document.
-    fn finish(mut self) -> Result<IndexedShard, ShardError> {
-        if self.counts.members == 0 {
-            return Err(self.corrupt(
-                "the tar has no members (empty or not a tar archive)",
-                0,
-                None,
-            ));
-        }
+    fn finish(mut self, win: &Window) -> Result<IndexedShard, ShardError> {
         self.attach_captions();
         let mut missing: Vec<String> = self.referenced.difference(&self.images).cloned().collect();
         missing.sort();
@@ -587,8 +605,8 @@ impl<'a> Pass<'a> {
                 shard: self.shard.to_string(),
                 source,
             })?;
-        self.counts.bytes_read = self.win.bytes_read();
-        let index = index_bytes(self.shard, self.win.file_len(), &self.files);
+        self.counts.bytes_read = win.bytes_read();
+        let index = index_bytes(self.shard, win.file_len(), &self.files);
         self.stats.entries = self.files.len() as u64;
         self.stats.index_bytes = index.len() as u64;
         self.counts.index = IndexCounts {
@@ -641,15 +659,8 @@ impl<'a> Pass<'a> {
 }
 
 /// The report key of a member type that is not indexed (as the extract pass names it).
-fn refused_type(et: tar::EntryType) -> &'static str {
-    match et {
-        tar::EntryType::Symlink => "symlink",
-        tar::EntryType::Link => "hard_link",
-        tar::EntryType::Char | tar::EntryType::Block => "device",
-        tar::EntryType::Fifo => "fifo",
-        tar::EntryType::GNUSparse => "sparse_file",
-        _ => "unsupported_entry_type",
-    }
+fn refused_type(kind: EntryKind) -> &'static str {
+    crate::shard::refused_entry_type(kind).unwrap_or("unsupported_entry_type")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -8,10 +8,12 @@
 //! - [`sample`]: one sample JSON to one table row.
 //! - [`fragment`]: rows to a parquet fragment, in batches.
 //! - [`extract`]: writing into `data/` without ever leaving it.
+//! - [`fence`]: whether this attempt may still publish files.
 //! - [`writers`]: small files written by a few threads, outcomes in order.
 
 pub mod client;
 pub mod extract;
+pub mod fence;
 pub mod fragment;
 pub mod index;
 pub mod integrity;

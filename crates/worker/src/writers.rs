@@ -30,7 +30,8 @@ use std::thread::JoinHandle;
 
 use shardprep_core::layout::fnv1a64;
 
-use crate::extract::{PlaceError, create_at};
+use crate::extract::{PlaceError, stage_at};
+use crate::fence::Fence;
 
 /// Members up to this size are read whole and written by the pool; larger
 /// ones are streamed by the reading thread through one buffer.
@@ -68,6 +69,8 @@ pub struct Finished {
     pub tag: WriteTag,
     /// Bytes the file was to hold.
     pub size: u64,
+    /// CRC-32 of those bytes, when written.
+    pub crc: Option<u32>,
     pub result: Result<(), PlaceError>,
 }
 
@@ -81,6 +84,7 @@ struct Outcome {
     seq: u64,
     rel: PathBuf,
     data: Vec<u8>,
+    crc: Option<u32>,
     result: Result<(), PlaceError>,
 }
 
@@ -103,6 +107,8 @@ struct Lane {
 /// Writes small files under `root`, inline or on a pool of threads.
 pub struct WriteQueue {
     root_fd: Arc<File>,
+    /// Closed when the lease ends: queued writes are then dropped, not published.
+    fence: Fence,
     root: PathBuf,
     lanes: Vec<Lane>,
     results: Option<Receiver<Vec<Outcome>>>,
@@ -122,10 +128,17 @@ pub struct WriteQueue {
 
 impl WriteQueue {
     /// A queue writing under `root` (opened as `root_fd`) with `threads`
-    /// writer threads; `0` writes each file on the spot.
-    pub fn new(root_fd: Arc<File>, root: PathBuf, threads: usize) -> std::io::Result<Self> {
+    /// writer threads; `0` writes each file on the spot. Files are
+    /// published only while `fence` is open.
+    pub fn new(
+        root_fd: Arc<File>,
+        root: PathBuf,
+        threads: usize,
+        fence: Fence,
+    ) -> std::io::Result<Self> {
         let mut q = WriteQueue {
             root_fd,
+            fence,
             root,
             lanes: Vec::new(),
             results: None,
@@ -148,9 +161,10 @@ impl WriteQueue {
             let out_tx = out_tx.clone();
             let root_fd = Arc::clone(&q.root_fd);
             let root = q.root.clone();
+            let fence = q.fence.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shardprep-write-{i}"))
-                .spawn(move || writer_loop(&root_fd, &root, rx, out_tx))?;
+                .spawn(move || writer_loop(&root_fd, &root, &fence, rx, out_tx))?;
             q.threads.push(handle);
             q.lanes.push(Lane {
                 tx,
@@ -180,13 +194,14 @@ impl WriteQueue {
         let key = fnv1a64(rel.as_os_str().as_bytes());
         self.bytes += size;
         if self.lanes.is_empty() {
-            let result = write_file(&self.root_fd, &self.root, &rel, &data);
+            let result = write_file(&self.root_fd, &self.root, &self.fence, &rel, &data);
             self.recycle(data);
             self.ring.push_back(Slot::Done(Finished {
                 rel,
                 tag,
                 size,
-                result,
+                crc: result.as_ref().ok().copied(),
+                result: result.map(|_| ()),
             }));
             return;
         }
@@ -277,6 +292,7 @@ impl WriteQueue {
             for job in failed.0 {
                 self.settle(Outcome {
                     seq: job.seq,
+                    crc: None,
                     result: Err(PlaceError::Io(
                         self.root.join(&job.rel),
                         std::io::Error::other("a writer thread stopped"),
@@ -325,6 +341,7 @@ impl WriteQueue {
                     rel: PathBuf::new(),
                     tag: tag.clone(),
                     size: *size,
+                    crc: None,
                     result: Err(PlaceError::Io(
                         self.root.clone(),
                         std::io::Error::other("the writer threads stopped"),
@@ -345,6 +362,7 @@ impl WriteQueue {
                 rel: o.rel,
                 tag: tag.clone(),
                 size: *size,
+                crc: o.crc,
                 result: o.result,
             });
         }
@@ -369,15 +387,25 @@ impl Drop for WriteQueue {
     }
 }
 
-fn writer_loop(root_fd: &File, root: &Path, rx: Receiver<Vec<Job>>, out: SyncSender<Vec<Outcome>>) {
+fn writer_loop(
+    root_fd: &Arc<File>,
+    root: &Path,
+    fence: &Fence,
+    rx: Receiver<Vec<Job>>,
+    out: SyncSender<Vec<Outcome>>,
+) {
     while let Ok(batch) = rx.recv() {
         let done = batch
             .into_iter()
-            .map(|job| Outcome {
-                result: write_file(root_fd, root, &job.rel, &job.data),
-                seq: job.seq,
-                rel: job.rel,
-                data: job.data,
+            .map(|job| {
+                let result = write_file(root_fd, root, fence, &job.rel, &job.data);
+                Outcome {
+                    crc: result.as_ref().ok().copied(),
+                    result: result.map(|_| ()),
+                    seq: job.seq,
+                    rel: job.rel,
+                    data: job.data,
+                }
             })
             .collect();
         if out.send(done).is_err() {
@@ -386,11 +414,30 @@ fn writer_loop(root_fd: &File, root: &Path, rx: Receiver<Vec<Job>>, out: SyncSen
     }
 }
 
-/// Creates `rel` under the root and writes `data` into it with one write.
-fn write_file(root_fd: &File, root: &Path, rel: &Path, data: &[u8]) -> Result<(), PlaceError> {
-    let mut f = create_at(root_fd, root, rel)?;
-    f.write_all(data)
-        .map_err(|e| PlaceError::Io(root.join(rel), e))
+/// Writes `data` as the file `rel` under the root (one write to a private
+/// file, then published if the fence is still open); returns its CRC-32.
+/// A closed fence drops the write without touching the disk.
+fn write_file(
+    root_fd: &Arc<File>,
+    root: &Path,
+    fence: &Fence,
+    rel: &Path,
+    data: &[u8],
+) -> Result<u32, PlaceError> {
+    if !fence.is_open() {
+        return Err(PlaceError::Io(
+            root.join(rel),
+            std::io::Error::new(std::io::ErrorKind::Interrupted, "the lease ended"),
+        ));
+    }
+    let mut staged = stage_at(root_fd, root, rel, fence)?;
+    staged
+        .file
+        .write_all(data)
+        .map_err(|e| PlaceError::Io(root.join(rel), e))?;
+    let crc = crc32fast::hash(data);
+    staged.publish(root)?;
+    Ok(crc)
 }
 
 #[cfg(test)]
@@ -405,7 +452,7 @@ mod tests {
             .custom_flags(libc::O_DIRECTORY)
             .open(dir)
             .unwrap();
-        WriteQueue::new(Arc::new(fd), dir.to_path_buf(), threads).unwrap()
+        WriteQueue::new(Arc::new(fd), dir.to_path_buf(), threads, Fence::default()).unwrap()
     }
 
     fn tag(i: usize) -> WriteTag {

@@ -45,6 +45,8 @@ fn run(
         data_sync: DataSync::None,
         write_threads,
         integrity: Default::default(),
+        fence: Default::default(),
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

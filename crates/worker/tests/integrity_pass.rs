@@ -64,6 +64,8 @@ fn run(shard: &Path, out: &Path, extract: bool, integrity: IntegrityConfig) -> P
         data_sync: DataSync::None,
         write_threads: 1,
         integrity,
+        fence: Default::default(),
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let done = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
         .unwrap_or_else(|e| panic!("the shard failed: {e}"));

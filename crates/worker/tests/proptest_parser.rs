@@ -244,7 +244,9 @@ fn member_data() -> impl Strategy<Value = Vec<u8>> {
 fn member() -> impl Strategy<Value = Member> {
     (
         member_name(),
-        prop::sample::select(&b"0000000122345567LKxgS"[..]),
+        // Regular, links, devices, dirs, FIFOs, long names, PAX, old sparse,
+        // V7 regular (NUL), dumpdir, volume label, multivolume, unknown types.
+        prop::sample::select(&b"0000000122345567LKxgS\0\0DVMQN8\x01X"[..]),
         member_data(),
         prop_oneof![
             Just(b"/tmp".to_vec()),
@@ -259,6 +261,88 @@ fn member() -> impl Strategy<Value = Member> {
             data,
             link,
         })
+}
+
+/// Refusal reasons that come from the tar itself (name, type, sparse map):
+/// index mode and extract mode must agree on these.
+const TAR_REASONS: [&str; 14] = [
+    "empty_name",
+    "absolute_path",
+    "parent_dir_path",
+    "nul_in_name",
+    "symlink",
+    "hard_link",
+    "device",
+    "fifo",
+    "volume_label",
+    "multivolume_continuation",
+    "sparse_too_large",
+    "invalid_sparse_map",
+    "sparse_map_too_large",
+    "unsupported_sparse_version",
+];
+
+/// Runs the extract pass and the index pass on `bytes`: both fail with the
+/// same words, or both see the same members, refusals and warnings.
+fn modes_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let shard = tmp.path().join("s.tar");
+    std::fs::write(&shard, bytes).unwrap();
+    let task = ShardTask {
+        shard_path: shard.clone(),
+        shard_name: "s.tar".into(),
+        identity: ShardIdentity {
+            size: bytes.len() as u64,
+            mtime_ns: 0,
+        },
+        layout: OutputLayout::new(tmp.path().join("out")),
+        fields: FieldMap::dalle3(),
+        write_captions: false,
+        extract: true,
+        lease_id: 1,
+        attempt: 1,
+        worker_id: "prop".into(),
+        shards_in_data_dir: false,
+        data_sync: shardprep_core::durability::DataSync::None,
+        write_threads: 0,
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
+        integrity: Default::default(),
+        fence: Default::default(),
+    };
+    let cancel = AtomicBool::new(false);
+    let x = process_shard(&task, &cancel, &LiveProgress::default());
+    let ix = shardprep_worker::index::index_file(
+        &shard,
+        "s.tar",
+        &FieldMap::dalle3(),
+        Default::default(),
+        &tmp.path().join("i.parquet"),
+        &cancel,
+        &LiveProgress::default(),
+    );
+    match (x, ix) {
+        (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+        (Ok(a), Ok(b)) => {
+            let (a, b) = (a.manifest.counts, b.counts);
+            prop_assert_eq!(a.members, b.members);
+            prop_assert_eq!(&a.member_warnings, &b.member_warnings);
+            for reason in TAR_REASONS {
+                prop_assert_eq!(
+                    a.rejected_members.get(reason),
+                    b.rejected_members.get(reason),
+                    "{}",
+                    reason
+                );
+            }
+        }
+        (a, b) => prop_assert!(
+            false,
+            "extract: {:?}, index: {:?}",
+            a.map(|o| o.manifest.counts),
+            b.map(|o| o.counts)
+        ),
+    }
+    Ok(())
 }
 
 /// Builds a tar from raw headers (no name checks), as an attacker would.
@@ -394,6 +478,8 @@ fn run_shard(
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads,
         integrity: Default::default(),
+        fence: Default::default(),
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     let cancel = AtomicBool::new(false);
     let live = LiveProgress::default();
@@ -538,6 +624,20 @@ proptest! {
             mutate(&mut bytes, m);
         }
         run_shard(&bytes, extract, write_captions, in_data, 2)?;
+    }
+
+    /// Index mode walks every tar as extract mode does (issue 18).
+    #[test]
+    fn index_mode_agrees_with_extract_mode(
+        members in prop::collection::vec(member(), 1..10),
+        mutations in prop::collection::vec(mutation(), 0..4),
+        end_blocks in any::<bool>(),
+    ) {
+        let mut bytes = build_tar(&members, end_blocks);
+        for m in &mutations {
+            mutate(&mut bytes, m);
+        }
+        modes_agree(&bytes)?;
     }
 
     /// Writer threads change nothing: same counts, same issues in the same

@@ -446,6 +446,60 @@ fn unknown_and_contiguous_types_are_files_with_data() {
     assert_eq!(seen.len(), 4);
 }
 
+/// What a reader yields on `archive` when every member is left unread:
+/// the metadata, then the error or end.
+fn walk_unread<R: Read>(mut reader: TarReader<R>) -> (Vec<String>, Option<String>) {
+    let mut seen = Vec::new();
+    loop {
+        match reader.next_entry() {
+            Ok(Some(e)) => seen.push(format!("{:?}", e.meta())),
+            Ok(None) => return (seen, None),
+            Err(e) => return (seen, Some(format!("{e:?}"))),
+        }
+    }
+}
+
+#[test]
+fn the_seeking_reader_sees_what_the_reading_one_sees() {
+    let data = file("d.bin", &vec![9u8; 3000]);
+    let archives: Vec<Vec<u8>> = vec![
+        concat(&[
+            &pax(b'x', &[("path", b"p.txt")]),
+            &data,
+            &long_name(b"long.txt\0"),
+            &file("x.txt", b"X"),
+            &Hdr::new(b"d", b'5', 1024).bytes(),
+            &member(Hdr::new(b"label", b'V', 700), &[1u8; 700]),
+            &data,
+            &EOA,
+        ]),
+        data[..2000].to_vec(),
+        data[..3100].to_vec(),
+        data[..3512].to_vec(),
+        concat(&[&data, &data[..200]]),
+        EOA.to_vec(),
+    ];
+    for (i, a) in archives.iter().enumerate() {
+        let read = walk_unread(TarReader::new(&a[..]));
+        let seek = walk_unread(TarReader::seeking(
+            io::Cursor::new(&a[..]),
+            Limits::default(),
+        ));
+        assert_eq!(read, seek, "archive {i}");
+    }
+    // The seeking reader reads data only when asked.
+    let a = &archives[0];
+    let mut r = TarReader::seeking(io::Cursor::new(&a[..]), Limits::default());
+    let mut names = Vec::new();
+    while let Some(mut e) = r.next_entry().expect("entry") {
+        let mut head = [0u8; 2];
+        let n = e.read_data(&mut head).expect("read");
+        names.push((e.meta().name_lossy(), head[..n].to_vec()));
+    }
+    assert_eq!(names[0], ("p.txt".into(), vec![9, 9]));
+    assert_eq!(names.len(), 5);
+}
+
 // ------------------------------------------------------ errors, typed
 
 fn read_all(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TarError> {

@@ -31,6 +31,8 @@ fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
         data_sync: shardprep_core::durability::DataSync::None,
         write_threads: 1,
         integrity: Default::default(),
+        fence: Default::default(),
+        max_sparse_size: shardprep_worker::tar_reader::DEFAULT_MAX_SPARSE_SIZE,
     };
     process_shard(&task, &AtomicBool::new(false), &LiveProgress::default()).map(|o| o.manifest)
 }
@@ -41,8 +43,11 @@ fn pass_matches_gnu_tar(dir: &Path, archive: &Path) -> ShardManifest {
     assert!(gnu_extract(archive, &dir.join("gnu")));
     let manifest = run_pass(archive, &dir.join("out")).expect("the pass reads what GNU tar reads");
     let mut gnu = tree(&dir.join("gnu"));
+    // Only refused members are missing; members with a warning are there.
     for issue in &manifest.issues {
-        gnu.remove(Path::new(&issue.member));
+        if manifest.counts.rejected_members.contains_key(&issue.kind) {
+            gnu.remove(Path::new(&issue.member));
+        }
     }
     assert_eq!(
         tree(&dir.join("out/data")),
@@ -149,4 +154,98 @@ fn damage_is_permanent_and_input_loss_is_not() {
     let path = write_archive(tmp.path(), "b.tar", &neg);
     let e = run_pass(&path, &tmp.path().join("out2")).expect_err("negative");
     assert!(e.to_string().contains("negative size"), "{e}");
+}
+
+#[test]
+fn unknown_type_flags_are_extracted_as_gnu_tar_does_with_a_warning() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let flags = [b'Q', b'N', b'8', b'z', 0x01, 0x80];
+    let mut parts: Vec<Vec<u8>> = flags
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| member(Hdr::new(format!("u{i}.txt").as_bytes(), f, 3), b"UUU"))
+        .collect();
+    // A GNU volume label: its data skipped, nothing written (by tar xf either).
+    parts.push(member(Hdr::new(b"label", b'V', 5), b"VVVVV"));
+    parts.push(file("a.txt", b"A"));
+    parts.push(EOA.to_vec());
+    let path = write_archive(tmp.path(), "a.tar", &parts.concat());
+    let m = pass_matches_gnu_tar(tmp.path(), &path);
+    assert_eq!(m.counts.files_extracted, flags.len() as u64 + 1);
+    assert_eq!(
+        m.counts.member_warnings.get("unknown_entry_type"),
+        Some(&(flags.len() as u64))
+    );
+    let warned: Vec<_> = m
+        .issues
+        .iter()
+        .filter(|i| i.kind == "unknown_entry_type")
+        .collect();
+    assert_eq!(warned.len(), flags.len());
+    assert!(warned[0].detail.contains("'Q'"), "{}", warned[0].detail);
+    assert!(warned[4].detail.contains("0x01"), "{}", warned[4].detail);
+    assert_eq!(m.counts.rejected_members.get("volume_label"), Some(&1));
+    // Files of unknown type stay in data/ (the refusal filter above must not hide them).
+    assert_eq!(
+        std::fs::read(tmp.path().join("out/data/u0.txt")).expect("u0"),
+        b"UUU"
+    );
+}
+
+#[test]
+fn a_multivolume_continuation_is_refused_as_gnu_tar_refuses_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = concat(&[
+        &member(Hdr::new(b"cont.bin", b'M', 3), b"MMM"),
+        &file("a.txt", b"A"),
+        &EOA,
+    ]);
+    let path = write_archive(tmp.path(), "a.tar", &archive);
+    // GNU tar: "Cannot extract -- file is continued from another volume", goes on, exits 2.
+    assert!(!gnu_extract(&path, &tmp.path().join("gnu")));
+    let m = run_pass(&path, &tmp.path().join("out")).expect("pass");
+    assert_eq!(
+        tree(&tmp.path().join("out/data")),
+        tree(&tmp.path().join("gnu"))
+    );
+    assert_eq!(
+        m.counts.rejected_members.get("multivolume_continuation"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn nul_in_a_pax_path_ends_the_name_as_in_gnu_tar() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = concat(&[
+        &pax(b'x', &[("path", b"ab\0cd.txt")]),
+        &file("hdr.txt", b"1"),
+        &pax(b'x', &[("path", b"d/x\0y/z.txt")]),
+        &file("hdr2.txt", b"2"),
+        &pax(b'x', &[("path", b"nul.txt\0")]),
+        &file("hdr3.txt", b"3"),
+        &EOA,
+    ]);
+    let path = write_archive(tmp.path(), "a.tar", &archive);
+    let m = pass_matches_gnu_tar(tmp.path(), &path);
+    assert!(m.counts.rejected_members.is_empty(), "{:?}", m.issues);
+    for (name, data) in [("ab", "1"), ("d/x", "2"), ("nul.txt", "3")] {
+        let got = std::fs::read(tmp.path().join("out/data").join(name)).expect(name);
+        assert_eq!(got, data.as_bytes(), "{name}");
+    }
+    // A NUL first leaves no name: tar substitutes `.` and fails; refused by name here.
+    let lead = concat(&[
+        &pax(b'x', &[("path", b"\0lead.txt")]),
+        &file("hdr.txt", b"1"),
+        &file("a.txt", b"A"),
+        &EOA,
+    ]);
+    let path = write_archive(tmp.path(), "b.tar", &lead);
+    assert!(!gnu_extract(&path, &tmp.path().join("gnu-b")));
+    let m = run_pass(&path, &tmp.path().join("out-b")).expect("pass");
+    assert_eq!(m.counts.rejected_members.get("empty_name"), Some(&1));
+    assert_eq!(
+        tree(&tmp.path().join("out-b/data")),
+        tree(&tmp.path().join("gnu-b"))
+    );
 }

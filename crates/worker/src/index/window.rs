@@ -125,6 +125,47 @@ impl Window {
     }
 }
 
+/// The window as a stream (what [`crate::tar_reader::TarReader::seeking`]
+/// walks): reads go through the window from a cursor, seeks only move it.
+pub struct Cursor {
+    win: Window,
+    pos: u64,
+}
+
+impl Cursor {
+    /// A cursor at the start of the file.
+    pub fn new(win: Window) -> Self {
+        Cursor { win, pos: 0 }
+    }
+
+    /// The window, for positioned reads (the cursor stays where it is).
+    pub fn window(&mut self) -> &mut Window {
+        &mut self.win
+    }
+}
+
+impl Read for Cursor {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.win.read_exact_at(self.pos, out)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Cursor {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.win.len.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the file start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// One member's data as a `BufRead + Seek` (what `imagesize` walks): seeks
 /// move a cursor, only the bytes asked for are read.
 pub struct MemberReader<'a> {
@@ -206,6 +247,21 @@ mod tests {
             "read {}",
             w.bytes_read()
         );
+    }
+
+    #[test]
+    fn a_cursor_reads_from_where_it_seeked() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+        let mut c = Cursor::new(window_over(&data));
+        let mut b = [0u8; 8];
+        c.read_exact(&mut b).expect("read");
+        assert_eq!(b, data[..8]);
+        c.seek(SeekFrom::Current(60_000)).expect("seek");
+        c.read_exact(&mut b).expect("read");
+        assert_eq!(b, data[60_008..60_016]);
+        assert_eq!(c.seek(SeekFrom::End(0)).expect("end"), 100_000);
+        assert_eq!(c.read(&mut b).expect("eof"), 0);
+        assert!(c.window().bytes_read() <= 2 * WINDOW_BYTES as u64);
     }
 
     #[test]

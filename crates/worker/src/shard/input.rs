@@ -16,13 +16,13 @@ const READ_BUF: usize = 256 << 10;
 
 /// The shard being read, as errors name it: its name, and the failure of
 /// the input itself if one happened (recorded by the reader).
-pub(super) struct ShardSource {
+pub(crate) struct ShardSource {
     shard: String,
     failure: RefCell<Option<String>>,
 }
 
 impl ShardSource {
-    pub(super) fn new(shard: &str) -> Self {
+    pub(crate) fn new(shard: &str) -> Self {
         ShardSource {
             shard: shard.to_string(),
             failure: RefCell::new(None),
@@ -62,7 +62,7 @@ impl ShardSource {
 
     /// The stream cannot be read as a tar at `offset`. A failure of the
     /// input (disk, network) is worth retrying; a bad tar is not.
-    pub(super) fn corrupt(&self, what: String, offset: u64, member: Option<&str>) -> ShardError {
+    pub(crate) fn corrupt(&self, what: String, offset: u64, member: Option<&str>) -> ShardError {
         match self.failure.borrow().clone() {
             Some(why) => ShardError::Read {
                 shard: self.shard.clone(),
@@ -79,7 +79,7 @@ impl ShardSource {
     }
 
     /// A tar reader error: an input failure is retryable, damage is not.
-    pub(super) fn tar_error(&self, e: TarError) -> ShardError {
+    pub(crate) fn tar_error(&self, e: TarError) -> ShardError {
         match e {
             TarError::Io { offset, source, .. } => ShardError::Read {
                 shard: self.shard.clone(),
@@ -119,7 +119,7 @@ impl ShardSource {
         }
     }
 
-    pub(super) fn cancelled(&self) -> ShardError {
+    pub(crate) fn cancelled(&self) -> ShardError {
         ShardError::Cancelled(self.shard.clone())
     }
 }

@@ -37,16 +37,33 @@ pub(super) fn kind_of(rel: &Path) -> Kind {
 }
 
 /// The report key of an entry type that is never extracted (links,
-/// devices...); `None` for regular files and directories.
-pub(super) fn refused_entry_type(kind: EntryKind) -> Option<&'static str> {
+/// devices...); `None` for regular files, directories and unknown types
+/// (extracted as regular files, as GNU tar does).
+pub(crate) fn refused_entry_type(kind: EntryKind) -> Option<&'static str> {
     match kind {
-        EntryKind::File | EntryKind::Directory => None,
+        EntryKind::File | EntryKind::Directory | EntryKind::Other(_) => None,
         EntryKind::Symlink => Some("symlink"),
         EntryKind::HardLink => Some("hard_link"),
         EntryKind::CharDevice | EntryKind::BlockDevice => Some("device"),
         EntryKind::Fifo => Some("fifo"),
-        EntryKind::Other(_) => Some("unsupported_entry_type"),
+        EntryKind::VolumeLabel => Some("volume_label"),
+        EntryKind::MultiVolume => Some("multivolume_continuation"),
     }
+}
+
+/// The warning key and detail of a member with an unknown type flag, which
+/// GNU tar extracts as a regular file ("Unknown file type ..., extracted as
+/// normal file"), and so does shardprep.
+pub(crate) fn unknown_type_warning(flag: u8) -> (&'static str, String) {
+    let shown = if flag.is_ascii_graphic() {
+        format!("'{}'", flag as char)
+    } else {
+        format!("0x{flag:02x}")
+    };
+    (
+        "unknown_entry_type",
+        format!("unknown type flag {shown}: read as a regular file, as GNU tar extracts it"),
+    )
 }
 
 /// A regular file member being read.

@@ -16,7 +16,7 @@
 
 mod captions;
 mod checks;
-mod input;
+pub(crate) mod input;
 mod member;
 mod pass;
 mod tally;
@@ -36,8 +36,9 @@ use shardprep_remote::RemoteError;
 
 use crate::fragment::FragmentError;
 use crate::integrity::IntegrityConfig;
-use crate::tar_reader::TarReader;
+use crate::tar_reader::{Limits, TarReader};
 use input::ShardSource;
+pub(crate) use member::{refused_entry_type, unknown_type_warning};
 use pass::ShardPass;
 
 /// JSON members larger than this are extracted but not parsed.
@@ -68,6 +69,12 @@ pub struct ShardTask {
     pub write_threads: usize,
     /// The checks of the images themselves (see [`crate::integrity`]).
     pub integrity: IntegrityConfig,
+    /// Closes when the lease ends: no file is published after that (see
+    /// [`crate::fence`]). The default stays open.
+    pub fence: crate::fence::Fence,
+    /// Sparse members expanding past this many bytes are refused
+    /// (`--max-sparse-size`).
+    pub max_sparse_size: u64,
 }
 
 /// Live counters a heartbeat reports while the shard runs.
@@ -180,7 +187,11 @@ pub fn process_stream(
     let source = ShardSource::new(&task.shard_name);
     let reader = source.reader(input, &live.bytes_read)?;
     let mut pass = ShardPass::open(task, &source, cancel, live)?;
-    let mut archive = TarReader::new(reader);
+    let limits = Limits {
+        max_sparse_size: task.max_sparse_size,
+        ..Limits::default()
+    };
+    let mut archive = TarReader::with_limits(reader, limits);
     loop {
         if pass.cancelled() {
             return Err(source.cancelled());

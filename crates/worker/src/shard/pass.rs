@@ -124,6 +124,10 @@ impl<'a> ShardPass<'a> {
             let detail = format!("{kind:?} members are not extracted");
             self.tally.reject(&name, reason, detail);
         } else {
+            if let EntryKind::Other(flag) = kind {
+                let (key, detail) = super::unknown_type_warning(flag);
+                self.tally.member_warning(&name, key, detail);
+            }
             let member = Member::new(self.source, name, rel, size, data_pos);
             self.file(&member, entry)?;
         }
@@ -661,6 +665,7 @@ fn open_data_dir(
     std::fs::create_dir_all(&root).map_err(|e| source.write_error(&root, e))?;
     let threads = if writes_files { task.write_threads } else { 0 };
     let mut data = DataDir::new(root.clone())
+        .and_then(|d| d.with_fence(task.fence.clone()))
         .and_then(|d| d.with_writers(threads))
         .map_err(|e| source.write_error(&root, e))?;
     if writes_files && task.data_sync.background_flush() {

@@ -84,6 +84,18 @@ impl Tally {
         self.issue(member, reason, detail);
     }
 
+    /// A member handled, with a warning of kind `key` (it is still extracted).
+    pub(super) fn member_warning(&mut self, member: &str, key: &str, detail: impl Into<String>) {
+        *self
+            .counts
+            .member_warnings
+            .entry(key.to_string())
+            .or_default() += 1;
+        let detail = detail.into();
+        tracing::warn!(shard = %self.shard, member, key, "{detail}");
+        self.issue(member, key, detail);
+    }
+
     /// A JSON with width that did not become a row, for `reason`.
     pub(super) fn skip(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
         *self.counts.skipped.entry(reason.to_string()).or_default() += 1;

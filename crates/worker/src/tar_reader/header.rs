@@ -121,6 +121,11 @@ pub enum EntryKind {
     CharDevice,
     BlockDevice,
     Fifo,
+    /// A GNU volume label (`V`): its data is skipped; `tar xf` writes nothing.
+    VolumeLabel,
+    /// The continuation of a file from another volume (`M`): `tar xf`
+    /// refuses it ("continued from another volume") and goes on.
+    MultiVolume,
     /// Any other type flag (GNU tar extracts unknown types as regular files).
     Other(u8),
 }
@@ -137,6 +142,8 @@ impl EntryKind {
             b'3' => EntryKind::CharDevice,
             b'4' => EntryKind::BlockDevice,
             b'6' => EntryKind::Fifo,
+            b'V' => EntryKind::VolumeLabel,
+            b'M' => EntryKind::MultiVolume,
             other => EntryKind::Other(other),
         }
     }
@@ -146,7 +153,10 @@ impl EntryKind {
     /// FIFOs and directories (except GNU dumpdirs, whose data is the listing).
     pub(crate) fn has_data(self, typeflag: u8) -> bool {
         match self {
-            EntryKind::File | EntryKind::Other(_) => true,
+            EntryKind::File
+            | EntryKind::Other(_)
+            | EntryKind::VolumeLabel
+            | EntryKind::MultiVolume => true,
             EntryKind::Directory => typeflag == b'D',
             _ => false,
         }

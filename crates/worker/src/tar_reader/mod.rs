@@ -17,7 +17,8 @@
 //! Memory is bounded: only extension headers (up to [`Limits::max_extension`])
 //! and sparse maps (up to [`Limits::max_sparse_segments`] runs) are buffered.
 //! The reader does no buffering of its own: wrap a raw file or socket in a
-//! `BufReader`.
+//! `BufReader`. [`TarReader::seeking`] seeks over the data it is not asked
+//! for instead of reading it (index mode).
 
 mod entry;
 mod error;
@@ -25,7 +26,7 @@ mod header;
 mod pax;
 mod sparse;
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 pub use entry::Entry;
 pub use error::{Corruption, ExtractError, TarError};
@@ -36,7 +37,7 @@ use header::{BLOCK, TYPEFLAG};
 use pax::Pax;
 
 /// Default cap on the expanded size of a sparse member (1 TiB).
-pub const DEFAULT_MAX_SPARSE_SIZE: u64 = 1 << 40;
+pub use shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE;
 
 /// Bounds on what the reader accepts or buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +127,15 @@ struct Pending {
     start: Option<u64>,
 }
 
+/// Moves the input forward by up to `n` bytes without reading them; returns
+/// how far it moved (less than `n` only at the end of the input).
+type SkipFn<R> = fn(&mut R, u64) -> io::Result<u64>;
+
 /// Streams the members of a tar archive; see the module docs.
 pub struct TarReader<R> {
     inner: R,
+    /// Set by [`TarReader::seeking`]: skipped data is seeked over, not read.
+    skip: Option<SkipFn<R>>,
     pos: u64,
     limits: Limits,
     area: Area,
@@ -145,6 +152,7 @@ impl<R: Read> TarReader<R> {
     pub fn with_limits(inner: R, limits: Limits) -> Self {
         TarReader {
             inner,
+            skip: None,
             pos: 0,
             limits,
             area: Area::default(),
@@ -161,6 +169,12 @@ impl<R: Read> TarReader<R> {
 
     pub fn into_inner(self) -> R {
         self.inner
+    }
+
+    /// The input, for positioned reads beside the stream (reading or seeking
+    /// it would move the stream under the reader).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// The next member, after skipping what is left of the previous one;
@@ -355,6 +369,9 @@ impl<R: Read> TarReader<R> {
     /// Skips what is left of the current data area and its padding. EOF in
     /// the padding is damage too: GNU tar reads whole blocks and fails there.
     fn skip_rest(&mut self) -> Result<(), TarError> {
+        if let Some(skip) = self.skip {
+            return self.seek_rest(skip);
+        }
         let mut scratch = [0u8; 8192];
         while self.area.left > 0 {
             self.read_area(&mut scratch)?;
@@ -376,6 +393,42 @@ impl<R: Read> TarReader<R> {
             self.area.pad -= got as u64;
         }
         Ok(())
+    }
+
+    /// [`TarReader::skip_rest`] by seeking: the same errors at the same offsets.
+    fn seek_rest(&mut self, skip: SkipFn<R>) -> Result<(), TarError> {
+        let total = self.area.left + self.area.pad;
+        if total == 0 {
+            return Ok(());
+        }
+        let moved = skip(&mut self.inner, total).map_err(|source| TarError::Io {
+            offset: self.pos,
+            member: Some(self.area.member.clone()),
+            source,
+        })?;
+        self.pos += moved;
+        let in_data = moved.min(self.area.left);
+        self.area.left -= in_data;
+        self.area.pad -= moved - in_data;
+        let member = Some(self.area.member.clone());
+        let what = if self.area.left > 0 {
+            Corruption::TruncatedData {
+                got: self.area.stored - self.area.left,
+                expected: self.area.stored,
+            }
+        } else if self.area.pad > 0 {
+            Corruption::TruncatedPadding {
+                missing: self.area.pad,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(TarError::Corrupt {
+            offset: self.pos,
+            member,
+            after: None,
+            what,
+        })
     }
 
     /// Reads until `buf` is full or the input ends.
@@ -419,6 +472,29 @@ impl<R: Read> TarReader<R> {
             what,
         }
     }
+}
+
+impl<R: Read + Seek> TarReader<R> {
+    /// A reader that seeks over member data left unread and over padding
+    /// instead of reading them; the input must start at the archive's start.
+    /// Meant for inputs whose seeks are cheap and that read no more than asked
+    /// (a `BufReader` drops its buffer at every seek). A member cut off by the
+    /// end of the input is found as when reading: the seek stops at the end.
+    pub fn seeking(inner: R, limits: Limits) -> Self {
+        TarReader {
+            skip: Some(seek_forward::<R>),
+            ..Self::with_limits(inner, limits)
+        }
+    }
+}
+
+/// [`SkipFn`] for a seekable input: forward, never past its end.
+fn seek_forward<R: Seek>(inner: &mut R, n: u64) -> io::Result<u64> {
+    let here = inner.stream_position()?;
+    let end = inner.seek(SeekFrom::End(0))?;
+    let to = here.saturating_add(n).min(end).max(here);
+    inner.seek(SeekFrom::Start(to))?;
+    Ok(to - here)
 }
 
 fn padding(size: u64) -> u64 {

@@ -89,14 +89,16 @@ fn record(rest: &[u8]) -> Result<Record<'_>, Corruption> {
 
 fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<(), Corruption> {
     let v = || Some(value.to_vec());
+    // GNU tar keeps names as C strings: a NUL ends them (`a\0b` is `a`).
+    let name = || Some(value.split(|&b| b == 0).next().unwrap_or_default().to_vec());
     let s = &mut pax.sparse;
     match key {
-        b"path" => pax.path = v(),
-        b"linkpath" => pax.linkpath = v(),
+        b"path" => pax.path = name(),
+        b"linkpath" => pax.linkpath = name(),
         b"size" => pax.size = Some(decimal(value).ok_or_else(|| bad_value("size", value))?),
         b"GNU.sparse.major" => s.major = v(),
         b"GNU.sparse.minor" => s.minor = v(),
-        b"GNU.sparse.name" => s.name = v(),
+        b"GNU.sparse.name" => s.name = name(),
         b"GNU.sparse.size" | b"GNU.sparse.realsize" => s.real_size = v(),
         b"GNU.sparse.numblocks" => s.numblocks = v(),
         b"GNU.sparse.map" => s.map = v(),
@@ -138,6 +140,13 @@ mod tests {
         assert_eq!(pax.size, Some(42));
         assert_eq!(pax.sparse.pairs.len(), 2);
         assert!(pax.sparse.pairs[0].0 && !pax.sparse.pairs[1].0);
+    }
+
+    #[test]
+    fn names_end_at_a_nul_as_in_gnu_tar() {
+        let pax = parse(b"16 path=ab\0cd.x\n15 linkpath=\0l\n", 16).expect("valid records");
+        assert_eq!(pax.path.as_deref(), Some(&b"ab"[..]));
+        assert_eq!(pax.linkpath.as_deref(), Some(&b""[..]));
     }
 
     #[test]

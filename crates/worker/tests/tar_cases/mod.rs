@@ -231,6 +231,8 @@ fn place<R: std::io::Read>(
         }
         // Device nodes are not compared (see `tree`).
         EntryKind::CharDevice | EntryKind::BlockDevice => {}
+        // `tar xf` writes nothing for these.
+        EntryKind::VolumeLabel | EntryKind::MultiVolume => {}
     }
     Ok(())
 }
