@@ -42,6 +42,12 @@ WORKERS = int(os.environ.get("BENCH_WORKERS", str(os.cpu_count() or 1)))
 RESULTS = os.environ.get("AB_RESULTS", os.path.join(BENCH_DIR, "AB-RESULTS.md"))
 SAMPLE_S = float(os.environ.get("AB_SAMPLE_MS", "50")) / 1000
 QUICK = B.QUICK
+# Deleting ~300k files per kept small-set output takes minutes after a cache drop (the
+# inodes must be read back): AB_RM_AT_END=0 leaves them in WORK/ab-later/ for the caller
+# (ab.sh deletes them after the results are written). Below AB_MIN_FREE_GB free, the kept
+# outputs are deleted at once (with a warning).
+RM_AT_END = os.environ.get("AB_RM_AT_END", "1") == "1"
+MIN_FREE_GB = float(os.environ.get("AB_MIN_FREE_GB", "8"))
 
 
 def parse_variants(spec):
@@ -299,6 +305,8 @@ def table_md(all_rows, variants, baseline):
     for s, rows in all_rows.items():
         for v in variants:
             r = rows[v["label"]]
+            if r["n"] == 0 and r["failed"] == 0:
+                continue  # not run on this set (AB_SKIP_<set>)
             fail = f" ({r['failed']} failed)" if r["failed"] else ""
             flags = "`" + " ".join(v["flags"]) + "`" if v["flags"] else "(default)"
             x = ratio(rows, v["label"], baseline)
@@ -402,7 +410,6 @@ def main():
             os.makedirs(os.path.dirname(v["copy"]), exist_ok=True)
             shutil.copy2(v["bin"], v["copy"] + ".tmp")
             os.replace(v["copy"] + ".tmp", v["copy"])
-    programs = sorted({v["copy"] for v in variants})
     sets = B.set_dirs()
     logs = os.path.join(WORK, "ab-logs")
     os.makedirs(logs, exist_ok=True)
@@ -410,11 +417,14 @@ def main():
     all_rows, stats, raw, shapes = {}, {}, {}, {}
     for set_name, set_dir in sets:
         reps = int(os.environ.get(f"AB_REPS_{set_name}", REPS))
+        # AB_SKIP_<set>="label ...": variants not run on that set (e.g. a slow one).
+        skip = set(os.environ.get(f"AB_SKIP_{set_name}", "").split())
+        here = [v for v in variants if v["label"] not in skip]
         shards_dir = os.path.join(set_dir, "shards")
         tars = B.shard_paths(shards_dir)
         st = stats[set_name] = image_stats(set_dir)
         B.log(f"set {set_name}: {st['shards']} shards, {st['images']:,} images, "
-              f"{st['tar_bytes'] / 1e6:,.0f} MB of tar; {reps} reps of {' '.join(labels)}")
+              f"{st['tar_bytes'] / 1e6:,.0f} MB of tar; {reps} reps of {' '.join(v['label'] for v in here)}")
         B.warm_inputs(tars)
         out_root = os.path.join(WORK, "ab-out", set_name)
         trash = os.path.join(WORK, "ab-trash")
@@ -424,13 +434,20 @@ def main():
         runs = []
         shapes[set_name] = {}
         for rep in range(1, reps + 1):
-            k = (rep - 1) % len(variants)
-            for v in variants[k:] + variants[:k]:
+            k = (rep - 1) % len(here)
+            for v in here[k:] + here[:k]:
                 out = os.path.join(out_root, v["label"].replace("/", "_"))
+                if shutil.disk_usage(WORK).free < MIN_FREE_GB * 1e9:
+                    B.warn(f"{set_name} rep {rep}: less than {MIN_FREE_GB} GB free: deleted the kept outputs "
+                           f"before {v['label']} (runs after this may be slower: ext4 skips recently freed inodes)")
+                    B.rm_rf(trash)
+                    os.makedirs(trash)
                 for other in os.listdir(out_root):
                     B.clear_output(os.path.join(out_root, other), trash)
                 B.sync()
-                dropped = B.reset_caches(tars, programs)
+                # Read back only the binary about to run (and the shards): a reset does not
+                # depend on how many variants there are.
+                dropped = B.reset_caches(tars, [v["copy"]])
                 waited, busy_before = B.wait_quiet()
                 log_path = os.path.join(logs, f"{set_name}-{v['label']}-rep{rep}.log")
                 if os.path.exists(log_path):
@@ -449,10 +466,18 @@ def main():
                     B.warn(f"{set_name} rep {rep} {v['label']}: report.json verdict {r.get('verdict')!r}")
                 if rep == 1 and r["rc"] == 0:
                     shapes[set_name][v["label"]] = output_shape(out)
-        B.log(f"set {set_name} done; deleting its outputs (untimed)")
-        B.rm_rf(out_root)
-        B.rm_rf(trash)
-        B.sync()
+        if RM_AT_END:
+            B.log(f"set {set_name} done; deleting its outputs (untimed)")
+            B.rm_rf(out_root)
+            B.rm_rf(trash)
+            B.sync()
+        else:
+            later = os.path.join(WORK, "ab-later", f"{set_name}-{time.time_ns()}")
+            os.makedirs(os.path.dirname(later), exist_ok=True)
+            for other in os.listdir(out_root):
+                os.rename(os.path.join(out_root, other), os.path.join(trash, f"{other}-last"))
+            os.rename(trash, later)
+            B.log(f"set {set_name} done; its outputs are left in {later} (AB_RM_AT_END=0)")
         ref = shapes[set_name].get(baseline)
         for lab, shp in shapes[set_name].items():
             if ref and shp and (shp["files"], shp["bytes"]) != (ref["files"], ref["bytes"]):
@@ -463,7 +488,7 @@ def main():
             if row["median"] and row["others_cpu"] is not None and row["others_cpu"] > max(0.5, 0.5 * row["median"]):
                 B.warn(f"{set_name} {lab}: noisy? other processes used {row['others_cpu'] / row['median']:.2f} "
                        f"cores on average during its runs (median; includes the kernel's writeback threads)")
-        raw[set_name] = {"stats": st, "runs": runs, "shapes": shapes[set_name]}
+        raw[set_name] = {"stats": st, "runs": runs, "shapes": shapes[set_name], "skipped": sorted(skip)}
     saved = {"date": started.isoformat(), "workers": WORKERS, "baseline": baseline,
              "variants": [{k: v[k] for k in ("label", "bin", "flags", "sha", "commit")} for v in variants],
              "sets": sets, "raw": raw, "warnings": B.WARNINGS}
@@ -501,6 +526,9 @@ def write_report(saved):
         f.write("<details><summary>every repetition</summary>\n\n")
         for s, rows in all_rows.items():
             for lab, r in rows.items():
+                if r["n"] == 0 and r["failed"] == 0:
+                    f.write(f"- {s} {lab}: not run on this set (AB_SKIP_{s})\n")
+                    continue
                 f.write(f"- {s} {lab}: wall {r['walls']}; others' CPU {r['others_all']}\n")
         f.write(f"\nTime spent waiting for a quiet machine before runs (untimed): {total_wait:.0f} s.\n")
         f.write("\n</details>\n")

@@ -7,6 +7,10 @@
 #   AB_GEN_BIN=BIN         binary that generates missing data sets (default: the last variant's)
 #   AB_RESULTS=FILE        markdown out (default bench/AB-RESULTS.md; quick: bench/work/AB-RESULTS-quick.md)
 #   AB_SAMPLE_MS=50        /proc sampling interval for the workers' VmHWM
+#   AB_SKIP_<set>="label"  variants not run on that set (e.g. AB_SKIP_small=new+decode)
+#   AB_RM_AT_END=0         keep the large outputs until the timing is over (deleted after the
+#                          results are written; AB_KEEP_LATER=1: left in BENCH_WORK/ab-later)
+#   AB_MIN_FREE_GB=8       below this, kept outputs are deleted at once (a warning says so)
 # and from run.sh: BENCH_SETS, BENCH_QUICK, BENCH_WORKERS, BENCH_WORK, BENCH_IDLE_WAIT,
 # BENCH_IDLE_MAX_BUSY, BENCH_DROP_CACHES, BENCH_DEFER_RM_FILES, BENCH_REGEN.
 # Needs only python3 (no venv): the binaries are given, nothing is built.
@@ -38,4 +42,11 @@ fi
 source "$BENCH_DIR/sets.sh"
 make_sets "$AB_GEN_BIN"
 
-exec python3 "$BENCH_DIR/ab.py" "$@"
+rc=0
+python3 "$BENCH_DIR/ab.py" "$@" || rc=$?
+# Outputs kept with AB_RM_AT_END=0: deleted now, after the timing (can take minutes).
+if [[ -d "$BENCH_WORK/ab-later" && "${AB_KEEP_LATER:-0}" != 1 ]]; then
+    log "deleting the kept outputs in $BENCH_WORK/ab-later"
+    rm -rf "$BENCH_WORK/ab-later"
+fi
+exit "$rc"
