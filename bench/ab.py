@@ -47,6 +47,15 @@ QUICK = B.QUICK
 # (ab.sh deletes them after the results are written). Below AB_MIN_FREE_GB free, the kept
 # outputs are deleted at once (with a warning).
 RM_AT_END = os.environ.get("AB_RM_AT_END", "1") == "1"
+# AB_FRESH_FS=1 (root): every run writes into a new ext4 made for it (a sparse image file in
+# WORK, loop device with direct I/O, so writes reach the disk once), unmounted after the
+# run's flush and deleted as one file. Why: on a filesystem mounted with `discard`, deleting
+# ~300k output files after a cache drop ran at 400-650 files/s (10+ minutes per output), and
+# deleting them just before a run slows that run's file creation; a fresh filesystem gives
+# every run the same empty, unpolluted target and costs seconds.
+FRESH_FS = os.environ.get("AB_FRESH_FS", "0") == "1"
+FS_GB = int(os.environ.get("AB_FS_GB", "6"))
+FS_INODES = int(os.environ.get("AB_FS_INODES", "600000"))
 MIN_FREE_GB = float(os.environ.get("AB_MIN_FREE_GB", "8"))
 
 
@@ -233,6 +242,35 @@ def run_variant(v, shards_dir, out, log_path):
     except (OSError, ValueError) as e:
         res["verdict"] = f"no report.json ({e.__class__.__name__})"
     return res
+
+
+class FreshFs:
+    """A new, empty ext4 on a loop device for one run (see FRESH_FS); `path` is where to write."""
+
+    def __init__(self, work):
+        self.img = os.path.join(work, "ab-fs.img")
+        self.mnt = os.path.join(work, "ab-mnt")
+        self.dev = None
+
+    def __enter__(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        with open(self.img, "wb") as f:
+            f.truncate(FS_GB << 30)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-N", str(FS_INODES), "-E",
+                        "lazy_itable_init=0,lazy_journal_init=0,nodiscard", self.img], check=True)
+        self.dev = subprocess.run(["losetup", "--direct-io=on", "--show", "-f", self.img], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        subprocess.run(["mount", "-o", "nodiscard", self.dev, self.mnt], check=True)
+        self.path = os.path.join(self.mnt, "out")
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", self.mnt], check=False)
+        if self.dev:
+            subprocess.run(["losetup", "-d", self.dev], check=False)
+        if os.path.exists(self.img):
+            os.remove(self.img)
+        return False
 
 
 def output_shape(out):
@@ -444,15 +482,28 @@ def main():
                     os.makedirs(trash)
                 for other in os.listdir(out_root):
                     B.clear_output(os.path.join(out_root, other), trash)
-                B.sync()
-                # Read back only the binary about to run (and the shards): a reset does not
-                # depend on how many variants there are.
-                dropped = B.reset_caches(tars, [v["copy"]])
-                waited, busy_before = B.wait_quiet()
+                if not FRESH_FS:
+                    B.sync()
+                    # Read back only the binary about to run (and the shards): a reset does not
+                    # depend on how many variants there are.
+                    dropped = B.reset_caches(tars, [v["copy"]])
+                    waited, busy_before = B.wait_quiet()
                 log_path = os.path.join(logs, f"{set_name}-{v['label']}-rep{rep}.log")
                 if os.path.exists(log_path):
                     os.remove(log_path)
-                r = run_variant(v, shards_dir, out, log_path)
+                if FRESH_FS:
+                    fs = FreshFs(WORK).__enter__()
+                    B.sync()
+                    dropped = B.reset_caches(tars, [v["copy"]])
+                    waited, busy_before = B.wait_quiet()
+                    out = fs.path
+                try:
+                    r = run_variant(v, shards_dir, out, log_path)
+                    if FRESH_FS and rep == 1 and r["rc"] == 0:
+                        shapes[set_name][v["label"]] = output_shape(out)
+                finally:
+                    if FRESH_FS:
+                        fs.__exit__()
                 r.update(rep=rep, waited_quiet=waited, busy_before=busy_before, caches_dropped=dropped)
                 runs.append(r)
                 wr = mib(r["worker_hwm_kib"])
@@ -464,7 +515,7 @@ def main():
                     B.warn(f"{set_name} rep {rep} {v['label']}: exit code {r['rc']} (log: {log_path})")
                 elif r.get("verdict") != "ok":
                     B.warn(f"{set_name} rep {rep} {v['label']}: report.json verdict {r.get('verdict')!r}")
-                if rep == 1 and r["rc"] == 0:
+                if rep == 1 and r["rc"] == 0 and not FRESH_FS:
                     shapes[set_name][v["label"]] = output_shape(out)
         if RM_AT_END:
             B.log(f"set {set_name} done; deleting its outputs (untimed)")
@@ -489,7 +540,7 @@ def main():
                 B.warn(f"{set_name} {lab}: noisy? other processes used {row['others_cpu'] / row['median']:.2f} "
                        f"cores on average during its runs (median; includes the kernel's writeback threads)")
         raw[set_name] = {"stats": st, "runs": runs, "shapes": shapes[set_name], "skipped": sorted(skip)}
-    saved = {"date": started.isoformat(), "workers": WORKERS, "baseline": baseline,
+    saved = {"date": started.isoformat(), "workers": WORKERS, "baseline": baseline, "fresh_fs": FRESH_FS,
              "variants": [{k: v[k] for k in ("label", "bin", "flags", "sha", "commit")} for v in variants],
              "sets": sets, "raw": raw, "warnings": B.WARNINGS}
     with open(os.path.join(WORK, "ab-results.json"), "w") as f:
@@ -512,8 +563,10 @@ def write_report(saved):
                 f"rotated each repetition; medians shown; baseline `{baseline}`).\n\n")
         f.write("## Machine, binaries, data\n\n" + machine_md(variants, saved["sets"]) + "\n\n")
         f.write("## Results\n\n" + table + "\n\n")
-        f.write("Before each timed run, as bench.py does: earlier outputs cleared (≥ 20,000 files: moved aside, "
-                "deleted at the end of the set), `sync`, page/dentry/inode caches dropped and the shards and "
+        f.write(("Before each timed run: a fresh ext4 made for the run's output (AB_FRESH_FS=1: loop device, "
+                 "deleted after the run)" if saved.get("fresh_fs") else
+                 "Before each timed run, as bench.py does: earlier outputs cleared (≥ 20,000 files: moved aside, "
+                 "deleted at the end of the set)") + ", `sync`, page/dentry/inode caches dropped and the shards and "
                 "binaries read back in, then a wait for a quiet machine. Worker/coordinator RSS: the largest "
                 "`VmHWM` read from /proc of each process of the tree (sampled); tree: `/usr/bin/time %M` "
                 "(max over every process, coordinator included). CPU s: the tree's user+sys "

@@ -11,6 +11,8 @@
 #   AB_RM_AT_END=0         keep the large outputs until the timing is over (deleted after the
 #                          results are written; AB_KEEP_LATER=1: left in BENCH_WORK/ab-later)
 #   AB_MIN_FREE_GB=8       below this, kept outputs are deleted at once (a warning says so)
+#   AB_FRESH_FS=1          (root) every run writes into a new ext4 on a loop device (AB_FS_GB=6,
+#                          AB_FS_INODES=600000), deleted after it: see README
 # and from run.sh: BENCH_SETS, BENCH_QUICK, BENCH_WORKERS, BENCH_WORK, BENCH_IDLE_WAIT,
 # BENCH_IDLE_MAX_BUSY, BENCH_DROP_CACHES, BENCH_DEFER_RM_FILES, BENCH_REGEN.
 # Needs only python3 (no venv): the binaries are given, nothing is built.
