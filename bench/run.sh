@@ -32,7 +32,6 @@ fi
 export BENCH_SETS="${BENCH_SETS:-small big}"
 export BENCH_WORKERS="${BENCH_WORKERS:-$(nproc)}"
 export BENCH_TOOLS="${BENCH_TOOLS:-tar seed sp1 spN spNs floor}"
-SEED=42
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 mkdir -p "$BENCH_WORK"
@@ -73,32 +72,9 @@ if [[ "${BENCH_CHART:-1}" == 1 ]] && ! "$VENV/bin/python" -c 'import matplotlib'
 fi
 export BENCH_PY="$VENV/bin/python"
 
-# 3. Deterministic data sets, regenerated only when the parameters change.
-set_params() {  # name -> "shards samples image_bytes"
-    local q="$BENCH_QUICK"
-    case "$1" in
-        small) [[ "$q" == 1 ]] && echo "2 500 1024"    || echo "10 10000 1024" ;;
-        big)   [[ "$q" == 1 ]] && echo "2 8 1048576"   || echo "4 500 1048576" ;;
-        *) log "unknown set $1 (known: small big)"; exit 2 ;;
-    esac
-}
-SET_DIRS=()
-for set in $BENCH_SETS; do
-    read -r shards samples bytes < <(set_params "$set")
-    suffix=""; [[ "$BENCH_QUICK" == 1 ]] && suffix="-quick"
-    dir="$BENCH_WORK/data/$set$suffix"
-    stamp="shards=$shards samples=$samples image_bytes=$bytes seed=$SEED"
-    if [[ "${BENCH_REGEN:-0}" == 1 || ! -f "$dir/stamp" || "$(cat "$dir/stamp")" != "$stamp" ]]; then
-        log "generating $set$suffix: $stamp"
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        "$SP_BIN" generate --output "$dir/shards" --shards "$shards" --samples "$samples" \
-            --image-bytes "$bytes" --seed "$SEED"
-        echo "$stamp" > "$dir/stamp"
-    fi
-    SET_DIRS+=("$set=$dir")
-done
-export BENCH_SET_DIRS="${SET_DIRS[*]}"
+# 3. Deterministic data sets, regenerated only when the parameters change (bench/sets.sh).
+source "$BENCH_DIR/sets.sh"
+make_sets "$SP_BIN"
 
 # 4. Time, check, report.
 exec "$BENCH_PY" "$BENCH_DIR/bench.py"

@@ -1,0 +1,37 @@
+# Sourced by run.sh and ab.sh: the deterministic bench data sets (see README).
+# make_sets GEN_BIN: for each set in $BENCH_SETS, generates
+# $BENCH_WORK/data/<set>[-quick]/shards with `GEN_BIN generate --seed 42` unless its
+# stamp matches (or BENCH_REGEN=1), then exports BENCH_SET_DIRS="name=dir ...".
+SEED=42
+
+set_params() {  # name -> "shards samples image_bytes"
+    local q="$BENCH_QUICK"
+    case "$1" in
+        small) [[ "$q" == 1 ]] && echo "2 500 1024"    || echo "10 10000 1024" ;;
+        big)   [[ "$q" == 1 ]] && echo "2 8 1048576"   || echo "4 500 1048576" ;;
+        *) log "unknown set $1 (known: small big)"; exit 2 ;;
+    esac
+}
+
+make_sets() {
+    local gen="$1" set shards samples bytes suffix dir stamp
+    local -a dirs=()
+    for set in $BENCH_SETS; do
+        read -r shards samples bytes < <(set_params "$set")
+        suffix=""; [[ "$BENCH_QUICK" == 1 ]] && suffix="-quick"
+        dir="$BENCH_WORK/data/$set$suffix"
+        stamp="shards=$shards samples=$samples image_bytes=$bytes seed=$SEED"
+        if [[ "${BENCH_REGEN:-0}" == 1 || ! -f "$dir/stamp" || "$(cat "$dir/stamp")" != "$stamp" ]]; then
+            log "generating $set$suffix: $stamp"
+            rm -rf "$dir"
+            mkdir -p "$dir"
+            "$gen" generate --output "$dir/shards" --shards "$shards" --samples "$samples" \
+                --image-bytes "$bytes" --seed "$SEED"
+            echo "$stamp" > "$dir/stamp"
+            # Which generator made the data (its JSON fields change between versions).
+            { sha256sum "$gen" | cut -c1-12; cat "$gen.commit" 2>/dev/null || true; } > "$dir/generator"
+        fi
+        dirs+=("$set=$dir")
+    done
+    export BENCH_SET_DIRS="${dirs[*]}"
+}
