@@ -213,7 +213,10 @@ check "resumed output identical to the oracle" same_as_oracle "$OUT2"
 # --- 4. a worker killed while it holds a shard --------------------------------------------
 say "4. kill -9 a worker ($((SECONDS - T0)) s)"
 OUT3=$WORK/out3
-job kill --ntasks 3 --cpus-per-task 2 "$SBATCH" --input "$WORK/shards" --output "$OUT3" \
+# Shards take a fraction of a second here: the worker that leases shard 3 holds it 3 s
+# (test hook, inherited by every task) so that the job is still running when it is caught.
+SHARDPREP_FAULT=stall:data-000003.tar:3s \
+    job kill --ntasks 3 --cpus-per-task 2 "$SBATCH" --input "$WORK/shards" --output "$OUT3" \
     --expect-json "$EXPECT" --lease-timeout 4s >/dev/null &
 BG=$!
 # The job's worker processes: the binary itself, not the srun that started it.
@@ -270,7 +273,8 @@ check "output identical to the oracle after the kill" same_as_oracle "$OUT3"
 # --- 5. the whole worker step dies ------------------------------------------------------
 say "5. every worker killed ($((SECONDS - T0)) s)"
 OUT4=$WORK/out4
-job relaunch --ntasks 2 "$SBATCH" --input "$WORK/shards" --output "$OUT4" \
+SHARDPREP_FAULT=stall:data-000003.tar:3s \
+    job relaunch --ntasks 2 "$SBATCH" --input "$WORK/shards" --output "$OUT4" \
     --expect-json "$EXPECT" --lease-timeout 4s >/dev/null &
 BG=$!
 KILLED=''
