@@ -2,7 +2,7 @@
 //! as the seed's manual checks do and more.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
@@ -204,6 +204,24 @@ fn json_count_problem(expected: u64, found: u64) -> Option<String> {
     })
 }
 
+/// Calls `each` with the path of every file (not directory) under `root`;
+/// unreadable directories are passed over.
+pub(crate) fn for_each_file(root: PathBuf, mut each: impl FnMut(PathBuf)) {
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                each(e.path());
+            }
+        }
+    }
+}
+
 /// Lists the files in `data/` that no shard wrote (by name, capped): a
 /// trainer's caches. They are neither counted nor a problem.
 fn list_foreign(layout: &OutputLayout, shards: &[ShardWrote], f: &mut Findings) {
@@ -213,29 +231,18 @@ fn list_foreign(layout: &OutputLayout, shards: &[ShardWrote], f: &mut Findings) 
         ours.extend(parse_files_list(&bytes).iter().map(|r| fnv1a64(r.rel)));
     }
     let data = layout.data_dir();
-    let mut stack = vec![data.clone()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
+    for_each_file(data.clone(), |path| {
+        let Ok(rel) = path.strip_prefix(&data) else {
+            return;
         };
-        for e in rd.flatten() {
-            let path = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-                continue;
-            }
-            let Ok(rel) = path.strip_prefix(&data) else {
-                continue;
-            };
-            if ours.contains(&fnv1a64(rel.as_os_str().as_encoded_bytes())) {
-                continue;
-            }
-            f.foreign_files_total += 1;
-            if f.foreign_files.len() < FOREIGN_LISTED {
-                f.foreign_files.push(rel.display().to_string());
-            }
+        if ours.contains(&fnv1a64(rel.as_os_str().as_encoded_bytes())) {
+            return;
         }
-    }
+        f.foreign_files_total += 1;
+        if f.foreign_files.len() < FOREIGN_LISTED {
+            f.foreign_files.push(rel.display().to_string());
+        }
+    });
     f.foreign_files.sort();
     if f.foreign_files_total > 0 {
         f.checked.push(format!(

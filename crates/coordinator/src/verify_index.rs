@@ -257,24 +257,15 @@ fn check_stray(
     tally: &mut Tally,
     f: &mut Findings,
 ) {
-    let mut stack = vec![layout.index_dir()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let path = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else if !expected.contains(&path) {
-                let msg = format!(
-                    "{} is the index of no done shard (webshart would load it): remove it",
-                    path.display()
-                );
-                tally.problem(f, msg);
-            }
+    crate::verify::for_each_file(layout.index_dir(), |path| {
+        if !expected.contains(&path) {
+            let msg = format!(
+                "{} is the index of no done shard (webshart would load it): remove it",
+                path.display()
+            );
+            tally.problem(f, msg);
         }
-    }
+    });
 }
 
 /// The totals against the report's `index` counts.
