@@ -405,6 +405,123 @@ fn pax_size_and_global_records_apply() {
     assert!(seen.iter().all(|s| s.meta.name == b"gp.txt"));
 }
 
+/// Each member's name and bytes, as our reader yields them.
+type Members = Vec<(String, Vec<u8>)>;
+
+/// What our reader yields for `archive`, with whether GNU tar and bsdtar
+/// read it (bsdtar `None` when it is not installed).
+fn three_ways(archive: &[u8]) -> (Members, bool, Option<bool>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = write_archive(tmp.path(), "a.tar", archive);
+    let gnu = gnu_extract(&p, &tmp.path().join("gnu"));
+    let bsd = bsdtar_extract(&p, &tmp.path().join("bsd"));
+    (read_all(archive).expect("our reader reads it"), gnu, bsd)
+}
+
+#[test]
+fn pax_numbers_with_leading_zeros_are_read() {
+    // Go's pax-pos-size-file.tar: GNU tar and bsdtar read it; it used to
+    // fail as "not a decimal number".
+    let archive = concat(&[
+        &pax(b'x', &[("size", b"000000000000000000000003")]),
+        &member(Hdr::new(b"z.txt", b'0', 0), b"ZZZ"),
+        &EOA,
+    ]);
+    let (seen, reference) = same_as_reference(&archive);
+    assert_eq!(reference, Reference::Gnu);
+    assert_eq!(seen[0].meta.size, 3);
+}
+
+#[test]
+fn empty_pax_values_fall_back_to_the_header_where_gnu_tar_errs() {
+    // `path=` (POSIX: delete the value): GNU tar substitutes "." and fails
+    // the member; bsdtar uses the header's name, and so do we.
+    let local = concat(&[
+        &pax(b'x', &[("path", b"")]),
+        &file("hdrname.txt", b"H"),
+        &EOA,
+    ]);
+    let (seen, reference) = same_as_reference(&local);
+    if have_bsdtar() {
+        assert_eq!(reference, Reference::Bsdtar);
+    }
+    assert_eq!(seen[0].meta.name_lossy(), "hdrname.txt");
+    // An empty global `path` clears the earlier global one (Go's
+    // pax-global-records.tar): the member GNU tar reads keeps GNU's name,
+    // the ones it refuses get bsdtar's (their header names).
+    let global = concat(&[
+        &pax(b'g', &[("path", b"g1.txt")]),
+        &file("f1.txt", b"A"),
+        &pax(b'g', &[("path", b"")]),
+        &file("f2.txt", b"B"),
+        &EOA,
+    ]);
+    let (ours, gnu_ok, bsd_ok) = three_ways(&global);
+    assert!(!gnu_ok, "GNU tar fails on the empty global path");
+    assert_ne!(bsd_ok, Some(false));
+    let names: Vec<&str> = ours.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["g1.txt", "f2.txt"]);
+    // An empty `size` falls back to the header's size (GNU tar warns
+    // "invalid size=" and does the same); it used to fail the shard.
+    let size = concat(&[
+        &pax(b'x', &[("size", b"")]),
+        &file("s.txt", b"SSS"),
+        &file("t.txt", b"T"),
+        &EOA,
+    ]);
+    let (ours, _, _) = three_ways(&size);
+    assert_eq!(
+        ours,
+        [
+            ("s.txt".into(), b"SSS".to_vec()),
+            ("t.txt".into(), b"T".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn a_malformed_pax_header_fails_only_the_member_it_precedes() {
+    // Go's pax-bad-hdr-file.tar cut after its PAX header: GNU tar never
+    // parses a PAX header that no member follows, and exits 0.
+    let mut bad = pax(b'x', &[("path", b"p.txt")]);
+    let nl = bad.iter().rposition(|&b| b == b'\n').expect("newline");
+    bad[nl] = b'X';
+    let at_end = concat(&[&file("a.txt", b"A"), &bad, &EOA]);
+    let (seen, reference) = same_as_reference(&at_end);
+    assert_eq!(reference, Reference::Gnu);
+    assert_eq!(seen.len(), 1);
+    // Before a member it is damage, named with its offset.
+    let before = concat(&[&file("a.txt", b"A"), &bad, &file("b.txt", b"B"), &EOA]);
+    assert!(both_tars_fail(&before));
+    let e = read_all(&before).expect_err("malformed PAX before b.txt");
+    assert!(
+        matches!(
+            &e,
+            TarError::Corrupt {
+                what: Corruption::BadPax(_),
+                offset: 1024,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn damage_bsdtar_skips_with_a_warning_is_still_damage() {
+    // bsdtar 3.6 exits 0 after "Damaged tar archive ... Retrying"; GNU tar
+    // exits 2. Neither reads it cleanly, so the shard fails (not silently
+    // shortened).
+    let mut bad = Hdr::new(b"bad.txt", b'0', 1).bytes();
+    bad[0] ^= 0x20;
+    let archive = concat(&[&file("good.txt", b"G"), &bad, &padded(b"B"), &EOA]);
+    assert!(both_tars_fail(&archive));
+    assert!(matches!(
+        read_all(&archive),
+        Err(TarError::Corrupt { offset: 1024, .. })
+    ));
+}
+
 #[test]
 fn ends_of_archive_gnu_tar_accepts() {
     let a = file("a.txt", b"A");
@@ -423,7 +540,7 @@ fn ends_of_archive_gnu_tar_accepts() {
     // A cut inside the padding after the last member's data: GNU tar reads
     // whole blocks, fails and leaves the file empty; that is damage.
     let cut = &a[..513];
-    assert!(gnu_tar_fails(cut));
+    assert!(both_tars_fail(cut));
     let e = read_all(cut).expect_err("cut padding");
     assert!(
         matches!(&e, TarError::Corrupt { what: Corruption::TruncatedPadding { missing: 511 }, member: Some(m), .. } if m == "a.txt"),
@@ -502,7 +619,7 @@ fn the_seeking_reader_sees_what_the_reading_one_sees() {
 
 // ------------------------------------------------------ errors, typed
 
-fn read_all(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TarError> {
+fn read_all(archive: &[u8]) -> Result<Members, TarError> {
     let mut reader = TarReader::new(archive);
     let mut out = Vec::new();
     while let Some(mut e) = reader.next_entry()? {
@@ -514,12 +631,6 @@ fn read_all(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TarError> {
     Ok(out)
 }
 
-fn gnu_tar_fails(archive: &[u8]) -> bool {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let p = write_archive(tmp.path(), "a.tar", archive);
-    !gnu_extract(&p, &tmp.path().join("gnu"))
-}
-
 #[test]
 fn negative_base256_size_is_named() {
     let archive = concat(&[
@@ -527,7 +638,7 @@ fn negative_base256_size_is_named() {
         &Hdr::new(b"n.txt", b'0', 0).size_field([0xff; 12]).bytes(),
         &EOA,
     ]);
-    assert!(gnu_tar_fails(&archive));
+    assert!(both_tars_fail(&archive));
     match read_all(&archive) {
         Err(
             e @ TarError::Corrupt {
@@ -554,7 +665,7 @@ fn bad_checksums_are_corruption_after_the_last_good_member() {
             .expect("octal");
         bad[148..156].copy_from_slice(format!("{:06o}\0 ", stored + delta).as_bytes());
         let archive = concat(&[&good, &bad, &padded(b"B"), &EOA]);
-        assert!(gnu_tar_fails(&archive));
+        assert!(both_tars_fail(&archive));
         match read_all(&archive) {
             Err(
                 e @ TarError::Corrupt {
@@ -577,7 +688,7 @@ fn header_garbage_is_corruption() {
         *b = (i * 37 % 251) as u8 | 1;
     }
     let archive = concat(&[&file("good.txt", b"G"), &junk, &EOA]);
-    assert!(gnu_tar_fails(&archive));
+    assert!(both_tars_fail(&archive));
     let e = read_all(&archive).expect_err("garbage");
     assert!(matches!(e, TarError::Corrupt { offset: 1024, .. }), "{e:?}");
 }
@@ -586,7 +697,7 @@ fn header_garbage_is_corruption() {
 fn truncated_member_names_member_and_offset() {
     let full = file("cut.bin", &vec![7u8; 5000]);
     let archive = &full[..512 + 3000];
-    assert!(gnu_tar_fails(archive));
+    assert!(both_tars_fail(archive));
     let e = read_all(archive).expect_err("truncated");
     match &e {
         TarError::Corrupt {

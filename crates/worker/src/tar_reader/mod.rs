@@ -125,6 +125,9 @@ struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
     start: Option<u64>,
+    /// A malformed PAX header: it fails the member it would apply to, and is
+    /// harmless right before the end of the archive (GNU tar never parses it).
+    bad_pax: Option<TarError>,
 }
 
 /// Moves the input forward by up to `n` bytes without reading them; returns
@@ -203,12 +206,21 @@ impl<R: Read> TarReader<R> {
             match block[TYPEFLAG] {
                 b'x' | b'X' => {
                     let body = self.read_extension(&block, offset, "PAX header")?;
-                    pending.pax = Some(self.parse_pax(&body, offset)?);
+                    match self.parse_pax(&body, offset) {
+                        Ok(pax) => pending.pax = Some(pax),
+                        Err(e) => {
+                            pending.bad_pax.get_or_insert(e);
+                        }
+                    }
                 }
                 b'g' => {
                     let body = self.read_extension(&block, offset, "PAX global header")?;
-                    let global = self.parse_pax(&body, offset)?;
-                    self.global = global.with_defaults(&self.global);
+                    match self.parse_pax(&body, offset) {
+                        Ok(global) => self.global = global.with_defaults(&self.global),
+                        Err(e) => {
+                            pending.bad_pax.get_or_insert(e);
+                        }
+                    }
                 }
                 b'L' => {
                     let body = self.read_extension(&block, offset, "GNU long name")?;
@@ -219,6 +231,9 @@ impl<R: Read> TarReader<R> {
                     pending.long_link = Some(cut_at_nul(body));
                 }
                 _ => {
+                    if let Some(e) = pending.bad_pax.take() {
+                        return Err(e);
+                    }
                     let meta = self.member(&block, offset, pending)?;
                     self.last_member = Some(meta.name_lossy());
                     return Ok(Some(meta));

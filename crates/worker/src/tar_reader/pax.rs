@@ -10,6 +10,18 @@ pub(crate) struct Pax {
     pub linkpath: Option<Vec<u8>>,
     pub size: Option<u64>,
     pub sparse: SparseKeys,
+    /// Keywords given with an empty value, which POSIX reads as "delete the
+    /// global default": the header's own field applies (as bsdtar does;
+    /// GNU tar 1.34 rejects the member instead).
+    pub cleared: Cleared,
+}
+
+/// Which of `path`, `linkpath`, `size` had an empty value.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Cleared {
+    pub path: bool,
+    pub linkpath: bool,
+    pub size: bool,
 }
 
 /// `GNU.sparse.*` keywords as written by GNU tar (formats 0.0, 0.1, 1.0).
@@ -36,10 +48,18 @@ impl SparseKeys {
 
 impl Pax {
     /// Global records (`g`) are defaults under a member's own (`x`) records.
+    /// A keyword given empty here does not take the global value.
     pub fn with_defaults(mut self, global: &Pax) -> Pax {
-        self.path = self.path.or_else(|| global.path.clone());
-        self.linkpath = self.linkpath.or_else(|| global.linkpath.clone());
-        self.size = self.size.or(global.size);
+        let c = self.cleared;
+        if !c.path {
+            self.path = self.path.or_else(|| global.path.clone());
+        }
+        if !c.linkpath {
+            self.linkpath = self.linkpath.or_else(|| global.linkpath.clone());
+        }
+        if !c.size {
+            self.size = self.size.or(global.size);
+        }
         self
     }
 }
@@ -92,7 +112,11 @@ fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<()
     // GNU tar keeps names as C strings: a NUL ends them (`a\0b` is `a`).
     let name = || Some(value.split(|&b| b == 0).next().unwrap_or_default().to_vec());
     let s = &mut pax.sparse;
+    let c = &mut pax.cleared;
     match key {
+        b"path" | b"linkpath" | b"size" if value.is_empty() => {
+            clear(c, &mut pax.path, &mut pax.linkpath, &mut pax.size, key);
+        }
         b"path" => pax.path = name(),
         b"linkpath" => pax.linkpath = name(),
         b"size" => pax.size = Some(decimal(value).ok_or_else(|| bad_value("size", value))?),
@@ -113,6 +137,21 @@ fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<()
     Ok(())
 }
 
+/// An empty `path`, `linkpath` or `size`: forget the value and any default.
+fn clear(
+    c: &mut Cleared,
+    path: &mut Option<Vec<u8>>,
+    linkpath: &mut Option<Vec<u8>>,
+    size: &mut Option<u64>,
+    key: &[u8],
+) {
+    match key {
+        b"path" => (*path, c.path) = (None, true),
+        b"linkpath" => (*linkpath, c.linkpath) = (None, true),
+        _ => (*size, c.size) = (None, true),
+    }
+}
+
 fn bad_value(key: &str, value: &[u8]) -> Corruption {
     Corruption::BadPax(format!(
         "{key}={:?} is not a decimal number",
@@ -120,12 +159,18 @@ fn bad_value(key: &str, value: &[u8]) -> Corruption {
     ))
 }
 
-/// A plain non-negative decimal number (no sign, no spaces).
+/// A plain non-negative decimal number (no sign, no spaces; leading zeros
+/// allowed, as GNU tar and bsdtar read `size=000…999`).
 pub(crate) fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    let first = v.iter().position(|&b| b != b'0').unwrap_or(v.len() - 1);
+    let digits = &v[first..];
+    if digits.len() > 20 {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -147,6 +192,27 @@ mod tests {
         let pax = parse(b"16 path=ab\0cd.x\n15 linkpath=\0l\n", 16).expect("valid records");
         assert_eq!(pax.path.as_deref(), Some(&b"ab"[..]));
         assert_eq!(pax.linkpath.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn leading_zeros_are_read() {
+        let pax = parse(b"33 size=000000000000000000000999\n", 16).expect("valid");
+        assert_eq!(pax.size, Some(999));
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"000"), Some(0));
+        assert_eq!(decimal(b"184467440737095516150"), None);
+    }
+
+    #[test]
+    fn empty_values_clear_the_global_default() {
+        let global = parse(b"9 path=g\n9 size=7\n", 16).expect("valid");
+        let local = parse(b"8 path=\n8 size=\n", 16).expect("valid");
+        let merged = local.with_defaults(&global);
+        assert_eq!(merged.path, None);
+        assert_eq!(merged.size, None);
+        let plain = parse(b"", 16).expect("valid").with_defaults(&global);
+        assert_eq!(plain.path.as_deref(), Some(&b"g"[..]));
+        assert_eq!(plain.size, Some(7));
     }
 
     #[test]

@@ -135,22 +135,49 @@ pub fn gnu_tar_version() -> String {
 
 /// Runs `tar -xf archive -C dest`; true when it exited 0.
 pub fn gnu_extract(archive: &Path, dest: &Path) -> bool {
+    extract_with("tar", archive, dest)
+}
+
+/// Whether bsdtar (libarchive) is installed; when it is not and
+/// `SHARDPREP_REQUIRE_BSDTAR=1` (CI) the test fails with what to install.
+pub fn have_bsdtar() -> bool {
+    let found = Command::new("bsdtar")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("SHARDPREP_REQUIRE_BSDTAR").as_deref() != Ok("1"),
+            "bsdtar not found: install it (apt-get install libarchive-tools)"
+        );
+        eprintln!("bsdtar not installed: the comparison with bsdtar is skipped");
+    }
+    found
+}
+
+/// Runs `bsdtar -xf archive -C dest`: `None` when bsdtar is not installed,
+/// else whether it exited 0.
+pub fn bsdtar_extract(archive: &Path, dest: &Path) -> Option<bool> {
+    have_bsdtar().then(|| extract_with("bsdtar", archive, dest))
+}
+
+fn extract_with(tool: &str, archive: &Path, dest: &Path) -> bool {
     fs::create_dir_all(dest).expect("dest");
-    let out = Command::new("tar")
+    let out = Command::new(tool)
         .arg("-xf")
         .arg(archive)
         .arg("-C")
         .arg(dest)
         .output()
-        .expect("GNU tar runs");
-    if !out.status.success() {
-        eprintln!(
-            "tar xf {}: {}",
-            archive.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .unwrap_or_else(|e| panic!("{tool} does not run: {e}"));
+    // bsdtar 3.6 exits 0 after skipping damage ("Damaged tar archive",
+    // "Retrying..."): that is an error here, as GNU tar's exit 2 is.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ok = out.status.success() && !stderr.contains("Damaged tar archive");
+    if !ok {
+        eprintln!("{tool} xf {}: {}", archive.display(), stderr);
     }
-    out.status.success()
+    ok
 }
 
 /// Runs a shell command in `dir`, failing the test with its output.
@@ -282,20 +309,56 @@ pub fn write_archive(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// Extracts with GNU tar and with our reader; asserts equal trees and
-/// returns the members seen and whether GNU tar exited 0.
-pub fn same_as_gnu_tar(archive_bytes: &[u8]) -> (Vec<Seen>, bool) {
+/// Which extraction our reader is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// GNU tar read the archive.
+    Gnu,
+    /// GNU tar erred and bsdtar read it: bsdtar's tree (issue 18).
+    Bsdtar,
+    /// Both erred (or bsdtar is not installed): GNU tar's partial tree.
+    GnuPartial,
+}
+
+/// Extracts with GNU tar, bsdtar when GNU tar errs, and our reader; asserts
+/// our tree equals the reference's; returns the members seen and which
+/// reference it was.
+pub fn same_as_reference(archive_bytes: &[u8]) -> (Vec<Seen>, Reference) {
     let tmp = tempfile::tempdir().expect("tmp");
     let archive = write_archive(tmp.path(), "a.tar", archive_bytes);
     let gnu_ok = gnu_extract(&archive, &tmp.path().join("gnu"));
+    let reference = if gnu_ok {
+        Reference::Gnu
+    } else if bsdtar_extract(&archive, &tmp.path().join("bsd")) == Some(true) {
+        Reference::Bsdtar
+    } else {
+        Reference::GnuPartial
+    };
     let seen = reader_extract(&archive, &tmp.path().join("ours"), Limits::default())
-        .unwrap_or_else(|e| panic!("our reader failed where GNU tar read the archive: {e}"));
-    let (gnu, ours) = (
-        tree(&tmp.path().join("gnu")),
-        tree(&tmp.path().join("ours")),
-    );
-    assert_eq!(ours, gnu, "our extraction differs from tar xf");
-    (seen, gnu_ok)
+        .unwrap_or_else(|e| panic!("our reader failed where {reference:?} read the archive: {e}"));
+    let want = tree(&tmp.path().join(match reference {
+        Reference::Bsdtar => "bsd",
+        _ => "gnu",
+    }));
+    let ours = tree(&tmp.path().join("ours"));
+    assert_eq!(ours, want, "our extraction differs from {reference:?}'s");
+    (seen, reference)
+}
+
+/// [`same_as_reference`], returning whether GNU tar exited 0.
+pub fn same_as_gnu_tar(archive_bytes: &[u8]) -> (Vec<Seen>, bool) {
+    let (seen, reference) = same_as_reference(archive_bytes);
+    (seen, reference == Reference::Gnu)
+}
+
+/// Whether GNU tar and bsdtar (when installed) both refuse the archive:
+/// only then may our reader call it damaged.
+pub fn both_tars_fail(archive_bytes: &[u8]) -> bool {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = write_archive(tmp.path(), "a.tar", archive_bytes);
+    let gnu_fails = !gnu_extract(&p, &tmp.path().join("gnu"));
+    let bsd_fails = bsdtar_extract(&p, &tmp.path().join("bsd")) != Some(true);
+    gnu_fails && bsd_fails
 }
 
 /// Bytes of disk a file takes.
