@@ -549,6 +549,33 @@ fn ends_of_archive_gnu_tar_accepts() {
 }
 
 #[test]
+fn an_unknown_type_named_like_a_directory_is_one() {
+    // libarchive's test_compat_solaris_tar_acl.tar: Solaris writes an ACL
+    // header (type `A`, with data) before each member; for a directory it is
+    // named `d/`. GNU tar writes it as a file that the directory member
+    // then replaces; we refuse it (named) and make the directory.
+    let archive = concat(&[
+        &member(Hdr::new(b"acl-dir/", b'A', 5), b"ACL!!"),
+        &member(Hdr::new(b"acl-dir", b'5', 0), b""),
+        &member(Hdr::new(b"acl-file", b'A', 4), b"ACL?"),
+        &file("acl-file", b""),
+        &file("acl-dir/in.txt", b"I"),
+        &EOA,
+    ]);
+    let (seen, reference) = same_as_reference(&archive);
+    assert_eq!(reference, Reference::Gnu);
+    let refusal = seen[0].meta.refusal.as_ref().expect("refused");
+    assert_eq!(refusal.reason, "unknown_type_directory_name");
+    assert_eq!(seen[1].meta.kind, EntryKind::Directory);
+    assert_eq!(seen.len(), 5);
+    // The ACL header alone (the archive cut after it): refused, not a file.
+    let alone = concat(&[&member(Hdr::new(b"acl-dir/", b'A', 5), b"ACL!!"), &EOA]);
+    let mut reader = TarReader::new(&alone[..]);
+    let entry = reader.next_entry().expect("reads").expect("one member");
+    assert!(entry.meta().refusal.is_some());
+}
+
+#[test]
 fn unknown_and_contiguous_types_are_files_with_data() {
     let archive = concat(&[
         &member(Hdr::new(b"u.txt", b'Q', 3), b"QQQ"),

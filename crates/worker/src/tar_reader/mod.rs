@@ -341,6 +341,7 @@ impl<R: Read> TarReader<R> {
             mode: hdr.mode().ok(),
             mtime: hdr.mtime().ok(),
         };
+        meta.refusal = unknown_type_named_as_directory(&meta);
         if typeflag == b'S' {
             self.old_gnu_sparse(block, &mut meta)?;
         }
@@ -517,6 +518,23 @@ fn padding(size: u64) -> u64 {
 }
 
 /// GNU tar cuts a long name at its first NUL (writers pad with junk after).
+/// An unknown type flag under a name ending in `/` (Solaris writes its ACL
+/// headers, type `A`, so before a directory): GNU tar writes the data as a
+/// file, which the directory member after it replaces. Neither is what the
+/// name says, so it is refused and named.
+fn unknown_type_named_as_directory(meta: &EntryMeta) -> Option<Refusal> {
+    let EntryKind::Other(flag) = meta.kind else {
+        return None;
+    };
+    meta.name.ends_with(b"/").then(|| Refusal {
+        reason: "unknown_type_directory_name",
+        detail: format!(
+            "unknown entry type {:?} under a directory name; its {} bytes are not extracted",
+            flag as char, meta.stored_size
+        ),
+    })
+}
+
 fn cut_at_nul(mut body: Vec<u8>) -> Vec<u8> {
     if let Some(i) = body.iter().position(|&b| b == 0) {
         body.truncate(i);
