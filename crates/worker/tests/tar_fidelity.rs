@@ -549,7 +549,7 @@ fn ends_of_archive_gnu_tar_accepts() {
 }
 
 #[test]
-fn an_unknown_type_named_like_a_directory_is_one() {
+fn an_unknown_type_named_like_a_directory_is_refused() {
     // libarchive's test_compat_solaris_tar_acl.tar: Solaris writes an ACL
     // header (type `A`, with data) before each member; for a directory it is
     // named `d/`. GNU tar writes it as a file that the directory member
