@@ -544,6 +544,57 @@ fn ledger_holds_a_bounded_number_of_rows() {
 }
 
 #[test]
+fn ledger_judges_each_image_with_its_own_facts_in_any_order() {
+    let cfg = IntegrityConfig::default();
+    let good = ImageCheck::whole(&cfg, &encode(&picture(10, 10), Fmt::Png));
+    let broken = ImageCheck::whole(&cfg, b"garbage");
+    let claims = |w| Claims {
+        width: Some(w),
+        height: Some(10),
+        ..Claims::default()
+    };
+    let mut l: Ledger<&str> = Ledger::new(cfg);
+    // Images first; a claimed image's place is taken by the next one.
+    l.image("a.png", good.clone());
+    l.image("b.png", broken);
+    l.json("a.png", claims(10), "a");
+    l.image("c.png", good.clone());
+    l.json("b.png", claims(10), "b");
+    l.json("c.png", claims(99), "c");
+    // JSONs first, two naming one image, and a JSON whose image comes later.
+    l.json("d.png", claims(10), "d1");
+    l.json("d.png", claims(99), "d2");
+    l.json("e.png", claims(10), "e");
+    l.image("d.png", good.clone());
+    l.image("e.png", good.clone());
+    // A second copy of an image already claimed: judged alone at the end.
+    l.image("a.png", good);
+    l.finish();
+    let got: Vec<(String, Vec<&str>)> = std::iter::from_fn(|| l.pop_ready())
+        .map(|r| match r {
+            Resolved::Row { row, verdict, .. } => {
+                let v = verdict.expect("every row's image came");
+                (row.to_string(), reasons(&v))
+            }
+            Resolved::LoneImage { image, verdict } => (format!("lone {image}"), reasons(&verdict)),
+        })
+        .collect();
+    let want: Vec<(String, Vec<&str>)> = [
+        ("a", vec![]),
+        ("b", vec!["unreadable_image_header"]),
+        ("c", vec!["dims_mismatch"]),
+        ("d1", vec![]),
+        ("d2", vec!["dims_mismatch"]),
+        ("e", vec![]),
+        ("lone a.png", vec![]),
+    ]
+    .into_iter()
+    .map(|(r, v)| (r.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn flags_parse_and_name_their_fault() {
     assert_eq!("image".parse::<DimsSource>(), Ok(DimsSource::Image));
     assert!(

@@ -267,8 +267,13 @@ impl<'c> ImageCheck<'c> {
 
     /// Checks a member held whole in memory (no copy is made).
     pub fn whole(cfg: &IntegrityConfig, bytes: &[u8]) -> ImageFacts {
-        let mut hasher = ImageHasher::for_specs(&cfg.hashes);
-        hasher.update(bytes);
+        let digests = if cfg.hashes.is_empty() {
+            Digests::default()
+        } else {
+            let mut hasher = ImageHasher::for_specs(&cfg.hashes);
+            hasher.update(bytes);
+            hasher.finish()
+        };
         let decode = cfg
             .check_decode
             .then(|| decode_check(bytes, cfg.max_pixels));
@@ -276,7 +281,7 @@ impl<'c> ImageCheck<'c> {
             bytes: bytes.len() as u64,
             header: image_dims(&bytes[..bytes.len().min(HEADER_MAX)]),
             decode,
-            digests: hasher.finish(),
+            digests,
         }
     }
 

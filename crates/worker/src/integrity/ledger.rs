@@ -35,17 +35,25 @@ struct Waiting<R> {
     claims: Claims,
     row: R,
     verdict: Option<Verdict>,
+    /// Listed in `waiting_for`. The newest row is not: an image that
+    /// follows its JSON finds it at the back of the queue, without hashing.
+    indexed: bool,
 }
 
 /// Pairs images with JSONs within one shard.
 pub struct Ledger<R> {
     cfg: IntegrityConfig,
-    /// Images seen that no JSON has named yet.
-    unclaimed: HashMap<String, ImageFacts>,
+    /// Images seen that no JSON has named yet → their slot in `facts`.
+    unclaimed: HashMap<String, usize>,
+    /// Facts by slot, apart from the map so that its growth moves no facts;
+    /// a claimed slot is listed in `free` and overwritten by a later image.
+    facts: Vec<ImageFacts>,
+    free: Vec<usize>,
     queue: VecDeque<Waiting<R>>,
     /// Sequence number of `queue[0]`.
     head_seq: u64,
-    /// Image name → sequence numbers of the waiting rows naming it.
+    /// Image name → sequence numbers of the waiting rows naming it (all
+    /// but an unjudged row at the back of the queue).
     waiting_for: HashMap<String, Vec<u64>>,
     ready: VecDeque<Resolved<R>>,
 }
@@ -55,6 +63,8 @@ impl<R> Ledger<R> {
         Ledger {
             cfg,
             unclaimed: HashMap::new(),
+            facts: Vec::new(),
+            free: Vec::new(),
             queue: VecDeque::new(),
             head_seq: 0,
             waiting_for: HashMap::new(),
@@ -68,18 +78,41 @@ impl<R> Ledger<R> {
 
     /// An image member a JSON may name (top level of `data/`), by file name.
     pub fn image(&mut self, name: &str, facts: ImageFacts) {
-        match self.waiting_for.remove(name) {
-            Some(seqs) => {
-                for seq in seqs {
-                    let i = (seq - self.head_seq) as usize;
-                    let w = &mut self.queue[i];
-                    w.verdict = Some(judge(&self.cfg, &facts, Some(&w.claims)));
+        let mut named = false;
+        if let Some(w) = self.queue.back_mut()
+            && !w.indexed
+            && w.verdict.is_none()
+            && w.image == name
+        {
+            w.verdict = Some(judge(&self.cfg, &facts, Some(&w.claims)));
+            named = true;
+        }
+        let seqs = if self.waiting_for.is_empty() {
+            None
+        } else {
+            self.waiting_for.remove(name)
+        };
+        for seq in seqs.iter().flatten() {
+            let w = &mut self.queue[(seq - self.head_seq) as usize];
+            w.verdict = Some(judge(&self.cfg, &facts, Some(&w.claims)));
+            named = true;
+        }
+        if named {
+            self.release();
+        } else {
+            let slot = match self.free.pop() {
+                Some(slot) => {
+                    self.facts[slot] = facts;
+                    slot
                 }
-                self.release();
-            }
+                None => {
+                    self.facts.push(facts);
+                    self.facts.len() - 1
+                }
+            };
             // A later duplicate replaces the earlier copy, as on disk.
-            None => {
-                self.unclaimed.insert(name.to_string(), facts);
+            if let Some(earlier) = self.unclaimed.insert(name.to_string(), slot) {
+                self.free.push(earlier);
             }
         }
     }
@@ -95,22 +128,46 @@ impl<R> Ledger<R> {
 
     /// A JSON's row naming image `image` (its filename field).
     pub fn json(&mut self, image: &str, claims: Claims, row: R) {
-        let verdict = self
-            .unclaimed
-            .remove(image)
-            .map(|facts| judge(&self.cfg, &facts, Some(&claims)));
-        if verdict.is_none() {
-            let seq = self.head_seq + self.queue.len() as u64;
-            self.waiting_for
-                .entry(image.to_string())
-                .or_default()
-                .push(seq);
+        // The image seen before its JSON (the name it was kept under is reused).
+        let seen = if self.unclaimed.is_empty() {
+            None
+        } else {
+            self.unclaimed.remove_entry(image)
+        };
+        let (image, verdict) = match seen {
+            Some((name, slot)) => {
+                self.free.push(slot);
+                let verdict = judge(&self.cfg, &self.facts[slot], Some(&claims));
+                (name, Some(verdict))
+            }
+            None => (image.to_string(), None),
+        };
+        if verdict.is_some() && self.queue.is_empty() {
+            // Nothing waits ahead of it: settled at once.
+            self.head_seq += 1;
+            self.ready.push_back(Resolved::Row {
+                row,
+                image,
+                verdict,
+            });
+            return;
+        }
+        // The row waiting at the back is no longer the newest: listed now.
+        let back_seq = (self.head_seq + self.queue.len() as u64).wrapping_sub(1);
+        if let Some(w) = self.queue.back_mut()
+            && !w.indexed
+            && w.verdict.is_none()
+        {
+            w.indexed = true;
+            let names = self.waiting_for.entry(w.image.clone()).or_default();
+            names.push(back_seq);
         }
         self.queue.push_back(Waiting {
-            image: image.to_string(),
+            image,
             claims,
             row,
             verdict,
+            indexed: false,
         });
         self.release();
         while self.queue.len() > MAX_WAITING {
@@ -135,12 +192,14 @@ impl<R> Ledger<R> {
         while !self.queue.is_empty() {
             self.release_head();
         }
-        let mut lone: Vec<(String, ImageFacts)> = self.unclaimed.drain().collect();
-        lone.sort_by(|a, b| a.0.cmp(&b.0));
-        for (image, facts) in lone {
-            let verdict = judge(&self.cfg, &facts, None);
+        let mut lone: Vec<(String, usize)> = self.unclaimed.drain().collect();
+        lone.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (image, slot) in lone {
+            let verdict = judge(&self.cfg, &self.facts[slot], None);
             self.ready.push_back(Resolved::LoneImage { image, verdict });
         }
+        self.facts.clear();
+        self.free.clear();
     }
 
     /// Moves judged rows at the head of the queue to `ready`.
@@ -157,6 +216,7 @@ impl<R> Ledger<R> {
         let seq = self.head_seq;
         self.head_seq += 1;
         if w.verdict.is_none()
+            && w.indexed
             && let Some(seqs) = self.waiting_for.get_mut(&w.image)
         {
             seqs.retain(|s| *s != seq);

@@ -332,8 +332,8 @@ impl<'a> ShardPass<'a> {
             height: Some(row.height),
             hashes,
         };
-        let image = row.filename.clone();
         if self.checks.defers_rows() {
+            let image = row.filename.clone();
             let pending = Pending {
                 row,
                 member: m.name.clone(),
@@ -341,8 +341,9 @@ impl<'a> ShardPass<'a> {
             };
             self.checks.json(&image, claims, Some(pending));
         } else {
+            // The ledger only judges: the row is written now, as it is.
+            self.checks.json(&row.filename, claims, None);
             self.write_row(&m.name, &m.rel, row)?;
-            self.checks.json(&image, claims, None);
         }
         self.settle_checks()
     }
@@ -448,8 +449,10 @@ impl<'a> ShardPass<'a> {
             .data
             .write_stream(&m.rel, &mut reader, m.size, &keep_going);
         let written = self.streamed(m, res)?;
-        let path = self.data.root().join(&m.rel);
-        let facts = check.finish(written.then_some(path.as_path()));
+        // Only a decode reads the file back.
+        let path =
+            (written && self.task.integrity.check_decode).then(|| self.data.root().join(&m.rel));
+        let facts = check.finish(path.as_deref());
         if written {
             self.tally.extracted(m.size);
             self.image_written(&m.rel, &m.name);
