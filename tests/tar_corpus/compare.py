@@ -79,6 +79,19 @@ def content_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def bytes_digest(data: bytes) -> str:
+    """`content_digest` of a file holding `data`."""
+    h = hashlib.sha256()
+    h.update(len(data).to_bytes(8, "little"))
+    zero = bytes(BLOCK)
+    for block in range(0, len(data), BLOCK):
+        chunk = data[block : block + BLOCK]
+        if chunk != zero[: len(chunk)]:
+            h.update(block.to_bytes(8, "little"))
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def regular_files(root: Path) -> dict[bytes, str]:
     """Every regular file under root (relative name as bytes) → content digest."""
     out: dict[bytes, str] = {}
@@ -125,15 +138,30 @@ class Ours:
     report: dict
     shard: dict
     stderr: str
+    mode: str = "extract"
 
 
-def run_shardprep(binary: Path, archive: Path, work: Path) -> Ours:
+def indexed_files(out: Path, archive: Path) -> dict[bytes, str]:
+    """What `--mode index` serves: each entry's bytes, read from the tar at
+    its offset and length, under its name."""
+    index = out / "index" / "s.json"
+    if not index.is_file():
+        return {}
+    data = archive.read_bytes()
+    files = json.loads(index.read_text())["files"]
+    return {
+        os.fsencode(normal(name)): bytes_digest(data[e["offset"] : e["offset"] + e["length"]])
+        for name, e in files.items()
+    }
+
+
+def run_shardprep(binary: Path, archive: Path, work: Path, mode: str = "extract") -> Ours:
     shards = work / "in"
     shards.mkdir()
     shutil.copyfile(archive, shards / "s.tar")
     out = work / "out"
     r = subprocess.run(
-        [str(binary), "run", "--input", str(shards), "--output", str(out), "--workers", "1"],
+        [str(binary), "run", "--input", str(shards), "--output", str(out), "--workers", "1", "--mode", mode],
         capture_output=True,
         timeout=TIMEOUT,
         stdin=subprocess.DEVNULL,
@@ -144,7 +172,8 @@ def run_shardprep(binary: Path, archive: Path, work: Path) -> Ours:
         (s for s in report.get("shards", []) + report.get("failures", []) if s.get("name") == "s.tar"),
         {},
     )
-    return Ours(r.returncode, regular_files(out / "data"), report, shard, r.stderr.decode(errors="replace"))
+    files = regular_files(out / "data") if mode == "extract" else indexed_files(out, archive)
+    return Ours(r.returncode, files, report, shard, r.stderr.decode(errors="replace"), mode)
 
 
 def normal(name: str) -> str:
@@ -243,7 +272,7 @@ def judge(name: str, gnu: Extraction, bsd: Extraction, ours: Ours, partial_block
 def count_problems(ours: Ours) -> list[str]:
     """The shard's counts agree with what it wrote and named."""
     c = ours.shard.get("counts") or {}
-    if not c:
+    if not c or ours.mode != "extract":
         return []
     out = []
     rejected = sum(c.get("rejected_members", {}).values())
@@ -271,13 +300,15 @@ def judge_unreadable(v: Verdict, gnu: Extraction, bsd: Extraction, ours: Ours) -
         v.problems.append("both tars refuse it, shardprep finished it with fewer files than they wrote")
 
 
-def compare(binary: Path, archive: Path, label: str | None = None) -> Verdict:
+def compare(binary: Path, archive: Path, label: str | None = None, mode: str = "extract") -> Verdict:
+    """One archive three ways; `mode="index"` holds `--mode index`'s entries
+    (bytes at offset and length in the tar) to the same reference."""
     with tempfile.TemporaryDirectory(prefix="tarcorpus-") as tmp:
         t = Path(tmp)
         gnu = extract_with(["tar"], archive, t / "gnu")
         bsd = extract_with(["bsdtar"], archive, t / "bsd")
         (t / "sp").mkdir()
-        ours = run_shardprep(binary, archive, t / "sp")
+        ours = run_shardprep(binary, archive, t / "sp", mode)
         partial = archive.stat().st_size % 512 != 0
         v = judge(label or archive.name, gnu, bsd, ours, partial)
         known = KNOWN_REFERENCE_BUGS.get(hashlib.sha256(archive.read_bytes()).hexdigest())
@@ -344,14 +375,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", required=True, type=Path)
     ap.add_argument("--cuts", action="store_true")
+    ap.add_argument("--mode", choices=["extract", "index"], default="extract")
     ap.add_argument("paths", nargs="+")
     args = ap.parse_args()
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="tarcuts-") as tmp:
         for a in archives(args.paths):
-            verdicts.append(compare(args.bin, a))
+            verdicts.append(compare(args.bin, a, mode=args.mode))
             if args.cuts:
-                verdicts.extend(compare(args.bin, p, label) for label, p in cuts(a, Path(tmp)))
+                verdicts.extend(compare(args.bin, p, label, args.mode) for label, p in cuts(a, Path(tmp)))
     print_table(verdicts)
     bad = sum(1 for v in verdicts if v.problems)
     print(f"{len(verdicts)} archives, {bad} with problems")

@@ -10,6 +10,9 @@ Three corpora, each archive also cut before every member header and inside it:
 - CPython's tarfile test archives (Debian `libpython3.X-testsuite`);
 - any directories or files in $SHARDPREP_TAR_CORPUS (colon-separated).
 
+Go's and CPython's files are also run through `--mode index`: the bytes
+each index entry points at must be the reference's file.
+
 The foreign corpora are skipped when not installed, unless
 SHARDPREP_REQUIRE_TAR_CORPUS=1 (CI), which also requires bsdtar.
 """
@@ -56,11 +59,12 @@ def foreign(patterns: list[str], what: str) -> list[Path]:
     return found
 
 
-def check(archives: list[Path], tmp: Path, min_archives: int) -> None:
+def check(archives: list[Path], tmp: Path, min_archives: int, mode: str = "extract", with_cuts: bool = True) -> None:
     verdicts = []
     for a in archives:
-        verdicts.append(compare.compare(_bin(), a))
-        verdicts.extend(compare.compare(_bin(), p, label) for label, p in compare.cuts(a, tmp))
+        verdicts.append(compare.compare(_bin(), a, mode=mode))
+        if with_cuts:
+            verdicts.extend(compare.compare(_bin(), p, label, mode) for label, p in compare.cuts(a, tmp))
     compare.print_table(verdicts)
     bad = [v for v in verdicts if v.problems]
     assert len(verdicts) >= min_archives, f"only {len(verdicts)} archives checked"
@@ -123,6 +127,16 @@ def test_cpython_tarfile_test_files(tmp_path):
         "CPython's tarfile test files (apt-get install libpython3.11-testsuite)",
     )
     check(found, tmp_path, min_archives=2)
+
+
+def test_index_mode_serves_the_same_bytes(tmp_path):
+    """`--mode index`: each entry's offset and length in the tar hold the
+    bytes tar xf writes for that name (sparse members refused and named)."""
+    found = foreign(
+        ["/usr/share/go-*/src/archive/tar/testdata/*.tar", "/usr/lib/go-*/src/archive/tar/testdata/*.tar", "/usr/lib/python3*/test/*.tar"],
+        "Go's and CPython's tar test files (apt-get install golang-src libpython3.11-testsuite)",
+    )
+    check(found, tmp_path, min_archives=40, mode="index", with_cuts=False)
 
 
 def test_user_corpus(tmp_path):
