@@ -157,11 +157,7 @@ impl RangedObject {
                     detail: error.to_string(),
                 });
             }
-            let delay = self
-                .options
-                .initial_backoff
-                .saturating_mul(1 << (failures - 1).min(16))
-                .min(self.options.max_backoff);
+            let delay = self.options.backoff(failures);
             tracing::warn!(url = %self.url, offset = pos, attempt = failures, delay_ms = delay.as_millis() as u64, error = %error, "range request failed; retrying");
             std::thread::sleep(delay);
         }
@@ -212,16 +208,9 @@ impl RangedObject {
             self.e_tag.clone_from(&meta.e_tag);
             return Ok(());
         }
-        let etag_changed = self.e_tag.is_some() && meta.e_tag.is_some() && self.e_tag != meta.e_tag;
-        if etag_changed || meta.size != self.size {
-            return Err(RemoteError::Changed {
-                url: self.url.clone(),
-                detail: format!(
-                    "size {} → {}, etag {:?} → {:?}",
-                    self.size, meta.size, self.e_tag, meta.e_tag
-                ),
-            });
+        match crate::reader::changed_object(&self.url, self.size, &self.e_tag, meta) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 }

@@ -32,6 +32,34 @@ pub struct ReadOptions {
     pub idle_timeout: Duration,
 }
 
+impl ReadOptions {
+    /// The wait before retry number `failures` (1 for the first):
+    /// `initial_backoff` doubled each time, at most `max_backoff`.
+    pub(crate) fn backoff(&self, failures: u32) -> Duration {
+        self.initial_backoff
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(self.max_backoff)
+    }
+}
+
+/// The error when a response's size or ETag differs from the first one's
+/// (`None` when they agree; an ETag missing on either side is not compared).
+pub(crate) fn changed_object(
+    url: &str,
+    first_size: u64,
+    first_etag: &Option<String>,
+    now: &ObjectMeta,
+) -> Option<RemoteError> {
+    let etag_changed = first_etag.is_some() && now.e_tag.is_some() && *first_etag != now.e_tag;
+    (etag_changed || now.size != first_size).then(|| RemoteError::Changed {
+        url: url.to_string(),
+        detail: format!(
+            "size {first_size} → {}, etag {first_etag:?} → {:?}",
+            now.size, now.e_tag
+        ),
+    })
+}
+
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
@@ -293,11 +321,7 @@ async fn pump(
             };
             return pump.fail(e).await;
         }
-        let delay = pump
-            .options
-            .initial_backoff
-            .saturating_mul(1 << (failures - 1).min(16))
-            .min(pump.options.max_backoff);
+        let delay = pump.options.backoff(failures);
         tracing::warn!(
             url = %pump.url,
             offset = pump.delivered,
@@ -341,17 +365,8 @@ impl Pump {
                 }
             }
             Some(first) => {
-                let etag_changed = first.e_tag.is_some()
-                    && result.meta.e_tag.is_some()
-                    && first.e_tag != result.meta.e_tag;
-                if etag_changed || first.size != result.meta.size {
-                    return Err(Interrupted::Fatal(RemoteError::Changed {
-                        url: self.url.clone(),
-                        detail: format!(
-                            "size {} → {}, etag {:?} → {:?}",
-                            first.size, result.meta.size, first.e_tag, result.meta.e_tag
-                        ),
-                    }));
+                if let Some(e) = changed_object(&self.url, first.size, &first.e_tag, &result.meta) {
+                    return Err(Interrupted::Fatal(e));
                 }
             }
         }
