@@ -273,7 +273,7 @@ fn open_remote(
 /// index's `path`), writing its parquet rows to `fragment_path`; the walk
 /// is as in [`index_file`].
 pub fn index_window(
-    win: Window,
+    mut win: Window,
     shard_name: &str,
     fields: &FieldMap,
     limits: Limits,
@@ -289,7 +289,6 @@ pub fn index_window(
     })?;
     let source = ShardSource::new(shard_name);
     let mut pass = Pass::new(shard_name, &source, fields, fragment);
-    let mut win = win;
     pass.check_start(&mut win)?;
     let mut tar = TarReader::seeking(Cursor::new(win), limits);
     loop {

@@ -112,11 +112,11 @@ fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<()
     // GNU tar keeps names as C strings: a NUL ends them (`a\0b` is `a`).
     let name = || Some(value.split(|&b| b == 0).next().unwrap_or_default().to_vec());
     let s = &mut pax.sparse;
-    let c = &mut pax.cleared;
     match key {
-        b"path" | b"linkpath" | b"size" if value.is_empty() => {
-            clear(c, &mut pax.path, &mut pax.linkpath, &mut pax.size, key);
-        }
+        // An empty value forgets the value and any global default.
+        b"path" if value.is_empty() => (pax.path, pax.cleared.path) = (None, true),
+        b"linkpath" if value.is_empty() => (pax.linkpath, pax.cleared.linkpath) = (None, true),
+        b"size" if value.is_empty() => (pax.size, pax.cleared.size) = (None, true),
         b"path" => pax.path = name(),
         b"linkpath" => pax.linkpath = name(),
         b"size" => pax.size = Some(decimal(value).ok_or_else(|| bad_value("size", value))?),
@@ -135,21 +135,6 @@ fn apply(pax: &mut Pax, key: &[u8], value: &[u8], max_pairs: usize) -> Result<()
         _ => {}
     }
     Ok(())
-}
-
-/// An empty `path`, `linkpath` or `size`: forget the value and any default.
-fn clear(
-    c: &mut Cleared,
-    path: &mut Option<Vec<u8>>,
-    linkpath: &mut Option<Vec<u8>>,
-    size: &mut Option<u64>,
-    key: &[u8],
-) {
-    match key {
-        b"path" => (*path, c.path) = (None, true),
-        b"linkpath" => (*linkpath, c.linkpath) = (None, true),
-        _ => (*size, c.size) = (None, true),
-    }
 }
 
 fn bad_value(key: &str, value: &[u8]) -> Corruption {
