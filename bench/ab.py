@@ -232,15 +232,7 @@ def run_variant(v, shards_dir, out, log_path):
     t0 = time.perf_counter()
     B.sync()
     res["flush"] = time.perf_counter() - t0
-    try:
-        with open(os.path.join(out, "report.json")) as f:
-            rep = json.load(f)
-        r = rep.get("resources") or {}
-        res["verdict"] = rep.get("verdict")
-        res["report_worker_rss"] = r.get("worker_peak_rss_bytes")
-        res["report_coord_rss"] = r.get("coordinator_peak_rss_bytes")
-    except (OSError, ValueError) as e:
-        res["verdict"] = f"no report.json ({e.__class__.__name__})"
+    res.update(B.read_report(out, {"worker_rss": "report_worker_rss", "coord_rss": "report_coord_rss"}))
     return res
 
 

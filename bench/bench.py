@@ -306,17 +306,24 @@ def run_tool(tool, shards_dir, out, log_path):
     sync()
     res["flush"] = time.perf_counter() - t0
     if tool.startswith("sp"):
-        try:
-            with open(os.path.join(out, "report.json")) as f:
-                rep = json.load(f)
-            r = rep.get("resources") or {}
-            res["verdict"] = rep.get("verdict")
-            res["report_wall_ms"] = rep.get("wall_ms")
-            res["coord_rss"] = r.get("coordinator_peak_rss_bytes")
-            res["worker_rss"] = r.get("worker_peak_rss_bytes")
-        except (OSError, ValueError) as e:
-            res["verdict"] = f"no report.json ({e.__class__.__name__})"
+        res.update(read_report(out, {"wall_ms": "report_wall_ms", "coord_rss": "coord_rss",
+                                     "worker_rss": "worker_rss"}))
     return res
+
+
+def read_report(out, keys):
+    """The verdict of shardprep's report.json in `out`, and the facts named in
+    `keys` (report fact → result key: wall_ms, coord_rss, worker_rss); only
+    the verdict, saying why, when there is no readable report."""
+    try:
+        with open(os.path.join(out, "report.json")) as f:
+            rep = json.load(f)
+        r = rep.get("resources") or {}
+    except (OSError, ValueError) as e:
+        return {"verdict": f"no report.json ({e.__class__.__name__})"}
+    facts = {"wall_ms": rep.get("wall_ms"), "coord_rss": r.get("coordinator_peak_rss_bytes"),
+             "worker_rss": r.get("worker_peak_rss_bytes")}
+    return {"verdict": rep.get("verdict"), **{ours: facts[fact] for fact, ours in keys.items()}}
 
 
 def floor_list_path(set_dir):
