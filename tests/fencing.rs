@@ -60,25 +60,33 @@ fn a_worker_resumed_after_its_lease_changes_no_committed_file() {
     let out = tmp.path().join("dalle3");
     // One shard, big enough that the frozen worker is caught inside it.
     let shards = make_shards(&input, 1, 3000, 17);
-    let (mut coord, url) = coordinator(tmp.path(), &input, &out);
-    let mut a = worker(tmp.path(), &url, "paused", &[]);
+    let mut a = freeze_a_worker_and_finish_with_another(tmp.path(), &input, &out);
+    a.signal(libc::SIGCONT);
+    a.wait_exit(Duration::from_secs(60));
+    assert_matches_seed(&out, &shards);
+    let v = verify(&out, true);
+    assert!(v.status.success(), "{}", explain(&["verify", "--deep"], &v));
+    assert_eq!(private_files(&out), Vec::<PathBuf>::new());
+}
+
+/// Starts a coordinator on the one shard in `input` and a worker; once the
+/// worker holds the shard it is frozen (SIGSTOP) and a second worker
+/// finishes the job. Returns the frozen worker; the others have exited.
+fn freeze_a_worker_and_finish_with_another(dir: &Path, input: &Path, out: &Path) -> Proc {
+    let (mut coord, url) = coordinator(dir, input, out);
+    let mut a = worker(dir, &url, "paused", &[]);
     wait_until(
         "the first worker leased the shard",
         Duration::from_secs(60),
         || a.log().contains("processing shard"),
     );
     a.signal(libc::SIGSTOP);
-    let mut b = worker(tmp.path(), &url, "second", &[]);
+    let mut b = worker(dir, &url, "second", &[]);
     let status = coord.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "coordinator: {}", coord.log());
     assert!(coord.log().contains("verified") || out.join("report.json").is_file());
-    a.signal(libc::SIGCONT);
-    a.wait_exit(Duration::from_secs(60));
     b.wait_exit(Duration::from_secs(60));
-    assert_matches_seed(&out, &shards);
-    let v = verify(&out, true);
-    assert!(v.status.success(), "{}", explain(&["verify", "--deep"], &v));
-    assert_eq!(private_files(&out), Vec::<PathBuf>::new());
+    a
 }
 
 /// The first image file under `data/` (sorted), for tampering.
@@ -218,18 +226,7 @@ fn a_big_image_worker_resumed_then_killed_changes_no_committed_file() {
         },
     )
     .expect("generate shards");
-    let (mut coord, url) = coordinator(tmp.path(), &input, &out);
-    let mut a = worker(tmp.path(), &url, "paused", &[]);
-    wait_until(
-        "the first worker leased the shard",
-        Duration::from_secs(60),
-        || a.log().contains("processing shard"),
-    );
-    a.signal(libc::SIGSTOP);
-    let mut b = worker(tmp.path(), &url, "second", &[]);
-    let status = coord.wait_exit(Duration::from_secs(120));
-    assert!(status.success(), "coordinator: {}", coord.log());
-    b.wait_exit(Duration::from_secs(60));
+    let mut a = freeze_a_worker_and_finish_with_another(tmp.path(), &input, &out);
     let before = verify(&out, true);
     assert!(
         before.status.success(),

@@ -168,6 +168,13 @@ mod tests {
         InputSpec::Remote(url.into())
     }
 
+    fn discovery(shards: Vec<ShardSource>) -> Discovery {
+        Discovery {
+            shards,
+            refused: Vec::new(),
+        }
+    }
+
     fn shard(name: &str, url: &str) -> ShardSource {
         ShardSource {
             name: name.into(),
@@ -207,13 +214,10 @@ mod tests {
     #[test]
     fn hub_shards_are_named_by_their_path_in_the_repository() {
         let mut root = "hf://datasets/o/n/data/".to_string();
-        let mut d = Discovery {
-            shards: vec![
-                shard("a.tar", "hf://datasets/o/n/data/a.tar"),
-                shard("sub/b.tar", "hf://datasets/o/n/data/sub/b.tar"),
-            ],
-            refused: Vec::new(),
-        };
+        let mut d = discovery(vec![
+            shard("a.tar", "hf://datasets/o/n/data/a.tar"),
+            shard("sub/b.tar", "hf://datasets/o/n/data/sub/b.tar"),
+        ]);
         let known = before_listing(&remote("hf://datasets/o/n/data")).expect("hub");
         after_listing(known, &mut root, &mut d).expect("renamed");
         assert_eq!(root, "hf://datasets/o/n/");
@@ -224,22 +228,16 @@ mod tests {
     #[test]
     fn same_file_names_in_two_hub_folders_and_remote_lists_are_refused() {
         let mut root = "hf://datasets/o/n/".to_string();
-        let mut d = Discovery {
-            shards: vec![
-                shard("a/x.tar", "hf://datasets/o/n/a/x.tar"),
-                shard("b/x.tar", "hf://datasets/o/n/b/x.tar"),
-            ],
-            refused: Vec::new(),
-        };
+        let mut d = discovery(vec![
+            shard("a/x.tar", "hf://datasets/o/n/a/x.tar"),
+            shard("b/x.tar", "hf://datasets/o/n/b/x.tar"),
+        ]);
         let known = before_listing(&remote("hf://datasets/o/n")).expect("hub");
         let e = after_listing(known, &mut root, &mut d).expect_err("dup");
         assert!(e.to_string().contains("share the file name x.tar"), "{e}");
         let e = after_listing(None, &mut root, &mut d).expect_err("remote list");
         assert!(e.to_string().contains("local paths only"), "{e}");
-        let mut d = Discovery {
-            shards: vec![shard("x.tar", "/data/t/x.tar")],
-            refused: Vec::new(),
-        };
+        let mut d = discovery(vec![shard("x.tar", "/data/t/x.tar")]);
         let mut root = "/data/t/".to_string();
         let src = after_listing(None, &mut root, &mut d).expect("local list");
         assert_eq!(src, WebshartSource::Folder("/data/t".into()));
