@@ -417,37 +417,56 @@ def compare_webshart_captions(a, entry, data, records, accepted):
         ip = (r.get("metadata") or {}).get("image_path")
         if ip:
             recorded.setdefault(data.normalize_sample_id(ip), []).append(r["prompt"])
-    c = {"checked": 0, "equal": 0, "equal_after_strip": 0, "mismatch": 0, "no_parquet_row": 0,
-         "error": 0, "text_embed_records": len(records),
-         "text_embed_images_outside_buckets": len(set(recorded) - set(accepted)), "examples": []}
+    c = caption_counts(records, recorded, accepted)
     per_sample = {}
     for sid in accepted:
         c["checked"] += 1
         name = data.parse_sample_id(sid).filename
-        try:
-            sampler = as_list(PromptHandler.magic_prompt(
-                image_path=sid, use_captions=True, caption_strategy=entry.get("caption_strategy"),
-                prepend_instance_prompt=False, data_backend=data, instance_prompt=None,
-                sampler_backend_id=entry["id"]))
-        except Exception as e:
-            c["error"] += 1
-            if len(c["examples"]) < 5:
-                c["examples"].append({"image": name, "error": f"{type(e).__name__}: {e}"[:200]})
+        ok, sampler = sampler_caption(PromptHandler, entry, data, sid, entry.get("caption_strategy"), c, name)
+        if not ok:
             continue
         embed = recorded.get(sid)
         per_sample[name] = {"sampler": sampler, "text_embed": embed}
         ref = as_list(want.get(name))
         if ref is None:
             c["no_parquet_row"] += 1
-        elif sampler == ref and embed == ref:
-            c["equal"] += 1
-        elif sampler == [x.strip() for x in ref] == embed:
-            c["equal_after_strip"] += 1
         else:
-            c["mismatch"] += 1
-            if len(c["examples"]) < 5:
-                c["examples"].append({"image": name, "parquet": ref, "sampler": sampler, "text_embed": embed})
+            judge_caption(c, name, ref, sampler, embed)
     return c, per_sample
+
+
+def caption_counts(records, recorded, accepted):
+    """The counters of a caption comparison, before any image is checked."""
+    return {"checked": 0, "equal": 0, "equal_after_strip": 0, "mismatch": 0, "no_parquet_row": 0,
+            "error": 0, "text_embed_records": len(records),
+            "text_embed_images_outside_buckets": len(set(recorded) - set(accepted)), "examples": []}
+
+
+def sampler_caption(prompt_handler, entry, data, image_path, strategy, c, name):
+    """(True, caption list) as the trainer's sampler asks it of one image, or
+    (False, None) with the error counted and kept as an example."""
+    try:
+        return True, as_list(prompt_handler.magic_prompt(
+            image_path=image_path, use_captions=True, caption_strategy=strategy,
+            prepend_instance_prompt=False, data_backend=data, instance_prompt=None,
+            sampler_backend_id=entry["id"]))
+    except Exception as e:
+        c["error"] += 1
+        if len(c["examples"]) < 5:
+            c["examples"].append({"image": name, "error": f"{type(e).__name__}: {e}"[:200]})
+        return False, None
+
+
+def judge_caption(c, name, ref, sampler, embed):
+    """Counts one image's sampler and text-embed captions against the parquet's `ref`."""
+    if sampler == ref and embed == ref:
+        c["equal"] += 1
+    elif sampler == [x.strip() for x in ref] == embed:
+        c["equal_after_strip"] += 1
+    else:
+        c["mismatch"] += 1
+        if len(c["examples"]) < 5:
+            c["examples"].append({"image": name, "parquet": ref, "sampler": sampler, "text_embed": embed})
 
 
 def model_of():
@@ -492,9 +511,7 @@ def compare_captions(entry, data, records, accepted, instance_dir):
         if p:
             recorded.setdefault(p, []).append(r["prompt"])
     strategy = entry.get("caption_strategy")
-    c = {"checked": 0, "equal": 0, "equal_after_strip": 0, "mismatch": 0, "no_parquet_row": 0,
-         "error": 0, "text_embed_records": len(records),
-         "text_embed_images_outside_buckets": len(set(recorded) - set(accepted)), "examples": []}
+    c = caption_counts(records, recorded, accepted)
     base = os.path.abspath(str(instance_dir))
     for p in accepted:
         c["checked"] += 1
@@ -503,25 +520,9 @@ def compare_captions(entry, data, records, accepted, instance_dir):
         if ref is None:
             c["no_parquet_row"] += 1
             continue
-        try:
-            sampler = as_list(PromptHandler.magic_prompt(
-                image_path=p, use_captions=True, caption_strategy=strategy,
-                prepend_instance_prompt=False, data_backend=data, instance_prompt=None,
-                sampler_backend_id=entry["id"]))
-        except Exception as e:
-            c["error"] += 1
-            if len(c["examples"]) < 5:
-                c["examples"].append({"image": name, "error": f"{type(e).__name__}: {e}"[:200]})
-            continue
-        embed = recorded.get(p)
-        if sampler == ref and embed == ref:
-            c["equal"] += 1
-        elif sampler == [x.strip() for x in ref] == embed:
-            c["equal_after_strip"] += 1
-        else:
-            c["mismatch"] += 1
-            if len(c["examples"]) < 5:
-                c["examples"].append({"image": name, "parquet": ref, "sampler": sampler, "text_embed": embed})
+        ok, sampler = sampler_caption(PromptHandler, entry, data, p, strategy, c, name)
+        if ok:
+            judge_caption(c, name, ref, sampler, recorded.get(p))
     return c
 
 
