@@ -94,12 +94,23 @@ fn index_mode_writes_an_index_per_shard_and_the_extract_modes_parquet() {
     assert_eq!(report["found_json"], ext_report["found_json"]);
     assert_eq!(report["rows"], ext_report["rows"]);
     let ix = &report["index"];
+    let left_out: u64 = report["totals"]["images_left_out"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(left_out > 0, "JSONs without width leave images out");
     assert_eq!(
         ix["entries"].as_u64(),
-        report["totals"]["members"].as_u64(),
-        "every member of these shards is a regular file with a safe name: {ix}"
+        Some(report["totals"]["members"].as_u64().unwrap() - left_out),
+        "every member of these shards is a regular file with a safe name; images without a row get no entry: {ix}"
     );
-    assert_eq!(ix["images_with_dimensions"], report["totals"]["images"]);
+    assert_eq!(ix["images_with_dimensions"], report["rows"]);
+    assert_eq!(
+        report["totals"]["images_left_out"],
+        ext_report["totals"]["images_left_out"]
+    );
     assert!(ix["dimension_mismatches"].as_u64().unwrap() > 0, "{ix}");
 
     let entry = read_json(&out.join("multidatabackend.json"));
@@ -444,5 +455,150 @@ fn index_mode_takes_an_input_list_of_local_paths() {
     let root = std::path::absolute(&input).unwrap();
     assert_eq!(e["source"], root.to_str().unwrap());
     let v = verify(&out);
+    assert!(v.status.success(), "{}", explain(&["verify"], &v));
+}
+
+/// A shard with what the trainer must not take: shard 0 of `tars` with an
+/// image no JSON names, an image in a subfolder with its JSON, a JSON
+/// naming an image the shard lacks, an image twice, a symlink, a name
+/// leaving `data/`.
+fn hostile_shard(tars: &[std::path::PathBuf], dest: &Path) {
+    let mut archive = tar::Archive::new(std::fs::File::open(&tars[0]).unwrap());
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_str().unwrap().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+        members.push((name, bytes));
+    }
+    let image = members
+        .iter()
+        .find(|(n, _)| n.ends_with(".png"))
+        .cloned()
+        .expect("a png in the shard");
+    let json = |name: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "image_name": name, "width": 1, "height": 1, "short_caption": format!("caption of {name}"),
+        }))
+        .unwrap()
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    for (n, bytes) in &members {
+        add(&mut b, n, bytes);
+    }
+    add(&mut b, "lone.png", &image.1);
+    add(&mut b, "sub/nested.png", &image.1);
+    add(&mut b, "sub/nested.json", &json("nested.png"));
+    add(&mut b, "ghost.json", &json("ghost.png"));
+    add(&mut b, &image.0, &image.1);
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    b.append_link(&mut link, "evil.png", "/etc/passwd").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(image.1.len() as u64);
+    h.set_mode(0o644);
+    h.as_old_mut().name[..13].copy_from_slice(b"../escape.png");
+    h.set_cksum();
+    b.append(&h, &image.1[..]).unwrap();
+    std::fs::write(dest, b.into_inner().unwrap()).unwrap();
+}
+
+/// (image file name, caption) of every image entry of every index under `dir`.
+fn index_samples(dir: &Path) -> std::collections::BTreeSet<(String, String)> {
+    let mut got = std::collections::BTreeSet::new();
+    for index in walk(dir) {
+        let doc = read_json(&index);
+        for (name, e) in doc["files"].as_object().unwrap() {
+            if name.ends_with(".json") || name.ends_with(".txt") {
+                continue;
+            }
+            assert!(e["width"].is_u64() && e["height"].is_u64(), "{name}: {e}");
+            let caption = e["captions"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: {e}"));
+            got.insert((name.clone(), caption.to_string()));
+        }
+    }
+    got
+}
+
+#[test]
+fn both_modes_give_the_trainer_the_same_samples_and_the_same_report() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    let tars = generate(
+        &input,
+        &GenOptions {
+            shards: 2,
+            samples_per_shard: 20,
+            image_bytes: 700,
+            seed: 25,
+            no_width_every: 4,
+            lying_dims_every: 6,
+            truncated_every: 7,
+            ..GenOptions::default()
+        },
+    )
+    .expect("generate shards");
+    hostile_shard(&tars, &input.join("data-000009.tar"));
+    let (ix, ext) = (dir.path().join("ix"), dir.path().join("ext"));
+    let flags = ["--on-bad-image", "skip"];
+    run_job(&input, &ix, &[&["--mode", "index"][..], &flags].concat());
+    run_job(&input, &ext, &flags);
+
+    // What the trainer takes: the parquet's rows whose image is in data/ (extract), the
+    // entries with size and caption (index).
+    let rows: std::collections::BTreeSet<(String, String)> = read_rows(&ext.join("dalle3.parquet"))
+        .into_iter()
+        .filter(|(_, _, _, name)| ext.join("data").join(name).is_file())
+        .map(|(_, _, caption, name)| (name, caption))
+        .collect();
+    assert!(rows.len() > 20, "{rows:?}");
+    let entries = index_samples(&ix.join("index"));
+    assert_eq!(entries, rows, "index entries vs parquet rows");
+
+    let (a, b) = (report(&ix), report(&ext));
+    let (ta, tb) = (&a["totals"], &b["totals"]);
+    for key in [
+        "skipped",
+        "rejected_members",
+        "image_problems",
+        "images_checked",
+        "images_left_out",
+        "json_without_image",
+        "images_without_json",
+        "duplicate_members",
+        "rows",
+    ] {
+        assert_eq!(ta[key], tb[key], "totals.{key}: index vs extract");
+    }
+    let left_out = &tb["images_left_out"];
+    for reason in ["no_width", "bad_image", "no_row", "in_subdirectory"] {
+        assert!(left_out[reason].as_u64() > Some(0), "{reason}: {left_out}");
+    }
+    let kinds = |r: &Value| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = r["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| {
+                let list = |k: &str| s[k].as_array().cloned().unwrap_or_default();
+                [list("issues"), list("image_issues")].concat()
+            })
+            .map(|i| (i["member"].to_string(), i["kind"].to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(kinds(&a), kinds(&b), "listed issues: index vs extract");
+    let v = verify(&ix);
     assert!(v.status.success(), "{}", explain(&["verify"], &v));
 }

@@ -181,7 +181,7 @@ def parent(a):
         **{k: measured.get(k) for k in ("discovered", "accepted", "buckets", "rejected",
                                          "rejected_examples", "captions", "images", "stubs",
                                          "filtering_statistics", "config_warnings", "note",
-                                         "webshart", "per_sample")},
+                                         "webshart", "per_sample", "accepted_names")},
         "on_disk": on_disk_webshart(a.out, entry) if is_webshart(entry) else on_disk(entry),
         "stale_bucket_caches_removed": stale_removed,
         "simpletuner_wrote": [os.path.relpath(p, a.out) for p in wrote],
@@ -363,6 +363,8 @@ def inspect_backend(a, entry, records, result):
     buckets = {k: list(v) for k, v in meta.aspect_ratio_bucket_indices.items()}
     accepted = sorted(p for v in buckets.values() for p in v)
     result["accepted"] = len(accepted)
+    result["accepted_names"] = sorted(os.path.basename(
+        data.parse_sample_id(p).filename if is_webshart(entry) else p) for p in accepted)
     result["buckets"] = {k: len(v) for k, v in buckets.items()}
     result["filtering_statistics"] = getattr(meta, "filtering_statistics", None)
     if is_webshart(entry):

@@ -14,7 +14,8 @@ image is discovered; an image whose JSON lacks width or height has no parquet ro
 (`metadata_missing`); one whose JSON area is under the entry's `minimum_image_size`
 megapixels is `too_small`; the others are accepted, each with the caption of its parquet row,
 which is the JSON's field. The `--mode index` tests run SimpleTuner's webshart backend on the
-`type: webshart` entry instead (see `index_expected`: there the image's real size decides).
+`type: webshart` entry instead (see `index_expected`: the same images, bucketed by their real
+size), and one test runs both modes on the same shards and compares what the trainer took.
 """
 
 import json
@@ -250,8 +251,10 @@ def index_shards(tmp_path_factory):
 
 def index_expected(tars, min_megapixels, field="short_caption"):
     """From the tars alone (PIL reads each image's real size, the index's source of width and
-    height): every image is discovered and bucketed by its real size, one whose real area is
-    under `minimum_image_size` is `too_small`, each accepted one has its JSON's caption."""
+    height): an image is in the index, so discovered, exactly when the parquet has a row for it
+    (its JSON has width and height, as in extract mode; the others are `left_out`); it is
+    bucketed by its real size, one whose real area is under `minimum_image_size` is
+    `too_small`, each accepted one has its JSON's caption."""
     from PIL import Image
     images = {}
     for t in tars:
@@ -265,16 +268,17 @@ def index_expected(tars, min_megapixels, field="short_caption"):
                     size = list(im.size)
                 j = json.load(tf.extractfile(members[stem + ".json"]))
                 images[name] = {"size": size, "json": j}
-    small = [n for n, v in images.items() if v["size"][0] * v["size"][1] < min_megapixels * 1_000_000]
-    accepted = sorted(set(images) - set(small))
     json_dims = {n: [v["json"].get("width"), v["json"].get("height")] for n, v in images.items()}
-    return {"discovered": len(images), "accepted": accepted,
+    rowed = [n for n in images if None not in json_dims[n]]
+    small = [n for n in rowed if images[n]["size"][0] * images[n]["size"][1] < min_megapixels * 1_000_000]
+    accepted = sorted(set(rowed) - set(small))
+    return {"discovered": len(rowed), "accepted": accepted,
             "rejected": {"too_small": len(small)} if small else {},
             "size": {n: images[n]["size"] for n in accepted},
             "caption": {n: images[n]["json"][field] for n in accepted},
-            "lying": [n for n in accepted if None not in json_dims[n] and json_dims[n] != images[n]["size"]],
-            "no_width": [n for n in accepted if None in json_dims[n]],
-            "parquet_rows": sum(None not in d for d in json_dims.values())}
+            "lying": [n for n in accepted if json_dims[n] != images[n]["size"]],
+            "left_out": len(images) - len(rowed),
+            "parquet_rows": len(rowed)}
 
 
 def index_run(tars_dir, out, want_rc):
@@ -347,14 +351,14 @@ def test_index_mode_webshart_entry_trains(index_shards, tmp_path):
     e = entry_of(out)
     assert_webshart_entry(e, tars_dir, out)
     want = index_expected(good, e["minimum_image_size"])
-    assert want["lying"] and want["no_width"], "no accepted image lies about its size or lacks width"
+    assert want["lying"] and want["left_out"], "no accepted image lies about its size, no JSON lacks width"
     s, why = check_webshart(out, tmp_path, e, good, want, keep=True)
     # The parquet (rows for JSONs with width and height, as in extract mode) agrees too.
     assert s["on_disk"]["parquet_rows"] == want["parquet_rows"], why
     c = s["captions"]
     assert c["error"] == c["mismatch"] == 0, why
-    assert c["no_parquet_row"] == len(want["no_width"]), why
-    assert c["equal"] == len(want["accepted"]) - len(want["no_width"]), why
+    assert c["no_parquet_row"] == 0, why
+    assert c["equal"] == len(want["accepted"]), why
     # SimpleTuner's caches (OUT/cache/webshart, kept) leave the output valid and a re-run a no-op.
     assert any(p.startswith("cache/webshart/metadata_cache/") for p in s["simpletuner_wrote"]), s["simpletuner_wrote"]
     n_json = len(samples_in(good))
@@ -379,3 +383,28 @@ def test_index_mode_broken_shard_is_skipped_by_simpletuner(index_shards, tmp_pat
     e = entry_of(out)
     assert_webshart_entry(e, tars_dir, out)
     check_webshart(out, tmp_path, e, good, index_expected(good, e["minimum_image_size"]))
+
+
+def test_both_modes_train_on_the_same_samples(index_shards, tmp_path):
+    # The same shards (JSONs without width, lying sizes) in both modes: SimpleTuner takes the same
+    # images with the same captions. Extract mode runs with `--dims image`, so that its parquet has
+    # the images' real sizes as the index does: the size filter (`too_small`) then judges alike.
+    good = index_shards["good"]
+    ix_out, ext_out = tmp_path / "ix", tmp_path / "ext"
+    index_run(good, ix_out, 0)
+    run([shardprep_bin(), "run", "--input", good, "--output", ext_out, "--workers", 2, "--dims", "image"])
+    trainer_dir = tmp_path / "trainer"
+    trainer_dir.mkdir()
+    rc_ix, s_ix = check(ix_out, cwd=trainer_dir)
+    rc_ext, s_ext = check(ext_out)
+    assert (rc_ix, rc_ext) == (0, 0), (s_ix.get("setup_error"), s_ext.get("setup_error"))
+    want = index_expected(index_shards["good_tars"], entry_of(ext_out)["minimum_image_size"])
+    assert s_ix["accepted_names"] == s_ext["accepted_names"] == want["accepted"], (
+        f"index mode took {s_ix['accepted']}, extract mode {s_ext['accepted']}: "
+        f"only in index {sorted(set(s_ix['accepted_names']) - set(s_ext['accepted_names']))}, "
+        f"only in extract {sorted(set(s_ext['accepted_names']) - set(s_ix['accepted_names']))}")
+    assert s_ext["captions"]["equal"] == s_ix["captions"]["equal"] == len(want["accepted"])
+    reports = [json.loads((o / "report.json").read_text()) for o in (ix_out, ext_out)]
+    for key in ("skipped", "rejected_members", "image_problems", "images_left_out", "rows"):
+        assert reports[0]["totals"][key] == reports[1]["totals"][key], key
+    assert reports[0]["totals"]["images_left_out"] == {"no_width": want["left_out"]}

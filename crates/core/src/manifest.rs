@@ -67,6 +67,14 @@ pub struct ShardCounts {
     /// were checked.
     #[serde(default)]
     pub images_checked: u64,
+    /// Images the trainer gets no sample for, by reason: those the parquet
+    /// has no row for (`no_width`: a JSON without width names it, the seed's
+    /// rule; `bad_image`: its row was left out by `--on-bad-image skip`;
+    /// `no_row`: no JSON of the shard made a row for it; `in_subdirectory`:
+    /// not directly in `data/`). The same in every mode: index mode gives
+    /// these images no index entry.
+    #[serde(default)]
+    pub images_left_out: BTreeMap<String, u64>,
 }
 
 /// Counts of a shard's webshart index.
@@ -133,6 +141,9 @@ impl ShardCounts {
             *self.image_problems.entry(k.clone()).or_default() += v;
         }
         self.images_checked += o.images_checked;
+        for (k, v) in &o.images_left_out {
+            *self.images_left_out.entry(k.clone()).or_default() += v;
+        }
     }
 
     /// Total of skipped samples over all reasons.

@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::fence::Fence;
-use crate::index::{IndexTask, index_shard};
+use crate::index::index_shard;
 use crate::shard::{
     LiveProgress, ShardError, ShardOutput, ShardTask, process_shard, process_stream,
 };
@@ -493,34 +493,6 @@ fn mode_of(spec: &proto::JobSpec) -> Result<Mode, String> {
     }
 }
 
-/// The index pass of a shard (local, or remote by range requests when
-/// `remote` is set), its result in the extract pass's shape.
-fn index_one(
-    task: &ShardTask,
-    remote: Option<(String, tokio::runtime::Handle)>,
-    cancel: &AtomicBool,
-    live: &LiveProgress,
-) -> Result<ShardOutput, ShardError> {
-    let t = IndexTask {
-        shard_path: task.shard_path.clone(),
-        remote,
-        shard_name: task.shard_name.clone(),
-        identity: task.identity,
-        layout: task.layout.clone(),
-        fields: task.fields.clone(),
-        lease_id: task.lease_id,
-        attempt: task.attempt,
-        worker_id: task.worker_id.clone(),
-        max_sparse_size: task.max_sparse_size,
-    };
-    // The index file is named by AttemptFiles: the coordinator finds it from the fragment's name.
-    index_shard(&t, cancel, live).map(|out| ShardOutput {
-        fragment_tmp: out.fragment_tmp,
-        manifest_tmp: out.manifest_tmp,
-        manifest: out.manifest,
-    })
-}
-
 fn shard_task(
     ctx: &Ctx,
     spec: &proto::JobSpec,
@@ -592,7 +564,7 @@ fn spawn_processing(
             // Range requests for what the index needs; a local entry of an input list as a file.
             Some(url) if mode == Mode::Index => {
                 let remote = shardprep_remote::is_remote(&url).then_some((url, runtime));
-                index_one(&task, remote, &cancel, &live)
+                index_shard(&task, remote, &cancel, &live)
             }
             // Streamed with bounded read-ahead; dropped connections resume by range.
             Some(url) => match shardprep_remote::open_blocking(&url, runtime) {
@@ -603,7 +575,7 @@ fn spawn_processing(
                     source: Box::new(source),
                 }),
             },
-            None if mode == Mode::Index => index_one(&task, None, &cancel, &live),
+            None if mode == Mode::Index => index_shard(&task, None, &cancel, &live),
             None => process_shard(&task, &cancel, &live),
         }
     })

@@ -4,7 +4,11 @@
 //! Layout:
 //! - [`client`]: the gRPC loop (register, lease, heartbeat, complete/fail,
 //!   reconnect with backoff, graceful shutdown).
-//! - [`shard`]: one streaming pass over one tar shard (blocking).
+//! - [`shard`]: the walk over one tar shard (blocking): one pass that
+//!   decides members, rows and image checks for every output.
+//! - [`index`]: `--mode index`, the walk with the webshart index as output.
+//! - [`integrity`]: the checks of the images themselves.
+//! - [`tar_reader`]: tar iteration with GNU tar's rules.
 //! - [`sample`]: one sample JSON to one table row.
 //! - [`fragment`]: rows to a parquet fragment, in batches.
 //! - [`extract`]: writing into `data/` without ever leaving it.

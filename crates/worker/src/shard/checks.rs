@@ -7,9 +7,14 @@
 //! judges; with `--dims image` or `--on-bad-image skip` rows wait in the
 //! ledger for their image (at most [`crate::integrity::MAX_WAITING`]).
 
+use std::io;
 use std::path::PathBuf;
 
-use crate::integrity::{Claims, ImageFacts, IntegrityConfig, Ledger, Resolved, Verdict};
+use crate::index::window::Window;
+use crate::integrity::{
+    Claims, Digests, DimsError, HEADER_MAX, ImageFacts, IntegrityConfig, Ledger, Resolved, Verdict,
+    image_dims,
+};
 use crate::sample::Row;
 
 use super::tally::Tally;
@@ -17,6 +22,8 @@ use super::tally::Tally;
 /// A row held back until its image is judged, with what its caption needs.
 pub(super) struct Pending {
     pub row: Row,
+    /// The width and height its JSON claims (the row's may become the image's).
+    pub json_dims: (i64, i64),
     /// The JSON member's name in the tar.
     pub member: String,
     /// The JSON member's path under `data/`.
@@ -104,12 +111,42 @@ impl ImageChecks {
                     reasons.join(", ")
                 );
                 tally.skip(&p.member, "bad_image", detail);
+                tally.samples.bad.insert(p.row.filename.as_bytes());
                 return;
             }
             (p.row.width, p.row.height) = v.table_dims(cfg, (p.row.width, p.row.height));
         }
         out.push(p);
     }
+}
+
+/// The facts of an image read by its head only, at `offset` of `win`: the
+/// header size, exactly as [`crate::integrity::ImageCheck`] finds it reading
+/// every byte (the first bytes, more while the header needs them, up to
+/// [`HEADER_MAX`]). Nothing else is read, so no decode and no digests.
+pub(super) fn head_facts(win: &mut Window, offset: u64, size: u64) -> io::Result<ImageFacts> {
+    // Served from the window the member's header was read through.
+    let mut want = size.min(4096) as usize;
+    let mut buf = Vec::new();
+    let header = loop {
+        buf.resize(want, 0);
+        let got = win.read_exact_at(offset, &mut buf)?;
+        buf.truncate(got);
+        match image_dims(&buf) {
+            Err(DimsError::NeedMore { need, .. })
+                if need > got && got == want && (got as u64) < size && got < HEADER_MAX =>
+            {
+                want = (need.min(HEADER_MAX) as u64).min(size) as usize;
+            }
+            done => break done,
+        }
+    };
+    Ok(ImageFacts {
+        bytes: size,
+        header,
+        decode: None,
+        digests: Digests::default(),
+    })
 }
 
 /// Counts and lists each problem of one image.

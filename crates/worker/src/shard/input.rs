@@ -47,6 +47,13 @@ impl ShardSource {
         let head = reader
             .fill_buf()
             .map_err(|e| self.corrupt(format!("read error: {e}"), 0, None))?;
+        self.check_head(head)?;
+        Ok(reader)
+    }
+
+    /// Refuses an input whose first bytes (`head`) are no plain tar: an
+    /// empty or a gzip-compressed file.
+    pub(crate) fn check_head(&self, head: &[u8]) -> Result<(), ShardError> {
         if head.is_empty() {
             return Err(self.corrupt("the file is empty, not a tar archive".into(), 0, None));
         }
@@ -57,7 +64,7 @@ impl ShardSource {
                 None,
             ));
         }
-        Ok(reader)
+        Ok(())
     }
 
     /// The stream cannot be read as a tar at `offset`. A failure of the
@@ -104,7 +111,7 @@ impl ShardSource {
     }
 
     /// Writing `path` failed (the disk, not the member).
-    pub(super) fn write_error(&self, path: &Path, source: io::Error) -> ShardError {
+    pub(crate) fn write_error(&self, path: &Path, source: io::Error) -> ShardError {
         ShardError::Write {
             shard: self.shard.clone(),
             path: path.display().to_string(),
@@ -112,7 +119,7 @@ impl ShardSource {
         }
     }
 
-    pub(super) fn fragment_error(&self, source: FragmentError) -> ShardError {
+    pub(crate) fn fragment_error(&self, source: FragmentError) -> ShardError {
         ShardError::Fragment {
             shard: self.shard.clone(),
             source,
@@ -126,7 +133,7 @@ impl ShardSource {
 
 /// A reader that counts the bytes it hands out, and remembers a failure of
 /// the input itself so that it is not mistaken for a corrupt tar.
-pub(super) struct Counting<'a, R> {
+pub(crate) struct Counting<'a, R> {
     inner: R,
     count: &'a AtomicU64,
     failure: &'a RefCell<Option<String>>,

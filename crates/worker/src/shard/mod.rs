@@ -9,22 +9,28 @@
 //! - this file: the task, its outcome and errors, and the loop over members;
 //! - [`input`]: the tar stream (byte counts, input failures, first checks);
 //! - [`member`]: one member (path, kind, offset) and the errors naming it;
-//! - [`pass`]: [`pass::ShardPass`], the pass's output handles and state,
-//!   one method per step (`member`, `json_member`, `file_member`, `finish`);
+//! - [`pass`]: [`pass::ShardPass`], the walk: the pass's state and the
+//!   rules every output shares, one method per step (`member`,
+//!   `json_member`, `file_member`, `finish`);
+//! - [`output`]: what the walk hands an output ([`output::Output`]; the
+//!   webshart index is one, `crate::index`), and the walk's input;
+//! - [`attempt`]: the attempt's temporary files and its manifest;
 //! - [`captions`]: caption files for images no row captions, caption warnings;
 //! - [`tally`]: the counts and the issues listed by name.
 
+pub(crate) mod attempt;
 mod captions;
 mod checks;
 pub(crate) mod input;
 pub(crate) mod member;
-mod pass;
-mod tally;
+pub(crate) mod output;
+pub(crate) mod pass;
+pub(crate) mod tally;
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use shardprep_core::durability::DataSync;
@@ -38,7 +44,8 @@ use crate::fragment::FragmentError;
 use crate::integrity::IntegrityConfig;
 use crate::tar_reader::{Limits, TarReader};
 use input::ShardSource;
-pub(crate) use member::{refused_entry_type, unknown_type_warning};
+pub(crate) use member::unknown_type_warning;
+use output::{FilesOnly, Output, WalkInput};
 use pass::ShardPass;
 
 /// JSON members larger than this are extracted but not parsed.
@@ -213,12 +220,26 @@ pub fn process_stream(
     let started = Instant::now();
     let source = ShardSource::new(&task.shard_name);
     let reader = source.reader(input, &live.bytes_read)?;
-    let mut pass = ShardPass::open(task, &source, cancel, live)?;
-    let limits = Limits {
+    let pass = ShardPass::open(task, &source, (cancel, live), FilesOnly, true)?;
+    let archive = TarReader::with_limits(reader, limits(task));
+    walk(pass, archive, &source, started).map(|(out, ())| out)
+}
+
+/// The tar reader's limits for `task`.
+pub(crate) fn limits(task: &ShardTask) -> Limits {
+    Limits {
         max_sparse_size: task.max_sparse_size,
         ..Limits::default()
-    };
-    let mut archive = TarReader::with_limits(reader, limits);
+    }
+}
+
+/// Feeds every member of `archive` to `pass`, then ends it.
+pub(crate) fn walk<R: WalkInput, O: Output>(
+    mut pass: ShardPass<'_, O>,
+    mut archive: TarReader<R>,
+    source: &ShardSource,
+    started: Instant,
+) -> Result<(ShardOutput, O::Done), ShardError> {
     loop {
         if pass.cancelled() {
             return Err(source.cancelled());
@@ -227,6 +248,12 @@ pub fn process_stream(
             break;
         };
         pass.member(&mut entry)?;
+        if let Some(n) = archive.get_mut().bytes_read() {
+            pass.live().bytes_read.store(n, Ordering::Relaxed);
+        }
+    }
+    if let Some(n) = archive.get_mut().bytes_read() {
+        pass.live().bytes_read.store(n, Ordering::Relaxed);
     }
     pass.finish(started)
 }

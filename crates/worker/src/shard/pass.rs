@@ -9,15 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use shardprep_core::durability;
-use shardprep_core::layout::{AttemptFiles, fnv1a64, shard_file_stem};
+use shardprep_core::layout::{fnv1a64, shard_file_stem};
 use shardprep_core::manifest::ShardManifest;
 
+use super::attempt::Attempt;
 use super::captions::{UnlistedImages, caption_path, caption_warnings, path_key};
-use super::checks::{ImageChecks, Pending};
+use super::checks::{ImageChecks, Pending, head_facts};
 use super::input::ShardSource;
 use super::member::{Kind, Member, kind_of, refused_entry_type};
+use super::output::{End, KeptMember, KeptRow, Output, WalkInput};
 use super::tally::{NameSet, Tally};
-use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask, write_synced};
+use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask};
 use crate::extract::{DataDir, PlaceError, safe_relative_path};
 use crate::fragment::FragmentWriter;
 use crate::integrity::{CheckingReader, Claims, ImageCheck, ImageFacts, hash_claims};
@@ -26,14 +28,13 @@ use crate::tar_reader::{Entry, EntryKind, ExtractError};
 use crate::writers::{Finished, POOL_MAX_FILE, WriteKind, WriteTag};
 
 /// One pass over one shard: where it writes, and what it has seen so far.
-pub(super) struct ShardPass<'a> {
+pub(crate) struct ShardPass<'a, O: Output> {
     task: &'a ShardTask,
     source: &'a ShardSource,
     cancel: &'a AtomicBool,
     live: &'a LiveProgress,
     /// This attempt's files in `tmp/`.
-    names: AttemptFiles,
-    tmp_dir: PathBuf,
+    attempt: Attempt,
     /// Members or captions are written into `data/` at all.
     writes_files: bool,
     data: DataDir,
@@ -55,31 +56,38 @@ pub(super) struct ShardPass<'a> {
     json_buf: Vec<u8>,
     /// The checks of the images themselves.
     checks: ImageChecks,
+    /// Where the decided members, images and rows go besides `data/`.
+    out: O,
 }
 
-impl<'a> ShardPass<'a> {
-    /// Creates this attempt's fragment and files list and opens `data/`.
-    pub(super) fn open(
+impl<'a, O: Output> ShardPass<'a, O> {
+    /// Creates this attempt's fragment and files list and opens `data/`
+    /// (`uses_data_dir` false: nothing goes into `data/`, which is neither
+    /// created nor listed).
+    pub(crate) fn open(
         task: &'a ShardTask,
         source: &'a ShardSource,
-        cancel: &'a AtomicBool,
-        live: &'a LiveProgress,
+        (cancel, live): (&'a AtomicBool, &'a LiveProgress),
+        out: O,
+        uses_data_dir: bool,
     ) -> Result<Self, ShardError> {
-        let names = AttemptFiles::new(&task.shard_name, task.lease_id);
-        let tmp_dir = task.layout.tmp_dir();
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| source.write_error(&tmp_dir, e))?;
-        let fragment = FragmentWriter::create(&tmp_dir.join(&names.fragment), &task.fields.extra)
+        let attempt = Attempt::create(task, source)?;
+        let fragment = FragmentWriter::create(&attempt.fragment(), &task.fields.extra)
             .map_err(|e| source.fragment_error(e))?;
         let writes_files = task.extract || task.write_captions;
-        let files_list = tmp_dir.join(&names.files);
-        let data = open_data_dir(task, writes_files, &files_list, source)?;
+        let data = if uses_data_dir {
+            open_data_dir(task, writes_files, &attempt.files_list(), source)?
+        } else {
+            // Never written into: no member is extracted, no caption written.
+            let dir = attempt.dir();
+            DataDir::new(dir.to_path_buf()).map_err(|e| source.write_error(dir, e))?
+        };
         Ok(ShardPass {
             task,
             source,
             cancel,
             live,
-            names,
-            tmp_dir,
+            attempt,
             writes_files,
             data,
             fragment,
@@ -91,16 +99,25 @@ impl<'a> ShardPass<'a> {
             unlisted: (task.extract && task.write_captions).then(UnlistedImages::default),
             json_buf: Vec::new(),
             checks: ImageChecks::new(&task.integrity),
+            out,
         })
     }
 
+    /// The live counters of the pass.
+    pub(crate) fn live(&self) -> &LiveProgress {
+        self.live
+    }
+
     /// The lease was lost or the worker is stopping.
-    pub(super) fn cancelled(&self) -> bool {
+    pub(crate) fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
 
     /// Handles one tar entry; returns the stream offset where it ends.
-    pub(super) fn member<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<u64, ShardError> {
+    pub(crate) fn member<R: WalkInput>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+    ) -> Result<u64, ShardError> {
         self.tally.counts.members += 1;
         self.live.members.fetch_add(1, Ordering::Relaxed);
         let meta = entry.meta();
@@ -123,15 +140,37 @@ impl<'a> ShardPass<'a> {
         } else if let Some(reason) = refused_entry_type(kind) {
             let detail = format!("{kind:?} members are not extracted");
             self.tally.reject(&name, reason, detail);
+        } else if meta.sparse.is_some() && !self.out.takes_sparse() {
+            let detail = "a sparse file's data is not one run of bytes in the tar, so no offset and length can serve it; not indexed (extract mode expands it)";
+            self.tally.reject(&name, "sparse_file", detail);
         } else {
             if let EntryKind::Other(flag) = kind {
                 let (key, detail) = super::unknown_type_warning(flag);
                 self.tally.member_warning(&name, key, detail);
             }
             let member = Member::new(self.source, name, rel, size, data_pos);
+            let offsets = (meta.start_offset, meta.header_offset);
+            let stored = meta.name.clone();
+            self.kept(&member, &stored, offsets);
             self.file(&member, entry)?;
         }
         Ok(end)
+    }
+
+    /// Hands a kept member to the output.
+    fn kept(&mut self, m: &Member, stored_name: &[u8], (start, header): (u64, u64)) {
+        let kept = KeptMember {
+            stored_name,
+            name: &m.name,
+            rel: &m.rel,
+            kind: m.kind,
+            top_level: m.top_level,
+            start_offset: start,
+            header_offset: header,
+            data_offset: m.data_pos,
+            size: m.size,
+        };
+        self.out.member(&kept, &mut self.tally);
     }
 
     /// A directory member: created (as a real directory) when extracting.
@@ -152,7 +191,11 @@ impl<'a> ShardPass<'a> {
 
     /// A regular member: duplicates and the guard of input shards first,
     /// then the step of its kind, then the writes that came due.
-    fn file<R: Read>(&mut self, m: &Member, entry: &mut Entry<'_, R>) -> Result<(), ShardError> {
+    fn file<R: WalkInput>(
+        &mut self,
+        m: &Member,
+        entry: &mut Entry<'_, R>,
+    ) -> Result<(), ShardError> {
         if !self.seen_members.insert(m.key()) {
             self.tally.counts.duplicate_members += 1;
             self.tally.issue(
@@ -189,15 +232,21 @@ impl<'a> ShardPass<'a> {
 
     /// A `.json` member: read (up to [`MAX_JSON_BYTES`]), written, and, at
     /// the top of `data/`, turned into a row and a caption.
-    fn json_member(
+    fn json_member<R: WalkInput>(
         &mut self,
         m: &Member,
-        entry: &mut dyn Read,
+        entry: &mut Entry<'_, R>,
         shadowed: bool,
     ) -> Result<(), ShardError> {
         self.tally.counts.json_files += 1;
         self.live.json_files.fetch_add(1, Ordering::Relaxed);
-        self.read_json(m, entry)?;
+        // A JSON too large to parse is read only to be written.
+        let read = m.size <= MAX_JSON_BYTES || self.task.extract;
+        if read {
+            self.read_json(m, entry)?;
+        } else {
+            self.json_buf.clear();
+        }
         let parsed = (m.size <= MAX_JSON_BYTES && m.top_level)
             .then(|| parse_sample(&self.json_buf, &self.task.fields));
         let hashes = self.hash_claims(parsed.as_ref());
@@ -205,7 +254,7 @@ impl<'a> ShardPass<'a> {
         if self.task.extract && !shadowed {
             self.write_json(m, entry)?;
         } else if m.size > MAX_JSON_BYTES {
-            m.drain(entry, MAX_JSON_BYTES)?;
+            skip_data(m, entry, if read { MAX_JSON_BYTES } else { 0 })?;
         }
         if m.size > MAX_JSON_BYTES {
             let detail = format!("{} bytes, more than {MAX_JSON_BYTES}", m.size);
@@ -305,6 +354,7 @@ impl<'a> ShardPass<'a> {
             Ok(Parsed::NoWidth { filename }) => {
                 if let Some(f) = filename {
                     self.referenced.insert(f.as_bytes());
+                    self.tally.samples.no_width.insert(f.as_bytes());
                 }
             }
             Ok(Parsed::Row(row)) => self.row(m, row, hashes)?,
@@ -332,10 +382,12 @@ impl<'a> ShardPass<'a> {
             height: Some(row.height),
             hashes,
         };
+        let json_dims = (row.width, row.height);
         if self.checks.defers_rows() {
             let image = row.filename.clone();
             let pending = Pending {
                 row,
+                json_dims,
                 member: m.name.clone(),
                 rel: m.rel.clone(),
             };
@@ -343,7 +395,7 @@ impl<'a> ShardPass<'a> {
         } else {
             // The ledger only judges: the row is written now, as it is.
             self.checks.json(&row.filename, claims, None);
-            self.write_row(&m.name, &m.rel, row)?;
+            self.write_row(&m.name, &m.rel, row, json_dims)?;
         }
         self.settle_checks()
     }
@@ -351,14 +403,25 @@ impl<'a> ShardPass<'a> {
     /// Writes the rows the checks released and counts their verdicts.
     fn settle_checks(&mut self) -> Result<(), ShardError> {
         for p in self.checks.settle(&mut self.tally) {
-            self.write_row(&p.member, &p.rel, p.row)?;
+            self.write_row(&p.member, &p.rel, p.row, p.json_dims)?;
         }
         Ok(())
     }
 
-    /// A row: into the fragment, and its caption into `data/<stem>.txt`
-    /// (`member`, `rel`: its JSON).
-    fn write_row(&mut self, member: &str, rel: &Path, row: Row) -> Result<(), ShardError> {
+    /// A row: into the fragment and the output, and its caption into
+    /// `data/<stem>.txt` (`member`, `rel`: its JSON).
+    fn write_row(
+        &mut self,
+        member: &str,
+        rel: &Path,
+        row: Row,
+        json_dims: (i64, i64),
+    ) -> Result<(), ShardError> {
+        self.tally.samples.rows.insert(row.filename.as_bytes());
+        self.out.row(&KeptRow {
+            row: &row,
+            json_dims,
+        });
         if self.task.write_captions {
             let txt = format!("{}.txt", stem(&row.filename));
             let key = fnv1a64(txt.as_bytes());
@@ -387,7 +450,7 @@ impl<'a> ShardPass<'a> {
     }
 
     /// An image or any other member: extracted as it is.
-    fn file_member<R: Read>(
+    fn file_member<R: WalkInput>(
         &mut self,
         m: &Member,
         entry: &mut Entry<'_, R>,
@@ -397,6 +460,8 @@ impl<'a> ShardPass<'a> {
             self.tally.counts.images += 1;
             if m.top_level {
                 self.images.insert(m.rel_bytes());
+            } else {
+                self.tally.samples.nested.insert(m.rel_bytes());
             }
         } else {
             self.tally.counts.other_files += 1;
@@ -414,15 +479,30 @@ impl<'a> ShardPass<'a> {
         } else if self.task.extract {
             self.stream_member(m, entry)?;
         } else if m.kind == Kind::Image && m.top_level {
-            let mut check = ImageCheck::new(&self.task.integrity, m.size);
-            let mut reader = CheckingReader {
-                inner: &mut *entry,
-                check: &mut check,
+            let cfg = &self.task.integrity;
+            let whole = cfg.check_decode || !cfg.hashes.is_empty();
+            let head = match entry.input_mut().window() {
+                // Only the header is needed: the rest is seeked over.
+                Some(win) if !whole => {
+                    Some(head_facts(win, m.data_pos, m.size).map_err(|e| m.read_error(e))?)
+                }
+                _ => None,
             };
-            m.drain(&mut reader, 0)?;
-            self.image_checked(m, check.finish(None))?;
+            let facts = match head {
+                Some(facts) => facts,
+                None => {
+                    let mut check = ImageCheck::new(cfg, m.size);
+                    let mut reader = CheckingReader {
+                        inner: &mut *entry,
+                        check: &mut check,
+                    };
+                    m.drain(&mut reader, 0)?;
+                    check.finish(None)
+                }
+            };
+            self.image_checked(m, facts)?;
         } else {
-            m.drain(entry, 0)?;
+            skip_data(m, entry, 0)?;
         }
         Ok(())
     }
@@ -462,6 +542,7 @@ impl<'a> ShardPass<'a> {
 
     /// A top-level image's facts go to the checks.
     fn image_checked(&mut self, m: &Member, facts: ImageFacts) -> Result<(), ShardError> {
+        self.out.image(&m.rel, &facts);
         self.checks
             .image(&String::from_utf8_lossy(m.rel_bytes()), facts);
         self.settle_checks()
@@ -469,7 +550,7 @@ impl<'a> ShardPass<'a> {
 
     /// A GNU sparse member: written with its holes seeked over, so it takes
     /// only its data's space on disk.
-    fn sparse_file<R: Read>(
+    fn sparse_file<R: WalkInput>(
         &mut self,
         m: &Member,
         entry: &mut Entry<'_, R>,
@@ -625,20 +706,27 @@ impl<'a> ShardPass<'a> {
 
     /// Settles every write, checks names across the shard, closes the
     /// fragment, flushes `data/` as configured and writes the manifest.
-    pub(super) fn finish(mut self, started: Instant) -> Result<ShardOutput, ShardError> {
+    pub(crate) fn finish(mut self, started: Instant) -> Result<(ShardOutput, O::Done), ShardError> {
         self.checks.finish();
         self.settle_checks()?;
         self.data.wait_all();
         self.settle_writes()?;
         self.write_unlisted_captions()?;
         self.tally.cross_check(&self.referenced, &self.images);
+        self.tally.left_out(&self.images);
         let source = self.source;
         self.tally.counts.rows = self
             .fragment
             .finish()
             .map_err(|e| source.fragment_error(e))?;
         self.tally.counts.bytes_read = self.live.bytes_read.load(Ordering::Relaxed);
-        let files_list = self.tmp_dir.join(&self.names.files);
+        let mut end = End {
+            tally: &mut self.tally,
+            attempt: &self.attempt,
+            source,
+        };
+        let done = self.out.finish(&mut end)?;
+        let files_list = self.attempt.files_list();
         close_data(
             &mut self.data,
             self.task,
@@ -647,17 +735,7 @@ impl<'a> ShardPass<'a> {
             source,
         )?;
         let manifest = manifest(self.task, self.tally, self.writes_files, started);
-        let manifest_path = self.tmp_dir.join(&self.names.manifest);
-        write_synced(
-            &manifest_path,
-            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
-        )
-        .map_err(|e| source.write_error(&manifest_path, e))?;
-        Ok(ShardOutput {
-            fragment_tmp: self.names.fragment,
-            manifest_tmp: self.names.manifest,
-            manifest,
-        })
+        Ok((self.attempt.finish(manifest, source)?, done))
     }
 }
 
@@ -726,4 +804,18 @@ fn manifest(task: &ShardTask, tally: Tally, writes_files: bool, started: Instant
         image_issues: tally.image_issues,
         image_issues_not_listed: tally.image_issues_not_listed,
     }
+}
+
+/// Passes over the rest of `m`'s data, `already` bytes of it read: seeked
+/// over when the input reads at chosen offsets, else read and dropped.
+fn skip_data<R: WalkInput>(
+    m: &Member,
+    entry: &mut Entry<'_, R>,
+    already: u64,
+) -> Result<(), ShardError> {
+    if entry.input_mut().window().is_some() {
+        // The next header is read past the rest (a cut tar fails there).
+        return Ok(());
+    }
+    m.drain(entry, already)
 }

@@ -12,7 +12,7 @@ use super::captions::CaptionWarning;
 const NAMES_KEPT: usize = 4096;
 
 /// Counts and listed issues of one pass.
-pub(super) struct Tally {
+pub struct Tally {
     shard: String,
     pub counts: ShardCounts,
     pub issues: Vec<MemberIssue>,
@@ -20,6 +20,21 @@ pub(super) struct Tally {
     /// Problems of the images themselves, listed apart.
     pub image_issues: Vec<MemberIssue>,
     pub image_issues_not_listed: u64,
+    /// Which images the trainer gets a sample for (see [`Tally::left_out`]).
+    pub(super) samples: Samples,
+}
+
+/// The images a row was written for, and why others got none.
+#[derive(Default)]
+pub(super) struct Samples {
+    /// Images named by a written row.
+    pub rows: NameSet,
+    /// Images named by a JSON without width.
+    pub no_width: NameSet,
+    /// Images whose row `--on-bad-image skip` left out.
+    pub bad: NameSet,
+    /// Image members not directly in `data/`.
+    pub nested: NameSet,
 }
 
 impl Tally {
@@ -31,7 +46,37 @@ impl Tally {
             issues_not_listed: 0,
             image_issues: Vec::new(),
             image_issues_not_listed: 0,
+            samples: Samples::default(),
         }
+    }
+
+    /// Counts the images no row was written for, by reason
+    /// (`images`: the top-level images of the shard).
+    pub(super) fn left_out(&mut self, images: &NameSet) {
+        let mut add = |reason: &str, n: u64| {
+            if n > 0 {
+                *self
+                    .counts
+                    .images_left_out
+                    .entry(reason.into())
+                    .or_default() += n;
+            }
+        };
+        let s = &self.samples;
+        let (mut bad, mut no_width, mut no_row) = (0, 0, 0);
+        for h in images.hashes.iter().filter(|h| !s.rows.hashes.contains(h)) {
+            if s.bad.hashes.contains(h) {
+                bad += 1;
+            } else if s.no_width.hashes.contains(h) {
+                no_width += 1;
+            } else {
+                no_row += 1;
+            }
+        }
+        add("bad_image", bad);
+        add("no_width", no_width);
+        add("no_row", no_row);
+        add("in_subdirectory", s.nested.hashes.len() as u64);
     }
 
     /// Counts a member whose `size` bytes are all in its file.
@@ -64,7 +109,7 @@ impl Tally {
     }
 
     /// A member not extracted, for `reason`.
-    pub(super) fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+    pub(crate) fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
         *self
             .counts
             .rejected_members
@@ -129,13 +174,13 @@ impl Tally {
 
 /// Hashes of names with the first few names kept for the report.
 #[derive(Default)]
-pub(super) struct NameSet {
+pub(crate) struct NameSet {
     hashes: HashSet<u64>,
     names: HashMap<u64, String>,
 }
 
 impl NameSet {
-    pub(super) fn insert(&mut self, name: &[u8]) -> bool {
+    pub(crate) fn insert(&mut self, name: &[u8]) -> bool {
         let h = fnv1a64(name);
         if self.names.len() < NAMES_KEPT {
             self.names

@@ -35,6 +35,12 @@ impl<'a, R: Read> Entry<'a, R> {
         &self.meta
     }
 
+    /// The archive's input, for positioned reads beside the stream (see
+    /// [`TarReader::get_mut`]).
+    pub fn input_mut(&mut self) -> &mut R {
+        self.reader.get_mut()
+    }
+
     /// Reads expanded data; `Ok(0)` at its end. A truncated archive is a
     /// [`TarError::Corrupt`], a failing input a [`TarError::Io`].
     pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, TarError> {
