@@ -56,7 +56,6 @@ impl Reported {
     }
 }
 
-
 /// The deep check's findings: lines checked and problems.
 #[derive(Default)]
 pub struct Deep {

@@ -216,14 +216,17 @@ fn print_repairs(repairs: &[shardprep_coordinator::report::Repair]) {
     if repairs.is_empty() {
         return;
     }
-    println!("  repairs            {} (listed in report.json: repairs)", repairs.len());
+    println!(
+        "  repairs            {} (listed in report.json: repairs)",
+        repairs.len()
+    );
     for r in repairs {
         let did = match r.action {
             RepairAction::RedoShard => "redid the shard",
             RepairAction::Remerge => "merged the table again",
             RepairAction::RemoveFile => "removed it",
         };
-        println!("    {}: {}: {did}", r.subject, r.found);
+        println!("    {}: {} → {did}", r.subject, r.found);
     }
 }
 

@@ -48,7 +48,13 @@ const VOLATILE: [&str; 9] = [
     "repairs",
     "output",
 ];
-const VOLATILE_SHARD: [&str; 5] = ["worker", "elapsed_ms", "input_mb_per_s", "recovered", "attempts"];
+const VOLATILE_SHARD: [&str; 5] = [
+    "worker",
+    "elapsed_ms",
+    "input_mb_per_s",
+    "recovered",
+    "attempts",
+];
 
 fn stable_report(mut r: Value) -> Value {
     let o = r.as_object_mut().unwrap();
@@ -184,9 +190,17 @@ impl Job {
     fn assert_clean(&self, what: &str) {
         let now = snapshot(&self.out);
         let names = |t: &BTreeMap<PathBuf, Vec<u8>>| t.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(names(&now), names(&self.clean), "files after repairing {what}");
+        assert_eq!(
+            names(&now),
+            names(&self.clean),
+            "files after repairing {what}"
+        );
         for (p, bytes) in &self.clean {
-            assert!(now[p] == *bytes, "{} differs after repairing {what}", p.display());
+            assert!(
+                now[p] == *bytes,
+                "{} differs after repairing {what}",
+                p.display()
+            );
         }
         assert_eq!(
             fragment_manifests(&self.out).len(),
@@ -231,6 +245,9 @@ fn remove(p: &Path) {
 
 const SHARD: &str = "data-000001.tar";
 
+/// One kind of damage done to a job's output.
+type Damage = Box<dyn Fn(&Job)>;
+
 #[test]
 fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
     let job = Job::new(3, &[], 2601);
@@ -260,18 +277,39 @@ fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
     });
 
     // The ten kinds that were repaired before, and the derived files.
-    let plain: [(&str, Box<dyn Fn(&Job)>); 10] = [
-        ("an image deleted", Box::new(|j| remove(&j.data_file("png", 3)))),
-        ("a JSON deleted", Box::new(|j| remove(&j.data_file("json", 7)))),
-        ("a caption deleted", Box::new(|j| remove(&j.data_file("txt", 2)))),
-        ("an image truncated", Box::new(|j| truncate_half(&j.data_file("png", 9)))),
-        ("a .files list deleted", Box::new(|j| remove(&j.layout().files_list_path(SHARD)))),
-        ("a manifest deleted", Box::new(|j| remove(&j.layout().manifest_path(SHARD)))),
+    let plain: [(&str, Damage); 10] = [
+        (
+            "an image deleted",
+            Box::new(|j| remove(&j.data_file("png", 3))),
+        ),
+        (
+            "a JSON deleted",
+            Box::new(|j| remove(&j.data_file("json", 7))),
+        ),
+        (
+            "a caption deleted",
+            Box::new(|j| remove(&j.data_file("txt", 2))),
+        ),
+        (
+            "an image truncated",
+            Box::new(|j| truncate_half(&j.data_file("png", 9))),
+        ),
+        (
+            "a .files list deleted",
+            Box::new(|j| remove(&j.layout().files_list_path(SHARD))),
+        ),
+        (
+            "a manifest deleted",
+            Box::new(|j| remove(&j.layout().manifest_path(SHARD))),
+        ),
         (
             "a manifest changed",
             Box::new(|j| std::fs::write(j.layout().manifest_path(SHARD), b"{").unwrap()),
         ),
-        ("report.json deleted", Box::new(|j| remove(&j.layout().report_path()))),
+        (
+            "report.json deleted",
+            Box::new(|j| remove(&j.layout().report_path())),
+        ),
         (
             "multidatabackend.json deleted",
             Box::new(|j| remove(&j.layout().backend_path())),
@@ -305,7 +343,11 @@ fn same_size_damage_is_left_to_the_deep_depth_by_verify_and_run_alike() {
     assert!(said.contains("already complete and verified"), "{said}");
     job.verify_ok(Depth::Plain, "a plain re-run");
     let v = job.verify(Depth::Deep);
-    assert!(!v.status.success(), "{}", explain(&["verify", "--deep"], &v));
+    assert!(
+        !v.status.success(),
+        "{}",
+        explain(&["verify", "--deep"], &v)
+    );
     let deep_said = String::from_utf8_lossy(&v.stdout);
     assert!(deep_said.contains("checksum"), "{deep_said}");
     let plain_said = String::from_utf8_lossy(&job.verify(Depth::Plain).stdout).into_owned();

@@ -43,7 +43,12 @@ pub fn read_commit(layout: &OutputLayout, name: &str) -> Result<Option<Commit>, 
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("its manifest {} cannot be read ({e})", path.display())),
+        Err(e) => {
+            return Err(format!(
+                "its manifest {} cannot be read ({e})",
+                path.display()
+            ));
+        }
     };
     let c: Commit = serde_json::from_slice(&bytes)
         .map_err(|e| format!("its manifest {} is not valid ({e})", path.display()))?;

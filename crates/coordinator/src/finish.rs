@@ -14,7 +14,9 @@ use shardprep_core::mode::Mode;
 
 use crate::commit::write_atomic;
 use crate::merge::{self, MergeOutcome};
-use crate::report::{self, Repair, RepairAction, Report, ShardPhase, ShardReport, ShardRows, Verdict};
+use crate::report::{
+    self, Repair, RepairAction, Report, ShardPhase, ShardReport, ShardRows, Verdict,
+};
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
@@ -216,10 +218,16 @@ fn unchanged_output(
         return Some(prev);
     }
     for p in found {
-        tracing::warn!("{p}; merging the table again and rewriting the report");
+        // What was found, without `verify`'s advice to run the job again.
+        let found = p
+            .split("; run the job again")
+            .next()
+            .unwrap_or(&p)
+            .to_string();
+        tracing::warn!("{found}; merging the table again and rewriting the report");
         repairs.push(Repair {
             subject: abs(layout.root()).display().to_string(),
-            found: p,
+            found,
             action: RepairAction::Remerge,
         });
     }
@@ -331,8 +339,7 @@ fn abs(p: &Path) -> PathBuf {
 
 /// The report at `path`, or why it cannot be read.
 fn read_report(path: &Path) -> Result<Report, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("{} is not a shardprep report ({e})", path.display()))
 }

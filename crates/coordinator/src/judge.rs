@@ -86,7 +86,19 @@ pub fn recover(
         .zip(&commits)
         .filter_map(|(s, c)| Some((s.name.as_str(), c.as_ref()?)))
         .collect();
-    let judged = check_commits(layout, &kept, mode, depth);
+    let mut judged = check_commits(layout, &kept, mode, depth);
+    if mode == Mode::Extract {
+        let wrote: Vec<ShardWrote> = kept
+            .iter()
+            .map(|(name, c)| ShardWrote {
+                name: name.to_string(),
+                files: c.manifest.counts.files_extracted + c.manifest.counts.captions_written,
+            })
+            .collect();
+        for (shard, why) in check_written(layout, &wrote, None, depth).why {
+            judged.damaged.entry(shard).or_insert(why);
+        }
+    }
     for (s, c) in sources.iter().zip(commits.iter_mut()) {
         if let Some(why) = judged.damaged.get(&s.name) {
             redo(layout, &s.name, why.clone(), &mut repairs);
@@ -175,8 +187,8 @@ fn wrong_mode(m: &ShardManifest, mode: Mode) -> Option<&'static str> {
 
 /// Judges committed shards (`shards`, in shard order) at `depth`: each
 /// fragment reads back with the rows its commit counts, each index file
-/// (index mode) is as sealed, every file each shard wrote into `data/`
-/// (extract mode) is there as written.
+/// (index mode) is as sealed. (The files each wrote into `data/` are
+/// [`check_written`]'s to judge: `recover` asks both, `verify` too.)
 pub fn check_commits(
     layout: &OutputLayout,
     shards: &[(&str, &Commit)],
@@ -195,28 +207,14 @@ pub fn check_commits(
             j.damage(name, why);
         }
     }
-    if mode == Mode::Extract {
-        let wrote: Vec<ShardWrote> = shards
-            .iter()
-            .map(|(name, c)| ShardWrote {
-                name: name.to_string(),
-                files: c.manifest.counts.files_extracted + c.manifest.counts.captions_written,
-            })
-            .collect();
-        let w = check_written(layout, &wrote, None, depth);
-        for (shard, why) in w.why {
-            j.damaged.entry(shard).or_insert(why);
-        }
-        j.findings.merge(w.findings);
-    }
     let kept = shards.len() - j.damaged.len();
     j.findings.checked.push(format!(
-        "{kept} of {} committed shards check out at depth {}: fragment, {}",
+        "{kept} of {} committed shards check out at depth {}: {} fragment",
         shards.len(),
         depth.as_str(),
         match mode {
-            Mode::Extract => "file list and the files in data/",
-            Mode::Index => "index file",
+            Mode::Extract => "manifest and",
+            Mode::Index => "manifest, index file and",
         }
     ));
     j

@@ -369,4 +369,3 @@ impl JobShared {
         wire::status(self)
     }
 }
-

@@ -11,8 +11,8 @@ use shardprep_core::proto::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
 use crate::commit;
-use crate::{JobShared, wire};
 use crate::scheduler::{LeaseAnswer, Progress};
+use crate::{JobShared, wire};
 
 /// How long an idle worker's lease request may wait for work.
 const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -56,7 +56,10 @@ fn check_worker_id(id: &str) -> Result<(), Status> {
 fn late(shared: &JobShared, r: &proto::CompleteRequest) -> proto::CompleteResponse {
     commit::discard(&shared.layout, r.lease_id, &r.fragment_tmp, &r.manifest_tmp);
     tracing::warn!(worker = %r.worker_id, lease = r.lease_id, "late completion of a lease that expired; discarded (no duplicate rows)");
-    wire::rejected("the lease expired and the shard was given to another worker; the result was discarded".into())
+    wire::rejected(
+        "the lease expired and the shard was given to another worker; the result was discarded"
+            .into(),
+    )
 }
 
 /// Checks and commits a worker's result. The attempt is read and prepared
@@ -76,9 +79,8 @@ fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::Compl
     let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
     let prepared = commit::prepare(layout, &name, r.lease_id, tmp, shared.mode());
     let published = shared.state.update(|s| {
-        if s.current_lease(r.lease_id).is_none() {
-            return None;
-        }
+        // Still the current lease? (It may have expired while preparing.)
+        s.current_lease(r.lease_id)?;
         let now = Instant::now();
         let result = prepared.and_then(|p| commit::publish(layout, &p).map(|()| p));
         Some(match result {

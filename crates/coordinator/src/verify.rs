@@ -4,20 +4,21 @@
 //! checks what the job published ([`check_published`], which the end of a
 //! job runs too), all at one [`CheckDepth`].
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardprep_core::depth::CheckDepth;
-use shardprep_core::layout::{OutputLayout, stem};
+use shardprep_core::layout::{OutputLayout, fnv1a64, stem};
 use shardprep_core::mode::Mode;
 
 pub use crate::findings::Findings;
 use crate::findings::LISTED;
 use crate::judge;
 use crate::report::{Report, ShardPhase, Verdict};
-use crate::written::{ShardWrote, check_json_members, check_written, list_foreign};
+use crate::written::{ShardWrote, check_json_members, check_written, list_foreign, written_paths};
 
 /// What the checks take from a job's report and the flags.
 pub(crate) struct JobView<'a> {
@@ -125,7 +126,7 @@ pub(crate) fn check_data(layout: &OutputLayout, view: &JobView<'_>, depth: Check
     let shards = view.done_shards();
     if view.extracted {
         f.merge(check_written(layout, &shards, view.expected, depth).findings);
-        list_foreign(layout, &shards, &mut f);
+        list_foreign(layout, &written_paths(layout, &shards), &mut f);
     } else if let Some(e) = view.expected {
         check_json_members(view.report.found_json, e, &mut f);
     }
@@ -244,9 +245,16 @@ fn check_schema(schema: &arrow_schema::Schema, f: &mut Findings) -> bool {
 }
 
 /// The per-row checks: each row's image and caption file in `data/` (at
-/// [`CheckDepth::Checksums`], the caption's text against the row's).
+/// [`CheckDepth::Checksums`], the caption's text against the row's). A
+/// file no shard wrote (its JSON named an image the shard did not hold, or
+/// the write was refused: the report counts and names these) is counted,
+/// not a problem.
 struct RowCheck<'a> {
     data: std::path::PathBuf,
+    /// What the shards wrote into `data/` (paths hashed).
+    written: HashSet<u64>,
+    unwritten_images: u64,
+    unwritten_captions: u64,
     images: bool,
     textfile: bool,
     depth: CheckDepth,
@@ -260,15 +268,20 @@ impl RowCheck<'_> {
     fn row(&mut self, name: Option<&str>, caption: Option<&str>) {
         self.rows += 1;
         let Some(name) = name else { return };
-        if self.images && !self.data.join(name).is_file() {
+        let ours = |rel: &str| self.written.contains(&fnv1a64(rel.as_bytes()));
+        let txt_rel = format!("{}.txt", stem(name));
+        let (image_ours, txt_ours) = (ours(name), ours(&txt_rel));
+        self.unwritten_images += u64::from(self.images && !image_ours);
+        self.unwritten_captions += u64::from(self.textfile && !txt_ours);
+        if self.images && image_ours && !self.data.join(name).is_file() {
             self.no_image += 1;
             if self.no_image <= LISTED as u64 {
                 let msg = format!("row {}: image data/{name} is missing", self.rows);
                 self.f.problems.push(msg);
             }
         }
-        if self.textfile {
-            let txt = self.data.join(format!("{}.txt", stem(name)));
+        if self.textfile && txt_ours {
+            let txt = self.data.join(txt_rel);
             let ok = match self.depth {
                 CheckDepth::Sizes => txt.is_file(),
                 CheckDepth::Checksums => std::fs::read(&txt)
@@ -282,8 +295,16 @@ impl RowCheck<'_> {
                         "row {}: {} is missing{}; run the job again{}: it redoes the shard",
                         self.rows,
                         txt.display(),
-                        if self.depth.reads_bytes() { " or differs from the caption" } else { "" },
-                        if self.depth.reads_bytes() { " with --deep" } else { "" },
+                        if self.depth.reads_bytes() {
+                            " or differs from the caption"
+                        } else {
+                            ""
+                        },
+                        if self.depth.reads_bytes() {
+                            " with --deep"
+                        } else {
+                            ""
+                        },
                     );
                     self.f.problems.push(msg);
                 }
@@ -314,11 +335,23 @@ impl RowCheck<'_> {
             ));
         }
         if self.images && self.no_image == 0 {
-            f.checked.push("every row's image is in data/".into());
+            f.checked.push(if self.unwritten_images == 0 {
+                "every row's image is in data/".into()
+            } else {
+                "every row's image a shard wrote is in data/".into()
+            });
+        }
+        if self.unwritten_images + self.unwritten_captions > 0 {
+            f.checked.push(format!(
+                "{} rows name an image and {} a caption file no shard wrote into data/ (not in the shard, or refused: report.json counts and names them)",
+                self.unwritten_images, self.unwritten_captions
+            ));
         }
         if self.textfile && self.bad_caption == 0 {
             f.checked.push(match self.depth {
-                CheckDepth::Sizes => "every row's caption .txt is in data/ (its text is compared with --deep)".into(),
+                CheckDepth::Sizes => {
+                    "every row's caption .txt is in data/ (its text is compared with --deep)".into()
+                }
                 CheckDepth::Checksums => "every row's caption .txt is in data/ and matches".into(),
             });
         }
@@ -328,8 +361,9 @@ impl RowCheck<'_> {
 fn check_parquet(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth, f: &mut Findings) {
     let fragment_rows = view.report.fragment_rows;
     if let Some(why) = judge::table_problem(layout, &view.dataset_id, fragment_rows, depth) {
-        f.problems
-            .push(format!("{why}; run the job again: it merges the table again"));
+        f.problems.push(format!(
+            "{why}; run the job again: it merges the table again"
+        ));
         return;
     }
     f.checked.push(format!(
@@ -360,6 +394,13 @@ fn check_parquet(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth, f
     };
     let mut check = RowCheck {
         data: layout.data_dir(),
+        written: if view.extracted {
+            written_paths(layout, &view.done_shards())
+        } else {
+            HashSet::new()
+        },
+        unwritten_images: 0,
+        unwritten_captions: 0,
         images: view.extracted,
         textfile: view.textfile && view.extracted,
         depth,

@@ -35,7 +35,11 @@ pub(crate) fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto:
 }
 
 /// The wire form of a granted shard.
-pub(crate) fn shard_lease(g: Grant, url: Option<String>, held: std::time::Duration) -> proto::ShardLease {
+pub(crate) fn shard_lease(
+    g: Grant,
+    url: Option<String>,
+    held: std::time::Duration,
+) -> proto::ShardLease {
     proto::ShardLease {
         lease_id: g.lease_id,
         shard_index: g.index as u32,

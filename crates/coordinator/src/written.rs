@@ -111,7 +111,10 @@ pub fn check_written(
                 .or_insert_with(|| format!("data/{} is {why}", rel.display()));
             json_missing += u64::from(rec.rel.ends_with(b".json"));
             if missing.len() < LISTED {
-                missing.push(format!("data/{} ({why}, from shard {shard})", rel.display()));
+                missing.push(format!(
+                    "data/{} ({why}, from shard {shard})",
+                    rel.display()
+                ));
             }
         }
     }
@@ -180,14 +183,20 @@ pub fn check_json_members(found: u64, expected: u64, f: &mut Findings) {
 /// Foreign files listed by name.
 const FOREIGN_LISTED: usize = 20;
 
-/// Lists the files in `data/` that no shard wrote (by name, capped): a
-/// trainer's caches. They are neither counted nor a problem.
-pub fn list_foreign(layout: &OutputLayout, shards: &[ShardWrote], f: &mut Findings) {
+/// The paths (hashed with [`fnv1a64`]) the shards wrote into `data/`, from
+/// their file lists (an unreadable list adds nothing).
+pub fn written_paths(layout: &OutputLayout, shards: &[ShardWrote]) -> HashSet<u64> {
     let mut ours = HashSet::new();
     for shard in shards {
         let bytes = std::fs::read(layout.files_list_path(&shard.name)).unwrap_or_default();
         ours.extend(parse_files_list(&bytes).iter().map(|r| fnv1a64(r.rel)));
     }
+    ours
+}
+
+/// Lists the files in `data/` that no shard wrote (by name, capped): a
+/// trainer's caches. They are neither counted nor a problem.
+pub fn list_foreign(layout: &OutputLayout, ours: &HashSet<u64>, f: &mut Findings) {
     let data = layout.data_dir();
     for_each_file(data.clone(), |path| {
         let Ok(rel) = path.strip_prefix(&data) else {

@@ -188,7 +188,12 @@ pub fn listed_path(rel: &[u8]) -> Option<&Path> {
 /// Why a file is not as it was written (missing, another size, or at
 /// [`CheckDepth::Checksums`] other bytes than its CRC-32), `None` when it
 /// is. `size`/`crc` unknown are not compared.
-pub fn damage(path: &Path, size: Option<u64>, crc: Option<u32>, depth: CheckDepth) -> Option<String> {
+pub fn damage(
+    path: &Path,
+    size: Option<u64>,
+    crc: Option<u32>,
+    depth: CheckDepth,
+) -> Option<String> {
     let m = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Some("missing".into()),
         Err(e) => return Some(format!("unreadable ({e})")),
