@@ -129,7 +129,7 @@ pub fn coordinator_config(
         data_sync: job.data_sync(data_sync),
         metrics_listen: job.metrics_listen,
         image_checks: image_checks(job)?,
-        deep: job.deep,
+        depth: shardprep_core::depth::CheckDepth::from_deep(job.deep),
         max_sparse_size: job.max_sparse_size,
         ..CoordinatorConfig::default()
     })

@@ -151,7 +151,7 @@ pub fn print_summary(r: &Report) {
         .map(|e| e.to_string())
         .unwrap_or_else(|| "(not given)".into());
     println!("shardprep summary");
-    println!("  verdict            {}", r.verdict.to_uppercase());
+    println!("  verdict            {}", r.verdict.as_str().to_uppercase());
     println!(
         "  shards             {} done, {} failed, {} total ({} from an earlier run)",
         r.shards_done, r.shards_failed, r.shards_total, r.shards_recovered
@@ -204,8 +204,29 @@ pub fn print_summary(r: &Report) {
     if let Some(p) = &r.parquet {
         println!("  parquet            {p}");
     }
+    print_repairs(&r.repairs);
     for p in &r.problems {
         println!("  PROBLEM            {p}");
+    }
+}
+
+/// The summary's lines on what this run found damaged and repaired.
+fn print_repairs(repairs: &[shardprep_coordinator::report::Repair]) {
+    use shardprep_coordinator::report::RepairAction;
+    if repairs.is_empty() {
+        return;
+    }
+    println!(
+        "  repairs            {} (listed in report.json: repairs)",
+        repairs.len()
+    );
+    for r in repairs {
+        let did = match r.action {
+            RepairAction::RedoShard => "redid the shard",
+            RepairAction::Remerge => "merged the table again",
+            RepairAction::RemoveFile => "removed it",
+        };
+        println!("    {}: {} → {did}", r.subject, r.found);
     }
 }
 
@@ -348,13 +369,14 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut findings = shardprep_coordinator::verify::verify_output_deep(
+    let depth = shardprep_core::depth::CheckDepth::from_deep(args.deep);
+    let mut findings = shardprep_coordinator::verify::verify_output(
         &args.output,
         args.expect_json,
         args.dataset_id.as_deref(),
-        args.deep,
+        depth,
     );
-    if args.deep {
+    if depth.reads_bytes() {
         let deep = crate::deep::deep_check(&args.output);
         findings.checked.extend(deep.checked);
         findings.problems.extend(deep.problems);

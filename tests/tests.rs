@@ -14,6 +14,7 @@ mod hostile;
 mod index_mode;
 mod integrity;
 mod remote;
+mod repair;
 mod security;
 mod training;
 mod usage;
