@@ -174,11 +174,6 @@ pub(crate) fn stage<'a>(
 }
 
 impl Staged<'_> {
-    /// The path the file is for, relative to the root.
-    pub(crate) fn rel(&self) -> &Path {
-        &self.rel
-    }
-
     /// Puts the complete file at its path, replacing a regular file there
     /// atomically (never a symlink or a directory), if the fence is open.
     pub(crate) fn publish(mut self, fence: &Fence) -> Result<(), PlaceError> {

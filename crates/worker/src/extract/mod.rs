@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use shardprep_core::durability;
 
 use crate::fence::Fence;
-use crate::publish::{Staged, Target, stage};
+use crate::publish::{Target, stage};
 use crate::writers::{Finished, WriteQueue, WriteTag};
 use flusher::Flusher;
 
@@ -173,7 +173,7 @@ impl DataDir {
     /// Gets ready to write the file `rel` on this thread: its directories
     /// checked, queued writes of the same path landed first (the later one
     /// wins). The file is then started under a private name by
-    /// [`stage`] and published by [`Staged::publish`].
+    /// [`stage`] and published by `Staged::publish`.
     fn prepare(&mut self, rel: &Path) -> Result<Target, PlaceError> {
         self.ensure_parent(rel)?;
         self.queue.wait_for_path(rel);
