@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::depth::CheckDepth;
@@ -18,12 +17,7 @@ use crate::depth::CheckDepth;
 /// Flushes the whole filesystem that holds `f` (`syncfs(2)`): one call
 /// instead of an `fsync` per file.
 pub fn syncfs(f: &File) -> io::Result<()> {
-    // SAFETY: `f` is an open descriptor for the duration of the call.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::syncfs(f)?)
 }
 
 /// When the files extracted into `data/` are flushed to disk.
