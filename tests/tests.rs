@@ -16,4 +16,5 @@ mod integrity;
 mod remote;
 mod security;
 mod training;
+mod page;
 mod usage;

@@ -12,7 +12,8 @@
 //! - [`verify`]: checks of an existing output (`shardprep verify`).
 //! - [`verify_index`]: the same for an index-mode output (`--mode index`).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
-//! - `metrics`: `GET /metrics` (Prometheus text format) from the job's state.
+//! - [`page`]: `report.html`, the report as a page (also live at `/` of `--metrics-listen`).
+//! - `metrics`: `GET /metrics` (Prometheus text format) and the live page at `/`.
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
 
 pub mod commit;
@@ -22,6 +23,7 @@ pub mod job;
 pub mod lock;
 pub mod merge;
 mod metrics;
+pub mod page;
 pub mod report;
 pub mod scheduler;
 pub mod service;
