@@ -116,7 +116,7 @@ fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let tmp = tempdir();
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
     shards(&input, GenOptions { shards: 2, samples_per_shard: 5, ..GenOptions::default() });
-    let o = run_job(&input, &out, &["--progress", "off"]);
+    let o = run_job(&input, &out, &["--progress", "never"]);
     let all = [o.stdout, o.stderr].concat();
     assert!(String::from_utf8_lossy(&all).contains("INFO"), "log lines expected");
     assert!(!all.contains(&0x1b), "escape codes in piped output:\n{}", String::from_utf8_lossy(&all));
@@ -144,7 +144,7 @@ fn colours_only_on_a_terminal_and_never_with_no_color() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = tmp.path().join("out");
-    let run = ["run", "--input", path_str(&empty), "--output", path_str(&out), "--progress", "off"];
+    let run = ["run", "--input", path_str(&empty), "--output", path_str(&out), "--progress", "never"];
     let coloured = on_a_terminal(&run, None);
     assert!(String::from_utf8_lossy(&coloured).contains("INFO"), "{}", String::from_utf8_lossy(&coloured));
     assert!(coloured.contains(&0x1b), "a terminal gets colours:\n{}", String::from_utf8_lossy(&coloured));
@@ -159,7 +159,7 @@ fn an_error_before_the_job_starts_is_printed_alone() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = tmp.path().join("out");
-    let args = ["run", "--input", path_str(&empty), "--output", path_str(&out), "--workers", "3", "--progress", "off"];
+    let args = ["run", "--input", path_str(&empty), "--output", path_str(&out), "--workers", "3", "--progress", "never"];
     let o = run_raw(&args, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", explain(&args, &o));
     let err = String::from_utf8_lossy(&o.stderr);

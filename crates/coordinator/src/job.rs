@@ -102,10 +102,10 @@ pub async fn serve(
         Ok(o) => (Phase::Failed, o.report.verdict.as_str()),
         Err(_) => (Phase::Failed, "failed"),
     };
-    shared.set_phase(phase, verdict);
     if let Ok(o) = &outcome {
         write_page(&config, &o.report).await;
     }
+    shared.set_phase(phase, verdict);
     // Tell the workers (their lease requests now answer "done"), then stop.
     shared.state.update(|s| s.finish());
     wait_for_workers(&shared, &config).await;

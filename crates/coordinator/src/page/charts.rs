@@ -91,29 +91,29 @@ fn min_line(rule: &BucketRule, min: f64, max_w: f64, max_h: f64) -> PathElement<
 
 /// Samples per bucket, and the ones the trainer drops.
 pub fn buckets(b: &Buckets) -> Result<String, PageError> {
-    let mut bars: Vec<(String, u64, RGBColor)> = b
+    let mut bars: Vec<(String, f64, RGBColor)> = b
         .by_aspect
         .iter()
-        .map(|(a, (n, _))| (a.name(), *n, BLUE))
+        .map(|(a, (n, _))| (a.name(), *n as f64, BLUE))
         .collect();
-    bars.push(("too small".into(), b.too_small, RED));
+    bars.push(("too small".into(), b.too_small as f64, RED));
     if b.invalid > 0 {
-        bars.push(("no size".into(), b.invalid, GREY));
+        bars.push(("no size".into(), b.invalid as f64, GREY));
     }
     bar_chart("bucket", "aspect bucket (width / height)", "samples", &bars)
 }
 
 /// Seconds per shard.
 pub fn shard_seconds(shards: &[ShardReport]) -> Result<String, PageError> {
-    let bars: Vec<(String, u64, RGBColor)> = shards
+    let bars: Vec<(String, f64, RGBColor)> = shards
         .iter()
         .map(|s| {
-            let ms = s.elapsed_ms.unwrap_or(0);
+            let secs = s.elapsed_ms.unwrap_or(0) as f64 / 1000.0;
             let color = if s.counts.is_some() { BLUE } else { RED };
-            (short(&s.name), ms, color)
+            (short(&s.name), secs, color)
         })
         .collect();
-    bar_chart("shard time", "shard", "milliseconds", &bars)
+    bar_chart("shard time", "shard (red: not done)", "seconds", &bars)
 }
 
 /// A histogram of `counts` (value → samples) in at most 40 equal bins.
@@ -129,7 +129,7 @@ pub fn histogram(
     for (&v, &n) in counts {
         *bins.entry(v / width).or_default() += n;
     }
-    let bars: Vec<(String, u64, RGBColor)> = (0..=max / width)
+    let bars: Vec<(String, f64, RGBColor)> = (0..=max / width)
         .map(|b| {
             let lo = b * width;
             let over = limit.is_some_and(|l| lo + width > l + 1);
@@ -138,7 +138,8 @@ pub fn histogram(
             } else {
                 format!("{lo}-{}", lo + width - 1)
             };
-            (label, bins.get(&b).copied().unwrap_or(0), if over { RED } else { BLUE })
+            let n = bins.get(&b).copied().unwrap_or(0) as f64;
+            (label, n, if over { RED } else { BLUE })
         })
         .collect();
     bar_chart(chart, x_desc, "samples", &bars)
@@ -149,11 +150,12 @@ fn bar_chart(
     chart: &'static str,
     x_desc: &str,
     y_desc: &str,
-    bars: &[(String, u64, RGBColor)],
+    bars: &[(String, f64, RGBColor)],
 ) -> Result<String, PageError> {
     let n = bars.len().max(1) as u32;
-    let top = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64 * 1.1;
-    let step = (bars.len() / 16).max(1);
+    let top = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.1;
+    // At most about 12 labels, so that they do not overlap.
+    let step = bars.len().div_ceil(12).max(1);
     svg(chart, |root| {
         let mut c = ChartBuilder::on(root)
             .margin(12)
@@ -181,7 +183,7 @@ fn bar_chart(
             let mut r = Rectangle::new(
                 [
                     (SegmentValue::Exact(i), 0f64),
-                    (SegmentValue::Exact(i + 1), *v as f64),
+                    (SegmentValue::Exact(i + 1), *v),
                 ],
                 color.filled(),
             );

@@ -339,9 +339,18 @@ fn buckets_section(p: &Page, s: &Stats, b: &Buckets) -> String {
     }
     let _ = write!(
         h,
-        "</table><p>{} samples: {} in {} buckets, {} dropped. {} rows repeat an earlier row's file name.</p></section>",
+        "</table><p>{} samples: {} in {} buckets, {} dropped. {} rows repeat an earlier row's file name.</p>",
         calc(total), calc(b.bucketed()), b.by_aspect.len(), calc(b.too_small + b.invalid), calc(s.duplicate_rows)
     );
+    let unlisted = p.report.totals.captions_for_unlisted_images;
+    if p.report.mode != "index" && unlisted > 0 {
+        let _ = write!(
+            h,
+            "<p>Besides, {} images of <code>data/</code> have no row (their JSON lacks a size): the trainer skips them as <code>metadata_missing</code>.</p>",
+            n("totals.captions_for_unlisted_images", unlisted)
+        );
+    }
+    h.push_str("</section>");
     h
 }
 

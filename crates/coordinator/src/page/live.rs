@@ -1,8 +1,7 @@
 //! The page of a running job, served at `/` of `--metrics-listen`: the
 //! report as it stands (the committed shards' counts, the shards still
 //! pending or leased), the samples of the committed shards, and a refresh
-//! every few seconds. Once the job has written `report.json`, the page is
-//! the finished job's, with the same numbers as that file.
+//! every few seconds. Once the job has ended, the page is its `report.html`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +16,9 @@ use crate::{CoordinatorConfig, JobShared, Phase};
 
 /// Seconds between two reloads of the live page.
 pub const REFRESH_SECS: u32 = 5;
+
+/// Problem images newly decoded per rendering, so that a page comes quickly.
+const THUMBS_PER_REFRESH: usize = 4;
 
 /// What the page says about a running job.
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub(crate) struct LivePage {
     opts: PageOptions,
     /// Committed shard (name and lease) → its samples.
     per_shard: Mutex<HashMap<(String, u64), Stats>>,
+    /// Problem image → its thumbnail (or why there is none).
+    thumbs: Mutex<HashMap<String, Result<String, String>>>,
 }
 
 impl LivePage {
@@ -44,6 +48,7 @@ impl LivePage {
             started_at,
             opts: PageOptions::default(),
             per_shard: Mutex::new(HashMap::new()),
+            thumbs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,11 +56,14 @@ impl LivePage {
     pub(crate) fn render(&self, shared: &JobShared) -> String {
         let layout = &shared.layout;
         let phase = shared.phase();
-        if matches!(phase, Phase::Finished | Phase::Failed)
-            && let Some(report) = read_report(layout)
-        {
-            let page = super::gather(layout, &report, self.opts, None);
-            return html::render(&page);
+        if matches!(phase, Phase::Finished | Phase::Failed) {
+            // The job's own report.html once written, else the page of its report.json.
+            if let Ok(page) = std::fs::read_to_string(layout.root().join(super::PAGE_FILE)) {
+                return page;
+            }
+            if let Some(report) = read_report(layout) {
+                return html::render(&super::gather(layout, &report, self.opts, None));
+            }
         }
         let (entries, report) = self.provisional(shared);
         let stats = self.committed_stats(layout, &entries, &report);
@@ -65,7 +73,12 @@ impl LivePage {
             rule: rule_of(entry.as_ref(), self.opts),
             entry,
             stats: stats.map_err(|e| e.to_string()),
-            thumbs: thumbs::of_problems(layout, &report),
+            thumbs: thumbs::of_problems_cached(
+                layout,
+                &report,
+                &mut crate::lock(&self.thumbs),
+                THUMBS_PER_REFRESH,
+            ),
             live: Some(LiveState {
                 phase: phase_name(phase).into(),
                 refresh_secs: REFRESH_SECS,

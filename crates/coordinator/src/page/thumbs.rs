@@ -1,6 +1,7 @@
 //! Small thumbnails of the problem images that still decode, as data URIs.
 //! Extract mode only: in index mode the images stay inside the tars.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 
 use base64::Engine;
@@ -28,7 +29,31 @@ pub struct Thumb {
 
 /// Thumbnails of the first listed image problems.
 pub fn of_problems(layout: &OutputLayout, report: &Report) -> Vec<Thumb> {
+    of_problems_cached(layout, report, &mut HashMap::new(), usize::MAX)
+}
+
+/// [`of_problems`], decoding each image once and at most `budget` new ones
+/// per call (the others say they come with a later refresh): `cache` keeps
+/// the pictures by member path across the live page's refreshes.
+pub fn of_problems_cached(
+    layout: &OutputLayout,
+    report: &Report,
+    cache: &mut HashMap<String, Result<String, String>>,
+    mut budget: usize,
+) -> Vec<Thumb> {
     let extracted = report.mode != "index";
+    let mut picture = |member: &str| -> Result<String, String> {
+        if let Some(p) = cache.get(member) {
+            return p.clone();
+        }
+        if budget == 0 {
+            return Err("thumbnail on a later refresh".into());
+        }
+        budget -= 1;
+        let p = thumbnail(&layout.data_dir().join(member));
+        cache.insert(member.to_string(), p.clone());
+        p
+    };
     report
         .shards
         .iter()
@@ -40,7 +65,7 @@ pub fn of_problems(layout: &OutputLayout, report: &Report) -> Vec<Thumb> {
             kind: super::as_text(&i.kind),
             detail: i.detail.clone(),
             picture: if extracted {
-                thumbnail(&layout.data_dir().join(&i.member))
+                picture(&i.member)
             } else {
                 Err("index mode: the image stays in its tar".into())
             },
