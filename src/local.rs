@@ -113,7 +113,9 @@ impl LocalCoordinator {
         let answered = async move {
             loop {
                 if let Ok(mut c) = shardprep_worker::client::client(&url, &token, None)
-                    && c.status(shardprep_core::proto::StatusRequest {}).await.is_ok()
+                    && c.status(shardprep_core::proto::StatusRequest {})
+                        .await
+                        .is_ok()
                 {
                     return;
                 }

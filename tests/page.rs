@@ -35,10 +35,11 @@ fn attr(attrs: &str, name: &str) -> Option<String> {
 
 /// The value at a dotted `path` of `v` (numeric parts index arrays).
 fn at_path<'a>(v: &'a Value, path: &str) -> &'a Value {
-    path.split('.').fold(v, |v, part| match part.parse::<usize>() {
-        Ok(i) if v.is_array() => &v[i],
-        _ => &v[part],
-    })
+    path.split('.')
+        .fold(v, |v, part| match part.parse::<usize>() {
+            Ok(i) if v.is_array() => &v[i],
+            _ => &v[part],
+        })
 }
 
 /// Asserts that every number the page takes from the report is the report's.
@@ -52,22 +53,41 @@ fn assert_page_matches_report(page: &str, report: &Value) {
             continue;
         }
         let want = if attr(&attrs, "data-agg").as_deref() == Some("sum") {
-            v.as_object().map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum())
+            v.as_object()
+                .map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum())
         } else {
-            v.as_f64().unwrap_or_else(|| panic!("{key} is not a number in report.json: {v}"))
+            v.as_f64()
+                .unwrap_or_else(|| panic!("{key} is not a number in report.json: {v}"))
         };
         let scale: f64 = attr(&attrs, "data-scale").map_or(1.0, |s| s.parse().unwrap());
         let digits: usize = attr(&attrs, "data-digits").map_or(0, |s| s.parse().unwrap());
-        let shown: f64 = text.replace(',', "").parse().unwrap_or_else(|_| panic!("{key}: {text:?}"));
+        let shown: f64 = text
+            .replace(',', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}: {text:?}"));
         let expected: f64 = format!("{:.*}", digits, want * scale).parse().unwrap();
-        assert_eq!(shown, expected, "{key}: the page shows {text}, report.json has {want}");
+        assert_eq!(
+            shown, expected,
+            "{key}: the page shows {text}, report.json has {want}"
+        );
     }
 }
 
 /// Nothing on the page is fetched: no URL in a `src`/`href`, no script, no `url(` in CSS.
 fn assert_self_contained(page: &str) {
-    for bad in ["src=\"http", "href=\"http", "<script", "<link", "url(", "@import", "<iframe"] {
-        assert!(!page.contains(bad), "the page must load nothing: found {bad:?}");
+    for bad in [
+        "src=\"http",
+        "href=\"http",
+        "<script",
+        "<link",
+        "url(",
+        "@import",
+        "<iframe",
+    ] {
+        assert!(
+            !page.contains(bad),
+            "the page must load nothing: found {bad:?}"
+        );
     }
 }
 
@@ -79,7 +99,18 @@ fn shards(dir: &Path, opts: GenOptions) {
 fn the_job_writes_report_html_and_shardprep_report_rewrites_it_the_same() {
     let tmp = tempdir();
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    shards(&input, GenOptions { shards: 3, samples_per_shard: 40, no_width_every: 7, lying_dims_every: 5, truncated_every: 9, seed: 29, ..GenOptions::default() });
+    shards(
+        &input,
+        GenOptions {
+            shards: 3,
+            samples_per_shard: 40,
+            no_width_every: 7,
+            lying_dims_every: 5,
+            truncated_every: 9,
+            seed: 29,
+            ..GenOptions::default()
+        },
+    );
     run_job(&input, &out, &["--check-images", "decode"]);
     let page_path = out.join("report.html");
     let page = std::fs::read_to_string(&page_path).expect("report.html beside report.json");
@@ -88,21 +119,37 @@ fn the_job_writes_report_html_and_shardprep_report_rewrites_it_the_same() {
     assert_page_matches_report(&page, &r);
     // The pictures are SVG, the problem images thumbnails where they decode.
     assert!(page.matches("<svg").count() >= 5, "charts");
-    assert!(page.contains("data:image/png;base64,"), "a thumbnail of a problem image that decodes");
+    assert!(
+        page.contains("data:image/png;base64,"),
+        "a thumbnail of a problem image that decodes"
+    );
     assert!(page.contains("dims_mismatch") && page.contains("decode_failed"));
     assert!(page.contains("data-bucket=\"1.0\""), "the 1024x1024 bucket");
     std::fs::remove_file(&page_path).unwrap();
     let args = ["report", path_str(&out)];
     let o = run_raw(&args, &[]);
     assert!(o.status.success(), "{}", explain(&args, &o));
-    assert_eq!(std::fs::read_to_string(&page_path).unwrap(), page, "regenerated page differs");
+    assert_eq!(
+        std::fs::read_to_string(&page_path).unwrap(),
+        page,
+        "regenerated page differs"
+    );
 }
 
 #[test]
 fn an_index_job_writes_its_page_from_the_indexes() {
     let tmp = tempdir();
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    shards(&input, GenOptions { shards: 2, samples_per_shard: 30, lying_dims_every: 4, seed: 5, ..GenOptions::default() });
+    shards(
+        &input,
+        GenOptions {
+            shards: 2,
+            samples_per_shard: 30,
+            lying_dims_every: 4,
+            seed: 5,
+            ..GenOptions::default()
+        },
+    );
     run_job(&input, &out, &["--mode", "index"]);
     let page = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert_self_contained(&page);
@@ -115,11 +162,25 @@ fn an_index_job_writes_its_page_from_the_indexes() {
 fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let tmp = tempdir();
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    shards(&input, GenOptions { shards: 2, samples_per_shard: 5, ..GenOptions::default() });
+    shards(
+        &input,
+        GenOptions {
+            shards: 2,
+            samples_per_shard: 5,
+            ..GenOptions::default()
+        },
+    );
     let o = run_job(&input, &out, &["--progress", "never"]);
     let all = [o.stdout, o.stderr].concat();
-    assert!(String::from_utf8_lossy(&all).contains("INFO"), "log lines expected");
-    assert!(!all.contains(&0x1b), "escape codes in piped output:\n{}", String::from_utf8_lossy(&all));
+    assert!(
+        String::from_utf8_lossy(&all).contains("INFO"),
+        "log lines expected"
+    );
+    assert!(
+        !all.contains(&0x1b),
+        "escape codes in piped output:\n{}",
+        String::from_utf8_lossy(&all)
+    );
 }
 
 /// `shardprep ARGS` on a pseudo-terminal (util-linux `script`), its output.
@@ -129,28 +190,56 @@ fn on_a_terminal(args: &[&str], no_color: Option<&str>) -> Vec<u8> {
         .collect::<Vec<_>>()
         .join(" ");
     let mut cmd = Command::new("script");
-    cmd.args(["-qec", &line, "/dev/null"]).env_remove("NO_COLOR");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("NO_COLOR");
     if let Some(v) = no_color {
         cmd.env("NO_COLOR", v);
     }
-    let o = cmd.output().expect("util-linux `script` (a pseudo-terminal for this test) must be installed");
+    let o = cmd
+        .output()
+        .expect("util-linux `script` (a pseudo-terminal for this test) must be installed");
     o.stdout
 }
 
 #[test]
 fn colours_only_on_a_terminal_and_never_with_no_color() {
-    // A run that stops at once (no shards) still logs its first lines.
     let tmp = tempdir();
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    let out = tmp.path().join("out");
-    let run = ["run", "--input", path_str(&empty), "--output", path_str(&out), "--progress", "never"];
-    let coloured = on_a_terminal(&run, None);
-    assert!(String::from_utf8_lossy(&coloured).contains("INFO"), "{}", String::from_utf8_lossy(&coloured));
-    assert!(coloured.contains(&0x1b), "a terminal gets colours:\n{}", String::from_utf8_lossy(&coloured));
-    let plain = on_a_terminal(&run, Some("1"));
-    assert!(String::from_utf8_lossy(&plain).contains("INFO"));
-    assert!(!plain.contains(&0x1b), "NO_COLOR=1 must turn colours off:\n{}", String::from_utf8_lossy(&plain));
+    let input = tmp.path().join("in");
+    shards(
+        &input,
+        GenOptions {
+            shards: 1,
+            samples_per_shard: 3,
+            ..GenOptions::default()
+        },
+    );
+    let out = |name: &str| tmp.path().join(name);
+    let run = |o: &Path| {
+        vec![
+            "run".to_string(),
+            "--input".into(),
+            path_str(&input).into(),
+            "--output".into(),
+            path_str(o).into(),
+            "--workers".into(),
+            "1".into(),
+            "--progress".into(),
+            "never".into(),
+        ]
+    };
+    let args = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
+    let (a, b) = (run(&out("a")), run(&out("b")));
+    let coloured = on_a_terminal(&a.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    let text = String::from_utf8_lossy(&coloured);
+    assert!(text.contains("INFO"), "shardprep {}:\n{text}", args(&a));
+    assert!(coloured.contains(&0x1b), "a terminal gets colours:\n{text}");
+    let plain = on_a_terminal(&b.iter().map(String::as_str).collect::<Vec<_>>(), Some("1"));
+    let text = String::from_utf8_lossy(&plain);
+    assert!(text.contains("INFO"), "shardprep {}:\n{text}", args(&b));
+    assert!(
+        !plain.contains(&0x1b),
+        "NO_COLOR=1 must turn colours off:\n{text}"
+    );
 }
 
 #[test]
@@ -159,13 +248,31 @@ fn an_error_before_the_job_starts_is_printed_alone() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = tmp.path().join("out");
-    let args = ["run", "--input", path_str(&empty), "--output", path_str(&out), "--workers", "3", "--progress", "never"];
+    let args = [
+        "run",
+        "--input",
+        path_str(&empty),
+        "--output",
+        path_str(&out),
+        "--workers",
+        "3",
+        "--progress",
+        "never",
+    ];
     let o = run_raw(&args, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", explain(&args, &o));
     let err = String::from_utf8_lossy(&o.stderr);
     let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: no *.tar shards in"), "{}", explain(&args, &o));
+    assert!(
+        last.starts_with("error: no *.tar shards in"),
+        "{}",
+        explain(&args, &o)
+    );
     for noise in ["SIGTERM", "unreachable", "worker", "WARN", "ERROR"] {
-        assert!(!err.contains(noise), "{noise:?} printed before the error:\n{}", explain(&args, &o));
+        assert!(
+            !err.contains(noise),
+            "{noise:?} printed before the error:\n{}",
+            explain(&args, &o)
+        );
     }
 }

@@ -147,8 +147,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, source: Arc<Source>) {
 
 /// The live report page, rendered off the async threads (it reads files).
 async fn live_page(source: Arc<Source>) -> String {
-    let rendered =
-        tokio::task::spawn_blocking(move || source.page.render(&source.shared)).await;
+    let rendered = tokio::task::spawn_blocking(move || source.page.render(&source.shared)).await;
     rendered.unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot render the report page (a bug in shardprep)");
         format!("<!DOCTYPE html><title>shardprep</title><p>cannot render the page: {e}</p>")

@@ -31,9 +31,13 @@ fn svg(
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string()).map_err(err(chart))?;
+        root.fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .map_err(err(chart))?;
         draw(&root).map_err(err(chart))?;
-        root.present().map_err(|e| e.to_string()).map_err(err(chart))?;
+        root.present()
+            .map_err(|e| e.to_string())
+            .map_err(err(chart))?;
     }
     Ok(out)
 }
@@ -82,10 +86,9 @@ fn min_line(rule: &BucketRule, min: f64, max_w: f64, max_h: f64) -> PathElement<
                 .collect::<Vec<_>>();
             PathElement::new(pts, style)
         }
-        super::buckets::ResolutionType::Pixel => PathElement::new(
-            vec![(min, max_h), (min, min), (max_w, min)],
-            style,
-        ),
+        super::buckets::ResolutionType::Pixel => {
+            PathElement::new(vec![(min, max_h), (min, min), (max_w, min)], style)
+        }
     }
 }
 

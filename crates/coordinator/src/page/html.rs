@@ -43,7 +43,11 @@ pub fn grouped(n: u64) -> String {
 
 /// A count from the report at `key`.
 fn n(key: &str, v: u64) -> String {
-    format!(r#"<span class="n" data-k="{}">{}</span>"#, esc(key), grouped(v))
+    format!(
+        r#"<span class="n" data-k="{}">{}</span>"#,
+        esc(key),
+        grouped(v)
+    )
 }
 
 /// The sum of the report's map at `key`.
@@ -89,9 +93,17 @@ pub fn render(p: &Page) -> String {
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
     );
     if let Some(l) = &p.live {
-        let _ = write!(h, "<meta http-equiv=\"refresh\" content=\"{}\">", l.refresh_secs);
+        let _ = write!(
+            h,
+            "<meta http-equiv=\"refresh\" content=\"{}\">",
+            l.refresh_secs
+        );
     }
-    let _ = write!(h, "<title>{}</title><style>{STYLE}</style></head><body>", esc(&title));
+    let _ = write!(
+        h,
+        "<title>{}</title><style>{STYLE}</style></head><body>",
+        esc(&title)
+    );
     h.push_str(&header(p, &title));
     h.push_str(&verdict_section(p));
     h.push_str(&counts_section(r));
@@ -137,7 +149,11 @@ fn header(p: &Page, title: &str) -> String {
         esc(&r.mode),
         esc(&r.input),
         esc(&r.started_at),
-        esc(if r.finished_at.is_empty() { "(running)" } else { &r.finished_at })
+        esc(if r.finished_at.is_empty() {
+            "(running)"
+        } else {
+            &r.finished_at
+        })
     );
     h
 }
@@ -171,7 +187,12 @@ fn verdict_section(p: &Page) -> String {
 fn advice_lines(p: &Page) -> Vec<(String, String)> {
     let t = &p.report.totals;
     let mut out = Vec::new();
-    for (kind, count) in t.image_problems.iter().chain(&t.skipped).chain(&t.rejected_members) {
+    for (kind, count) in t
+        .image_problems
+        .iter()
+        .chain(&t.skipped)
+        .chain(&t.rejected_members)
+    {
         out.push((format!("{count} × {kind}"), advice(kind).to_string()));
     }
     if let Ok(s) = &p.stats {
@@ -189,16 +210,38 @@ fn advice_lines(p: &Page) -> Vec<(String, String)> {
 /// What to do about one kind of problem.
 fn advice(kind: &str) -> &'static str {
     match kind {
-        "dims_mismatch" => "the JSON's width/height are not the image's, and the trainer buckets by the table: run again with --dims image to put the real size in the table, or --on-bad-image skip to leave them out",
-        "unreadable_image_header" | "decode_failed" => "the trainer fails on these when it encodes them, hours in: replace them in their shard, or run again with --on-bad-image skip",
-        "too_many_pixels" => "larger than --max-pixels (a decompression-bomb guard): raise --max-pixels if they are genuine, else --on-bad-image skip",
-        "hash_mismatch" => "the bytes are not those the JSON's digest names: download the shard again",
+        "dims_mismatch" => {
+            "the JSON's width/height are not the image's, and the trainer buckets by the table: run again with --dims image to put the real size in the table, or --on-bad-image skip to leave them out"
+        }
+        "unreadable_image_header" | "decode_failed" => {
+            "the trainer fails on these when it encodes them, hours in: replace them in their shard, or run again with --on-bad-image skip"
+        }
+        "too_many_pixels" => {
+            "larger than --max-pixels (a decompression-bomb guard): raise --max-pixels if they are genuine, else --on-bad-image skip"
+        }
+        "hash_mismatch" => {
+            "the bytes are not those the JSON's digest names: download the shard again"
+        }
         "bad_image" => "left out by --on-bad-image skip (listed under image problems)",
-        "unsafe_path" | "unsafe_filename" => "a member or file name escaping the output was refused: nothing was written for it",
-        "symlink" | "hard_link" | "device" | "fifo" => "links and special files are never extracted: nothing was written for them",
-        "missing_height" | "invalid_width" | "invalid_height" | "missing_filename" | "filename_not_string" => "the JSON has no usable size or file name, so it has no row; fix the JSON, or name other fields with --width-field/--height-field/--filename-field",
-        "invalid_json" | "json_not_object" => "the JSON does not parse; fix or remove it in its shard",
-        "caption_not_string" | "missing_caption" | "empty_caption" => "the row's caption is empty: check --caption-field",
+        "unsafe_path" | "unsafe_filename" => {
+            "a member or file name escaping the output was refused: nothing was written for it"
+        }
+        "symlink" | "hard_link" | "device" | "fifo" => {
+            "links and special files are never extracted: nothing was written for them"
+        }
+        "missing_height"
+        | "invalid_width"
+        | "invalid_height"
+        | "missing_filename"
+        | "filename_not_string" => {
+            "the JSON has no usable size or file name, so it has no row; fix the JSON, or name other fields with --width-field/--height-field/--filename-field"
+        }
+        "invalid_json" | "json_not_object" => {
+            "the JSON does not parse; fix or remove it in its shard"
+        }
+        "caption_not_string" | "missing_caption" | "empty_caption" => {
+            "the row's caption is empty: check --caption-field"
+        }
         _ => "listed by member below and in report.json",
     }
 }
@@ -206,21 +249,96 @@ fn advice(kind: &str) -> &'static str {
 fn counts_section(r: &Report) -> String {
     let t = &r.totals;
     let rows: Vec<(&str, String)> = vec![
-        ("shards", format!("{} done, {} failed, {} total ({} from an earlier run)", n("shards_done", r.shards_done as u64), n("shards_failed", r.shards_failed as u64), n("shards_total", r.shards_total as u64), n("shards_recovered", r.shards_recovered as u64))),
-        ("JSON files", format!("{} (expected {})", n("found_json", r.found_json), r.expected_json.map_or("not given".into(), |e| n("expected_json", e)))),
+        (
+            "shards",
+            format!(
+                "{} done, {} failed, {} total ({} from an earlier run)",
+                n("shards_done", r.shards_done as u64),
+                n("shards_failed", r.shards_failed as u64),
+                n("shards_total", r.shards_total as u64),
+                n("shards_recovered", r.shards_recovered as u64)
+            ),
+        ),
+        (
+            "JSON files",
+            format!(
+                "{} (expected {})",
+                n("found_json", r.found_json),
+                r.expected_json
+                    .map_or("not given".into(), |e| n("expected_json", e))
+            ),
+        ),
         ("rows in the table", n("rows", r.rows)),
         ("images", n("totals.images", t.images)),
-        ("captions written", format!("{} (+{} for images without a row)", n("totals.captions_written", t.captions_written), n("totals.captions_for_unlisted_images", t.captions_for_unlisted_images))),
-        ("images checked", n("totals.images_checked", t.images_checked)),
-        ("image problems", sum("totals.image_problems", &t.image_problems)),
+        (
+            "captions written",
+            format!(
+                "{} (+{} for images without a row)",
+                n("totals.captions_written", t.captions_written),
+                n(
+                    "totals.captions_for_unlisted_images",
+                    t.captions_for_unlisted_images
+                )
+            ),
+        ),
+        (
+            "images checked",
+            n("totals.images_checked", t.images_checked),
+        ),
+        (
+            "image problems",
+            sum("totals.image_problems", &t.image_problems),
+        ),
         ("skipped JSONs", sum("totals.skipped", &t.skipped)),
-        ("refused members", sum("totals.rejected_members", &t.rejected_members)),
-        ("caption warnings", sum("totals.caption_warnings", &t.caption_warnings)),
-        ("duplicate names", format!("{} across shards, {} within shards", n("duplicate_filenames", r.duplicate_filenames), n("totals.duplicate_members", t.duplicate_members))),
-        ("wall time", format!("{} s", dec("wall_ms", r.wall_ms as f64, 0.001, 1))),
-        ("throughput", format!("{} MB/s read", dec("mb_per_s", r.mb_per_s, 1.0, 1))),
-        ("bytes read", format!("{} MB", dec("totals.bytes_read", t.bytes_read as f64, 1e-6, 1))),
-        ("peak memory", format!("coordinator {} MiB, largest worker {} MiB", dec("resources.coordinator_peak_rss_bytes", r.resources.coordinator_peak_rss_bytes as f64, 1.0 / 1048576.0, 0), dec("resources.worker_peak_rss_bytes", r.resources.worker_peak_rss_bytes as f64, 1.0 / 1048576.0, 0))),
+        (
+            "refused members",
+            sum("totals.rejected_members", &t.rejected_members),
+        ),
+        (
+            "caption warnings",
+            sum("totals.caption_warnings", &t.caption_warnings),
+        ),
+        (
+            "duplicate names",
+            format!(
+                "{} across shards, {} within shards",
+                n("duplicate_filenames", r.duplicate_filenames),
+                n("totals.duplicate_members", t.duplicate_members)
+            ),
+        ),
+        (
+            "wall time",
+            format!("{} s", dec("wall_ms", r.wall_ms as f64, 0.001, 1)),
+        ),
+        (
+            "throughput",
+            format!("{} MB/s read", dec("mb_per_s", r.mb_per_s, 1.0, 1)),
+        ),
+        (
+            "bytes read",
+            format!(
+                "{} MB",
+                dec("totals.bytes_read", t.bytes_read as f64, 1e-6, 1)
+            ),
+        ),
+        (
+            "peak memory",
+            format!(
+                "coordinator {} MiB, largest worker {} MiB",
+                dec(
+                    "resources.coordinator_peak_rss_bytes",
+                    r.resources.coordinator_peak_rss_bytes as f64,
+                    1.0 / 1048576.0,
+                    0
+                ),
+                dec(
+                    "resources.worker_peak_rss_bytes",
+                    r.resources.worker_peak_rss_bytes as f64,
+                    1.0 / 1048576.0,
+                    0
+                )
+            ),
+        ),
     ];
     let mut h = String::from("<section><h2>Counts and timings</h2><table class=\"kv\">");
     for (k, v) in rows {
@@ -232,7 +350,10 @@ fn counts_section(r: &Report) -> String {
             "<tr><th>index entries</th><td>{} ({} images with a size, {} without, {} disagree with their JSON)</td></tr>",
             n("index.entries", ix.entries),
             n("index.images_with_dimensions", ix.images_with_dimensions),
-            n("index.images_without_dimensions", ix.images_without_dimensions),
+            n(
+                "index.images_without_dimensions",
+                ix.images_without_dimensions
+            ),
             n("index.dimension_mismatches", ix.dimension_mismatches)
         );
     }
@@ -247,7 +368,11 @@ fn output_section(p: &Page) -> String {
         esc(&r.output)
     );
     if let Some(pq) = &r.parquet {
-        let _ = write!(h, "<tr><th>table</th><td><code>{}</code></td></tr>", esc(pq));
+        let _ = write!(
+            h,
+            "<tr><th>table</th><td><code>{}</code></td></tr>",
+            esc(pq)
+        );
     }
     let _ = write!(
         h,
@@ -265,7 +390,9 @@ fn output_section(p: &Page) -> String {
                 esc(&text)
             );
         }
-        None => h.push_str("<p>No <code>multidatabackend.json</code> yet: it is written when the job ends.</p>"),
+        None => h.push_str(
+            "<p>No <code>multidatabackend.json</code> yet: it is written when the job ends.</p>",
+        ),
     }
     h.push_str("</section>");
     h
@@ -317,30 +444,50 @@ fn buckets_section(p: &Page, s: &Stats, b: &Buckets) -> String {
     let total = s.samples();
     h.push_str("<table class=\"grid\" id=\"buckets\"><tr><th>bucket</th><th>samples</th><th>share</th><th>sizes in it</th></tr>");
     for (a, (count, sizes)) in &b.by_aspect {
-        let shown: Vec<String> = sizes.iter().take(4).map(|((w, hh), k)| format!("{w}×{hh} ({})", grouped(*k))).collect();
-        let more = if sizes.len() > 4 { format!(" +{} more", sizes.len() - 4) } else { String::new() };
+        let shown: Vec<String> = sizes
+            .iter()
+            .take(4)
+            .map(|((w, hh), k)| format!("{w}×{hh} ({})", grouped(*k)))
+            .collect();
+        let more = if sizes.len() > 4 {
+            format!(" +{} more", sizes.len() - 4)
+        } else {
+            String::new()
+        };
         let _ = write!(
             h,
             "<tr data-bucket=\"{}\"><td>{}</td><td class=\"r\" data-count=\"{count}\">{}</td><td class=\"r\">{}</td><td>{}{more}</td></tr>",
-            a.name(), a.name(), grouped(*count), pct(*count, total), shown.join(", ")
+            a.name(),
+            a.name(),
+            grouped(*count),
+            pct(*count, total),
+            shown.join(", ")
         );
     }
     let _ = write!(
         h,
         "<tr class=\"drop\" data-dropped=\"too_small\"><td>too small (dropped)</td><td class=\"r\" data-count=\"{}\">{}</td><td class=\"r\">{}</td><td>under minimum_image_size</td></tr>",
-        b.too_small, grouped(b.too_small), pct(b.too_small, total)
+        b.too_small,
+        grouped(b.too_small),
+        pct(b.too_small, total)
     );
     if b.invalid > 0 {
         let _ = write!(
             h,
             "<tr class=\"drop\" data-dropped=\"invalid\"><td>no usable size</td><td class=\"r\" data-count=\"{}\">{}</td><td class=\"r\">{}</td><td>zero or missing width/height</td></tr>",
-            b.invalid, grouped(b.invalid), pct(b.invalid, total)
+            b.invalid,
+            grouped(b.invalid),
+            pct(b.invalid, total)
         );
     }
     let _ = write!(
         h,
         "</table><p>{} samples: {} in {} buckets, {} dropped. {} rows repeat an earlier row's file name.</p>",
-        calc(total), calc(b.bucketed()), b.by_aspect.len(), calc(b.too_small + b.invalid), calc(s.duplicate_rows)
+        calc(total),
+        calc(b.bucketed()),
+        b.by_aspect.len(),
+        calc(b.too_small + b.invalid),
+        calc(s.duplicate_rows)
     );
     let unlisted = p.report.totals.captions_for_unlisted_images;
     if p.report.mode != "index" && unlisted > 0 {
@@ -355,13 +502,19 @@ fn buckets_section(p: &Page, s: &Stats, b: &Buckets) -> String {
 }
 
 fn sizes_section(p: &Page, s: &Stats) -> String {
-    let mut h = String::from("<section><h2>Image sizes</h2><p>Width × height of every sample (disc area ∝ samples; the red line is <code>minimum_image_size</code>: the trainer drops what lies below it).</p>");
+    let mut h = String::from(
+        "<section><h2>Image sizes</h2><p>Width × height of every sample (disc area ∝ samples; the red line is <code>minimum_image_size</code>: the trainer drops what lies below it).</p>",
+    );
     h.push_str(&chart_or_note(charts::sizes(s, &p.rule)));
     let mut top: Vec<(&(u64, u64), &u64)> = s.sizes.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     h.push_str("<table class=\"grid\"><tr><th>size</th><th>samples</th></tr>");
     for ((w, hh), k) in top.iter().take(12) {
-        let _ = write!(h, "<tr><td>{w} × {hh}</td><td class=\"r\">{}</td></tr>", grouped(**k));
+        let _ = write!(
+            h,
+            "<tr><td>{w} × {hh}</td><td class=\"r\">{}</td></tr>",
+            grouped(**k)
+        );
     }
     let _ = write!(
         h,
@@ -401,14 +554,33 @@ fn captions_section(s: &Stats) -> String {
         pct(over, total)
     );
     if s.caption_missing > 0 {
-        let _ = write!(h, "<p class=\"bad\">{} images have no caption in their index entry: SimpleTuner skips them (caption_missing).</p>", calc(s.caption_missing));
+        let _ = write!(
+            h,
+            "<p class=\"bad\">{} images have no caption in their index entry: SimpleTuner skips them (caption_missing).</p>",
+            calc(s.caption_missing)
+        );
     }
     h.push_str("<h3>Characters</h3>");
-    h.push_str(&chart_or_note(charts::histogram("caption characters", &s.chars, "characters", None)));
+    h.push_str(&chart_or_note(charts::histogram(
+        "caption characters",
+        &s.chars,
+        "characters",
+        None,
+    )));
     h.push_str("<h3>Words</h3>");
-    h.push_str(&chart_or_note(charts::histogram("caption words", &s.words, "words", None)));
+    h.push_str(&chart_or_note(charts::histogram(
+        "caption words",
+        &s.words,
+        "words",
+        None,
+    )));
     h.push_str("<h3>Estimated CLIP tokens (red: cut at 77)</h3>");
-    h.push_str(&chart_or_note(charts::histogram("caption tokens", &s.tokens, "tokens (estimated)", Some(CLIP_TOKENS))));
+    h.push_str(&chart_or_note(charts::histogram(
+        "caption tokens",
+        &s.tokens,
+        "tokens (estimated)",
+        Some(CLIP_TOKENS),
+    )));
     h.push_str("</section>");
     h
 }
@@ -426,10 +598,17 @@ fn shards_section(r: &Report) -> String {
 
 fn shard_row(i: usize, s: &ShardReport) -> String {
     let k = |f: &str| format!("shards.{i}.{f}");
-    let secs = s.elapsed_ms.map_or("–".into(), |ms| dec(&k("elapsed_ms"), ms as f64, 0.001, 2));
-    let rate = s.input_mb_per_s.map_or("–".into(), |v| dec(&k("input_mb_per_s"), v, 1.0, 1));
+    let secs = s.elapsed_ms.map_or("–".into(), |ms| {
+        dec(&k("elapsed_ms"), ms as f64, 0.001, 2)
+    });
+    let rate = s
+        .input_mb_per_s
+        .map_or("–".into(), |v| dec(&k("input_mb_per_s"), v, 1.0, 1));
     let (json, rows) = match &s.counts {
-        Some(c) => (n(&k("counts.json_files"), c.json_files), n(&k("counts.rows"), c.rows)),
+        Some(c) => (
+            n(&k("counts.json_files"), c.json_files),
+            n(&k("counts.rows"), c.rows),
+        ),
         None => ("–".into(), "–".into()),
     };
     let mut state = esc(&s.state);
@@ -460,7 +639,10 @@ fn problems_section(p: &Page) -> String {
             let _ = write!(
                 h,
                 "<figure class=\"thumb\">{pic}<figcaption><b>{}</b> {}/{}<br>{}</figcaption></figure>",
-                esc(&t.kind), esc(&t.shard), esc(&t.member), esc(&t.detail)
+                esc(&t.kind),
+                esc(&t.shard),
+                esc(&t.member),
+                esc(&t.detail)
             );
         }
         h.push_str("</div>");
@@ -475,7 +657,8 @@ fn problems_section(p: &Page) -> String {
         .shards
         .iter()
         .flat_map(|s| s.issues.iter().map(move |i| (s.name.as_str(), i)));
-    let listed: Vec<(&str, &shardprep_core::manifest::MemberIssue)> = images.chain(others).collect();
+    let listed: Vec<(&str, &shardprep_core::manifest::MemberIssue)> =
+        images.chain(others).collect();
     if listed.is_empty() && p.thumbs.is_empty() {
         h.push_str("<p>None: no member was skipped or refused, no image problem was found.</p>");
     }
@@ -485,14 +668,25 @@ fn problems_section(p: &Page) -> String {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                esc(&as_text(&i.kind)), esc(shard), esc(&i.member), esc(&i.detail)
+                esc(&as_text(&i.kind)),
+                esc(shard),
+                esc(&i.member),
+                esc(&i.detail)
             );
         }
         h.push_str("</table>");
     }
-    let unlisted: u64 = r.shards.iter().map(|s| s.issues_not_listed + s.image_issues_not_listed).sum();
+    let unlisted: u64 = r
+        .shards
+        .iter()
+        .map(|s| s.issues_not_listed + s.image_issues_not_listed)
+        .sum();
     if unlisted > 0 || listed.len() > 500 {
-        let _ = write!(h, "<p>More members had problems than are listed here ({} not listed per shard); the counts above hold them all.</p>", calc(unlisted));
+        let _ = write!(
+            h,
+            "<p>More members had problems than are listed here ({} not listed per shard); the counts above hold them all.</p>",
+            calc(unlisted)
+        );
     }
     h.push_str("</section>");
     h

@@ -34,7 +34,9 @@ pub const PAGE_FILE: &str = "report.html";
 /// Errors while building the page.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
-    #[error("cannot read {path}: {detail}; run `shardprep verify` on the output to see what is damaged")]
+    #[error(
+        "cannot read {path}: {detail}; run `shardprep verify` on the output to see what is damaged"
+    )]
     Read { path: String, detail: String },
     #[error("cannot write {path}: {source}; check that the output folder is writable")]
     Write {
@@ -137,7 +139,11 @@ fn read_entry(layout: &OutputLayout) -> Option<serde_json::Value> {
 /// The bucket settings of the entry (the seed's where it says nothing).
 pub(crate) fn rule_of(entry: Option<&serde_json::Value>, opts: PageOptions) -> BucketRule {
     let e = entry.and_then(|v| v.get(0));
-    let num = |k: &str, d: f64| e.and_then(|e| e.get(k)).and_then(|v| v.as_f64()).unwrap_or(d);
+    let num = |k: &str, d: f64| {
+        e.and_then(|e| e.get(k))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(d)
+    };
     let rtype = e
         .and_then(|e| e.get("resolution_type"))
         .and_then(|v| v.as_str())
@@ -175,7 +181,8 @@ fn read_stats(layout: &OutputLayout, report: &Report) -> Result<Stats, PageError
         _ => {
             let paths: Vec<PathBuf> = done.iter().map(|n| layout.fragment_path(n)).collect();
             let mut s = stats::from_parquets(&paths)?;
-            s.source = "the committed shards' fragments (no merged table: some shards failed)".into();
+            s.source =
+                "the committed shards' fragments (no merged table: some shards failed)".into();
             Ok(s)
         }
     }

@@ -238,8 +238,12 @@ fn add_batch(stats: &mut Stats, seen: &mut HashSet<u64>, batch: &RecordBatch) {
             .column_by_name(name)
             .and_then(|c| c.as_string_opt::<i32>().cloned())
     };
-    let (width, height, caption, filename) =
-        (int("width"), int("height"), text("caption"), text("filename"));
+    let (width, height, caption, filename) = (
+        int("width"),
+        int("height"),
+        text("caption"),
+        text("filename"),
+    );
     for i in 0..batch.num_rows() {
         let name = filename
             .as_ref()

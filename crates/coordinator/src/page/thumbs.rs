@@ -86,7 +86,9 @@ fn thumbnail(path: &std::path::Path) -> Result<String, String> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(512 << 20);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("does not decode: {e}"))?;
+    let img = reader
+        .decode()
+        .map_err(|e| format!("does not decode: {e}"))?;
     let small = img.thumbnail(EDGE, EDGE).to_rgb8();
     let mut png = Vec::new();
     small
