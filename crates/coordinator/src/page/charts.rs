@@ -172,7 +172,7 @@ fn bar_chart(
             .y_desc(y_desc)
             .x_labels(bars.len().min(40))
             .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) if (*i as usize) % step == 0 => bars
+                SegmentValue::CenterOf(i) if (*i as usize).is_multiple_of(step) => bars
                     .get(*i as usize)
                     .map(|b| b.0.clone())
                     .unwrap_or_default(),

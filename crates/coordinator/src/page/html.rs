@@ -33,7 +33,7 @@ pub fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -111,9 +111,9 @@ pub fn render(p: &Page) -> String {
     h.push_str(&dataset_sections(p));
     h.push_str(&shards_section(r));
     h.push_str(&problems_section(p));
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<footer>shardprep {} · report.json is the machine-readable twin of this page</footer></body></html>\n",
+        "<footer>shardprep {} · report.json is the machine-readable twin of this page</footer></body></html>",
         esc(&r.shardprep_version)
     );
     h
@@ -246,6 +246,46 @@ fn advice(kind: &str) -> &'static str {
     }
 }
 
+/// The rows of the timings, throughput and memory.
+fn timing_rows(r: &Report) -> Vec<(&'static str, String)> {
+    let t = &r.totals;
+    vec![
+        (
+            "wall time",
+            format!("{} s", dec("wall_ms", r.wall_ms as f64, 0.001, 1)),
+        ),
+        (
+            "throughput",
+            format!("{} MB/s read", dec("mb_per_s", r.mb_per_s, 1.0, 1)),
+        ),
+        (
+            "bytes read",
+            format!(
+                "{} MB",
+                dec("totals.bytes_read", t.bytes_read as f64, 1e-6, 1)
+            ),
+        ),
+        (
+            "peak memory",
+            format!(
+                "coordinator {} MiB, largest worker {} MiB",
+                dec(
+                    "resources.coordinator_peak_rss_bytes",
+                    r.resources.coordinator_peak_rss_bytes as f64,
+                    1.0 / 1048576.0,
+                    0
+                ),
+                dec(
+                    "resources.worker_peak_rss_bytes",
+                    r.resources.worker_peak_rss_bytes as f64,
+                    1.0 / 1048576.0,
+                    0
+                )
+            ),
+        ),
+    ]
+}
+
 fn counts_section(r: &Report) -> String {
     let t = &r.totals;
     let rows: Vec<(&str, String)> = vec![
@@ -306,42 +346,9 @@ fn counts_section(r: &Report) -> String {
                 n("totals.duplicate_members", t.duplicate_members)
             ),
         ),
-        (
-            "wall time",
-            format!("{} s", dec("wall_ms", r.wall_ms as f64, 0.001, 1)),
-        ),
-        (
-            "throughput",
-            format!("{} MB/s read", dec("mb_per_s", r.mb_per_s, 1.0, 1)),
-        ),
-        (
-            "bytes read",
-            format!(
-                "{} MB",
-                dec("totals.bytes_read", t.bytes_read as f64, 1e-6, 1)
-            ),
-        ),
-        (
-            "peak memory",
-            format!(
-                "coordinator {} MiB, largest worker {} MiB",
-                dec(
-                    "resources.coordinator_peak_rss_bytes",
-                    r.resources.coordinator_peak_rss_bytes as f64,
-                    1.0 / 1048576.0,
-                    0
-                ),
-                dec(
-                    "resources.worker_peak_rss_bytes",
-                    r.resources.worker_peak_rss_bytes as f64,
-                    1.0 / 1048576.0,
-                    0
-                )
-            ),
-        ),
     ];
     let mut h = String::from("<section><h2>Counts and timings</h2><table class=\"kv\">");
-    for (k, v) in rows {
+    for (k, v) in rows.into_iter().chain(timing_rows(r)) {
         let _ = write!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
     }
     if let Some(ix) = &r.index {

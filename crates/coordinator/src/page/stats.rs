@@ -143,11 +143,14 @@ impl Aspect {
     }
 }
 
+/// A bucket's samples and the sizes they have.
+pub type BucketSamples = (u64, BTreeMap<(u64, u64), u64>);
+
 /// The samples per bucket and those left out.
 #[derive(Debug, Default, Clone)]
 pub struct Buckets {
     /// Aspect → (samples, their sizes).
-    pub by_aspect: BTreeMap<Aspect, (u64, BTreeMap<(u64, u64), u64>)>,
+    pub by_aspect: BTreeMap<Aspect, BucketSamples>,
     /// Below `minimum_image_size`: SimpleTuner's `too_small`.
     pub too_small: u64,
     /// A zero edge (or no size without a minimum): the trainer cannot size them.
