@@ -13,6 +13,7 @@ mod fencing;
 mod hostile;
 mod index_mode;
 mod integrity;
+mod page;
 mod remote;
 mod repair;
 mod security;

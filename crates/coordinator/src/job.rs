@@ -17,6 +17,7 @@ use crate::discover::discover_input;
 use crate::finish::{JobOutcome, finish_job};
 use crate::lock::OutputLock;
 use crate::metrics::{self, MetricsServer};
+use crate::page::live::LivePage;
 use crate::report;
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, auth_interceptor};
@@ -66,7 +67,10 @@ pub async fn serve(
     let metrics_listener = metrics::bind(config.metrics_listen).await?;
     let shared = Arc::new(start_job(&config, started).await?);
     // Serves until `serve` returns, the lingering after the job included.
-    let _metrics = metrics_listener.map(|l| MetricsServer::start(l, shared.clone()));
+    let _metrics = metrics_listener.map(|l| {
+        let page = LivePage::new(config.clone(), started_at.clone());
+        MetricsServer::start(l, shared.clone(), page)
+    });
     let (interrupt_tx, interrupt_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -85,6 +89,9 @@ pub async fn serve(
         Ok(o) => (Phase::Failed, o.report.verdict.as_str()),
         Err(_) => (Phase::Failed, "failed"),
     };
+    if let Ok(o) = &outcome {
+        write_page(&config, &o.report).await;
+    }
     shared.set_phase(phase, verdict);
     // Tell the workers (their lease requests now answer "done"), then stop.
     shared.state.update(|s| s.finish());
@@ -295,6 +302,21 @@ async fn end_job(
         finish_job(&shared, &config, started, &started_at)
     })
     .await?
+}
+
+/// Writes `OUT/report.html` beside `report.json`. A page that cannot be
+/// written is logged, and does not change the job's verdict.
+async fn write_page(config: &CoordinatorConfig, report: &crate::report::Report) {
+    let (out, report) = (config.output.clone(), report.clone());
+    let written = blocking("report page", move || {
+        crate::page::write_page(&out, &report, crate::page::PageOptions::default())
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => tracing::info!(page = %path.display(), "wrote the report page"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the report page"),
+        Err(e) => tracing::warn!(error = %e, "cannot write the report page"),
+    }
 }
 
 /// Waits briefly for the server's graceful stop; an idle client connection

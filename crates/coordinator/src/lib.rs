@@ -18,7 +18,8 @@
 //! - [`findings`]: what a check found (lines checked, problems).
 //! - `wire`: the coordinator's wire messages (job spec, lease, status).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
-//! - `metrics`: `GET /metrics` (Prometheus text format) from the job's state.
+//! - [`page`]: `report.html`, the report as a page (also live at `/` of `--metrics-listen`).
+//! - `metrics`: `GET /metrics` (Prometheus text format) and the live page at `/`.
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
 //!
 //! Imports go one way: `job` → `finish` → `verify` → `judge` → `commit`,
@@ -34,6 +35,7 @@ pub mod judge;
 pub mod lock;
 pub mod merge;
 mod metrics;
+pub mod page;
 pub mod report;
 pub mod scheduler;
 pub mod service;

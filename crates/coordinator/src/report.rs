@@ -53,6 +53,16 @@ impl ShardPhase {
             ShardState::Failed => ShardPhase::Failed,
         }
     }
+
+    /// The phase as `report.json` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardPhase::Pending => "pending",
+            ShardPhase::Leased => "leased",
+            ShardPhase::Done => "done",
+            ShardPhase::Failed => "failed",
+        }
+    }
 }
 
 /// What a re-run did about damage it found in the output.
