@@ -79,7 +79,9 @@ fn snapshot(out: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .into_iter()
         .filter(|(p, _)| {
             let s = p.to_string_lossy();
+            // Both carry this run's timings; report.json is compared apart.
             s != "report.json"
+                && s != "report.html"
                 && s != ".shardprep/lock"
                 && !s.starts_with(".shardprep/tmp/")
                 && !s.ends_with(".manifest.json")
