@@ -254,6 +254,7 @@ impl Job {
                     ".shardprep",
                     "dalle3.parquet",
                     "report.json",
+                    "report.html",
                     "multidatabackend.json"
                 ]
                 .contains(&name.as_str()),
