@@ -212,8 +212,8 @@ pub struct JobArgs {
     /// How often the coordinator logs a progress line.
     #[arg(long, env = "SHARDPREP_PROGRESS_INTERVAL", value_parser = duration, default_value = "5s")]
     pub progress_interval: Duration,
-    /// Serve Prometheus metrics at http://ADDR/metrics (no token), e.g.
-    /// 127.0.0.1:9090, or 0.0.0.0:9090 for a Prometheus on another machine.
+    /// Serve Prometheus metrics at http://ADDR/metrics and the live report page at http://ADDR/
+    /// (no token), e.g. 127.0.0.1:9090, or 0.0.0.0:9090 for a Prometheus on another machine.
     /// Off unless given.
     #[arg(long, env = "SHARDPREP_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
