@@ -14,6 +14,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use shardprep_core::durability;
+use shardprep_core::issue::IssueKind;
 
 use crate::fence::Fence;
 use crate::writers::{Finished, WriteQueue, WriteTag};
@@ -29,12 +30,12 @@ pub enum UnsafeName {
 
 impl UnsafeName {
     /// Stable report key.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> IssueKind {
         match self {
-            UnsafeName::Empty => "empty_name",
-            UnsafeName::Absolute => "absolute_path",
-            UnsafeName::ParentDir => "parent_dir_path",
-            UnsafeName::NulByte => "nul_in_name",
+            UnsafeName::Empty => IssueKind::EmptyName,
+            UnsafeName::Absolute => IssueKind::AbsolutePath,
+            UnsafeName::ParentDir => IssueKind::ParentDirPath,
+            UnsafeName::NulByte => IssueKind::NulInName,
         }
     }
 }
@@ -101,13 +102,13 @@ impl PlaceError {
     }
 
     /// Stable report key of the refusal.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> IssueKind {
         match self {
-            PlaceError::NotADirectory(_) => "path_through_non_directory",
-            PlaceError::SymlinkInTheWay(_) => "symlink_in_the_way",
-            PlaceError::DirectoryInTheWay(_) => "directory_in_the_way",
-            PlaceError::NameTooLong(_) => "name_too_long",
-            PlaceError::Io(..) => "io_error",
+            PlaceError::NotADirectory(_) => IssueKind::PathThroughNonDirectory,
+            PlaceError::SymlinkInTheWay(_) => IssueKind::SymlinkInTheWay,
+            PlaceError::DirectoryInTheWay(_) => IssueKind::DirectoryInTheWay,
+            PlaceError::NameTooLong(_) => IssueKind::NameTooLong,
+            PlaceError::Io(..) => IssueKind::IoError,
         }
     }
 
@@ -786,7 +787,7 @@ mod tests {
             e.to_string(),
             "/o/data/link: not a directory (a symlink or a file stands where a directory must be)"
         );
-        assert_eq!(e.reason(), "path_through_non_directory");
+        assert_eq!(e.reason().as_str(), "path_through_non_directory");
         let io = PlaceError::Io(PathBuf::from("/o/data/x"), io::Error::other("disk full"));
         assert_eq!(io.to_string(), "cannot write /o/data/x: disk full");
         assert!(std::error::Error::source(&io).is_some());
