@@ -150,7 +150,10 @@ fn print_image_checks(r: &Report) {
     if total > IMAGE_ISSUES_SHOWN as u64 {
         println!("    ... (all listed in report.json, per shard: image_issues)");
     }
-    if let Some(n) = t.skipped.get("bad_image") {
+    if let Some(n) = t
+        .skipped
+        .get(shardprep_core::issue::IssueKind::BadImage.as_str())
+    {
         println!("  bad-image rows     {n} left out (--on-bad-image skip)");
     }
 }

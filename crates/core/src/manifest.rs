@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::depth::CheckDepth;
+use crate::issue::IssueKind;
 
 /// How many problems of each shard are listed by name (the counts are always complete).
 pub const ISSUE_LIST_CAP: usize = 100;
@@ -192,13 +193,13 @@ pub fn list_issue(
     list: &mut Vec<MemberIssue>,
     not_listed: &mut u64,
     member: &str,
-    kind: &str,
+    kind: IssueKind,
     detail: impl Into<String>,
 ) {
     if list.len() < ISSUE_LIST_CAP {
         list.push(MemberIssue {
             member: member.to_string(),
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             detail: detail.into(),
         });
     } else {

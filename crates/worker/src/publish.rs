@@ -9,6 +9,7 @@
 //! that to a process without `CAP_DAC_READ_SEARCH`, through
 //! `/proc/self/fd/N` (one more path walk per file), decided once per process.
 
+use shardprep_core::issue::IssueKind;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
@@ -58,13 +59,13 @@ impl PlaceError {
     }
 
     /// Stable report key of the refusal.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> IssueKind {
         match self {
-            PlaceError::NotADirectory(_) => "path_through_non_directory",
-            PlaceError::SymlinkInTheWay(_) => "symlink_in_the_way",
-            PlaceError::DirectoryInTheWay(_) => "directory_in_the_way",
-            PlaceError::NameTooLong(_) => "name_too_long",
-            PlaceError::Io(..) => "io_error",
+            PlaceError::NotADirectory(_) => IssueKind::PathThroughNonDirectory,
+            PlaceError::SymlinkInTheWay(_) => IssueKind::SymlinkInTheWay,
+            PlaceError::DirectoryInTheWay(_) => IssueKind::DirectoryInTheWay,
+            PlaceError::NameTooLong(_) => IssueKind::NameTooLong,
+            PlaceError::Io(..) => IssueKind::IoError,
         }
     }
 

@@ -11,6 +11,7 @@ use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use shardprep_core::fields::FieldMap;
+use shardprep_core::issue::IssueKind;
 
 /// Largest width or height accepted (anything larger is treated as corrupt).
 pub const MAX_DIMENSION: i64 = 1_000_000;
@@ -38,7 +39,7 @@ pub enum ExtraValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {
     /// Stable key counted in the report (e.g. `invalid_width`).
-    pub reason: &'static str,
+    pub reason: IssueKind,
     /// Human detail.
     pub detail: String,
     /// The JSON has the width field (it is one of the seed's samples);
@@ -47,7 +48,7 @@ pub struct Skip {
 }
 
 impl Skip {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    fn new(reason: IssueKind, detail: impl Into<String>) -> Self {
         Skip {
             reason,
             detail: detail.into(),
@@ -56,7 +57,7 @@ impl Skip {
     }
 
     /// The JSON itself is unreadable (not JSON, not an object).
-    fn unreadable(reason: &'static str, detail: impl Into<String>) -> Self {
+    fn unreadable(reason: IssueKind, detail: impl Into<String>) -> Self {
         Skip {
             has_width: false,
             ..Skip::new(reason, detail)
@@ -89,13 +90,13 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
         .deserialize(&mut de)
         .map_err(|e| {
             if e.to_string().contains("expected a JSON object") {
-                Skip::unreadable("json_not_object", "the JSON is not an object")
+                Skip::unreadable(IssueKind::JsonNotObject, "the JSON is not an object")
             } else {
-                Skip::unreadable("invalid_json", e.to_string())
+                Skip::unreadable(IssueKind::InvalidJson, e.to_string())
             }
         })?;
     de.end()
-        .map_err(|e| Skip::unreadable("invalid_json", e.to_string()))?;
+        .map_err(|e| Skip::unreadable(IssueKind::InvalidJson, e.to_string()))?;
     let get = |i: usize| found[i];
 
     let Some(width_raw) = get(0) else {
@@ -104,20 +105,20 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
             .filter(|s| check_filename(s).is_ok());
         return Ok(Parsed::NoWidth { filename });
     };
-    let width = dimension(width_raw).map_err(|d| Skip::new("invalid_width", d))?;
+    let width = dimension(width_raw).map_err(|d| Skip::new(IssueKind::InvalidWidth, d))?;
     let height = match get(1) {
         None => {
             return Err(Skip::new(
-                "missing_height",
+                IssueKind::MissingHeight,
                 format!("no {:?} field", fields.height),
             ));
         }
-        Some(raw) => dimension(raw).map_err(|d| Skip::new("invalid_height", d))?,
+        Some(raw) => dimension(raw).map_err(|d| Skip::new(IssueKind::InvalidHeight, d))?,
     };
     let caption = match get(2) {
         None => {
             return Err(Skip::new(
-                "missing_caption",
+                IssueKind::MissingCaption,
                 format!("no {:?} field", fields.caption),
             ));
         }
@@ -126,7 +127,7 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
     let filename = match get(3) {
         None => {
             return Err(Skip::new(
-                "missing_filename",
+                IssueKind::MissingFilename,
                 format!("no {:?} field", fields.filename),
             ));
         }
@@ -137,7 +138,7 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
             }
             _ => {
                 return Err(Skip::new(
-                    "filename_not_string",
+                    IssueKind::FilenameNotString,
                     format!("{} is not a string", fields.filename),
                 ));
             }
@@ -207,8 +208,8 @@ fn dimension(raw: &RawValue) -> Result<i64, String> {
 
 /// A caption: a string, or the first non-empty string of a list.
 fn caption_text(raw: &RawValue) -> Result<String, Skip> {
-    let v: serde_json::Value =
-        serde_json::from_str(raw.get()).map_err(|e| Skip::new("invalid_json", e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(raw.get())
+        .map_err(|e| Skip::new(IssueKind::InvalidJson, e.to_string()))?;
     let text = match v {
         serde_json::Value::String(s) => s,
         serde_json::Value::Array(items) => items
@@ -220,13 +221,13 @@ fn caption_text(raw: &RawValue) -> Result<String, Skip> {
             .unwrap_or_default(),
         other => {
             return Err(Skip::new(
-                "caption_not_string",
+                IssueKind::CaptionNotString,
                 format!("caption is {}", kind_of(&other)),
             ));
         }
     };
     if text.trim().is_empty() {
-        return Err(Skip::new("empty_caption", "the caption is empty"));
+        return Err(Skip::new(IssueKind::EmptyCaption, "the caption is empty"));
     }
     Ok(text)
 }
@@ -242,7 +243,7 @@ fn check_filename(name: &str) -> Result<(), Skip> {
         || name.contains("..");
     if bad {
         return Err(Skip::new(
-            "unsafe_filename",
+            IssueKind::UnsafeFilename,
             format!("{name:?} is not a plain file name"),
         ));
     }
@@ -336,7 +337,7 @@ mod tests {
     }
     fn reason(s: &str) -> &'static str {
         match parse(s) {
-            Err(skip) => skip.reason,
+            Err(skip) => skip.reason.as_str(),
             other => panic!("expected a skip, got {other:?}"),
         }
     }

@@ -1,10 +1,11 @@
-//! Index mode and extract mode walk tars alike (both through `tar_reader`):
-//! on the fidelity corpus (PAX and GNU long names, V7 directories,
-//! header-only types with sizes, sparse files, unknown types, NUL in a PAX
-//! path, empty and corrupt tars) they see the same members, refuse the same
-//! ones, fail with the same words, and every index entry's bytes are the
-//! file `tar xf` writes. Sparse members are the one difference: extract mode
-//! expands them, index mode refuses them (`sparse_file`).
+//! Both modes agree: they are one walk (`shard::pass`) with two outputs,
+//! and this checks it from the outside against GNU tar. On the fidelity
+//! corpus (PAX and GNU long names, V7 directories, header-only types with
+//! sizes, sparse files, unknown types, NUL in a PAX path, empty and corrupt
+//! tars) they see the same members, refuse the same ones, fail with the same
+//! words, and every index entry's bytes are the file `tar xf` writes. Sparse
+//! members are the one difference: extract mode expands them, index mode
+//! refuses them (`sparse_file`).
 
 mod tar_cases;
 

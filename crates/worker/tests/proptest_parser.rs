@@ -122,7 +122,7 @@ fn check_parsed(res: Result<Parsed, shardprep_worker::sample::Skip>) -> Result<(
             prop_assert!(!row.filename.contains(".."));
         }
         Ok(Parsed::NoWidth { .. }) => {}
-        Err(skip) => prop_assert!(!skip.reason.is_empty()),
+        Err(skip) => prop_assert!(!skip.reason.as_str().is_empty()),
     }
     Ok(())
 }
@@ -147,7 +147,7 @@ proptest! {
         let res = parse_sample(&bytes, &fields());
         // Valid JSON is never "invalid_json", except for captions with lone surrogates (not generated).
         if let Err(skip) = &res {
-            prop_assert_ne!(skip.reason, "invalid_json", "{}", skip.detail);
+            prop_assert_ne!(skip.reason.as_str(), "invalid_json", "{}", skip.detail);
         }
         check_parsed(res)?;
     }

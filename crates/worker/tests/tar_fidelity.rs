@@ -211,7 +211,8 @@ fn sparse_member_past_the_cap_is_refused_and_the_next_one_read() {
         let seen = reader_extract(&tmp.path().join("a.tar"), &out, limits).expect("reads");
         let refused = seen[0].meta.refusal.as_ref().expect("refused");
         assert_eq!(
-            refused.reason, "sparse_too_large",
+            refused.reason.as_str(),
+            "sparse_too_large",
             "{version}: {}",
             refused.detail
         );
@@ -252,7 +253,7 @@ fn sparse_1_0_map_that_disagrees_with_the_data_is_refused() {
     let path = write_archive(tmp.path(), "a.tar", &archive);
     let seen = reader_extract(&path, &tmp.path().join("ours"), Limits::default()).expect("reads");
     assert_eq!(
-        seen[0].meta.refusal.as_ref().map(|r| r.reason),
+        seen[0].meta.refusal.as_ref().map(|r| r.reason.as_str()),
         Some("invalid_sparse_map")
     );
     assert_eq!(seen[0].meta.name, b"bad.db");
@@ -565,7 +566,7 @@ fn an_unknown_type_named_like_a_directory_is_refused() {
     let (seen, reference) = same_as_reference(&archive);
     assert_eq!(reference, Reference::Gnu);
     let refusal = seen[0].meta.refusal.as_ref().expect("refused");
-    assert_eq!(refusal.reason, "unknown_type_directory_name");
+    assert_eq!(refusal.reason.as_str(), "unknown_type_directory_name");
     assert_eq!(seen[1].meta.kind, EntryKind::Directory);
     assert_eq!(seen.len(), 5);
     // The ACL header alone (the archive cut after it): refused, not a file.

@@ -372,7 +372,7 @@ mod tests {
             e.to_string(),
             "/o/data/link: not a directory (a symlink or a file stands where a directory must be)"
         );
-        assert_eq!(e.reason(), "path_through_non_directory");
+        assert_eq!(e.reason().as_str(), "path_through_non_directory");
         let io = PlaceError::Io(PathBuf::from("/o/data/x"), io::Error::other("disk full"));
         assert_eq!(io.to_string(), "cannot write /o/data/x: disk full");
         assert!(std::error::Error::source(&io).is_some());

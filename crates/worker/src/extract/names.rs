@@ -1,6 +1,7 @@
 //! Member names as paths under `data/`: checked before any use, so nothing
 //! is ever written outside `data/`.
 
+use shardprep_core::issue::IssueKind;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -16,12 +17,12 @@ pub enum UnsafeName {
 
 impl UnsafeName {
     /// Stable report key.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> IssueKind {
         match self {
-            UnsafeName::Empty => "empty_name",
-            UnsafeName::Absolute => "absolute_path",
-            UnsafeName::ParentDir => "parent_dir_path",
-            UnsafeName::NulByte => "nul_in_name",
+            UnsafeName::Empty => IssueKind::EmptyName,
+            UnsafeName::Absolute => IssueKind::AbsolutePath,
+            UnsafeName::ParentDir => IssueKind::ParentDirPath,
+            UnsafeName::NulByte => IssueKind::NulInName,
         }
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use shardprep_core::issue::IssueKind;
 use shardprep_core::manifest::IndexCounts;
 
 use super::IndexStats;
@@ -97,7 +98,7 @@ impl Output for IndexSink {
     fn member(&mut self, m: &KeptMember<'_>, tally: &mut Tally) {
         let Ok(key) = std::str::from_utf8(m.stored_name) else {
             let detail = "webshart index keys are text; not indexed";
-            tally.reject(m.name, "name_not_utf8", detail);
+            tally.reject(m.name, IssueKind::NameNotUtf8, detail);
             return;
         };
         self.files

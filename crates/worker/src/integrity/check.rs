@@ -7,6 +7,8 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::str::FromStr;
 
+use shardprep_core::issue::IssueKind;
+
 use super::decode::{DEFAULT_MAX_PIXELS, DecodeError, decode_check, decode_file};
 use super::dims::{DimsError, image_dims};
 use super::hash::{Digests, HashSpec, ImageHasher, compare_digest};
@@ -115,14 +117,18 @@ impl Reason {
         Reason::TooManyPixels,
         Reason::HashMismatch,
     ];
-    pub fn as_str(self) -> &'static str {
+    /// The kind of issue this reason is counted and listed as.
+    pub fn kind(self) -> IssueKind {
         match self {
-            Reason::DimsMismatch => "dims_mismatch",
-            Reason::UnreadableImageHeader => "unreadable_image_header",
-            Reason::DecodeFailed => "decode_failed",
-            Reason::TooManyPixels => "too_many_pixels",
-            Reason::HashMismatch => "hash_mismatch",
+            Reason::DimsMismatch => IssueKind::DimsMismatch,
+            Reason::UnreadableImageHeader => IssueKind::UnreadableImageHeader,
+            Reason::DecodeFailed => IssueKind::DecodeFailed,
+            Reason::TooManyPixels => IssueKind::TooManyPixels,
+            Reason::HashMismatch => IssueKind::HashMismatch,
         }
+    }
+    pub fn as_str(self) -> &'static str {
+        self.kind().as_str()
     }
 }
 

@@ -256,7 +256,7 @@ impl IntegrityTally {
                 .entry(p.reason.as_str().to_string())
                 .or_default() += 1;
             let (list, n) = (&mut self.listed, &mut self.not_listed);
-            list_issue(list, n, member, p.reason.as_str(), p.detail.clone());
+            list_issue(list, n, member, p.reason.kind(), p.detail.clone());
         }
     }
 }

@@ -12,6 +12,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
 
 /// The caption file SimpleTuner looks for beside `rel`: Python's
@@ -102,19 +103,19 @@ pub(super) struct CaptionWarning {
     /// Key in `ShardCounts::caption_warnings`.
     pub key: &'static str,
     /// Kind of the listed issue.
-    pub issue: &'static str,
+    pub issue: IssueKind,
     pub detail: &'static str,
 }
 
 const NEWLINE: CaptionWarning = CaptionWarning {
     key: "newline",
-    issue: "caption_newline",
+    issue: IssueKind::CaptionNewline,
     detail: "the caption holds a line break: SimpleTuner's textfile mode reads each line as a caption of its own, parquet mode reads one caption",
 };
 
 const SURROUNDING_WHITESPACE: CaptionWarning = CaptionWarning {
     key: "surrounding_whitespace",
-    issue: "caption_surrounding_whitespace",
+    issue: IssueKind::CaptionSurroundingWhitespace,
     detail: "the caption starts or ends with whitespace, which SimpleTuner strips: the trained caption differs from the parquet's",
 };
 

@@ -8,6 +8,8 @@
 //! ledger for their image (at most [`crate::integrity::MAX_WAITING`]).
 
 use std::io;
+
+use shardprep_core::issue::IssueKind;
 use std::path::PathBuf;
 
 use crate::index::window::Window;
@@ -110,7 +112,7 @@ impl ImageChecks {
                     p.row.filename,
                     reasons.join(", ")
                 );
-                tally.skip(&p.member, "bad_image", detail);
+                tally.skip(&p.member, IssueKind::BadImage, detail);
                 tally.samples.bad.insert(p.row.filename.as_bytes());
                 return;
             }
@@ -153,6 +155,6 @@ pub(super) fn head_facts(win: &mut Window, offset: u64, size: u64) -> io::Result
 fn record(tally: &mut Tally, image: &str, v: &Verdict) {
     tally.counts.images_checked += 1;
     for p in &v.problems {
-        tally.image_problem(image, p.reason.as_str(), &p.detail);
+        tally.image_problem(image, p.reason.kind(), &p.detail);
     }
 }

@@ -5,6 +5,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
 
 use super::ShardError;
@@ -40,29 +41,29 @@ pub(crate) fn kind_of(rel: &Path) -> Kind {
 /// The report key of an entry type that is never extracted (links,
 /// devices...); `None` for regular files, directories and unknown types
 /// (extracted as regular files, as GNU tar does).
-pub(crate) fn refused_entry_type(kind: EntryKind) -> Option<&'static str> {
+pub(crate) fn refused_entry_type(kind: EntryKind) -> Option<IssueKind> {
     match kind {
         EntryKind::File | EntryKind::Directory | EntryKind::Other(_) => None,
-        EntryKind::Symlink => Some("symlink"),
-        EntryKind::HardLink => Some("hard_link"),
-        EntryKind::CharDevice | EntryKind::BlockDevice => Some("device"),
-        EntryKind::Fifo => Some("fifo"),
-        EntryKind::VolumeLabel => Some("volume_label"),
-        EntryKind::MultiVolume => Some("multivolume_continuation"),
+        EntryKind::Symlink => Some(IssueKind::Symlink),
+        EntryKind::HardLink => Some(IssueKind::HardLink),
+        EntryKind::CharDevice | EntryKind::BlockDevice => Some(IssueKind::Device),
+        EntryKind::Fifo => Some(IssueKind::Fifo),
+        EntryKind::VolumeLabel => Some(IssueKind::VolumeLabel),
+        EntryKind::MultiVolume => Some(IssueKind::MultivolumeContinuation),
     }
 }
 
 /// The warning key and detail of a member with an unknown type flag, which
 /// GNU tar extracts as a regular file ("Unknown file type ..., extracted as
 /// normal file"), and so does shardprep.
-pub(crate) fn unknown_type_warning(flag: u8) -> (&'static str, String) {
+pub(crate) fn unknown_type_warning(flag: u8) -> (IssueKind, String) {
     let shown = if flag.is_ascii_graphic() {
         format!("'{}'", flag as char)
     } else {
         format!("0x{flag:02x}")
     };
     (
-        "unknown_entry_type",
+        IssueKind::UnknownEntryType,
         format!("unknown type flag {shown}: read as a regular file, as GNU tar extracts it"),
     )
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use shardprep_core::durability;
+use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::{fnv1a64, shard_file_stem};
 use shardprep_core::manifest::ShardManifest;
 
@@ -142,7 +143,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             self.tally.reject(&name, reason, detail);
         } else if meta.sparse.is_some() && !self.out.takes_sparse() {
             let detail = "a sparse file's data is not one run of bytes in the tar, so no offset and length can serve it; not indexed (extract mode expands it)";
-            self.tally.reject(&name, "sparse_file", detail);
+            self.tally.reject(&name, IssueKind::SparseFile, detail);
         } else {
             if let EntryKind::Other(flag) = kind {
                 let (key, detail) = super::unknown_type_warning(flag);
@@ -183,7 +184,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             Err(PlaceError::Io(p, e)) => Err(self.source.write_error(&p, e)),
             Err(refused) => {
                 self.tally
-                    .reject(name, "unsafe_directory", refused.to_string());
+                    .reject(name, IssueKind::UnsafeDirectory, refused.to_string());
                 Ok(())
             }
         }
@@ -200,12 +201,12 @@ impl<'a, O: Output> ShardPass<'a, O> {
             self.tally.counts.duplicate_members += 1;
             self.tally.issue(
                 &m.name,
-                "duplicate_member",
+                IssueKind::DuplicateMember,
                 "the same name appears again in this shard; the later copy wins",
             );
         }
         if self.task.shards_in_data_dir && m.top_level && m.rel_bytes().ends_with(b".tar") {
-            self.tally.reject(&m.name, "would_overwrite_input", "a .tar member at the top of data/ could overwrite an input shard (shards and data/ are the same folder); not extracted");
+            self.tally.reject(&m.name, IssueKind::WouldOverwriteInput, "a .tar member at the top of data/ could overwrite an input shard (shards and data/ are the same folder); not extracted");
             return Ok(());
         }
         let shadowed = self.shadowed_by_caption(m)?;
@@ -258,12 +259,12 @@ impl<'a, O: Output> ShardPass<'a, O> {
         }
         if m.size > MAX_JSON_BYTES {
             let detail = format!("{} bytes, more than {MAX_JSON_BYTES}", m.size);
-            self.tally.skip(&m.name, "json_too_large", detail);
+            self.tally.skip(&m.name, IssueKind::JsonTooLarge, detail);
         } else if !m.top_level {
             // The seed's glob('data/*.json') reads only top-level JSONs.
             self.tally.skip(
                 &m.name,
-                "json_in_subdirectory",
+                IssueKind::JsonInSubdirectory,
                 "only JSONs directly in data/ are samples, as in the seed",
             );
         } else if let Some(parsed) = parsed {
@@ -362,7 +363,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
                 if skip.has_width {
                     self.tally.counts.json_with_width += 1;
                 }
-                tracing::debug!(shard = %self.task.shard_name, member = %m.name, reason = skip.reason, "{}", skip.detail);
+                tracing::debug!(shard = %self.task.shard_name, member = %m.name, reason = %skip.reason, "{}", skip.detail);
                 self.tally.skip(&m.name, skip.reason, skip.detail);
             }
         }
@@ -469,7 +470,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
         if shadowed {
             self.tally.reject(
                 &m.name,
-                "shadowed_by_caption",
+                IssueKind::ShadowedByCaption,
                 "a caption file of the same name was written; the caption wins, as in the seed",
             );
         } else if self.task.extract && entry.meta().sparse.is_some() {
@@ -691,7 +692,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             Err(refused) => {
                 let detail = format!("no caption file for this image: {refused}");
                 self.tally
-                    .issue(member, "unlisted_caption_not_written", detail);
+                    .issue(member, IssueKind::UnlistedCaptionNotWritten, detail);
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
 use shardprep_core::manifest::{MemberIssue, ShardCounts, list_issue};
 
@@ -53,12 +54,12 @@ impl Tally {
     /// Counts the images no row was written for, by reason
     /// (`images`: the top-level images of the shard).
     pub(super) fn left_out(&mut self, images: &NameSet) {
-        let mut add = |reason: &str, n: u64| {
+        let mut add = |reason: IssueKind, n: u64| {
             if n > 0 {
                 *self
                     .counts
                     .images_left_out
-                    .entry(reason.into())
+                    .entry(reason.as_str().into())
                     .or_default() += n;
             }
         };
@@ -73,10 +74,10 @@ impl Tally {
                 no_row += 1;
             }
         }
-        add("bad_image", bad);
-        add("no_width", no_width);
-        add("no_row", no_row);
-        add("in_subdirectory", s.nested.hashes.len() as u64);
+        add(IssueKind::BadImage, bad);
+        add(IssueKind::NoWidth, no_width);
+        add(IssueKind::NoRow, no_row);
+        add(IssueKind::InSubdirectory, s.nested.hashes.len() as u64);
     }
 
     /// Counts a member whose `size` bytes are all in its file.
@@ -86,7 +87,7 @@ impl Tally {
     }
 
     /// Lists a problem by name while the list has room, else counts it.
-    pub(super) fn issue(&mut self, member: &str, kind: &str, detail: impl Into<String>) {
+    pub(super) fn issue(&mut self, member: &str, kind: IssueKind, detail: impl Into<String>) {
         list_issue(
             &mut self.issues,
             &mut self.issues_not_listed,
@@ -97,44 +98,53 @@ impl Tally {
     }
 
     /// Counts and lists (while the list has room) a problem of an image.
-    pub(super) fn image_problem(&mut self, image: &str, reason: &str, detail: &str) {
+    pub(super) fn image_problem(&mut self, image: &str, reason: IssueKind, detail: &str) {
         *self
             .counts
             .image_problems
-            .entry(reason.to_string())
+            .entry(reason.as_str().to_string())
             .or_default() += 1;
-        tracing::debug!(shard = %self.shard, image, reason, "{detail}");
+        tracing::debug!(shard = %self.shard, image, %reason, "{detail}");
         let (list, n) = (&mut self.image_issues, &mut self.image_issues_not_listed);
         list_issue(list, n, image, reason, detail);
     }
 
     /// A member not extracted, for `reason`.
-    pub(crate) fn reject(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
+    pub(crate) fn reject(&mut self, member: &str, reason: IssueKind, detail: impl Into<String>) {
         *self
             .counts
             .rejected_members
-            .entry(reason.to_string())
+            .entry(reason.as_str().to_string())
             .or_default() += 1;
         let detail = detail.into();
-        tracing::warn!(shard = %self.shard, member, reason, "{detail}");
+        tracing::warn!(shard = %self.shard, member, %reason, "{detail}");
         self.issue(member, reason, detail);
     }
 
     /// A member handled, with a warning of kind `key` (it is still extracted).
-    pub(super) fn member_warning(&mut self, member: &str, key: &str, detail: impl Into<String>) {
+    pub(super) fn member_warning(
+        &mut self,
+        member: &str,
+        key: IssueKind,
+        detail: impl Into<String>,
+    ) {
         *self
             .counts
             .member_warnings
-            .entry(key.to_string())
+            .entry(key.as_str().to_string())
             .or_default() += 1;
         let detail = detail.into();
-        tracing::warn!(shard = %self.shard, member, key, "{detail}");
+        tracing::warn!(shard = %self.shard, member, %key, "{detail}");
         self.issue(member, key, detail);
     }
 
     /// A JSON with width that did not become a row, for `reason`.
-    pub(super) fn skip(&mut self, member: &str, reason: &str, detail: impl Into<String>) {
-        *self.counts.skipped.entry(reason.to_string()).or_default() += 1;
+    pub(super) fn skip(&mut self, member: &str, reason: IssueKind, detail: impl Into<String>) {
+        *self
+            .counts
+            .skipped
+            .entry(reason.as_str().to_string())
+            .or_default() += 1;
         self.issue(member, reason, detail);
     }
 
@@ -156,7 +166,7 @@ impl Tally {
         for name in names {
             self.issue(
                 &name,
-                "json_without_image",
+                IssueKind::JsonWithoutImage,
                 "a JSON names this image, but the shard does not contain it",
             );
         }
@@ -165,7 +175,7 @@ impl Tally {
         for name in names {
             self.issue(
                 &name,
-                "image_without_json",
+                IssueKind::ImageWithoutJson,
                 "no JSON of the shard names this image",
             );
         }

@@ -33,6 +33,8 @@ pub use error::{Corruption, ExtractError, TarError};
 pub use header::EntryKind;
 pub use sparse::{Segment, SparseFormat, SparseMap};
 
+use shardprep_core::issue::IssueKind;
+
 use header::{BLOCK, TYPEFLAG};
 use pax::Pax;
 
@@ -64,7 +66,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// A short stable reason (`sparse_too_large`, `invalid_sparse_map`, ...).
-    pub reason: &'static str,
+    pub reason: IssueKind,
     pub detail: String,
 }
 
@@ -527,7 +529,7 @@ fn unknown_type_named_as_directory(meta: &EntryMeta) -> Option<Refusal> {
         return None;
     };
     meta.name.ends_with(b"/").then(|| Refusal {
-        reason: "unknown_type_directory_name",
+        reason: IssueKind::UnknownTypeDirectoryName,
         detail: format!(
             "unknown entry type {:?} under a directory name; its {} bytes are not extracted",
             flag as char, meta.stored_size

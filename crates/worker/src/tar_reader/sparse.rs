@@ -1,6 +1,8 @@
 //! GNU sparse files: the maps of the old GNU `S` type and of the PAX
 //! formats 0.0, 0.1 and 1.0, and their validation.
 
+use shardprep_core::issue::IssueKind;
+
 use super::Refusal;
 use super::pax::{SparseKeys, decimal};
 
@@ -38,14 +40,14 @@ pub struct SparseMap {
 
 pub(crate) fn invalid(detail: impl Into<String>) -> Refusal {
     Refusal {
-        reason: "invalid_sparse_map",
+        reason: IssueKind::InvalidSparseMap,
         detail: detail.into(),
     }
 }
 
 fn too_many(max: usize) -> Refusal {
     Refusal {
-        reason: "sparse_map_too_large",
+        reason: IssueKind::SparseMapTooLarge,
         detail: format!("the sparse map has more than {max} data runs"),
     }
 }
@@ -56,7 +58,7 @@ pub(crate) fn pax_format(keys: &SparseKeys) -> Result<Option<SparseFormat>, Refu
         (Some(b"1"), Some(b"0")) => return Ok(Some(SparseFormat::Pax10)),
         (Some(major), minor) => {
             return Err(Refusal {
-                reason: "unsupported_sparse_version",
+                reason: IssueKind::UnsupportedSparseVersion,
                 detail: format!(
                     "GNU sparse format {}.{} is not known",
                     String::from_utf8_lossy(major),

@@ -3,6 +3,8 @@
 
 use std::io::Read;
 
+use shardprep_core::issue::IssueKind;
+
 use super::header::{self, BLOCK};
 use super::pax::Pax;
 use super::sparse::{self, MapParser, Segment, SparseFormat, SparseMap};
@@ -136,7 +138,7 @@ impl<R: Read> TarReader<R> {
             meta.size = real;
             if real > cap {
                 return Err(Refusal {
-                    reason: "sparse_too_large",
+                    reason: IssueKind::SparseTooLarge,
                     detail: format!(
                         "the sparse file expands to {real} bytes, more than the {cap}-byte limit"
                     ),
