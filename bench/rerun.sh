@@ -3,8 +3,8 @@
 # --deep, and `verify` at both depths, on the small bench set (10 shards x 10,000 samples,
 # bench/sets.sh), in both modes. Page cache warm (the output was just written), as after a
 # job; the cold numbers would add the disk's reads of the metadata and, for --deep, the bytes.
-# Knobs: BENCH_WORK (default bench/work), BENCH_NO_BUILD=1, BENCH_REPS (default 3),
-#        RERUN_RESULTS (default bench/RERUN-COST.md).
+# Knobs: BENCH_WORK (default bench/work), BENCH_NO_BUILD=1, BENCH_REPS (default 3), RERUN_REUSE=1,
+#        RERUN_RESULTS (default bench/RERUN-COST.md), RERUN_BIN (default: the release build).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,16 +21,19 @@ source "$BENCH_DIR/sets.sh"
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
     (cd "$ROOT" && cargo build --release --bin shardprep)
 fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/shardprep"
+BIN="${RERUN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/shardprep}"
 make_sets "$BIN"
 SHARDS="${BENCH_SET_DIRS#small=}/shards"
 
-# Median wall seconds of REPS runs of "$@" (each must exit 0).
+# Median wall seconds of REPS runs of "$@" ("failed" when one exits non-zero).
 median_secs() {
-    local i t times=()
+    local i times=() t_file="$BENCH_WORK/rerun-time"
     for ((i = 0; i < REPS; i++)); do
-        t=$( { /usr/bin/time -f %e "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-        times+=("$t")
+        if ! /usr/bin/time -f %e -o "$t_file" "$@" >/dev/null 2>&1; then
+            echo failed
+            return
+        fi
+        times+=("$(tail -1 "$t_file")")
     done
     printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((REPS + 1) / 2))p"
 }
@@ -46,22 +49,22 @@ row() {  # mode label command...
     echo
     echo "Date: $(date -u +%F). Set: small (10 shards x 10,000 samples, 1 KiB images: 100,000"
     echo "samples, 200,000 files + captions in data/). Median of $REPS, page cache warm, 2 workers."
-    echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD). Machine: $(nproc) cores, shared."
+    echo "Commit: $(git -C "$ROOT" rev-parse --short HEAD). Binary: $BIN. Work dir: $BENCH_WORK."
+    echo "Machine: $(nproc) cores, shared (load average $(cut -d' ' -f1 /proc/loadavg) at the start)."
     echo
     echo "| mode | command | wall s |"
     echo "|---|---|---:|"
     for mode in extract index; do
         out="$BENCH_WORK/rerun-$mode"
-        rm -rf "$out"
-        start=$(date +%s.%N)
-        "$BIN" run --input "$SHARDS" --output "$out" --workers 2 --mode "$mode" >/dev/null 2>&1
-        first=$(echo "$(date +%s.%N) - $start" | bc)
-        printf '| %s | the job itself (once) | %.2f |\n' "$mode" "$first"
+        # RERUN_REUSE=1 keeps a finished output of an earlier call.
+        if [[ "${RERUN_REUSE:-0}" != 1 || ! -f "$out/report.json" ]]; then
+            rm -rf "$out"
+            REPS=1 row "$mode" "the job itself (once)" "$BIN" run --input "$SHARDS" --output "$out" --workers 2 --mode "$mode"
+        fi
         row "$mode" "\`run\` again (no-op, plain)" "$BIN" run --input "$SHARDS" --output "$out" --workers 2 --mode "$mode"
         row "$mode" "\`run --deep\` again (no-op)" "$BIN" run --input "$SHARDS" --output "$out" --workers 2 --mode "$mode" --deep
         row "$mode" "\`verify\`" "$BIN" verify "$out"
         row "$mode" "\`verify --deep\`" "$BIN" verify "$out" --deep
-        rm -rf "$out"
     done
 } > "$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
