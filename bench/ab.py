@@ -59,8 +59,12 @@ FS_INODES = int(os.environ.get("AB_FS_INODES", "600000"))
 MIN_FREE_GB = float(os.environ.get("AB_MIN_FREE_GB", "8"))
 
 
+TAR = "@tar"  # a variant `LABEL=@tar`: the `tar xf` loop of bench.py instead of a shardprep binary
+
+
 def parse_variants(spec):
-    """'LABEL=BINARY[:flags]' items separated by ';' (or newlines)."""
+    """'LABEL=BINARY[:flags]' items separated by ';' (or newlines); BINARY `@tar` is the
+    `tar xf` loop (every shard into OUT/data), the floor issue 27 compares with."""
     out = []
     for item in spec.replace("\n", ";").split(";"):
         item = item.strip()
@@ -70,6 +74,9 @@ def parse_variants(spec):
         if not sep or not label:
             sys.exit(f"bad variant {item!r}: want LABEL=BINARY[:extra flags]")
         binary, _, flags = rest.partition(":")
+        if binary.strip() == TAR:
+            out.append({"label": label, "bin": TAR, "flags": []})
+            continue
         binary = os.path.abspath(binary)
         if not os.access(binary, os.X_OK):
             sys.exit(f"variant {label}: no executable at {binary}")
@@ -221,7 +228,11 @@ def timed_run(argv, log_path):
 
 
 def run_variant(v, shards_dir, out, log_path):
-    argv = [v["copy"], "run", "--input", shards_dir, "--output", out, "--workers", str(WORKERS)] + v["flags"]
+    if v["bin"] == TAR:
+        loop = 'mkdir -p "$1/data" && for t in "$2"/*.tar; do tar xf "$t" -C "$1/data" || exit 1; done'
+        argv = ["bash", "-c", loop, "tar-loop", out, shards_dir]
+    else:
+        argv = [v["copy"], "run", "--input", shards_dir, "--output", out, "--workers", str(WORKERS)] + v["flags"]
     busy0 = B.cpu_busy_jiffies()
     wall, rc, (usr, sys_), tree_rss, s = timed_run(argv, log_path)
     machine_cpu = (B.cpu_busy_jiffies() - busy0) / B.CLK_TCK
@@ -360,8 +371,22 @@ TARGETS = [
 ]
 
 
-def targets_md(all_rows, stats):
+def targets_md(all_rows, stats, variants=()):
     lines = ["| issue | set | target | ratio of medians | with +flush (info) | status |", "|---|---|---|---:|---:|---|"]
+    # Issue 27: shardprep + its writeback no longer than `tar xf` + its writeback (small set).
+    tars = [v["label"] for v in variants if v["bin"] == TAR]
+    for s, rows in all_rows.items():
+        for t in tars:
+            for v in variants:
+                lab = v["label"]
+                if v["bin"] == TAR or lab not in rows or t not in rows:
+                    continue
+                x, y = ratio(rows, lab, t), ratio(rows, lab, t, "with_flush")
+                judged = s == "small"
+                status = ("info" if not judged else "not measured" if y is None else
+                          "**met**" if y <= 1.0 else "**not met**")
+                lines.append(f"| 27 (speed) | {s} | {lab} + writeback ≤ tar xf + writeback (judged with +flush) "
+                             f"| {f2(x, '×')} | {f2(y, '×')} | {status} |")
     for issue, s, text, a, b, bound in TARGETS:
         rows = all_rows.get(s)
         if not rows or a not in rows or b not in rows:
@@ -434,6 +459,10 @@ def main():
     bindir = os.path.join(WORK, "ab-bin")
     os.makedirs(bindir, exist_ok=True)
     for v in variants:
+        if v["bin"] == TAR:
+            v["sha"], v["commit"], v["copy"] = "-", subprocess.run(
+                ["tar", "--version"], capture_output=True, text=True).stdout.split("\n")[0], shutil.which("tar")
+            continue
         v["sha"], v["commit"] = binary_id(v["bin"])
         v["copy"] = os.path.join(bindir, v["sha"], "shardprep")
         if not os.path.exists(v["copy"]):
@@ -505,7 +534,7 @@ def main():
                       flush=True)
                 if r["rc"] != 0:
                     B.warn(f"{set_name} rep {rep} {v['label']}: exit code {r['rc']} (log: {log_path})")
-                elif r.get("verdict") != "ok":
+                elif r.get("verdict") != "ok" and v["bin"] != TAR:
                     B.warn(f"{set_name} rep {rep} {v['label']}: report.json verdict {r.get('verdict')!r}")
                 if rep == 1 and r["rc"] == 0 and not FRESH_FS:
                     shapes[set_name][v["label"]] = output_shape(out)
@@ -522,7 +551,10 @@ def main():
             os.rename(trash, later)
             B.log(f"set {set_name} done; its outputs are left in {later} (AB_RM_AT_END=0)")
         ref = shapes[set_name].get(baseline)
+        tar_labels = {v["label"] for v in variants if v["bin"] == TAR}
         for lab, shp in shapes[set_name].items():
+            if lab in tar_labels or baseline in tar_labels:
+                continue  # tar writes no captions: its data/ differs by design
             if ref and shp and (shp["files"], shp["bytes"]) != (ref["files"], ref["bytes"]):
                 B.warn(f"{set_name} {lab}: data/ has {shp['files']:,} files, {shp['bytes']:,} bytes; "
                        f"{baseline} has {ref['files']:,}, {ref['bytes']:,}")
@@ -545,7 +577,7 @@ def write_report(saved):
     labels = [v["label"] for v in variants]
     all_rows = {s: summarize(r["runs"], labels) for s, r in raw.items()}
     stats = {s: r["stats"] for s, r in raw.items()}
-    table, targets = table_md(all_rows, variants, baseline), targets_md(all_rows, stats)
+    table, targets = table_md(all_rows, variants, baseline), targets_md(all_rows, stats, variants)
     print("\n" + table + "\n\n" + targets)
     started = datetime.datetime.fromisoformat(saved["date"])
     total_wait = sum(r["waited_quiet"] for s in raw.values() for r in s["runs"])

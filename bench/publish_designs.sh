@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Times publish_designs.c's modes on the work disk (bench/SPEED-DESIGNS.md), alternating,
+# caches dropped before each run (root), the `sync` after it timed apart.
+#   bench/publish_designs.sh [NFILES] [REPS] ["mode:threads ..."]    (x2<mode>: two processes)
+# Outputs are moved to $BENCH_WORK/designs-trash and deleted at the end (deleting just
+# before a run slows its creation: see bench/README.md).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+work="${BENCH_WORK:-$here/work}"
+n="${1:-150000}"; reps="${2:-3}"
+modes="${3:-inplace:1 tmpfile:1 tmpfile_empty:1 tmpfile:2 pipe_empty:1 x2tmpfile_empty:1 x2inplace:1}"
+bin="$work/publish_designs"; out="$work/designs-out"; trash="$work/designs-trash"
+mkdir -p "$out" "$trash"
+gcc -O2 -o "$bin" "$here/publish_designs.c" -lpthread
+for r in $(seq "$reps"); do
+  for mt in $modes; do
+    m=${mt%%:*}; t=${mt##*:}; d="$out/$m-$t-$r"; mkdir -p "$d"
+    sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
+    load=$(cut -d' ' -f1 /proc/loadavg); s=$(date +%s.%N)
+    if [[ $m == x2* ]]; then
+      /usr/bin/time -f "%U %S" -o "$work/pd.time" bash -c \
+        "PFX=a '$bin' ${m#x2} '$d' $((n / 2)) $t & PFX=b '$bin' ${m#x2} '$d' $((n / 2)) $t & wait"
+    else
+      /usr/bin/time -f "%U %S" -o "$work/pd.time" "$bin" "$m" "$d" "$n" "$t"
+    fi
+    e=$(date +%s.%N); sync; f=$(date +%s.%N)
+    read -r u sy < "$work/pd.time"
+    printf "| %s | %s | %d | %.2f | %.2f | %s+%s | %s |\n" "$m" "$t" "$r" "$(echo "$e-$s" | bc)" \
+      "$(echo "$f-$e" | bc)" "$u" "$sy" "$load"
+    mv "$d" "$trash/$(date +%s%N)"
+  done
+done
+rm -rf "$trash"
