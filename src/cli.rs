@@ -48,6 +48,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Write deterministic DALLE-3-style sample shards (for demos, tests, benchmarks).
     Generate(GenerateArgs),
+    /// Write OUT/report.html (the report as a page, with the trainer's aspect buckets) from
+    /// OUT/report.json; a job writes it at its end too.
+    Report(ReportArgs),
 }
 
 /// Settings of a job, shared by `run` and `coordinator`.
@@ -383,6 +386,16 @@ pub struct VerifyArgs {
     /// Print the findings as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The output folder of a job (it holds report.json).
+    pub output: PathBuf,
+    /// The model family's aspect bucket alignment in pixels (SimpleTuner's
+    /// --aspect_bucket_alignment; it sets 64 for SDXL, SD3, Sana and HiDream).
+    #[arg(long, env = "SHARDPREP_BUCKET_ALIGNMENT", default_value_t = 64)]
+    pub bucket_alignment: u32,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use shardprep_coordinator::report::Report;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::manifest::ImageChecks;
 use shardprep_worker::integrity::{
@@ -32,25 +33,25 @@ struct Reported {
 }
 
 impl Reported {
-    fn of(report: &serde_json::Value) -> Reported {
-        let checks = serde_json::from_value(report["image_checks"].clone()).unwrap_or_default();
+    fn of(report: &Report) -> Reported {
         let mut listed = HashSet::new();
         let mut capped = false;
-        for s in report["shards"].as_array().into_iter().flatten() {
-            capped |= s["image_issues_not_listed"].as_u64().unwrap_or(0) > 0;
-            for i in s["image_issues"].as_array().into_iter().flatten() {
-                if let (Some(m), Some(k)) = (i["member"].as_str(), i["kind"].as_str()) {
-                    listed.insert((m.to_string(), k.to_string()));
-                }
+        for s in &report.shards {
+            capped |= s.image_issues_not_listed > 0;
+            for i in &s.image_issues {
+                // The kind as the report writes it.
+                let kind = match serde_json::to_value(&i.kind) {
+                    Ok(serde_json::Value::String(k)) => k,
+                    _ => continue,
+                };
+                listed.insert((i.member.clone(), kind));
             }
         }
-        let counts =
-            serde_json::from_value(report["totals"]["image_problems"].clone()).unwrap_or_default();
         Reported {
-            checks,
+            checks: report.image_checks.clone(),
             listed,
             capped,
-            counts,
+            counts: report.totals.image_problems.clone().into_iter().collect(),
         }
     }
 }
@@ -67,7 +68,7 @@ pub fn deep_check(out: &Path) -> Deep {
     let mut d = Deep::default();
     let report = match std::fs::read(out.join("report.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<Report>(&b).ok())
     {
         Some(r) => r,
         None => {

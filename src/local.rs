@@ -1,18 +1,18 @@
-//! `run` (coordinator + N worker processes on this machine), `status`,
-//! `verify`, and the end-of-job summary.
+//! `run` (coordinator + N worker processes on this machine), `status` and
+//! `verify`.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use shardprep_coordinator::report::Report;
 use shardprep_coordinator::{CoordinatorConfig, CoordinatorError, JobOutcome};
 use shardprep_core::auth;
 use shardprep_core::durability::DataSync;
 
 use crate::cli::{LogFormat, RunArgs, StatusArgs, VerifyArgs};
-use crate::commands::{EXIT_JOB_FAILED, coordinator_config, shutdown_signal, token_from};
+use crate::flags::{coordinator_config, token_from};
+use crate::signal::shutdown_signal;
+use crate::summary::{exit_code, print_summary};
 use crate::workers::{Launcher, Workers};
 
 /// `shardprep run`: the coordinator in this process on 127.0.0.1 (ephemeral
@@ -33,6 +33,13 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
     let grace = config.worker_grace;
     let n = worker_count(args.workers);
     let mut coordinator = LocalCoordinator::start(config).await?;
+    // An error before the job starts (no shards, a busy output) is printed
+    // alone: no worker is started before the coordinator serves.
+    if let Some(ended) = coordinator.started(&token).await {
+        let outcome = ended.context("the coordinator task failed")??;
+        print_summary(&outcome.report);
+        return Ok(exit_code(outcome.ok));
+    }
     tracing::info!(workers = n, coordinator = %coordinator.url, "starting local job");
     let launcher = Launcher {
         exe: std::env::current_exe().context("cannot find this program's own path")?,
@@ -67,15 +74,6 @@ fn worker_count(flag: Option<usize>) -> usize {
     .max(1)
 }
 
-/// The exit code of a job that ran: 0 verified, [`EXIT_JOB_FAILED`] otherwise.
-pub fn exit_code(verified: bool) -> ExitCode {
-    if verified {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_JOB_FAILED)
-    }
-}
-
 type ServeResult = Result<JobOutcome, CoordinatorError>;
 
 /// The coordinator of a `run`, serving on a task of this process.
@@ -102,6 +100,32 @@ impl LocalCoordinator {
             task,
             stop: Some(stop),
         })
+    }
+
+    /// Waits until the coordinator answers (its job has started); `Some`
+    /// with its result when it ended first: an error before the job
+    /// started, or a job that had nothing left to do.
+    async fn started(
+        &mut self,
+        token: &str,
+    ) -> Option<Result<ServeResult, tokio::task::JoinError>> {
+        let (url, token) = (self.url.clone(), token.to_string());
+        let answered = async move {
+            loop {
+                if let Ok(mut c) = shardprep_worker::client::client(&url, &token, None)
+                    && c.status(shardprep_core::proto::StatusRequest {})
+                        .await
+                        .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = &mut self.task => Some(r),
+            () = answered => None,
+        }
     }
 
     /// Waits for the job to end while restarting dead workers; on SIGTERM or
@@ -133,127 +157,12 @@ impl LocalCoordinator {
 /// How often `run` looks for dead workers.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 
-/// `reason=count, ...` or `none`.
-fn by_reason(counts: &BTreeMap<String, u64>) -> String {
-    if counts.is_empty() {
-        return "none".into();
-    }
-    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    parts.join(", ")
-}
-
-/// Prints the end-of-job table (the same numbers as report.json).
-pub fn print_summary(r: &Report) {
-    let t = &r.totals;
-    let secs = r.wall_ms as f64 / 1000.0;
-    let expected = r
-        .expected_json
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| "(not given)".into());
-    println!("shardprep summary");
-    println!("  verdict            {}", r.verdict.to_uppercase());
-    println!(
-        "  shards             {} done, {} failed, {} total ({} from an earlier run)",
-        r.shards_done, r.shards_failed, r.shards_total, r.shards_recovered
-    );
-    println!(
-        "  JSON files         {} (expected {expected})",
-        r.found_json
-    );
-    println!("  rows               {}", r.rows);
-    println!(
-        "  captions written   {} (+{} for images without a row, so a trainer finds one beside every image)",
-        t.captions_written, t.captions_for_unlisted_images
-    );
-    println!(
-        "  caption warnings   {}",
-        match by_reason(&t.caption_warnings).as_str() {
-            "none" => "none".to_string(),
-            w => format!("{w} (textfile and parquet captions differ for these)"),
-        }
-    );
-    if !t.member_warnings.is_empty() {
-        println!(
-            "  member warnings    {} (unknown type flags, extracted as regular files as tar xf does)",
-            by_reason(&t.member_warnings)
-        );
-    }
-    println!("  images             {}", t.images);
-    if let Some(ix) = &r.index {
-        println!(
-            "  index              {} entries, {} images with dimensions, {} without, {} disagree with their JSON",
-            ix.entries,
-            ix.images_with_dimensions,
-            ix.images_without_dimensions,
-            ix.dimension_mismatches
-        );
-    }
-    println!("  skipped            {}", by_reason(&t.skipped));
-    println!("  members refused    {}", by_reason(&t.rejected_members));
-    print_image_checks(r);
-    println!(
-        "  duplicate names    {} across shards, {} within shards",
-        r.duplicate_filenames, t.duplicate_members
-    );
-    println!("  wall time          {secs:.1} s");
-    println!(
-        "  throughput         {:.1} MB/s, {:.0} files/s",
-        r.mb_per_s,
-        r.index.as_ref().map_or(t.files_extracted, |ix| ix.entries) as f64 / secs.max(0.001)
-    );
-    if let Some(p) = &r.parquet {
-        println!("  parquet            {p}");
-    }
-    for p in &r.problems {
-        println!("  PROBLEM            {p}");
-    }
-}
-
-/// Image problems listed in the summary, at most.
-const IMAGE_ISSUES_SHOWN: usize = 10;
-
-/// The summary's lines on the images themselves (issue 20).
-fn print_image_checks(r: &Report) {
-    let t = &r.totals;
-    let c = &r.image_checks;
-    let mut made = vec!["header size".to_string()];
-    if c.decode {
-        made.push("full decode".into());
-    }
-    if !c.hash_fields.is_empty() {
-        made.push(format!("hashes {}", c.hash_fields.join(" ")));
-    }
-    println!(
-        "  images checked     {} ({})",
-        t.images_checked,
-        made.join(", ")
-    );
-    println!("  image problems     {}", by_reason(&t.image_problems));
-    let listed = r
-        .shards
-        .iter()
-        .flat_map(|s| s.image_issues.iter().map(move |i| (s.name.as_str(), i)));
-    for (shard, i) in listed.take(IMAGE_ISSUES_SHOWN) {
-        println!("    {} {shard}/{}: {}", i.kind, i.member, i.detail);
-    }
-    let total: u64 = t.image_problems.values().sum();
-    if total > IMAGE_ISSUES_SHOWN as u64 {
-        println!("    ... (all listed in report.json, per shard: image_issues)");
-    }
-    if let Some(n) = t
-        .skipped
-        .get(shardprep_core::issue::IssueKind::BadImage.as_str())
-    {
-        println!("  bad-image rows     {n} left out (--on-bad-image skip)");
-    }
-}
-
 /// `shardprep status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let Some(token) = token_from(&args.token)? else {
         anyhow::bail!("no token: pass the job's token with --token-file FILE or SHARDPREP_TOKEN");
     };
-    let tls = crate::commands::client_tls(&args.tls)?;
+    let tls = crate::flags::client_tls(&args.tls)?;
     let mut client = shardprep_worker::client::client(&args.coordinator, &token, tls.as_ref())?;
     let st = client
         .status(shardprep_core::proto::StatusRequest {})
@@ -351,13 +260,14 @@ fn print_status(st: &shardprep_core::proto::StatusResponse) {
 
 /// `shardprep verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut findings = shardprep_coordinator::verify::verify_output_deep(
+    let depth = shardprep_core::depth::CheckDepth::from_deep(args.deep);
+    let mut findings = shardprep_coordinator::verify::verify_output(
         &args.output,
         args.expect_json,
         args.dataset_id.as_deref(),
-        args.deep,
+        depth,
     );
-    if args.deep {
+    if depth.reads_bytes() {
         let deep = crate::deep::deep_check(&args.output);
         findings.checked.extend(deep.checked);
         findings.problems.extend(deep.problems);

@@ -4,8 +4,11 @@
 mod cli;
 mod commands;
 mod deep;
+mod flags;
 mod local;
 mod progress;
+mod signal;
+mod summary;
 mod workers;
 
 use std::process::ExitCode;
@@ -71,9 +74,19 @@ fn init_logging(format: cli::LogFormat, default_level: &str) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours(format))
         .with_writer(std::io::stderr);
     match format {
         cli::LogFormat::Human => builder.with_target(false).init(),
         cli::LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colour codes in log lines only for people: human format, stderr a
+/// terminal, and `NO_COLOR` unset or empty (<https://no-color.org>).
+fn colours(format: cli::LogFormat) -> bool {
+    use std::io::IsTerminal;
+    format == cli::LogFormat::Human
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -121,7 +121,7 @@ fn verify_passes_on_a_good_output_and_names_each_break() {
         "data/ holds 24 *.json files",
         "parquet schema",
         "every row's image is in data/",
-        "every row's caption .txt is in data/ and matches",
+        "every row's caption .txt is in data/ (its text is compared with --deep)",
         "multidatabackend.json",
         "verify: OK",
     ] {
@@ -153,16 +153,28 @@ fn verify_passes_on_a_good_output_and_names_each_break() {
     std::fs::write(data.join(image), saved).unwrap();
     assert_eq!(verify(&[]).0, Some(0), "restored");
 
-    // 2. A caption .txt no longer matches the parquet.
+    // 2. A caption .txt no longer matches the parquet: found by its size
+    // (plain), by its text with --deep.
     let name = &rows[5].3;
-    let txt = data.join(format!("{}.txt", &name[..name.rfind('.').unwrap()]));
+    let stem = &name[..name.rfind('.').unwrap()];
+    let txt = data.join(format!("{stem}.txt"));
     let saved = std::fs::read(&txt).unwrap();
-    std::fs::write(&txt, b"a caption edited by hand").unwrap();
+    let mut edited = saved.clone();
+    edited.extend_from_slice(b", edited by hand");
+    std::fs::write(&txt, &edited).unwrap();
     let (code, text, why) = verify(&[]);
     assert!(
         code.is_some_and(|c| c != 0),
         "an edited caption must fail verify\n{why}"
     );
+    let sizes = format!(
+        "data/{stem}.txt ({} bytes, written with {}",
+        edited.len(),
+        saved.len()
+    );
+    assert!(text.contains(&sizes), "{why}");
+    let (code, text, why) = verify(&["--deep"]);
+    assert!(code.is_some_and(|c| c != 0), "{why}");
     assert!(
         text.contains(&txt.display().to_string()) && text.contains("differs from the caption"),
         "{why}"

@@ -20,6 +20,7 @@ size), and one test runs both modes on the same shards and compares what the tra
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -408,3 +409,47 @@ def test_both_modes_train_on_the_same_samples(index_shards, tmp_path):
     for key in ("skipped", "rejected_members", "image_problems", "images_left_out", "rows"):
         assert reports[0]["totals"][key] == reports[1]["totals"][key], key
     assert reports[0]["totals"]["images_left_out"] == {"no_width": want["left_out"]}
+
+
+# --------------------------------------------------------------------------- report.html (issue 29)
+def page_buckets(out):
+    """The bucket table of OUT/report.html: {bucket: samples}, and the `too_small` count."""
+    html = (Path(out) / "report.html").read_text()
+    cell = r'<td>[^<]*</td><td class="r" data-count="(\d+)"'
+    buckets = {m.group(1): int(m.group(2)) for m in re.finditer(r'<tr data-bucket="([^"]+)">' + cell, html)}
+    small = re.search(r'<tr class="drop" data-dropped="too_small">' + cell, html)
+    assert buckets and small, "report.html has no bucket table"
+    return buckets, int(small.group(1))
+
+
+@pytest.fixture(scope="module")
+def lying_shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lying-shards")
+    run([shardprep_bin(), "generate", "--output", d, "--shards", SHARDS, "--samples", SAMPLES,
+         "--seed", SEED + 2, "--lying-dims-every", 5])
+    return sorted(d.glob("*.tar"))
+
+
+def test_the_pages_buckets_are_simpletuners(lying_shards, tmp_path):
+    # Extract mode: SimpleTuner buckets by the parquet's width/height (the JSON's, lies
+    # included); the page predicts every bucket's count and the too_small drops.
+    out = tmp_path / "out"
+    prepare(lying_shards, out)
+    rc, s = check(out)
+    assert rc == 0 and s["setup_ok"], s.get("setup_error")
+    buckets, too_small = page_buckets(out)
+    assert buckets == s["buckets"], f"page {buckets} != SimpleTuner {s['buckets']}"
+    assert too_small == s["rejected"].get("too_small", 0), (too_small, s["rejected"])
+    assert len(buckets) >= 5, buckets
+
+
+def test_the_pages_buckets_are_simpletuners_in_index_mode(index_shards, tmp_path):
+    # Index mode: SimpleTuner's webshart backend buckets by the index's (real) sizes.
+    tars_dir, good = index_shards["good"], index_shards["good_tars"]
+    out = tmp_path / "out"
+    index_run(tars_dir, out, 0)
+    e = entry_of(out)
+    s, why = check_webshart(out, tmp_path, e, good, index_expected(good, e["minimum_image_size"]))
+    buckets, too_small = page_buckets(out)
+    assert buckets == s["buckets"], f"page {buckets} != SimpleTuner {s['buckets']}\n{why}"
+    assert too_small == s["rejected"].get("too_small", 0), (too_small, why)

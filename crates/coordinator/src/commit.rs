@@ -1,86 +1,65 @@
-//! Committing fragments and recovering committed ones after a restart.
+//! The mechanics of a commit, and of taking one back (which commits to keep
+//! is [`crate::judge`]'s decision).
 //!
 //! A worker writes `tmp/<stem>.<lease>.parquet` and its manifest and syncs
-//! them; the coordinator, while it holds the scheduler's lock and has checked
-//! that the lease is current, renames them to `fragments/<stem>.parquet` and
-//! `fragments/<stem>.manifest.json`, manifest last. The manifest's presence is
-//! the commit: a fragment exists whole or not at all, and a stale attempt can
-//! never commit a second one.
+//! them. The coordinator [`prepare`]s the attempt without the scheduler's
+//! lock (reads the manifest; in index mode syncs the index and seals its
+//! size and checksum into the manifest); then, holding the lock and having
+//! checked that the lease is current, [`publish`] renames them to
+//! `fragments/<stem>.parquet` and `fragments/<stem>.manifest.json`, manifest
+//! last; the folders are synced after the lock is released. The manifest's
+//! presence is the commit: a fragment exists whole or not at all, and a
+//! stale attempt can never commit a second one.
 //!
 //! In index mode the shard's webshart index (`tmp/<stem>.<lease>.index.json`)
-//! is synced and renamed to `OUT/index/<shard>.json` before the manifest: a
-//! committed shard has its index, and a shard that failed never gets one.
+//! is renamed to `OUT/index/<shard>.json` before the manifest: a committed
+//! shard has its index, and a shard that failed never gets one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use shardprep_core::durability;
 use shardprep_core::layout::{AttemptFiles, OutputLayout};
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::manifest::{FileSeal, ShardManifest};
 use shardprep_core::mode::Mode;
 
 use crate::CoordinatorError;
 
-/// Reads the committed manifest of a shard, if it is complete and matches
-/// the shard's current identity. A changed input shard is redone.
-///
-/// A shard committed before its files were flushed (`data_synced: false`),
-/// on a boot other than `boot_id` (this machine's now), may have lost files
-/// to a power loss: its file list is checked (each file present, with the
-/// size it was written with) and the shard is redone if one is not.
-pub fn recover(
-    layout: &OutputLayout,
-    name: &str,
-    identity: ShardIdentity,
-    boot_id: &str,
-) -> Option<ShardManifest> {
+/// A shard's commit as it is on disk (`fragments/<stem>.manifest.json`):
+/// the worker's manifest, and what the coordinator sealed when it committed
+/// (in index mode, the index file's size and checksum).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Commit {
+    #[serde(flatten)]
+    pub manifest: ShardManifest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_file: Option<FileSeal>,
+}
+
+/// Reads a shard's commit: `Ok(None)` when there is none, `Err(why)` when
+/// its manifest cannot be read or is another shard's.
+pub fn read_commit(layout: &OutputLayout, name: &str) -> Result<Option<Commit>, String> {
     let path = layout.manifest_path(name);
-    let bytes = std::fs::read(&path).ok()?;
-    let manifest: ShardManifest = match serde_json::from_slice(&bytes) {
-        Ok(m) => m,
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            tracing::warn!(shard = name, error = %e, "unreadable manifest; the shard will be redone");
-            return None;
+            return Err(format!(
+                "its manifest {} cannot be read ({e})",
+                path.display()
+            ));
         }
     };
-    if manifest.shard_name != name {
-        return None;
+    let c: Commit = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("its manifest {} is not valid ({e})", path.display()))?;
+    if c.manifest.shard_name != name {
+        return Err(format!(
+            "its manifest {} is shard {:?}'s",
+            path.display(),
+            c.manifest.shard_name
+        ));
     }
-    if !manifest.identity.same_input(&identity) {
-        tracing::warn!(
-            shard = name,
-            "the shard changed since it was committed (size, mtime, inode or ctime); redoing it"
-        );
-        forget_outdated(layout, name);
-        return None;
-    }
-    if !layout.fragment_path(name).is_file() {
-        tracing::warn!(
-            shard = name,
-            "the committed fragment is missing; redoing the shard"
-        );
-        return None;
-    }
-    if !manifest.data_synced && (manifest.boot_id.is_empty() || manifest.boot_id != boot_id) {
-        let damaged = match std::fs::read(layout.files_list_path(name)) {
-            Ok(list) => durability::first_damaged_file(&layout.data_dir(), &list, false),
-            Err(e) => Some(format!("no file list ({e})")),
-        };
-        if let Some(damaged) = damaged {
-            tracing::warn!(
-                shard = name,
-                damaged = %damaged,
-                "the machine restarted before this shard's files were flushed to disk \
-                 and some are missing or short; redoing the shard"
-            );
-            uncommit(layout, name);
-            return None;
-        }
-        tracing::info!(
-            shard = name,
-            "files written before a restart checked: all present with their sizes"
-        );
-    }
-    Some(manifest)
+    Ok(Some(c))
 }
 
 /// Takes a shard's commit back (its manifest, then its fragment): the job
@@ -140,7 +119,7 @@ fn tmp_file(layout: &OutputLayout, name: &str) -> Result<std::path::PathBuf, Coo
 }
 
 /// Reads and checks the temporary manifest a worker wrote for `lease_id`.
-pub fn read_tmp_manifest(
+fn read_tmp_manifest(
     layout: &OutputLayout,
     manifest_tmp: &str,
     shard_name: &str,
@@ -163,71 +142,114 @@ pub fn read_tmp_manifest(
     Ok(m)
 }
 
-/// Moves a worker's temporary fragment and manifest of lease `lease_id`
-/// into place (file list first, then the fragment, in index mode the
-/// index, manifest last). The caller makes the renames durable with
-/// [`sync_dir`] on the fragments folder once it no longer holds the
-/// scheduler's lock.
-pub fn commit(
+/// A worker's attempt, checked and ready to be published.
+#[derive(Debug)]
+pub struct Prepared {
+    pub shard: String,
+    pub lease_id: u64,
+    pub manifest: ShardManifest,
+    fragment_tmp: PathBuf,
+    manifest_tmp: PathBuf,
+    files_tmp: PathBuf,
+    /// Index mode: the attempt's index and where it is published.
+    index: Option<(PathBuf, PathBuf)>,
+}
+
+fn io_err(what: &str, p: &Path, e: std::io::Error) -> CoordinatorError {
+    CoordinatorError::Output {
+        path: p.display().to_string(),
+        what: what.to_string(),
+        source: e,
+    }
+}
+
+/// Reads and checks the attempt of `shard_name` under `lease_id`; in index
+/// mode also syncs its index, seals its size and checksum into the manifest
+/// and creates the index's folder. All the file work of a commit but the
+/// renames: the caller runs it without the scheduler's lock.
+pub fn prepare(
     layout: &OutputLayout,
     shard_name: &str,
     lease_id: u64,
     (fragment_tmp, manifest_tmp): (&str, &str),
     mode: Mode,
-) -> Result<(), CoordinatorError> {
-    let frag_src = tmp_file(layout, fragment_tmp)?;
-    let man_src = tmp_file(layout, manifest_tmp)?;
-    let io = |what: &str, p: &Path, e: std::io::Error| CoordinatorError::Output {
-        path: p.display().to_string(),
-        what: what.to_string(),
-        source: e,
+) -> Result<Prepared, CoordinatorError> {
+    let manifest = read_tmp_manifest(layout, manifest_tmp, shard_name, lease_id)?;
+    let attempt = AttemptFiles::new(shard_name, lease_id);
+    let mut prepared = Prepared {
+        shard: shard_name.to_string(),
+        lease_id,
+        manifest,
+        fragment_tmp: tmp_file(layout, fragment_tmp)?,
+        manifest_tmp: tmp_file(layout, manifest_tmp)?,
+        files_tmp: tmp_file(layout, &attempt.files)?,
+        index: None,
     };
-    let frag_dst = layout.fragment_path(shard_name);
-    let man_dst = layout.manifest_path(shard_name);
-    // The list of files the attempt wrote, named as the worker names it.
-    let src = tmp_file(layout, &AttemptFiles::new(shard_name, lease_id).files)?;
-    if src.exists() {
-        let dst = layout.files_list_path(shard_name);
-        std::fs::rename(&src, &dst).map_err(|e| io("commit file list", &dst, e))?;
-    }
-    std::fs::rename(&frag_src, &frag_dst).map_err(|e| io("commit fragment", &frag_dst, e))?;
     if mode == Mode::Index {
-        publish_index(layout, shard_name, lease_id)?;
+        let src = tmp_file(layout, &attempt.index)?;
+        let dst = layout.index_path(shard_name).ok_or_else(|| {
+            CoordinatorError::BadCommit(format!(
+                "shard name {shard_name:?} cannot name an index file under index/"
+            ))
+        })?;
+        let seal = seal_index(&src)?;
+        let parent = dst.parent().unwrap_or(layout.root());
+        std::fs::create_dir_all(parent).map_err(|e| io_err("create index folder", parent, e))?;
+        let commit = Commit {
+            manifest: prepared.manifest.clone(),
+            index_file: Some(seal),
+        };
+        let bytes = serde_json::to_vec_pretty(&commit).map_err(|e| CoordinatorError::Encode {
+            what: "the shard's manifest",
+            detail: e.to_string(),
+        })?;
+        write_atomic(&prepared.manifest_tmp, &bytes)?;
+        prepared.index = Some((src, dst));
     }
-    std::fs::rename(&man_src, &man_dst).map_err(|e| io("commit manifest", &man_dst, e))?;
-    Ok(())
+    Ok(prepared)
 }
 
-/// Syncs the attempt's index and renames it to `OUT/index/<shard>.json`
-/// (folders created as needed, the folder synced after the rename).
-fn publish_index(
-    layout: &OutputLayout,
-    shard_name: &str,
-    lease_id: u64,
-) -> Result<(), CoordinatorError> {
-    let src = tmp_file(layout, &AttemptFiles::new(shard_name, lease_id).index)?;
-    let dst = layout.index_path(shard_name).ok_or_else(|| {
-        CoordinatorError::BadCommit(format!(
-            "shard name {shard_name:?} cannot name an index file under index/"
-        ))
-    })?;
-    let io = |what: &str, p: &Path, e: std::io::Error| CoordinatorError::Output {
-        path: p.display().to_string(),
-        what: what.to_string(),
-        source: e,
-    };
-    let file = std::fs::File::open(&src).map_err(|e| {
+/// Syncs an attempt's index and returns its size and checksum.
+fn seal_index(src: &Path) -> Result<FileSeal, CoordinatorError> {
+    let file = std::fs::File::open(src).map_err(|e| {
         CoordinatorError::BadCommit(format!(
             "the worker wrote no index {} for this index-mode shard: {e}",
             src.display()
         ))
     })?;
-    file.sync_all().map_err(|e| io("sync index", &src, e))?;
-    let parent = dst.parent().unwrap_or(layout.root());
-    std::fs::create_dir_all(parent).map_err(|e| io("create index folder", parent, e))?;
-    std::fs::rename(&src, &dst).map_err(|e| io("publish index", &dst, e))?;
-    sync_dir(parent);
-    Ok(())
+    file.sync_all().map_err(|e| io_err("sync index", src, e))?;
+    FileSeal::of(src).map_err(|e| io_err("read index", src, e))
+}
+
+/// Publishes a prepared attempt: renames its file list, fragment, index
+/// (index mode) and manifest, manifest last. Runs under the scheduler's
+/// lock after the lease was found current; [`Prepared::sync`] makes the
+/// renames durable once the lock is released.
+pub fn publish(layout: &OutputLayout, p: &Prepared) -> Result<(), CoordinatorError> {
+    let name = &p.shard;
+    if p.files_tmp.exists() {
+        let dst = layout.files_list_path(name);
+        std::fs::rename(&p.files_tmp, &dst).map_err(|e| io_err("commit file list", &dst, e))?;
+    }
+    let frag_dst = layout.fragment_path(name);
+    std::fs::rename(&p.fragment_tmp, &frag_dst)
+        .map_err(|e| io_err("commit fragment", &frag_dst, e))?;
+    if let Some((src, dst)) = &p.index {
+        std::fs::rename(src, dst).map_err(|e| io_err("publish index", dst, e))?;
+    }
+    let man_dst = layout.manifest_path(name);
+    std::fs::rename(&p.manifest_tmp, &man_dst).map_err(|e| io_err("commit manifest", &man_dst, e))
+}
+
+impl Prepared {
+    /// Makes the published renames durable (the index's folder and the
+    /// fragments folder).
+    pub fn sync(&self, layout: &OutputLayout) {
+        if let Some((_, dst)) = &self.index {
+            sync_dir(dst.parent().unwrap_or(layout.root()));
+        }
+        sync_dir(&layout.fragments_dir());
+    }
 }
 
 /// Removes a stale attempt's temporary files of lease `lease_id` (best effort).
@@ -293,9 +315,43 @@ mod tests {
     }
 
     fn write_attempt(layout: &OutputLayout, a: &AttemptFiles) {
-        for name in [&a.fragment, &a.manifest, &a.files, &a.index] {
+        for name in [&a.fragment, &a.files, &a.index] {
             std::fs::write(layout.tmp_dir().join(name), name.as_bytes()).unwrap();
         }
+    }
+
+    /// A worker's manifest of `shard` under `lease_id`, in `tmp/`.
+    fn write_manifest(layout: &OutputLayout, a: &AttemptFiles, shard: &str, lease_id: u64) {
+        let m = ShardManifest {
+            shard_name: shard.into(),
+            identity: Default::default(),
+            lease_id,
+            attempt: 1,
+            worker_id: "w".into(),
+            fragment: a.fragment.clone(),
+            counts: Default::default(),
+            issues: Vec::new(),
+            issues_not_listed: 0,
+            elapsed_ms: 1,
+            data_synced: true,
+            boot_id: String::new(),
+            image_checks: Default::default(),
+            image_issues: Vec::new(),
+            image_issues_not_listed: 0,
+        };
+        let path = layout.tmp_dir().join(&a.manifest);
+        std::fs::write(path, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    fn commit(
+        layout: &OutputLayout,
+        shard: &str,
+        lease_id: u64,
+        tmp: (&str, &str),
+        mode: Mode,
+    ) -> Result<(), CoordinatorError> {
+        let p = prepare(layout, shard, lease_id, tmp, mode)?;
+        publish(layout, &p)
     }
 
     /// `str::replace(".parquet", ".files")` once named the wrong file for such a shard.
@@ -314,6 +370,7 @@ mod tests {
         let (_dir, layout) = layout();
         let a = AttemptFiles::new("a.parquet.tar", 9);
         write_attempt(&layout, &a);
+        write_manifest(&layout, &a, "a.parquet.tar", 9);
         commit(
             &layout,
             "a.parquet.tar",
@@ -334,16 +391,21 @@ mod tests {
         let name = "sub/s-1.tar";
         let a = AttemptFiles::new(name, 4);
         write_attempt(&layout, &a);
+        write_manifest(&layout, &a, name, 4);
         commit(&layout, name, 4, (&a.fragment, &a.manifest), Mode::Index).unwrap();
         let index = layout.index_path(name).unwrap();
         assert_eq!(std::fs::read(&index).unwrap(), a.index.as_bytes());
-        assert!(layout.manifest_path(name).is_file());
+        // The commit seals the index: its size and checksum are in the manifest.
+        let c = read_commit(&layout, name).unwrap().unwrap();
+        assert_eq!(c.index_file, Some(FileSeal::of(&index).unwrap()));
+        assert_eq!(c.manifest.lease_id, 4);
         // Taking the commit back takes the index with it.
         uncommit(&layout, name);
         assert!(!index.exists());
 
         let b = AttemptFiles::new(name, 5);
         write_attempt(&layout, &b);
+        write_manifest(&layout, &b, name, 5);
         std::fs::remove_file(layout.tmp_dir().join(&b.index)).unwrap();
         let err = commit(&layout, name, 5, (&b.fragment, &b.manifest), Mode::Index).unwrap_err();
         assert!(err.to_string().contains("no index"), "{err}");

@@ -1,40 +1,41 @@
 //! The end of a job, once every shard is settled: the report's shard lines,
-//! the fingerprint of what was merged, the already-done check of a re-run,
-//! the merge, the count checks, the end-of-job flush, the report and the
+//! the fingerprint of what was merged, the already-done check of a re-run
+//! (the output checked as `verify` checks it), the merge, the checks of
+//! what was published, the end-of-job flush, the report and the
 //! SimpleTuner entry. One short function per step; [`finish_job`] runs them.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use shardprep_core::depth::CheckDepth;
 use shardprep_core::layout::{OutputLayout, fnv1a64};
-use shardprep_core::manifest::ShardCounts;
 use shardprep_core::mode::Mode;
 
 use crate::commit::write_atomic;
-use crate::job::{JobOutcome, abs};
 use crate::merge::{self, MergeOutcome};
-use crate::report::{self, Report, ShardReport};
+use crate::report::{
+    self, Repair, RepairAction, Report, ShardPhase, ShardReport, ShardRows, Verdict,
+};
 use crate::scheduler::{ShardEntry, ShardState};
-use crate::verify::{self, Findings, ShardWrote};
+use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
-use crate::{CoordinatorConfig, CoordinatorError, JobShared};
+use crate::{CoordinatorConfig, CoordinatorError, JobShared, judge};
 
-/// The report's shard lines and what they add up to.
-#[derive(Debug, Default)]
-pub(crate) struct ShardRows {
-    pub shards: Vec<ShardReport>,
-    pub failures: Vec<ShardReport>,
-    /// Committed fragments (shard name, path), in shard order.
-    pub fragments: Vec<(String, PathBuf)>,
-    pub totals: ShardCounts,
-    pub recovered: usize,
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// True when every shard is done and the output checked whole.
+    pub ok: bool,
+    pub report: Report,
+    pub report_path: PathBuf,
 }
 
 /// One shard's line in the report.
 fn shard_report(e: &ShardEntry) -> ShardReport {
     let mut r = ShardReport {
         name: e.name.clone(),
-        state: e.state_name().into(),
+        state: ShardPhase::of(&e.state),
         attempts: e.attempts,
         recovered: e.recovered,
         worker: None,
@@ -112,17 +113,11 @@ fn failure_problems(input_problems: &[String], failures: &[ShardReport]) -> Vec<
     problems
 }
 
-/// The report of an earlier run that verified exactly these fragments with
-/// these settings, if there is one and the parquet is still there.
-fn already_done(
-    layout: &OutputLayout,
-    config: &CoordinatorConfig,
-    fingerprint: &str,
-) -> Option<Report> {
-    let prev = read_report(&layout.report_path())?;
-    let same = prev.verdict == "ok"
+/// The report of an earlier run, if it verified exactly these fragments
+/// with these settings.
+fn already_done(prev: Report, config: &CoordinatorConfig, fingerprint: &str) -> Option<Report> {
+    let same = prev.verdict == Verdict::Ok
         && prev.fingerprint == fingerprint
-        && layout.parquet_path(&config.backend.dataset_id).is_file()
         && prev.expected_json == config.expect_json;
     same.then_some(prev)
 }
@@ -159,28 +154,84 @@ fn merge_or_withdraw(
     Ok(Some(m))
 }
 
-/// [`verify::check_written`] on this job's committed shards: the files they
-/// wrote are in `data/`, and the JSON count is the expected one.
-fn written_check(layout: &OutputLayout, config: &CoordinatorConfig, rows: &ShardRows) -> Findings {
-    let done: Vec<ShardWrote> = rows
-        .shards
+/// What `verify` would find wrong with the output `report` describes: the
+/// files in `data/` (sizes: the job's start judged the kept shards at the
+/// job's depth, and redone ones are new), and the table, the rows' files,
+/// the entry and the indexes at the job's depth.
+fn output_problems(layout: &OutputLayout, config: &CoordinatorConfig, report: &Report) -> Findings {
+    let view = JobView::new(report, config.expect_json, Some(&config.backend.dataset_id));
+    let mut f = verify::check_data(layout, &view, CheckDepth::Sizes);
+    f.merge(verify::check_published(layout, &view, config.depth));
+    f
+}
+
+/// Index mode: removes the index files of no done shard (webshart would
+/// load them), as repairs.
+fn remove_stray_indexes(layout: &OutputLayout, rows: &ShardRows) -> Vec<Repair> {
+    let done: HashSet<PathBuf> = rows
+        .fragments
         .iter()
-        .filter_map(|s| {
-            let c = s.counts.as_ref()?;
-            Some(ShardWrote {
-                name: s.name.clone(),
-                files: c.files_extracted + c.captions_written,
-            })
-        })
+        .filter_map(|(name, _)| layout.index_path(name))
         .collect();
-    verify::check_written(
-        layout,
-        &done,
-        config.expect_json,
-        rows.totals.json_files,
-        config.extract,
-        false,
-    )
+    let mut repairs = Vec::new();
+    for path in judge::stray_indexes(layout, &done) {
+        let found = "it is the index of no done shard (webshart would load it)".to_string();
+        tracing::warn!(file = %path.display(), "{found}; removing it");
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::error!(file = %path.display(), error = %e, "cannot remove a stray index file");
+            continue;
+        }
+        repairs.push(Repair {
+            subject: path.display().to_string(),
+            found,
+            action: RepairAction::RemoveFile,
+        });
+    }
+    repairs
+}
+
+/// The report of an earlier run, when it verified exactly these fragments
+/// with these settings and the output still checks out as it says; else
+/// the problems found in that output, as repairs to make.
+fn unchanged_output(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+    fingerprint: &str,
+    repairs: &mut Vec<Repair>,
+) -> Option<Report> {
+    let path = layout.report_path();
+    let prev = match read_report(&path) {
+        Ok(r) => r,
+        Err(why) => {
+            tracing::warn!("{why}; merging the table again and rewriting the report");
+            repairs.push(Repair {
+                subject: path.display().to_string(),
+                found: why,
+                action: RepairAction::Remerge,
+            });
+            return None;
+        }
+    };
+    let prev = already_done(prev, config, fingerprint)?;
+    let found = output_problems(layout, config, &prev).problems;
+    if found.is_empty() {
+        return Some(prev);
+    }
+    for p in found {
+        // What was found, without `verify`'s advice to run the job again.
+        let found = p
+            .split("; run the job again")
+            .next()
+            .unwrap_or(&p)
+            .to_string();
+        tracing::warn!("{found}; merging the table again and rewriting the report");
+        repairs.push(Repair {
+            subject: abs(layout.root()).display().to_string(),
+            found,
+            action: RepairAction::Remerge,
+        });
+    }
+    None
 }
 
 /// With `--data-sync end`, makes `data/` durable before the report says the
@@ -198,7 +249,7 @@ fn flush_data_at_end(layout: &OutputLayout, config: &CoordinatorConfig) -> Optio
 
 /// Logs the verdict: one line when verified, each problem otherwise.
 fn log_verdict(report: &Report) {
-    if report.verdict == "ok" {
+    if report.verdict == Verdict::Ok {
         tracing::info!(
             json = report.found_json,
             rows = report.rows,
@@ -212,7 +263,8 @@ fn log_verdict(report: &Report) {
     }
 }
 
-/// Merges, verifies and writes the report and the SimpleTuner entry.
+/// Merges, verifies and writes the report and the SimpleTuner entry, with
+/// the repairs the job's start made (`shared.repairs`) and its own.
 pub(crate) fn finish_job(
     shared: &JobShared,
     config: &CoordinatorConfig,
@@ -227,12 +279,16 @@ pub(crate) fn finish_job(
     let fingerprint = fingerprint(&entries, config);
     let report_path = layout.report_path();
     let mut problems = failure_problems(&shared.input_problems, &rows.failures);
+    let mut repairs = shared.repairs.clone();
+    if config.mode == Mode::Index {
+        repairs.extend(remove_stray_indexes(layout, &rows));
+    }
 
-    // What `verify` judges too: both read the output by the same check.
-    let written = written_check(layout, config, &rows);
+    // Only a run that redid nothing can find the job already done.
     if problems.is_empty()
-        && written.problems.is_empty()
-        && let Some(prev) = already_done(layout, config, &fingerprint)
+        && repairs.is_empty()
+        && rows.recovered == rows.shards.len()
+        && let Some(prev) = unchanged_output(layout, config, &fingerprint, &mut repairs)
     {
         tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
         write_backend(layout, config, shared.webshart.as_ref())?;
@@ -251,29 +307,41 @@ pub(crate) fn finish_job(
         None => Some(merge::duplicates_among(&rows.fragments)?),
         Some(_) => None,
     };
-    problems.extend(written.problems);
-    problems.extend(flush_data_at_end(layout, config));
     let report = Report::new(config, started_at)
         .with_shards(rows)
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
-        .with_duplicates(collisions)
-        .finish(problems, started.elapsed(), workers_rss, fingerprint);
+        .with_duplicates(collisions);
+    write_backend(layout, config, shared.webshart.as_ref())?;
+    if problems.is_empty() {
+        // What `verify` checks, so that "verified" is never said over damage.
+        problems.extend(output_problems(layout, config, &report).problems);
+    }
+    problems.extend(flush_data_at_end(layout, config));
+    let report = report
+        .finish(problems, started.elapsed(), workers_rss, fingerprint)
+        .with_repairs(repairs);
     let json = serde_json::to_vec_pretty(&report).map_err(|e| CoordinatorError::Encode {
         what: "report.json",
         detail: e.to_string(),
     })?;
     write_atomic(&report_path, &json)?;
-    write_backend(layout, config, shared.webshart.as_ref())?;
     log_verdict(&report);
     Ok(JobOutcome {
-        ok: report.verdict == "ok",
+        ok: report.verdict == Verdict::Ok,
         report,
         report_path,
     })
 }
 
-fn read_report(path: &Path) -> Option<Report> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+fn abs(p: &Path) -> PathBuf {
+    report::absolute(p)
+}
+
+/// The report at `path`, or why it cannot be read.
+fn read_report(path: &Path) -> Result<Report, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a shardprep report ({e})", path.display()))
 }
 
 /// Writes `multidatabackend.json` unless it already says the same.

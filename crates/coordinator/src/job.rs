@@ -3,40 +3,28 @@
 //! workers, stop.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
 use shardprep_core::mode::Mode;
-use shardprep_core::proto;
 use shardprep_core::proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::commit;
-use crate::discover::{ShardSource, discover_input};
-use crate::finish::finish_job;
+use crate::discover::discover_input;
+use crate::finish::{JobOutcome, finish_job};
 use crate::lock::OutputLock;
 use crate::metrics::{self, MetricsServer};
-use crate::report::{self, Report};
+use crate::page::live::LivePage;
+use crate::report;
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, auth_interceptor};
-use crate::verify::{self, ShardWrote};
-use crate::{CoordinatorConfig, CoordinatorError, JobShared, JobState, Phase};
+use crate::{CoordinatorConfig, CoordinatorError, JobShared, JobState, Phase, judge, wire};
 
 /// Largest request the server accepts (requests are small; this stops floods of junk).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
-
-/// How a job ended.
-#[derive(Debug, Clone)]
-pub struct JobOutcome {
-    /// True when every shard is done and the counts verified.
-    pub ok: bool,
-    pub report: Report,
-    pub report_path: PathBuf,
-}
 
 fn out_err(path: &Path, what: &str, source: std::io::Error) -> CoordinatorError {
     CoordinatorError::Output {
@@ -79,7 +67,10 @@ pub async fn serve(
     let metrics_listener = metrics::bind(config.metrics_listen).await?;
     let shared = Arc::new(start_job(&config, started).await?);
     // Serves until `serve` returns, the lingering after the job included.
-    let _metrics = metrics_listener.map(|l| MetricsServer::start(l, shared.clone()));
+    let _metrics = metrics_listener.map(|l| {
+        let page = LivePage::new(config.clone(), started_at.clone());
+        MetricsServer::start(l, shared.clone(), page)
+    });
     let (interrupt_tx, interrupt_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -98,6 +89,9 @@ pub async fn serve(
         Ok(o) => (Phase::Failed, o.report.verdict.as_str()),
         Err(_) => (Phase::Failed, "failed"),
     };
+    if let Ok(o) = &outcome {
+        write_page(&config, &o.report).await;
+    }
     shared.set_phase(phase, verdict);
     // Tell the workers (their lease requests now answer "done"), then stop.
     shared.state.update(|s| s.finish());
@@ -147,11 +141,11 @@ async fn start_job(
         None
     };
     let sources = discovery.shards;
-    let recovered = {
+    let (recovered, repairs) = {
         let (layout, sources) = (layout.clone(), sources.clone());
-        let (mode, deep) = (config.mode, config.deep);
+        let (mode, depth) = (config.mode, config.depth);
         blocking("recovery of committed shards", move || {
-            recover_shards(&layout, &sources, mode, deep)
+            judge::recover(&layout, &sources, mode, depth)
         })
         .await?
     };
@@ -173,7 +167,7 @@ async fn start_job(
     .with_stall_timeout(config.stall_timeout);
     Ok(JobShared {
         state: JobState::new(sched),
-        spec: job_spec(config, input_root),
+        spec: wire::job_spec(config, input_root),
         layout,
         started,
         bytes_total: sources.iter().map(|s| s.identity.size).sum(),
@@ -182,6 +176,7 @@ async fn start_job(
         input_problems: discovery.refused,
         shard_urls: sources.iter().map(|s| s.url.clone()).collect(),
         webshart,
+        repairs,
         _lock: lock,
     })
 }
@@ -211,109 +206,6 @@ fn check_index_image_checks(config: &CoordinatorConfig) -> Result<(), Coordinato
         ));
     }
     Ok(())
-}
-
-/// Each shard with the manifest of its earlier commit, if that still holds
-/// (in index mode: and its index is in place).
-fn recover_shards(
-    layout: &OutputLayout,
-    sources: &[ShardSource],
-    mode: Mode,
-    deep: bool,
-) -> Vec<(String, ShardIdentity, Option<ShardManifest>)> {
-    let boot_id = shardprep_core::durability::boot_id();
-    let mut recovered: Vec<_> = sources
-        .iter()
-        .map(|s| {
-            let mut m = commit::recover(layout, &s.name, s.identity, &boot_id);
-            if let Some(why) = m
-                .as_ref()
-                .and_then(|m| wrong_mode(layout, &s.name, m, mode))
-            {
-                tracing::warn!(shard = %s.name, "{why}; redoing the shard");
-                commit::uncommit(layout, &s.name);
-                m = None;
-            }
-            (s.name.clone(), s.identity, m)
-        })
-        .collect();
-    redo_damaged(layout, &mut recovered, deep);
-    recovered
-}
-
-/// Checks the files every recovered shard wrote (present, with the size
-/// written: one `stat` each) and turns the damaged shards back into pending
-/// ones, so that a re-run repairs what `verify` would find.
-fn redo_damaged(
-    layout: &OutputLayout,
-    recovered: &mut [(String, ShardIdentity, Option<ShardManifest>)],
-    deep: bool,
-) {
-    let wrote: Vec<ShardWrote> = recovered
-        .iter()
-        .filter_map(|(name, _, m)| {
-            let c = &m.as_ref()?.counts;
-            Some(ShardWrote {
-                name: name.clone(),
-                files: c.files_extracted + c.captions_written,
-            })
-        })
-        .collect();
-    if wrote.is_empty() {
-        return;
-    }
-    let damaged = verify::check_written(layout, &wrote, None, 0, true, deep).damaged_shards;
-    for (name, _, m) in recovered.iter_mut() {
-        if m.is_some() && damaged.contains(name.as_str()) {
-            tracing::warn!(shard = %name, "files this shard wrote into data/ are missing or changed since it was committed; redoing the shard");
-            commit::uncommit(layout, name);
-            *m = None;
-        }
-    }
-}
-
-/// Why a committed shard does not hold in this job's mode: an index-mode
-/// shard needs its index file; an extract-mode job redoes index-mode shards
-/// (they extracted nothing).
-fn wrong_mode(
-    layout: &OutputLayout,
-    name: &str,
-    m: &ShardManifest,
-    mode: Mode,
-) -> Option<&'static str> {
-    match mode {
-        Mode::Index if !layout.index_path(name).is_some_and(|p| p.is_file()) => {
-            Some("the committed shard's index file is missing")
-        }
-        Mode::Extract if !m.counts.index.is_zero() => {
-            Some("the shard was committed by an index-mode run, which extracted nothing")
-        }
-        _ => None,
-    }
-}
-
-/// What every worker is told about the job.
-fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto::JobSpec {
-    let mut spec = proto::JobSpec {
-        input_root,
-        output_root: abs(&config.output).display().to_string(),
-        caption_field: config.fields.caption.clone(),
-        width_field: config.fields.width.clone(),
-        height_field: config.fields.height.clone(),
-        filename_field: config.fields.filename.clone(),
-        extra_columns: config.fields.extra.clone(),
-        write_captions: config.write_captions,
-        extract: config.extract,
-        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
-        lease_timeout_ms: config.lease_timeout.as_millis() as u64,
-        job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
-        data_sync: config.data_sync.to_proto(),
-        mode: config.mode.to_proto(),
-        max_sparse_size: Some(config.max_sparse_size),
-        ..Default::default()
-    };
-    config.image_checks.to_proto(&mut spec);
-    spec
 }
 
 /// The running gRPC server (coordinator service + health).
@@ -412,6 +304,21 @@ async fn end_job(
     .await?
 }
 
+/// Writes `OUT/report.html` beside `report.json`. A page that cannot be
+/// written is logged, and does not change the job's verdict.
+async fn write_page(config: &CoordinatorConfig, report: &crate::report::Report) {
+    let (out, report) = (config.output.clone(), report.clone());
+    let written = blocking("report page", move || {
+        crate::page::write_page(&out, &report, crate::page::PageOptions::default())
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => tracing::info!(page = %path.display(), "wrote the report page"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the report page"),
+        Err(e) => tracing::warn!(error = %e, "cannot write the report page"),
+    }
+}
+
 /// Waits briefly for the server's graceful stop; an idle client connection
 /// must not keep a finished job alive.
 async fn stop_server(server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
@@ -426,10 +333,6 @@ async fn stop_server(server: tokio::task::JoinHandle<Result<(), tonic::transport
             abort.abort();
         }
     }
-}
-
-pub(crate) fn abs(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn log_progress(shared: &JobShared) {

@@ -6,34 +6,51 @@
 //! - [`discover`]: the input's `*.tar` shards and their identities.
 //! - [`scheduler`]: leases, heartbeats, retries (pure logic, unit-tested).
 //! - [`service`]: the tonic handlers and the token check.
-//! - [`commit`]: atomic commit of fragments, recovery after a restart.
+//! - [`judge`]: the one judge of an output and owner of `OUT/.shardprep/`:
+//!   which committed shards hold, what to redo or rebuild, and why.
+//! - [`commit`]: the mechanics of a commit (prepare, publish) and of taking one back.
 //! - [`merge`]: fragments → final parquet, streaming, in shard order.
 //! - [`report`]: `report.json` and `multidatabackend.json`.
-//! - [`verify`]: checks of an existing output (`shardprep verify`).
+//! - [`verify`]: checks of an existing output (`shardprep verify`), the
+//!   published part of which the end of a job runs too.
 //! - [`verify_index`]: the same for an index-mode output (`--mode index`).
+//! - [`written`]: what the shards wrote into `data/` against their file lists.
+//! - [`findings`]: what a check found (lines checked, problems).
+//! - `wire`: the coordinator's wire messages (job spec, lease, status).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
-//! - `metrics`: `GET /metrics` (Prometheus text format) from the job's state.
+//! - [`page`]: `report.html`, the report as a page (also live at `/` of `--metrics-listen`).
+//! - `metrics`: `GET /metrics` (Prometheus text format) and the live page at `/`.
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
+//!
+//! Imports go one way: `job` → `finish` → `verify` → `judge` → `commit`,
+//! `written`, `report`; `lock` and `report` import no other module's items
+//! but the config.
 
 pub mod commit;
 pub mod discover;
+pub mod findings;
 mod finish;
 pub mod job;
+pub mod judge;
 pub mod lock;
 pub mod merge;
 mod metrics;
+pub mod page;
 pub mod report;
 pub mod scheduler;
 pub mod service;
 pub mod verify;
 pub mod verify_index;
 pub mod webshart;
+mod wire;
+pub mod written;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use shardprep_core::depth::CheckDepth;
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
@@ -41,9 +58,10 @@ use shardprep_core::mode::Mode;
 use shardprep_core::proto;
 
 pub use discover::InputSpec;
-pub use job::{JobOutcome, serve};
+pub use finish::JobOutcome;
+pub use job::serve;
 pub use report::BackendSettings;
-use scheduler::{Scheduler, ShardState};
+use scheduler::Scheduler;
 
 /// Errors of the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -134,9 +152,9 @@ pub struct CoordinatorConfig {
     pub mode: Mode,
     /// Checks of the images themselves the workers make (issue 20).
     pub image_checks: shardprep_core::manifest::ImageChecks,
-    /// A re-run compares the checksums of the files earlier shards wrote,
-    /// not only their sizes.
-    pub deep: bool,
+    /// How closely a re-run judges what earlier runs committed (`--deep`:
+    /// checksums too, not only sizes).
+    pub depth: CheckDepth,
     /// Sparse members expanding past this many bytes are refused.
     pub max_sparse_size: u64,
 }
@@ -167,7 +185,7 @@ impl Default for CoordinatorConfig {
             metrics_listen: None,
             mode: Mode::Extract,
             image_checks: Default::default(),
-            deep: false,
+            depth: CheckDepth::Sizes,
             max_sparse_size: shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE,
         }
     }
@@ -235,7 +253,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Running => "running",
             Phase::Merging => "merging",
@@ -319,6 +337,8 @@ pub struct JobShared {
     pub(crate) shard_urls: Vec<Option<String>>,
     /// Index mode: where the trainer's webshart reads the tars.
     pub(crate) webshart: Option<webshart::WebshartSource>,
+    /// What the job's start found damaged in the output and took back.
+    pub(crate) repairs: Vec<report::Repair>,
     /// This job's hold on the output folder (one job per `OUT`).
     pub(crate) _lock: lock::OutputLock,
 }
@@ -348,84 +368,6 @@ impl JobShared {
 
     /// A snapshot of the job for `shardprep status`.
     pub fn status(&self) -> proto::StatusResponse {
-        let (phase, verdict) = lock(&self.phase).clone();
-        let mut resp = proto::StatusResponse {
-            phase: phase.name().into(),
-            bytes_total: self.bytes_total,
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
-            job_id: self.spec.job_id.clone(),
-            verdict,
-            ..Default::default()
-        };
-        self.state.read(|s| {
-            resp.shards_total = s.shards().len() as u32;
-            for (i, sh) in s.shards().iter().enumerate() {
-                let st = shard_status(i, sh, &mut resp);
-                resp.shards.push(st);
-            }
-            resp.workers = worker_statuses(s);
-        });
-        resp
+        wire::status(self)
     }
-}
-
-/// One shard's line of the status, adding its numbers into `resp`'s totals.
-fn shard_status(
-    index: usize,
-    sh: &scheduler::ShardEntry,
-    resp: &mut proto::StatusResponse,
-) -> proto::ShardStatus {
-    let mut st = proto::ShardStatus {
-        index: index as u32,
-        name: sh.name.clone(),
-        state: sh.state_name().into(),
-        attempts: sh.attempts,
-        last_error: sh.last_error.clone().unwrap_or_default(),
-        size: sh.identity.size,
-        ..Default::default()
-    };
-    let (worker, progress) = match &sh.state {
-        ShardState::Done(m) => {
-            resp.shards_done += 1;
-            (&m.worker_id, scheduler::Progress::from(&m.counts))
-        }
-        ShardState::Leased {
-            worker, progress, ..
-        } => {
-            resp.shards_leased += 1;
-            (worker, *progress)
-        }
-        ShardState::Failed => {
-            resp.shards_failed += 1;
-            return st;
-        }
-        ShardState::Pending => return st,
-    };
-    resp.json_files += progress.json_files;
-    resp.rows += progress.rows;
-    resp.bytes_read += progress.bytes_read;
-    st.worker_id = worker.clone();
-    st.progress = Some(proto::Progress::from(progress));
-    st
-}
-
-/// The workers' lines of the status, by id.
-fn worker_statuses(s: &Scheduler) -> Vec<proto::WorkerStatus> {
-    let now = Instant::now();
-    let mut workers: Vec<_> = s.workers().iter().collect();
-    workers.sort_by(|a, b| a.0.cmp(b.0));
-    workers
-        .into_iter()
-        .map(|(id, w)| proto::WorkerStatus {
-            worker_id: id.clone(),
-            hostname: w.hostname.clone(),
-            last_seen_ms_ago: now.saturating_duration_since(w.last_seen).as_millis() as u64,
-            current_shard: w
-                .current
-                .and_then(|i| s.shards().get(i))
-                .map(|sh| sh.name.clone())
-                .unwrap_or_default(),
-            shards_done: w.shards_done,
-        })
-        .collect()
 }

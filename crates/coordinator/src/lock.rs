@@ -50,7 +50,7 @@ impl OutputLock {
         let holder = serde_json::json!({
             "host": hostname(),
             "pid": std::process::id(),
-            "started": crate::report::now_rfc3339(),
+            "started": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         });
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))

@@ -8,8 +8,11 @@
 //! attempts, so they move while shards are read and never go down; the
 //! others count committed shards only.
 //!
-//! The page needs no token (Prometheus sends none): it holds counts, never
-//! data or names of files.
+//! `GET /` is the job's report page, live ([`crate::page::live`]).
+//!
+//! Neither needs a token (Prometheus and browsers send none): `/metrics`
+//! holds counts; `/` shows what `report.html` shows (counts, member names
+//! of problems, caption statistics), so bind it where only the job's users reach.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,6 +25,7 @@ use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
 use shardprep_core::manifest::ShardCounts;
 use tokio::net::TcpListener;
 
+use crate::page::live::LivePage;
 use crate::scheduler::{Progress, Scheduler, ShardState, Tallies};
 use crate::{CoordinatorError, JobShared, Phase};
 
@@ -48,8 +52,12 @@ pub(crate) struct MetricsServer {
 
 impl MetricsServer {
     /// Serves the metrics of `shared`'s job on `listener` until dropped.
-    pub(crate) fn start(listener: TcpListener, shared: Arc<JobShared>) -> MetricsServer {
-        let source = Arc::new(Source::new(shared));
+    pub(crate) fn start(
+        listener: TcpListener,
+        shared: Arc<JobShared>,
+        page: LivePage,
+    ) -> MetricsServer {
+        let source = Arc::new(Source::new(shared, page));
         MetricsServer {
             task: tokio::spawn(accept_loop(listener, source)),
         }
@@ -66,16 +74,18 @@ impl Drop for MetricsServer {
 struct Source {
     shared: Arc<JobShared>,
     started_unix: f64,
+    page: LivePage,
 }
 
 impl Source {
-    fn new(shared: Arc<JobShared>) -> Source {
+    fn new(shared: Arc<JobShared>, page: LivePage) -> Source {
         let started = SystemTime::now()
             .checked_sub(shared.started.elapsed())
             .unwrap_or_else(SystemTime::now);
         Source {
             shared,
             started_unix: unix_seconds(started),
+            page,
         }
     }
 
@@ -117,7 +127,13 @@ async fn accept_loop(listener: TcpListener, source: Arc<Source>) {
 async fn serve_connection(stream: tokio::net::TcpStream, source: Arc<Source>) {
     let service = hyper::service::service_fn(move |req| {
         let source = source.clone();
-        async move { Ok::<_, Infallible>(respond(&source, &req)) }
+        async move {
+            let page = match (req.method(), req.uri().path()) {
+                (&Method::GET | &Method::HEAD, "/") => Some(live_page(source.clone()).await),
+                _ => None,
+            };
+            Ok::<_, Infallible>(respond(&source, &req, page))
+        }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -129,9 +145,18 @@ async fn serve_connection(stream: tokio::net::TcpStream, source: Arc<Source>) {
     }
 }
 
-/// The answer to one request: the page on `GET /metrics`, a pointer to it on
-/// `/`, 404 and 405 otherwise.
-fn respond<B>(source: &Source, req: &Request<B>) -> Response<String> {
+/// The live report page, rendered off the async threads (it reads files).
+async fn live_page(source: Arc<Source>) -> String {
+    let rendered = tokio::task::spawn_blocking(move || source.page.render(&source.shared)).await;
+    rendered.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot render the report page (a bug in shardprep)");
+        format!("<!DOCTYPE html><title>shardprep</title><p>cannot render the page: {e}</p>")
+    })
+}
+
+/// The answer to one request: the metrics on `GET /metrics`, the report
+/// page (rendered as `page`) on `/`, 404 and 405 otherwise.
+fn respond<B>(source: &Source, req: &Request<B>, page: Option<String>) -> Response<String> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => match render(source) {
             Ok(page) => (StatusCode::OK, prometheus::TEXT_FORMAT, page),
@@ -141,11 +166,9 @@ fn respond<B>(source: &Source, req: &Request<B>) -> Response<String> {
                 (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", body)
             }
         },
-        (&Method::GET | &Method::HEAD, "/") => (
-            StatusCode::OK,
-            "text/plain",
-            "shardprep coordinator: metrics at /metrics\n".to_string(),
-        ),
+        (&Method::GET | &Method::HEAD, "/") => {
+            (StatusCode::OK, "text/html", page.unwrap_or_default())
+        }
         (_, "/metrics" | "/") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
@@ -154,7 +177,7 @@ fn respond<B>(source: &Source, req: &Request<B>) -> Response<String> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: the metrics are at /metrics\n".to_string(),
+            "not found: the report page is at /, the metrics at /metrics\n".to_string(),
         ),
     };
     let mut resp = Response::new(if req.method() == Method::HEAD {

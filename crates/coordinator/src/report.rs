@@ -8,16 +8,103 @@ use shardprep_core::manifest::{IndexCounts, MemberIssue, ShardCounts};
 use shardprep_core::mode::Mode;
 
 use crate::CoordinatorConfig;
-use crate::finish::ShardRows;
 use crate::merge::{DuplicateName, MergeOutcome};
+use crate::scheduler::ShardState;
 use crate::webshart::WebshartSource;
+
+/// A report's verdict, written as `ok` or `failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every shard done, and the output checked whole.
+    Ok,
+    /// Something failed or does not check out (see `problems`).
+    #[default]
+    Failed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Failed => "failed",
+        }
+    }
+}
+
+/// Where a shard stood when the report was written, written as
+/// `pending`, `leased`, `done` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardPhase {
+    Pending,
+    Leased,
+    Done,
+    Failed,
+}
+
+impl ShardPhase {
+    /// The phase of a scheduler state.
+    pub(crate) fn of(state: &ShardState) -> Self {
+        match state {
+            ShardState::Pending => ShardPhase::Pending,
+            ShardState::Leased { .. } => ShardPhase::Leased,
+            ShardState::Done(_) => ShardPhase::Done,
+            ShardState::Failed => ShardPhase::Failed,
+        }
+    }
+
+    /// The phase as `report.json` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardPhase::Pending => "pending",
+            ShardPhase::Leased => "leased",
+            ShardPhase::Done => "done",
+            ShardPhase::Failed => "failed",
+        }
+    }
+}
+
+/// What a re-run did about damage it found in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairAction {
+    /// The shard's commit was taken back and the shard processed again.
+    RedoShard,
+    /// The fragments were merged into the table again, and the report and
+    /// the entry rewritten.
+    Remerge,
+    /// A file that belongs to no done shard was removed.
+    RemoveFile,
+}
+
+/// One repair a re-run made: what it found, and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repair {
+    /// The shard (for [`RepairAction::RedoShard`]) or file repaired.
+    pub subject: String,
+    /// What was wrong, in the words `verify` uses.
+    pub found: String,
+    pub action: RepairAction,
+}
+
+/// The report's shard lines and what they add up to.
+#[derive(Debug, Default)]
+pub(crate) struct ShardRows {
+    pub shards: Vec<ShardReport>,
+    pub failures: Vec<ShardReport>,
+    /// Committed fragments (shard name, path), in shard order.
+    pub fragments: Vec<(String, PathBuf)>,
+    pub totals: ShardCounts,
+    pub recovered: usize,
+}
 
 /// One shard's line in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardReport {
     pub name: String,
     /// `done` or `failed` (or `pending`/`leased` if the job was interrupted).
-    pub state: String,
+    pub state: ShardPhase,
     pub attempts: u32,
     /// Committed by an earlier run of the coordinator (not redone).
     pub recovered: bool,
@@ -56,8 +143,7 @@ pub struct Report {
     /// Index mode: the index entries over all done shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexCounts>,
-    /// `ok` or `failed`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// Why the verdict is `failed` (empty when ok).
     pub problems: Vec<String>,
     pub input: String,
@@ -98,6 +184,10 @@ pub struct Report {
     pub resources: Resources,
     /// Identifies the set of committed fragments merged (for no-op re-runs).
     pub fingerprint: String,
+    /// What this run found damaged in an earlier run's output and what it
+    /// did about it (absent when nothing was).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<Repair>,
 }
 
 impl Report {
@@ -108,7 +198,7 @@ impl Report {
             shardprep_version: env!("CARGO_PKG_VERSION").into(),
             mode: config.mode.as_str().into(),
             index: None,
-            verdict: String::new(),
+            verdict: Verdict::Failed,
             problems: Vec::new(),
             input: config.input.display(),
             output: std::path::absolute(&config.output)
@@ -145,6 +235,7 @@ impl Report {
             mb_per_s: 0.0,
             resources: Resources::default(),
             fingerprint: String::new(),
+            repairs: Vec::new(),
         }
     }
 
@@ -195,6 +286,12 @@ impl Report {
         self
     }
 
+    /// What this run repaired.
+    pub(crate) fn with_repairs(mut self, repairs: Vec<Repair>) -> Report {
+        self.repairs = repairs;
+        self
+    }
+
     /// The verdict (`ok` when there are no `problems`), timings and memory.
     pub(crate) fn finish(
         mut self,
@@ -203,7 +300,11 @@ impl Report {
         worker_peak_rss_bytes: u64,
         fingerprint: String,
     ) -> Report {
-        self.verdict = if problems.is_empty() { "ok" } else { "failed" }.into();
+        self.verdict = if problems.is_empty() {
+            Verdict::Ok
+        } else {
+            Verdict::Failed
+        };
         self.problems = problems;
         self.finished_at = now_rfc3339();
         self.wall_ms = wall.as_millis() as u64;
@@ -264,7 +365,7 @@ impl BackendSettings {
 
 /// `p` made absolute against the current directory (SimpleTuner matches
 /// image paths by string, so a relative path matches nothing).
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
@@ -356,33 +457,7 @@ pub use shardprep_core::layout::peak_rss_bytes;
 
 /// Current time as RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
-    humantime_rfc3339(std::time::SystemTime::now())
-}
-
-fn humantime_rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // Civil-from-days (Howard Hinnant), enough for a timestamp without a date crate.
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
@@ -392,7 +467,22 @@ mod tests {
     #[test]
     fn timestamp_format() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
-        assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
+        let s = humantime::format_rfc3339_seconds(t).to_string();
+        assert_eq!(s, "2026-11-18T11:06:40Z");
+        assert_eq!(now_rfc3339().len(), s.len());
+    }
+
+    #[test]
+    fn verdicts_and_phases_are_written_as_before() {
+        assert_eq!(serde_json::to_value(Verdict::Ok).unwrap(), "ok");
+        assert_eq!(serde_json::to_value(Verdict::Failed).unwrap(), "failed");
+        assert_eq!(serde_json::to_value(ShardPhase::Done).unwrap(), "done");
+        assert_eq!(serde_json::to_value(ShardPhase::Leased).unwrap(), "leased");
+        let r: Repair = serde_json::from_value(serde_json::json!(
+            {"subject": "a.tar", "found": "x", "action": "redo_shard"}
+        ))
+        .unwrap();
+        assert_eq!(r.action, RepairAction::RedoShard);
     }
 
     #[test]

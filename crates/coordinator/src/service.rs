@@ -10,9 +10,9 @@ use shardprep_core::proto::FailureKind;
 use shardprep_core::proto::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
-use crate::JobShared;
 use crate::commit;
-use crate::scheduler::{Grant, LeaseAnswer, Progress};
+use crate::scheduler::{LeaseAnswer, Progress};
+use crate::{JobShared, wire};
 
 /// How long an idle worker's lease request may wait for work.
 const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -52,68 +52,64 @@ fn check_worker_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// The wire form of a granted shard.
-fn shard_lease(g: Grant, url: Option<String>, held: std::time::Duration) -> proto::ShardLease {
-    proto::ShardLease {
-        lease_id: g.lease_id,
-        shard_index: g.index as u32,
-        shard_name: g.name,
-        attempt: g.attempt,
-        size: g.identity.size,
-        mtime_ns: g.identity.mtime_ns,
-        inode: g.identity.inode,
-        ctime_ns: g.identity.ctime_ns,
-        url: url.unwrap_or_default(),
-        // Rounded down: the worker's deadline stays on the safe side.
-        held_ms: held.as_millis() as u64,
-    }
+/// The lease of a result is no longer current: another worker has the shard.
+fn late(shared: &JobShared, r: &proto::CompleteRequest) -> proto::CompleteResponse {
+    commit::discard(&shared.layout, r.lease_id, &r.fragment_tmp, &r.manifest_tmp);
+    tracing::warn!(worker = %r.worker_id, lease = r.lease_id, "late completion of a lease that expired; discarded (no duplicate rows)");
+    wire::rejected(
+        "the lease expired and the shard was given to another worker; the result was discarded"
+            .into(),
+    )
 }
 
-fn rejected(message: String) -> proto::CompleteResponse {
-    proto::CompleteResponse {
-        accepted: false,
-        message,
-    }
-}
-
-/// Checks and commits a worker's result, holding the scheduler's lock
-/// across the check and the renames so that only the current lease can
-/// ever commit. Runs on a blocking thread (file work).
+/// Checks and commits a worker's result. The attempt is read and prepared
+/// (index synced and sealed) without the scheduler's lock; the lock is held
+/// only across the check that the lease is current and the renames, so
+/// that only the current lease can ever commit. The folders are synced
+/// after. Runs on a blocking thread (file work).
 fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::CompleteResponse {
     let layout = &shared.layout;
-    shared.state.update(|s| {
+    let name = shared.state.read(|s| {
+        s.current_lease(r.lease_id)
+            .map(|i| s.shards()[i].name.clone())
+    });
+    let Some(name) = name else {
+        return late(shared, r);
+    };
+    let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
+    let prepared = commit::prepare(layout, &name, r.lease_id, tmp, shared.mode());
+    let published = shared.state.update(|s| {
+        // Still the current lease? (It may have expired while preparing.)
+        s.current_lease(r.lease_id)?;
         let now = Instant::now();
-        let Some(i) = s.current_lease(r.lease_id) else {
-            commit::discard(layout, r.lease_id, &r.fragment_tmp, &r.manifest_tmp);
-            tracing::warn!(worker = %r.worker_id, lease = r.lease_id, "late completion of a lease that expired; discarded (no duplicate rows)");
-            return rejected("the lease expired and the shard was given to another worker; the result was discarded".into());
-        };
-        let name = s.shards()[i].name.clone();
-        let result = commit::read_tmp_manifest(layout, &r.manifest_tmp, &name, r.lease_id)
-            .and_then(|m| {
-                let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
-                commit::commit(layout, &name, r.lease_id, tmp, shared.mode()).map(|()| m)
-            });
-        match result {
-            Ok(manifest) => {
-                let (rows, json) = (manifest.counts.rows, manifest.counts.json_files);
-                s.complete(&r.worker_id, r.lease_id, manifest, now);
+        let result = prepared.and_then(|p| commit::publish(layout, &p).map(|()| p));
+        Some(match result {
+            Ok(p) => {
+                let (rows, json) = (p.manifest.counts.rows, p.manifest.counts.json_files);
+                s.complete(&r.worker_id, r.lease_id, p.manifest.clone(), now);
                 let (done, failed, _) = s.tally();
                 tracing::info!(shard = %name, worker = %r.worker_id, rows, json, done, failed, total = s.shards().len(), "shard committed");
-                proto::CompleteResponse {
-                    accepted: true,
-                    message: String::new(),
-                }
+                Ok(p)
             }
             Err(e) => {
                 let msg = format!("commit failed: {e}");
                 tracing::error!(shard = %name, worker = %r.worker_id, "{msg}");
                 s.fail(&r.worker_id, r.lease_id, msg.clone(), FailureKind::Retryable, now);
-                commit::discard(layout, r.lease_id, &r.fragment_tmp, &r.manifest_tmp);
-                rejected(msg)
+                Err(msg)
             }
+        })
+    });
+    match published {
+        None => late(shared, r),
+        Some(Ok(p)) => {
+            p.sync(layout);
+            wire::accepted()
         }
-    })
+        Some(Err(msg)) => {
+            commit::discard(layout, r.lease_id, &r.fragment_tmp, &r.manifest_tmp);
+            wire::rejected(msg)
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -166,7 +162,7 @@ impl Coordinator for CoordinatorService {
             LeaseAnswer::Shard(g) => {
                 tracing::info!(shard = %g.name, worker = %r.worker_id, attempt = g.attempt, lease = g.lease_id, "shard leased");
                 let url = self.shared.shard_urls.get(g.index).cloned().flatten();
-                proto::lease_response::Outcome::Shard(shard_lease(g, url, arrived.elapsed()))
+                proto::lease_response::Outcome::Shard(wire::shard_lease(g, url, arrived.elapsed()))
             }
             // The request already waited: ask again soon.
             LeaseAnswer::Wait => proto::lease_response::Outcome::WaitMs(10),
@@ -211,10 +207,6 @@ impl Coordinator for CoordinatorService {
         let resp = tokio::task::spawn_blocking(move || commit_result(&shared, &r))
             .await
             .map_err(|e| Status::internal(format!("commit task failed: {e}")))?;
-        if resp.accepted {
-            let dir = self.shared.layout.fragments_dir();
-            let _ = tokio::task::spawn_blocking(move || commit::sync_dir(&dir)).await;
-        }
         Ok(Response::new(resp))
     }
 

@@ -13,10 +13,8 @@ use serde_json::Value;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::IndexCounts;
 
-use crate::verify::Findings;
-
-/// Problems listed one by one per kind before they are only counted.
-const LISTED: usize = 20;
+use crate::findings::{Findings, LISTED};
+use crate::report::{Report, ShardPhase};
 
 /// Member endings the index pass treats as images (as the extract pass counts them).
 const IMAGE_EXTS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
@@ -60,20 +58,20 @@ impl Tally {
 
 /// The folder of the tars: the webshart entry's `source` when it is a
 /// folder (also for an input list), else the report's `input`.
-fn tars_folder(layout: &OutputLayout, report: &Value) -> Option<PathBuf> {
+fn tars_folder(layout: &OutputLayout, report: &Report) -> Option<PathBuf> {
     let entry: Option<Value> = std::fs::read(layout.backend_path())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let source = entry.as_ref().and_then(|e| e[0]["source"].as_str());
     match source.map(PathBuf::from) {
         Some(dir) if dir.is_absolute() && dir.is_dir() => Some(dir),
-        _ => report["input"].as_str().map(PathBuf::from),
+        _ => (!report.input.is_empty()).then(|| PathBuf::from(&report.input)),
     }
 }
 
 /// Checks the indexes of the done shards the report lists, with the tars
 /// under the entry's `source` folder (remote tars: without reading them).
-pub fn check_index_output(layout: &OutputLayout, report: &Value, f: &mut Findings) {
+pub fn check_index_output(layout: &OutputLayout, report: &Report, f: &mut Findings) {
     let Some(input) = tars_folder(layout, report) else {
         f.problems.push(
             "report.json names no input folder: the index cannot be checked against the tars"
@@ -81,17 +79,16 @@ pub fn check_index_output(layout: &OutputLayout, report: &Value, f: &mut Finding
         );
         return;
     };
-    let remote = report["input"]
-        .as_str()
-        .is_some_and(shardprep_remote::is_remote);
+    let remote = shardprep_remote::is_remote(&report.input);
     let mut tally = Tally::default();
     let mut expected = HashSet::new();
-    let shards = report["shards"].as_array().cloned().unwrap_or_default();
-    let done: Vec<&Value> = shards.iter().filter(|s| s["state"] == "done").collect();
+    let done: Vec<_> = report
+        .shards
+        .iter()
+        .filter(|s| s.state == ShardPhase::Done)
+        .collect();
     for s in &done {
-        let Some(name) = s["name"].as_str() else {
-            continue;
-        };
+        let name = s.name.as_str();
         let Some(path) = layout.index_path(name) else {
             tally.problem(f, format!("shard {name:?} cannot name an index file"));
             continue;
@@ -106,7 +103,7 @@ pub fn check_index_output(layout: &OutputLayout, report: &Value, f: &mut Finding
         check_shard(&path, &tar, name, &mut tally, f);
         let mut got = tally.counts.clone();
         subtract(&mut got, &before);
-        let entries = s["counts"]["index"]["entries"].as_u64().unwrap_or(0);
+        let entries = s.counts.as_ref().map_or(0, |c| c.index.entries);
         if got.entries != entries {
             let msg = format!(
                 "index of shard {name} has {} entries, report.json says {entries}",
@@ -257,21 +254,18 @@ fn check_stray(
     tally: &mut Tally,
     f: &mut Findings,
 ) {
-    crate::verify::for_each_file(layout.index_dir(), |path| {
-        if !expected.contains(&path) {
-            let msg = format!(
-                "{} is the index of no done shard (webshart would load it): remove it",
-                path.display()
-            );
-            tally.problem(f, msg);
-        }
-    });
+    for path in crate::judge::stray_indexes(layout, expected) {
+        let msg = format!(
+            "{} is the index of no done shard (webshart would load it); run the job again: it removes it",
+            path.display()
+        );
+        tally.problem(f, msg);
+    }
 }
 
 /// The totals against the report's `index` counts.
-fn check_totals(report: &Value, got: &IndexCounts, f: &mut Findings) {
-    let want: Option<IndexCounts> = serde_json::from_value(report["index"].clone()).ok();
-    let Some(want) = want else {
+fn check_totals(report: &Report, got: &IndexCounts, f: &mut Findings) {
+    let Some(want) = &report.index else {
         f.problems
             .push("report.json of an index-mode output has no \"index\" counts".into());
         return;

@@ -10,18 +10,14 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
+
+use crate::depth::CheckDepth;
 
 /// Flushes the whole filesystem that holds `f` (`syncfs(2)`): one call
 /// instead of an `fsync` per file.
 pub fn syncfs(f: &File) -> io::Result<()> {
-    // SAFETY: `f` is an open descriptor for the duration of the call.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::syncfs(f)?)
 }
 
 /// When the files extracted into `data/` are flushed to disk.
@@ -183,51 +179,32 @@ pub fn listed_path(rel: &[u8]) -> Option<&Path> {
     plain.then_some(p)
 }
 
-/// The first listed file under `data_dir` that is missing or has another
-/// size than it was written with (with `deep`, or other bytes: its CRC is
-/// recomputed), described for a log line; `None` when every file is as
-/// written. Later records of a path win (a duplicate member is rewritten).
-pub fn first_damaged_file(data_dir: &Path, list: &[u8], deep: bool) -> Option<String> {
-    let files = parse_files_list(list);
-    let mut last = std::collections::HashMap::new();
-    for (i, f) in files.iter().enumerate() {
-        last.insert(f.rel, i);
-    }
-    for (i, f) in files.iter().enumerate() {
-        let Some(rel) = listed_path(f.rel).filter(|_| last.get(f.rel) == Some(&i)) else {
-            continue;
-        };
-        if let Some(why) = check_file(&data_dir.join(rel), f, deep) {
-            return Some(why);
-        }
-    }
-    None
-}
-
-fn check_file(path: &Path, f: &ListedFile<'_>, deep: bool) -> Option<String> {
+/// Why a file is not as it was written (missing, another size, or at
+/// [`CheckDepth::Checksums`] other bytes than its CRC-32), `None` when it
+/// is. `size`/`crc` unknown are not compared.
+pub fn damage(
+    path: &Path,
+    size: Option<u64>,
+    crc: Option<u32>,
+    depth: CheckDepth,
+) -> Option<String> {
     let m = match std::fs::symlink_metadata(path) {
-        Err(e) => return Some(format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Some("missing".into()),
+        Err(e) => return Some(format!("unreadable ({e})")),
         Ok(m) => m,
     };
-    if let Some(size) = f.size
+    if let Some(size) = size
         && m.len() != size
     {
-        return Some(format!(
-            "{}: {} bytes, written with {size}",
-            path.display(),
-            m.len()
-        ));
+        return Some(format!("{} bytes, written with {size}", m.len()));
     }
-    let (Some(want), true) = (f.crc, deep) else {
-        return None;
-    };
+    let want = crc.filter(|_| depth.reads_bytes())?;
     match file_crc(path) {
         Ok(got) if got == want => None,
         Ok(got) => Some(format!(
-            "{}: checksum {got:08x}, written with {want:08x} (the bytes changed)",
-            path.display()
+            "changed (checksum {got:08x}, written with {want:08x})"
         )),
-        Err(e) => Some(format!("{}: {e}", path.display())),
+        Err(e) => Some(format!("unreadable ({e})")),
     }
 }
 
@@ -316,20 +293,26 @@ mod tests {
             Some(crc32fast::hash(b"cap")),
         ));
         list.extend(files_list_record(b"../outside", Some(1), None));
-        assert_eq!(first_damaged_file(&dir, &list, true), None);
+        let first = |depth| {
+            let files = parse_files_list(&list);
+            // The later record of a path wins, as on disk.
+            files.iter().enumerate().find_map(|(i, f)| {
+                let later = files[i + 1..].iter().any(|g| g.rel == f.rel);
+                let rel = listed_path(f.rel).filter(|_| !later)?;
+                damage(&dir.join(rel), f.size, f.crc, depth)
+                    .map(|why| format!("{}: {why}", rel.display()))
+            })
+        };
+        assert_eq!(first(CheckDepth::Checksums), None);
         std::fs::write(dir.join("b.txt"), b"cat").unwrap();
-        assert_eq!(first_damaged_file(&dir, &list, false), None);
-        let bad = first_damaged_file(&dir, &list, true).unwrap();
+        assert_eq!(first(CheckDepth::Sizes), None);
+        let bad = first(CheckDepth::Checksums).unwrap();
         assert!(bad.contains("b.txt") && bad.contains("checksum"), "{bad}");
         std::fs::write(dir.join("b.txt"), b"").unwrap();
-        let bad = first_damaged_file(&dir, &list, false).unwrap();
+        let bad = first(CheckDepth::Sizes).unwrap();
         assert!(bad.contains("b.txt") && bad.contains("0 bytes"), "{bad}");
         std::fs::remove_file(dir.join("a.png")).unwrap();
-        assert!(
-            first_damaged_file(&dir, &list, false)
-                .unwrap()
-                .contains("a.png")
-        );
+        assert!(first(CheckDepth::Sizes).unwrap().contains("a.png"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,12 +10,14 @@
 //! - [`issue`]: every kind of problem a pass counts or lists, one key each.
 //! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
 //! - [`mode`]: extract the members or index the tars in place (`--mode`).
+//! - [`depth`]: how closely an output is checked (`--deep`).
 //! - [`durability`]: when `data/` is flushed, boot ids, per-shard file lists.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.
 //! - [`size`]: byte sizes (`64M`, `1TiB`) for flags, the sparse cap's default.
 //! - [`wire`]: conversions between wire and domain types, status arithmetic (ETA).
 
 pub mod auth;
+pub mod depth;
 pub mod durability;
 pub mod duration;
 pub mod fields;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::depth::CheckDepth;
 use crate::issue::IssueKind;
 
 /// How many problems of each shard are listed by name (the counts are always complete).
@@ -270,6 +271,29 @@ pub struct ShardManifest {
     /// Image problems beyond the listed ones.
     #[serde(default)]
     pub image_issues_not_listed: u64,
+}
+
+/// Size and CRC-32 of a file a commit published whole (a shard's index
+/// file), recorded in the commit so that a re-run finds it changed: by its
+/// size at [`CheckDepth::Sizes`], by its bytes at [`CheckDepth::Checksums`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSeal {
+    pub size: u64,
+    pub crc32: u32,
+}
+
+impl FileSeal {
+    /// The seal of the file at `path` as it is now (reads it).
+    pub fn of(path: &std::path::Path) -> std::io::Result<FileSeal> {
+        let size = std::fs::metadata(path)?.len();
+        let crc32 = crate::durability::file_crc(path)?;
+        Ok(FileSeal { size, crc32 })
+    }
+
+    /// Why the file at `path` is no longer the one sealed, if it is not.
+    pub fn damage(&self, path: &std::path::Path, depth: CheckDepth) -> Option<String> {
+        crate::durability::damage(path, Some(self.size), Some(self.crc32), depth)
+    }
 }
 
 /// The image checks a job asks for, as its flags spell them (parsed by the

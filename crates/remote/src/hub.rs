@@ -7,7 +7,6 @@ use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestCo
 use serde::Deserialize;
 
 use crate::error::{error_chain, scrub};
-use crate::list::finish;
 use crate::location::{
     HubPath, api_client_options, encode_segment, ensure_crypto_provider, hub_auth_headers,
     hub_endpoint,
@@ -121,7 +120,7 @@ pub(crate) async fn list_tree(hub: &HubPath) -> Result<Listing, RemoteError> {
             None => None,
         };
     }
-    finish(root, shards)
+    Listing::from_shards(root, shards)
 }
 
 /// GET one page of the tree API, retrying 429, 5xx and transport errors a few times.

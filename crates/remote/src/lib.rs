@@ -27,6 +27,8 @@ mod location;
 mod ranged;
 mod reader;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use braces::{MAX_EXPANSION, expand_braces};
@@ -61,6 +63,32 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// The listing of `shards` under `root`: sorted by name; a name listed
+    /// twice, or no shard at all, is an error.
+    pub(crate) fn from_shards(
+        root: String,
+        shards: Vec<RemoteShard>,
+    ) -> Result<Listing, RemoteError> {
+        let mut by_name = BTreeMap::new();
+        for shard in shards {
+            if let Some(previous) = by_name.insert(shard.name.clone(), shard) {
+                return Err(RemoteError::invalid(
+                    &previous.url,
+                    "listed twice (shard names must be unique)",
+                ));
+            }
+        }
+        if by_name.is_empty() {
+            return Err(RemoteError::NoShards {
+                root: redact(&root),
+            });
+        }
+        Ok(Listing {
+            root,
+            shards: by_name.into_values().collect(),
+        })
+    }
+
     /// Sum of the shard sizes.
     pub fn total_size(&self) -> u64 {
         self.shards.iter().map(|s| s.size).sum()

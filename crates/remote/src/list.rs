@@ -1,6 +1,5 @@
 //! Listing inputs: bucket prefixes, brace patterns, single URLs, Hub folders, input lists.
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path as FsPath, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -164,7 +163,7 @@ fn list_local(base: &FsPath, entries: &[String]) -> Result<Listing, RemoteError>
             version,
         })
         .collect();
-    finish(root, shards)
+    Listing::from_shards(root, shards)
 }
 
 /// Lexical normalisation: drop `.` and resolve `..` without touching the file system (so a
@@ -220,7 +219,7 @@ async fn list_bucket(kind: BucketKind, bucket: &str, key: &str) -> Result<Listin
             })
         })
         .collect();
-    finish(root, shards)
+    Listing::from_shards(root, shards)
 }
 
 fn scheme_of(kind: BucketKind) -> &'static str {
@@ -267,29 +266,7 @@ async fn list_urls(root: String, mut urls: Vec<String>) -> Result<Listing, Remot
         .buffered(HEAD_CONCURRENCY)
         .try_collect()
         .await?;
-    finish(root, shards)
-}
-
-/// Sort, reject duplicate names, reject an empty result.
-pub(crate) fn finish(root: String, shards: Vec<RemoteShard>) -> Result<Listing, RemoteError> {
-    let mut by_name = BTreeMap::new();
-    for shard in shards {
-        if let Some(previous) = by_name.insert(shard.name.clone(), shard) {
-            return Err(RemoteError::invalid(
-                &previous.url,
-                "listed twice (shard names must be unique)",
-            ));
-        }
-    }
-    if by_name.is_empty() {
-        return Err(RemoteError::NoShards {
-            root: redact(&root),
-        });
-    }
-    Ok(Listing {
-        root,
-        shards: by_name.into_values().collect(),
-    })
+    Listing::from_shards(root, shards)
 }
 
 /// ETag without quotes, else last-modified, else the store's version id, else "".

@@ -11,7 +11,9 @@
 //! - [`tar_reader`]: tar iteration with GNU tar's rules.
 //! - [`sample`]: one sample JSON to one table row.
 //! - [`fragment`]: rows to a parquet fragment, in batches.
-//! - [`extract`]: writing into `data/` without ever leaving it.
+//! - [`extract`]: writing into `data/` without ever leaving it (`DataDir`,
+//!   member names, the background flush).
+//! - `publish`: one file made visible whole, only while the fence is open.
 //! - [`fence`]: whether this attempt may still publish files.
 //! - [`writers`]: small files written by a few threads, outcomes in order.
 
@@ -21,6 +23,7 @@ pub mod fence;
 pub mod fragment;
 pub mod index;
 pub mod integrity;
+mod publish;
 pub mod sample;
 pub mod shard;
 pub mod tar_reader;

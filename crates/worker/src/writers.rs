@@ -20,18 +20,16 @@
 //! bytes are queued before the oldest outcome is due; channels are bounded.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use shardprep_core::layout::fnv1a64;
 
-use crate::extract::{PlaceError, stage_at};
 use crate::fence::Fence;
+use crate::publish::{PlaceError, Target, stage};
 
 /// Members up to this size are read whole and written by the pool; larger
 /// ones are streamed by the reading thread through one buffer.
@@ -106,10 +104,10 @@ struct Lane {
 
 /// Writes small files under `root`, inline or on a pool of threads.
 pub struct WriteQueue {
-    root_fd: Arc<File>,
+    /// Where files are published.
+    to: Target,
     /// Closed when the lease ends: queued writes are then dropped, not published.
     fence: Fence,
-    root: PathBuf,
     lanes: Vec<Lane>,
     results: Option<Receiver<Vec<Outcome>>>,
     threads: Vec<JoinHandle<()>>,
@@ -127,19 +125,12 @@ pub struct WriteQueue {
 }
 
 impl WriteQueue {
-    /// A queue writing under `root` (opened as `root_fd`) with `threads`
-    /// writer threads; `0` writes each file on the spot. Files are
-    /// published only while `fence` is open.
-    pub fn new(
-        root_fd: Arc<File>,
-        root: PathBuf,
-        threads: usize,
-        fence: Fence,
-    ) -> std::io::Result<Self> {
+    /// A queue writing into `to` with `threads` writer threads; `0` writes
+    /// each file on the spot. Files are published only while `fence` is open.
+    pub(crate) fn new(to: Target, threads: usize, fence: Fence) -> std::io::Result<Self> {
         let mut q = WriteQueue {
-            root_fd,
+            to,
             fence,
-            root,
             lanes: Vec::new(),
             results: None,
             threads: Vec::new(),
@@ -159,12 +150,11 @@ impl WriteQueue {
         for i in 0..threads {
             let (tx, rx) = sync_channel::<Vec<Job>>(WINDOW + 8);
             let out_tx = out_tx.clone();
-            let root_fd = Arc::clone(&q.root_fd);
-            let root = q.root.clone();
+            let to = q.to.clone();
             let fence = q.fence.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shardprep-write-{i}"))
-                .spawn(move || writer_loop(&root_fd, &root, &fence, rx, out_tx))?;
+                .spawn(move || writer_loop(&to, &fence, rx, out_tx))?;
             q.threads.push(handle);
             q.lanes.push(Lane {
                 tx,
@@ -194,7 +184,7 @@ impl WriteQueue {
         let key = fnv1a64(rel.as_os_str().as_bytes());
         self.bytes += size;
         if self.lanes.is_empty() {
-            let result = write_file(&self.root_fd, &self.root, &self.fence, &rel, &data);
+            let result = write_file(&self.to, &self.fence, &rel, &data);
             self.recycle(data);
             self.ring.push_back(Slot::Done(Finished {
                 rel,
@@ -294,7 +284,7 @@ impl WriteQueue {
                     seq: job.seq,
                     crc: None,
                     result: Err(PlaceError::Io(
-                        self.root.join(&job.rel),
+                        self.to.root.join(&job.rel),
                         std::io::Error::other("a writer thread stopped"),
                     )),
                     rel: job.rel,
@@ -343,7 +333,7 @@ impl WriteQueue {
                     size: *size,
                     crc: None,
                     result: Err(PlaceError::Io(
-                        self.root.clone(),
+                        self.to.root.clone(),
                         std::io::Error::other("the writer threads stopped"),
                     )),
                 });
@@ -387,18 +377,12 @@ impl Drop for WriteQueue {
     }
 }
 
-fn writer_loop(
-    root_fd: &Arc<File>,
-    root: &Path,
-    fence: &Fence,
-    rx: Receiver<Vec<Job>>,
-    out: SyncSender<Vec<Outcome>>,
-) {
+fn writer_loop(to: &Target, fence: &Fence, rx: Receiver<Vec<Job>>, out: SyncSender<Vec<Outcome>>) {
     while let Ok(batch) = rx.recv() {
         let done = batch
             .into_iter()
             .map(|job| {
-                let result = write_file(root_fd, root, fence, &job.rel, &job.data);
+                let result = write_file(to, fence, &job.rel, &job.data);
                 Outcome {
                     crc: result.as_ref().ok().copied(),
                     result: result.map(|_| ()),
@@ -417,42 +401,32 @@ fn writer_loop(
 /// Writes `data` as the file `rel` under the root (one write to a private
 /// file, then published if the fence is still open); returns its CRC-32.
 /// A closed fence drops the write without touching the disk.
-fn write_file(
-    root_fd: &Arc<File>,
-    root: &Path,
-    fence: &Fence,
-    rel: &Path,
-    data: &[u8],
-) -> Result<u32, PlaceError> {
+fn write_file(to: &Target, fence: &Fence, rel: &Path, data: &[u8]) -> Result<u32, PlaceError> {
     if !fence.is_open() {
-        return Err(PlaceError::Io(
-            root.join(rel),
-            std::io::Error::new(std::io::ErrorKind::Interrupted, "the lease ended"),
-        ));
+        return Err(PlaceError::fence_closed(&to.root, rel));
     }
-    let mut staged = stage_at(root_fd, root, rel, fence)?;
+    let mut staged = stage(to, rel, fence)?;
     staged
         .file
         .write_all(data)
-        .map_err(|e| PlaceError::Io(root.join(rel), e))?;
+        .map_err(|e| PlaceError::Io(to.root.join(rel), e))?;
     let crc = crc32fast::hash(data);
-    staged.publish(root)?;
+    staged.publish(fence)?;
     Ok(crc)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::OpenOptions;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::fs::File;
+    use std::sync::Arc;
 
     fn queue(dir: &Path, threads: usize) -> WriteQueue {
-        let fd = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY)
-            .open(dir)
-            .unwrap();
-        WriteQueue::new(Arc::new(fd), dir.to_path_buf(), threads, Fence::default()).unwrap()
+        let to = Target {
+            fd: Arc::new(File::open(dir).unwrap()),
+            root: dir.to_path_buf(),
+        };
+        WriteQueue::new(to, threads, Fence::default()).unwrap()
     }
 
     fn tag(i: usize) -> WriteTag {

@@ -1,0 +1,56 @@
+//! What a check of an output found: the lines checked and the problems.
+//! Shared by the judge, `verify` and the index checks.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// What was checked and what is wrong.
+#[derive(Debug, Default, Serialize)]
+pub struct Findings {
+    pub checked: Vec<String>,
+    pub problems: Vec<String>,
+    /// Files in `data/` that no shard wrote (a trainer's caches, e.g.
+    /// SimpleTuner's `aspect_ratio_bucket_*.json`), the first few by name.
+    /// Not counted and not a problem.
+    pub foreign_files: Vec<String>,
+    /// How many such files there are in all.
+    pub foreign_files_total: u64,
+    /// Committed shards whose output is damaged (files in `data/` missing
+    /// or changed, the file list, fragment or index unreadable or changed):
+    /// redoing them repairs the output.
+    pub damaged_shards: BTreeSet<String>,
+}
+
+impl Findings {
+    /// Adds `other`'s findings to these.
+    pub fn merge(&mut self, other: Findings) {
+        self.checked.extend(other.checked);
+        self.problems.extend(other.problems);
+        self.foreign_files.extend(other.foreign_files);
+        self.foreign_files_total += other.foreign_files_total;
+        self.damaged_shards.extend(other.damaged_shards);
+    }
+}
+
+/// Problems listed one by one before they are only counted.
+pub const LISTED: usize = 20;
+
+/// Calls `each` with the path of every file (not directory) under `root`;
+/// unreadable directories are passed over.
+pub fn for_each_file(root: PathBuf, mut each: impl FnMut(PathBuf)) {
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                each(e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The one judge of an output, and the owner of `OUT/.shardprep/`: is what
+//! `OUT` holds what the shards say, and if not, what must be redone or
+//! rebuilt, and why. A job starting over an output asks it which committed
+//! shards to keep ([`recover`]); the job's end asks it whether the table
+//! reads back ([`table_problem`]) and which index files belong to no shard
+//! ([`stray_indexes`]); `verify` asks it the same questions
+//! ([`check_commits`]) at the same [`CheckDepth`], in the same words, so the
+//! two cannot disagree.
+//!
+//! What each depth finds (`--deep` on `run`, `coordinator` and `verify`):
+//! - [`CheckDepth::Sizes`]: a committed shard's manifest, its fragment
+//!   (footer and row count), its file list and every file it lists in
+//!   `data/` (present, with its size: one `stat` each), its index file (size);
+//!   the published table (footer, rows = the fragments' rows).
+//! - [`CheckDepth::Checksums`]: also the bytes: every listed file and index
+//!   file against its CRC-32, every page of the fragments, and (in `verify`)
+//!   each caption file against its row.
+//!
+//! A shard found damaged is taken back ([`commit::uncommit`]) and redone; a
+//! shard whose input changed is forgotten with its files
+//! ([`commit::forget_outdated`]); these are the only two ways committed
+//! output is deleted.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use shardprep_core::depth::CheckDepth;
+use shardprep_core::layout::OutputLayout;
+use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::mode::Mode;
+
+use crate::commit::{self, Commit};
+use crate::discover::ShardSource;
+use crate::findings::{Findings, for_each_file};
+use crate::report::{Repair, RepairAction, Report, ShardPhase};
+use crate::written::{ShardWrote, check_written};
+
+/// The shards of a job as recovered from an earlier run: each with its
+/// identity now and the manifest of its commit, if it is kept.
+pub type Recovered = Vec<(String, ShardIdentity, Option<ShardManifest>)>;
+
+/// What the judge found of the committed shards: per damaged shard, the
+/// first thing found wrong; and the findings in `verify`'s words.
+#[derive(Debug, Default)]
+pub struct Judged {
+    pub damaged: BTreeMap<String, String>,
+    pub findings: Findings,
+}
+
+impl Judged {
+    fn damage(&mut self, shard: &str, why: String) {
+        self.findings.problems.push(format!(
+            "shard {shard}: {why}; run the job again: it redoes the shard"
+        ));
+        self.findings.damaged_shards.insert(shard.to_string());
+        self.damaged.entry(shard.to_string()).or_insert(why);
+    }
+}
+
+/// Each shard of the job with its earlier commit if that still holds, and
+/// the repairs made: commits of changed inputs, of the other mode, or
+/// damaged at `depth` are taken back so that the job redoes them.
+pub fn recover(
+    layout: &OutputLayout,
+    sources: &[ShardSource],
+    mode: Mode,
+    depth: CheckDepth,
+) -> (Recovered, Vec<Repair>) {
+    let mut repairs = Vec::new();
+    let reported = reported_done(layout);
+    let mut commits: Vec<Option<Commit>> = sources
+        .iter()
+        .map(|s| {
+            let c = kept_commit(layout, s, mode, &mut repairs);
+            let reported_done = reported.contains(s.name.as_str());
+            if c.is_none() && reported_done && !repairs.iter().any(|r| r.subject == s.name) {
+                redo(layout, &s.name, no_commit(layout), &mut repairs);
+            }
+            c
+        })
+        .collect();
+    let kept: Vec<(&str, &Commit)> = sources
+        .iter()
+        .zip(&commits)
+        .filter_map(|(s, c)| Some((s.name.as_str(), c.as_ref()?)))
+        .collect();
+    let mut judged = check_commits(layout, &kept, mode, depth);
+    if mode == Mode::Extract {
+        let wrote: Vec<ShardWrote> = kept
+            .iter()
+            .map(|(name, c)| ShardWrote {
+                name: name.to_string(),
+                files: c.manifest.counts.files_extracted + c.manifest.counts.captions_written,
+            })
+            .collect();
+        for (shard, why) in check_written(layout, &wrote, None, depth).why {
+            judged.damaged.entry(shard).or_insert(why);
+        }
+    }
+    for (s, c) in sources.iter().zip(commits.iter_mut()) {
+        if let Some(why) = judged.damaged.get(&s.name) {
+            redo(layout, &s.name, why.clone(), &mut repairs);
+            *c = None;
+        }
+    }
+    let recovered = sources
+        .iter()
+        .zip(commits)
+        .map(|(s, c)| (s.name.clone(), s.identity, c.map(|c| c.manifest)))
+        .collect();
+    (recovered, repairs)
+}
+
+/// The shards the last report lists as done (none without a readable report).
+fn reported_done(layout: &OutputLayout) -> HashSet<String> {
+    let report: Option<Report> = std::fs::read(layout.report_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    report
+        .into_iter()
+        .flat_map(|r| r.shards)
+        .filter(|s| s.state == ShardPhase::Done)
+        .map(|s| s.name)
+        .collect()
+}
+
+/// What is wrong with a shard the report lists as done but that has no commit.
+pub fn no_commit(layout: &OutputLayout) -> String {
+    format!(
+        "report.json says it is done but it has no commit in {}",
+        layout.fragments_dir().display()
+    )
+}
+
+/// A shard's commit, unless there is none, or it cannot be kept whatever
+/// its files: unreadable, of a changed input, or of the other mode.
+fn kept_commit(
+    layout: &OutputLayout,
+    s: &ShardSource,
+    mode: Mode,
+    repairs: &mut Vec<Repair>,
+) -> Option<Commit> {
+    let c = match commit::read_commit(layout, &s.name) {
+        Ok(c) => c?,
+        Err(why) => {
+            redo(layout, &s.name, why, repairs);
+            return None;
+        }
+    };
+    if !c.manifest.identity.same_input(&s.identity) {
+        let why = "its input changed since it was committed (size, mtime, inode or ctime)";
+        tracing::warn!(shard = %s.name, "{why}; redoing the shard");
+        commit::forget_outdated(layout, &s.name);
+        repairs.push(Repair {
+            subject: s.name.clone(),
+            found: why.into(),
+            action: RepairAction::RedoShard,
+        });
+        return None;
+    }
+    if let Some(why) = wrong_mode(&c.manifest, mode) {
+        redo(layout, &s.name, why.into(), repairs);
+        return None;
+    }
+    Some(c)
+}
+
+/// Takes a shard's commit back so that the job redoes it, saying why.
+fn redo(layout: &OutputLayout, shard: &str, why: String, repairs: &mut Vec<Repair>) {
+    tracing::warn!(shard = %shard, "{why}; redoing the shard");
+    commit::uncommit(layout, shard);
+    repairs.push(Repair {
+        subject: shard.to_string(),
+        found: why,
+        action: RepairAction::RedoShard,
+    });
+}
+
+/// An extract-mode job redoes shards an index-mode run committed (they
+/// extracted nothing). (The reverse has no index file: [`index_problem`].)
+fn wrong_mode(m: &ShardManifest, mode: Mode) -> Option<&'static str> {
+    (mode == Mode::Extract && !m.counts.index.is_zero())
+        .then_some("it was committed by an index-mode run, which extracted nothing")
+}
+
+/// Judges committed shards (`shards`, in shard order) at `depth`: each
+/// fragment reads back with the rows its commit counts, each index file
+/// (index mode) is as sealed. (The files each wrote into `data/` are
+/// [`check_written`]'s to judge: `recover` asks both, `verify` too.)
+pub fn check_commits(
+    layout: &OutputLayout,
+    shards: &[(&str, &Commit)],
+    mode: Mode,
+    depth: CheckDepth,
+) -> Judged {
+    let mut j = Judged::default();
+    for (name, c) in shards {
+        let fragment = layout.fragment_path(name);
+        if let Err(why) = table_reads_back(&fragment, c.manifest.counts.rows, depth) {
+            j.damage(name, format!("its fragment {why}"));
+        }
+        if mode == Mode::Index
+            && let Some(why) = index_problem(layout, name, c, depth)
+        {
+            j.damage(name, why);
+        }
+    }
+    let kept = shards.len() - j.damaged.len();
+    j.findings.checked.push(format!(
+        "{kept} of {} committed shards check out at depth {}: {} fragment",
+        shards.len(),
+        depth.as_str(),
+        match mode {
+            Mode::Extract => "manifest and",
+            Mode::Index => "manifest, index file and",
+        }
+    ));
+    j
+}
+
+/// Why a shard's index file is not the one its commit published.
+fn index_problem(
+    layout: &OutputLayout,
+    name: &str,
+    c: &Commit,
+    depth: CheckDepth,
+) -> Option<String> {
+    let Some(path) = layout.index_path(name) else {
+        return Some("its name cannot name an index file".into());
+    };
+    let why = match &c.index_file {
+        Some(seal) => seal.damage(&path, depth),
+        // Committed before index files were sealed: present is all we know.
+        None => (!path.is_file()).then(|| "missing".to_string()),
+    };
+    why.map(|why| format!("its index file is {why} ({})", path.display()))
+}
+
+/// Whether the parquet file at `path` reads back: its footer, its row
+/// count (`rows`), and at [`CheckDepth::Checksums`] every page. The error
+/// names the file and what is wrong with it.
+pub fn table_reads_back(path: &Path, rows: u64, depth: CheckDepth) -> Result<(), String> {
+    let at = path.display();
+    let file = File::open(path).map_err(|e| format!("{at} cannot be opened ({e})"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("{at} does not read back ({e})"))?;
+    let n = builder.metadata().file_metadata().num_rows();
+    if u64::try_from(n).ok() != Some(rows) {
+        return Err(format!("{at} holds {n} rows where there should be {rows}"));
+    }
+    if depth.reads_bytes() {
+        let reader = builder
+            .build()
+            .map_err(|e| format!("{at} does not read back ({e})"))?;
+        for batch in reader {
+            batch.map_err(|e| format!("{at} does not read back ({e})"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the published table (`OUT/<id>.parquet`) is not the merge of the
+/// fragments, which hold `fragment_rows` rows; `None` when it is.
+pub fn table_problem(
+    layout: &OutputLayout,
+    dataset_id: &str,
+    fragment_rows: u64,
+    depth: CheckDepth,
+) -> Option<String> {
+    let path = layout.parquet_path(dataset_id);
+    table_reads_back(&path, fragment_rows, depth)
+        .err()
+        .map(|why| format!("the table {why}"))
+}
+
+/// Index files under `OUT/index/` that belong to no done shard (`done`:
+/// the index paths of the done shards): webshart would load them.
+pub fn stray_indexes(layout: &OutputLayout, done: &HashSet<PathBuf>) -> Vec<PathBuf> {
+    let mut stray = Vec::new();
+    for_each_file(layout.index_dir(), |path| {
+        if !done.contains(&path) {
+            stray.push(path);
+        }
+    });
+    stray.sort();
+    stray
+}

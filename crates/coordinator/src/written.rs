@@ -1,0 +1,226 @@
+//! What the shards wrote into `data/`, from their committed file lists
+//! (`OUT/.shardprep/fragments/<shard>.files`), against what `data/` holds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use shardprep_core::depth::CheckDepth;
+use shardprep_core::durability::{damage, listed_path, parse_files_list};
+use shardprep_core::layout::{OutputLayout, fnv1a64};
+
+use crate::findings::{Findings, LISTED, for_each_file};
+
+/// A committed shard: its name and how many files its counts say it wrote
+/// into `data/` (members and captions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardWrote {
+    pub name: String,
+    pub files: u64,
+}
+
+/// The check of the written files: findings, and for each damaged shard
+/// the first thing found wrong.
+#[derive(Debug, Default)]
+pub struct WrittenCheck {
+    pub findings: Findings,
+    pub why: BTreeMap<String, String>,
+}
+
+/// What the shards wrote, from their lists.
+struct Written {
+    /// Hash of each relative path → the last write of it: (shard index,
+    /// record index in that shard's list). Earlier writes were overwritten.
+    last_writer: HashMap<u64, (usize, usize)>,
+    /// Distinct `*.json` paths written.
+    json: u64,
+}
+
+/// Reads the file lists of `shards` (in shard order; a later shard's file
+/// overwrites an earlier one's of the same name, as on disk).
+fn read_written(
+    layout: &OutputLayout,
+    shards: &[ShardWrote],
+    c: &mut WrittenCheck,
+) -> (Written, Vec<Vec<u8>>) {
+    let mut w = Written {
+        last_writer: HashMap::new(),
+        json: 0,
+    };
+    let mut lists = Vec::with_capacity(shards.len());
+    for (i, shard) in shards.iter().enumerate() {
+        let path = layout.files_list_path(&shard.name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // A shard that wrote nothing into data/ needs no list.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && shard.files == 0 => Vec::new(),
+            Err(e) => {
+                let why = format!(
+                    "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
+                    path.display()
+                );
+                c.findings.damaged_shards.insert(shard.name.clone());
+                c.findings.problems.push(format!(
+                    "shard {}: {why}; run the job again: it redoes the shard",
+                    shard.name
+                ));
+                c.why.entry(shard.name.clone()).or_insert(why);
+                Vec::new()
+            }
+        };
+        for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
+            let new = w.last_writer.insert(fnv1a64(rec.rel), (i, j)).is_none();
+            if new && rec.rel.ends_with(b".json") {
+                w.json += 1;
+            }
+        }
+        lists.push(bytes);
+    }
+    (w, lists)
+}
+
+/// Checks what the job wrote into `data/`: every file each committed shard
+/// (`shards`, in shard order) lists is there as it was written (size; at
+/// [`CheckDepth::Checksums`] bytes too), and the JSON members it holds
+/// number `expected`.
+pub fn check_written(
+    layout: &OutputLayout,
+    shards: &[ShardWrote],
+    expected: Option<u64>,
+    depth: CheckDepth,
+) -> WrittenCheck {
+    let mut c = WrittenCheck::default();
+    let (written, lists) = read_written(layout, shards, &mut c);
+    let data = layout.data_dir();
+    let mut missing = Vec::new();
+    let (mut n_missing, mut json_missing) = (0u64, 0u64);
+    for (i, list) in lists.iter().enumerate() {
+        for (j, rec) in parse_files_list(list).into_iter().enumerate() {
+            let Some(rel) = listed_path(rec.rel) else {
+                continue;
+            };
+            if written.last_writer.get(&fnv1a64(rec.rel)) != Some(&(i, j)) {
+                continue; // overwritten by a later write
+            }
+            let Some(why) = damage(&data.join(rel), rec.size, rec.crc, depth) else {
+                continue;
+            };
+            n_missing += 1;
+            let shard = &shards[i].name;
+            c.findings.damaged_shards.insert(shard.clone());
+            c.why
+                .entry(shard.clone())
+                .or_insert_with(|| format!("data/{} is {why}", rel.display()));
+            json_missing += u64::from(rec.rel.ends_with(b".json"));
+            if missing.len() < LISTED {
+                missing.push(format!(
+                    "data/{} ({why}, from shard {shard})",
+                    rel.display()
+                ));
+            }
+        }
+    }
+    let f = &mut c.findings;
+    let present = written.json - json_missing;
+    f.checked.push(format!(
+        "data/ holds {present} *.json files the shards wrote"
+    ));
+    if json_missing > 0 {
+        f.problems.push(format!(
+            "the shards wrote {} JSON members into data/ but only {present} *.json files of them are there",
+            written.json
+        ));
+    }
+    if n_missing > 0 {
+        f.problems.push(format!(
+            "{n_missing} files the shards wrote into data/ are missing or changed since the job: {}; run the job again{}: it redoes the shards they came from",
+            missing.join(", "),
+            if depth.reads_bytes() { " with --deep" } else { "" }
+        ));
+    } else {
+        f.checked.push(match depth {
+            CheckDepth::Sizes => "every file the shards wrote is in data/ with its size".into(),
+            CheckDepth::Checksums => {
+                "every file the shards wrote is in data/ with its size and checksum".into()
+            }
+        });
+    }
+    if let Some(e) = expected {
+        match json_count_problem(e, present) {
+            Some(p) => f.problems.push(format!(
+                "{p}: data/ holds {present} *.json files, expected {e}"
+            )),
+            None => f
+                .checked
+                .push(format!("JSON count matches the expected {e}")),
+        }
+    }
+    c
+}
+
+/// The problem with the global JSON count, if there is one.
+fn json_count_problem(expected: u64, found: u64) -> Option<String> {
+    (found != expected).then(|| {
+        format!(
+            "JSON count mismatch: expected {expected} JSON files, found {found} ({} {})",
+            found.abs_diff(expected),
+            if found < expected { "missing" } else { "extra" }
+        )
+    })
+}
+
+/// Nothing was extracted (`--no-extract`, index mode): the shards' count of
+/// JSON members is what there is.
+pub fn check_json_members(found: u64, expected: u64, f: &mut Findings) {
+    match json_count_problem(expected, found) {
+        None => f
+            .checked
+            .push(format!("the shards held {found} JSON files, as expected")),
+        Some(p) => f.problems.push(format!(
+            "{p}: the shards held {found} JSON files, expected {expected}"
+        )),
+    }
+}
+
+/// Foreign files listed by name.
+const FOREIGN_LISTED: usize = 20;
+
+/// The paths (hashed with [`fnv1a64`]) the shards wrote into `data/`, from
+/// their file lists (an unreadable list adds nothing).
+pub fn written_paths(layout: &OutputLayout, shards: &[ShardWrote]) -> HashSet<u64> {
+    let mut ours = HashSet::new();
+    for shard in shards {
+        let bytes = std::fs::read(layout.files_list_path(&shard.name)).unwrap_or_default();
+        ours.extend(parse_files_list(&bytes).iter().map(|r| fnv1a64(r.rel)));
+    }
+    ours
+}
+
+/// Lists the files in `data/` that no shard wrote (by name, capped): a
+/// trainer's caches. They are neither counted nor a problem.
+pub fn list_foreign(layout: &OutputLayout, ours: &HashSet<u64>, f: &mut Findings) {
+    let data = layout.data_dir();
+    for_each_file(data.clone(), |path| {
+        let Ok(rel) = path.strip_prefix(&data) else {
+            return;
+        };
+        if ours.contains(&fnv1a64(rel.as_os_str().as_encoded_bytes())) {
+            return;
+        }
+        f.foreign_files_total += 1;
+        if f.foreign_files.len() < FOREIGN_LISTED {
+            f.foreign_files.push(rel.display().to_string());
+        }
+    });
+    f.foreign_files.sort();
+    if f.foreign_files_total > 0 {
+        f.checked.push(format!(
+            "{} foreign files in data/ came from no shard (a trainer's caches?), not counted: {}{}",
+            f.foreign_files_total,
+            f.foreign_files.join(", "),
+            if f.foreign_files_total > f.foreign_files.len() as u64 {
+                ", …"
+            } else {
+                ""
+            }
+        ));
+    }
+}

@@ -1,0 +1,392 @@
+//! Issue 26: one kind of damage to a finished output, then `run` again with
+//! the same flags (plain for changes of size or presence, `--deep` for
+//! changes that keep the size), then `verify`: the output is byte-identical
+//! to the clean run and `verify` passes; before the re-run, `verify` at the
+//! same depth saw the damage. No re-run says "verified" while `verify` fails.
+//!
+//! Each test makes one clean output, keeps its bytes, and damages and
+//! repairs it kind after kind (one job per repair, on the same `OUT`, as an
+//! operator would).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use shardprep_core::layout::OutputLayout;
+
+use crate::util::*;
+
+/// The depth of a damage: what finds it, what repairs it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Depth {
+    /// Size or presence: plain `verify` finds it, plain `run` repairs it.
+    Plain,
+    /// Same size, other bytes: `verify --deep` finds it, `run --deep` repairs it.
+    Deep,
+}
+
+/// A finished job to damage and repair.
+struct Job {
+    _dir: TestDir,
+    input: PathBuf,
+    out: PathBuf,
+    flags: Vec<&'static str>,
+    clean: BTreeMap<PathBuf, Vec<u8>>,
+    clean_report: Value,
+}
+
+/// Report fields that differ between runs of the same job (times, ids,
+/// which run did what).
+const VOLATILE: [&str; 9] = [
+    "started_at",
+    "finished_at",
+    "wall_ms",
+    "mb_per_s",
+    "resources",
+    "fingerprint",
+    "shards_recovered",
+    "repairs",
+    "output",
+];
+const VOLATILE_SHARD: [&str; 5] = [
+    "worker",
+    "elapsed_ms",
+    "input_mb_per_s",
+    "recovered",
+    "attempts",
+];
+
+fn stable_report(mut r: Value) -> Value {
+    let o = r.as_object_mut().unwrap();
+    for k in VOLATILE {
+        o.remove(k);
+    }
+    for list in ["shards", "failures"] {
+        for s in o[list].as_array_mut().unwrap() {
+            for k in VOLATILE_SHARD {
+                s.as_object_mut().unwrap().remove(k);
+            }
+        }
+    }
+    r
+}
+
+/// What must be byte-identical to a clean run: everything under `OUT` but
+/// the report (compared without its volatile fields), the lock, the
+/// manifests (lease and worker ids, times) and the temporary folder.
+fn snapshot(out: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    read_tree(out)
+        .into_iter()
+        .filter(|(p, _)| {
+            let s = p.to_string_lossy();
+            s != "report.json"
+                && s != ".shardprep/lock"
+                && !s.starts_with(".shardprep/tmp/")
+                && !s.ends_with(".manifest.json")
+        })
+        .collect()
+}
+
+fn fragment_manifests(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out.join(".shardprep/fragments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".manifest.json"))
+        .collect();
+    names.sort();
+    names
+}
+
+impl Job {
+    fn new(shards: usize, flags: &[&'static str], seed: u64) -> Job {
+        let dir = tempdir();
+        let input = dir.path().join("in");
+        make_shards(&input, shards, 14, seed);
+        let out = dir.path().join("out");
+        let flags = flags.to_vec();
+        run_job(&input, &out, &flags);
+        let job = Job {
+            clean: snapshot(&out),
+            clean_report: stable_report(report(&out)),
+            _dir: dir,
+            input,
+            out,
+            flags,
+        };
+        job.verify_ok(Depth::Deep, "the clean run");
+        job
+    }
+
+    fn layout(&self) -> OutputLayout {
+        OutputLayout::new(&self.out)
+    }
+
+    fn verify(&self, depth: Depth) -> std::process::Output {
+        let mut args = vec!["verify", path_str(&self.out)];
+        if depth == Depth::Deep {
+            args.push("--deep");
+        }
+        run_raw(&args, &[])
+    }
+
+    fn verify_ok(&self, depth: Depth, after: &str) {
+        let v = self.verify(depth);
+        assert!(
+            v.status.success(),
+            "verify ({depth:?}) fails after {after}:\n{}",
+            explain(&["verify"], &v)
+        );
+    }
+
+    /// Damages the output, checks `verify` at `depth` sees it, runs the job
+    /// again at `depth` and checks the output is the clean one again.
+    fn damage_and_repair(&self, what: &str, depth: Depth, damage: impl FnOnce(&Job)) -> String {
+        damage(self);
+        let before = self.verify(depth);
+        assert!(
+            !before.status.success(),
+            "verify ({depth:?}) does not see: {what}\n{}",
+            explain(&["verify"], &before)
+        );
+        let mut args = vec![
+            "run",
+            "--input",
+            path_str(&self.input),
+            "--output",
+            path_str(&self.out),
+            "--workers",
+            "2",
+        ];
+        args.extend(self.flags.iter().copied());
+        if depth == Depth::Deep {
+            args.push("--deep");
+        }
+        let o = run_raw(&args, &[]);
+        assert!(
+            o.status.success(),
+            "the re-run over {what} fails:\n{}",
+            explain(&args, &o)
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !said.contains("already complete"),
+            "the re-run over {what} found nothing to repair:\n{said}"
+        );
+        self.verify_ok(Depth::Deep, &format!("the re-run over {what}"));
+        self.verify_ok(Depth::Plain, &format!("the re-run over {what}"));
+        self.assert_clean(what);
+        let r = report(&self.out);
+        assert!(
+            !r["repairs"].as_array().is_none_or(|a| a.is_empty()),
+            "report.json lists no repair after {what}: {r:#}"
+        );
+        said
+    }
+
+    fn assert_clean(&self, what: &str) {
+        let now = snapshot(&self.out);
+        let names = |t: &BTreeMap<PathBuf, Vec<u8>>| t.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(&now),
+            names(&self.clean),
+            "files after repairing {what}"
+        );
+        for (p, bytes) in &self.clean {
+            assert!(
+                now[p] == *bytes,
+                "{} differs after repairing {what}",
+                p.display()
+            );
+        }
+        assert_eq!(
+            fragment_manifests(&self.out).len(),
+            self.clean_report["shards_total"].as_u64().unwrap() as usize,
+            "a manifest per shard after repairing {what}"
+        );
+        assert_eq!(
+            stable_report(report(&self.out)),
+            self.clean_report,
+            "report.json after repairing {what}"
+        );
+    }
+
+    /// The `n`th file of `data/` (in name order) ending in `ext`.
+    fn data_file(&self, ext: &str, n: usize) -> PathBuf {
+        let mut files: Vec<PathBuf> = read_tree(&self.out.join("data"))
+            .into_keys()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        files.sort();
+        self.out.join("data").join(&files[n])
+    }
+}
+
+fn truncate_half(p: &Path) {
+    let len = std::fs::metadata(p).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.set_len(len / 2).unwrap();
+}
+
+/// Flips one byte in the middle of `p` (same size).
+fn flip_byte(p: &Path) {
+    let mut b = std::fs::read(p).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0x20;
+    std::fs::write(p, b).unwrap();
+}
+
+fn remove(p: &Path) {
+    std::fs::remove_file(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+}
+
+const SHARD: &str = "data-000001.tar";
+
+/// One kind of damage done to a job's output.
+type Damage = Box<dyn Fn(&Job)>;
+
+#[test]
+fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
+    let job = Job::new(3, &[], 2601);
+    let l = job.layout();
+    let table = l.parquet_path("dalle3");
+
+    // The four kinds of issue 26's table.
+    let said = job.damage_and_repair("the table truncated to half", Depth::Plain, |_| {
+        truncate_half(&table)
+    });
+    assert!(said.contains("merging the table again"), "{said}");
+    job.damage_and_repair(
+        "a fragment truncated and the table deleted",
+        Depth::Plain,
+        |_| {
+            truncate_half(&l.fragment_path(SHARD));
+            remove(&table);
+        },
+    );
+    let said = job.damage_and_repair("a fragment truncated", Depth::Plain, |_| {
+        truncate_half(&l.fragment_path(SHARD))
+    });
+    assert!(said.contains("redoing the shard"), "{said}");
+    let caption = job.data_file("txt", 5);
+    job.damage_and_repair("a caption edited, same size", Depth::Deep, |_| {
+        flip_byte(&caption)
+    });
+
+    // The ten kinds that were repaired before, and the derived files.
+    let plain: [(&str, Damage); 10] = [
+        (
+            "an image deleted",
+            Box::new(|j| remove(&j.data_file("png", 3))),
+        ),
+        (
+            "a JSON deleted",
+            Box::new(|j| remove(&j.data_file("json", 7))),
+        ),
+        (
+            "a caption deleted",
+            Box::new(|j| remove(&j.data_file("txt", 2))),
+        ),
+        (
+            "an image truncated",
+            Box::new(|j| truncate_half(&j.data_file("png", 9))),
+        ),
+        (
+            "a .files list deleted",
+            Box::new(|j| remove(&j.layout().files_list_path(SHARD))),
+        ),
+        (
+            "a manifest deleted",
+            Box::new(|j| remove(&j.layout().manifest_path(SHARD))),
+        ),
+        (
+            "a manifest changed",
+            Box::new(|j| std::fs::write(j.layout().manifest_path(SHARD), b"{").unwrap()),
+        ),
+        (
+            "report.json deleted",
+            Box::new(|j| remove(&j.layout().report_path())),
+        ),
+        (
+            "multidatabackend.json deleted",
+            Box::new(|j| remove(&j.layout().backend_path())),
+        ),
+        (
+            "the state folder deleted",
+            Box::new(|j| std::fs::remove_dir_all(j.layout().state_dir()).unwrap()),
+        ),
+    ];
+    for (what, damage) in plain {
+        job.damage_and_repair(what, Depth::Plain, damage);
+    }
+    job.damage_and_repair("an image with a flipped byte", Depth::Deep, |j| {
+        flip_byte(&j.data_file("png", 4))
+    });
+    job.damage_and_repair("a JSON with a flipped byte", Depth::Deep, |j| {
+        flip_byte(&j.data_file("json", 1))
+    });
+}
+
+#[test]
+fn same_size_damage_is_left_to_the_deep_depth_by_verify_and_run_alike() {
+    // A plain re-run does not read bytes; plain `verify` does not either, so
+    // neither says the other is wrong, and both say which depth finds it.
+    let job = Job::new(2, &[], 2602);
+    let caption = job.data_file("txt", 1);
+    flip_byte(&caption);
+    job.verify_ok(Depth::Plain, "a caption edit (plain verify reads no bytes)");
+    let o = run_job(&job.input, &job.out, &[]);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("already complete and verified"), "{said}");
+    job.verify_ok(Depth::Plain, "a plain re-run");
+    let v = job.verify(Depth::Deep);
+    assert!(
+        !v.status.success(),
+        "{}",
+        explain(&["verify", "--deep"], &v)
+    );
+    let deep_said = String::from_utf8_lossy(&v.stdout);
+    assert!(deep_said.contains("checksum"), "{deep_said}");
+    let plain_said = String::from_utf8_lossy(&job.verify(Depth::Plain).stdout).into_owned();
+    assert!(plain_said.contains("compared with --deep"), "{plain_said}");
+    run_job(&job.input, &job.out, &["--deep"]);
+    job.verify_ok(Depth::Deep, "run --deep");
+    job.assert_clean("a caption edit");
+}
+
+#[test]
+fn every_kind_of_damage_to_an_index_output_is_repaired_by_a_rerun() {
+    let job = Job::new(3, &["--mode", "index"], 2603);
+    let l = job.layout();
+    let index = l.index_path(SHARD).unwrap();
+    let said = job.damage_and_repair("an index file truncated to half", Depth::Plain, |_| {
+        truncate_half(&index)
+    });
+    assert!(said.contains("index file is"), "{said}");
+    job.damage_and_repair("an index file deleted", Depth::Plain, |_| remove(&index));
+    job.damage_and_repair("an index file with a flipped byte", Depth::Deep, |_| {
+        let mut b = std::fs::read(&index).unwrap();
+        // A digit of an offset, the size kept: the index then points elsewhere.
+        let i = b.iter().position(|c| c.is_ascii_digit()).unwrap();
+        b[i] = if b[i] == b'1' { b'2' } else { b'1' };
+        std::fs::write(&index, b).unwrap();
+    });
+    job.damage_and_repair("the table truncated to half", Depth::Plain, |_| {
+        truncate_half(&l.parquet_path("dalle3"))
+    });
+    job.damage_and_repair("a fragment truncated", Depth::Plain, |_| {
+        truncate_half(&l.fragment_path(SHARD))
+    });
+    job.damage_and_repair("a manifest deleted", Depth::Plain, |_| {
+        remove(&l.manifest_path(SHARD))
+    });
+    job.damage_and_repair("a stray index file", Depth::Plain, |_| {
+        std::fs::write(l.index_dir().join("data-000099.json"), b"{}").unwrap()
+    });
+    job.damage_and_repair("report.json deleted", Depth::Plain, |_| {
+        remove(&l.report_path())
+    });
+}
