@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
+use shardprep_core::issue::IssueKind;
 
 use crate::fence::Fence;
 

@@ -209,40 +209,45 @@ fn advice_lines(p: &Page) -> Vec<(String, String)> {
 
 /// What to do about one kind of problem.
 fn advice(kind: &str) -> &'static str {
+    use shardprep_core::issue::IssueKind as K;
+    const LISTED: &str = "listed by member below and in report.json";
+    let Ok(kind) = kind.parse::<K>() else {
+        return LISTED;
+    };
     match kind {
-        "dims_mismatch" => {
+        K::DimsMismatch => {
             "the JSON's width/height are not the image's, and the trainer buckets by the table: run again with --dims image to put the real size in the table, or --on-bad-image skip to leave them out"
         }
-        "unreadable_image_header" | "decode_failed" => {
+        K::UnreadableImageHeader | K::DecodeFailed => {
             "the trainer fails on these when it encodes them, hours in: replace them in their shard, or run again with --on-bad-image skip"
         }
-        "too_many_pixels" => {
+        K::TooManyPixels => {
             "larger than --max-pixels (a decompression-bomb guard): raise --max-pixels if they are genuine, else --on-bad-image skip"
         }
-        "hash_mismatch" => {
+        K::HashMismatch => {
             "the bytes are not those the JSON's digest names: download the shard again"
         }
-        "bad_image" => "left out by --on-bad-image skip (listed under image problems)",
-        "unsafe_path" | "unsafe_filename" => {
+        K::BadImage => "left out by --on-bad-image skip (listed under image problems)",
+        K::EmptyName | K::AbsolutePath | K::ParentDirPath | K::NulInName | K::UnsafeFilename => {
             "a member or file name escaping the output was refused: nothing was written for it"
         }
-        "symlink" | "hard_link" | "device" | "fifo" => {
+        K::Symlink | K::HardLink | K::Device | K::Fifo => {
             "links and special files are never extracted: nothing was written for them"
         }
-        "missing_height"
-        | "invalid_width"
-        | "invalid_height"
-        | "missing_filename"
-        | "filename_not_string" => {
+        K::MissingHeight
+        | K::InvalidWidth
+        | K::InvalidHeight
+        | K::MissingFilename
+        | K::FilenameNotString => {
             "the JSON has no usable size or file name, so it has no row; fix the JSON, or name other fields with --width-field/--height-field/--filename-field"
         }
-        "invalid_json" | "json_not_object" => {
+        K::InvalidJson | K::JsonNotObject => {
             "the JSON does not parse; fix or remove it in its shard"
         }
-        "caption_not_string" | "missing_caption" | "empty_caption" => {
+        K::CaptionNotString | K::MissingCaption | K::EmptyCaption => {
             "the row's caption is empty: check --caption-field"
         }
-        _ => "listed by member below and in report.json",
+        _ => LISTED,
     }
 }
 

@@ -6,6 +6,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use shardprep_core::issue::IssueKind;
+
 /// Why a member name cannot be used as a path under `data/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsafeName {
