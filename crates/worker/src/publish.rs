@@ -9,7 +9,6 @@
 //! that to a process without `CAP_DAC_READ_SEARCH`, through
 //! `/proc/self/fd/N` (one more path walk per file), decided once per process.
 
-use shardprep_core::issue::IssueKind;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;

@@ -1,7 +1,6 @@
 //! Member names as paths under `data/`: checked before any use, so nothing
 //! is ever written outside `data/`.
 
-use shardprep_core::issue::IssueKind;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
