@@ -1,7 +1,10 @@
 """Loads a folder of webshart index files through the real webshart and
 checks every sample against the tars: the bytes webshart reads are the tar
 member's, the caption is the JSON's caption field, the width and height are
-the image's. Exits non-zero on any mismatch.
+the image's. The index holds every regular member except the images that have
+no parquet row (the one sample rule of both modes, read here from the tar
+itself: a top-level JSON with `width` and `height` names the image by
+`image_name`). Exits non-zero on any mismatch.
 
     python check_index.py --index OUT/index --tars INPUT [--caption-field short_caption]
     python check_index.py --index OUT/index --tars REPO_COPY --hub OWNER/NAME [--subfolder S]
@@ -36,6 +39,30 @@ def caption_of(meta, field):
     if isinstance(v, list):
         v = next((s for s in v if isinstance(s, str) and s.strip()), None)
     return v if isinstance(v, str) and v.strip() else None
+
+
+def rowed_images(members):
+    """Images a parquet row names: top-level JSONs with width and height, by their image_name."""
+    out = set()
+    for name, data in members.items():
+        if not name.endswith(".json") or "/" in name:
+            continue
+        try:
+            meta = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and "width" in meta and "height" in meta:
+            if isinstance(meta.get("image_name"), str):
+                out.add(meta["image_name"])
+    return out
+
+
+def expected_names(members):
+    """The members the index lists: all but the images without a row."""
+    rowed = rowed_images(members)
+    def is_image(n):
+        return ("." in n and n.rsplit(".", 1)[-1].lower() in IMAGE_EXTS)
+    return sorted(n for n in members if not is_image(n) or n in rowed)
 
 
 def tar_members(path):
@@ -73,9 +100,10 @@ class Checker:
         if info["size"] != local.stat().st_size:
             self.bad(shard, "-", f"filesize {info['size']} != tar size")
         names = ds.list_files_in_shard(idx)
-        if sorted(names) != sorted(members):
-            extra = sorted(set(names) - set(members))[:5]
-            missing = sorted(set(members) - set(names))[:5]
+        want = expected_names(members)
+        if sorted(names) != want:
+            extra = sorted(set(names) - set(want))[:5]
+            missing = sorted(set(want) - set(names))[:5]
             self.bad(shard, "-", f"index names differ from the tar: extra {extra}, missing {missing}")
         reader = ds.open_shard(idx)
         for i, name in enumerate(reader.filenames()):
