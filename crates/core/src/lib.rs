@@ -7,6 +7,7 @@
 //! - [`manifest`]: per-shard counts and the manifest committed with each fragment.
 //! - [`auth`]: the shared-secret token (generation, constant-time check).
 //! - [`fields`]: which JSON fields feed which parquet columns (presets).
+//! - [`index_format`]: the trainers' index formats (`crates/formats` builds them; not yet wired to `--index-format`, see issue 28).
 //! - [`issue`]: every kind of problem a pass counts or lists, one key each.
 //! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
 //! - [`mode`]: extract the members or index the tars in place (`--mode`).
@@ -21,6 +22,7 @@ pub mod depth;
 pub mod durability;
 pub mod duration;
 pub mod fields;
+pub mod index_format;
 pub mod issue;
 pub mod layout;
 pub mod manifest;

@@ -1,0 +1,256 @@
+//! Dataset-wide pieces, rebuilt by the coordinator at the job's end from
+//! the committed per-shard pieces (so a redone shard is always reflected):
+//! energon's `index.sqlite`, `.info.json`, `split.yaml`, `index.uuid`; DALI's
+//! `dali.json`; the wids JSON. Each is written to a temporary name and renamed.
+//! The folders of formats the job does not ask for are removed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use shardprep_core::index_format::{IndexFormat, IndexFormats};
+use shardprep_core::layout::{OutputLayout, unique_tmp};
+
+use crate::shard::ShardPiece;
+use crate::wids::WidsShard;
+use crate::{FormatsError, energon, paths};
+
+/// The report's `index_formats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatsReport {
+    /// The formats written, e.g. `webshart,energon,dali,wids`.
+    pub formats: String,
+    /// Shards that failed (broken, truncated): they have no entry in any format.
+    pub not_indexed: Vec<String>,
+    pub summary: DatasetSummary,
+}
+
+/// What the formats hold, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetSummary {
+    /// Samples of the committed tars (as energon and DALI group members).
+    pub samples: u64,
+    /// Samples every per-sample format lists.
+    pub kept: u64,
+    /// Samples left out of every per-sample format, by reason.
+    pub left_out: BTreeMap<String, u64>,
+    /// Per format: `samples` listed and `shards` listed.
+    pub formats: BTreeMap<String, FormatCount>,
+    /// Keys energon keeps only once (the first shard's), as `<shard>/<key>`.
+    pub energon_duplicate_keys: Vec<String>,
+    /// Shards wids cannot read, with the reason.
+    pub wids_unreadable: Vec<String>,
+    /// Time spent building energon's `index.sqlite`, and its rows.
+    pub sqlite_ms: u64,
+    pub sqlite_rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatCount {
+    pub samples: u64,
+    pub shards: u64,
+}
+
+/// What names the dataset in the formats.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetNames<'a> {
+    /// The wids dataset's `name` (the job's dataset id).
+    pub name: &'a str,
+    /// The JSON field energon's default sample loader takes the caption from.
+    pub caption_field: &'a str,
+}
+
+/// Rebuilds the dataset-wide files of `formats` from the pieces of the
+/// committed `shards` (in dataset order).
+pub fn build_dataset(
+    layout: &OutputLayout,
+    shards: &[String],
+    formats: &IndexFormats,
+    names: DatasetNames<'_>,
+) -> Result<DatasetSummary, FormatsError> {
+    let mut summary = DatasetSummary::default();
+    for (f, dir) in [
+        (IndexFormat::Energon, paths::ENERGON_DIR),
+        (IndexFormat::Dali, paths::DALI_DIR),
+        (IndexFormat::Wids, paths::WIDS_DIR),
+    ] {
+        if !formats.contains(f) {
+            let _ = std::fs::remove_dir_all(layout.root().join(dir));
+        }
+    }
+    if !formats.has_other_than_webshart() {
+        return Ok(summary);
+    }
+    let read = |s: &String| ShardPiece::read(&paths::piece(layout, s));
+    let mut dali = (Vec::new(), Vec::new());
+    let mut wids = Vec::new();
+    let mut energon_shards = Vec::new();
+    for s in shards {
+        let p = read(s)?;
+        summary.samples += p.samples;
+        summary.kept += p.kept;
+        for (k, n) in &p.left_out {
+            *summary.left_out.entry(k.clone()).or_default() += n;
+        }
+        if let Some(d) = p.dali.filter(|d| d.samples > 0) {
+            let idx = paths::dali_idx(layout, s)
+                .ok_or_else(|| FormatsError::Bad(format!("bad shard name {s:?}")))?;
+            dali.0.push(p.tar_path.clone());
+            dali.1.push(idx.display().to_string());
+            count(&mut summary, "dali", d.samples);
+        }
+        if let Some(w) = &p.wids {
+            match &w.unreadable {
+                Some(why) => summary.wids_unreadable.push(format!("{s}: {why}")),
+                None if w.nsamples > 0 => {
+                    wids.push(WidsShard {
+                        url: p.tar_path.clone(),
+                        nsamples: w.nsamples,
+                        filesize: p.filesize,
+                    });
+                    count(&mut summary, "wids", w.nsamples);
+                }
+                None => {}
+            }
+        }
+        if p.energon.as_ref().is_some_and(|e| e.count > 0) {
+            energon_shards.push(s.clone());
+        }
+    }
+    if formats.contains(IndexFormat::Dali) {
+        let doc = serde_json::json!({"paths": dali.0, "index_paths": dali.1});
+        write_atomic(&paths::dali_list(layout), &pretty(&doc))?;
+    }
+    if formats.contains(IndexFormat::Wids) {
+        write_atomic(
+            &paths::wids_json(layout),
+            &crate::wids::dataset_json(names.name, &wids),
+        )?;
+    }
+    if formats.contains(IndexFormat::Energon) {
+        build_energon(layout, &energon_shards, &mut summary)?;
+        write_sample_loader(layout, names.caption_field)?;
+    }
+    Ok(summary)
+}
+
+fn count(summary: &mut DatasetSummary, format: &str, samples: u64) {
+    let c = summary.formats.entry(format.to_string()).or_default();
+    c.samples += samples;
+    c.shards += 1;
+}
+
+fn pretty(doc: &serde_json::Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(doc).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// `.nv-meta/`: the SQLite index (streamed shard by shard), then `.info.json`,
+/// `split.yaml` and a new `index.uuid`.
+fn build_energon(
+    layout: &OutputLayout,
+    shards: &[String],
+    summary: &mut DatasetSummary,
+) -> Result<(), FormatsError> {
+    let meta = paths::nv_meta(layout);
+    std::fs::create_dir_all(&meta).map_err(FormatsError::io("create folder", &meta))?;
+    let db = meta.join("index.sqlite");
+    let tmp = unique_tmp(&db);
+    let started = Instant::now();
+    let mut counts = Vec::with_capacity(shards.len());
+    let mut excluded = Vec::new();
+    let mut rows = 0u64;
+    let mut it = shards.iter().enumerate();
+    let built = energon::build_sqlite(&tmp, || {
+        let Some((id, s)) = it.next() else {
+            return Ok(None);
+        };
+        let p = ShardPiece::read(&paths::piece(layout, s))?;
+        let e = p.energon.unwrap_or_default();
+        counts.push((s.clone(), e.count));
+        excluded.extend(e.excluded.iter().map(|k| (s.clone(), k.clone())));
+        rows += (e.samples.len() + e.parts.len()) as u64;
+        Ok(Some((id as u64, e)))
+    });
+    let dups = match built {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    sync_file(&tmp)?;
+    std::fs::rename(&tmp, &db).map_err(FormatsError::io("publish", &db))?;
+    summary.sqlite_ms = started.elapsed().as_millis() as u64;
+    summary.sqlite_rows = rows;
+    for (id, key) in dups {
+        let shard = &shards[id as usize];
+        summary
+            .energon_duplicate_keys
+            .push(format!("{shard}/{key}"));
+        excluded.push((shard.clone(), key));
+    }
+    let listed: u64 = counts.iter().map(|(_, c)| c).sum::<u64>() - excluded.len() as u64;
+    let c = summary.formats.entry("energon".into()).or_default();
+    c.samples = listed;
+    c.shards = counts.len() as u64;
+    write_atomic(&meta.join(".info.json"), &energon::info_json(&counts))?;
+    write_atomic(
+        &meta.join("split.yaml"),
+        &energon::split_yaml(shards, &excluded),
+    )?;
+    write_atomic(&meta.join("index.uuid"), energon::new_uuid().as_bytes())
+}
+
+/// `.nv-meta/dataset.yaml` and `sample_loader.py` for image + caption
+/// samples (energon's `CaptioningSample`), unless the user has their own.
+fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(), FormatsError> {
+    let meta = paths::nv_meta(layout);
+    let yaml = meta.join("dataset.yaml");
+    if yaml.exists() {
+        return Ok(());
+    }
+    let field = serde_json::to_string(caption_field).unwrap_or_default();
+    let loader = format!(
+        "# Written by shardprep: image + caption samples for megatron-energon.\n\
+         # Edit freely (shardprep keeps an existing dataset.yaml and this file).\n\
+         IMAGE_PARTS = (\"jpg\", \"jpeg\", \"png\", \"JPG\", \"JPEG\", \"PNG\", \"webp\")\n\
+         CAPTION_FIELD = {field}\n\n\n\
+         def sample_loader(raw: dict) -> dict:\n\
+         \x20   image = next(raw[p] for p in IMAGE_PARTS if p in raw)\n\
+         \x20   caption = raw[\"json\"][CAPTION_FIELD]\n\
+         \x20   if isinstance(caption, list):\n\
+         \x20       caption = next((c for c in caption if c), \"\")\n\
+         \x20   return dict(image=image, caption=caption)\n\n\n\
+         def part_filter(part: str) -> bool:\n\
+         \x20   return part in IMAGE_PARTS or part == \"json\"\n"
+    );
+    write_atomic(&meta.join("sample_loader.py"), loader.as_bytes())?;
+    let dataset = "sample_type:\n  __module__: megatron.energon\n  __class__: CaptioningSample\n\
+                   sample_loader: sample_loader.py:sample_loader\n\
+                   part_filter: sample_loader.py:part_filter\n";
+    write_atomic(&yaml, dataset.as_bytes())
+}
+
+fn sync_file(p: &Path) -> Result<(), FormatsError> {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(FormatsError::io("sync", p))
+}
+
+/// Writes through a temporary name, synced, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FormatsError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
+    let tmp = unique_tmp(path);
+    let res = std::fs::write(&tmp, bytes)
+        .map_err(FormatsError::io("write", &tmp))
+        .and_then(|()| sync_file(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(FormatsError::io("publish", path)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}

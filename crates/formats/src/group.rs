@@ -1,0 +1,209 @@
+//! Samples as the tar readers group them: consecutive regular members
+//! whose names share the part before the first dot of their last path
+//! component (Megatron-Energon's `split_name_re`, which DALI's `split_name`
+//! and wids' `splitname` agree with for names that have an extension), and
+//! which of them a job keeps.
+
+use std::collections::HashMap;
+
+use crate::input::{MemberKind, ShardInput};
+
+/// Why a sample of the tar gets no entry in the formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LeftOut {
+    /// No image of the sample has a parquet row (no JSON with width, no JSON at all, ...).
+    NoRow,
+    /// A member name is not UTF-8: index keys are text.
+    NameNotUtf8,
+    /// A member is a GNU sparse file: no offset and length serve it.
+    SparseMember,
+    /// The key appears in more than one sample of the shard.
+    DuplicateKey,
+}
+
+impl LeftOut {
+    /// The report's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeftOut::NoRow => "no_row",
+            LeftOut::NameNotUtf8 => "name_not_utf8",
+            LeftOut::SparseMember => "sparse_member",
+            LeftOut::DuplicateKey => "duplicate_key",
+        }
+    }
+}
+
+/// One member of a sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The member's full name.
+    pub name: String,
+    /// Energon's part name / DALI's extension: after the first dot of the last component.
+    pub ext: String,
+    pub data_offset: u64,
+    pub size: u64,
+}
+
+/// One sample of the tar, kept or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The sample key (name up to the first dot of its last component).
+    pub key: String,
+    /// Offset of its first member's first header.
+    pub start_offset: u64,
+    /// Its regular members, in tar order.
+    pub parts: Vec<Part>,
+    /// `None` when kept.
+    pub left_out: Option<LeftOut>,
+}
+
+/// `(key, part)` of a member name as energon's `split_name_re`
+/// (`^((?:.*/|)[^.]+)[.]([^/]*)$`) splits it; `None` when it does not match.
+pub fn split_name(name: &str) -> Option<(&str, &str)> {
+    if name.contains('\n') {
+        return None;
+    }
+    // The greedy `(?:.*/|)` tries the longest prefix ending in '/' first.
+    let mut ends: Vec<usize> = name.match_indices('/').map(|(i, _)| i + 1).collect();
+    ends.reverse();
+    ends.push(0);
+    for start in ends {
+        let rest = &name[start..];
+        let Some(dot) = rest.find('.') else { continue };
+        if dot >= 1 && !rest[dot + 1..].contains('/') {
+            return Some((&name[..start + dot], &rest[dot + 1..]));
+        }
+    }
+    None
+}
+
+/// Energon's `skip_meta_re` (`__[^/]*__($|/)`, matched at the start):
+/// members under a `__name__` first component are not sample parts.
+pub fn is_meta(name: &str) -> bool {
+    let first = name.split('/').next().unwrap_or("");
+    first.len() >= 4 && first.starts_with("__") && first.ends_with("__")
+}
+
+/// The tar's samples in order, each with its verdict.
+pub fn groups(input: &ShardInput) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    let mut utf8_ok: Vec<bool> = Vec::new();
+    let mut sparse: Vec<bool> = Vec::new();
+    for m in &input.members {
+        if m.kind == MemberKind::Other {
+            continue;
+        }
+        let lossy = String::from_utf8_lossy(&m.name);
+        if is_meta(&lossy) {
+            continue;
+        }
+        let Some((key, ext)) = split_name(&lossy) else {
+            continue;
+        };
+        if out.last().is_none_or(|g| g.key != key) {
+            out.push(Group {
+                key: key.to_string(),
+                start_offset: m.start_offset,
+                parts: Vec::new(),
+                left_out: None,
+            });
+            utf8_ok.push(true);
+            sparse.push(false);
+        }
+        let i = out.len() - 1;
+        utf8_ok[i] &= std::str::from_utf8(&m.name).is_ok();
+        sparse[i] |= m.kind == MemberKind::Sparse;
+        out[i].parts.push(Part {
+            name: lossy.to_string(),
+            ext: ext.to_string(),
+            data_offset: m.data_offset,
+            size: m.size,
+        });
+    }
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for g in &out {
+        *seen.entry(g.key.clone()).or_default() += 1;
+    }
+    for (i, g) in out.iter_mut().enumerate() {
+        g.left_out = if !utf8_ok[i] {
+            Some(LeftOut::NameNotUtf8)
+        } else if sparse[i] {
+            Some(LeftOut::SparseMember)
+        } else if seen.get(&g.key).copied().unwrap_or(0) > 1 {
+            Some(LeftOut::DuplicateKey)
+        } else if !g.parts.iter().any(|p| input.row_images.contains(&p.name)) {
+            Some(LeftOut::NoRow)
+        } else {
+            None
+        };
+    }
+    out
+}
+
+/// The kept samples.
+pub fn kept(groups: &[Group]) -> impl Iterator<Item = &Group> {
+    groups.iter().filter(|g| g.left_out.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::TarMember;
+
+    #[test]
+    fn names_split_as_energons_regex_does() {
+        assert_eq!(split_name("a.jpg"), Some(("a", "jpg")));
+        assert_eq!(split_name("dir.x/a.b.jpg"), Some(("dir.x/a", "b.jpg")));
+        // `[^.]+` may cross a '/' when the last component starts with a dot.
+        assert_eq!(split_name("a/.hidden"), Some(("a/", "hidden")));
+        assert_eq!(split_name("noext"), None);
+        assert_eq!(split_name(".hidden"), None);
+        assert!(is_meta("__meta__") && is_meta("__x__/y.json") && !is_meta("__x_.json"));
+    }
+
+    fn member(name: &str, start: u64, kind: MemberKind) -> TarMember {
+        TarMember {
+            name: name.as_bytes().to_vec(),
+            start_offset: start,
+            header_offset: start,
+            data_offset: start + 512,
+            size: 10,
+            kind,
+            raw_header_name: None,
+            typeflag: b'0',
+        }
+    }
+
+    #[test]
+    fn consecutive_members_of_a_key_make_one_sample_and_rows_decide() {
+        let input = ShardInput {
+            members: vec![
+                member("a.jpg", 0, MemberKind::Regular),
+                member("a.json", 1024, MemberKind::Regular),
+                member("d", 2048, MemberKind::Other),
+                member("b.png", 2560, MemberKind::Regular),
+                member("c.jpg", 3584, MemberKind::Sparse),
+                member("a.txt", 4608, MemberKind::Regular),
+            ],
+            row_images: ["a.jpg", "b.png", "c.jpg"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Default::default()
+        };
+        let g = groups(&input);
+        let summary: Vec<_> = g
+            .iter()
+            .map(|g| (g.key.as_str(), g.parts.len(), g.left_out))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a", 2, Some(LeftOut::DuplicateKey)),
+                ("b", 1, None),
+                ("c", 1, Some(LeftOut::SparseMember)),
+                ("a", 1, Some(LeftOut::DuplicateKey)),
+            ]
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Per-shard pieces: the worker writes them under temporary names with its
+//! attempt; the coordinator publishes them in its commit, before the
+//! manifest (whole or nothing, like the webshart index), and takes them
+//! back when the shard is redone.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use shardprep_core::index_format::{IndexFormat, IndexFormats};
+use shardprep_core::layout::OutputLayout;
+
+use crate::dali::{self, DaliCounts};
+use crate::energon::{self, EnergonShard};
+use crate::group::groups;
+use crate::input::ShardInput;
+use crate::paths::{self, AttemptNames};
+use crate::{FormatsError, wids};
+
+/// What one shard contributes to the formats (committed as
+/// `fragments/<stem>.formats.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPiece {
+    pub shard_name: String,
+    /// The tar as readers open it (absolute).
+    pub tar_path: String,
+    pub filesize: u64,
+    /// Samples of the tar (as energon and DALI group members).
+    pub samples: u64,
+    /// Samples every format lists (those with a parquet row).
+    pub kept: u64,
+    /// Samples left out, by reason.
+    pub left_out: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energon: Option<EnergonShard>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dali: Option<DaliCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wids: Option<WidsPiece>,
+}
+
+/// The shard as wids sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WidsPiece {
+    /// Samples wids finds in the tar (its `nsamples`).
+    pub nsamples: u64,
+    /// Why wids cannot read the tar (then it is not in the wids JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+impl ShardPiece {
+    /// Whether the piece has what `formats` need.
+    pub fn covers(&self, formats: &IndexFormats) -> bool {
+        formats.iter().all(|f| match f {
+            IndexFormat::Webshart => true,
+            IndexFormat::Energon => self.energon.is_some(),
+            IndexFormat::Dali => self.dali.is_some(),
+            IndexFormat::Wids => self.wids.is_some(),
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<ShardPiece, FormatsError> {
+        let bytes = std::fs::read(path).map_err(FormatsError::io("read", path))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| FormatsError::Bad(format!("unreadable piece {}: {e}", path.display())))
+    }
+}
+
+/// Builds the shard's pieces for `formats` and writes them, synced, to
+/// `tmp_dir` under the attempt's names ([`AttemptNames`]). Returns the piece.
+pub fn write_attempt(
+    tmp_dir: &Path,
+    lease_id: u64,
+    formats: &IndexFormats,
+    input: &ShardInput,
+) -> Result<ShardPiece, FormatsError> {
+    let names = AttemptNames::new(&input.shard_name, lease_id);
+    let gs = groups(input);
+    let mut piece = ShardPiece {
+        shard_name: input.shard_name.clone(),
+        tar_path: input.tar_path.display().to_string(),
+        filesize: input.filesize,
+        samples: gs.len() as u64,
+        ..Default::default()
+    };
+    for g in &gs {
+        match g.left_out {
+            None => piece.kept += 1,
+            Some(why) => *piece.left_out.entry(why.as_str().to_string()).or_default() += 1,
+        }
+    }
+    if formats.contains(IndexFormat::Energon) {
+        let (idx, shard) = energon::shard_pieces(&gs, input.end_offset);
+        write_synced(&tmp_dir.join(&names.energon_idx), &idx)?;
+        piece.energon = Some(shard);
+    }
+    if formats.contains(IndexFormat::Dali) {
+        let (text, counts) = dali::index_text(&gs);
+        if let Some(text) = text {
+            write_synced(&tmp_dir.join(&names.dali_idx), text.as_bytes())?;
+        }
+        piece.dali = Some(counts);
+    }
+    if formats.contains(IndexFormat::Wids) {
+        piece.wids = Some(match wids::wids_count(input) {
+            Ok(nsamples) => WidsPiece {
+                nsamples,
+                unreadable: None,
+            },
+            Err(why) => WidsPiece {
+                nsamples: 0,
+                unreadable: Some(why),
+            },
+        });
+    }
+    let bytes = serde_json::to_vec(&piece).map_err(|e| {
+        FormatsError::Bad(format!(
+            "cannot encode the piece of {}: {e}",
+            input.shard_name
+        ))
+    })?;
+    write_synced(&tmp_dir.join(&names.piece), &bytes)?;
+    Ok(piece)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), FormatsError> {
+    let mut f = File::create(path).map_err(FormatsError::io("create", path))?;
+    f.write_all(bytes)
+        .map_err(FormatsError::io("write", path))?;
+    f.sync_all().map_err(FormatsError::io("sync", path))
+}
+
+/// Publishes the attempt's pieces of `shard_name` (lease `lease_id`): the
+/// energon `.tar.idx` and the symlink to the tar, the DALI `.idx`, then the
+/// piece into `fragments/`. Call before the manifest's rename.
+pub fn commit_shard(
+    layout: &OutputLayout,
+    shard_name: &str,
+    lease_id: u64,
+) -> Result<(), FormatsError> {
+    let names = AttemptNames::new(shard_name, lease_id);
+    let tmp = layout.tmp_dir();
+    let piece_tmp = tmp.join(&names.piece);
+    let piece = ShardPiece::read(&piece_tmp).map_err(|e| {
+        FormatsError::Bad(format!(
+            "the worker wrote no formats piece for shard {shard_name}: {e}"
+        ))
+    })?;
+    let bad_name = || {
+        FormatsError::Bad(format!(
+            "shard name {shard_name:?} cannot name a file under OUT/"
+        ))
+    };
+    if let Some(e) = &piece.energon {
+        let idx = paths::energon_tar_idx(layout, shard_name).ok_or_else(bad_name)?;
+        let link = paths::energon_tar(layout, shard_name).ok_or_else(bad_name)?;
+        if e.count > 0 {
+            publish(&tmp.join(&names.energon_idx), &idx)?;
+            relink(&link, Path::new(&piece.tar_path))?;
+        } else {
+            remove_if_there(&idx);
+            remove_if_there(&link);
+        }
+    }
+    if let Some(d) = &piece.dali {
+        let idx = paths::dali_idx(layout, shard_name).ok_or_else(bad_name)?;
+        if d.samples > 0 {
+            publish(&tmp.join(&names.dali_idx), &idx)?;
+        } else {
+            remove_if_there(&idx);
+        }
+    }
+    publish(&piece_tmp, &paths::piece(layout, shard_name))
+}
+
+/// Renames `src` to `dst` (folders made, the folder synced).
+fn publish(src: &Path, dst: &Path) -> Result<(), FormatsError> {
+    let parent = dst.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
+    std::fs::rename(src, dst).map_err(FormatsError::io("publish", dst))?;
+    if let Ok(d) = File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Points the symlink `link` at `target` (replacing what was there).
+fn relink(link: &Path, target: &Path) -> Result<(), FormatsError> {
+    if std::fs::read_link(link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    let parent = link.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
+    let tmp = shardprep_core::layout::unique_tmp(link);
+    std::os::unix::fs::symlink(target, &tmp).map_err(FormatsError::io("create symlink", &tmp))?;
+    std::fs::rename(&tmp, link).map_err(FormatsError::io("publish symlink", link))
+}
+
+fn remove_if_there(p: &Path) {
+    let _ = std::fs::remove_file(p);
+}
+
+/// Takes back a committed shard's pieces (its published files and its piece).
+pub fn remove_shard(layout: &OutputLayout, shard_name: &str) {
+    for p in [
+        paths::energon_tar_idx(layout, shard_name),
+        paths::energon_tar(layout, shard_name),
+        paths::dali_idx(layout, shard_name),
+        Some(paths::piece(layout, shard_name)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        remove_if_there(&p);
+    }
+}
+
+/// Removes a stale attempt's temporary files (best effort); `stem` is the
+/// shard's file stem (`shard_file_stem`).
+pub fn discard_attempt(layout: &OutputLayout, stem: &str, lease_id: u64) {
+    let names = AttemptNames::from_stem(stem, lease_id);
+    for n in [names.piece, names.energon_idx, names.dali_idx] {
+        remove_if_there(&layout.tmp_dir().join(n));
+    }
+}
+
+/// Why a committed shard does not hold the pieces `formats` need (then it
+/// is redone); `None` when it does.
+pub fn missing_piece(
+    layout: &OutputLayout,
+    shard_name: &str,
+    formats: &IndexFormats,
+) -> Option<String> {
+    if !formats.has_other_than_webshart() {
+        return None;
+    }
+    let piece = match ShardPiece::read(&paths::piece(layout, shard_name)) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("its --index-format pieces are missing ({e})")),
+    };
+    if !piece.covers(formats) {
+        return Some(format!(
+            "it was committed without some of the formats {formats}"
+        ));
+    }
+    let present = |p: Option<std::path::PathBuf>| p.is_some_and(|p| p.exists());
+    if let Some(e) = &piece.energon
+        && e.count > 0
+        && formats.contains(IndexFormat::Energon)
+        && !(present(paths::energon_tar_idx(layout, shard_name))
+            && present(paths::energon_tar(layout, shard_name)))
+    {
+        return Some("its energon .tar.idx or tar link is missing".into());
+    }
+    if let Some(d) = &piece.dali
+        && d.samples > 0
+        && formats.contains(IndexFormat::Dali)
+        && !present(paths::dali_idx(layout, shard_name))
+    {
+        return Some("its DALI .idx is missing".into());
+    }
+    None
+}

@@ -1,0 +1,219 @@
+//! Checks of every format written, against the tars: each entry inside its
+//! tar, the counts, and the member at each offset (a tar header with a
+//! valid checksum right before each part's data, with that part's size;
+//! one at each energon sample offset). What `verify` and a re-run report.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use shardprep_core::index_format::{IndexFormat, IndexFormats};
+use shardprep_core::layout::OutputLayout;
+
+use crate::shard::ShardPiece;
+use crate::{dali, energon, paths};
+
+/// Problems found in the formats of the committed `shards` (empty: all hold).
+pub fn verify(layout: &OutputLayout, shards: &[String], formats: &IndexFormats) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !formats.has_other_than_webshart() {
+        return problems;
+    }
+    let mut counts = Vec::new();
+    for s in shards {
+        let piece = match ShardPiece::read(&paths::piece(layout, s)) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(format!("shard {s}: {e}"));
+                continue;
+            }
+        };
+        let mut say = |what: String| problems.push(format!("shard {s}: {what}"));
+        if let Err(e) = check_shard(layout, s, &piece, formats) {
+            say(e);
+        }
+        if let Some(e) = piece.energon.as_ref().filter(|e| e.count > 0) {
+            counts.push((s.clone(), e.count));
+        }
+    }
+    if formats.contains(IndexFormat::Energon) {
+        problems.extend(check_energon_meta(layout, &counts));
+    }
+    for (f, p) in [
+        (IndexFormat::Dali, paths::dali_list(layout)),
+        (IndexFormat::Wids, paths::wids_json(layout)),
+    ] {
+        if formats.contains(f) && !p.is_file() {
+            problems.push(format!("{} is missing", p.display()));
+        }
+    }
+    problems
+}
+
+fn check_shard(
+    layout: &OutputLayout,
+    s: &str,
+    piece: &ShardPiece,
+    formats: &IndexFormats,
+) -> Result<(), String> {
+    if let Some(why) = crate::shard::missing_piece(layout, s, formats) {
+        return Err(why);
+    }
+    let tar =
+        File::open(&piece.tar_path).map_err(|e| format!("cannot open {}: {e}", piece.tar_path))?;
+    let len = tar.metadata().map_err(|e| e.to_string())?.len();
+    if len != piece.filesize {
+        return Err(format!(
+            "{} is {len} bytes, the index says {}: run the job again",
+            piece.tar_path, piece.filesize
+        ));
+    }
+    if let (Some(e), true) = (&piece.energon, formats.contains(IndexFormat::Energon))
+        && e.count > 0
+    {
+        check_energon(layout, s, e, &tar, len)?;
+    }
+    if let (Some(d), true) = (&piece.dali, formats.contains(IndexFormat::Dali))
+        && d.samples > 0
+    {
+        let p = paths::dali_idx(layout, s).ok_or("bad shard name")?;
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let samples = dali::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        if samples.len() as u64 != d.samples {
+            return Err(format!(
+                "{} lists {} samples, the shard has {}",
+                p.display(),
+                samples.len(),
+                d.samples
+            ));
+        }
+        for (ext, offset, size) in samples.iter().flatten() {
+            check_member(&tar, len, *offset, *size)
+                .map_err(|e| format!("{}: part {ext} at {offset}: {e}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_energon(
+    layout: &OutputLayout,
+    s: &str,
+    e: &energon::EnergonShard,
+    tar: &File,
+    len: u64,
+) -> Result<(), String> {
+    let link = paths::energon_tar(layout, s).ok_or("bad shard name")?;
+    let via_link = std::fs::metadata(&link).map_err(|err| format!("{}: {err}", link.display()))?;
+    if via_link.len() != len {
+        return Err(format!(
+            "{} does not lead to the shard's tar",
+            link.display()
+        ));
+    }
+    let p = paths::energon_tar_idx(layout, s).ok_or("bad shard name")?;
+    let bytes = std::fs::read(&p).map_err(|err| format!("{}: {err}", p.display()))?;
+    let offsets =
+        energon::parse_tar_idx(&bytes).map_err(|err| format!("{}: {err}", p.display()))?;
+    if offsets.len() as u64 != e.count + 1 {
+        return Err(format!(
+            "{} has {} offsets for {} samples",
+            p.display(),
+            offsets.len(),
+            e.count
+        ));
+    }
+    if offsets.windows(2).any(|w| w[0] >= w[1]) || offsets.last().is_some_and(|&o| o > len) {
+        return Err(format!(
+            "{}: offsets not increasing inside the tar",
+            p.display()
+        ));
+    }
+    for (key, index, offset, _) in &e.samples {
+        if offsets.get(*index as usize) != Some(offset) {
+            return Err(format!(
+                "{}: sample {key} is not at offset {offset}",
+                p.display()
+            ));
+        }
+        header_at(tar, *offset)
+            .map_err(|err| format!("{}: sample {key} at {offset}: {err}", p.display()))?;
+    }
+    for (_, part, offset, size) in &e.parts {
+        check_member(tar, len, *offset, *size)
+            .map_err(|err| format!("energon part {part} at {offset}: {err}"))?;
+    }
+    Ok(())
+}
+
+fn check_energon_meta(layout: &OutputLayout, counts: &[(String, u64)]) -> Vec<String> {
+    let meta = paths::nv_meta(layout);
+    let mut problems = Vec::new();
+    for f in ["index.sqlite", ".info.json", "split.yaml", "index.uuid"] {
+        if !meta.join(f).is_file() {
+            problems.push(format!("energon: {} is missing", meta.join(f).display()));
+        }
+    }
+    let info = meta.join(".info.json");
+    let found: Option<serde_json::Value> = std::fs::read(&info)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let want = serde_json::from_slice::<serde_json::Value>(&energon::info_json(counts)).ok();
+    if found.as_ref().map(|v| &v["shard_counts"]) != want.as_ref().map(|v| &v["shard_counts"]) {
+        problems.push(format!(
+            "energon: {} does not list the committed shards' counts",
+            info.display()
+        ));
+    }
+    problems
+}
+
+/// A tar header with a valid checksum right before `offset`, for a member of `size` bytes inside the tar.
+fn check_member(tar: &File, len: u64, offset: u64, size: u64) -> Result<(), String> {
+    if offset < 512 || !offset.is_multiple_of(512) || offset.saturating_add(size) > len {
+        return Err(format!(
+            "{size} bytes at {offset} are not inside the {len}-byte tar"
+        ));
+    }
+    let field = header_at(tar, offset - 512)?;
+    match field {
+        Some(n) if n != size => Err(format!(
+            "the header there gives {n} bytes, the index {size}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the block at `offset`: a valid tar header; its size field when it parses.
+fn header_at(tar: &File, offset: u64) -> Result<Option<u64>, String> {
+    let mut b = [0u8; 512];
+    tar.read_exact_at(&mut b, offset)
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let stored = octal(&b[148..156]).ok_or("no tar header there (bad checksum field)")?;
+    let sum: u64 = b
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(c)
+            }
+        })
+        .sum();
+    if sum != stored {
+        return Err("no tar header there (checksum mismatch)".into());
+    }
+    Ok(if b[124] & 0x80 != 0 {
+        None
+    } else {
+        octal(&b[124..136])
+    })
+}
+
+fn octal(field: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(field).ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
