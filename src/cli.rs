@@ -109,6 +109,12 @@ pub struct JobArgs {
     /// the tars in place); local shards in one --input folder only.
     #[arg(long, env = "SHARDPREP_MODE", value_enum, default_value_t = ModeArg::Extract)]
     pub mode: ModeArg,
+    /// With --mode index: the trainers' indexes to write, any of webshart (OUT/index/,
+    /// the default), energon (OUT/energon/: Megatron-Energon's dataset root), dali
+    /// (OUT/dali/: DALI's index_paths), wids (OUT/wids/wids.json), comma-separated.
+    /// energon, dali and wids need a local --input folder.
+    #[arg(long, env = "SHARDPREP_INDEX_FORMAT")]
+    pub index_format: Option<shardprep_core::index_format::IndexFormats>,
     /// Where the table's width/height come from: json (the seed's rows) or image (its header).
     /// Either way, images whose header disagrees with their JSON are counted as dims_mismatch.
     #[arg(long, env = "SHARDPREP_DIMS", default_value = "json", value_parser = ["json", "image"])]

@@ -6,7 +6,7 @@ use shardprep_coordinator::{BackendSettings, CoordinatorConfig};
 use shardprep_core::auth;
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::{FieldMap, PRESETS};
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::{JobOutput, Mode};
 
 use crate::cli::{Captions, ClientTlsArgs, JobArgs, TokenArgs};
 
@@ -89,17 +89,13 @@ pub fn coordinator_config(
         (Some(input), None) => shardprep_coordinator::InputSpec::parse(input),
         (None, None) => bail!("give the shards with --input or --input-list"),
     };
-    let mode = Mode::from(job.mode);
-    // Index mode writes nothing into data/: no members, no caption files.
-    let indexing = mode == Mode::Index;
+    let outputs = job_output(job)?;
     Ok(CoordinatorConfig {
         input,
         output: job.output.clone(),
         token,
         fields: fields(job)?,
-        write_captions: job.captions == Captions::Textfile && !indexing,
-        extract: !job.no_extract && !indexing,
-        mode,
+        outputs,
         expect_json: job.expect_json,
         backend,
         lease_timeout: job.lease_timeout,
@@ -115,6 +111,21 @@ pub fn coordinator_config(
         max_sparse_size: job.max_sparse_size,
         ..CoordinatorConfig::default()
     })
+}
+
+/// What the job writes: index mode writes nothing into `data/` (no
+/// members, no caption files), extract mode no index.
+fn job_output(job: &JobArgs) -> anyhow::Result<JobOutput> {
+    match (Mode::from(job.mode), &job.index_format) {
+        (Mode::Index, formats) => Ok(JobOutput::index(formats.clone().unwrap_or_default())),
+        (Mode::Extract, Some(f)) => bail!(
+            "--index-format {f} needs --mode index: extract mode writes the members, not indexes"
+        ),
+        (Mode::Extract, None) => Ok(JobOutput::Extract {
+            members: !job.no_extract,
+            captions: job.captions == Captions::Textfile,
+        }),
+    }
 }
 
 /// The image checks the flags ask for, checked here so that a bad

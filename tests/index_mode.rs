@@ -602,3 +602,90 @@ fn both_modes_give_the_trainer_the_same_samples_and_the_same_report() {
     let v = verify(&ix);
     assert!(v.status.success(), "{}", explain(&["verify"], &v));
 }
+
+#[test]
+fn index_format_is_refused_where_it_cannot_be_written_naming_what_to_do() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    shards(&input);
+    let out = dir.path().join("out");
+    let local = path_str(&input);
+    for (args, says) in [
+        (
+            vec!["--index-format", "dali"],
+            "--index-format dali needs --mode index",
+        ),
+        (
+            vec!["--mode", "index", "--index-format", "webshart,lmdb"],
+            "unknown index format \"lmdb\"",
+        ),
+    ] {
+        let mut all = vec!["run", "--input", local, "--output", path_str(&out)];
+        all.extend(args);
+        let r = run_raw(&all, &[]);
+        assert!(!r.status.success(), "{}", explain(&all, &r));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+    let remote = [
+        "run",
+        "--input",
+        "hf://datasets/acme/mini/data",
+        "--output",
+        path_str(&out),
+        "--mode",
+        "index",
+        "--index-format",
+        "webshart,energon",
+    ];
+    let r = run_raw(&remote, &[]);
+    assert!(!r.status.success(), "{}", explain(&remote, &r));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("need a local --input folder"), "{err}");
+    assert!(!out.join("energon").exists());
+}
+
+#[test]
+fn index_formats_follow_the_flag_on_a_rerun_and_a_rerun_rewrites_nothing() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    let tars = shards(&input);
+    let out = dir.path().join("out");
+    let all = ["--mode", "index", "--index-format", "energon,dali,wids"];
+    run_job(&input, &out, &all);
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["index_formats"]["formats"], "energon,dali,wids");
+    assert!(out.join("energon/.nv-meta/index.sqlite").is_file());
+    assert!(out.join("dali/dali.json").is_file() && out.join("wids/wids.json").is_file());
+    // No webshart index was asked for: none, and no SimpleTuner entry pointing at one.
+    assert!(!out.join("index").exists() || files_under(&out.join("index")) == 0);
+    assert!(!out.join("multidatabackend.json").exists());
+    let tar_idx = out.join("energon/data-000001.tar.idx");
+    let first = std::fs::read(&tar_idx).unwrap();
+
+    run_job(&input, &out, &all);
+    let again = read_json(&out.join("report.json"));
+    assert_eq!(
+        again["finished_at"], report["finished_at"],
+        "a re-run rewrites nothing"
+    );
+
+    // webshart alone: the shards are redone for its index, the other formats' files go.
+    run_job(&input, &out, &["--mode", "index"]);
+    let web = read_json(&out.join("report.json"));
+    assert!(web.get("index_formats").is_none(), "{web}");
+    assert_eq!(files_under(&out.join("index")), tars.len());
+    assert!(!out.join("energon").exists() && !out.join("dali").exists());
+    assert!(verify(&out).status.success());
+
+    // Back to all four: the pieces come back byte for byte.
+    let four = [
+        "--mode",
+        "index",
+        "--index-format",
+        "webshart,energon,dali,wids",
+    ];
+    run_job(&input, &out, &four);
+    assert_eq!(std::fs::read(&tar_idx).unwrap(), first);
+    assert!(verify(&out).status.success());
+}

@@ -12,16 +12,20 @@
 //! stale attempt can never commit a second one.
 //!
 //! In index mode the shard's webshart index (`tmp/<stem>.<lease>.index.json`)
-//! is renamed to `OUT/index/<shard>.json` before the manifest: a committed
-//! shard has its index, and a shard that failed never gets one.
+//! is renamed to `OUT/index/<shard>.json` before the manifest, and so are
+//! the pieces of the other `--index-format`s
+//! ([`shardprep_formats::prepare_shard`]): a committed shard has its
+//! indexes, and a shard that failed never gets one.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shardprep_core::durability;
+use shardprep_core::index_format::IndexFormat;
 use shardprep_core::layout::{AttemptFiles, OutputLayout};
 use shardprep_core::manifest::{FileSeal, ShardManifest};
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::JobOutput;
+use shardprep_formats::PreparedPieces;
 
 use crate::CoordinatorError;
 
@@ -71,12 +75,13 @@ pub fn uncommit(layout: &OutputLayout, name: &str) {
     remove_index(layout, name);
 }
 
-/// Removes a shard's published index, if any: an index is only ever there
-/// for a committed shard.
+/// Removes a shard's published indexes, if any (webshart's and the other
+/// formats' pieces): an index is only ever there for a committed shard.
 fn remove_index(layout: &OutputLayout, name: &str) {
     if let Some(p) = layout.index_path(name) {
         let _ = std::fs::remove_file(p);
     }
+    shardprep_formats::remove_shard(layout, name);
 }
 
 /// Removes what an outdated version of a shard left: the files it extracted
@@ -153,6 +158,8 @@ pub struct Prepared {
     files_tmp: PathBuf,
     /// Index mode: the attempt's index and where it is published.
     index: Option<(PathBuf, PathBuf)>,
+    /// Index mode: the pieces of energon, DALI and wids.
+    pieces: Option<PreparedPieces>,
 }
 
 fn io_err(what: &str, p: &Path, e: std::io::Error) -> CoordinatorError {
@@ -165,14 +172,15 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> CoordinatorError {
 
 /// Reads and checks the attempt of `shard_name` under `lease_id`; in index
 /// mode also syncs its index, seals its size and checksum into the manifest
-/// and creates the index's folder. All the file work of a commit but the
-/// renames: the caller runs it without the scheduler's lock.
+/// and creates the index's folder, and prepares the other formats' pieces.
+/// All the file work of a commit but the renames: the caller runs it
+/// without the scheduler's lock.
 pub fn prepare(
     layout: &OutputLayout,
     shard_name: &str,
     lease_id: u64,
     (fragment_tmp, manifest_tmp): (&str, &str),
-    mode: Mode,
+    outputs: &JobOutput,
 ) -> Result<Prepared, CoordinatorError> {
     let manifest = read_tmp_manifest(layout, manifest_tmp, shard_name, lease_id)?;
     let attempt = AttemptFiles::new(shard_name, lease_id);
@@ -184,8 +192,14 @@ pub fn prepare(
         manifest_tmp: tmp_file(layout, manifest_tmp)?,
         files_tmp: tmp_file(layout, &attempt.files)?,
         index: None,
+        pieces: None,
     };
-    if mode == Mode::Index {
+    if outputs.writes_other_formats() {
+        let pieces = shardprep_formats::prepare_shard(layout, shard_name, lease_id)
+            .map_err(|e| CoordinatorError::BadCommit(e.to_string()))?;
+        prepared.pieces = Some(pieces);
+    }
+    if outputs.writes_index(IndexFormat::Webshart) {
         let src = tmp_file(layout, &attempt.index)?;
         let dst = layout.index_path(shard_name).ok_or_else(|| {
             CoordinatorError::BadCommit(format!(
@@ -237,6 +251,11 @@ pub fn publish(layout: &OutputLayout, p: &Prepared) -> Result<(), CoordinatorErr
     if let Some((src, dst)) = &p.index {
         std::fs::rename(src, dst).map_err(|e| io_err("publish index", dst, e))?;
     }
+    if let Some(pieces) = &p.pieces {
+        pieces
+            .publish()
+            .map_err(|e| CoordinatorError::BadCommit(e.to_string()))?;
+    }
     let man_dst = layout.manifest_path(name);
     std::fs::rename(&p.manifest_tmp, &man_dst).map_err(|e| io_err("commit manifest", &man_dst, e))
 }
@@ -248,6 +267,9 @@ impl Prepared {
         if let Some((_, dst)) = &self.index {
             sync_dir(dst.parent().unwrap_or(layout.root()));
         }
+        if let Some(pieces) = &self.pieces {
+            pieces.sync();
+        }
         sync_dir(&layout.fragments_dir());
     }
 }
@@ -257,6 +279,9 @@ pub fn discard(layout: &OutputLayout, lease_id: u64, fragment_tmp: &str, manifes
     let attempt = AttemptFiles::of_fragment(fragment_tmp, lease_id);
     let files_tmp = attempt.as_ref().map(|a| a.files.as_str());
     let index_tmp = attempt.as_ref().map(|a| a.index.as_str());
+    if let Some(stem) = fragment_tmp.strip_suffix(&format!(".{lease_id}.parquet")) {
+        shardprep_formats::discard_attempt(layout, stem, lease_id);
+    }
     for name in [Some(fragment_tmp), Some(manifest_tmp), files_tmp, index_tmp]
         .into_iter()
         .flatten()
@@ -305,6 +330,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardprep_core::mode::Mode;
 
     fn layout() -> (tempfile::TempDir, OutputLayout) {
         let dir = tempfile::tempdir().unwrap();
@@ -350,7 +376,11 @@ mod tests {
         tmp: (&str, &str),
         mode: Mode,
     ) -> Result<(), CoordinatorError> {
-        let p = prepare(layout, shard, lease_id, tmp, mode)?;
+        let outputs = match mode {
+            Mode::Extract => JobOutput::default(),
+            Mode::Index => JobOutput::index(Default::default()),
+        };
+        let p = prepare(layout, shard, lease_id, tmp, &outputs)?;
         publish(layout, &p)
     }
 

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use shardprep_core::depth::CheckDepth;
+use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::layout::{OutputLayout, fnv1a64};
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::JobOutput;
 
 use crate::commit::write_atomic;
 use crate::merge::{self, MergeOutcome};
@@ -94,8 +95,13 @@ pub(crate) fn fingerprint(entries: &[ShardEntry], config: &CoordinatorConfig) ->
         "{}|{:?}|{}",
         config.backend.dataset_id,
         config.fields,
-        config.mode.as_str()
+        config.mode().as_str()
     ));
+    if let Some(f) = config.outputs.index_formats()
+        && *f != IndexFormats::default()
+    {
+        fp.push_str(&format!("|{f}"));
+    }
     format!("{:016x}", fnv1a64(fp.as_bytes()))
 }
 
@@ -166,11 +172,12 @@ fn output_problems(layout: &OutputLayout, config: &CoordinatorConfig, report: &R
 }
 
 /// Index mode: removes the index files of no done shard (webshart would
-/// load them), as repairs.
-fn remove_stray_indexes(layout: &OutputLayout, rows: &ShardRows) -> Vec<Repair> {
+/// load them; all of them when webshart's index is not asked for), as repairs.
+fn remove_stray_indexes(layout: &OutputLayout, rows: &ShardRows, webshart: bool) -> Vec<Repair> {
     let done: HashSet<PathBuf> = rows
         .fragments
         .iter()
+        .filter(|_| webshart)
         .filter_map(|(name, _)| layout.index_path(name))
         .collect();
     let mut repairs = Vec::new();
@@ -188,6 +195,23 @@ fn remove_stray_indexes(layout: &OutputLayout, rows: &ShardRows) -> Vec<Repair> 
         });
     }
     repairs
+}
+
+/// Index mode: removes the folders of formats an earlier run wrote that
+/// this job does not ask for (a trainer would read stale indexes), as repairs.
+fn remove_unasked_formats(layout: &OutputLayout, formats: &IndexFormats) -> Vec<Repair> {
+    shardprep_formats::remove_unasked(layout, formats)
+        .into_iter()
+        .map(|dir| {
+            let found = format!("--index-format {formats} does not ask for the indexes it holds");
+            tracing::warn!(folder = %dir.display(), "{found}; removed it");
+            Repair {
+                subject: dir.display().to_string(),
+                found,
+                action: RepairAction::RemoveFile,
+            }
+        })
+        .collect()
 }
 
 /// The report of an earlier run, when it verified exactly these fragments
@@ -234,10 +258,42 @@ fn unchanged_output(
     None
 }
 
+/// Index mode with energon, DALI or wids: rebuilds their dataset-wide files
+/// from the committed shards' pieces (failed shards are in none) and says
+/// what they hold; a build that fails is a problem of the job.
+fn build_formats(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+    rows: &ShardRows,
+    problems: &mut Vec<String>,
+) -> Option<shardprep_formats::FormatsReport> {
+    let formats = config
+        .outputs
+        .index_formats()
+        .filter(|f| f.has_other_than_webshart())?;
+    let done: Vec<String> = rows.fragments.iter().map(|(n, _)| n.clone()).collect();
+    let started = Instant::now();
+    let names = shardprep_formats::DatasetNames {
+        name: &config.backend.dataset_id,
+        caption_field: &config.fields.caption,
+    };
+    let summary =
+        shardprep_formats::build_dataset(layout, &done, formats, names).unwrap_or_else(|e| {
+            problems.push(format!("--index-format {formats}: {e}"));
+            shardprep_formats::DatasetSummary::default()
+        });
+    tracing::info!(formats = %formats, kept = summary.kept, samples = summary.samples, build_ms = started.elapsed().as_millis() as u64, sqlite_ms = summary.sqlite_ms, "index formats built");
+    Some(shardprep_formats::FormatsReport {
+        formats: formats.to_string(),
+        not_indexed: rows.failures.iter().map(|f| f.name.clone()).collect(),
+        summary,
+    })
+}
+
 /// With `--data-sync end`, makes `data/` durable before the report says the
 /// job verified (workers did not flush per shard). The problem, if any.
 fn flush_data_at_end(layout: &OutputLayout, config: &CoordinatorConfig) -> Option<String> {
-    if !(config.data_sync.at_end() && (config.extract || config.write_captions)) {
+    if !(config.data_sync.at_end() && config.outputs.writes_data()) {
         return None;
     }
     let data = layout.data_dir();
@@ -280,8 +336,10 @@ pub(crate) fn finish_job(
     let report_path = layout.report_path();
     let mut problems = failure_problems(&shared.input_problems, &rows.failures);
     let mut repairs = shared.repairs.clone();
-    if config.mode == Mode::Index {
-        repairs.extend(remove_stray_indexes(layout, &rows));
+    if let Some(formats) = config.outputs.index_formats() {
+        let webshart = formats.contains(IndexFormat::Webshart);
+        repairs.extend(remove_stray_indexes(layout, &rows, webshart));
+        repairs.extend(remove_unasked_formats(layout, formats));
     }
 
     // Only a run that redid nothing can find the job already done.
@@ -307,7 +365,9 @@ pub(crate) fn finish_job(
         None => Some(merge::duplicates_among(&rows.fragments)?),
         Some(_) => None,
     };
+    let formats = build_formats(layout, config, &rows, &mut problems);
     let report = Report::new(config, started_at)
+        .with_index_formats(formats)
         .with_shards(rows)
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
         .with_duplicates(collisions);
@@ -351,9 +411,16 @@ fn write_backend(
     webshart: Option<&WebshartSource>,
 ) -> Result<(), CoordinatorError> {
     let out = abs(layout.root());
-    let entry = match (&config.mode, webshart) {
-        (Mode::Index, Some(source)) => report::webshart_entry(&config.backend, source, &out),
-        _ => report::backend_entry(&config.backend, &out, config.write_captions),
+    let entry = match (&config.outputs, webshart) {
+        (JobOutput::Index { formats }, _) if !formats.contains(IndexFormat::Webshart) => {
+            // No webshart index: no SimpleTuner entry can point at it.
+            let _ = std::fs::remove_file(layout.backend_path());
+            return Ok(());
+        }
+        (JobOutput::Index { .. }, Some(source)) => {
+            report::webshart_entry(&config.backend, source, &out)
+        }
+        (outputs, _) => report::backend_entry(&config.backend, &out, outputs.writes_captions()),
     };
     let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| CoordinatorError::Encode {
         what: "multidatabackend.json",

@@ -126,7 +126,8 @@ async fn start_job(
         blocking("output preparation", move || prepare_output(&layout)).await??
     };
     check_index_image_checks(config)?;
-    let index = config.mode == Mode::Index;
+    check_index_formats(config)?;
+    let index = config.mode() == Mode::Index;
     let known = if index {
         crate::webshart::before_listing(&config.input)?
     } else {
@@ -143,9 +144,9 @@ async fn start_job(
     let sources = discovery.shards;
     let (recovered, repairs) = {
         let (layout, sources) = (layout.clone(), sources.clone());
-        let (mode, depth) = (config.mode, config.depth);
+        let (outputs, depth) = (config.outputs.clone(), config.depth);
         blocking("recovery of committed shards", move || {
-            judge::recover(&layout, &sources, mode, depth)
+            judge::recover(&layout, &sources, &outputs, depth)
         })
         .await?
     };
@@ -168,6 +169,7 @@ async fn start_job(
     Ok(JobShared {
         state: JobState::new(sched),
         spec: wire::job_spec(config, input_root),
+        outputs: config.outputs.clone(),
         layout,
         started,
         bytes_total: sources.iter().map(|s| s.identity.size).sum(),
@@ -194,11 +196,27 @@ fn warn_hub_endpoint(source: &crate::webshart::WebshartSource) {
     }
 }
 
+/// Refuses formats other than webshart on remote shards: their readers
+/// open the tars by path.
+fn check_index_formats(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
+    match config.outputs.index_formats() {
+        Some(f)
+            if f.has_other_than_webshart()
+                && !matches!(config.input, crate::InputSpec::Local(_)) =>
+        {
+            Err(CoordinatorError::Unsupported(format!(
+                "--index-format {f}: energon, DALI and wids open the tars by path, so they need a local --input folder (keep webshart alone for remote shards)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Refuses image checks index mode cannot make: it reads no image bytes
 /// past their headers, so it neither decodes nor hashes them.
 fn check_index_image_checks(config: &CoordinatorConfig) -> Result<(), CoordinatorError> {
     let checks = &config.image_checks;
-    if config.mode == Mode::Index && (checks.decode || !checks.hash_fields.is_empty()) {
+    if config.mode() == Mode::Index && (checks.decode || !checks.hash_fields.is_empty()) {
         return Err(CoordinatorError::Unsupported(
             "--mode index reads no image bytes past their headers, so --check-images decode \
              and --check-hashes do not apply: run them in --mode extract (or drop them)"

@@ -10,8 +10,10 @@
 //! What each depth finds (`--deep` on `run`, `coordinator` and `verify`):
 //! - [`CheckDepth::Sizes`]: a committed shard's manifest, its fragment
 //!   (footer and row count), its file list and every file it lists in
-//!   `data/` (present, with its size: one `stat` each), its index file (size);
-//!   the published table (footer, rows = the fragments' rows).
+//!   `data/` (present, with its size: one `stat` each), its index file (size),
+//!   its energon/DALI pieces (every entry at a tar header of its size: one
+//!   read per sample, at both depths); the published table (footer, rows =
+//!   the fragments' rows) and the dataset-wide energon/DALI/wids files.
 //! - [`CheckDepth::Checksums`]: also the bytes: every listed file and index
 //!   file against its CRC-32, every page of the fragments, and (in `verify`)
 //!   each caption file against its row.
@@ -27,9 +29,10 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardprep_core::depth::CheckDepth;
+use shardprep_core::index_format::IndexFormat;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::{JobOutput, Mode};
 
 use crate::commit::{self, Commit};
 use crate::discover::ShardSource;
@@ -65,7 +68,7 @@ impl Judged {
 pub fn recover(
     layout: &OutputLayout,
     sources: &[ShardSource],
-    mode: Mode,
+    outputs: &JobOutput,
     depth: CheckDepth,
 ) -> (Recovered, Vec<Repair>) {
     let mut repairs = Vec::new();
@@ -73,7 +76,7 @@ pub fn recover(
     let mut commits: Vec<Option<Commit>> = sources
         .iter()
         .map(|s| {
-            let c = kept_commit(layout, s, mode, &mut repairs);
+            let c = kept_commit(layout, s, outputs, &mut repairs);
             let reported_done = reported.contains(s.name.as_str());
             if c.is_none() && reported_done && !repairs.iter().any(|r| r.subject == s.name) {
                 redo(layout, &s.name, no_commit(layout), &mut repairs);
@@ -86,8 +89,8 @@ pub fn recover(
         .zip(&commits)
         .filter_map(|(s, c)| Some((s.name.as_str(), c.as_ref()?)))
         .collect();
-    let mut judged = check_commits(layout, &kept, mode, depth);
-    if mode == Mode::Extract {
+    let mut judged = check_commits(layout, &kept, outputs, depth);
+    if outputs.mode() == Mode::Extract {
         let wrote: Vec<ShardWrote> = kept
             .iter()
             .map(|(name, c)| ShardWrote {
@@ -139,7 +142,7 @@ pub fn no_commit(layout: &OutputLayout) -> String {
 fn kept_commit(
     layout: &OutputLayout,
     s: &ShardSource,
-    mode: Mode,
+    outputs: &JobOutput,
     repairs: &mut Vec<Repair>,
 ) -> Option<Commit> {
     let c = match commit::read_commit(layout, &s.name) {
@@ -160,8 +163,8 @@ fn kept_commit(
         });
         return None;
     }
-    if let Some(why) = wrong_mode(&c.manifest, mode) {
-        redo(layout, &s.name, why.into(), repairs);
+    if let Some(why) = wrong_output(layout, &s.name, &c.manifest, outputs) {
+        redo(layout, &s.name, why, repairs);
         return None;
     }
     Some(c)
@@ -178,11 +181,22 @@ fn redo(layout: &OutputLayout, shard: &str, why: String, repairs: &mut Vec<Repai
     });
 }
 
-/// An extract-mode job redoes shards an index-mode run committed (they
-/// extracted nothing). (The reverse has no index file: [`index_problem`].)
-fn wrong_mode(m: &ShardManifest, mode: Mode) -> Option<&'static str> {
-    (mode == Mode::Extract && !m.counts.index.is_zero())
-        .then_some("it was committed by an index-mode run, which extracted nothing")
+/// Why a commit cannot serve this job's outputs: an extract-mode job
+/// redoes shards an index-mode run committed (they extracted nothing); an
+/// index-mode job redoes shards committed without a format it asks for.
+/// (An extract-mode commit has no index file: [`index_problem`].)
+fn wrong_output(
+    layout: &OutputLayout,
+    name: &str,
+    m: &ShardManifest,
+    outputs: &JobOutput,
+) -> Option<String> {
+    match outputs.index_formats() {
+        None => (!m.counts.index.is_zero())
+            .then(|| "it was committed by an index-mode run, which extracted nothing".into()),
+        Some(formats) => shardprep_formats::missing_piece(layout, name, formats)
+            .map(|why| format!("it cannot serve --index-format {formats}: {why}")),
+    }
 }
 
 /// Judges committed shards (`shards`, in shard order) at `depth`: each
@@ -192,7 +206,7 @@ fn wrong_mode(m: &ShardManifest, mode: Mode) -> Option<&'static str> {
 pub fn check_commits(
     layout: &OutputLayout,
     shards: &[(&str, &Commit)],
-    mode: Mode,
+    outputs: &JobOutput,
     depth: CheckDepth,
 ) -> Judged {
     let mut j = Judged::default();
@@ -201,10 +215,18 @@ pub fn check_commits(
         if let Err(why) = table_reads_back(&fragment, c.manifest.counts.rows, depth) {
             j.damage(name, format!("its fragment {why}"));
         }
-        if mode == Mode::Index
+        if outputs.writes_index(IndexFormat::Webshart)
             && let Some(why) = index_problem(layout, name, c, depth)
         {
             j.damage(name, why);
+        }
+        if let Some(formats) = outputs.index_formats()
+            && let Err(why) = shardprep_formats::check_shard(layout, name, formats)
+        {
+            j.damage(
+                name,
+                format!("its --index-format pieces do not hold: {why}"),
+            );
         }
     }
     let kept = shards.len() - j.damaged.len();
@@ -212,9 +234,9 @@ pub fn check_commits(
         "{kept} of {} committed shards check out at depth {}: {} fragment",
         shards.len(),
         depth.as_str(),
-        match mode {
-            Mode::Extract => "manifest and",
-            Mode::Index => "manifest, index file and",
+        match outputs {
+            JobOutput::Extract { .. } => "manifest and",
+            JobOutput::Index { .. } => "manifest, index files and",
         }
     ));
     j
@@ -273,6 +295,22 @@ pub fn table_problem(
     table_reads_back(&path, fragment_rows, depth)
         .err()
         .map(|why| format!("the table {why}"))
+}
+
+/// Problems of the dataset-wide files of energon, DALI and wids (the
+/// job's end rebuilds them from the committed `done` shards' pieces).
+pub fn dataset_index_problems(
+    layout: &OutputLayout,
+    done: &[String],
+    outputs: &JobOutput,
+) -> Vec<String> {
+    match outputs.index_formats() {
+        Some(formats) => shardprep_formats::check_dataset(layout, done, formats)
+            .into_iter()
+            .map(|p| format!("--index-format: {p}"))
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// Index files under `OUT/index/` that belong to no done shard (`done`:

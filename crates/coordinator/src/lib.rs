@@ -54,7 +54,7 @@ use shardprep_core::depth::CheckDepth;
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::{JobOutput, Mode};
 use shardprep_core::proto;
 
 pub use discover::InputSpec;
@@ -122,10 +122,10 @@ pub struct CoordinatorConfig {
     /// Shared secret every RPC must carry.
     pub token: String,
     pub fields: FieldMap,
-    /// Write `data/<stem>.txt` captions (SimpleTuner `caption_strategy: textfile`).
-    pub write_captions: bool,
-    /// Extract members into `data/`.
-    pub extract: bool,
+    /// What the job writes: members and captions into `data/`, or indexes
+    /// of the tars in place (`--mode`, `--no-extract`, `--captions`,
+    /// `--index-format`).
+    pub outputs: JobOutput,
     /// The global JSON count to verify, if known (DALLE-3: 1,161,957).
     pub expect_json: Option<u64>,
     pub backend: BackendSettings,
@@ -148,8 +148,6 @@ pub struct CoordinatorConfig {
     pub tls: Option<ServerTls>,
     /// Serve `GET /metrics` (Prometheus text format, no token) here.
     pub metrics_listen: Option<SocketAddr>,
-    /// Extract the members, or write a webshart index per shard.
-    pub mode: Mode,
     /// Checks of the images themselves the workers make (issue 20).
     pub image_checks: shardprep_core::manifest::ImageChecks,
     /// How closely a re-run judges what earlier runs committed (`--deep`:
@@ -168,8 +166,7 @@ impl Default for CoordinatorConfig {
             output: PathBuf::from("out"),
             token: String::new(),
             fields: FieldMap::dalle3(),
-            write_captions: true,
-            extract: true,
+            outputs: JobOutput::default(),
             expect_json: None,
             backend: BackendSettings::seed("dalle3"),
             lease_timeout: Duration::from_secs(30),
@@ -183,7 +180,6 @@ impl Default for CoordinatorConfig {
             data_sync: DataSync::Shard,
             tls: None,
             metrics_listen: None,
-            mode: Mode::Extract,
             image_checks: Default::default(),
             depth: CheckDepth::Sizes,
             max_sparse_size: shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE,
@@ -215,14 +211,19 @@ impl CoordinatorConfig {
         self.data_sync = data_sync;
         self
     }
-    /// Extract the members, or index the tars in place.
+    /// Refuse sparse members expanding past `bytes`.
     pub fn with_max_sparse_size(mut self, bytes: u64) -> Self {
         self.max_sparse_size = bytes;
         self
     }
-    pub fn with_mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
+    /// What the job writes (extract the members, or index the tars in place).
+    pub fn with_outputs(mut self, outputs: JobOutput) -> Self {
+        self.outputs = outputs;
         self
+    }
+    /// The job's mode.
+    pub fn mode(&self) -> Mode {
+        self.outputs.mode()
     }
     /// Serve gRPC over TLS.
     pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
@@ -325,6 +326,8 @@ impl JobState {
 pub struct JobShared {
     pub(crate) state: JobState,
     pub(crate) spec: proto::JobSpec,
+    /// What the workers were told to write (the spec's output fields).
+    pub(crate) outputs: JobOutput,
     pub(crate) layout: OutputLayout,
     pub(crate) started: Instant,
     pub(crate) bytes_total: u64,
@@ -344,11 +347,6 @@ pub struct JobShared {
 }
 
 impl JobShared {
-    /// The job's mode (what the workers were told).
-    pub(crate) fn mode(&self) -> Mode {
-        Mode::from_proto(self.spec.mode).unwrap_or_default()
-    }
-
     pub(crate) fn set_phase(&self, p: Phase, verdict: &str) {
         *lock(&self.phase) = (p, verdict.to_string());
         if matches!(p, Phase::Finished | Phase::Failed) {

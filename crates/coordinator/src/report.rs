@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shardprep_core::index_format::IndexFormats;
 use shardprep_core::manifest::{IndexCounts, MemberIssue, ShardCounts};
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::{JobOutput, Mode};
 
 use crate::CoordinatorConfig;
 use crate::merge::{DuplicateName, MergeOutcome};
@@ -143,6 +144,10 @@ pub struct Report {
     /// Index mode: the index entries over all done shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexCounts>,
+    /// Index mode with energon, DALI or wids (`--index-format`): the
+    /// formats written and what they hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_formats: Option<shardprep_formats::FormatsReport>,
     pub verdict: Verdict,
     /// Why the verdict is `failed` (empty when ok).
     pub problems: Vec<String>,
@@ -196,8 +201,9 @@ impl Report {
     pub(crate) fn new(config: &CoordinatorConfig, started_at: &str) -> Report {
         Report {
             shardprep_version: env!("CARGO_PKG_VERSION").into(),
-            mode: config.mode.as_str().into(),
+            mode: config.mode().as_str().into(),
             index: None,
+            index_formats: None,
             verdict: Verdict::Failed,
             problems: Vec::new(),
             input: config.input.display(),
@@ -208,10 +214,12 @@ impl Report {
             parquet: None,
             dataset_id: config.backend.dataset_id.clone(),
             caption_field: config.fields.caption.clone(),
-            captions: match (config.mode, config.write_captions) {
-                (Mode::Index, _) => "webshart",
-                (Mode::Extract, true) => "textfile",
-                (Mode::Extract, false) => "parquet",
+            captions: match &config.outputs {
+                JobOutput::Index { .. } => "webshart",
+                JobOutput::Extract { captions: true, .. } => "textfile",
+                JobOutput::Extract {
+                    captions: false, ..
+                } => "parquet",
             }
             .into(),
             data_sync: config.data_sync.as_str().into(),
@@ -254,6 +262,27 @@ impl Report {
         self.failures = rows.failures;
         self.shards = rows.shards;
         self
+    }
+
+    /// What the formats other than webshart hold (index mode).
+    pub(crate) fn with_index_formats(
+        mut self,
+        f: Option<shardprep_formats::FormatsReport>,
+    ) -> Report {
+        self.index_formats = f;
+        self
+    }
+
+    /// The formats an index-mode report says were written (webshart alone
+    /// when it names none; `None` in extract mode or when unreadable).
+    pub fn written_formats(&self) -> Option<Result<IndexFormats, String>> {
+        if self.mode != Mode::Index.as_str() {
+            return None;
+        }
+        Some(match &self.index_formats {
+            None => Ok(IndexFormats::default()),
+            Some(f) => f.formats.parse(),
+        })
     }
 
     /// What the merge wrote (nothing when shards failed), and where.

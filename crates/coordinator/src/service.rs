@@ -77,7 +77,7 @@ fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::Compl
         return late(shared, r);
     };
     let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
-    let prepared = commit::prepare(layout, &name, r.lease_id, tmp, shared.mode());
+    let prepared = commit::prepare(layout, &name, r.lease_id, tmp, &shared.outputs);
     let published = shared.state.update(|s| {
         // Still the current lease? (It may have expired while preparing.)
         s.current_lease(r.lease_id)?;

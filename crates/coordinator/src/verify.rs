@@ -11,8 +11,9 @@ use arrow_array::{Array, StringArray};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardprep_core::depth::CheckDepth;
+use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::layout::{OutputLayout, fnv1a64, stem};
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::{JobOutput, Mode};
 
 pub use crate::findings::Findings;
 use crate::findings::LISTED;
@@ -28,7 +29,10 @@ pub(crate) struct JobView<'a> {
     pub expected: Option<u64>,
     /// Members were extracted into `data/` (not `--no-extract`).
     pub extracted: bool,
-    pub mode: Mode,
+    /// What the job wrote, as its report says.
+    pub outputs: JobOutput,
+    /// Why the report's index formats cannot be read, if they cannot.
+    pub formats_unreadable: Option<String>,
 }
 
 impl<'a> JobView<'a> {
@@ -38,14 +42,30 @@ impl<'a> JobView<'a> {
         expect_json: Option<u64>,
         dataset_id: Option<&str>,
     ) -> Self {
-        let mode = report.mode.parse().unwrap_or_default();
+        let textfile = report.captions == "textfile";
+        let extracted = report.mode == Mode::Extract.as_str() && report.totals.files_extracted > 0;
+        let (outputs, formats_unreadable) = match report.written_formats() {
+            None => (
+                JobOutput::Extract {
+                    members: extracted,
+                    captions: textfile,
+                },
+                None,
+            ),
+            Some(Ok(formats)) => (JobOutput::index(formats), None),
+            Some(Err(e)) => (
+                JobOutput::index(IndexFormats::default()),
+                Some(format!("report.json names unknown index formats ({e})")),
+            ),
+        };
         JobView {
             report,
             dataset_id: dataset_id.unwrap_or(report.dataset_id.as_str()).to_string(),
-            textfile: report.captions == "textfile",
+            textfile,
             expected: expect_json.or(report.expected_json),
-            extracted: mode == Mode::Extract && report.totals.files_extracted > 0,
-            mode,
+            extracted,
+            outputs,
+            formats_unreadable,
         }
     }
 
@@ -115,7 +135,7 @@ fn check_committed(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth)
     }
     let shards: Vec<(&str, &crate::commit::Commit)> =
         commits.iter().map(|(n, c)| (n.as_str(), c)).collect();
-    f.merge(judge::check_commits(layout, &shards, view.mode, depth).findings);
+    f.merge(judge::check_commits(layout, &shards, &view.outputs, depth).findings);
     f
 }
 
@@ -144,9 +164,15 @@ pub(crate) fn check_published(
 ) -> Findings {
     let mut f = Findings::default();
     check_parquet(layout, view, depth, &mut f);
-    if view.mode == Mode::Index {
-        crate::verify_index::check_index_output(layout, view.report, &mut f);
-        crate::verify_index::check_webshart_backend(layout, &mut f);
+    if let Some(formats) = view.outputs.index_formats() {
+        if formats.contains(IndexFormat::Webshart) {
+            crate::verify_index::check_index_output(layout, view.report, &mut f);
+            crate::verify_index::check_webshart_backend(layout, &mut f);
+        }
+        let done: Vec<String> = view.done_shards().into_iter().map(|s| s.name).collect();
+        f.problems
+            .extend(judge::dataset_index_problems(layout, &done, &view.outputs));
+        f.problems.extend(view.formats_unreadable.clone());
     } else {
         check_backend(layout, view.textfile, &mut f);
     }

@@ -20,16 +20,14 @@ pub(crate) fn job_spec(config: &CoordinatorConfig, input_root: String) -> proto:
         height_field: config.fields.height.clone(),
         filename_field: config.fields.filename.clone(),
         extra_columns: config.fields.extra.clone(),
-        write_captions: config.write_captions,
-        extract: config.extract,
         heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
         job_id: format!("{:016x}", shardprep_core::auth::random_u64()),
         data_sync: config.data_sync.to_proto(),
-        mode: config.mode.to_proto(),
         max_sparse_size: Some(config.max_sparse_size),
         ..Default::default()
     };
+    config.outputs.to_proto(&mut spec);
     config.image_checks.to_proto(&mut spec);
     spec
 }

@@ -7,10 +7,10 @@
 //! - [`manifest`]: per-shard counts and the manifest committed with each fragment.
 //! - [`auth`]: the shared-secret token (generation, constant-time check).
 //! - [`fields`]: which JSON fields feed which parquet columns (presets).
-//! - [`index_format`]: the trainers' index formats (`crates/formats` builds them; not yet wired to `--index-format`, see issue 28).
+//! - [`index_format`]: the trainers' index formats (`--index-format`; `crates/formats` builds them).
 //! - [`issue`]: every kind of problem a pass counts or lists, one key each.
 //! - [`table`]: the parquet schema (seed columns + extras) and writer settings.
-//! - [`mode`]: extract the members or index the tars in place (`--mode`).
+//! - [`mode`]: extract the members or index the tars in place (`--mode`), and [`mode::JobOutput`]: what a job writes.
 //! - [`depth`]: how closely an output is checked (`--deep`).
 //! - [`durability`]: when `data/` is flushed, boot ids, per-shard file lists.
 //! - [`duration`]: human durations (`500ms`, `30s`, `2m`) for flags.

@@ -2,8 +2,9 @@
 //! types, and the few computations every reader of a job's status shares.
 //! No other module builds a wire message field by field.
 
+use crate::index_format::IndexFormats;
 use crate::manifest::{ShardCounts, ShardProgress};
-use crate::mode::Mode;
+use crate::mode::{JobOutput, Mode};
 use crate::proto::{self, FailureKind};
 
 impl Mode {
@@ -20,6 +21,40 @@ impl Mode {
         match proto::Mode::try_from(v).ok()? {
             proto::Mode::Extract => Some(Mode::Extract),
             proto::Mode::Index => Some(Mode::Index),
+        }
+    }
+}
+
+impl JobOutput {
+    /// Sets the job spec's output fields (`mode`, `extract`,
+    /// `write_captions`, `index_formats`).
+    pub fn to_proto(&self, spec: &mut proto::JobSpec) {
+        spec.mode = self.mode().to_proto();
+        spec.extract = self.writes_members();
+        spec.write_captions = self.writes_captions();
+        spec.index_formats = self
+            .index_formats()
+            .map(IndexFormats::names)
+            .unwrap_or_default();
+    }
+
+    /// What a job spec asks to write; an error names what this build does
+    /// not know (a worker must not guess what a newer coordinator asks).
+    pub fn from_proto(spec: &proto::JobSpec) -> Result<Self, String> {
+        let unknown = |what: String| {
+            format!(
+                "the coordinator asks for {what} that this worker does not know: run workers of the coordinator's shardprep version"
+            )
+        };
+        match Mode::from_proto(spec.mode) {
+            None => Err(unknown(format!("mode {}", spec.mode))),
+            Some(Mode::Extract) => Ok(JobOutput::Extract {
+                members: spec.extract,
+                captions: spec.write_captions,
+            }),
+            Some(Mode::Index) => IndexFormats::from_names(&spec.index_formats)
+                .map(JobOutput::index)
+                .map_err(|e| unknown(format!("index formats ({e})"))),
         }
     }
 }
@@ -149,6 +184,28 @@ mod tests {
         }
         assert_eq!(Mode::from_proto(7), None);
         assert!("indexes".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn job_outputs_cross_the_wire_unchanged() {
+        let outputs = [
+            JobOutput::default(),
+            JobOutput::Extract {
+                members: false,
+                captions: true,
+            },
+            JobOutput::index(IndexFormats::default()),
+            JobOutput::index("energon,dali,wids".parse().unwrap()),
+        ];
+        for o in outputs {
+            let mut spec = proto::JobSpec::default();
+            o.to_proto(&mut spec);
+            assert_eq!(JobOutput::from_proto(&spec), Ok(o));
+        }
+        let mut spec = proto::JobSpec::default();
+        JobOutput::index(IndexFormats::default()).to_proto(&mut spec);
+        spec.index_formats = vec!["lmdb".into()];
+        assert!(JobOutput::from_proto(&spec).unwrap_err().contains("lmdb"));
     }
 
     #[test]

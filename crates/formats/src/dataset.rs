@@ -5,7 +5,7 @@
 //! The folders of formats the job does not ask for are removed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,24 @@ pub struct DatasetNames<'a> {
     pub caption_field: &'a str,
 }
 
+/// Removes the folders of the formats an earlier job wrote that `formats`
+/// does not ask for (a trainer pointed at them would read stale indexes);
+/// returns them.
+pub fn remove_unasked(layout: &OutputLayout, formats: &IndexFormats) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for (f, dir) in [
+        (IndexFormat::Energon, paths::ENERGON_DIR),
+        (IndexFormat::Dali, paths::DALI_DIR),
+        (IndexFormat::Wids, paths::WIDS_DIR),
+    ] {
+        let dir = layout.root().join(dir);
+        if !formats.contains(f) && dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
 /// Rebuilds the dataset-wide files of `formats` from the pieces of the
 /// committed `shards` (in dataset order).
 pub fn build_dataset(
@@ -70,15 +88,6 @@ pub fn build_dataset(
     names: DatasetNames<'_>,
 ) -> Result<DatasetSummary, FormatsError> {
     let mut summary = DatasetSummary::default();
-    for (f, dir) in [
-        (IndexFormat::Energon, paths::ENERGON_DIR),
-        (IndexFormat::Dali, paths::DALI_DIR),
-        (IndexFormat::Wids, paths::WIDS_DIR),
-    ] {
-        if !formats.contains(f) {
-            let _ = std::fs::remove_dir_all(layout.root().join(dir));
-        }
-    }
     if !formats.has_other_than_webshart() {
         return Ok(summary);
     }
@@ -142,9 +151,7 @@ fn count(summary: &mut DatasetSummary, format: &str, samples: u64) {
 }
 
 fn pretty(doc: &serde_json::Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(doc).unwrap_or_default();
-    out.push(b'\n');
-    out
+    format!("{doc:#}\n").into_bytes()
 }
 
 /// `.nv-meta/`: the SQLite index (streamed shard by shard), then `.info.json`,
@@ -212,7 +219,7 @@ fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(),
     if yaml.exists() {
         return Ok(());
     }
-    let field = serde_json::to_string(caption_field).unwrap_or_default();
+    let field = serde_json::Value::from(caption_field).to_string();
     let loader = format!(
         "# Written by shardprep: image + caption samples for megatron-energon.\n\
          # Edit freely (shardprep keeps an existing dataset.yaml and this file).\n\

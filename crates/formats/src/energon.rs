@@ -182,16 +182,14 @@ pub fn info_json(shards: &[(String, u64)]) -> Vec<u8> {
         counts.insert(name.clone(), serde_json::Value::from(*count));
     }
     let doc = serde_json::json!({"energon_version": ENERGON_VERSION, "shard_counts": counts});
-    let mut out = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    out.push(b'\n');
-    out
+    format!("{doc:#}\n").into_bytes()
 }
 
 /// `split.yaml`: every shard in `train`, the left-out samples excluded.
 /// Items are double-quoted (JSON strings are YAML) with `{`, `}`, `\`
 /// escaped for the brace expansion energon applies to each entry.
 pub fn split_yaml(shards: &[String], excluded: &[(String, String)]) -> Vec<u8> {
-    let item = |s: &str| serde_json::to_string(&brace_escape(s)).unwrap_or_default();
+    let item = |s: &str| serde_json::Value::from(brace_escape(s)).to_string();
     let mut out = Vec::new();
     let _ = writeln!(out, "split_parts:\n  train:");
     for s in shards {

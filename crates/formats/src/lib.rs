@@ -24,12 +24,13 @@ pub mod shard;
 pub mod verify;
 pub mod wids;
 
-pub use dataset::{DatasetNames, DatasetSummary, FormatsReport, build_dataset};
+pub use dataset::{DatasetNames, DatasetSummary, FormatsReport, build_dataset, remove_unasked};
 pub use input::{MemberKind, ShardInput, TarMember};
 pub use shard::{
-    ShardPiece, commit_shard, discard_attempt, missing_piece, remove_shard, write_attempt,
+    PreparedPieces, ShardPiece, commit_shard, discard_attempt, missing_piece, prepare_shard,
+    remove_shard, write_attempt,
 };
-pub use verify::verify;
+pub use verify::{check_dataset, check_shard, verify};
 
 /// What can go wrong writing or reading the formats' files.
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,8 @@ pub fn piece(layout: &OutputLayout, shard_name: &str) -> PathBuf {
 pub struct AttemptNames {
     pub piece: String,
     pub energon_idx: String,
+    /// The symlink to the tar, made in `tmp/` and renamed into `energon/`.
+    pub energon_link: String,
     pub dali_idx: String,
 }
 
@@ -102,6 +104,7 @@ impl AttemptNames {
         AttemptNames {
             piece: format!("{stem}.{lease_id}.formats.json"),
             energon_idx: format!("{stem}.{lease_id}.energon.idx"),
+            energon_link: format!("{stem}.{lease_id}.energon.tar"),
             dali_idx: format!("{stem}.{lease_id}.dali.idx"),
         }
     }

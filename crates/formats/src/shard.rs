@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shardprep_core::index_format::{IndexFormat, IndexFormats};
@@ -133,14 +133,25 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), FormatsError> {
     f.sync_all().map_err(FormatsError::io("sync", path))
 }
 
-/// Publishes the attempt's pieces of `shard_name` (lease `lease_id`): the
-/// energon `.tar.idx` and the symlink to the tar, the DALI `.idx`, then the
-/// piece into `fragments/`. Call before the manifest's rename.
-pub fn commit_shard(
+/// A shard's pieces, ready to publish: every file in `tmp/` (the energon
+/// tar link included), the folders made; only renames are left.
+#[derive(Debug, Default)]
+pub struct PreparedPieces {
+    /// `tmp/` file → its place under `OUT/`, the piece itself last.
+    renames: Vec<(PathBuf, PathBuf)>,
+    /// Published files of an earlier commit the new one has no use for.
+    stale: Vec<PathBuf>,
+}
+
+/// Prepares the attempt's pieces of `shard_name` (lease `lease_id`) for
+/// [`PreparedPieces::publish`]: reads its piece, makes the folders and the
+/// energon symlink to the tar (under a temporary name in `tmp/`). All the
+/// file work of the commit but the renames.
+pub fn prepare_shard(
     layout: &OutputLayout,
     shard_name: &str,
     lease_id: u64,
-) -> Result<(), FormatsError> {
+) -> Result<PreparedPieces, FormatsError> {
     let names = AttemptNames::new(shard_name, lease_id);
     let tmp = layout.tmp_dir();
     let piece_tmp = tmp.join(&names.piece);
@@ -154,49 +165,81 @@ pub fn commit_shard(
             "shard name {shard_name:?} cannot name a file under OUT/"
         ))
     };
+    let mut p = PreparedPieces::default();
     if let Some(e) = &piece.energon {
         let idx = paths::energon_tar_idx(layout, shard_name).ok_or_else(bad_name)?;
         let link = paths::energon_tar(layout, shard_name).ok_or_else(bad_name)?;
         if e.count > 0 {
-            publish(&tmp.join(&names.energon_idx), &idx)?;
-            relink(&link, Path::new(&piece.tar_path))?;
+            let link_tmp = tmp.join(&names.energon_link);
+            let _ = std::fs::remove_file(&link_tmp);
+            std::os::unix::fs::symlink(&piece.tar_path, &link_tmp)
+                .map_err(FormatsError::io("create symlink", &link_tmp))?;
+            p.add(tmp.join(&names.energon_idx), idx)?;
+            p.add(link_tmp, link)?;
         } else {
-            remove_if_there(&idx);
-            remove_if_there(&link);
+            p.stale.extend([idx, link]);
         }
     }
     if let Some(d) = &piece.dali {
         let idx = paths::dali_idx(layout, shard_name).ok_or_else(bad_name)?;
         if d.samples > 0 {
-            publish(&tmp.join(&names.dali_idx), &idx)?;
+            p.add(tmp.join(&names.dali_idx), idx)?;
         } else {
-            remove_if_there(&idx);
+            p.stale.push(idx);
         }
     }
-    publish(&piece_tmp, &paths::piece(layout, shard_name))
+    p.add(piece_tmp, paths::piece(layout, shard_name))?;
+    Ok(p)
 }
 
-/// Renames `src` to `dst` (folders made, the folder synced).
-fn publish(src: &Path, dst: &Path) -> Result<(), FormatsError> {
-    let parent = dst.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
-    std::fs::rename(src, dst).map_err(FormatsError::io("publish", dst))?;
-    if let Ok(d) = File::open(parent) {
-        let _ = d.sync_all();
+impl PreparedPieces {
+    fn add(&mut self, src: PathBuf, dst: PathBuf) -> Result<(), FormatsError> {
+        let parent = dst.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
+        self.renames.push((src, dst));
+        Ok(())
     }
+
+    /// Renames the pieces into place (the piece last). Call before the
+    /// manifest's rename, under the commit's lock.
+    pub fn publish(&self) -> Result<(), FormatsError> {
+        for p in &self.stale {
+            remove_if_there(p);
+        }
+        for (src, dst) in &self.renames {
+            std::fs::rename(src, dst).map_err(FormatsError::io("publish", dst))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the renames durable (their folders synced; best effort).
+    pub fn sync(&self) {
+        let mut dirs: Vec<&Path> = self
+            .renames
+            .iter()
+            .filter_map(|(_, d)| d.parent())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            if let Ok(f) = File::open(d) {
+                let _ = f.sync_all();
+            }
+        }
+    }
+}
+
+/// Publishes the attempt's pieces of `shard_name` at once (prepare,
+/// publish, sync): for tools and tests.
+pub fn commit_shard(
+    layout: &OutputLayout,
+    shard_name: &str,
+    lease_id: u64,
+) -> Result<(), FormatsError> {
+    let p = prepare_shard(layout, shard_name, lease_id)?;
+    p.publish()?;
+    p.sync();
     Ok(())
-}
-
-/// Points the symlink `link` at `target` (replacing what was there).
-fn relink(link: &Path, target: &Path) -> Result<(), FormatsError> {
-    if std::fs::read_link(link).is_ok_and(|t| t == target) {
-        return Ok(());
-    }
-    let parent = link.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
-    let tmp = shardprep_core::layout::unique_tmp(link);
-    std::os::unix::fs::symlink(target, &tmp).map_err(FormatsError::io("create symlink", &tmp))?;
-    std::fs::rename(&tmp, link).map_err(FormatsError::io("publish symlink", link))
 }
 
 fn remove_if_there(p: &Path) {
@@ -222,7 +265,12 @@ pub fn remove_shard(layout: &OutputLayout, shard_name: &str) {
 /// shard's file stem (`shard_file_stem`).
 pub fn discard_attempt(layout: &OutputLayout, stem: &str, lease_id: u64) {
     let names = AttemptNames::from_stem(stem, lease_id);
-    for n in [names.piece, names.energon_idx, names.dali_idx] {
+    for n in [
+        names.piece,
+        names.energon_idx,
+        names.energon_link,
+        names.dali_idx,
+    ] {
         remove_if_there(&layout.tmp_dir().join(n));
     }
 }

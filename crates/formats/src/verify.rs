@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::layout::OutputLayout;
@@ -12,44 +13,124 @@ use shardprep_core::layout::OutputLayout;
 use crate::shard::ShardPiece;
 use crate::{dali, energon, paths};
 
-/// Problems found in the formats of the committed `shards` (empty: all hold).
+/// Problems found in the formats of the committed `shards` (empty: all
+/// hold): each shard's pieces ([`check_shard`]) and the dataset-wide files
+/// ([`check_dataset`]).
 pub fn verify(layout: &OutputLayout, shards: &[String], formats: &IndexFormats) -> Vec<String> {
+    let mut problems: Vec<String> = shards
+        .iter()
+        .filter_map(|s| {
+            check_shard(layout, s, formats)
+                .err()
+                .map(|e| format!("shard {s}: {e}"))
+        })
+        .collect();
+    problems.extend(check_dataset(layout, shards, formats));
+    problems
+}
+
+/// Problems of the dataset-wide files of `formats` (energon's `.nv-meta/`
+/// and its per-shard counts, DALI's list, the wids JSON), which the job's
+/// end rebuilds from the committed `shards`' pieces.
+pub fn check_dataset(
+    layout: &OutputLayout,
+    shards: &[String],
+    formats: &IndexFormats,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if !formats.has_other_than_webshart() {
         return problems;
     }
-    let mut counts = Vec::new();
-    for s in shards {
-        let piece = match ShardPiece::read(&paths::piece(layout, s)) {
-            Ok(p) => p,
-            Err(e) => {
-                problems.push(format!("shard {s}: {e}"));
-                continue;
-            }
-        };
-        let mut say = |what: String| problems.push(format!("shard {s}: {what}"));
-        if let Err(e) = check_shard(layout, s, &piece, formats) {
-            say(e);
-        }
-        if let Some(e) = piece.energon.as_ref().filter(|e| e.count > 0) {
-            counts.push((s.clone(), e.count));
-        }
-    }
+    let pieces: Vec<(&String, ShardPiece)> = shards
+        .iter()
+        .filter_map(|s| Some((s, ShardPiece::read(&paths::piece(layout, s)).ok()?)))
+        .collect();
     if formats.contains(IndexFormat::Energon) {
+        let counts: Vec<(String, u64)> = pieces
+            .iter()
+            .filter_map(|(s, p)| {
+                Some((
+                    (*s).clone(),
+                    p.energon.as_ref().filter(|e| e.count > 0)?.count,
+                ))
+            })
+            .collect();
         problems.extend(check_energon_meta(layout, &counts));
     }
-    for (f, p) in [
-        (IndexFormat::Dali, paths::dali_list(layout)),
-        (IndexFormat::Wids, paths::wids_json(layout)),
-    ] {
-        if formats.contains(f) && !p.is_file() {
-            problems.push(format!("{} is missing", p.display()));
-        }
+    if formats.contains(IndexFormat::Dali) {
+        let listed = pieces
+            .iter()
+            .filter(|(_, p)| p.dali.as_ref().is_some_and(|d| d.samples > 0));
+        let (tars, idx): (Vec<&str>, Vec<String>) = listed
+            .map(|(s, p)| {
+                let idx = paths::dali_idx(layout, s).map(|i| i.display().to_string());
+                (p.tar_path.as_str(), idx.unwrap_or_default())
+            })
+            .unzip();
+        let idx: Vec<&str> = idx.iter().map(String::as_str).collect();
+        let list = paths::dali_list(layout);
+        problems.extend(check_listing(&list, "/paths", &tars, "url"));
+        problems.extend(check_listing(&list, "/index_paths", &idx, "url"));
+    }
+    if formats.contains(IndexFormat::Wids) {
+        let readable = pieces.iter().filter(|(_, p)| {
+            p.wids
+                .as_ref()
+                .is_some_and(|w| w.unreadable.is_none() && w.nsamples > 0)
+        });
+        let want: Vec<&str> = readable.map(|(_, p)| p.tar_path.as_str()).collect();
+        problems.extend(check_listing(
+            &paths::wids_json(layout),
+            "/shardlist",
+            &want,
+            "url",
+        ));
     }
     problems
 }
 
-fn check_shard(
+/// Why the JSON list at `pointer` in the file `path` does not name exactly
+/// the tars `want`, in order (items are paths, or objects with `key`).
+fn check_listing(path: &Path, pointer: &str, want: &[&str], key: &str) -> Option<String> {
+    let at = path.display();
+    let doc: serde_json::Value = match std::fs::read(path) {
+        Err(e) => return Some(format!("{at} cannot be read ({e})")),
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(v) => v,
+            Err(e) => return Some(format!("{at} is not JSON ({e})")),
+        },
+    };
+    let listed: Option<Vec<&str>> = doc
+        .pointer(pointer)
+        .and_then(|v| v.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().or_else(|| i.get(key)?.as_str()))
+                .collect()
+        });
+    match listed {
+        Some(l) if l == want => None,
+        Some(l) => Some(format!(
+            "{at} lists {} tars where the committed shards have {}",
+            l.len(),
+            want.len()
+        )),
+        None => Some(format!("{at} has no {pointer} list")),
+    }
+}
+
+/// Why the committed shard `s`'s pieces of `formats` do not serve its tar:
+/// a piece missing, the tar changed, an entry not at a member of its size.
+pub fn check_shard(layout: &OutputLayout, s: &str, formats: &IndexFormats) -> Result<(), String> {
+    if !formats.has_other_than_webshart() {
+        return Ok(());
+    }
+    let piece = ShardPiece::read(&paths::piece(layout, s)).map_err(|e| e.to_string())?;
+    check_pieces(layout, s, &piece, formats)
+}
+
+fn check_pieces(
     layout: &OutputLayout,
     s: &str,
     piece: &ShardPiece,

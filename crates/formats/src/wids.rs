@@ -97,9 +97,7 @@ pub fn dataset_json(name: &str, shards: &[WidsShard]) -> Vec<u8> {
         "name": name,
         "shardlist": shards,
     });
-    let mut out = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    out.push(b'\n');
-    out
+    format!("{doc:#}\n").into_bytes()
 }
 
 #[cfg(test)]

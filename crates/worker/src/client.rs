@@ -29,7 +29,7 @@ use crate::index::index_shard;
 use crate::shard::{
     LiveProgress, ShardError, ShardOutput, ShardTask, process_shard, process_stream,
 };
-use shardprep_core::mode::Mode;
+use shardprep_core::mode::{JobOutput, Mode};
 
 /// Faults a test can inject into a worker (hidden `--fault` flag).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,8 +428,8 @@ async fn work_on(
             return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
         }
     };
-    let mode = match mode_of(spec) {
-        Ok(mode) => mode,
+    let outputs = match JobOutput::from_proto(spec) {
+        Ok(outputs) => outputs,
         Err(msg) => {
             let kind = proto::FailureKind::Permanent;
             return report_failure(ctx, l.lease_id, &l.shard_name, msg, kind).await;
@@ -445,17 +445,11 @@ async fn work_on(
         l.lease_id,
         lease.deadline_from(granted),
     );
-    let mut task = shard_task(ctx, spec, &l, path, url.is_some());
+    let mut task = shard_task(ctx, spec, &l, (path, url.is_some()), outputs);
     task.fence = fence.clone();
     let live = Arc::new(LiveProgress::default());
     let fault = ctx.config.fault.clone();
-    let handle = spawn_processing(
-        (task, mode),
-        url,
-        fault,
-        Arc::clone(&cancel),
-        Arc::clone(&live),
-    );
+    let handle = spawn_processing(task, url, fault, Arc::clone(&cancel), Arc::clone(&live));
     let ended = watch(ctx, lease, &l, handle, &fence, &live).await?;
     report(ctx, &l, ended, started).await
 }
@@ -482,23 +476,12 @@ fn locate(
     ))
 }
 
-/// The job's mode, if this worker can do it for this shard.
-fn mode_of(spec: &proto::JobSpec) -> Result<Mode, String> {
-    match Mode::from_proto(spec.mode) {
-        None => Err(format!(
-            "the coordinator asks for mode {} that this worker does not know: run workers of the coordinator's shardprep version",
-            spec.mode
-        )),
-        Some(mode) => Ok(mode),
-    }
-}
-
 fn shard_task(
     ctx: &Ctx,
     spec: &proto::JobSpec,
     l: &proto::ShardLease,
-    path: PathBuf,
-    remote: bool,
+    (path, remote): (PathBuf, bool),
+    outputs: JobOutput,
 ) -> ShardTask {
     let layout = OutputLayout::new(&spec.output_root);
     let shards_in_data_dir = !remote
@@ -519,8 +502,7 @@ fn shard_task(
         },
         layout,
         fields: fields_of(spec),
-        write_captions: spec.write_captions,
-        extract: spec.extract,
+        outputs,
         lease_id: l.lease_id,
         attempt: l.attempt,
         worker_id: ctx.config.worker_id.clone(),
@@ -536,7 +518,7 @@ fn shard_task(
 /// Runs the pass on a blocking thread (after a test fault, if one is set
 /// for this shard).
 fn spawn_processing(
-    (task, mode): (ShardTask, Mode),
+    task: ShardTask,
     url: Option<String>,
     fault: Option<Fault>,
     cancel: Arc<AtomicBool>,
@@ -560,9 +542,10 @@ fn spawn_processing(
             }
             _ => {}
         }
+        let index = task.outputs.mode() == Mode::Index;
         match url {
             // Range requests for what the index needs; a local entry of an input list as a file.
-            Some(url) if mode == Mode::Index => {
+            Some(url) if index => {
                 let remote = shardprep_remote::is_remote(&url).then_some((url, runtime));
                 index_shard(&task, remote, &cancel, &live)
             }
@@ -575,7 +558,7 @@ fn spawn_processing(
                     source: Box::new(source),
                 }),
             },
-            None if mode == Mode::Index => index_shard(&task, None, &cancel, &live),
+            None if index => index_shard(&task, None, &cancel, &live),
             None => process_shard(&task, &cancel, &live),
         }
     })

@@ -1,5 +1,6 @@
 //! Index mode: the shard walk ([`crate::shard::pass::ShardPass`]) with the
-//! webshart index ([`sink::IndexSink`], document in [`doc`]) as its output,
+//! webshart index ([`sink::IndexSink`], document in [`doc`]) and the other
+//! trainers' indexes ([`formats::FormatsSink`], `--index-format`) as its outputs,
 //! over a tar read at chosen offsets ([`window`]): only the headers, the
 //! JSON members and the first bytes of each image are read, the rest is
 //! seeked over. A remote shard is read the same way, by range requests
@@ -16,6 +17,7 @@
 //! (`name_not_utf8`).
 
 pub mod doc;
+pub(crate) mod formats;
 pub(crate) mod sink;
 pub mod window;
 
@@ -34,6 +36,9 @@ use crate::shard::input::ShardSource;
 use crate::shard::pass::ShardPass;
 use crate::shard::{LiveProgress, ShardError, ShardOutput, ShardTask, limits, walk};
 use crate::tar_reader::{Limits, TarReader};
+use formats::FormatsSink;
+use shardprep_core::index_format::{IndexFormat, IndexFormats};
+use shardprep_core::mode::JobOutput;
 use sink::IndexSink;
 use window::{Cursor, Window};
 
@@ -134,8 +139,7 @@ pub fn index_file(
     let scratch = fragment_path.with_extension("attempt");
     let task = ShardTask {
         fields: fields.clone(),
-        extract: false,
-        write_captions: false,
+        outputs: JobOutput::index(IndexFormats::default()),
         max_sparse_size: limits.max_sparse_size,
         ..ShardTask::new(
             path.to_path_buf(),
@@ -152,7 +156,8 @@ pub fn index_file(
         Err(_) => Ok(()),
     };
     let _ = std::fs::remove_dir_all(&scratch);
-    let (out, (index, stats)) = done?;
+    let (out, (webshart, _)) = done?;
+    let (index, stats) = webshart.unwrap_or_default();
     if let Err(e) = moved {
         return Err(ShardSource::new(shard_name).write_error(fragment_path, e));
     }
@@ -166,15 +171,19 @@ pub fn index_file(
     })
 }
 
-/// The walk of `task`'s shard read through `win`, with the index as its
-/// output.
+/// What [`index_window`] hands back beside the attempt: webshart's index
+/// and counts, when it was asked for.
+type IndexDone = (Option<(Vec<u8>, IndexStats)>, Option<()>);
+
+/// The walk of `task`'s shard read through `win`, with the indexes the
+/// task asks for as its outputs.
 fn index_window(
     task: &ShardTask,
     mut win: Window,
     limits: Limits,
     (cancel, live): (&AtomicBool, &LiveProgress),
     started: Instant,
-) -> Result<(ShardOutput, (Vec<u8>, IndexStats)), ShardError> {
+) -> Result<(ShardOutput, IndexDone), ShardError> {
     let source = ShardSource::new(&task.shard_name);
     let head = win.bytes_at(0).map_err(|e| ShardError::Read {
         shard: task.shard_name.clone(),
@@ -182,7 +191,22 @@ fn index_window(
         offset: 0,
     })?;
     source.check_head(&head[..head.len().min(2)])?;
-    let sink = IndexSink::new(&task.shard_name, win.file_len());
+    let default = IndexFormats::default();
+    let formats = task.outputs.index_formats().unwrap_or(&default);
+    let webshart = formats
+        .contains(IndexFormat::Webshart)
+        .then(|| IndexSink::new(&task.shard_name, win.file_len()));
+    let others = match formats.has_other_than_webshart() {
+        false => None,
+        true if win.is_remote() => return Err(source.formats_need_local(formats)),
+        true => Some(FormatsSink::new(
+            formats.clone(),
+            &task.shard_name,
+            &task.shard_path,
+            win.file_len(),
+        )?),
+    };
+    let sink = (webshart, others);
     let pass = ShardPass::open(task, &source, (cancel, live), sink, false)?;
     let archive = TarReader::seeking(Cursor::new(win), limits);
     walk(pass, archive, &source, started)

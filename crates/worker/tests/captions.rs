@@ -26,7 +26,10 @@ fn run(
     }
     std::fs::write(&shard_path, b.into_inner().unwrap()).unwrap();
     let task = ShardTask {
-        write_captions,
+        outputs: shardprep_core::mode::JobOutput::Extract {
+            members: true,
+            captions: write_captions,
+        },
         write_threads,
         ..ShardTask::new(
             shard_path,

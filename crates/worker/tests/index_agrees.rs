@@ -24,7 +24,10 @@ use tar_cases::*;
 
 fn extract(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
     let task = ShardTask {
-        write_captions: false,
+        outputs: shardprep_core::mode::JobOutput::Extract {
+            members: true,
+            captions: false,
+        },
         ..ShardTask::new(
             archive.to_path_buf(),
             "s.tar",

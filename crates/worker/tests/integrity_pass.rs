@@ -45,7 +45,10 @@ struct Pass {
 
 fn run(shard: &Path, out: &Path, extract: bool, integrity: IntegrityConfig) -> Pass {
     let task = ShardTask {
-        extract,
+        outputs: shardprep_core::mode::JobOutput::Extract {
+            members: extract,
+            captions: true,
+        },
         write_threads: 1,
         integrity,
         ..ShardTask::new(

@@ -293,7 +293,10 @@ fn modes_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
             size: bytes.len() as u64,
             ..Default::default()
         },
-        write_captions: false,
+        outputs: shardprep_core::mode::JobOutput::Extract {
+            members: true,
+            captions: false,
+        },
         ..ShardTask::new(
             shard.clone(),
             "s.tar",
@@ -456,8 +459,10 @@ fn run_shard(
             size: bytes.len() as u64,
             ..Default::default()
         },
-        write_captions,
-        extract,
+        outputs: shardprep_core::mode::JobOutput::Extract {
+            members: extract,
+            captions: write_captions,
+        },
         shards_in_data_dir: in_data,
         write_threads,
         ..ShardTask::new(shard_path.clone(), "s.tar", OutputLayout::new(out.clone()))

@@ -13,7 +13,10 @@ use tar_cases::*;
 
 fn run_pass(archive: &Path, out: &Path) -> Result<ShardManifest, ShardError> {
     let task = ShardTask {
-        write_captions: false,
+        outputs: shardprep_core::mode::JobOutput::Extract {
+            members: true,
+            captions: false,
+        },
         write_threads: 1,
         ..ShardTask::new(
             archive.to_path_buf(),

@@ -62,6 +62,11 @@ impl Window {
         }
     }
 
+    /// Whether the tar is read by range requests (it has no local path).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.file, Source::Remote(_))
+    }
+
     /// The file's size.
     pub fn file_len(&self) -> u64 {
         self.len

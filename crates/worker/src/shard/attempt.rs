@@ -14,6 +14,7 @@ use super::{ShardError, ShardOutput, ShardTask, write_synced};
 /// The temporary files of one attempt at one shard.
 pub(crate) struct Attempt {
     dir: PathBuf,
+    lease_id: u64,
     names: AttemptFiles,
 }
 
@@ -24,6 +25,7 @@ impl Attempt {
         std::fs::create_dir_all(&dir).map_err(|e| source.write_error(&dir, e))?;
         Ok(Attempt {
             dir,
+            lease_id: task.lease_id,
             names: AttemptFiles::new(&task.shard_name, task.lease_id),
         })
     }
@@ -31,6 +33,11 @@ impl Attempt {
     /// `tmp/` itself.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The lease the attempt runs under (it names the attempt's files).
+    pub(crate) fn lease_id(&self) -> u64 {
+        self.lease_id
     }
 
     pub(crate) fn fragment(&self) -> PathBuf {

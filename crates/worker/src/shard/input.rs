@@ -2,6 +2,7 @@
 //! the input itself (disk, network) told apart from a corrupt tar, and the
 //! checks made before anything is written.
 
+use shardprep_core::index_format::IndexFormats;
 use std::cell::RefCell;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
@@ -123,6 +124,17 @@ impl ShardSource {
         ShardError::Fragment {
             shard: self.shard.clone(),
             source,
+        }
+    }
+
+    /// energon, DALI and wids open the tar by path: a remote shard has none.
+    pub(crate) fn formats_need_local(&self, formats: &IndexFormats) -> ShardError {
+        let why = format!(
+            "--index-format {formats} needs local shards: their readers open the tar by path"
+        );
+        ShardError::Formats {
+            shard: self.shard.clone(),
+            source: shardprep_formats::FormatsError::Bad(why),
         }
     }
 

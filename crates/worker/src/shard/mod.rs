@@ -37,6 +37,7 @@ use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::mode::JobOutput;
 use shardprep_core::proto::FailureKind;
 use shardprep_remote::RemoteError;
 
@@ -61,8 +62,8 @@ pub struct ShardTask {
     pub identity: ShardIdentity,
     pub layout: OutputLayout,
     pub fields: FieldMap,
-    pub write_captions: bool,
-    pub extract: bool,
+    /// What the pass writes: `data/` files and captions, or indexes.
+    pub outputs: JobOutput,
     pub lease_id: u64,
     pub attempt: u32,
     pub worker_id: String,
@@ -96,8 +97,7 @@ impl ShardTask {
             identity: ShardIdentity::default(),
             layout,
             fields: FieldMap::dalle3(),
-            write_captions: true,
-            extract: true,
+            outputs: JobOutput::default(),
             lease_id: 1,
             attempt: 1,
             worker_id: "worker".into(),
@@ -174,6 +174,11 @@ pub enum ShardError {
         shard: String,
         what: String,
         offset: u64,
+    },
+    #[error("shard {shard}: cannot write its --index-format pieces: {source}")]
+    Formats {
+        shard: String,
+        source: shardprep_formats::FormatsError,
     },
     #[error("shard {0}: cancelled (lease lost or shutting down)")]
     Cancelled(String),

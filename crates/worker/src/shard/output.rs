@@ -5,8 +5,11 @@
 //! samples exist. The shape is ripgrep's searcher/sink: the walk drives,
 //! every method but the ones an output needs has a default that does nothing.
 //!
-//! An output that points into the tar (webshart today; energon, DALI, wids
-//! next) gets, per kept member, its stored name, its checked path, its
+//! Outputs compose: a pair of outputs is an output, and so is an optional
+//! one (index mode's webshart index beside energon/DALI/wids).
+//!
+//! An output that points into the tar (webshart, energon, DALI, wids) gets
+//! every member as read ([`Output::entry`]) and, per kept member, its stored name, its checked path, its
 //! first-header, header and data offsets and its size ([`KeptMember`]); per
 //! kept sample, the row naming its image ([`Output::row`]); and at the end
 //! the tally, to add its own counts. A member's bytes are read only when
@@ -20,6 +23,7 @@ use std::path::Path;
 use crate::index::window::{Cursor, Window};
 use crate::integrity::ImageFacts;
 use crate::sample::Row;
+use crate::tar_reader::EntryMeta;
 
 use super::ShardError;
 use super::attempt::Attempt;
@@ -28,7 +32,7 @@ use super::member::Kind;
 use super::tally::Tally;
 
 /// One regular member the walk keeps (not refused, not a directory), as an
-/// output sees it.
+/// output sees it (its headers' offsets are in [`Output::entry`]'s meta).
 pub struct KeptMember<'m> {
     /// The name as stored in the tar (PAX `path`, GNU long name, ...).
     pub stored_name: &'m [u8],
@@ -39,18 +43,6 @@ pub struct KeptMember<'m> {
     pub kind: Kind,
     /// Directly in `data/`, where the seed's samples are.
     pub top_level: bool,
-    /// Offset of the member's first header (its PAX/GNU extension headers).
-    #[allow(
-        dead_code,
-        reason = "for the outputs that name header offsets (issue 28)"
-    )]
-    pub start_offset: u64,
-    /// Offset of the member's own header.
-    #[allow(
-        dead_code,
-        reason = "for the outputs that name header offsets (issue 28)"
-    )]
-    pub header_offset: u64,
     /// Offset of its data.
     pub data_offset: u64,
     /// Bytes of data.
@@ -78,6 +70,10 @@ pub trait Output {
     fn takes_sparse(&self) -> bool {
         true
     }
+
+    /// Every member the walk reads, in tar order, before the walk judges it
+    /// (refused members, directories and links included).
+    fn entry(&mut self, _meta: &EntryMeta) {}
 
     /// A member the walk keeps; `tally` records what the output refuses.
     fn member(&mut self, _m: &KeptMember<'_>, _tally: &mut Tally) {}
@@ -107,6 +103,76 @@ impl Output for FilesOnly {
     type Done = ();
     fn finish(self, _end: &mut End<'_>) -> Result<(), ShardError> {
         Ok(())
+    }
+}
+
+/// Two outputs of one walk (nest pairs for more): each sees every call.
+impl<A: Output, B: Output> Output for (A, B) {
+    type Done = (A::Done, B::Done);
+
+    fn takes_sparse(&self) -> bool {
+        self.0.takes_sparse() && self.1.takes_sparse()
+    }
+
+    fn entry(&mut self, meta: &EntryMeta) {
+        self.0.entry(meta);
+        self.1.entry(meta);
+    }
+
+    fn member(&mut self, m: &KeptMember<'_>, tally: &mut Tally) {
+        self.0.member(m, tally);
+        self.1.member(m, tally);
+    }
+
+    fn image(&mut self, rel: &Path, facts: &ImageFacts) {
+        self.0.image(rel, facts);
+        self.1.image(rel, facts);
+    }
+
+    fn row(&mut self, row: &KeptRow<'_>) {
+        self.0.row(row);
+        self.1.row(row);
+    }
+
+    fn finish(self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {
+        Ok((self.0.finish(end)?, self.1.finish(end)?))
+    }
+}
+
+/// An output the job may not ask for.
+impl<O: Output> Output for Option<O> {
+    type Done = Option<O::Done>;
+
+    fn takes_sparse(&self) -> bool {
+        self.as_ref().is_none_or(Output::takes_sparse)
+    }
+
+    fn entry(&mut self, meta: &EntryMeta) {
+        if let Some(o) = self {
+            o.entry(meta);
+        }
+    }
+
+    fn member(&mut self, m: &KeptMember<'_>, tally: &mut Tally) {
+        if let Some(o) = self {
+            o.member(m, tally);
+        }
+    }
+
+    fn image(&mut self, rel: &Path, facts: &ImageFacts) {
+        if let Some(o) = self {
+            o.image(rel, facts);
+        }
+    }
+
+    fn row(&mut self, row: &KeptRow<'_>) {
+        if let Some(o) = self {
+            o.row(row);
+        }
+    }
+
+    fn finish(self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {
+        self.map(|o| o.finish(end)).transpose()
     }
 }
 

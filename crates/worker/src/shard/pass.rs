@@ -75,7 +75,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
         let attempt = Attempt::create(task, source)?;
         let fragment = FragmentWriter::create(&attempt.fragment(), &task.fields.extra)
             .map_err(|e| source.fragment_error(e))?;
-        let writes_files = task.extract || task.write_captions;
+        let writes_files = task.outputs.writes_data();
         let data = if uses_data_dir {
             open_data_dir(task, writes_files, &attempt.files_list(), source)?
         } else {
@@ -97,7 +97,8 @@ impl<'a, O: Output> ShardPass<'a, O> {
             images: NameSet::default(),
             referenced: NameSet::default(),
             captions_written: HashSet::new(),
-            unlisted: (task.extract && task.write_captions).then(UnlistedImages::default),
+            unlisted: (task.outputs.writes_members() && task.outputs.writes_captions())
+                .then(UnlistedImages::default),
             json_buf: Vec::new(),
             checks: ImageChecks::new(&task.integrity),
             out,
@@ -122,6 +123,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
         self.tally.counts.members += 1;
         self.live.members.fetch_add(1, Ordering::Relaxed);
         let meta = entry.meta();
+        self.out.entry(meta);
         let (size, data_pos, end, kind) =
             (meta.size, meta.data_offset, meta.end_offset(), meta.kind);
         let name = meta.name_lossy();
@@ -150,24 +152,21 @@ impl<'a, O: Output> ShardPass<'a, O> {
                 self.tally.member_warning(&name, key, detail);
             }
             let member = Member::new(self.source, name, rel, size, data_pos);
-            let offsets = (meta.start_offset, meta.header_offset);
             let stored = meta.name.clone();
-            self.kept(&member, &stored, offsets);
+            self.kept(&member, &stored);
             self.file(&member, entry)?;
         }
         Ok(end)
     }
 
     /// Hands a kept member to the output.
-    fn kept(&mut self, m: &Member, stored_name: &[u8], (start, header): (u64, u64)) {
+    fn kept(&mut self, m: &Member, stored_name: &[u8]) {
         let kept = KeptMember {
             stored_name,
             name: &m.name,
             rel: &m.rel,
             kind: m.kind,
             top_level: m.top_level,
-            start_offset: start,
-            header_offset: header,
             data_offset: m.data_pos,
             size: m.size,
         };
@@ -176,7 +175,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
 
     /// A directory member: created (as a real directory) when extracting.
     fn directory(&mut self, name: &str, rel: &Path) -> Result<(), ShardError> {
-        if !self.task.extract {
+        if !self.task.outputs.writes_members() {
             return Ok(());
         }
         match self.data.ensure_dirs(rel) {
@@ -222,7 +221,10 @@ impl<'a, O: Output> ShardPass<'a, O> {
     /// member of the same name.
     fn shadowed_by_caption(&mut self, m: &Member) -> Result<bool, ShardError> {
         let key = m.key();
-        if !(self.task.write_captions && m.top_level && self.captions_written.contains(&key)) {
+        if !(self.task.outputs.writes_captions()
+            && m.top_level
+            && self.captions_written.contains(&key))
+        {
             return Ok(false);
         }
         // Was that caption really written? Settle it first.
@@ -242,7 +244,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
         self.tally.counts.json_files += 1;
         self.live.json_files.fetch_add(1, Ordering::Relaxed);
         // A JSON too large to parse is read only to be written.
-        let read = m.size <= MAX_JSON_BYTES || self.task.extract;
+        let read = m.size <= MAX_JSON_BYTES || self.task.outputs.writes_members();
         if read {
             self.read_json(m, entry)?;
         } else {
@@ -252,7 +254,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             .then(|| parse_sample(&self.json_buf, &self.task.fields));
         let hashes = self.hash_claims(parsed.as_ref());
         let own_text = self.own_caption_text(m, parsed.as_ref());
-        if self.task.extract && !shadowed {
+        if self.task.outputs.writes_members() && !shadowed {
             self.write_json(m, entry)?;
         } else if m.size > MAX_JSON_BYTES {
             skip_data(m, entry, if read { MAX_JSON_BYTES } else { 0 })?;
@@ -423,7 +425,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             row: &row,
             json_dims,
         });
-        if self.task.write_captions {
+        if self.task.outputs.writes_captions() {
             let txt = format!("{}.txt", stem(&row.filename));
             let key = fnv1a64(txt.as_bytes());
             // Taken back out if the write is refused.
@@ -473,11 +475,11 @@ impl<'a, O: Output> ShardPass<'a, O> {
                 IssueKind::ShadowedByCaption,
                 "a caption file of the same name was written; the caption wins, as in the seed",
             );
-        } else if self.task.extract && entry.meta().sparse.is_some() {
+        } else if self.task.outputs.writes_members() && entry.meta().sparse.is_some() {
             self.sparse_file(m, entry)?;
-        } else if self.task.extract && m.size <= POOL_MAX_FILE {
+        } else if self.task.outputs.writes_members() && m.size <= POOL_MAX_FILE {
             self.queue_small(m, entry)?;
-        } else if self.task.extract {
+        } else if self.task.outputs.writes_members() {
             self.stream_member(m, entry)?;
         } else if m.kind == Kind::Image && m.top_level {
             let cfg = &self.task.integrity;
