@@ -294,5 +294,19 @@ check "the script started the worker step again" grep -q "starting it again" "$W
 check "output verifies after the relaunch" verified "$OUT4"
 check "output identical to the oracle after the relaunch" same_as_oracle "$OUT4"
 
+# --- 6. index mode with every trainer's index, the formats given by environment ---------
+say "6. --mode index --index-format by SHARDPREP_* ($((SECONDS - T0)) s)"
+OUT5=$WORK/out5
+SHARDPREP_MODE=index SHARDPREP_INDEX_FORMAT=webshart,energon,dali,wids \
+    job formats --nodes 2 --ntasks-per-node 1 "$SBATCH" --input "$WORK/shards" --output "$OUT5" >/dev/null
+RC=$?
+if [ $RC -eq 0 ]; then pass "index job exits 0"; else fail "index job exits 0, got $RC" "$(tail -n 20 "$WORK/formats.out")"; fi
+check "report: index mode with the four formats, every shard in each" \
+    report "$OUT5" "f=d['index_formats']; assert d['verdict']=='ok' and d['mode']=='index' and f['formats']=='webshart,energon,dali,wids' and f['not_indexed']==[] and f['summary']['formats']['dali']['shards']==$SHARDS, f"
+check "energon, DALI and wids files under OUT" test -s "$OUT5/energon/.nv-meta/index.sqlite" -a -s "$OUT5/dali/dali.json" -a -s "$OUT5/wids/wids.json"
+check "index output verifies (every format checked against the tars)" "$BIN" verify "$OUT5"
+check "the same samples as the extract oracle's parquet" \
+    "${SHARDPREP_PYTHON:-python3}" -c "import pyarrow.parquet as pq,sys; a=pq.read_table('$WORK/oracle/dalle3.parquet').column('filename').to_pylist(); b=pq.read_table('$OUT5/dalle3.parquet').column('filename').to_pylist(); sys.exit(sorted(a)!=sorted(b))"
+
 echo "$PASSED passed, $FAILED failed ($((SECONDS - T0)) s)"
 [ "$FAILED" -eq 0 ]

@@ -358,14 +358,26 @@ pub(crate) fn finish_job(
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
-    let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems)?;
+    // The formats' dataset-wide files (energon's SQLite) are built while the
+    // table is merged: neither reads what the other writes.
+    let mut format_problems = Vec::new();
+    let (merged, formats) = std::thread::scope(|scope| {
+        let formats = scope.spawn(|| build_formats(layout, config, &rows, &mut format_problems));
+        let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems);
+        (merged, formats.join())
+    });
+    let merged = merged?;
+    let formats = formats.map_err(|_| CoordinatorError::TaskFailed {
+        task: "building the index formats",
+        detail: "the thread panicked".into(),
+    })?;
+    problems.extend(format_problems);
     // With failed shards nothing is merged; the collisions among the shards
     // that did complete are still reported, so every problem shows at once.
     let collisions = match merged {
         None => Some(merge::duplicates_among(&rows.fragments)?),
         Some(_) => None,
     };
-    let formats = build_formats(layout, config, &rows, &mut problems);
     let report = Report::new(config, started_at)
         .with_index_formats(formats)
         .with_shards(rows)
