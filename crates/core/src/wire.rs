@@ -2,8 +2,9 @@
 //! types, and the few computations every reader of a job's status shares.
 //! No other module builds a wire message field by field.
 
+use crate::fields::FieldMap;
 use crate::index_format::IndexFormats;
-use crate::manifest::{ShardCounts, ShardProgress};
+use crate::manifest::{ShardCounts, ShardIdentity, ShardProgress};
 use crate::mode::{JobOutput, Mode};
 use crate::proto::{self, FailureKind};
 
@@ -55,6 +56,31 @@ impl JobOutput {
             Some(Mode::Index) => IndexFormats::from_names(&spec.index_formats)
                 .map(JobOutput::index)
                 .map_err(|e| unknown(format!("index formats ({e})"))),
+        }
+    }
+}
+
+impl FieldMap {
+    /// The JSON fields a job spec names.
+    pub fn from_proto(spec: &proto::JobSpec) -> Self {
+        FieldMap {
+            caption: spec.caption_field.clone(),
+            width: spec.width_field.clone(),
+            height: spec.height_field.clone(),
+            filename: spec.filename_field.clone(),
+            extra: spec.extra_columns.clone(),
+        }
+    }
+}
+
+impl From<&proto::ShardLease> for ShardIdentity {
+    /// The identity of the input a lease was granted for.
+    fn from(l: &proto::ShardLease) -> Self {
+        ShardIdentity {
+            size: l.size,
+            mtime_ns: l.mtime_ns,
+            inode: l.inode,
+            ctime_ns: l.ctime_ns,
         }
     }
 }
@@ -206,6 +232,38 @@ mod tests {
         JobOutput::index(IndexFormats::default()).to_proto(&mut spec);
         spec.index_formats = vec!["lmdb".into()];
         assert!(JobOutput::from_proto(&spec).unwrap_err().contains("lmdb"));
+    }
+
+    #[test]
+    fn fields_and_identities_are_read_off_the_wire() {
+        let spec = proto::JobSpec {
+            caption_field: "c".into(),
+            width_field: "w".into(),
+            height_field: "h".into(),
+            filename_field: "f".into(),
+            extra_columns: vec!["x".into()],
+            ..Default::default()
+        };
+        let fields = FieldMap::from_proto(&spec);
+        assert_eq!(
+            fields,
+            FieldMap {
+                caption: "c".into(),
+                width: "w".into(),
+                height: "h".into(),
+                filename: "f".into(),
+                extra: vec!["x".into()],
+            }
+        );
+        let lease = proto::ShardLease {
+            size: 1,
+            mtime_ns: 2,
+            inode: 3,
+            ctime_ns: 4,
+            ..Default::default()
+        };
+        let id = ShardIdentity::from(&lease);
+        assert_eq!((id.size, id.mtime_ns, id.inode, id.ctime_ns), (1, 2, 3, 4));
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //!
 //! Layout:
 //! - [`client`]: the gRPC loop (register, lease, heartbeat, complete/fail,
-//!   reconnect with backoff, graceful shutdown).
+//!   reconnect with backoff, graceful shutdown): `mod.rs` the loop,
+//!   `rpc.rs` channel, TLS, token and retries, `task.rs` the shard located
+//!   and its task, `pass.rs` the pass's thread, `lease.rs` the lease's
+//!   clock, fence and heartbeats, `report.rs` Complete/Fail, `fault.rs`
+//!   test faults.
 //! - [`shard`]: the walk over one tar shard (blocking): one pass that
 //!   decides members, rows and image checks for every output.
 //! - [`index`]: `--mode index`, the walk with the webshart index as output.

@@ -36,7 +36,7 @@ use std::time::Instant;
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::manifest::{ShardIdentity, ShardManifest, ShardProgress};
 use shardprep_core::mode::JobOutput;
 use shardprep_core::proto::FailureKind;
 use shardprep_remote::RemoteError;
@@ -118,6 +118,18 @@ pub struct LiveProgress {
     pub bytes_read: AtomicU64,
     pub json_files: AtomicU64,
     pub rows: AtomicU64,
+}
+
+impl LiveProgress {
+    /// The counts as they are now.
+    pub fn snapshot(&self) -> ShardProgress {
+        ShardProgress {
+            members: self.members.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            json_files: self.json_files.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A processed shard: its fragment and manifest, written under temporary names.

@@ -1,0 +1,84 @@
+//! Faults a test injects into a worker (the hidden `--fault` flag).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::shard::{ShardError, ShardOutput, ShardTask};
+
+/// Faults a test can inject into a worker (hidden `--fault` flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Processing this shard always fails (retryable).
+    Fail(String),
+    /// After processing this shard, go silent (no heartbeats) for the
+    /// duration, then report the completion late.
+    Stall(String, Duration),
+    /// Processing this shard never returns (heartbeats go on).
+    Hang(String),
+}
+
+impl Fault {
+    /// Parses `fail:SHARD`, `stall:SHARD:DURATION` or `hang:SHARD`.
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("fail"), Some(shard), None) => Ok(Fault::Fail(shard.into())),
+            (Some("hang"), Some(shard), None) => Ok(Fault::Hang(shard.into())),
+            (Some("stall"), Some(shard), Some(d)) => shardprep_core::duration::parse_duration(d)
+                .map(|d| Fault::Stall(shard.into(), d))
+                .map_err(|e| e.to_string()),
+            _ => Err(format!(
+                "bad fault {s:?}: use fail:SHARD, stall:SHARD:DUR or hang:SHARD"
+            )),
+        }
+    }
+
+    /// What the pass ends with when this fault takes its place (`fail`,
+    /// `hang` until cancelled), on the pass's blocking thread; `None` when
+    /// the pass runs as usual.
+    pub(super) fn instead_of_pass(
+        &self,
+        task: &ShardTask,
+        cancel: &AtomicBool,
+    ) -> Option<Result<ShardOutput, ShardError>> {
+        match self {
+            Fault::Fail(s) if *s == task.shard_name => Some(Err(ShardError::Open {
+                shard: task.shard_name.clone(),
+                path: task.shard_path.display().to_string(),
+                source: std::io::Error::other("injected failure (--fault)"),
+            })),
+            Fault::Hang(s) if *s == task.shard_name => {
+                while !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Some(Err(ShardError::Cancelled(task.shard_name.clone())))
+            }
+            _ => None,
+        }
+    }
+
+    /// `stall`: goes silent after processing `shard`, before reporting it.
+    pub(super) async fn before_report(&self, shard: &str) {
+        if let Fault::Stall(s, d) = self
+            && s == shard
+        {
+            tracing::warn!(shard = %shard, pause = ?d, "test fault: stalling before reporting");
+            tokio::time::sleep(*d).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        assert_eq!(Fault::parse("fail:a.tar"), Ok(Fault::Fail("a.tar".into())));
+        assert_eq!(
+            Fault::parse("stall:a.tar:2s"),
+            Ok(Fault::Stall("a.tar".into(), Duration::from_secs(2)))
+        );
+        assert!(Fault::parse("explode:a.tar").is_err());
+    }
+}
