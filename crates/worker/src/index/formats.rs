@@ -8,9 +8,6 @@
 //! pieces into `tmp/` beside the attempt's other files; the coordinator
 //! commits them with the shard.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use shardprep_core::index_format::{IndexFormat, IndexFormats};
@@ -69,7 +66,10 @@ impl Output for FormatsSink {
             data_offset: m.data_offset,
             size: m.size,
             kind,
-            raw_header_name: None,
+            raw_header_name: self
+                .formats
+                .contains(IndexFormat::Wids)
+                .then(|| m.header_name.to_vec()),
             typeflag: m.typeflag,
         });
     }
@@ -78,15 +78,8 @@ impl Output for FormatsSink {
         self.input.row_images.insert(r.row.filename.clone());
     }
 
-    fn finish(mut self, end: &mut End<'_>) -> Result<(), ShardError> {
-        let shard = self.input.shard_name.clone();
-        if self.formats.contains(IndexFormat::Wids) {
-            read_raw_names(&mut self.input).map_err(|e| ShardError::Read {
-                shard: shard.clone(),
-                what: format!("reading the member headers again for wids: {e}"),
-                offset: 0,
-            })?;
-        }
+    fn finish(self, end: &mut End<'_>) -> Result<(), ShardError> {
+        let shard = &self.input.shard_name;
         let tmp = end.attempt.dir();
         let lease = end.attempt.lease_id();
         shardprep_formats::write_attempt(tmp, lease, &self.formats, &self.input).map_err(
@@ -98,16 +91,4 @@ impl Output for FormatsSink {
         tracing::debug!(shard = %shard, formats = %self.formats, members = self.input.members.len(), "index formats built");
         Ok(())
     }
-}
-
-/// The raw ustar `name` field of each member's own header: what wids reads
-/// (it parses headers itself, without PAX or GNU long names).
-fn read_raw_names(input: &mut ShardInput) -> io::Result<()> {
-    let file = File::open(&input.tar_path)?;
-    for m in &mut input.members {
-        let mut name = vec![0u8; 100];
-        file.read_exact_at(&mut name, m.header_offset)?;
-        m.raw_header_name = Some(name);
-    }
-    Ok(())
 }

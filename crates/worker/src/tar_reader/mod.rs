@@ -80,6 +80,9 @@ pub struct EntryMeta {
     pub kind: EntryKind,
     /// The raw type flag of the member's own header.
     pub typeflag: u8,
+    /// The raw `name` field of the member's own header (what readers that
+    /// parse ustar headers themselves, such as wids, see).
+    pub header_name: [u8; 100],
     /// Size of the data as extracted (0 for header-only types; the real size
     /// of a sparse file).
     pub size: u64,
@@ -97,6 +100,13 @@ pub struct EntryMeta {
     pub refusal: Option<Refusal>,
     pub mode: Option<u32>,
     pub mtime: Option<u64>,
+}
+
+/// The first 100 bytes of a header block: its ustar `name` field.
+fn header_name_field(block: &[u8; 512]) -> [u8; 100] {
+    let mut name = [0u8; 100];
+    name.copy_from_slice(&block[..100]);
+    name
 }
 
 impl EntryMeta {
@@ -329,6 +339,7 @@ impl<R: Read> TarReader<R> {
             link_name,
             kind,
             typeflag,
+            header_name: header_name_field(block),
             size: if kind == EntryKind::Directory {
                 0
             } else {
