@@ -21,7 +21,7 @@ use crate::report::{
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
-use crate::{CoordinatorConfig, CoordinatorError, JobShared, judge};
+use crate::{CoordinatorConfig, CoordinatorError, JobShared, judge, page};
 
 /// How a job ended.
 #[derive(Debug, Clone)]
@@ -166,8 +166,18 @@ fn merge_or_withdraw(
 /// the entry and the indexes at the job's depth.
 fn output_problems(layout: &OutputLayout, config: &CoordinatorConfig, report: &Report) -> Findings {
     let view = JobView::new(report, config.expect_json, Some(&config.backend.dataset_id));
-    let mut f = verify::check_data(layout, &view, CheckDepth::Sizes);
-    f.merge(verify::check_published(layout, &view, config.depth));
+    // `data/` (one stat per file) and what was published, side by side.
+    let (mut f, published) = std::thread::scope(|scope| {
+        let published = scope.spawn(|| verify::check_published(layout, &view, config.depth));
+        let data = verify::check_data(layout, &view, CheckDepth::Sizes);
+        (data, published.join())
+    });
+    match published {
+        Ok(p) => f.merge(p),
+        Err(_) => f
+            .problems
+            .push("the check of the published files panicked (a bug: please report it)".into()),
+    }
     f
 }
 
@@ -350,9 +360,11 @@ pub(crate) fn finish_job(
     {
         tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
         write_backend(layout, config, shared.webshart.as_ref())?;
+        let report = prev.seen_again(&rows);
+        write_page_logged(layout, &report, None);
         return Ok(JobOutcome {
             ok: true,
-            report: prev.seen_again(&rows),
+            report,
             report_path,
         });
     }
@@ -384,10 +396,8 @@ pub(crate) fn finish_job(
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
         .with_duplicates(collisions);
     write_backend(layout, config, shared.webshart.as_ref())?;
-    if problems.is_empty() {
-        // What `verify` checks, so that "verified" is never said over damage.
-        problems.extend(output_problems(layout, config, &report).problems);
-    }
+    let (found, page) = check_and_gather(layout, config, &report, problems.is_empty());
+    problems.extend(found);
     problems.extend(flush_data_at_end(layout, config));
     let report = report
         .finish(problems, started.elapsed(), workers_rss, fingerprint)
@@ -398,11 +408,47 @@ pub(crate) fn finish_job(
     })?;
     write_atomic(&report_path, &json)?;
     log_verdict(&report);
+    write_page_logged(layout, &report, page);
     Ok(JobOutcome {
         ok: report.verdict == Verdict::Ok,
         report,
         report_path,
     })
+}
+
+/// What `verify` finds in the output (when `check`: nothing failed
+/// before), so that "verified" is never said over damage; meanwhile, on
+/// another thread, the files the report page shows (they do not depend on
+/// the verdict).
+fn check_and_gather(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+    report: &Report,
+    check: bool,
+) -> (Vec<String>, Option<page::Gathered>) {
+    std::thread::scope(|scope| {
+        let page = scope.spawn(|| page::gather_files(layout.root(), report));
+        let found = match check {
+            true => output_problems(layout, config, report).problems,
+            false => Vec::new(),
+        };
+        (found, page.join().ok())
+    })
+}
+
+/// Writes `OUT/report.html` beside `report.json` (from `gathered` files
+/// when the caller has them). A page that cannot be written is logged and
+/// does not change the job's verdict.
+fn write_page_logged(layout: &OutputLayout, report: &Report, gathered: Option<page::Gathered>) {
+    let (out, opts) = (layout.root(), page::PageOptions::default());
+    let written = match gathered {
+        Some(g) => page::write_gathered(out, report, g, opts),
+        None => page::write_page(out, report, opts),
+    };
+    match written {
+        Ok(path) => tracing::info!(page = %path.display(), "wrote the report page"),
+        Err(e) => tracing::warn!(error = %e, "cannot write the report page"),
+    }
 }
 
 fn abs(p: &Path) -> PathBuf {

@@ -89,9 +89,6 @@ pub async fn serve(
         Ok(o) => (Phase::Failed, o.report.verdict.as_str()),
         Err(_) => (Phase::Failed, "failed"),
     };
-    if let Ok(o) = &outcome {
-        write_page(&config, &o.report).await;
-    }
     shared.set_phase(phase, verdict);
     // Tell the workers (their lease requests now answer "done"), then stop.
     shared.state.update(|s| s.finish());
@@ -320,21 +317,6 @@ async fn end_job(
         finish_job(&shared, &config, started, &started_at)
     })
     .await?
-}
-
-/// Writes `OUT/report.html` beside `report.json`. A page that cannot be
-/// written is logged, and does not change the job's verdict.
-async fn write_page(config: &CoordinatorConfig, report: &crate::report::Report) {
-    let (out, report) = (config.output.clone(), report.clone());
-    let written = blocking("report page", move || {
-        crate::page::write_page(&out, &report, crate::page::PageOptions::default())
-    })
-    .await;
-    match written {
-        Ok(Ok(path)) => tracing::info!(page = %path.display(), "wrote the report page"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the report page"),
-        Err(e) => tracing::warn!(error = %e, "cannot write the report page"),
-    }
 }
 
 /// Waits briefly for the server's graceful stop; an idle client connection

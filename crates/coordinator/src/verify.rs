@@ -162,8 +162,31 @@ pub(crate) fn check_published(
     view: &JobView<'_>,
     depth: CheckDepth,
 ) -> Findings {
+    // The table and the indexes are read on two threads (neither depends on
+    // the other); their findings are merged in this order.
+    let (mut f, indexes) = std::thread::scope(|scope| {
+        let table = scope.spawn(|| {
+            let mut f = Findings::default();
+            check_parquet(layout, view, depth, &mut f);
+            f
+        });
+        let indexes = check_indexes(layout, view);
+        let table = table.join().unwrap_or_else(|_| {
+            let mut f = Findings::default();
+            f.problems
+                .push("the check of the table panicked (a bug: please report it)".into());
+            f
+        });
+        (table, indexes)
+    });
+    f.merge(indexes);
+    f
+}
+
+/// Index mode: every index format written (webshart's and its entry, the
+/// dataset-wide files of the others); extract mode: the dataloader entry.
+fn check_indexes(layout: &OutputLayout, view: &JobView<'_>) -> Findings {
     let mut f = Findings::default();
-    check_parquet(layout, view, depth, &mut f);
     if let Some(formats) = view.outputs.index_formats() {
         if formats.contains(IndexFormat::Webshart) {
             crate::verify_index::check_index_output(layout, view.report, &mut f);

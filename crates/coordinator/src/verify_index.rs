@@ -87,27 +87,26 @@ pub fn check_index_output(layout: &OutputLayout, report: &Report, f: &mut Findin
         .iter()
         .filter(|s| s.state == ShardPhase::Done)
         .collect();
-    for s in &done {
+    let checked = check_shards(layout, &input, remote, &done);
+    for (s, found) in done.iter().zip(checked) {
         let name = s.name.as_str();
-        let Some(path) = layout.index_path(name) else {
+        let Some((path, counts, problems, unlisted)) = found else {
             tally.problem(f, format!("shard {name:?} cannot name an index file"));
             continue;
         };
-        expected.insert(path.clone());
-        let before = tally.counts.clone();
-        let tar = if remote {
-            Tar::Remote(listed_size(layout, name))
-        } else {
-            Tar::Local(input.join(name))
-        };
-        check_shard(&path, &tar, name, &mut tally, f);
-        let mut got = tally.counts.clone();
-        subtract(&mut got, &before);
+        expected.insert(path);
+        add(&mut tally.counts, &counts);
+        for p in problems {
+            tally.problem(f, p);
+        }
+        // Problems past the cap inside the shard's own check.
+        tally.listed += unlisted;
+        tally.over_cap += unlisted;
         let entries = s.counts.as_ref().map_or(0, |c| c.index.entries);
-        if got.entries != entries {
+        if counts.entries != entries {
             let msg = format!(
                 "index of shard {name} has {} entries, report.json says {entries}",
-                got.entries
+                counts.entries
             );
             tally.problem(f, msg);
         }
@@ -134,11 +133,51 @@ pub fn check_index_output(layout: &OutputLayout, report: &Report, f: &mut Findin
     }
 }
 
-fn subtract(a: &mut IndexCounts, b: &IndexCounts) {
-    a.entries -= b.entries;
-    a.images_with_dimensions -= b.images_with_dimensions;
-    a.images_without_dimensions -= b.images_without_dimensions;
-    a.images_with_caption -= b.images_with_caption;
+fn add(a: &mut IndexCounts, b: &IndexCounts) {
+    a.entries += b.entries;
+    a.images_with_dimensions += b.images_with_dimensions;
+    a.images_without_dimensions += b.images_without_dimensions;
+    a.images_with_caption += b.images_with_caption;
+}
+
+/// One done shard's index checked: its path, its counts, its problems and
+/// how many more it found past the listing cap (`None`: its name cannot
+/// name an index file).
+type ShardFound = Option<(PathBuf, IndexCounts, Vec<String>, u64)>;
+
+/// Checks the done shards' indexes on two threads (each index is parsed
+/// and its images' first bytes read: the end of every index job waits for
+/// it); the results come back in shard order.
+fn check_shards(
+    layout: &OutputLayout,
+    input: &Path,
+    remote: bool,
+    done: &[&crate::report::ShardReport],
+) -> Vec<ShardFound> {
+    let one = |s: &&crate::report::ShardReport| -> ShardFound {
+        let name = s.name.as_str();
+        let path = layout.index_path(name)?;
+        let tar = if remote {
+            Tar::Remote(listed_size(layout, name))
+        } else {
+            Tar::Local(input.join(name))
+        };
+        let (mut tally, mut found) = (Tally::default(), Findings::default());
+        check_shard(&path, &tar, name, &mut tally, &mut found);
+        Some((path, tally.counts, found.problems, tally.over_cap))
+    };
+    let half = done.len().div_ceil(2);
+    let (first, second) = done.split_at(half);
+    std::thread::scope(|scope| {
+        let later = scope.spawn(|| second.iter().map(one).collect::<Vec<_>>());
+        let mut all: Vec<ShardFound> = first.iter().map(one).collect();
+        match later.join() {
+            Ok(rest) => all.extend(rest),
+            // A panic on that thread: check its half here instead.
+            Err(_) => all.extend(second.iter().map(one)),
+        }
+        all
+    })
 }
 
 /// Where a shard's bytes are checked.

@@ -84,10 +84,46 @@ pub(crate) struct Page<'a> {
     pub live: Option<live::LiveState>,
 }
 
+/// What a finished job's page reads from `OUT` besides the report: the
+/// dataloader entry, the samples' statistics and the problem images. It
+/// does not depend on the verdict, so the job's end gathers it while it
+/// checks the output ([`gather_files`], then [`write_gathered`]).
+pub struct Gathered {
+    entry: Option<serde_json::Value>,
+    stats: Result<Stats, String>,
+    thumbs: Vec<thumbs::Thumb>,
+}
+
+/// Gathers what the page of `report`'s job shows from `out`.
+pub fn gather_files(out: &Path, report: &Report) -> Gathered {
+    let layout = OutputLayout::new(out.to_path_buf());
+    Gathered {
+        entry: read_entry(&layout),
+        stats: read_stats(&layout, report).map_err(|e| e.to_string()),
+        thumbs: thumbs::of_problems(&layout, report),
+    }
+}
+
 /// Writes `OUT/report.html` for `report` (atomically: temporary name, rename).
 pub fn write_page(out: &Path, report: &Report, opts: PageOptions) -> Result<PathBuf, PageError> {
-    let layout = OutputLayout::new(out.to_path_buf());
-    let page = gather(&layout, report, opts, None);
+    write_gathered(out, report, gather_files(out, report), opts)
+}
+
+/// Writes `OUT/report.html` for `report` from files gathered before.
+pub fn write_gathered(
+    out: &Path,
+    report: &Report,
+    g: Gathered,
+    opts: PageOptions,
+) -> Result<PathBuf, PageError> {
+    let page = Page {
+        report,
+        rule: rule_of(g.entry.as_ref(), opts),
+        entry: g.entry,
+        stats: g.stats,
+        thumbs: g.thumbs,
+        live: None,
+    };
     let text = html::render(&page);
     let path = out.join(PAGE_FILE);
     let tmp = shardprep_core::layout::unique_tmp(&path);
