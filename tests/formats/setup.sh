@@ -7,14 +7,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${FMT_VENV:-$here/../../.venv-formats}"
-py=""
-for cand in ${PYTHON312:-} python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
-  if "$cand" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then py="$cand"; break; fi
-done
-if [ -z "$py" ]; then
-  echo "setup.sh: python3.12 not found; set PYTHON312" >&2
-  exit 1
-fi
+source "$here/../python312.sh"
+py=$(python312 "DALI and wids")
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi

@@ -7,11 +7,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${EN_VENV:-$here/../../.venv-energon}"
-py=""
-for cand in ${PYTHON312:-} python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
-  if "$cand" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then py="$cand"; break; fi
-done
-[ -n "$py" ] || { echo "setup_energon.sh: python3.12 not found; set PYTHON312" >&2; exit 1; }
+source "$here/../python312.sh"
+py=$(python312 "megatron-energon")
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 if [ -n "${TORCH_SITE:-}" ]; then
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -1,7 +1,7 @@
 //! Index mode: the shard walk ([`crate::shard::pass::ShardPass`]) with the
 //! webshart index ([`sink::IndexSink`], document in [`doc`]) and the other
 //! trainers' indexes ([`formats::FormatsSink`], `--index-format`) as its outputs,
-//! over a tar read at chosen offsets ([`window`]): only the headers, the
+//! over a tar read at chosen offsets ([`crate::window`]): only the headers, the
 //! JSON members and the first bytes of each image are read, the rest is
 //! seeked over. A remote shard is read the same way, by range requests
 //! ([`shardprep_remote::open_ranged`]): the images' bytes are never
@@ -19,7 +19,6 @@
 pub mod doc;
 pub(crate) mod formats;
 pub(crate) mod sink;
-pub mod window;
 
 use std::fs::File;
 use std::io;
@@ -36,11 +35,11 @@ use crate::shard::input::ShardSource;
 use crate::shard::pass::ShardPass;
 use crate::shard::{LiveProgress, ShardError, ShardOutput, ShardTask, limits, walk};
 use crate::tar_reader::{Limits, TarReader};
+use crate::window::{Cursor, Window};
 use formats::FormatsSink;
 use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::mode::JobOutput;
 use sink::IndexSink;
-use window::{Cursor, Window};
 
 pub use shardprep_core::layout::INDEX_DIR;
 

@@ -10,7 +10,10 @@
 //!   test faults.
 //! - [`shard`]: the walk over one tar shard (blocking): one pass that
 //!   decides members, rows and image checks for every output.
-//! - [`index`]: `--mode index`, the walk with the webshart index as output.
+//! - [`index`]: `--mode index`, the walk with the webshart index and the
+//!   other trainers' indexes (`--index-format`) as outputs.
+//! - [`window`]: a tar read at chosen offsets through one small buffer
+//!   (index mode; local files and range requests).
 //! - [`integrity`]: the checks of the images themselves.
 //! - [`tar_reader`]: tar iteration with GNU tar's rules.
 //! - [`sample`]: one sample JSON to one table row.
@@ -31,6 +34,7 @@ mod publish;
 pub mod sample;
 pub mod shard;
 pub mod tar_reader;
+pub mod window;
 pub mod writers;
 
 pub use client::{

@@ -9,7 +9,7 @@
 //! from the parquet; the walk counts them (`images_left_out`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use shardprep_core::issue::IssueKind;
 use shardprep_core::manifest::IndexCounts;
@@ -29,12 +29,12 @@ pub(crate) struct IndexSink {
     /// The tar's size.
     filesize: u64,
     files: BTreeMap<String, FileEntry>,
-    /// Images directly in `data/`: checked path → entry key.
-    images: HashMap<PathBuf, String>,
+    /// Images directly in `data/`: checked path (as text) → entry key.
+    images: HashMap<String, String>,
     /// Entry keys of images below the top (never a sample).
     nested: Vec<String>,
     /// Header sizes of the images directly in `data/`.
-    header_dims: HashMap<PathBuf, (u32, u32)>,
+    header_dims: HashMap<String, (u32, u32)>,
     /// Each row's caption and the JSON's width and height, by image name.
     rows: HashMap<String, (String, (i64, i64))>,
 }
@@ -60,7 +60,7 @@ impl IndexSink {
             self.files.remove(key);
         }
         for (rel, key) in &self.images {
-            let row = rel.to_str().and_then(|r| self.rows.get(r));
+            let row = self.rows.get(rel);
             let Some((caption, json_dims)) = row else {
                 self.files.remove(key);
                 continue;
@@ -105,7 +105,9 @@ impl Output for IndexSink {
             .insert(key.to_string(), FileEntry::plain(m.data_offset, m.size));
         if m.kind == Kind::Image {
             if m.top_level {
-                self.images.insert(m.rel.to_path_buf(), key.to_string());
+                // A top-level path is one plain name: the row's `filename`.
+                let rel = m.rel.to_string_lossy().into_owned();
+                self.images.insert(rel, key.to_string());
             } else {
                 self.nested.push(key.to_string());
             }
@@ -113,9 +115,13 @@ impl Output for IndexSink {
     }
 
     fn image(&mut self, rel: &Path, facts: &ImageFacts) {
+        // A name that is not text gets no entry (`name_not_utf8`).
+        let Some(rel) = rel.to_str() else {
+            return;
+        };
         match facts.header {
             Ok((w, h)) if w > 0 && h > 0 => {
-                self.header_dims.insert(rel.to_path_buf(), (w, h));
+                self.header_dims.insert(rel.to_string(), (w, h));
             }
             _ => {
                 // A later copy of the name wins, as in `data/`.

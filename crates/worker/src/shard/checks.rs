@@ -12,12 +12,12 @@ use std::io;
 use shardprep_core::issue::IssueKind;
 use std::path::PathBuf;
 
-use crate::index::window::Window;
 use crate::integrity::{
     Claims, Digests, DimsError, HEADER_MAX, ImageFacts, IntegrityConfig, Ledger, Resolved, Verdict,
     image_dims,
 };
 use crate::sample::Row;
+use crate::window::Window;
 
 use super::tally::Tally;
 
@@ -127,7 +127,28 @@ impl ImageChecks {
 /// every byte (the first bytes, more while the header needs them, up to
 /// [`HEADER_MAX`]). Nothing else is read, so no decode and no digests.
 pub(super) fn head_facts(win: &mut Window, offset: u64, size: u64) -> io::Result<ImageFacts> {
-    // Served from the window the member's header was read through.
+    // First from the window the member's header was read through, without
+    // a copy: most headers sit in the bytes already buffered.
+    let first = {
+        let buffered = win.bytes_at(offset)?;
+        let head = &buffered[..buffered.len().min(size as usize).min(HEADER_MAX)];
+        match image_dims(head) {
+            Err(DimsError::NeedMore { need, .. })
+                if need > head.len() && (head.len() as u64) < size && head.len() < HEADER_MAX =>
+            {
+                None
+            }
+            done => Some(done),
+        }
+    };
+    if let Some(header) = first {
+        return Ok(ImageFacts {
+            bytes: size,
+            header,
+            decode: None,
+            digests: Digests::default(),
+        });
+    }
     let mut want = size.min(4096) as usize;
     let mut buf = Vec::new();
     let header = loop {

@@ -20,10 +20,10 @@
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use crate::index::window::{Cursor, Window};
 use crate::integrity::ImageFacts;
 use crate::sample::Row;
 use crate::tar_reader::EntryMeta;
+use crate::window::{Cursor, Window};
 
 use super::ShardError;
 use super::attempt::Attempt;
