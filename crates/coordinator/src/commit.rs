@@ -442,4 +442,35 @@ mod tests {
         assert!(!layout.manifest_path(name).exists());
         assert!(!index.exists());
     }
+    /// A stale attempt of an index job with energon/DALI/wids leaves nothing
+    /// in `tmp/` (its pieces and the energon link included), and an attempt
+    /// without its piece is no commit: nothing of it is published.
+    #[test]
+    fn index_formats_pieces_are_discarded_with_a_stale_attempt_and_required_for_a_commit() {
+        let (_dir, layout) = layout();
+        let name = "sub/s-2.tar";
+        let a = AttemptFiles::new(name, 6);
+        write_attempt(&layout, &a);
+        let pieces = shardprep_formats::paths::AttemptNames::new(name, 6);
+        for p in [
+            &pieces.piece,
+            &pieces.energon_idx,
+            &pieces.energon_link,
+            &pieces.dali_idx,
+        ] {
+            std::fs::write(layout.tmp_dir().join(p), b"x").unwrap();
+        }
+        discard(&layout, 6, &a.fragment, &a.manifest);
+        let left: Vec<_> = std::fs::read_dir(layout.tmp_dir()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+
+        let b = AttemptFiles::new(name, 7);
+        write_attempt(&layout, &b);
+        write_manifest(&layout, &b, name, 7);
+        let outputs = JobOutput::index("webshart,energon".parse().unwrap());
+        let err = prepare(&layout, name, 7, (&b.fragment, &b.manifest), &outputs).unwrap_err();
+        assert!(err.to_string().contains("no formats piece"), "{err}");
+        assert!(!layout.manifest_path(name).exists());
+        assert!(layout.index_path(name).is_some_and(|p| !p.exists()));
+    }
 }
