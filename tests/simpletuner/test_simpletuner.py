@@ -118,7 +118,7 @@ def entry_of(out):
         return json.load(f)[0]
 
 
-def assert_trains(rc, s, want):
+def assert_loads(rc, s, want):
     """The unpatched setup passed and SimpleTuner's numbers are the oracle's."""
     why = json.dumps({k: s.get(k) for k in ("setup_error", "measured_by", "discovered", "accepted",
                                             "rejected", "rejected_examples", "captions", "images",
@@ -147,27 +147,27 @@ def prepare(shards, out, *flags, cwd=None):
         cwd=cwd)
 
 
-def test_default_textfile_output_trains(shards, tmp_path):
+def test_default_textfile_output_loads_in_simpletuner(shards, tmp_path):
     out = tmp_path / "out"
     prepare(shards, out)
     samples = samples_in(shards)
     want = expected(samples, entry_of(out)["minimum_image_size"])
     rc, s = check(out)
-    assert_trains(rc, s, want)
+    assert_loads(rc, s, want)
     assert_parquet_captions(out, samples, want, "caption", "short_caption")
 
 
-def test_parquet_captions_train(shards, tmp_path):
+def test_parquet_captions_load_in_simpletuner(shards, tmp_path):
     out = tmp_path / "out"
     prepare(shards, out, "--captions", "parquet")
     samples = samples_in(shards)
     want = expected(samples, entry_of(out)["minimum_image_size"])
     rc, s = check(out)
-    assert_trains(rc, s, want)
+    assert_loads(rc, s, want)
     assert s["on_disk"]["txt"] == 0
 
 
-def test_list_column_as_caption_column_trains(shards, tmp_path):
+def test_list_column_as_caption_column_loads_in_simpletuner(shards, tmp_path):
     # shardprep has no flag for the entry's caption column: the user edits the entry,
     # as check_output.py does in a copy.
     out = tmp_path / "out"
@@ -175,11 +175,11 @@ def test_list_column_as_caption_column_trains(shards, tmp_path):
     samples = samples_in(shards)
     want = expected(samples, entry_of(out)["minimum_image_size"])
     rc, s = check(out, "--caption-strategy", "parquet", "--caption-column", "short_caption2")
-    assert_trains(rc, s, want)
+    assert_loads(rc, s, want)
     assert_parquet_captions(out, samples, want, "short_caption2", "short_caption2")
 
 
-def test_hugging_face_layout_trains(shards, tmp_path):
+def test_hugging_face_layout_loads_in_simpletuner(shards, tmp_path):
     # The download puts the tars in dalle3/data/, where the files are extracted too.
     out = tmp_path / "dalle3"
     (out / "data").mkdir(parents=True)
@@ -189,10 +189,10 @@ def test_hugging_face_layout_trains(shards, tmp_path):
     samples = samples_in(shards)
     want = expected(samples, entry_of(out)["minimum_image_size"])
     rc, s = check(out)
-    assert_trains(rc, s, want)
+    assert_loads(rc, s, want)
 
 
-def test_relative_paths_train(shards, tmp_path):
+def test_relative_paths_load_in_simpletuner(shards, tmp_path):
     # A new user's command line: relative paths, the trainer started from the same folder.
     shutil.copytree(Path(shards[0]).parent, tmp_path / "shards")
     run([shardprep_bin(), "run", "--input", "shards", "--output", "out", "--workers", 2,
@@ -206,7 +206,7 @@ def test_relative_paths_train(shards, tmp_path):
     assert not relative, (f"relative paths in multidatabackend.json: {relative}; SimpleTuner then: "
                           f"setup_ok={s['setup_ok']} discovered={s['discovered']} accepted={s['accepted']} "
                           f"rejected={s['rejected']} error={s['setup_error']}")
-    assert_trains(rc, s, expected(samples_in(shards), e["minimum_image_size"]))
+    assert_loads(rc, s, expected(samples_in(shards), e["minimum_image_size"]))
 
 
 def test_verify_passes_after_simpletuner_wrote_its_caches(shards, tmp_path):
@@ -343,7 +343,7 @@ def check_webshart(out, tmp_path, e, good_tars, want, keep=False):
     return s, why
 
 
-def test_index_mode_webshart_entry_trains(index_shards, tmp_path):
+def test_index_mode_webshart_entry_loads_in_simpletuner(index_shards, tmp_path):
     # `--mode index`: nothing extracted; SimpleTuner's webshart backend reads the tars in place
     # through OUT/index, buckets by the index's width/height, captions from the index.
     tars_dir, good = index_shards["good"], index_shards["good_tars"]
@@ -386,7 +386,7 @@ def test_index_mode_broken_shard_is_skipped_by_simpletuner(index_shards, tmp_pat
     check_webshart(out, tmp_path, e, good, index_expected(good, e["minimum_image_size"]))
 
 
-def test_both_modes_train_on_the_same_samples(index_shards, tmp_path):
+def test_both_modes_give_simpletuner_the_same_samples(index_shards, tmp_path):
     # The same shards (JSONs without width, lying sizes) in both modes: SimpleTuner takes the same
     # images with the same captions. Extract mode runs with `--dims image`, so that its parquet has
     # the images' real sizes as the index does: the size filter (`too_small`) then judges alike.
