@@ -159,6 +159,36 @@ fn an_index_job_writes_its_page_from_the_indexes() {
 }
 
 #[test]
+fn an_index_job_without_webshart_points_each_trainer_at_its_index() {
+    let tmp = tempdir();
+    let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    shards(
+        &input,
+        GenOptions {
+            shards: 2,
+            samples_per_shard: 30,
+            seed: 6,
+            ..GenOptions::default()
+        },
+    );
+    run_job(
+        &input,
+        &out,
+        &["--mode", "index", "--index-format", "energon,dali"],
+    );
+    let page = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert_self_contained(&page);
+    let r = report(&out);
+    assert_page_matches_report(&page, &r);
+    // The samples come from the table (there is no webshart index to read them from).
+    assert!(!page.contains("could not be read"), "{page}");
+    assert!(page.contains("index_formats.summary.kept"));
+    assert!(page.contains("No SimpleTuner entry") && page.contains("/energon"));
+    assert!(page.contains("dali/dali.json") && !page.contains("wids/wids.json"));
+    assert!(!page.contains("index.entries"));
+}
+
+#[test]
 fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let tmp = tempdir();
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));

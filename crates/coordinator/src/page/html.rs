@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use super::stats::{Buckets, CLIP_TOKENS, Stats};
 use super::{Page, as_text, charts};
 use crate::report::{Report, ShardReport};
+use shardprep_core::index_format::IndexFormat;
 
 const STYLE: &str = include_str!("page.css");
 
@@ -356,7 +357,17 @@ fn counts_section(r: &Report) -> String {
     for (k, v) in rows.into_iter().chain(timing_rows(r)) {
         let _ = write!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
     }
-    if let Some(ix) = &r.index {
+    if let Some(f) = &r.index_formats {
+        let s = &f.summary;
+        let _ = write!(
+            h,
+            "<tr><th>--index-format {}</th><td>{} of {} samples kept in every format</td></tr>",
+            esc(&f.formats),
+            n("index_formats.summary.kept", s.kept),
+            n("index_formats.summary.samples", s.samples)
+        );
+    }
+    if let Some(ix) = r.index.as_ref().filter(|_| webshart_written(r)) {
         let _ = write!(
             h,
             "<tr><th>index entries</th><td>{} ({} images with a size, {} without, {} disagree with their JSON)</td></tr>",
@@ -402,6 +413,7 @@ fn output_section(p: &Page) -> String {
                 esc(&text)
             );
         }
+        None if !webshart_written(r) => h.push_str(&other_trainers(r)),
         None => h.push_str(
             "<p>No <code>multidatabackend.json</code> yet: it is written when the job ends.</p>",
         ),
@@ -702,4 +714,35 @@ fn problems_section(p: &Page) -> String {
     }
     h.push_str("</section>");
     h
+}
+
+/// Whether the job wrote webshart's index (extract mode writes none).
+fn webshart_written(r: &Report) -> bool {
+    match r.written_formats() {
+        Some(Ok(f)) => f.contains(IndexFormat::Webshart),
+        Some(Err(_)) => true,
+        None => false,
+    }
+}
+
+/// Where each trainer reads an index job's other formats (no webshart
+/// index, so no SimpleTuner entry).
+fn other_trainers(r: &Report) -> String {
+    let formats = r.index_formats.as_ref().map_or("", |f| f.formats.as_str());
+    let out = esc(&r.output);
+    let mut at = Vec::new();
+    for (name, reader, path) in [
+        ("energon", "Megatron-Energon", "energon"),
+        ("dali", "DALI (the lists in)", "dali/dali.json"),
+        ("wids", "wids", "wids/wids.json"),
+    ] {
+        if formats.split(',').any(|f| f == name) {
+            at.push(format!("{reader} <code>{out}/{path}</code>"));
+        }
+    }
+    format!(
+        "<p>No SimpleTuner entry: this job wrote no webshart index (<code>--index-format {}</code>). Point each trainer at its own index: {}.</p>",
+        esc(formats),
+        at.join(", ")
+    )
 }

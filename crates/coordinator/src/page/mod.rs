@@ -22,6 +22,7 @@ mod thumbs;
 
 use std::path::{Path, PathBuf};
 
+use shardprep_core::index_format::IndexFormat;
 use shardprep_core::layout::OutputLayout;
 
 use crate::report::Report;
@@ -208,7 +209,9 @@ fn read_stats(layout: &OutputLayout, report: &Report) -> Result<Stats, PageError
         .filter(|s| s.counts.is_some())
         .map(|s| s.name.as_str())
         .collect();
-    if report.mode == "index" {
+    let webshart =
+        matches!(report.written_formats(), Some(Ok(f)) if f.contains(IndexFormat::Webshart));
+    if webshart {
         let paths: Vec<PathBuf> = done.iter().filter_map(|n| layout.index_path(n)).collect();
         return stats::from_indexes(&paths);
     }
