@@ -136,50 +136,43 @@ fn the_job_writes_report_html_and_shardprep_report_rewrites_it_the_same() {
     );
 }
 
-#[test]
-fn an_index_job_writes_its_page_from_the_indexes() {
+/// The page of an index job over two small generated shards (`opts` and
+/// `flags` beside `--mode index`), checked self-contained and against its report.
+fn index_job_page(opts: GenOptions, flags: &[&str]) -> String {
     let tmp = tempdir();
     let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    shards(
-        &input,
-        GenOptions {
-            shards: 2,
-            samples_per_shard: 30,
-            lying_dims_every: 4,
-            seed: 5,
-            ..GenOptions::default()
-        },
-    );
-    run_job(&input, &out, &["--mode", "index"]);
+    shards(&input, opts);
+    let mut args = vec!["--mode", "index"];
+    args.extend_from_slice(flags);
+    run_job(&input, &out, &args);
     let page = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert_self_contained(&page);
-    let r = report(&out);
-    assert_page_matches_report(&page, &r);
+    assert_page_matches_report(&page, &report(&out));
+    page
+}
+
+#[test]
+fn an_index_job_writes_its_page_from_the_indexes() {
+    let opts = GenOptions {
+        shards: 2,
+        samples_per_shard: 30,
+        lying_dims_every: 4,
+        seed: 5,
+        ..GenOptions::default()
+    };
+    let page = index_job_page(opts, &[]);
     assert!(page.contains("index.entries") && page.contains("webshart indexes"));
 }
 
 #[test]
 fn an_index_job_without_webshart_points_each_trainer_at_its_index() {
-    let tmp = tempdir();
-    let (input, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    shards(
-        &input,
-        GenOptions {
-            shards: 2,
-            samples_per_shard: 30,
-            seed: 6,
-            ..GenOptions::default()
-        },
-    );
-    run_job(
-        &input,
-        &out,
-        &["--mode", "index", "--index-format", "energon,dali"],
-    );
-    let page = std::fs::read_to_string(out.join("report.html")).expect("report.html");
-    assert_self_contained(&page);
-    let r = report(&out);
-    assert_page_matches_report(&page, &r);
+    let opts = GenOptions {
+        shards: 2,
+        samples_per_shard: 30,
+        seed: 6,
+        ..GenOptions::default()
+    };
+    let page = index_job_page(opts, &["--index-format", "energon,dali"]);
     // The samples come from the table (there is no webshart index to read them from).
     assert!(!page.contains("could not be read"), "{page}");
     assert!(page.contains("index_formats.summary.kept"));

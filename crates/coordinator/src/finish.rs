@@ -184,15 +184,19 @@ fn output_problems(layout: &OutputLayout, config: &CoordinatorConfig, report: &R
 /// Index mode: removes the index files of no done shard (webshart would
 /// load them; all of them when webshart's index is not asked for), as repairs.
 fn remove_stray_indexes(layout: &OutputLayout, rows: &ShardRows, webshart: bool) -> Vec<Repair> {
-    let done: HashSet<PathBuf> = rows
-        .fragments
-        .iter()
-        .filter(|_| webshart)
-        .filter_map(|(name, _)| layout.index_path(name))
-        .collect();
+    let (done, why): (HashSet<PathBuf>, &str) = if webshart {
+        let done = rows.fragments.iter();
+        let done = done.filter_map(|(name, _)| layout.index_path(name));
+        (done.collect(), "it is the index of no done shard")
+    } else {
+        (
+            HashSet::new(),
+            "--index-format does not ask for webshart's index",
+        )
+    };
     let mut repairs = Vec::new();
     for path in judge::stray_indexes(layout, &done) {
-        let found = "it is the index of no done shard (webshart would load it)".to_string();
+        let found = format!("{why} (webshart would load it)");
         tracing::warn!(file = %path.display(), "{found}; removing it");
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::error!(file = %path.display(), error = %e, "cannot remove a stray index file");

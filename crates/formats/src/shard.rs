@@ -285,10 +285,19 @@ pub fn missing_piece(
     if !formats.has_other_than_webshart() {
         return None;
     }
-    let piece = match ShardPiece::read(&paths::piece(layout, shard_name)) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("its --index-format pieces are missing ({e})")),
-    };
+    match ShardPiece::read(&paths::piece(layout, shard_name)) {
+        Ok(piece) => missing_from(layout, shard_name, &piece, formats),
+        Err(e) => Some(format!("its --index-format pieces are missing ({e})")),
+    }
+}
+
+/// [`missing_piece`] of a piece already read.
+pub(crate) fn missing_from(
+    layout: &OutputLayout,
+    shard_name: &str,
+    piece: &ShardPiece,
+    formats: &IndexFormats,
+) -> Option<String> {
     if !piece.covers(formats) {
         return Some(format!(
             "it was committed without some of the formats {formats}"

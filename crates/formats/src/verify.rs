@@ -136,7 +136,7 @@ fn check_pieces(
     piece: &ShardPiece,
     formats: &IndexFormats,
 ) -> Result<(), String> {
-    if let Some(why) = crate::shard::missing_piece(layout, s, formats) {
+    if let Some(why) = crate::shard::missing_from(layout, s, piece, formats) {
         return Err(why);
     }
     let tar =

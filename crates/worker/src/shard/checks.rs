@@ -127,42 +127,9 @@ impl ImageChecks {
 /// every byte (the first bytes, more while the header needs them, up to
 /// [`HEADER_MAX`]). Nothing else is read, so no decode and no digests.
 pub(super) fn head_facts(win: &mut Window, offset: u64, size: u64) -> io::Result<ImageFacts> {
-    // First from the window the member's header was read through, without
-    // a copy: most headers sit in the bytes already buffered.
-    let first = {
-        let buffered = win.bytes_at(offset)?;
-        let head = &buffered[..buffered.len().min(size as usize).min(HEADER_MAX)];
-        match image_dims(head) {
-            Err(DimsError::NeedMore { need, .. })
-                if need > head.len() && (head.len() as u64) < size && head.len() < HEADER_MAX =>
-            {
-                None
-            }
-            done => Some(done),
-        }
-    };
-    if let Some(header) = first {
-        return Ok(ImageFacts {
-            bytes: size,
-            header,
-            decode: None,
-            digests: Digests::default(),
-        });
-    }
-    let mut want = size.min(4096) as usize;
-    let mut buf = Vec::new();
-    let header = loop {
-        buf.resize(want, 0);
-        let got = win.read_exact_at(offset, &mut buf)?;
-        buf.truncate(got);
-        match image_dims(&buf) {
-            Err(DimsError::NeedMore { need, .. })
-                if need > got && got == want && (got as u64) < size && got < HEADER_MAX =>
-            {
-                want = (need.min(HEADER_MAX) as u64).min(size) as usize;
-            }
-            done => break done,
-        }
+    let header = match buffered_dims(win, offset, size)? {
+        Some(done) => done,
+        None => read_dims(win, offset, size)?,
     };
     Ok(ImageFacts {
         bytes: size,
@@ -170,6 +137,47 @@ pub(super) fn head_facts(win: &mut Window, offset: u64, size: u64) -> io::Result
         decode: None,
         digests: Digests::default(),
     })
+}
+
+/// What [`image_dims`] makes of the bytes of an image `size` bytes long.
+type Dims = Result<(u32, u32), DimsError>;
+
+/// Whether `dims`, from the first `have` bytes of an image `size` bytes
+/// long, asks for more bytes than it had, and more can be read.
+fn needs_more(dims: &Dims, have: usize, size: u64) -> bool {
+    matches!(dims, Err(DimsError::NeedMore { need, .. }) if *need > have)
+        && (have as u64) < size
+        && have < HEADER_MAX
+}
+
+/// The header from the bytes the window already holds at `offset` (the
+/// window the member's header was read through), without a copy; `None`
+/// when the header needs more than it holds.
+fn buffered_dims(win: &mut Window, offset: u64, size: u64) -> io::Result<Option<Dims>> {
+    let buffered = win.bytes_at(offset)?;
+    let head = &buffered[..buffered.len().min(size as usize).min(HEADER_MAX)];
+    let dims = image_dims(head);
+    Ok((!needs_more(&dims, head.len(), size)).then_some(dims))
+}
+
+/// The header read from `offset` on: the first bytes, more while it needs them.
+fn read_dims(win: &mut Window, offset: u64, size: u64) -> io::Result<Dims> {
+    let mut want = size.min(4096) as usize;
+    let mut buf = vec![0u8; want];
+    loop {
+        let got = win.read_exact_at(offset, &mut buf)?;
+        buf.truncate(got);
+        let dims = image_dims(&buf);
+        match &dims {
+            Err(DimsError::NeedMore { need, .. })
+                if got == want && needs_more(&dims, got, size) =>
+            {
+                want = ((*need).min(HEADER_MAX) as u64).min(size) as usize;
+                buf.resize(want, 0);
+            }
+            _ => return Ok(dims),
+        }
+    }
 }
 
 /// Counts and lists each problem of one image.
