@@ -57,7 +57,9 @@ measure() {
   drop_cache "$dir"
   local start end
   start=$(date +%s.%N)
-  "$@" >"$work/$label.out" 2>&1 &
+  # The end is stamped as the command returns: the sampling loop below
+  # wakes every 50 ms and would round a short run up to it.
+  ( rc=0; "$@" >"$work/$label.out" 2>&1 || rc=$?; date +%s.%N >"$work/$label.end"; exit "$rc" ) &
   local pid=$! rss=0
   declare -A prb=() prc=()
   while kill -0 "$pid" 2>/dev/null; do
@@ -72,7 +74,7 @@ measure() {
     sleep 0.05
   done
   wait "$pid" || { echo "$label failed:"; tail -5 "$work/$label.out"; return 1; }
-  end=$(date +%s.%N)
+  end=$(cat "$work/$label.end")
   local rb=0 rc=0 p
   for p in "${!prb[@]}"; do rb=$((rb + prb[$p])); done
   for p in "${!prc[@]}"; do rc=$((rc + prc[$p])); done

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::page::stats::Stats;
+
 /// What was checked and what is wrong.
 #[derive(Debug, Default, Serialize)]
 pub struct Findings {
@@ -21,6 +23,11 @@ pub struct Findings {
     /// or changed, the file list, fragment or index unreadable or changed):
     /// redoing them repairs the output.
     pub damaged_shards: BTreeSet<String>,
+    /// Index mode: the samples' sizes and captions as the webshart indexes
+    /// give them, counted while the check read them (the page shows them
+    /// without reading the indexes again).
+    #[serde(skip)]
+    pub shape: Option<Stats>,
 }
 
 impl Findings {
@@ -31,6 +38,10 @@ impl Findings {
         self.foreign_files.extend(other.foreign_files);
         self.foreign_files_total += other.foreign_files_total;
         self.damaged_shards.extend(other.damaged_shards);
+        match (&mut self.shape, other.shape) {
+            (Some(mine), Some(theirs)) => mine.merge(&theirs),
+            (mine, theirs) => *mine = mine.take().or(theirs),
+        }
     }
 }
 

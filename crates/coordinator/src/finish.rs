@@ -15,9 +15,8 @@ use shardprep_core::mode::JobOutput;
 
 use crate::commit::write_atomic;
 use crate::merge::{self, MergeOutcome};
-use crate::report::{
-    self, Repair, RepairAction, Report, ShardPhase, ShardReport, ShardRows, Verdict,
-};
+use crate::report::{self, Repair, RepairAction, Report, ShardReport, ShardRows, Verdict};
+use crate::rows::shard_rows;
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
@@ -30,56 +29,6 @@ pub struct JobOutcome {
     pub ok: bool,
     pub report: Report,
     pub report_path: PathBuf,
-}
-
-/// One shard's line in the report.
-fn shard_report(e: &ShardEntry) -> ShardReport {
-    let mut r = ShardReport {
-        name: e.name.clone(),
-        state: ShardPhase::of(&e.state),
-        attempts: e.attempts,
-        recovered: e.recovered,
-        worker: None,
-        error: e.last_error.clone(),
-        elapsed_ms: None,
-        input_mb_per_s: None,
-        counts: None,
-        issues: Vec::new(),
-        issues_not_listed: 0,
-        image_issues: Vec::new(),
-        image_issues_not_listed: 0,
-    };
-    if let ShardState::Done(m) = &e.state {
-        r.worker = Some(m.worker_id.clone());
-        r.elapsed_ms = Some(m.elapsed_ms);
-        r.input_mb_per_s =
-            Some(m.counts.bytes_read as f64 / 1e6 / (m.elapsed_ms.max(1) as f64 / 1000.0));
-        r.counts = Some(m.counts.clone());
-        r.issues = m.issues.clone();
-        r.issues_not_listed = m.issues_not_listed;
-        r.image_issues = m.image_issues.clone();
-        r.image_issues_not_listed = m.image_issues_not_listed;
-        r.error = None;
-    }
-    r
-}
-
-/// Every shard's line, the failed ones apart, the fragments to merge and the totals.
-pub(crate) fn shard_rows(entries: &[ShardEntry], layout: &OutputLayout) -> ShardRows {
-    let mut rows = ShardRows::default();
-    for e in entries {
-        let r = shard_report(e);
-        if let ShardState::Done(m) = &e.state {
-            rows.totals.add(&m.counts);
-            rows.fragments
-                .push((e.name.clone(), layout.fragment_path(&e.name)));
-        } else {
-            rows.failures.push(r.clone());
-        }
-        rows.recovered += usize::from(e.recovered);
-        rows.shards.push(r);
-    }
-    rows
 }
 
 /// Identifies the set of committed fragments and the settings they were
@@ -377,6 +326,7 @@ pub(crate) fn finish_job(
     // The formats' dataset-wide files (energon's SQLite) are built while the
     // table is merged: neither reads what the other writes.
     let mut format_problems = Vec::new();
+    let phase = Instant::now();
     let (merged, formats) = std::thread::scope(|scope| {
         let formats = scope.spawn(|| build_formats(layout, config, &rows, &mut format_problems));
         let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems);
@@ -388,6 +338,10 @@ pub(crate) fn finish_job(
         detail: "the thread panicked".into(),
     })?;
     problems.extend(format_problems);
+    tracing::debug!(
+        ms = phase.elapsed().as_millis() as u64,
+        "merged the table and built the formats"
+    );
     // With failed shards nothing is merged; the collisions among the shards
     // that did complete are still reported, so every problem shows at once.
     let collisions = match merged {
@@ -400,7 +354,12 @@ pub(crate) fn finish_job(
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
         .with_duplicates(collisions);
     write_backend(layout, config, shared.webshart.as_ref())?;
+    let phase = Instant::now();
     let (found, page) = check_and_gather(layout, config, &report, problems.is_empty());
+    tracing::debug!(
+        ms = phase.elapsed().as_millis() as u64,
+        "checked the output"
+    );
     problems.extend(found);
     problems.extend(flush_data_at_end(layout, config));
     let report = report
@@ -412,7 +371,9 @@ pub(crate) fn finish_job(
     })?;
     write_atomic(&report_path, &json)?;
     log_verdict(&report);
+    let phase = Instant::now();
     write_page_logged(layout, &report, page);
+    tracing::debug!(ms = phase.elapsed().as_millis() as u64, "wrote the page");
     Ok(JobOutcome {
         ok: report.verdict == Verdict::Ok,
         report,
@@ -421,15 +382,25 @@ pub(crate) fn finish_job(
 }
 
 /// What `verify` finds in the output (when `check`: nothing failed
-/// before), so that "verified" is never said over damage; meanwhile, on
-/// another thread, the files the report page shows (they do not depend on
-/// the verdict).
+/// before), so that "verified" is never said over damage; and the files
+/// the report page shows (they do not depend on the verdict). The check of
+/// webshart's indexes counts the page's numbers as it reads them; else the
+/// page's files are read on another thread meanwhile.
 fn check_and_gather(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
     report: &Report,
     check: bool,
 ) -> (Vec<String>, Option<page::Gathered>) {
+    let reads_indexes = config
+        .outputs
+        .index_formats()
+        .is_some_and(|f| f.contains(IndexFormat::Webshart));
+    if check && reads_indexes {
+        let found = output_problems(layout, config, report);
+        let page = page::gather_files_with(layout.root(), report, found.shape);
+        return (found.problems, Some(page));
+    }
     std::thread::scope(|scope| {
         let page = scope.spawn(|| page::gather_files(layout.root(), report));
         let found = match check {

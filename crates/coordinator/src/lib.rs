@@ -16,10 +16,12 @@
 //! - [`verify_index`]: the same for an index-mode output (`--mode index`).
 //! - [`written`]: what the shards wrote into `data/` against their file lists.
 //! - [`findings`]: what a check found (lines checked, problems).
+//! - `index_file`: one shard's webshart index read in one streamed pass.
 //! - `wire`: the coordinator's wire messages (job spec, lease, status).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
 //! - [`page`]: `report.html`, the report as a page (also live at `/` of `--metrics-listen`).
 //! - `metrics`: `GET /metrics` (Prometheus text format) and the live page at `/`.
+//! - `rows`: the report's shard lines from the scheduler's entries.
 //! - `finish`: the job's end: report rows, merge, checks, `report.json`.
 //!
 //! Imports go one way: `job` → `finish` → `verify` → `judge` → `commit`,
@@ -30,6 +32,7 @@ pub mod commit;
 pub mod discover;
 pub mod findings;
 mod finish;
+mod index_file;
 pub mod job;
 pub mod judge;
 pub mod lock;
@@ -37,6 +40,7 @@ pub mod merge;
 mod metrics;
 pub mod page;
 pub mod report;
+mod rows;
 pub mod scheduler;
 pub mod service;
 pub mod verify;

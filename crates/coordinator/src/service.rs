@@ -145,11 +145,13 @@ impl Coordinator for CoordinatorService {
         let deadline = tokio::time::Instant::now() + LONG_POLL;
         let answer = loop {
             changes.borrow_and_update();
-            // A grant or a wait frees nothing that others wait for.
-            let answer = self
-                .shared
-                .state
-                .update_if(|s| (s.lease(&r.worker_id, Instant::now()), false));
+            // A grant or a wait frees nothing that others wait for; a
+            // worker told "done" is news for the end of the job.
+            let answer = self.shared.state.update_if(|s| {
+                let answer = s.lease(&r.worker_id, Instant::now());
+                let told_done = answer == LeaseAnswer::Done;
+                (answer, told_done)
+            });
             if answer != LeaseAnswer::Wait || tokio::time::Instant::now() >= deadline {
                 break answer;
             }

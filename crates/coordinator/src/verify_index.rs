@@ -14,6 +14,8 @@ use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::IndexCounts;
 
 use crate::findings::{Findings, LISTED};
+use crate::index_file::{self, IndexEntry};
+use crate::page::stats::Stats;
 use crate::report::{Report, ShardPhase};
 
 /// Member endings the index pass treats as images (as the extract pass counts them).
@@ -82,6 +84,7 @@ pub fn check_index_output(layout: &OutputLayout, report: &Report, f: &mut Findin
     let remote = shardprep_remote::is_remote(&report.input);
     let mut tally = Tally::default();
     let mut expected = HashSet::new();
+    let mut shape = Stats::of_indexes();
     let done: Vec<_> = report
         .shards
         .iter()
@@ -90,11 +93,12 @@ pub fn check_index_output(layout: &OutputLayout, report: &Report, f: &mut Findin
     let checked = check_shards(layout, &input, remote, &done);
     for (s, found) in done.iter().zip(checked) {
         let name = s.name.as_str();
-        let Some((path, counts, problems, unlisted)) = found else {
+        let Some((path, counts, problems, unlisted, stats)) = found else {
             tally.problem(f, format!("shard {name:?} cannot name an index file"));
             continue;
         };
         expected.insert(path);
+        shape.merge(&stats);
         add(&mut tally.counts, &counts);
         for p in problems {
             tally.problem(f, p);
@@ -111,6 +115,7 @@ pub fn check_index_output(layout: &OutputLayout, report: &Report, f: &mut Findin
             tally.problem(f, msg);
         }
     }
+    f.shape = Some(shape);
     check_stray(layout, &expected, &mut tally, f);
     check_totals(report, &tally.counts, f);
     if tally.over_cap > 0 {
@@ -140,10 +145,10 @@ fn add(a: &mut IndexCounts, b: &IndexCounts) {
     a.images_with_caption += b.images_with_caption;
 }
 
-/// One done shard's index checked: its path, its counts, its problems and
-/// how many more it found past the listing cap (`None`: its name cannot
-/// name an index file).
-type ShardFound = Option<(PathBuf, IndexCounts, Vec<String>, u64)>;
+/// One done shard's index checked: its path, its counts, its problems,
+/// how many more it found past the listing cap and its samples' shape
+/// (`None`: its name cannot name an index file).
+type ShardFound = Option<(PathBuf, IndexCounts, Vec<String>, u64, Stats)>;
 
 /// Checks the done shards' indexes on two threads (each index is parsed
 /// and its images' first bytes read: the end of every index job waits for
@@ -163,8 +168,9 @@ fn check_shards(
             Tar::Local(input.join(name))
         };
         let (mut tally, mut found) = (Tally::default(), Findings::default());
-        check_shard(&path, &tar, name, &mut tally, &mut found);
-        Some((path, tally.counts, found.problems, tally.over_cap))
+        let mut stats = Stats::default();
+        check_shard(&path, &tar, name, (&mut tally, &mut found), &mut stats);
+        Some((path, tally.counts, found.problems, tally.over_cap, stats))
     };
     let half = done.len().div_ceil(2);
     let (first, second) = done.split_at(half);
@@ -195,20 +201,24 @@ fn listed_size(layout: &OutputLayout, name: &str) -> Option<u64> {
     Some(m.identity.size)
 }
 
-/// One shard's index against its tar.
-fn check_shard(index: &Path, tar: &Tar, name: &str, tally: &mut Tally, f: &mut Findings) {
-    let doc: IndexDoc = match std::fs::read(index)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = format!(
-                "shard {name} is done but its index {} is missing or unreadable ({e}); run the job again to redo it",
-                index.display()
-            );
-            return tally.problem(f, msg);
-        }
+/// One shard's index against its tar; its images counted into `stats`
+/// when the whole file reads.
+fn check_shard(
+    index: &Path,
+    tar: &Tar,
+    name: &str,
+    (tally, f): (&mut Tally, &mut Findings),
+    stats: &mut Stats,
+) {
+    let unreadable = |e: String| {
+        format!(
+            "shard {name} is done but its index {} is missing or unreadable ({e}); run the job again to redo it",
+            index.display()
+        )
+    };
+    let bytes = match std::fs::read(index) {
+        Ok(b) => b,
+        Err(e) => return tally.problem(f, unreadable(e.to_string())),
     };
     let (file, size) = match tar {
         Tar::Local(path) => match File::open(path) {
@@ -228,36 +238,43 @@ fn check_shard(index: &Path, tar: &Tar, name: &str, tally: &mut Tally, f: &mut F
             return tally.problem(f, msg);
         }
     };
-    if doc.filesize != Some(size) {
-        let said = doc.filesize.map_or("none".to_string(), |n| n.to_string());
+    // Entries are checked as they are read; what they found counts only
+    // when the whole file reads.
+    let (mut entries, mut found) = (Tally::default(), Findings::default());
+    let mut shape = Stats::default();
+    let head = index_file::parse(&bytes, &mut |member, e| {
+        check_entry(
+            file.as_ref(),
+            size,
+            name,
+            member,
+            e,
+            &mut entries,
+            &mut found,
+        );
+        shape.add_index_entry(member, e);
+    });
+    let head = match head {
+        Ok(head) => head,
+        Err(e) => return tally.problem(f, unreadable(e)),
+    };
+    if head.filesize != Some(size) {
+        let said = head.filesize.map_or("none".to_string(), |n| n.to_string());
         let msg = format!(
             "index of shard {name}: filesize {said} but the tar has {size} bytes (the tar changed? run the job again)"
         );
         tally.problem(f, msg);
     }
-    let Some(files) = doc.files else {
+    if !head.has_files {
         return tally.problem(f, format!("index of shard {name} has no \"files\" object"));
-    };
-    for (member, e) in &files {
-        check_entry(file.as_ref(), size, name, member, e, tally, f);
     }
-}
-
-/// The parts of a webshart index the checks read (typed: parsing each
-/// entry into a JSON value cost more than the checks themselves).
-#[derive(serde::Deserialize)]
-struct IndexDoc {
-    filesize: Option<u64>,
-    files: Option<std::collections::BTreeMap<String, EntryDoc>>,
-}
-
-/// One entry of a webshart index: where it is, and which fields it has.
-#[derive(serde::Deserialize)]
-struct EntryDoc {
-    offset: Option<u64>,
-    length: Option<u64>,
-    width: Option<serde::de::IgnoredAny>,
-    captions: Option<serde::de::IgnoredAny>,
+    add(&mut tally.counts, &entries.counts);
+    stats.merge(&shape);
+    for p in found.problems {
+        tally.problem(f, p);
+    }
+    tally.listed += entries.over_cap;
+    tally.over_cap += entries.over_cap;
 }
 
 /// One entry: inside the tar; an image with dimensions starts with a signature.
@@ -266,7 +283,7 @@ fn check_entry(
     size: u64,
     shard: &str,
     member: &str,
-    e: &EntryDoc,
+    e: &IndexEntry<'_>,
     tally: &mut Tally,
     f: &mut Findings,
 ) {

@@ -98,7 +98,7 @@ impl LivePage {
                 _ => None,
             })
             .collect();
-        let rows = crate::finish::shard_rows(&entries, &shared.layout);
+        let rows = crate::rows::shard_rows(&entries, &shared.layout);
         let mut report = Report::new(&self.config, &self.started_at).with_shards(rows);
         report.problems = shared.input_problems.clone();
         report.wall_ms = shared.started.elapsed().as_millis() as u64;

@@ -97,10 +97,20 @@ pub struct Gathered {
 
 /// Gathers what the page of `report`'s job shows from `out`.
 pub fn gather_files(out: &Path, report: &Report) -> Gathered {
+    gather_files_with(out, report, None)
+}
+
+/// [`gather_files`], with the samples' numbers when the caller counted
+/// them already (the end of an index job, while it checked the indexes).
+pub fn gather_files_with(out: &Path, report: &Report, stats: Option<Stats>) -> Gathered {
     let layout = OutputLayout::new(out.to_path_buf());
+    let stats = match stats {
+        Some(s) => Ok(s),
+        None => read_stats(&layout, report).map_err(|e| e.to_string()),
+    };
     Gathered {
         entry: read_entry(&layout),
-        stats: read_stats(&layout, report).map_err(|e| e.to_string()),
+        stats,
         thumbs: thumbs::of_problems(&layout, report),
     }
 }

@@ -277,37 +277,35 @@ fn add_batch(stats: &mut Stats, seen: &mut HashSet<u64>, batch: &RecordBatch) {
 /// The samples of index-mode shards: every image entry of each index, its
 /// size from the image header, its caption from the entry's `captions`.
 pub fn from_indexes(paths: &[PathBuf]) -> Result<Stats, PageError> {
-    let mut stats = Stats {
-        source: "the webshart indexes (each image's header size, which the trainer buckets by)"
-            .into(),
-        ..Stats::default()
-    };
+    let mut stats = Stats::of_indexes();
     for path in paths {
-        let bytes = std::fs::read(path).map_err(|e| PageError::read(path, e))?;
-        let doc: IndexDoc = serde_json::from_slice(&bytes).map_err(|e| PageError::read(path, e))?;
-        for (name, e) in &doc.files {
-            if !is_image(name) {
-                continue;
-            }
-            if e.captions.as_deref().is_none_or(str::is_empty) {
-                stats.caption_missing += 1;
-            }
-            stats.add(e.width.zip(e.height), e.captions.as_deref());
-        }
+        crate::index_file::read(path, &mut |name, e| stats.add_index_entry(name, e))
+            .map_err(|e| PageError::read(path, e))?;
     }
     Ok(stats)
 }
 
-#[derive(serde::Deserialize)]
-struct IndexDoc {
-    files: BTreeMap<String, IndexEntry>,
-}
+impl Stats {
+    /// No samples yet, to be counted from webshart indexes.
+    pub(crate) fn of_indexes() -> Stats {
+        Stats {
+            source: "the webshart indexes (each image's header size, which the trainer buckets by)"
+                .into(),
+            ..Stats::default()
+        }
+    }
 
-#[derive(serde::Deserialize)]
-struct IndexEntry {
-    width: Option<u64>,
-    height: Option<u64>,
-    captions: Option<String>,
+    /// Counts one entry of a webshart index (images only: those are the samples).
+    pub(crate) fn add_index_entry(&mut self, name: &str, e: &crate::index_file::IndexEntry<'_>) {
+        if !is_image(name) {
+            return;
+        }
+        let caption = e.captions.as_deref();
+        if caption.is_none_or(str::is_empty) {
+            self.caption_missing += 1;
+        }
+        self.add(e.width.zip(e.height), caption);
+    }
 }
 
 #[cfg(test)]
