@@ -10,7 +10,6 @@
 //! `offset` is the member's data offset. Files are sorted by name and
 //! written compactly, so the same tar always gives the same bytes.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -59,11 +58,21 @@ struct Doc<'a> {
     path: &'a str,
     filesize: u64,
     includes_image_geometry: bool,
-    files: &'a BTreeMap<String, FileEntry>,
+    #[serde(serialize_with = "as_object")]
+    files: &'a [(String, FileEntry)],
+}
+
+/// Entries (sorted by name, each name once) as one JSON object.
+fn as_object<S: serde::Serializer>(
+    files: &&[(String, FileEntry)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(files.iter().map(|(k, v)| (k, v)))
 }
 
 /// The index document's bytes (compact JSON and a final newline).
-pub fn index_bytes(path: &str, filesize: u64, files: &BTreeMap<String, FileEntry>) -> Vec<u8> {
+/// `files` are sorted by name, each name once.
+pub fn index_bytes(path: &str, filesize: u64, files: &[(String, FileEntry)]) -> Vec<u8> {
     let doc = Doc {
         path,
         filesize,
@@ -160,13 +169,14 @@ mod tests {
     }
 
     #[test]
-    fn the_document_is_sorted_and_compact() {
-        let mut files = BTreeMap::new();
+    fn the_document_is_compact_in_the_order_given() {
         let mut img = FileEntry::plain(1536, 10);
         img.set_dimensions(640, 480);
         img.captions = Some("a \"cat\"".into());
-        files.insert("b.json".to_string(), FileEntry::plain(3072, 5));
-        files.insert("a.jpg".to_string(), img);
+        let files = vec![
+            ("a.jpg".to_string(), img),
+            ("b.json".to_string(), FileEntry::plain(3072, 5)),
+        ];
         let s = String::from_utf8(index_bytes("s.tar", 4096, &files)).expect("utf-8");
         assert_eq!(
             s,

@@ -8,9 +8,9 @@
 //! entry, so the trainer takes from the index exactly the samples it takes
 //! from the parquet; the walk counts them (`images_left_out`).
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use foldhash::HashMap;
 use shardprep_core::issue::IssueKind;
 use shardprep_core::manifest::IndexCounts;
 
@@ -22,19 +22,26 @@ use crate::shard::member::Kind;
 use crate::shard::output::{End, KeptMember, KeptRow, Output};
 use crate::shard::tally::Tally;
 
-/// The index of one shard being built.
+/// One member's entry as it was read.
+struct Slot {
+    key: String,
+    entry: FileEntry,
+    /// Left out of the index (an image no row names, or below the top).
+    dropped: bool,
+    /// A top-level image's header size (`None`: not read or unreadable).
+    dims: Option<(u32, u32)>,
+}
+
+/// The index of one shard being built: entries in tar order, sorted by
+/// name at the end (a later copy of a name wins, as in `data/`).
 pub(crate) struct IndexSink {
     /// The index's `path`: the shard's name.
     shard: String,
     /// The tar's size.
     filesize: u64,
-    files: BTreeMap<String, FileEntry>,
-    /// Images directly in `data/`: checked path (as text) → entry key.
-    images: HashMap<String, String>,
-    /// Entry keys of images below the top (never a sample).
-    nested: Vec<String>,
-    /// Header sizes of the images directly in `data/`.
-    header_dims: HashMap<String, (u32, u32)>,
+    slots: Vec<Slot>,
+    /// Images directly in `data/`: checked path (as text) → latest slot.
+    images: HashMap<String, usize>,
     /// Each row's caption and the JSON's width and height, by image name.
     rows: HashMap<String, (String, (i64, i64))>,
 }
@@ -45,36 +52,28 @@ impl IndexSink {
         IndexSink {
             shard: shard.to_string(),
             filesize,
-            files: BTreeMap::new(),
-            images: HashMap::new(),
-            nested: Vec::new(),
-            header_dims: HashMap::new(),
-            rows: HashMap::new(),
+            slots: Vec::new(),
+            images: HashMap::default(),
+            rows: HashMap::default(),
         }
     }
 
     /// Gives the images with a row their caption and size; drops the others.
     fn resolve_images(&mut self) -> IndexStats {
         let mut stats = IndexStats::default();
-        for key in &self.nested {
-            self.files.remove(key);
-        }
-        for (rel, key) in &self.images {
-            let row = self.rows.get(rel);
-            let Some((caption, json_dims)) = row else {
-                self.files.remove(key);
+        for (rel, &at) in &self.images {
+            let slot = &mut self.slots[at];
+            let Some((caption, json_dims)) = self.rows.remove(rel) else {
+                slot.dropped = true;
                 continue;
             };
-            let Some(entry) = self.files.get_mut(key) else {
-                continue;
-            };
-            entry.captions = Some(caption.clone());
+            slot.entry.captions = Some(caption);
             stats.images_with_caption += 1;
-            match self.header_dims.get(rel) {
-                Some(&(w, h)) => {
-                    entry.set_dimensions(w, h);
+            match slot.dims {
+                Some((w, h)) => {
+                    slot.entry.set_dimensions(w, h);
                     stats.images_with_dimensions += 1;
-                    if (i64::from(w), i64::from(h)) != *json_dims {
+                    if (i64::from(w), i64::from(h)) != json_dims {
                         stats.dimension_mismatches += 1;
                     }
                 }
@@ -84,6 +83,36 @@ impl IndexSink {
             }
         }
         stats
+    }
+
+    /// The kept entries sorted by name, the last copy of each name.
+    fn sorted_entries(slots: Vec<Slot>) -> Vec<(String, FileEntry)> {
+        let mut files: Vec<(String, FileEntry, bool)> = slots
+            .into_iter()
+            .map(|s| (s.key, s.entry, s.dropped))
+            .collect();
+        // Stable: copies of a name stay in tar order, the last one is kept.
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(String, FileEntry)> = Vec::with_capacity(files.len());
+        let mut last_dropped = Vec::with_capacity(files.len());
+        for (key, entry, dropped) in files {
+            match out.last_mut() {
+                Some(prev) if prev.0 == key => {
+                    *prev = (key, entry);
+                    if let Some(d) = last_dropped.last_mut() {
+                        *d = dropped;
+                    }
+                }
+                _ => {
+                    out.push((key, entry));
+                    last_dropped.push(dropped);
+                }
+            }
+        }
+        out.into_iter()
+            .zip(last_dropped)
+            .filter_map(|(e, dropped)| (!dropped).then_some(e))
+            .collect()
     }
 }
 
@@ -101,33 +130,31 @@ impl Output for IndexSink {
             tally.reject(m.name, IssueKind::NameNotUtf8, detail);
             return;
         };
-        self.files
-            .insert(key.to_string(), FileEntry::plain(m.data_offset, m.size));
-        if m.kind == Kind::Image {
-            if m.top_level {
-                // A top-level path is one plain name: the row's `filename`.
-                let rel = m.rel.to_string_lossy().into_owned();
-                self.images.insert(rel, key.to_string());
-            } else {
-                self.nested.push(key.to_string());
-            }
+        let at = self.slots.len();
+        self.slots.push(Slot {
+            key: key.to_string(),
+            entry: FileEntry::plain(m.data_offset, m.size),
+            // An image below the top is never a sample.
+            dropped: m.kind == Kind::Image && !m.top_level,
+            dims: None,
+        });
+        if m.kind == Kind::Image && m.top_level {
+            // A top-level path is one plain name: the row's `filename`.
+            let rel = m.rel.to_string_lossy().into_owned();
+            self.images.insert(rel, at);
         }
     }
 
     fn image(&mut self, rel: &Path, facts: &ImageFacts) {
         // A name that is not text gets no entry (`name_not_utf8`).
-        let Some(rel) = rel.to_str() else {
+        let Some(at) = rel.to_str().and_then(|rel| self.images.get(rel)) else {
             return;
         };
-        match facts.header {
-            Ok((w, h)) if w > 0 && h > 0 => {
-                self.header_dims.insert(rel.to_string(), (w, h));
-            }
-            _ => {
-                // A later copy of the name wins, as in `data/`.
-                self.header_dims.remove(rel);
-            }
-        }
+        // A later copy of the name wins, as in `data/`.
+        self.slots[*at].dims = match facts.header {
+            Ok((w, h)) if w > 0 && h > 0 => Some((w, h)),
+            _ => None,
+        };
     }
 
     fn row(&mut self, r: &KeptRow<'_>) {
@@ -138,8 +165,9 @@ impl Output for IndexSink {
 
     fn finish(mut self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {
         let mut stats = self.resolve_images();
-        let index = index_bytes(&self.shard, self.filesize, &self.files);
-        stats.entries = self.files.len() as u64;
+        let files = Self::sorted_entries(std::mem::take(&mut self.slots));
+        let index = index_bytes(&self.shard, self.filesize, &files);
+        stats.entries = files.len() as u64;
         stats.index_bytes = index.len() as u64;
         end.tally.counts.index = IndexCounts {
             entries: stats.entries,
@@ -151,5 +179,36 @@ impl Output for IndexSink {
         end.attempt.write_index(&index, end.source)?;
         tracing::debug!(shard = %self.shard, filesize = self.filesize, entries = stats.entries, "index built");
         Ok((index, stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(key: &str, offset: u64, dropped: bool) -> Slot {
+        Slot {
+            key: key.into(),
+            entry: FileEntry::plain(offset, 1),
+            dropped,
+            dims: None,
+        }
+    }
+
+    #[test]
+    fn entries_are_sorted_by_name_and_the_last_copy_of_a_name_wins() {
+        let slots = vec![
+            slot("b.json", 0, false),
+            slot("a.jpg", 512, false),
+            slot("c/x.jpg", 1024, true),
+            slot("b.json", 1536, false),
+            slot("d.jpg", 2048, false),
+            slot("d.jpg", 2560, true),
+        ];
+        let got: Vec<(String, u64)> = IndexSink::sorted_entries(slots)
+            .into_iter()
+            .map(|(k, e)| (k, e.offset))
+            .collect();
+        assert_eq!(got, vec![("a.jpg".into(), 512), ("b.json".into(), 1536)]);
     }
 }
