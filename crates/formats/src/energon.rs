@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
+use rusqlite::ToSql;
 use serde::{Deserialize, Serialize};
 
 use crate::FormatsError;
@@ -84,8 +85,65 @@ pub fn parse_tar_idx(bytes: &[u8]) -> Result<Vec<u64>, String> {
         .collect())
 }
 
+/// Rows bound per multi-row `INSERT` (the per-statement cost of SQLite's
+/// VM is paid once per batch; 5 columns × 64 stays far under its limit of
+/// bound parameters).
+const BATCH: usize = 64;
+
+/// A prepared insert of `BATCH` rows and one of a single row into `table`.
+struct Inserter<'c> {
+    many: rusqlite::Statement<'c>,
+    one: rusqlite::Statement<'c>,
+}
+
+impl<'c> Inserter<'c> {
+    fn new(
+        tx: &'c rusqlite::Transaction<'_>,
+        table: &str,
+        columns: &str,
+    ) -> rusqlite::Result<Self> {
+        let row = "(?, ?, ?, ?, ?)";
+        let rows = vec![row; BATCH].join(", ");
+        Ok(Inserter {
+            many: tx.prepare(&format!("INSERT INTO {table} ({columns}) VALUES {rows}"))?,
+            one: tx.prepare(&format!("INSERT INTO {table} ({columns}) VALUES {row}"))?,
+        })
+    }
+
+    /// Inserts `rows` (five values each), `BATCH` at a time.
+    fn insert<R: Row>(&mut self, rows: &[R]) -> rusqlite::Result<()> {
+        let mut chunks = rows.chunks_exact(BATCH);
+        for chunk in &mut chunks {
+            for (i, r) in chunk.iter().enumerate() {
+                r.bind(&mut self.many, i * 5)?;
+            }
+            self.many.raw_execute()?;
+        }
+        for r in chunks.remainder() {
+            r.bind(&mut self.one, 0)?;
+            self.one.raw_execute()?;
+        }
+        Ok(())
+    }
+}
+
+/// A row of five values, bound from parameter `at + 1` on.
+trait Row {
+    fn bind(&self, st: &mut rusqlite::Statement<'_>, at: usize) -> rusqlite::Result<()>;
+}
+
+impl<A: ToSql, B: ToSql, C: ToSql, D: ToSql, E: ToSql> Row for (A, B, C, D, E) {
+    fn bind(&self, st: &mut rusqlite::Statement<'_>, at: usize) -> rusqlite::Result<()> {
+        st.raw_bind_parameter(at + 1, &self.0)?;
+        st.raw_bind_parameter(at + 2, &self.1)?;
+        st.raw_bind_parameter(at + 3, &self.2)?;
+        st.raw_bind_parameter(at + 4, &self.3)?;
+        st.raw_bind_parameter(at + 5, &self.4)
+    }
+}
+
 /// Builds `index.sqlite` at `path` (which must not exist) from the shards'
-/// pieces in dataset order: one transaction, prepared statements, the
+/// pieces in dataset order: one transaction, multi-row inserts, the
 /// indexes created after the inserts. `next` yields `(tar_file_id, piece)`
 /// one shard at a time. Returns the sample keys left out as duplicates of
 /// an earlier shard's: `(tar_file_id, key)`.
@@ -97,10 +155,14 @@ pub fn build_sqlite(
         path: path.display().to_string(),
         source,
     };
-    let mut db = rusqlite::Connection::open(path).map_err(sql)?;
+    // One connection on one thread: SQLite's own mutexes are not needed.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut db = rusqlite::Connection::open_with_flags(path, flags).map_err(sql)?;
     // Built once into a private name, synced and renamed: no journal needed.
     db.execute_batch(
-        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;",
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA locking_mode = EXCLUSIVE;",
     )
     .map_err(sql)?;
     db.execute_batch(SCHEMA).map_err(sql)?;
@@ -108,44 +170,52 @@ pub fn build_sqlite(
     let mut dups = Vec::new();
     {
         let mut keys: HashSet<String> = HashSet::new();
-        let mut ins_sample = tx
-            .prepare("INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(sql)?;
-        let mut ins_part = tx
-            .prepare("INSERT INTO sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(sql)?;
+        let mut samples = Inserter::new(
+            &tx,
+            "samples",
+            "tar_file_id, sample_key, sample_index, byte_offset, byte_size",
+        )
+        .map_err(sql)?;
+        let mut parts = Inserter::new(
+            &tx,
+            "sample_parts",
+            "tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size",
+        )
+        .map_err(sql)?;
         while let Some((id, shard)) = next()? {
+            let id = id as i64;
             let mut dup_index = HashSet::new();
+            let mut rows = Vec::with_capacity(shard.samples.len());
             for (key, index, offset, size) in &shard.samples {
                 if !keys.insert(key.clone()) {
                     dup_index.insert(*index);
-                    dups.push((id, key.clone()));
+                    dups.push((id as u64, key.clone()));
                     continue;
                 }
-                ins_sample
-                    .execute(rusqlite::params![
-                        id as i64,
-                        key,
-                        *index as i64,
-                        *offset as i64,
-                        *size as i64
-                    ])
-                    .map_err(sql)?;
+                rows.push((
+                    id,
+                    key.as_str(),
+                    *index as i64,
+                    *offset as i64,
+                    *size as i64,
+                ));
             }
-            for (index, part, offset, size) in &shard.parts {
-                if dup_index.contains(index) {
-                    continue;
-                }
-                ins_part
-                    .execute(rusqlite::params![
-                        id as i64,
+            samples.insert(&rows).map_err(sql)?;
+            let rows: Vec<_> = shard
+                .parts
+                .iter()
+                .filter(|(index, ..)| !dup_index.contains(index))
+                .map(|(index, part, offset, size)| {
+                    (
+                        id,
                         *index as i64,
-                        part,
+                        part.as_str(),
                         *offset as i64,
-                        *size as i64
-                    ])
-                    .map_err(sql)?;
-            }
+                        *size as i64,
+                    )
+                })
+                .collect();
+            parts.insert(&rows).map_err(sql)?;
         }
     }
     tx.execute_batch(INDEXES).map_err(sql)?;
