@@ -121,9 +121,25 @@ def tree(out, named=None):
             rel = str(f.relative_to(out))
             if f.is_symlink():
                 files[rel] = ("link", str(f.resolve()))
-            elif f.is_file() and f.name not in ("index.sqlite", "index.uuid"):
+            elif f.name == "index.sqlite":
+                files[rel] = ("rows", sqlite_rows(f))
+            elif f.is_file() and f.name != "index.uuid":
                 files[rel] = f.read_bytes().replace(named, b"OUT")
     return files
+
+
+def sqlite_rows(path):
+    """energon's tables, sorted (the file's bytes depend on the order shards committed)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return tuple(
+            tuple(sorted(db.execute(f"SELECT * FROM {table}").fetchall()))
+            for table in ("samples", "sample_parts")
+        )
+    finally:
+        db.close()
 
 
 def test_a_rerun_repairs_what_verify_finds_in_any_format(indexed, tmp_path):

@@ -228,20 +228,27 @@ fn build_formats(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
     rows: &ShardRows,
+    early: Option<shardprep_formats::EarlyEnergon>,
     problems: &mut Vec<String>,
 ) -> Option<shardprep_formats::FormatsReport> {
-    let formats = config
+    let Some(formats) = config
         .outputs
         .index_formats()
-        .filter(|f| f.has_other_than_webshart())?;
+        .filter(|f| f.has_other_than_webshart())
+    else {
+        if let Some(e) = early {
+            e.discard();
+        }
+        return None;
+    };
     let done: Vec<String> = rows.fragments.iter().map(|(n, _)| n.clone()).collect();
     let started = Instant::now();
     let names = shardprep_formats::DatasetNames {
         name: &config.backend.dataset_id,
         caption_field: &config.fields.caption,
     };
-    let summary =
-        shardprep_formats::build_dataset(layout, &done, formats, names).unwrap_or_else(|e| {
+    let summary = shardprep_formats::build_dataset(layout, &done, formats, names, early)
+        .unwrap_or_else(|e| {
             problems.push(format!("--index-format {formats}: {e}"));
             shardprep_formats::DatasetSummary::default()
         });
@@ -311,6 +318,9 @@ pub(crate) fn finish_job(
         && rows.recovered == rows.shards.len()
         && let Some(prev) = unchanged_output(layout, config, &fingerprint, &mut repairs)
     {
+        if let Some(early) = shared.early_sqlite.as_ref().and_then(|e| e.finish()) {
+            early.discard();
+        }
         tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
         write_backend(layout, config, shared.webshart.as_ref())?;
         let report = prev.seen_again(&rows);
@@ -328,7 +338,10 @@ pub(crate) fn finish_job(
     let mut format_problems = Vec::new();
     let phase = Instant::now();
     let (merged, formats) = std::thread::scope(|scope| {
-        let formats = scope.spawn(|| build_formats(layout, config, &rows, &mut format_problems));
+        let formats = scope.spawn(|| {
+            let early = shared.early_sqlite.as_ref().and_then(|e| e.finish());
+            build_formats(layout, config, &rows, early, &mut format_problems)
+        });
         let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems);
         (merged, formats.join())
     });

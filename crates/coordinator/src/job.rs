@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardprep_core::index_format::IndexFormat;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::mode::Mode;
 use shardprep_core::proto::coordinator_server::CoordinatorServer;
@@ -156,6 +157,18 @@ async fn start_job(
         "job starting{}",
         if n_recovered > 0 { "; shards committed by an earlier run are not redone" } else { "" }
     );
+    let early_sqlite = config
+        .outputs
+        .index_formats()
+        .filter(|f| f.contains(IndexFormat::Energon))
+        .and_then(|_| crate::early_sqlite::EarlySqlite::start(&layout, recovered.len()));
+    if let Some(early) = &early_sqlite {
+        for (id, (name, _, kept)) in recovered.iter().enumerate() {
+            if kept.is_some() {
+                early.committed(id, name);
+            }
+        }
+    }
     let sched = Scheduler::new(
         recovered,
         config.lease_timeout,
@@ -176,6 +189,7 @@ async fn start_job(
         shard_urls: sources.iter().map(|s| s.url.clone()).collect(),
         webshart,
         repairs,
+        early_sqlite,
         _lock: lock,
     })
 }

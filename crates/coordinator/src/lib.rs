@@ -16,6 +16,7 @@
 //! - [`verify_index`]: the same for an index-mode output (`--mode index`).
 //! - [`written`]: what the shards wrote into `data/` against their file lists.
 //! - [`findings`]: what a check found (lines checked, problems).
+//! - `early_sqlite`: energon's `index.sqlite` built while the shards commit.
 //! - `index_file`: one shard's webshart index read in one streamed pass.
 //! - `wire`: the coordinator's wire messages (job spec, lease, status).
 //! - [`job`]: the life of a job from start to the end of serving ([`serve`]).
@@ -30,6 +31,7 @@
 
 pub mod commit;
 pub mod discover;
+mod early_sqlite;
 pub mod findings;
 mod finish;
 mod index_file;
@@ -346,6 +348,8 @@ pub struct JobShared {
     pub(crate) webshart: Option<webshart::WebshartSource>,
     /// What the job's start found damaged in the output and took back.
     pub(crate) repairs: Vec<report::Repair>,
+    /// Energon's `index.sqlite` built as shards commit (index mode with energon).
+    pub(crate) early_sqlite: Option<early_sqlite::EarlySqlite>,
     /// This job's hold on the output folder (one job per `OUT`).
     pub(crate) _lock: lock::OutputLock,
 }

@@ -69,11 +69,11 @@ fn late(shared: &JobShared, r: &proto::CompleteRequest) -> proto::CompleteRespon
 /// after. Runs on a blocking thread (file work).
 fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::CompleteResponse {
     let layout = &shared.layout;
-    let name = shared.state.read(|s| {
+    let shard = shared.state.read(|s| {
         s.current_lease(r.lease_id)
-            .map(|i| s.shards()[i].name.clone())
+            .map(|i| (i, s.shards()[i].name.clone()))
     });
-    let Some(name) = name else {
+    let Some((index, name)) = shard else {
         return late(shared, r);
     };
     let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
@@ -87,6 +87,10 @@ fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::Compl
             Ok(p) => {
                 let (rows, json) = (p.manifest.counts.rows, p.manifest.counts.json_files);
                 s.complete(&r.worker_id, r.lease_id, p.manifest.clone(), now);
+                // Before the job can see itself settled: the end waits for it.
+                if let Some(early) = &shared.early_sqlite {
+                    early.committed(index, &name);
+                }
                 let (done, failed, _) = s.tally();
                 tracing::info!(shard = %name, worker = %r.worker_id, rows, json, done, failed, total = s.shards().len(), "shard committed");
                 Ok(p)

@@ -80,15 +80,20 @@ pub fn remove_unasked(layout: &OutputLayout, formats: &IndexFormats) -> Vec<Path
 }
 
 /// Rebuilds the dataset-wide files of `formats` from the pieces of the
-/// committed `shards` (in dataset order).
+/// committed `shards` (in dataset order); energon's `index.sqlite` is the
+/// `early` one when it holds exactly these shards (else it is discarded).
 pub fn build_dataset(
     layout: &OutputLayout,
     shards: &[String],
     formats: &IndexFormats,
     names: DatasetNames<'_>,
+    early: Option<EarlyEnergon>,
 ) -> Result<DatasetSummary, FormatsError> {
     let mut summary = DatasetSummary::default();
     if !formats.has_other_than_webshart() {
+        if let Some(e) = early {
+            e.discard();
+        }
         return Ok(summary);
     }
     let read = |s: &String| ShardPiece::read(&paths::piece(layout, s));
@@ -138,8 +143,12 @@ pub fn build_dataset(
         )?;
     }
     if formats.contains(IndexFormat::Energon) {
-        build_energon(layout, &energon_shards, &mut summary)?;
+        build_energon(layout, &energon_shards, &mut summary, early)?;
         write_sample_loader(layout, names.caption_field)?;
+    } else {
+        if let Some(e) = early {
+            e.discard();
+        }
     }
     Ok(summary)
 }
@@ -154,35 +163,142 @@ fn pretty(doc: &serde_json::Value) -> Vec<u8> {
     format!("{doc:#}\n").into_bytes()
 }
 
-/// `.nv-meta/`: the SQLite index (streamed shard by shard), then `.info.json`,
-/// `split.yaml` and a new `index.uuid`.
-fn build_energon(
+/// Energon's `index.sqlite` built while the shards committed (in commit
+/// order, each shard under its place in the job's list), not finished yet.
+pub struct EarlyEnergon {
+    pub build: energon::SqliteBuild,
+    /// Where it is being built (a private name).
+    pub tmp: PathBuf,
+    /// What each shard added.
+    pub shards: Vec<EarlyShard>,
+}
+
+/// One shard of an [`EarlyEnergon`].
+pub struct EarlyShard {
+    /// Its place in the job's list of shards.
+    pub id: u64,
+    pub name: String,
+    /// Samples as energon counts them, and the keys left out.
+    pub count: u64,
+    pub excluded: Vec<String>,
+    /// Rows it added (samples and parts).
+    pub rows: u64,
+}
+
+impl EarlyEnergon {
+    /// Whether it holds exactly `shards`, each under its place in that list
+    /// (energon's `tar_file_id`), and no key twice: only then is it the
+    /// index a build from the pieces in dataset order would make.
+    fn fits(&self, shards: &[String]) -> bool {
+        let mut ids: Vec<(u64, &str)> = self
+            .shards
+            .iter()
+            .map(|s| (s.id, s.name.as_str()))
+            .collect();
+        ids.sort_unstable();
+        self.build.duplicates().is_empty()
+            && ids.len() == shards.len()
+            && ids
+                .iter()
+                .enumerate()
+                .all(|(i, (id, name))| *id == i as u64 && shards[i] == *name)
+    }
+
+    /// Drops the build and its file.
+    pub fn discard(self) {
+        drop(self.build);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// What a build of `index.sqlite` found.
+struct Built {
+    dups: Vec<(u64, String)>,
+    counts: Vec<(String, u64)>,
+    excluded: Vec<(String, String)>,
+    rows: u64,
+}
+
+/// Finishes the early build (its shards in dataset order).
+fn finish_early(mut e: EarlyEnergon) -> Result<Built, FormatsError> {
+    e.shards.sort_by_key(|s| s.id);
+    let mut built = Built {
+        dups: Vec::new(),
+        counts: Vec::with_capacity(e.shards.len()),
+        excluded: Vec::new(),
+        rows: 0,
+    };
+    for s in e.shards {
+        built.counts.push((s.name.clone(), s.count));
+        built.rows += s.rows;
+        built
+            .excluded
+            .extend(s.excluded.into_iter().map(|k| (s.name.clone(), k)));
+    }
+    built.dups = e.build.finish()?;
+    Ok(built)
+}
+
+/// Builds `index.sqlite` at `tmp` from the committed pieces of `shards`.
+fn build_from_pieces(
     layout: &OutputLayout,
     shards: &[String],
-    summary: &mut DatasetSummary,
-) -> Result<(), FormatsError> {
-    let meta = paths::nv_meta(layout);
-    std::fs::create_dir_all(&meta).map_err(FormatsError::io("create folder", &meta))?;
-    let db = meta.join("index.sqlite");
-    let tmp = unique_tmp(&db);
-    let started = Instant::now();
-    let mut counts = Vec::with_capacity(shards.len());
-    let mut excluded = Vec::new();
-    let mut rows = 0u64;
+    tmp: &Path,
+) -> Result<Built, FormatsError> {
+    let mut built = Built {
+        dups: Vec::new(),
+        counts: Vec::with_capacity(shards.len()),
+        excluded: Vec::new(),
+        rows: 0,
+    };
     let mut it = shards.iter().enumerate();
-    let built = energon::build_sqlite(&tmp, || {
+    built.dups = energon::build_sqlite(tmp, || {
         let Some((id, s)) = it.next() else {
             return Ok(None);
         };
         let p = ShardPiece::read(&paths::piece(layout, s))?;
         let e = p.energon.unwrap_or_default();
-        counts.push((s.clone(), e.count));
-        excluded.extend(e.excluded.iter().map(|k| (s.clone(), k.clone())));
-        rows += (e.samples.len() + e.parts.len()) as u64;
+        built.counts.push((s.clone(), e.count));
+        built
+            .excluded
+            .extend(e.excluded.iter().map(|k| (s.clone(), k.clone())));
+        built.rows += (e.samples.len() + e.parts.len()) as u64;
         Ok(Some((id as u64, e)))
-    });
-    let dups = match built {
-        Ok(d) => d,
+    })?;
+    Ok(built)
+}
+
+/// `.nv-meta/`: the SQLite index (the early build when it fits, else
+/// streamed from the pieces shard by shard), then `.info.json`,
+/// `split.yaml` and a new `index.uuid`.
+fn build_energon(
+    layout: &OutputLayout,
+    shards: &[String],
+    summary: &mut DatasetSummary,
+    early: Option<EarlyEnergon>,
+) -> Result<(), FormatsError> {
+    let meta = paths::nv_meta(layout);
+    std::fs::create_dir_all(&meta).map_err(FormatsError::io("create folder", &meta))?;
+    let db = meta.join("index.sqlite");
+    let started = Instant::now();
+    let (tmp, built) = match early {
+        Some(e) if e.fits(shards) => (e.tmp.clone(), finish_early(e)),
+        other => {
+            if let Some(e) = other {
+                e.discard();
+            }
+            let tmp = unique_tmp(&db);
+            let built = build_from_pieces(layout, shards, &tmp);
+            (tmp, built)
+        }
+    };
+    let Built {
+        dups,
+        counts,
+        mut excluded,
+        rows,
+    } = match built {
+        Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -260,4 +376,101 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FormatsError> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::energon::{EnergonShard, SqliteBuild, build_sqlite};
+
+    fn shard(keys: &[&str]) -> EnergonShard {
+        let mut s = EnergonShard {
+            count: keys.len() as u64,
+            ..EnergonShard::default()
+        };
+        for (i, k) in keys.iter().enumerate() {
+            let i = i as u64;
+            s.samples.push((k.to_string(), i, i * 1024, 1024));
+            s.parts.push((i, "jpg".into(), i * 1024 + 512, 3));
+        }
+        s
+    }
+
+    /// Adds `(id, name, keys)` in the order given, as commits land.
+    fn early(dir: &Path, adds: &[(u64, &str, &[&str])]) -> EarlyEnergon {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("early-{n}.sqlite"));
+        let mut build = SqliteBuild::create(&tmp).unwrap();
+        let mut shards = Vec::new();
+        for (id, name, keys) in adds {
+            let s = shard(keys);
+            build.add(*id, &s).unwrap();
+            shards.push(EarlyShard {
+                id: *id,
+                name: name.to_string(),
+                count: s.count,
+                excluded: Vec::new(),
+                rows: 2 * keys.len() as u64,
+            });
+        }
+        EarlyEnergon { build, tmp, shards }
+    }
+
+    fn rows(path: &Path) -> Vec<(i64, String, i64)> {
+        let db = rusqlite::Connection::open(path).unwrap();
+        let mut st = db
+            .prepare(
+                "SELECT tar_file_id, sample_key, sample_index FROM samples ORDER BY sample_key",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn an_early_build_in_commit_order_is_the_build_in_dataset_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["s0.tar".to_string(), "s1.tar".to_string()];
+        let e = early(
+            dir.path(),
+            &[(1, "s1.tar", &["c", "d"]), (0, "s0.tar", &["a", "b"])],
+        );
+        assert!(e.fits(&names));
+        let tmp = e.tmp.clone();
+        let built = finish_early(e).unwrap();
+        assert_eq!(
+            built.counts,
+            vec![("s0.tar".into(), 2), ("s1.tar".into(), 2)]
+        );
+        let in_order = dir.path().join("in-order.sqlite");
+        let mut pieces = vec![(0, shard(&["a", "b"])), (1, shard(&["c", "d"]))].into_iter();
+        build_sqlite(&in_order, || Ok(pieces.next())).unwrap();
+        assert_eq!(rows(&tmp), rows(&in_order));
+    }
+
+    #[test]
+    fn an_early_build_that_is_not_the_dataset_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["s0.tar".to_string(), "s1.tar".to_string()];
+        // A shard missing (failed, or not sent).
+        assert!(!early(dir.path(), &[(0, "s0.tar", &["a"])]).fits(&names));
+        // A shard under another place (a failed shard before it shifts the ids).
+        let shifted = early(dir.path(), &[(0, "s0.tar", &["a"]), (2, "s1.tar", &["b"])]);
+        assert!(!shifted.fits(&names));
+        // A key in two shards: which one keeps it depends on the order.
+        let dup = early(
+            dir.path(),
+            &[(1, "s1.tar", &["a", "x"]), (0, "s0.tar", &["a", "y"])],
+        );
+        assert!(!dup.fits(&names));
+        // The same shard twice.
+        let twice = early(dir.path(), &[(0, "s0.tar", &["a"]), (0, "s0.tar", &["b"])]);
+        assert!(!twice.fits(&names));
+        let tmp = twice.tmp.clone();
+        twice.discard();
+        assert!(!tmp.exists());
+    }
 }

@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::ToSql;
 use serde::{Deserialize, Serialize};
@@ -90,38 +90,40 @@ pub fn parse_tar_idx(bytes: &[u8]) -> Result<Vec<u64>, String> {
 /// bound parameters).
 const BATCH: usize = 64;
 
-/// A prepared insert of `BATCH` rows and one of a single row into `table`.
-struct Inserter<'c> {
-    many: rusqlite::Statement<'c>,
-    one: rusqlite::Statement<'c>,
+/// The SQL of one table's inserts: `BATCH` rows, and one row.
+struct InsertSql {
+    many: String,
+    one: String,
 }
 
-impl<'c> Inserter<'c> {
-    fn new(
-        tx: &'c rusqlite::Transaction<'_>,
-        table: &str,
-        columns: &str,
-    ) -> rusqlite::Result<Self> {
+impl InsertSql {
+    fn new(table: &str, columns: &str) -> Self {
         let row = "(?, ?, ?, ?, ?)";
-        let rows = vec![row; BATCH].join(", ");
-        Ok(Inserter {
-            many: tx.prepare(&format!("INSERT INTO {table} ({columns}) VALUES {rows}"))?,
-            one: tx.prepare(&format!("INSERT INTO {table} ({columns}) VALUES {row}"))?,
-        })
+        InsertSql {
+            many: format!(
+                "INSERT INTO {table} ({columns}) VALUES {}",
+                vec![row; BATCH].join(", ")
+            ),
+            one: format!("INSERT INTO {table} ({columns}) VALUES {row}"),
+        }
     }
 
     /// Inserts `rows` (five values each), `BATCH` at a time.
-    fn insert<R: Row>(&mut self, rows: &[R]) -> rusqlite::Result<()> {
+    fn insert<R: Row>(&self, db: &rusqlite::Connection, rows: &[R]) -> rusqlite::Result<()> {
         let mut chunks = rows.chunks_exact(BATCH);
-        for chunk in &mut chunks {
-            for (i, r) in chunk.iter().enumerate() {
-                r.bind(&mut self.many, i * 5)?;
+        if chunks.len() > 0 {
+            let mut many = db.prepare_cached(&self.many)?;
+            for chunk in &mut chunks {
+                for (i, r) in chunk.iter().enumerate() {
+                    r.bind(&mut many, i * 5)?;
+                }
+                many.raw_execute()?;
             }
-            self.many.raw_execute()?;
         }
+        let mut one = db.prepare_cached(&self.one)?;
         for r in chunks.remainder() {
-            r.bind(&mut self.one, 0)?;
-            self.one.raw_execute()?;
+            r.bind(&mut one, 0)?;
+            one.raw_execute()?;
         }
         Ok(())
     }
@@ -142,86 +144,124 @@ impl<A: ToSql, B: ToSql, C: ToSql, D: ToSql, E: ToSql> Row for (A, B, C, D, E) {
     }
 }
 
+/// `index.sqlite` being built at a private path, in one transaction: the
+/// shards' rows added one shard at a time, in any order, energon's indexes
+/// created by [`SqliteBuild::finish`]. A key already added is left out
+/// (energon's `sample_key` is unique): the first shard added keeps it.
+pub struct SqliteBuild {
+    path: PathBuf,
+    db: rusqlite::Connection,
+    samples: InsertSql,
+    parts: InsertSql,
+    keys: HashSet<String>,
+    dups: Vec<(u64, String)>,
+}
+
+impl SqliteBuild {
+    /// Starts the build at `path` (which must not exist).
+    pub fn create(path: &Path) -> Result<Self, FormatsError> {
+        let sql = sql_error(path);
+        // One connection on one thread: SQLite's own mutexes are not needed.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = rusqlite::Connection::open_with_flags(path, flags).map_err(sql)?;
+        // Built once into a private name, synced and renamed: no journal needed.
+        db.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA locking_mode = EXCLUSIVE;",
+        )
+        .map_err(sql)?;
+        db.execute_batch(SCHEMA).map_err(sql)?;
+        db.execute_batch("BEGIN").map_err(sql)?;
+        Ok(SqliteBuild {
+            path: path.to_path_buf(),
+            db,
+            samples: InsertSql::new(
+                "samples",
+                "tar_file_id, sample_key, sample_index, byte_offset, byte_size",
+            ),
+            parts: InsertSql::new(
+                "sample_parts",
+                "tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size",
+            ),
+            keys: HashSet::new(),
+            dups: Vec::new(),
+        })
+    }
+
+    /// Adds shard `id`'s rows (its samples whose key no earlier shard added).
+    pub fn add(&mut self, id: u64, shard: &EnergonShard) -> Result<(), FormatsError> {
+        let sql = sql_error(&self.path);
+        let tar = id as i64;
+        let mut dup_index = HashSet::new();
+        let mut rows = Vec::with_capacity(shard.samples.len());
+        for (key, index, offset, size) in &shard.samples {
+            if !self.keys.insert(key.clone()) {
+                dup_index.insert(*index);
+                self.dups.push((id, key.clone()));
+                continue;
+            }
+            rows.push((
+                tar,
+                key.as_str(),
+                *index as i64,
+                *offset as i64,
+                *size as i64,
+            ));
+        }
+        self.samples.insert(&self.db, &rows).map_err(sql)?;
+        let rows: Vec<_> = shard
+            .parts
+            .iter()
+            .filter(|(index, ..)| !dup_index.contains(index))
+            .map(|(index, part, offset, size)| {
+                (
+                    tar,
+                    *index as i64,
+                    part.as_str(),
+                    *offset as i64,
+                    *size as i64,
+                )
+            })
+            .collect();
+        self.parts.insert(&self.db, &rows).map_err(sql)
+    }
+
+    /// Keys left out so far as a repeat of a key added before: `(id, key)`.
+    pub fn duplicates(&self) -> &[(u64, String)] {
+        &self.dups
+    }
+
+    /// Creates energon's indexes and commits; returns the keys left out.
+    pub fn finish(self) -> Result<Vec<(u64, String)>, FormatsError> {
+        let sql = sql_error(&self.path);
+        self.db.execute_batch(INDEXES).map_err(sql)?;
+        self.db.execute_batch("COMMIT").map_err(sql)?;
+        self.db.close().map_err(|(_, e)| sql(e))?;
+        Ok(self.dups)
+    }
+}
+
+fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> FormatsError + Copy + '_ {
+    move |source| FormatsError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Builds `index.sqlite` at `path` (which must not exist) from the shards'
-/// pieces in dataset order: one transaction, multi-row inserts, the
-/// indexes created after the inserts. `next` yields `(tar_file_id, piece)`
-/// one shard at a time. Returns the sample keys left out as duplicates of
-/// an earlier shard's: `(tar_file_id, key)`.
+/// pieces in dataset order ([`SqliteBuild`]). `next` yields
+/// `(tar_file_id, piece)` one shard at a time. Returns the sample keys left
+/// out as duplicates of an earlier shard's: `(tar_file_id, key)`.
 pub fn build_sqlite(
     path: &Path,
     mut next: impl FnMut() -> Result<Option<(u64, EnergonShard)>, FormatsError>,
 ) -> Result<Vec<(u64, String)>, FormatsError> {
-    let sql = |source| FormatsError::Sqlite {
-        path: path.display().to_string(),
-        source,
-    };
-    // One connection on one thread: SQLite's own mutexes are not needed.
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-        | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
-        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut db = rusqlite::Connection::open_with_flags(path, flags).map_err(sql)?;
-    // Built once into a private name, synced and renamed: no journal needed.
-    db.execute_batch(
-        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA locking_mode = EXCLUSIVE;",
-    )
-    .map_err(sql)?;
-    db.execute_batch(SCHEMA).map_err(sql)?;
-    let tx = db.transaction().map_err(sql)?;
-    let mut dups = Vec::new();
-    {
-        let mut keys: HashSet<String> = HashSet::new();
-        let mut samples = Inserter::new(
-            &tx,
-            "samples",
-            "tar_file_id, sample_key, sample_index, byte_offset, byte_size",
-        )
-        .map_err(sql)?;
-        let mut parts = Inserter::new(
-            &tx,
-            "sample_parts",
-            "tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size",
-        )
-        .map_err(sql)?;
-        while let Some((id, shard)) = next()? {
-            let id = id as i64;
-            let mut dup_index = HashSet::new();
-            let mut rows = Vec::with_capacity(shard.samples.len());
-            for (key, index, offset, size) in &shard.samples {
-                if !keys.insert(key.clone()) {
-                    dup_index.insert(*index);
-                    dups.push((id as u64, key.clone()));
-                    continue;
-                }
-                rows.push((
-                    id,
-                    key.as_str(),
-                    *index as i64,
-                    *offset as i64,
-                    *size as i64,
-                ));
-            }
-            samples.insert(&rows).map_err(sql)?;
-            let rows: Vec<_> = shard
-                .parts
-                .iter()
-                .filter(|(index, ..)| !dup_index.contains(index))
-                .map(|(index, part, offset, size)| {
-                    (
-                        id,
-                        *index as i64,
-                        part.as_str(),
-                        *offset as i64,
-                        *size as i64,
-                    )
-                })
-                .collect();
-            parts.insert(&rows).map_err(sql)?;
-        }
+    let mut build = SqliteBuild::create(path)?;
+    while let Some((id, shard)) = next()? {
+        build.add(id, &shard)?;
     }
-    tx.execute_batch(INDEXES).map_err(sql)?;
-    tx.commit().map_err(sql)?;
-    db.close().map_err(|(_, e)| sql(e))?;
-    Ok(dups)
+    build.finish()
 }
 
 const SCHEMA: &str = "

@@ -24,7 +24,10 @@ pub mod shard;
 pub mod verify;
 pub mod wids;
 
-pub use dataset::{DatasetNames, DatasetSummary, FormatsReport, build_dataset, remove_unasked};
+pub use dataset::{
+    DatasetNames, DatasetSummary, EarlyEnergon, EarlyShard, FormatsReport, build_dataset,
+    remove_unasked,
+};
 pub use input::{MemberKind, ShardInput, TarMember};
 pub use shard::{
     PreparedPieces, ShardPiece, commit_shard, discard_attempt, missing_piece, prepare_shard,
