@@ -212,6 +212,7 @@ impl EarlyEnergon {
 }
 
 /// What a build of `index.sqlite` found.
+#[derive(Default)]
 struct Built {
     dups: Vec<(u64, String)>,
     counts: Vec<(String, u64)>,
@@ -222,12 +223,7 @@ struct Built {
 /// Finishes the early build (its shards in dataset order).
 fn finish_early(mut e: EarlyEnergon) -> Result<Built, FormatsError> {
     e.shards.sort_by_key(|s| s.id);
-    let mut built = Built {
-        dups: Vec::new(),
-        counts: Vec::with_capacity(e.shards.len()),
-        excluded: Vec::new(),
-        rows: 0,
-    };
+    let mut built = Built::default();
     for s in e.shards {
         built.counts.push((s.name.clone(), s.count));
         built.rows += s.rows;
@@ -245,12 +241,7 @@ fn build_from_pieces(
     shards: &[String],
     tmp: &Path,
 ) -> Result<Built, FormatsError> {
-    let mut built = Built {
-        dups: Vec::new(),
-        counts: Vec::with_capacity(shards.len()),
-        excluded: Vec::new(),
-        rows: 0,
-    };
+    let mut built = Built::default();
     let mut it = shards.iter().enumerate();
     built.dups = energon::build_sqlite(tmp, || {
         let Some((id, s)) = it.next() else {

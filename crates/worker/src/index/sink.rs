@@ -86,32 +86,19 @@ impl IndexSink {
     }
 
     /// The kept entries sorted by name, the last copy of each name.
-    fn sorted_entries(slots: Vec<Slot>) -> Vec<(String, FileEntry)> {
-        let mut files: Vec<(String, FileEntry, bool)> = slots
-            .into_iter()
-            .map(|s| (s.key, s.entry, s.dropped))
-            .collect();
-        // Stable: copies of a name stay in tar order, the last one is kept.
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(String, FileEntry)> = Vec::with_capacity(files.len());
-        let mut last_dropped = Vec::with_capacity(files.len());
-        for (key, entry, dropped) in files {
-            match out.last_mut() {
-                Some(prev) if prev.0 == key => {
-                    *prev = (key, entry);
-                    if let Some(d) = last_dropped.last_mut() {
-                        *d = dropped;
-                    }
-                }
-                _ => {
-                    out.push((key, entry));
-                    last_dropped.push(dropped);
-                }
+    fn sorted_entries(mut slots: Vec<Slot>) -> Vec<(String, FileEntry)> {
+        // Stable: copies of a name stay in tar order.
+        slots.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut last: Vec<Slot> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match last.last_mut() {
+                Some(prev) if prev.key == slot.key => *prev = slot,
+                _ => last.push(slot),
             }
         }
-        out.into_iter()
-            .zip(last_dropped)
-            .filter_map(|(e, dropped)| (!dropped).then_some(e))
+        last.into_iter()
+            .filter(|s| !s.dropped)
+            .map(|s| (s.key, s.entry))
             .collect()
     }
 }
