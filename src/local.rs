@@ -50,6 +50,10 @@ pub async fn run(args: RunArgs, log: LogFormat) -> anyhow::Result<ExitCode> {
         write_threads: args
             .write_threads
             .unwrap_or_else(|| shardprep_worker::default_write_threads(n)),
+        default_log_level: match crate::progress::active(args.progress) {
+            true => "warn",
+            false => "info",
+        },
     };
     let mut workers = Workers::start(launcher, n)?;
     let progress = crate::progress::active(args.progress)

@@ -67,11 +67,6 @@ fn init_logging(format: cli::LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    if default_level != "info" && std::env::var_os("RUST_LOG").is_none() {
-        // Worker processes inherit the quieter default.
-        // SAFETY: called once at start-up, before any other thread exists.
-        unsafe { std::env::set_var("RUST_LOG", default_level) };
-    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colours(format))

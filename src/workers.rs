@@ -31,6 +31,9 @@ pub struct Launcher {
     pub fault_worker0: Option<String>,
     /// `--write-threads` of each worker.
     pub write_threads: usize,
+    /// The workers' log level when `RUST_LOG` does not say (quieter under
+    /// the live display).
+    pub default_log_level: &'static str,
 }
 
 impl Launcher {
@@ -68,6 +71,9 @@ impl Launcher {
             .env("SHARDPREP_WRITE_THREADS", self.write_threads.to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", self.default_log_level);
+        }
         match fault {
             Some(f) => cmd.env("SHARDPREP_FAULT", f),
             None => cmd.env_remove("SHARDPREP_FAULT"),
@@ -176,8 +182,11 @@ impl Workers {
 
 /// SIGTERM to a worker not yet reaped.
 fn terminate(c: &Child) {
-    if let Some(pid) = c.id() {
-        // SAFETY: kill(2) on our own child's pid; `id()` is None once it is reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // `id()` is None once the child is reaped, so the pid is still ours.
+    if let Some(pid) = c
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }

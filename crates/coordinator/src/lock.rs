@@ -4,9 +4,10 @@
 //! the file's content (host, pid, start time) names the holder to a second
 //! job that is refused.
 
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::CoordinatorError;
@@ -34,11 +35,9 @@ impl OutputLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| io_err("open", e))?;
-        // SAFETY: `file` is an open descriptor for the duration of the call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io_err("lock", err));
+        if let Err(errno) = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            if errno != Errno::WOULDBLOCK {
+                return Err(io_err("lock", errno.into()));
             }
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);

@@ -31,6 +31,7 @@ use shardprep_core::fields::FieldMap;
 use shardprep_core::layout::OutputLayout;
 use shardprep_core::manifest::{MemberIssue, ShardCounts};
 
+use crate::shard::attempt::Attempt;
 use crate::shard::input::ShardSource;
 use crate::shard::pass::ShardPass;
 use crate::shard::{LiveProgress, ShardError, ShardOutput, ShardTask, limits, walk};
@@ -206,7 +207,8 @@ fn index_window(
         )?),
     };
     let sink = (webshart, others);
-    let pass = ShardPass::open(task, &source, (cancel, live), sink, false)?;
+    let attempt = Attempt::create(task, &source)?;
+    let pass = ShardPass::open(task, &source, (cancel, live), attempt, sink)?;
     let archive = TarReader::seeking(Cursor::new(win), limits);
     walk(pass, archive, &source, started)
 }

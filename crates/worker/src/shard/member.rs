@@ -69,7 +69,7 @@ pub(crate) fn unknown_type_warning(flag: u8) -> (IssueKind, String) {
 }
 
 /// A regular file member being read.
-pub(super) struct Member<'a> {
+pub(crate) struct Member<'a> {
     source: &'a ShardSource,
     /// The name in the tar (lossy UTF-8), as the report shows it.
     pub name: String,

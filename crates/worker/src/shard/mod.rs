@@ -12,8 +12,10 @@
 //! - [`pass`]: [`pass::ShardPass`], the walk: the pass's state and the
 //!   rules every output shares, one method per step (`member`,
 //!   `json_member`, `file_member`, `finish`);
-//! - [`output`]: what the walk hands an output ([`output::Output`]; the
-//!   webshart index is one, `crate::index`), and the walk's input;
+//! - [`output`]: what the walk hands an output ([`output::Output`]), and
+//!   the walk's input;
+//! - [`data_files`]: extract mode's output, the members and captions
+//!   written into `data/` (index mode's are in `crate::index`);
 //! - [`attempt`]: the attempt's temporary files and its manifest;
 //! - [`captions`]: caption files for images no row captions, caption warnings;
 //! - [`tally`]: the counts and the issues listed by name.
@@ -21,6 +23,7 @@
 pub(crate) mod attempt;
 mod captions;
 mod checks;
+mod data_files;
 pub(crate) mod input;
 pub(crate) mod member;
 pub(crate) mod output;
@@ -44,9 +47,11 @@ use shardprep_remote::RemoteError;
 use crate::fragment::FragmentError;
 use crate::integrity::IntegrityConfig;
 use crate::tar_reader::{Limits, TarReader};
+use attempt::Attempt;
+use data_files::DataFiles;
 use input::ShardSource;
 pub(crate) use member::unknown_type_warning;
-use output::{FilesOnly, Output, WalkInput};
+use output::{Output, WalkInput};
 use pass::ShardPass;
 
 /// JSON members larger than this are extracted but not parsed.
@@ -237,7 +242,9 @@ pub fn process_stream(
     let started = Instant::now();
     let source = ShardSource::new(&task.shard_name);
     let reader = source.reader(input, &live.bytes_read)?;
-    let pass = ShardPass::open(task, &source, (cancel, live), FilesOnly, true)?;
+    let attempt = Attempt::create(task, &source)?;
+    let files = DataFiles::open(task, &attempt, &source)?;
+    let pass = ShardPass::open(task, &source, (cancel, live), attempt, files)?;
     let archive = TarReader::with_limits(reader, limits(task));
     walk(pass, archive, &source, started).map(|(out, ())| out)
 }

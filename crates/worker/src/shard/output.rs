@@ -5,30 +5,40 @@
 //! samples exist. The shape is ripgrep's searcher/sink: the walk drives,
 //! every method but the ones an output needs has a default that does nothing.
 //!
-//! Outputs compose: a pair of outputs is an output, and so is an optional
-//! one (index mode's webshart index beside energon/DALI/wids).
+//! Two kinds of output:
+//! - one that takes the members' bytes ([`Output::takes_bytes`]): extract
+//!   mode's [`super::data_files::DataFiles`] writes them into `data/`. It
+//!   reads each file member through [`MemberBytes`], which feeds the walk's
+//!   image check as the bytes pass, and reports what it wrote or refused
+//!   into the tally ([`Cx`]) as the outcomes come back ([`Output::settle`]);
+//! - one that points into the tar (webshart, energon, DALI, wids): it gets
+//!   every member as read ([`Output::entry`]) and, per kept member, its
+//!   stored name, its checked path, its first-header, header and data
+//!   offsets and its size ([`KeptMember`]); per kept sample, the row naming
+//!   its image ([`Output::row`]); and at the end the tally, to add its own
+//!   counts. When no output takes bytes, a member's bytes are read only
+//!   when the walk needs them (see [`WalkInput`]): the headers, the JSONs
+//!   and the image heads.
 //!
-//! An output that points into the tar (webshart, energon, DALI, wids) gets
-//! every member as read ([`Output::entry`]) and, per kept member, its stored name, its checked path, its
-//! first-header, header and data offsets and its size ([`KeptMember`]); per
-//! kept sample, the row naming its image ([`Output::row`]); and at the end
-//! the tally, to add its own counts. A member's bytes are read only when
-//! the walk or an output needs them (see [`Output::takes_sparse`] and
-//! [`WalkInput`]): an output that only points into the tar costs the
-//! headers, the JSONs and the image heads.
+//! Outputs compose: a pair of outputs is an output (at most one of the
+//! two takes bytes), and so is an optional one (index mode's webshart
+//! index beside energon/DALI/wids).
 
-use std::io::{BufReader, Read};
-use std::path::Path;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use crate::integrity::ImageFacts;
+use crate::integrity::{ImageCheck, ImageFacts, IntegrityConfig};
 use crate::sample::Row;
-use crate::tar_reader::EntryMeta;
+use crate::tar_reader::{Entry, EntryMeta, ExtractError};
 use crate::window::{Cursor, Window};
 
 use super::ShardError;
 use super::attempt::Attempt;
 use super::input::{Counting, ShardSource};
-use super::member::Kind;
+use super::member::{Kind, Member};
 use super::tally::Tally;
 
 /// One regular member the walk keeps (not refused, not a directory), as an
@@ -55,6 +65,29 @@ pub struct KeptRow<'r> {
     pub row: &'r Row,
     /// The width and height its JSON claims.
     pub json_dims: (i64, i64),
+    /// The JSON member it came from: its name in the tar, its checked path.
+    pub json_member: &'r str,
+    pub json_rel: &'r Path,
+}
+
+/// What an output's hooks may record into, and stop on.
+pub struct Cx<'c> {
+    pub tally: &'c mut Tally,
+    pub source: &'c ShardSource,
+    /// Set when the lease is lost or the worker stops.
+    pub cancel: &'c AtomicBool,
+}
+
+/// A JSON member's bytes, for an output that takes them.
+pub struct JsonBytes<'j, 'm> {
+    pub m: &'j Member<'m>,
+    /// What the walk read of it: all of it, or its first
+    /// [`super::MAX_JSON_BYTES`]; the output may take the buffer.
+    pub head: &'j mut Vec<u8>,
+    /// The rest of its data.
+    pub rest: &'j mut dyn Read,
+    /// Its JSON made a row.
+    pub made_row: bool,
 }
 
 /// An output of the walk. Calls come in member order: `member` for each
@@ -69,6 +102,45 @@ pub trait Output {
     /// (`sparse_file`): no offset and length can serve their expanded bytes.
     fn takes_sparse(&self) -> bool {
         true
+    }
+
+    /// Whether the output takes the members' bytes ([`Output::json_bytes`],
+    /// [`Output::file_bytes`]).
+    fn takes_bytes(&self) -> bool {
+        false
+    }
+
+    /// A directory member the walk keeps (`rel`: its checked path).
+    fn directory(&mut self, _name: &str, _rel: &Path, _cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        Ok(())
+    }
+
+    /// Whether a file the output wrote already holds `m`'s path and wins
+    /// over it (extract mode: a caption file, as the seed writes captions
+    /// after extracting); the walk then refuses `m`.
+    fn shadows(&mut self, _m: &Member<'_>, _cx: &mut Cx<'_>) -> Result<bool, ShardError> {
+        Ok(false)
+    }
+
+    /// A kept JSON member's bytes (when [`Output::takes_bytes`]).
+    fn json_bytes(&mut self, _j: JsonBytes<'_, '_>, _cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        Ok(())
+    }
+
+    /// Any other kept member's bytes (when [`Output::takes_bytes`]); returns
+    /// where the member is whole on disk when it is already (a decode check
+    /// of a large image reads it back from there).
+    fn file_bytes<R: WalkInput>(
+        &mut self,
+        _bytes: &mut MemberBytes<'_, '_, R>,
+        _cx: &mut Cx<'_>,
+    ) -> Result<Option<PathBuf>, ShardError> {
+        Ok(None)
+    }
+
+    /// After each member: the outcomes of earlier writes are counted.
+    fn settle(&mut self, _cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        Ok(())
     }
 
     /// Every member the walk reads, in tar order, before the walk judges it
@@ -94,24 +166,55 @@ pub struct End<'e> {
     pub tally: &'e mut Tally,
     pub attempt: &'e Attempt,
     pub source: &'e ShardSource,
+    pub cancel: &'e AtomicBool,
+    /// Hashes of the checked paths of the shard's members.
+    pub members: &'e HashSet<u64>,
 }
 
-/// The walk's own files only (`data/`, captions, parquet): nothing more.
-pub struct FilesOnly;
-
-impl Output for FilesOnly {
-    type Done = ();
-    fn finish(self, _end: &mut End<'_>) -> Result<(), ShardError> {
-        Ok(())
-    }
-}
-
-/// Two outputs of one walk (nest pairs for more): each sees every call.
+/// Two outputs of one walk (nest pairs for more): each sees every call;
+/// the members' bytes go to the one that takes them (at most one does).
 impl<A: Output, B: Output> Output for (A, B) {
     type Done = (A::Done, B::Done);
 
     fn takes_sparse(&self) -> bool {
         self.0.takes_sparse() && self.1.takes_sparse()
+    }
+
+    fn takes_bytes(&self) -> bool {
+        debug_assert!(!(self.0.takes_bytes() && self.1.takes_bytes()));
+        self.0.takes_bytes() || self.1.takes_bytes()
+    }
+
+    fn directory(&mut self, name: &str, rel: &Path, cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        self.0.directory(name, rel, cx)?;
+        self.1.directory(name, rel, cx)
+    }
+
+    fn shadows(&mut self, m: &Member<'_>, cx: &mut Cx<'_>) -> Result<bool, ShardError> {
+        Ok(self.0.shadows(m, cx)? | self.1.shadows(m, cx)?)
+    }
+
+    fn json_bytes(&mut self, j: JsonBytes<'_, '_>, cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        match self.0.takes_bytes() {
+            true => self.0.json_bytes(j, cx),
+            false => self.1.json_bytes(j, cx),
+        }
+    }
+
+    fn file_bytes<R: WalkInput>(
+        &mut self,
+        bytes: &mut MemberBytes<'_, '_, R>,
+        cx: &mut Cx<'_>,
+    ) -> Result<Option<PathBuf>, ShardError> {
+        match self.0.takes_bytes() {
+            true => self.0.file_bytes(bytes, cx),
+            false => self.1.file_bytes(bytes, cx),
+        }
+    }
+
+    fn settle(&mut self, cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        self.0.settle(cx)?;
+        self.1.settle(cx)
     }
 
     fn entry(&mut self, meta: &EntryMeta) {
@@ -145,6 +248,49 @@ impl<O: Output> Output for Option<O> {
 
     fn takes_sparse(&self) -> bool {
         self.as_ref().is_none_or(Output::takes_sparse)
+    }
+
+    fn takes_bytes(&self) -> bool {
+        self.as_ref().is_some_and(Output::takes_bytes)
+    }
+
+    fn directory(&mut self, name: &str, rel: &Path, cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        match self {
+            Some(o) => o.directory(name, rel, cx),
+            None => Ok(()),
+        }
+    }
+
+    fn shadows(&mut self, m: &Member<'_>, cx: &mut Cx<'_>) -> Result<bool, ShardError> {
+        match self {
+            Some(o) => o.shadows(m, cx),
+            None => Ok(false),
+        }
+    }
+
+    fn json_bytes(&mut self, j: JsonBytes<'_, '_>, cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        match self {
+            Some(o) => o.json_bytes(j, cx),
+            None => Ok(()),
+        }
+    }
+
+    fn file_bytes<R: WalkInput>(
+        &mut self,
+        bytes: &mut MemberBytes<'_, '_, R>,
+        cx: &mut Cx<'_>,
+    ) -> Result<Option<PathBuf>, ShardError> {
+        match self {
+            Some(o) => o.file_bytes(bytes, cx),
+            None => Ok(None),
+        }
+    }
+
+    fn settle(&mut self, cx: &mut Cx<'_>) -> Result<(), ShardError> {
+        match self {
+            Some(o) => o.settle(cx),
+            None => Ok(()),
+        }
     }
 
     fn entry(&mut self, meta: &EntryMeta) {
@@ -200,5 +346,117 @@ impl WalkInput for Cursor {
 
     fn bytes_read(&mut self) -> Option<u64> {
         Some(Cursor::window(self).bytes_read())
+    }
+}
+
+/// A kept file member's bytes as an output reads them: a top-level image's
+/// pass through the walk's image check, so no output can read around it.
+pub struct MemberBytes<'b, 'e, R: WalkInput> {
+    m: &'b Member<'b>,
+    entry: &'b mut Entry<'e, R>,
+    cfg: &'b IntegrityConfig,
+    check: Check<'b>,
+    whole: Option<ImageFacts>,
+}
+
+/// Where the image check of a member stands.
+enum Check<'c> {
+    /// Not an image the walk checks.
+    Off,
+    /// To be checked, no byte read yet.
+    Due,
+    /// Fed as the bytes are read (boxed: large, and only for large members).
+    Feeding(Box<ImageCheck<'c>>),
+    /// Checked whole, in memory: the facts are in `MemberBytes::whole`.
+    Whole,
+    /// Written with its holes seeked over: not checked.
+    Sparse,
+}
+
+impl<'b, 'e, R: WalkInput> MemberBytes<'b, 'e, R> {
+    /// `m`'s bytes from `entry`, checked as `cfg` says when `checked`.
+    pub(super) fn new(
+        m: &'b Member<'b>,
+        entry: &'b mut Entry<'e, R>,
+        cfg: &'b IntegrityConfig,
+        checked: bool,
+    ) -> Self {
+        let check = match checked {
+            true => Check::Due,
+            false => Check::Off,
+        };
+        MemberBytes {
+            m,
+            entry,
+            cfg,
+            check,
+            whole: None,
+        }
+    }
+
+    /// The member.
+    pub fn member(&self) -> &'b Member<'b> {
+        self.m
+    }
+
+    /// A GNU sparse member (see [`MemberBytes::write_sparse`]).
+    pub fn is_sparse(&self) -> bool {
+        self.entry.meta().sparse.is_some()
+    }
+
+    /// Reads the whole member into `buf` (cleared first). On a read error
+    /// or a cut tar, `buf` holds the bytes read before it.
+    pub fn read_whole(&mut self, buf: &mut Vec<u8>) -> Result<(), ShardError> {
+        let m = self.m;
+        buf.clear();
+        buf.resize(m.size as usize, 0);
+        let (got, failed) = m.read_partial(self.entry, buf);
+        buf.truncate(got);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if (got as u64) < m.size {
+            return Err(m.truncated(got as u64));
+        }
+        if matches!(self.check, Check::Due) {
+            self.whole = Some(ImageCheck::whole(self.cfg, buf));
+            self.check = Check::Whole;
+        }
+        Ok(())
+    }
+
+    /// Writes the member's expanded data into `file`, its holes seeked over
+    /// (the image check does not see it).
+    pub fn write_sparse(
+        &mut self,
+        file: &mut File,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<u64, ExtractError> {
+        self.check = Check::Sparse;
+        self.entry.write_to_file(file, keep_going)
+    }
+
+    /// The image's facts, once the output is done with the bytes; `written`:
+    /// where it is whole on disk, if it is. `None` when it was not checked.
+    pub(super) fn facts(self, written: Option<&Path>) -> Option<ImageFacts> {
+        match self.check {
+            Check::Off | Check::Sparse => None,
+            Check::Due => Some(ImageCheck::new(self.cfg, self.m.size).finish(written)),
+            Check::Feeding(c) => Some(c.finish(written)),
+            Check::Whole => self.whole,
+        }
+    }
+}
+
+impl<R: WalkInput> Read for MemberBytes<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if matches!(self.check, Check::Due) {
+            self.check = Check::Feeding(Box::new(ImageCheck::new(self.cfg, self.m.size)));
+        }
+        let n = self.entry.read(buf)?;
+        if let Check::Feeding(c) = &mut self.check {
+            c.update(&buf[..n]);
+        }
+        Ok(n)
     }
 }
