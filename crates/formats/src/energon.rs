@@ -185,8 +185,12 @@ impl SqliteBuild {
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let db = rusqlite::Connection::open_with_flags(path, flags).map_err(sql)?;
         // Built once into a private name, synced and renamed: no journal needed.
+        // 16 KiB pages: fewer page splits while the indexes grow with the rows
+        // (the early build's thread: -14% CPU against 4 KiB on 100,000
+        // samples; 64 KiB gave -27% but would make every random lookup of a
+        // trainer read 64 KiB).
         db.execute_batch(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA locking_mode = EXCLUSIVE;",
+            "PRAGMA page_size = 16384; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA locking_mode = EXCLUSIVE;",
         )
         .map_err(sql)?;
         db.execute_batch(SCHEMA).map_err(sql)?;
