@@ -9,7 +9,9 @@ bytes read from the disk (ru_inblock of the process tree).
 
     python bench/formats.py WORKDIR [--shards 4] [--samples 25000] [--reps 3] [--workers 2]
     env: SHARDPREP_BIN (default target/release/shardprep), ENERGON (the `energon` CLI;
-         its row is skipped without it), WDS2IDX (default .venv-formats/bin/wds2idx)
+         its row is skipped without it), WDS2IDX (default .venv-formats/bin/wds2idx),
+         SHARDPREP_BASE (optional: a second shardprep binary, e.g. main's build, whose two
+         rows alternate with the others in the same run for a before/after)
 """
 
 import argparse
@@ -58,6 +60,7 @@ def main():
     exe = os.environ.get("SHARDPREP_BIN", str(REPO / "target/release/shardprep"))
     energon = os.environ.get("ENERGON")
     wds2idx = os.environ.get("WDS2IDX", str(REPO / ".venv-formats/bin/wds2idx"))
+    base = os.environ.get("SHARDPREP_BASE")
     shards = work / "set"
     if not shards.is_dir():
         subprocess.run([exe, "generate", "--output", str(shards), "--shards", str(a.shards),
@@ -66,10 +69,10 @@ def main():
     total = a.shards * a.samples
     w = str(a.workers)
 
-    def shardprep(formats):
-        out = work / f"out-{formats.replace(',', '-')}"
+    def shardprep(formats, binary=exe, tag=""):
+        out = work / f"out{tag}-{formats.replace(',', '-')}"
         shutil.rmtree(out, ignore_errors=True)
-        return [exe, "run", "--input", str(shards), "--output", str(out), "--mode", "index",
+        return [binary, "run", "--input", str(shards), "--output", str(out), "--mode", "index",
                 "--workers", w, "--index-format", formats]
 
     def energon_prepare():
@@ -91,6 +94,9 @@ def main():
              "dali wds2idx": dali_wds2idx}
     if energon:
         tools["energon prepare"] = energon_prepare
+    if base:
+        tools["webshart (base)"] = lambda: shardprep("webshart", base, "-base")
+        tools["all four (base)"] = lambda: shardprep("webshart,energon,dali,wids", base, "-base")
     names = list(tools)
     results = {n: [] for n in names}
     for rep in range(a.reps):
@@ -121,6 +127,11 @@ def main():
     if energon:
         print(f"energon prepare / all four: {med['energon prepare'] / med['all four']:.1f}x")
     print(f"wds2idx / all four: {med['dali wds2idx'] / med['all four']:.1f}x")
+    if base:
+        print(f"base: all four / webshart alone: {med['all four (base)'] / med['webshart (base)']:.2f}x")
+        if energon:
+            print(f"base: energon prepare / all four: "
+                  f"{med['energon prepare'] / med['all four (base)']:.1f}x")
     (work / "formats-results.json").write_text(json.dumps({"args": vars(a), "runs": results}, indent=1))
 
 

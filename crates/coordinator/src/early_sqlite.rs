@@ -30,7 +30,7 @@ impl EarlySqlite {
     /// builds from the pieces).
     pub(crate) fn start(layout: &OutputLayout, shards: usize) -> Option<EarlySqlite> {
         let tmp = unique_tmp(&layout.tmp_dir().join("energon-index.sqlite"));
-        let build = match SqliteBuild::create(&tmp) {
+        let build = match SqliteBuild::create_indexed(&tmp) {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "energon's index is built at the end instead");

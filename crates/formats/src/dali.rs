@@ -17,7 +17,7 @@ use crate::group::Group;
 
 /// The `.idx` text of the kept `groups`, and how many samples it lists;
 /// `None` when it lists none (DALI refuses a count of 0).
-pub fn index_text(groups: &[Group]) -> (Option<String>, DaliCounts) {
+pub fn index_text(groups: &[Group<'_>]) -> (Option<String>, DaliCounts) {
     let mut body = String::new();
     let mut counts = DaliCounts::default();
     for g in groups.iter().filter(|g| g.left_out.is_none()) {
@@ -28,12 +28,13 @@ pub fn index_text(groups: &[Group]) -> (Option<String>, DaliCounts) {
             counts.unwritable += 1;
             continue;
         }
-        let line: Vec<String> = g
-            .parts
-            .iter()
-            .map(|p| format!("{} {} {} {}", p.ext, p.data_offset, p.size, escape(&p.name)))
-            .collect();
-        body.push_str(&line.join(" "));
+        for (i, p) in g.parts.iter().enumerate() {
+            if i > 0 {
+                body.push(' ');
+            }
+            let _ = write!(body, "{} {} {} ", p.ext, p.data_offset, p.size);
+            escape_into(&mut body, &p.name);
+        }
         body.push('\n');
         counts.samples += 1;
     }
@@ -54,9 +55,12 @@ pub struct DaliCounts {
     pub unwritable: u64,
 }
 
-/// A name as one whitespace-free token (`%` and whitespace percent-escaped).
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
+/// Appends a name as one whitespace-free token (`%` and whitespace percent-escaped).
+fn escape_into(out: &mut String, name: &str) {
+    if !name.contains(|c: char| c == '%' || c.is_whitespace()) {
+        out.push_str(name);
+        return;
+    }
     for c in name.chars() {
         if c == '%' || c.is_whitespace() {
             let mut buf = [0u8; 4];
@@ -67,7 +71,6 @@ fn escape(name: &str) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 /// One parsed line: `(ext, offset, size)` of each component.
@@ -115,16 +118,16 @@ mod tests {
     use super::*;
     use crate::group::{LeftOut, Part};
 
-    fn group(key: &str, exts: &[&str], left_out: Option<LeftOut>) -> Group {
+    fn group(key: &str, exts: &[&str], left_out: Option<LeftOut>) -> Group<'static> {
         Group {
-            key: key.into(),
+            key: key.to_string().into(),
             start_offset: 0,
             parts: exts
                 .iter()
                 .enumerate()
                 .map(|(i, e)| Part {
-                    name: format!("{key}.{e}"),
-                    ext: e.to_string(),
+                    name: format!("{key}.{e}").into(),
+                    ext: e.to_string().into(),
                     data_offset: 512 * (i as u64 + 1),
                     size: 7,
                 })

@@ -96,7 +96,8 @@ pub fn build_dataset(
         }
         return Ok(summary);
     }
-    let read = |s: &String| ShardPiece::read(&paths::piece(layout, s));
+    // Energon's rows come from the early build or `build_from_pieces`.
+    let read = |s: &String| ShardPiece::read_head(&paths::piece(layout, s));
     let mut dali = (Vec::new(), Vec::new());
     let mut wids = Vec::new();
     let mut energon_shards = Vec::new();
@@ -392,7 +393,7 @@ mod tests {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!("early-{n}.sqlite"));
-        let mut build = SqliteBuild::create(&tmp).unwrap();
+        let mut build = SqliteBuild::create_indexed(&tmp).unwrap();
         let mut shards = Vec::new();
         for (id, name, keys) in adds {
             let s = shard(keys);

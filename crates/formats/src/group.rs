@@ -4,7 +4,7 @@
 //! and wids' `splitname` agree with for names that have an extension), and
 //! which of them a job keeps.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use crate::input::{MemberKind, ShardInput};
 
@@ -33,26 +33,27 @@ impl LeftOut {
     }
 }
 
-/// One member of a sample.
+/// One member of a sample (its texts borrowed from the walked shard's
+/// names when they are UTF-8, as they nearly always are).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
+pub struct Part<'a> {
     /// The member's full name.
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// Energon's part name / DALI's extension: after the first dot of the last component.
-    pub ext: String,
+    pub ext: Cow<'a, str>,
     pub data_offset: u64,
     pub size: u64,
 }
 
 /// One sample of the tar, kept or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub struct Group<'a> {
     /// The sample key (name up to the first dot of its last component).
-    pub key: String,
+    pub key: Cow<'a, str>,
     /// Offset of its first member's first header.
     pub start_offset: u64,
     /// Its regular members, in tar order.
-    pub parts: Vec<Part>,
+    pub parts: Vec<Part<'a>>,
     /// `None` when kept.
     pub left_out: Option<LeftOut>,
 }
@@ -64,10 +65,8 @@ pub fn split_name(name: &str) -> Option<(&str, &str)> {
         return None;
     }
     // The greedy `(?:.*/|)` tries the longest prefix ending in '/' first.
-    let mut ends: Vec<usize> = name.match_indices('/').map(|(i, _)| i + 1).collect();
-    ends.reverse();
-    ends.push(0);
-    for start in ends {
+    let ends = name.rmatch_indices('/').map(|(i, _)| i + 1);
+    for start in ends.chain(std::iter::once(0)) {
         let rest = &name[start..];
         let Some(dot) = rest.find('.') else { continue };
         if dot >= 1 && !rest[dot + 1..].contains('/') {
@@ -84,9 +83,25 @@ pub fn is_meta(name: &str) -> bool {
     first.len() >= 4 && first.starts_with("__") && first.ends_with("__")
 }
 
+/// `(name, key, part)` of a member name (lossy UTF-8) as [`split_name`]
+/// splits it, borrowed when the name is.
+fn split_cow(name: Cow<'_, str>) -> Option<(Cow<'_, str>, Cow<'_, str>, Cow<'_, str>)> {
+    match name {
+        Cow::Borrowed(n) => {
+            let (key, ext) = split_name(n)?;
+            Some((n.into(), key.into(), ext.into()))
+        }
+        Cow::Owned(n) => {
+            let (key, ext) = split_name(&n)?;
+            let (key, ext) = (key.to_string(), ext.to_string());
+            Some((n.into(), key.into(), ext.into()))
+        }
+    }
+}
+
 /// The tar's samples in order, each with its verdict.
-pub fn groups(input: &ShardInput) -> Vec<Group> {
-    let mut out: Vec<Group> = Vec::new();
+pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
     let mut utf8_ok: Vec<bool> = Vec::new();
     let mut sparse: Vec<bool> = Vec::new();
     for m in &input.members {
@@ -97,12 +112,12 @@ pub fn groups(input: &ShardInput) -> Vec<Group> {
         if is_meta(&lossy) {
             continue;
         }
-        let Some((key, ext)) = split_name(&lossy) else {
+        let Some((name, key, ext)) = split_cow(lossy) else {
             continue;
         };
         if out.last().is_none_or(|g| g.key != key) {
             out.push(Group {
-                key: key.to_string(),
+                key,
                 start_offset: m.start_offset,
                 parts: Vec::new(),
                 left_out: None,
@@ -111,27 +126,24 @@ pub fn groups(input: &ShardInput) -> Vec<Group> {
             sparse.push(false);
         }
         let i = out.len() - 1;
-        utf8_ok[i] &= std::str::from_utf8(&m.name).is_ok();
+        utf8_ok[i] &= matches!(name, Cow::Borrowed(_));
         sparse[i] |= m.kind == MemberKind::Sparse;
         out[i].parts.push(Part {
-            name: lossy.to_string(),
-            ext: ext.to_string(),
+            name,
+            ext,
             data_offset: m.data_offset,
             size: m.size,
         });
     }
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for g in &out {
-        *seen.entry(g.key.clone()).or_default() += 1;
-    }
+    let repeated = repeated_keys(&out);
     for (i, g) in out.iter_mut().enumerate() {
         g.left_out = if !utf8_ok[i] {
             Some(LeftOut::NameNotUtf8)
         } else if sparse[i] {
             Some(LeftOut::SparseMember)
-        } else if seen.get(&g.key).copied().unwrap_or(0) > 1 {
+        } else if repeated[i] {
             Some(LeftOut::DuplicateKey)
-        } else if !g.parts.iter().any(|p| input.row_images.contains(&p.name)) {
+        } else if !g.parts.iter().any(|p| input.row_images.contains(&*p.name)) {
             Some(LeftOut::NoRow)
         } else {
             None
@@ -140,8 +152,21 @@ pub fn groups(input: &ShardInput) -> Vec<Group> {
     out
 }
 
+/// Per group, whether its key is the key of another group too.
+fn repeated_keys(groups: &[Group<'_>]) -> Vec<bool> {
+    let mut seen: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
+    seen.reserve(groups.len());
+    for g in groups {
+        *seen.entry(&g.key).or_default() += 1;
+    }
+    groups
+        .iter()
+        .map(|g| seen.get(&*g.key).copied().unwrap_or(0) > 1)
+        .collect()
+}
+
 /// The kept samples.
-pub fn kept(groups: &[Group]) -> impl Iterator<Item = &Group> {
+pub fn kept<'g, 'a>(groups: &'g [Group<'a>]) -> impl Iterator<Item = &'g Group<'a>> {
     groups.iter().filter(|g| g.left_out.is_none())
 }
 
@@ -194,7 +219,7 @@ mod tests {
         let g = groups(&input);
         let summary: Vec<_> = g
             .iter()
-            .map(|g| (g.key.as_str(), g.parts.len(), g.left_out))
+            .map(|g| (&*g.key, g.parts.len(), g.left_out))
             .collect();
         assert_eq!(
             summary,

@@ -1,7 +1,6 @@
 //! The neutral per-shard input every format is built from: the tar's
 //! members in order, as the walk saw them, and which images have a row.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// What a reader can do with a member.
@@ -30,10 +29,22 @@ pub struct TarMember {
     /// Size of its data.
     pub size: u64,
     pub kind: MemberKind,
-    /// The raw `name` field of its own ustar header and its type flag, as
-    /// readers that parse raw headers (wids) see it. Only needed for wids.
+    /// The raw `name` field of its own ustar header (NULs trimmed) and its
+    /// type flag, as readers that parse raw headers (wids) see it: only
+    /// needed for wids, and `None` when it is `name` itself
+    /// ([`TarMember::raw_name`]).
     pub raw_header_name: Option<Vec<u8>>,
     pub typeflag: u8,
+}
+
+impl TarMember {
+    /// What [`TarMember::raw_header_name`] holds for the ustar `name` field
+    /// `field` of a member named `name`: the field without its NULs, unless
+    /// that is `name` (then nothing is stored).
+    pub fn raw_name(field: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+        let raw = crate::wids::trim_nul(field);
+        (raw != name).then(|| raw.to_vec())
+    }
 }
 
 /// One walked shard, before any format is built.
@@ -51,5 +62,5 @@ pub struct ShardInput {
     pub members: Vec<TarMember>,
     /// Names of the images the parquet has a row for: a sample is kept
     /// exactly when it holds one of them.
-    pub row_images: HashSet<String>,
+    pub row_images: foldhash::HashSet<String>,
 }

@@ -43,7 +43,7 @@ pub fn check_dataset(
     }
     let pieces: Vec<(&String, ShardPiece)> = shards
         .iter()
-        .filter_map(|s| Some((s, ShardPiece::read(&paths::piece(layout, s)).ok()?)))
+        .filter_map(|s| Some((s, ShardPiece::read_head(&paths::piece(layout, s)).ok()?)))
         .collect();
     if formats.contains(IndexFormat::Energon) {
         let counts: Vec<(String, u64)> = pieces

@@ -15,8 +15,6 @@
 //! the wrong members for the samples after them, so such a tar is left out
 //! of the wids JSON (the report lists it in `wids_unreadable`).
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::input::ShardInput;
@@ -43,7 +41,8 @@ pub fn wids_key(name: &str) -> Option<&str> {
 /// The number of samples wids finds in the tar; `Err` with the reason when
 /// wids cannot read it (a header name that is not UTF-8).
 pub fn wids_count(input: &ShardInput) -> Result<u64, String> {
-    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut seen: foldhash::HashSet<&[u8]> = foldhash::HashSet::default();
+    seen.reserve(input.members.len());
     let mut names: Vec<&str> = Vec::new();
     for m in &input.members {
         if m.typeflag != b'0' && m.typeflag != 0 {
@@ -83,7 +82,7 @@ pub fn wids_count(input: &ShardInput) -> Result<u64, String> {
 }
 
 /// Python's `str.strip("\x00")` on bytes.
-fn trim_nul(b: &[u8]) -> &[u8] {
+pub(crate) fn trim_nul(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&c| c != 0).unwrap_or(b.len());
     let end = b.iter().rposition(|&c| c != 0).map_or(start, |i| i + 1);
     &b[start..end]

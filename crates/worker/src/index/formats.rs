@@ -66,10 +66,10 @@ impl Output for FormatsSink {
             data_offset: m.data_offset,
             size: m.size,
             kind,
-            raw_header_name: self
-                .formats
-                .contains(IndexFormat::Wids)
-                .then(|| m.header_name.to_vec()),
+            raw_header_name: match self.formats.contains(IndexFormat::Wids) {
+                true => TarMember::raw_name(&m.header_name, &m.name),
+                false => None,
+            },
             typeflag: m.typeflag,
         });
     }
