@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use shardprep_core::issue::IssueKind;
+
 use crate::input::{MemberKind, ShardInput};
 
 /// Why a sample of the tar gets no entry in the formats.
@@ -22,11 +24,11 @@ pub enum LeftOut {
 }
 
 impl LeftOut {
-    /// The report's name.
+    /// The report's name (the walk's issue kind's, where it has one).
     pub fn as_str(self) -> &'static str {
         match self {
-            LeftOut::NoRow => "no_row",
-            LeftOut::NameNotUtf8 => "name_not_utf8",
+            LeftOut::NoRow => IssueKind::NoRow.as_str(),
+            LeftOut::NameNotUtf8 => IssueKind::NameNotUtf8.as_str(),
             LeftOut::SparseMember => "sparse_member",
             LeftOut::DuplicateKey => "duplicate_key",
         }

@@ -42,9 +42,16 @@ impl TarMember {
     /// `field` of a member named `name`: the field without its NULs, unless
     /// that is `name` (then nothing is stored).
     pub fn raw_name(field: &[u8], name: &[u8]) -> Option<Vec<u8>> {
-        let raw = crate::wids::trim_nul(field);
+        let raw = trim_nul(field);
         (raw != name).then(|| raw.to_vec())
     }
+}
+
+/// Python's `str.strip("\x00")` on bytes (how wids reads a ustar name field).
+pub(crate) fn trim_nul(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&c| c != 0).unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != 0).map_or(start, |i| i + 1);
+    &b[start..end]
 }
 
 /// One walked shard, before any format is built.

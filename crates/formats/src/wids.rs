@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::input::ShardInput;
+use crate::input::{ShardInput, trim_nul};
 
 /// One shard's entry of the wids JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,13 +79,6 @@ pub fn wids_count(input: &ShardInput) -> Result<u64, String> {
         }
     }
     Ok(count)
-}
-
-/// Python's `str.strip("\x00")` on bytes.
-pub(crate) fn trim_nul(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|&c| c != 0).unwrap_or(b.len());
-    let end = b.iter().rposition(|&c| c != 0).map_or(start, |i| i + 1);
-    &b[start..end]
 }
 
 /// The dataset description's bytes (pretty JSON, like `widsindex create`).
