@@ -453,3 +453,111 @@ def test_the_pages_buckets_are_simpletuners_in_index_mode(index_shards, tmp_path
     buckets, too_small = page_buckets(out)
     assert buckets == s["buckets"], f"page {buckets} != SimpleTuner {s['buckets']}\n{why}"
     assert too_small == s["rejected"].get("too_small", 0), (too_small, why)
+
+
+# --------------------------------------------------------------------------- hostile shards, both modes
+def hostile_tar(path, image, sparse_dir):
+    """A shard built to be awkward (no `shardprep generate`): duplicates, a `.txt` member
+    where a row's caption file goes, a JSON and an image in a subfolder, a symlink, `../` and
+    absolute names, PAX long names, a bad JSON, a JSON without width, an image without a JSON,
+    a row naming another key's image, a 2 MiB JSON and a 3 MiB image; beside it, `sparse.tar`
+    with a GNU sparse member. Returns the top-level images that must be samples in both modes."""
+    import io
+    import random
+
+    def add(t, name, data, kind=tarfile.REGTYPE, link=""):
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.type, ti.linkname, ti.mtime = len(data), kind, link, 1700000000
+        t.addfile(ti, io.BytesIO(data))
+
+    def sample(t, key, caption, image_name=None, **extra):
+        j = {"width": 1024, "height": 1024, "short_caption": caption,
+             "image_name": image_name or f"{key}.png", **extra}
+        add(t, f"{key}.json", json.dumps(j).encode())
+
+    long_key = "L" * 150
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        add(t, "a.png", image)
+        sample(t, "a", "the first a")
+        add(t, "a.txt", b"a member where the caption file goes")
+        add(t, "a.png", image)  # a duplicate: the later copy wins
+        big = image + bytes(random.Random(5).getrandbits(8) for _ in range(3 << 20))
+        add(t, "big.png", big)  # streamed, not pooled; a PNG with trailing bytes still decodes
+        sample(t, "big", "a big file")
+        add(t, "lj.png", image)
+        sample(t, "lj", "a large json", pad="x" * (2 << 20))
+        add(t, "orphan.png", image)  # no JSON: no sample
+        add(t, "nw.png", image)
+        add(t, "nw.json", json.dumps({"short_caption": "no width", "image_name": "nw.png"}).encode())
+        add(t, "sub/n.png", image)  # not at the top: no sample, as in the seed
+        sample(t, "sub/n", "nested", image_name="sub/n.png")
+        ti = tarfile.TarInfo("dir1")
+        ti.type = tarfile.DIRTYPE
+        t.addfile(ti)
+        add(t, "dir1/x.bin", b"xyz")
+        add(t, "link.png", b"", tarfile.SYMTYPE, "a.png")
+        add(t, "../evil.png", image)
+        add(t, "/abs.png", image)
+        add(t, f"{long_key}.png", image)
+        sample(t, long_key, "a long name")
+        add(t, "o1.png", image)
+        sample(t, "o2", "names the image of another key", image_name="o1.png")
+        add(t, "bad.png", image)
+        add(t, "bad.json", b"{not json")
+    sparse = sparse_dir / "sparse.png"
+    with open(sparse, "wb") as f:
+        f.seek(4_000_000)
+        f.write(b"data")
+        f.truncate(8 << 20)
+    # A shard of its own: GNU tar writes a sparse member only in its own format, not into the
+    # PAX archive above.
+    run(["tar", "--sparse", "--format=gnu", "-cf", path.with_name("sparse.tar"), "-C", sparse_dir,
+         "sparse.png"])
+    return sorted(["a.png", "big.png", "lj.png", f"{long_key}.png", "o1.png"])
+
+
+def test_both_modes_agree_on_hostile_shards(tmp_path):
+    # Issue 25's "done when": on shards of awkward members, the real SimpleTuner takes the same
+    # samples by name from the extract output and from the index output, and the reports agree
+    # on every skip, image problem and image left out. Member refusals agree too, except the two
+    # that depend on the mode by design (README): a sparse member is refused in index mode only,
+    # a `.txt` member under a row's caption file in extract mode only.
+    tars = tmp_path / "tars"
+    run([shardprep_bin(), "generate", "--output", tars, "--shards", 2, "--samples", SAMPLES,
+         "--seed", SEED + 3, "--lying-dims-every", 7, "--truncated-every", 13, "--no-width-every", 5])
+    from PIL import Image
+    import io
+    with tarfile.open(sorted(tars.glob("*.tar"))[0]) as tf:
+        pngs = [tf.extractfile(m).read() for m in tf.getmembers() if m.name.endswith(".png")]
+    image = max(pngs, key=lambda b: (lambda im: im.size[0] * im.size[1])(Image.open(io.BytesIO(b))))
+    sparse_dir = tmp_path / "sparse"
+    sparse_dir.mkdir()
+    must = hostile_tar(tars / "hostile.tar", image, sparse_dir)
+    ix_out, ext_out = tmp_path / "ix", tmp_path / "ext"
+    index_run(tars, ix_out, 0)
+    run([shardprep_bin(), "run", "--input", tars, "--output", ext_out, "--workers", 2, "--dims", "image"])
+    trainer_dir = tmp_path / "trainer"
+    trainer_dir.mkdir()
+    rc_ix, s_ix = check(ix_out, cwd=trainer_dir)
+    rc_ext, s_ext = check(ext_out)
+    assert (rc_ix, rc_ext) == (0, 0), (s_ix.get("setup_error"), s_ext.get("setup_error"))
+    ix_names, ext_names = s_ix["accepted_names"], s_ext["accepted_names"]
+    assert ix_names == ext_names, (
+        f"only in index {sorted(set(ix_names) - set(ext_names))}, "
+        f"only in extract {sorted(set(ext_names) - set(ix_names))}")
+    assert set(must) <= set(ix_names), f"missing samples of the hostile shard: {sorted(set(must) - set(ix_names))}"
+    for never in ("orphan.png", "nw.png", "bad.png", "sub/n.png", "link.png", "sparse.png", "evil.png", "abs.png"):
+        assert never not in ix_names, never
+    assert s_ix["captions"]["equal"] == s_ext["captions"]["equal"] == len(ix_names), (s_ix["captions"], s_ext["captions"])
+    reports = [json.loads((o / "report.json").read_text())["totals"] for o in (ix_out, ext_out)]
+    for key in ("skipped", "image_problems", "rows"):
+        assert reports[0][key] == reports[1][key], (key, reports[0][key], reports[1][key])
+    # The sparse image (no JSON) is refused in index mode; extract mode expands it (it then has
+    # a caption file, or SimpleTuner's textfile setup stops) and counts it as an image without a row.
+    ix_left, ext_left = dict(reports[0]["images_left_out"]), dict(reports[1]["images_left_out"])
+    ext_left["no_row"] -= 1
+    assert ix_left == ext_left, (reports[0]["images_left_out"], reports[1]["images_left_out"])
+    ix_refused, ext_refused = dict(reports[0]["rejected_members"]), dict(reports[1]["rejected_members"])
+    assert ix_refused.pop("sparse_file") == 1 and ext_refused.pop("shadowed_by_caption") == 1
+    assert ix_refused == ext_refused, (ix_refused, ext_refused)
+    assert (ext_out / "data" / "sparse.txt").exists()

@@ -213,3 +213,39 @@ fn captions_with_newlines_or_surrounding_whitespace_are_warned_not_skipped() {
         ["p2.json", "p4.json"]
     );
 }
+
+#[test]
+fn a_sparse_image_gets_its_caption_file_too() {
+    // SimpleTuner's textfile setup stops on an image in data/ without `<stem>.txt`; GNU sparse
+    // members are written through their own path (holes seeked over), which once skipped it.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let img = std::fs::File::create(src.join("holes.png")).unwrap();
+    img.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&img, b"data", 2 << 20).unwrap();
+    let shard_path = tmp.path().join("s.tar");
+    let status = std::process::Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-cf"])
+        .arg(&shard_path)
+        .arg("-C")
+        .arg(&src)
+        .arg("holes.png")
+        .status()
+        .expect("GNU tar runs");
+    assert!(status.success());
+    let task = ShardTask::new(
+        shard_path,
+        "s.tar",
+        OutputLayout::new(tmp.path().join("out")),
+    );
+    let out = process_shard(&task, &AtomicBool::new(false), &LiveProgress::default())
+        .unwrap_or_else(|e| panic!("the shard failed: {e}"));
+    let data = tmp.path().join("out/data");
+    assert_eq!(
+        std::fs::metadata(data.join("holes.png")).unwrap().len(),
+        4 << 20
+    );
+    assert_eq!(read(&tmp, "holes.txt").as_deref(), Some(""));
+    assert_eq!(out.manifest.counts.captions_for_unlisted_images, 1);
+}

@@ -158,6 +158,8 @@ impl<'t> DataFiles<'t> {
         match res {
             Ok(Ok(n)) => {
                 cx.tally.extracted(n);
+                // A sparse image needs its caption file like any other.
+                self.image_written(&m.rel, &m.name);
                 Ok(())
             }
             Ok(Err(ExtractError::Cancelled)) => Err(cx.source.cancelled()),
