@@ -386,19 +386,26 @@ def test_index_mode_broken_shard_is_skipped_by_simpletuner(index_shards, tmp_pat
     check_webshart(out, tmp_path, e, good, index_expected(good, e["minimum_image_size"]))
 
 
-def test_both_modes_give_simpletuner_the_same_samples(index_shards, tmp_path):
-    # The same shards (JSONs without width, lying sizes) in both modes: SimpleTuner takes the same
-    # images with the same captions. Extract mode runs with `--dims image`, so that its parquet has
-    # the images' real sizes as the index does: the size filter (`too_small`) then judges alike.
-    good = index_shards["good"]
+def both_modes(tars_dir, tmp_path):
+    """`tars_dir` prepared in index mode and in extract mode (`--dims image`, so that its parquet
+    has the images' real sizes as the index does), each read by SimpleTuner: (index OUT, extract
+    OUT, index summary, extract summary), both setups passed."""
     ix_out, ext_out = tmp_path / "ix", tmp_path / "ext"
-    index_run(good, ix_out, 0)
-    run([shardprep_bin(), "run", "--input", good, "--output", ext_out, "--workers", 2, "--dims", "image"])
+    index_run(tars_dir, ix_out, 0)
+    run([shardprep_bin(), "run", "--input", tars_dir, "--output", ext_out, "--workers", 2, "--dims", "image"])
     trainer_dir = tmp_path / "trainer"
     trainer_dir.mkdir()
     rc_ix, s_ix = check(ix_out, cwd=trainer_dir)
     rc_ext, s_ext = check(ext_out)
     assert (rc_ix, rc_ext) == (0, 0), (s_ix.get("setup_error"), s_ext.get("setup_error"))
+    return ix_out, ext_out, s_ix, s_ext
+
+
+def test_both_modes_give_simpletuner_the_same_samples(index_shards, tmp_path):
+    # The same shards (JSONs without width, lying sizes) in both modes: SimpleTuner takes the same
+    # images with the same captions. Extract mode runs with `--dims image`, so that its parquet has
+    # the images' real sizes as the index does: the size filter (`too_small`) then judges alike.
+    ix_out, ext_out, s_ix, s_ext = both_modes(index_shards["good"], tmp_path)
     want = index_expected(index_shards["good_tars"], entry_of(ext_out)["minimum_image_size"])
     assert s_ix["accepted_names"] == s_ext["accepted_names"] == want["accepted"], (
         f"index mode took {s_ix['accepted']}, extract mode {s_ext['accepted']}: "
@@ -533,14 +540,7 @@ def test_both_modes_agree_on_hostile_shards(tmp_path):
     sparse_dir = tmp_path / "sparse"
     sparse_dir.mkdir()
     must = hostile_tar(tars / "hostile.tar", image, sparse_dir)
-    ix_out, ext_out = tmp_path / "ix", tmp_path / "ext"
-    index_run(tars, ix_out, 0)
-    run([shardprep_bin(), "run", "--input", tars, "--output", ext_out, "--workers", 2, "--dims", "image"])
-    trainer_dir = tmp_path / "trainer"
-    trainer_dir.mkdir()
-    rc_ix, s_ix = check(ix_out, cwd=trainer_dir)
-    rc_ext, s_ext = check(ext_out)
-    assert (rc_ix, rc_ext) == (0, 0), (s_ix.get("setup_error"), s_ext.get("setup_error"))
+    ix_out, ext_out, s_ix, s_ext = both_modes(tars, tmp_path)
     ix_names, ext_names = s_ix["accepted_names"], s_ext["accepted_names"]
     assert ix_names == ext_names, (
         f"only in index {sorted(set(ix_names) - set(ext_names))}, "

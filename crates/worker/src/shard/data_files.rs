@@ -304,10 +304,10 @@ impl Output for DataFiles<'_> {
             }
             _ => None,
         };
-        let rel = j.m.rel.clone();
+        let m = j.m;
         self.write_json(j, cx)?;
         if let (Some(unlisted), Some(text)) = (self.unlisted.as_mut(), own_text) {
-            unlisted.json_text(&rel, text);
+            unlisted.json_text(&m.rel, text);
         }
         Ok(())
     }
