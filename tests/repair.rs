@@ -61,6 +61,16 @@ fn stable_report(mut r: Value) -> Value {
     for k in VOLATILE {
         o.remove(k);
     }
+    if let Some(p) = o.get_mut("published").and_then(Value::as_object_mut) {
+        // Its rows are the same, its pages depend on the order shards commit in.
+        p.remove(ENERGON_DB);
+    }
+    if let Some(s) = o
+        .get_mut("index_formats")
+        .and_then(|f| f["summary"].as_object_mut())
+    {
+        s.remove("sqlite_ms");
+    }
     for list in ["shards", "failures"] {
         for s in o[list].as_array_mut().unwrap() {
             for k in VOLATILE_SHARD {
@@ -77,6 +87,10 @@ fn stable_report(mut r: Value) -> Value {
 fn snapshot(out: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     read_tree(out)
         .into_iter()
+        .map(|(p, bytes)| match p == Path::new(ENERGON_DB) {
+            true => (p, sqlite_rows(&out.join(ENERGON_DB))),
+            false => (p, bytes),
+        })
         .filter(|(p, _)| {
             let s = p.to_string_lossy();
             // Both carry this run's timings; report.json is compared apart.
@@ -87,6 +101,38 @@ fn snapshot(out: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 && !s.ends_with(".manifest.json")
         })
         .collect()
+}
+
+const ENERGON_DB: &str = "energon/.nv-meta/index.sqlite";
+
+/// Energon's `index.sqlite` as its sorted rows (the pages of two builds of
+/// the same rows differ with the order the shards committed in).
+fn sqlite_rows(db: &Path) -> Vec<u8> {
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return b"unreadable".to_vec();
+    };
+    let mut rows = Vec::new();
+    for table in ["samples", "sample_parts"] {
+        let Ok(mut q) = c.prepare(&format!("SELECT * FROM {table}")) else {
+            return b"unreadable".to_vec();
+        };
+        let n = q.column_count();
+        let read = q.query_map([], |r| {
+            (0..n)
+                .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match read.and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+            Ok(mut t) => {
+                t.sort();
+                rows.push((table, t));
+            }
+            Err(_) => return b"unreadable".to_vec(),
+        }
+    }
+    format!("{rows:?}").into_bytes()
 }
 
 fn fragment_manifests(out: &Path) -> Vec<String> {
@@ -248,7 +294,7 @@ fn remove(p: &Path) {
 const SHARD: &str = "data-000001.tar";
 
 /// One kind of damage done to a job's output.
-type Damage = Box<dyn Fn(&Job)>;
+type Damage<T = Job> = Box<dyn Fn(&T)>;
 
 #[test]
 fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
@@ -324,6 +370,19 @@ fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
     for (what, damage) in plain {
         job.damage_and_repair(what, Depth::Plain, damage);
     }
+    // Derived files of the state, sealed at their commit.
+    job.damage_and_repair("a .files list truncated", Depth::Plain, |j| {
+        truncate_half(&j.layout().files_list_path(SHARD))
+    });
+    job.damage_and_repair("a .files list with a flipped byte", Depth::Deep, |j| {
+        flip_byte(&j.layout().files_list_path(SHARD))
+    });
+    job.damage_and_repair("a fragment with a flipped byte", Depth::Deep, |j| {
+        flip_byte(&j.layout().fragment_path(SHARD))
+    });
+    job.damage_and_repair("the table with a flipped byte", Depth::Deep, |j| {
+        flip_byte(&j.layout().parquet_path("dalle3"))
+    });
     job.damage_and_repair("an image with a flipped byte", Depth::Deep, |j| {
         flip_byte(&j.data_file("png", 4))
     });
@@ -391,4 +450,86 @@ fn every_kind_of_damage_to_an_index_output_is_repaired_by_a_rerun() {
     job.damage_and_repair("report.json deleted", Depth::Plain, |_| {
         remove(&l.report_path())
     });
+}
+
+#[test]
+fn every_kind_of_damage_to_the_other_index_formats_is_repaired_by_a_rerun() {
+    let flags = [
+        "--mode",
+        "index",
+        "--index-format",
+        "webshart,energon,dali,wids",
+    ];
+    let job = Job::new(3, &flags, 2604);
+    let meta = job.out.join("energon/.nv-meta");
+    let dali_idx = job.out.join("dali/data-000001.idx");
+    let tar_idx = job.out.join("energon/data-000001.tar.idx");
+    let plain: [(&str, PathBuf, Damage<Path>); 7] = [
+        (
+            "index.sqlite truncated",
+            meta.join("index.sqlite"),
+            Box::new(truncate_half),
+        ),
+        (
+            "index.sqlite deleted",
+            meta.join("index.sqlite"),
+            Box::new(remove),
+        ),
+        (
+            "split.yaml grown",
+            meta.join("split.yaml"),
+            Box::new(|p| append(p, b"\n")),
+        ),
+        (
+            "dataset.yaml deleted",
+            meta.join("dataset.yaml"),
+            Box::new(remove),
+        ),
+        (
+            "sample_loader.py deleted",
+            meta.join("sample_loader.py"),
+            Box::new(remove),
+        ),
+        (
+            "a .tar.idx truncated",
+            tar_idx.clone(),
+            Box::new(truncate_half),
+        ),
+        (
+            "a DALI .idx truncated",
+            dali_idx.clone(),
+            Box::new(truncate_half),
+        ),
+    ];
+    for (what, path, damage) in plain {
+        job.damage_and_repair(what, Depth::Plain, |_| damage(&path));
+    }
+    let deep: [(&str, PathBuf); 6] = [
+        (
+            "index.sqlite with a flipped byte",
+            meta.join("index.sqlite"),
+        ),
+        (".info.json with a flipped byte", meta.join(".info.json")),
+        ("index.uuid with a flipped byte", meta.join("index.uuid")),
+        ("a .tar.idx with a flipped byte", tar_idx),
+        ("a DALI .idx with a flipped byte", dali_idx),
+        (
+            "wids.json with a flipped byte",
+            job.out.join("wids/wids.json"),
+        ),
+    ];
+    for (what, path) in deep {
+        job.damage_and_repair(what, Depth::Deep, |_| flip_byte(&path));
+    }
+    // The same shards give the same index.uuid (it is derived from the index).
+    let again = job._dir.path().join("again");
+    run_job(&job.input, &again, &flags);
+    let uuid = |out: &Path| std::fs::read(out.join("energon/.nv-meta/index.uuid")).unwrap();
+    assert_eq!(uuid(&again), uuid(&job.out), "index.uuid of two clean runs");
+}
+
+fn append(p: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(bytes).unwrap();
 }

@@ -23,21 +23,25 @@ use serde::{Deserialize, Serialize};
 use shardprep_core::durability;
 use shardprep_core::index_format::IndexFormat;
 use shardprep_core::layout::{AttemptFiles, OutputLayout};
-use shardprep_core::manifest::{FileSeal, ShardManifest};
+use shardprep_core::manifest::{FileSeal, Seals, ShardManifest};
 use shardprep_core::mode::JobOutput;
 use shardprep_formats::PreparedPieces;
 
 use crate::CoordinatorError;
 
 /// A shard's commit as it is on disk (`fragments/<stem>.manifest.json`):
-/// the worker's manifest, and what the coordinator sealed when it committed
-/// (in index mode, the index file's size and checksum).
+/// the worker's manifest, and what the coordinator sealed when it committed:
+/// in index mode the index file's size and checksum, and in both modes the
+/// fragment, the file list and the other formats' pieces (`files`; absent
+/// in commits of older versions, which are judged without them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Commit {
     #[serde(flatten)]
     pub manifest: ShardManifest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_file: Option<FileSeal>,
+    #[serde(default, skip_serializing_if = "Seals::is_empty")]
+    pub files: Seals,
 }
 
 /// Reads a shard's commit: `Ok(None)` when there is none, `Err(why)` when
@@ -170,11 +174,11 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> CoordinatorError {
     }
 }
 
-/// Reads and checks the attempt of `shard_name` under `lease_id`; in index
-/// mode also syncs its index, seals its size and checksum into the manifest
-/// and creates the index's folder, and prepares the other formats' pieces.
-/// All the file work of a commit but the renames: the caller runs it
-/// without the scheduler's lock.
+/// Reads and checks the attempt of `shard_name` under `lease_id`; seals its
+/// fragment, file list and pieces (in index mode also syncs its index and
+/// seals it, and creates the index's folder) into the manifest, and
+/// prepares the other formats' pieces. All the file work of a commit but
+/// the renames: the caller runs it without the scheduler's lock.
 pub fn prepare(
     layout: &OutputLayout,
     shard_name: &str,
@@ -199,6 +203,7 @@ pub fn prepare(
             .map_err(|e| CoordinatorError::BadCommit(e.to_string()))?;
         prepared.pieces = Some(pieces);
     }
+    let mut index_file = None;
     if outputs.writes_index(IndexFormat::Webshart) {
         let src = tmp_file(layout, &attempt.index)?;
         let dst = layout.index_path(shard_name).ok_or_else(|| {
@@ -206,20 +211,21 @@ pub fn prepare(
                 "shard name {shard_name:?} cannot name an index file under index/"
             ))
         })?;
-        let seal = seal_index(&src)?;
+        index_file = Some(seal_index(&src)?);
         let parent = dst.parent().unwrap_or(layout.root());
         std::fs::create_dir_all(parent).map_err(|e| io_err("create index folder", parent, e))?;
-        let commit = Commit {
-            manifest: prepared.manifest.clone(),
-            index_file: Some(seal),
-        };
-        let bytes = serde_json::to_vec_pretty(&commit).map_err(|e| CoordinatorError::Encode {
-            what: "the shard's manifest",
-            detail: e.to_string(),
-        })?;
-        write_atomic(&prepared.manifest_tmp, &bytes)?;
         prepared.index = Some((src, dst));
     }
+    let commit = Commit {
+        manifest: prepared.manifest.clone(),
+        index_file,
+        files: prepared.seals(layout)?,
+    };
+    let bytes = serde_json::to_vec_pretty(&commit).map_err(|e| CoordinatorError::Encode {
+        what: "the shard's manifest",
+        detail: e.to_string(),
+    })?;
+    write_atomic(&prepared.manifest_tmp, &bytes)?;
     Ok(prepared)
 }
 
@@ -261,6 +267,30 @@ pub fn publish(layout: &OutputLayout, p: &Prepared) -> Result<(), CoordinatorErr
 }
 
 impl Prepared {
+    /// The seals of the attempt's fragment, file list and pieces, by the
+    /// paths they are published at.
+    fn seals(&self, layout: &OutputLayout) -> Result<Seals, CoordinatorError> {
+        let name = &self.shard;
+        let mut files = vec![(self.fragment_tmp.clone(), layout.fragment_path(name))];
+        if self.files_tmp.exists() {
+            files.push((self.files_tmp.clone(), layout.files_list_path(name)));
+        }
+        if let Some(pieces) = &self.pieces {
+            files.extend(
+                pieces
+                    .files()
+                    .map(|(s, d)| (s.to_path_buf(), d.to_path_buf())),
+            );
+        }
+        let mut seals = Seals::default();
+        for (src, dst) in files {
+            seals
+                .seal(layout.root(), &dst, &src)
+                .map_err(|e| io_err("seal", &src, e))?;
+        }
+        Ok(seals)
+    }
+
     /// Makes the published renames durable (the index's folder and the
     /// fragments folder).
     pub fn sync(&self, layout: &OutputLayout) {

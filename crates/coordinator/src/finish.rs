@@ -367,6 +367,11 @@ pub(crate) fn finish_job(
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
         .with_duplicates(collisions);
     write_backend(layout, config, shared.webshart.as_ref())?;
+    let report = report.with_published(judge::seal_published(
+        layout,
+        &config.backend.dataset_id,
+        &config.outputs,
+    ));
     let phase = Instant::now();
     let (found, page) = check_and_gather(layout, config, &report, problems.is_empty());
     tracing::debug!(

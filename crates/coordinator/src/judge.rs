@@ -8,15 +8,17 @@
 //! two cannot disagree.
 //!
 //! What each depth finds (`--deep` on `run`, `coordinator` and `verify`):
-//! - [`CheckDepth::Sizes`]: a committed shard's manifest, its fragment
-//!   (footer and row count), its file list and every file it lists in
-//!   `data/` (present, with its size: one `stat` each), its index file (size),
-//!   its energon/DALI pieces (every entry at a tar header of its size: one
-//!   read per sample, at both depths); the published table (footer, rows =
-//!   the fragments' rows) and the dataset-wide energon/DALI/wids files.
-//! - [`CheckDepth::Checksums`]: also the bytes: every listed file and index
-//!   file against its CRC-32, every page of the fragments, and (in `verify`)
-//!   each caption file against its row.
+//! - [`CheckDepth::Sizes`]: a committed shard's manifest, every file its
+//!   commit sealed (fragment, file list, index file, energon/DALI pieces:
+//!   size), its fragment (footer and row count), every file it lists in
+//!   `data/` (present, with its size: one `stat` each), its energon/DALI
+//!   pieces (every entry at a tar header of its size: one read per sample,
+//!   at both depths); the published table (footer, rows = the fragments'
+//!   rows), the dataset-wide energon/DALI/wids files, and every file the
+//!   job's end sealed into the report ([`published_problems`]: size).
+//! - [`CheckDepth::Checksums`]: also the bytes: every listed file and every
+//!   sealed file against its CRC-32, every page of the fragments, and (in
+//!   `verify`) each caption file against its row.
 //!
 //! A shard found damaged is taken back ([`commit::uncommit`]) and redone; a
 //! shard whose input changed is forgotten with its files
@@ -31,7 +33,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardprep_core::depth::CheckDepth;
 use shardprep_core::index_format::IndexFormat;
 use shardprep_core::layout::OutputLayout;
-use shardprep_core::manifest::{ShardIdentity, ShardManifest};
+use shardprep_core::manifest::{Seals, ShardIdentity, ShardManifest};
 use shardprep_core::mode::{JobOutput, Mode};
 
 use crate::commit::{self, Commit};
@@ -199,7 +201,8 @@ fn wrong_output(
     }
 }
 
-/// Judges committed shards (`shards`, in shard order) at `depth`: each
+/// Judges committed shards (`shards`, in shard order) at `depth`: every
+/// file the commit sealed (fragment, file list, pieces) is as sealed, each
 /// fragment reads back with the rows its commit counts, each index file
 /// (index mode) is as sealed. (The files each wrote into `data/` are
 /// [`check_written`]'s to judge: `recover` asks both, `verify` too.)
@@ -211,6 +214,9 @@ pub fn check_commits(
 ) -> Judged {
     let mut j = Judged::default();
     for (name, c) in shards {
+        for (path, why) in c.files.damage(layout.root(), depth) {
+            j.damage(name, format!("its file {} is {why}", path.display()));
+        }
         let fragment = layout.fragment_path(name);
         if let Err(why) = table_reads_back(&fragment, c.manifest.counts.rows, depth) {
             j.damage(name, format!("its fragment {why}"));
@@ -295,6 +301,42 @@ pub fn table_problem(
     table_reads_back(&path, fragment_rows, depth)
         .err()
         .map(|why| format!("the table {why}"))
+}
+
+/// Seals what the job's end built from the commits: the table (when it
+/// was merged) and the dataset-wide files of energon, DALI and wids.
+pub fn seal_published(layout: &OutputLayout, dataset_id: &str, outputs: &JobOutput) -> Seals {
+    let mut files = vec![layout.parquet_path(dataset_id)];
+    if let Some(formats) = outputs.index_formats() {
+        files.extend(shardprep_formats::dataset_files(layout, formats));
+    }
+    let mut seals = Seals::default();
+    for f in files.into_iter().filter(|f| f.is_file()) {
+        if let Err(e) = seals.seal(layout.root(), &f, &f) {
+            tracing::warn!(file = %f.display(), error = %e, "cannot seal a published file; it is judged without its seal");
+        }
+    }
+    seals
+}
+
+/// The files the job's end published (`report.published`) that are not as
+/// sealed at `depth`, in `verify`'s words: a re-run builds them again.
+pub fn published_problems(
+    layout: &OutputLayout,
+    report: &Report,
+    depth: CheckDepth,
+) -> Vec<String> {
+    report
+        .published
+        .damage(layout.root(), depth)
+        .into_iter()
+        .map(|(path, why)| {
+            format!(
+                "{} is {why} since the job's end wrote it; run the job again: it merges the table and builds the indexes again",
+                path.display()
+            )
+        })
+        .collect()
 }
 
 /// Problems of the dataset-wide files of energon, DALI and wids (the

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shardprep_core::index_format::IndexFormats;
-use shardprep_core::manifest::{IndexCounts, MemberIssue, ShardCounts};
+use shardprep_core::manifest::{IndexCounts, MemberIssue, Seals, ShardCounts};
 use shardprep_core::mode::{JobOutput, Mode};
 
 use crate::CoordinatorConfig;
@@ -193,6 +193,11 @@ pub struct Report {
     /// did about it (absent when nothing was).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<Repair>,
+    /// The files the job's end built from the commits (the table, the
+    /// dataset-wide index files), sealed: size and CRC-32 by path under
+    /// `OUT/`, for the judge (absent in reports of older versions).
+    #[serde(default, skip_serializing_if = "Seals::is_empty")]
+    pub published: Seals,
 }
 
 impl Report {
@@ -244,6 +249,7 @@ impl Report {
             resources: Resources::default(),
             fingerprint: String::new(),
             repairs: Vec::new(),
+            published: Seals::default(),
         }
     }
 
@@ -316,6 +322,11 @@ impl Report {
     }
 
     /// What this run repaired.
+    pub(crate) fn with_published(mut self, published: Seals) -> Report {
+        self.published = published;
+        self
+    }
+
     pub(crate) fn with_repairs(mut self, repairs: Vec<Repair>) -> Report {
         self.repairs = repairs;
         self

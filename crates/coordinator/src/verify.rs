@@ -180,6 +180,8 @@ pub(crate) fn check_published(
         (table, indexes)
     });
     f.merge(indexes);
+    f.problems
+        .extend(judge::published_problems(layout, view.report, depth));
     f
 }
 

@@ -1,6 +1,7 @@
 //! Per-shard counts, and the manifest committed beside each parquet fragment.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -293,6 +294,51 @@ impl FileSeal {
     /// Why the file at `path` is no longer the one sealed, if it is not.
     pub fn damage(&self, path: &std::path::Path, depth: CheckDepth) -> Option<String> {
         crate::durability::damage(path, Some(self.size), Some(self.crc32), depth)
+    }
+}
+
+/// Derived files sealed when they were written, by their path under
+/// `OUT/`: what the judge compares them with (sizes by default, checksums
+/// with `--deep`), so that no derived file is trusted blindly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seals(BTreeMap<String, FileSeal>);
+
+impl Seals {
+    /// Whether nothing is sealed (a commit or report of an older version).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Seals the regular file at `file` (read now) under `published`, its
+    /// path below `root`; symbolic links are not sealed (they point at inputs).
+    pub fn seal(&mut self, root: &Path, published: &Path, file: &Path) -> std::io::Result<()> {
+        if !std::fs::symlink_metadata(file)?.is_file() {
+            return Ok(());
+        }
+        let rel = published.strip_prefix(root).unwrap_or(published);
+        self.0
+            .insert(rel.to_string_lossy().into_owned(), FileSeal::of(file)?);
+        Ok(())
+    }
+
+    /// Every sealed file under `root` that is not as sealed at `depth`:
+    /// its path and why.
+    pub fn damage(&self, root: &Path, depth: CheckDepth) -> Vec<(PathBuf, String)> {
+        self.0
+            .iter()
+            .filter_map(|(rel, seal)| {
+                let path = root.join(rel);
+                let inside = Path::new(rel)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !inside {
+                    return Some((path, "not a path inside the output".into()));
+                }
+                let why = seal.damage(&path, depth)?;
+                Some((path, why))
+            })
+            .collect()
     }
 }
 

@@ -79,6 +79,28 @@ pub fn remove_unasked(layout: &OutputLayout, formats: &IndexFormats) -> Vec<Path
     removed
 }
 
+/// The dataset-wide files of `formats` that are there (built by
+/// [`build_dataset`]; not `dataset.yaml` and `sample_loader.py`, which the
+/// user may edit).
+pub fn dataset_files(layout: &OutputLayout, formats: &IndexFormats) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if formats.contains(IndexFormat::Energon) {
+        let meta = paths::nv_meta(layout);
+        files.extend(ENERGON_META.iter().map(|f| meta.join(f)));
+    }
+    if formats.contains(IndexFormat::Dali) {
+        files.push(paths::dali_list(layout));
+    }
+    if formats.contains(IndexFormat::Wids) {
+        files.push(paths::wids_json(layout));
+    }
+    files.retain(|f| f.is_file());
+    files
+}
+
+/// The files of energon's `.nv-meta/` that every build writes.
+pub const ENERGON_META: [&str; 4] = ["index.sqlite", ".info.json", "split.yaml", "index.uuid"];
+
 /// Rebuilds the dataset-wide files of `formats` from the pieces of the
 /// committed `shards` (in dataset order); energon's `index.sqlite` is the
 /// `early` one when it holds exactly these shards (else it is discarded).
@@ -130,7 +152,7 @@ pub fn build_dataset(
             }
         }
         if p.energon.as_ref().is_some_and(|e| e.count > 0) {
-            energon_shards.push(s.clone());
+            energon_shards.push((s.clone(), format!("{}\0{}\0", p.tar_path, p.filesize)));
         }
     }
     if formats.contains(IndexFormat::Dali) {
@@ -262,13 +284,15 @@ fn build_from_pieces(
 
 /// `.nv-meta/`: the SQLite index (the early build when it fits, else
 /// streamed from the pieces shard by shard), then `.info.json`,
-/// `split.yaml` and a new `index.uuid`.
+/// `split.yaml` and `index.uuid`.
 fn build_energon(
     layout: &OutputLayout,
-    shards: &[String],
+    energon_shards: &[(String, String)],
     summary: &mut DatasetSummary,
     early: Option<EarlyEnergon>,
 ) -> Result<(), FormatsError> {
+    let shards: Vec<String> = energon_shards.iter().map(|(s, _)| s.clone()).collect();
+    let shards = shards.as_slice();
     let meta = paths::nv_meta(layout);
     std::fs::create_dir_all(&meta).map_err(FormatsError::io("create folder", &meta))?;
     let db = meta.join("index.sqlite");
@@ -311,12 +335,33 @@ fn build_energon(
     let c = summary.formats.entry("energon".into()).or_default();
     c.samples = listed;
     c.shards = counts.len() as u64;
-    write_atomic(&meta.join(".info.json"), &energon::info_json(&counts))?;
-    write_atomic(
-        &meta.join("split.yaml"),
-        &energon::split_yaml(shards, &excluded),
-    )?;
-    write_atomic(&meta.join("index.uuid"), energon::new_uuid().as_bytes())
+    let info = energon::info_json(&counts);
+    let split = energon::split_yaml(shards, &excluded);
+    write_atomic(&meta.join(".info.json"), &info)?;
+    write_atomic(&meta.join("split.yaml"), &split)?;
+    let uuid = index_uuid(layout, energon_shards, [&info, &split])?;
+    write_atomic(&meta.join("index.uuid"), uuid.as_bytes())
+}
+
+/// `index.uuid`: energon keys its caches on it and makes a new one whenever
+/// the index changes; here it is derived from what the index holds (each
+/// shard's tar, size and sample offsets, the counts and the split), so the
+/// same shards give the same bytes and other shards another UUID.
+fn index_uuid(
+    layout: &OutputLayout,
+    shards: &[(String, String)],
+    meta: [&[u8]; 2],
+) -> Result<String, FormatsError> {
+    let mut content = meta.concat();
+    for (s, tar) in shards {
+        content.extend_from_slice(tar.as_bytes());
+        let idx = paths::energon_tar_idx(layout, s)
+            .ok_or_else(|| FormatsError::Bad(format!("bad shard name {s:?}")))?;
+        let offsets = std::fs::read(&idx).map_err(FormatsError::io("read", &idx))?;
+        content.extend_from_slice(&offsets);
+    }
+    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"shardprep:energon-index");
+    Ok(uuid::Uuid::new_v5(&namespace, &content).to_string())
 }
 
 /// `.nv-meta/dataset.yaml` and `sample_loader.py` for image + caption
@@ -324,7 +369,7 @@ fn build_energon(
 fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(), FormatsError> {
     let meta = paths::nv_meta(layout);
     let yaml = meta.join("dataset.yaml");
-    if yaml.exists() {
+    if yaml.exists() && !needs_sample_loader(&meta) {
         return Ok(());
     }
     let field = serde_json::Value::from(caption_field).to_string();
@@ -343,10 +388,20 @@ fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(),
          \x20   return part in IMAGE_PARTS or part == \"json\"\n"
     );
     write_atomic(&meta.join("sample_loader.py"), loader.as_bytes())?;
+    if yaml.exists() {
+        return Ok(());
+    }
     let dataset = "sample_type:\n  __module__: megatron.energon\n  __class__: CaptioningSample\n\
                    sample_loader: sample_loader.py:sample_loader\n\
                    part_filter: sample_loader.py:part_filter\n";
     write_atomic(&yaml, dataset.as_bytes())
+}
+
+/// Whether `.nv-meta/dataset.yaml` names `sample_loader.py` and it is missing.
+pub(crate) fn needs_sample_loader(meta: &Path) -> bool {
+    let names_it = std::fs::read_to_string(meta.join("dataset.yaml"))
+        .is_ok_and(|y| y.contains("sample_loader.py"));
+    names_it && !meta.join("sample_loader.py").is_file()
 }
 
 fn sync_file(p: &Path) -> Result<(), FormatsError> {

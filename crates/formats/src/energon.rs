@@ -6,7 +6,7 @@
 //!                                sample_index, part_name, content_byte_offset, content_byte_size)
 //! <root>/.nv-meta/.info.json     {"energon_version": ..., "shard_counts": {shard: samples}}
 //! <root>/.nv-meta/split.yaml     split_parts: {train: [shards]}, exclude: ["shard/key", ...]
-//! <root>/.nv-meta/index.uuid     a random UUID, new whenever the index changes
+//! <root>/.nv-meta/index.uuid     a UUID derived from the index: new whenever it changes
 //! <root>/<shard>.tar.idx         little-endian u64: each sample's first header offset, then
 //!                                the offset where the archive's end blocks start
 //! ```
@@ -356,22 +356,6 @@ fn brace_escape(s: &str) -> String {
     out
 }
 
-/// A random (version 4) UUID for `index.uuid`.
-pub fn new_uuid() -> String {
-    let a = shardprep_core::auth::random_u64();
-    let b = shardprep_core::auth::random_u64();
-    let hi = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
-    let lo = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +422,5 @@ mod tests {
         let y = split_yaml(&["s{1}.tar".into()], &[("s{1}.tar".into(), "k".into())]);
         let y = String::from_utf8(y).unwrap();
         assert!(y.contains("  - \"s\\\\{1\\\\}.tar\""), "{y}");
-        assert!(new_uuid().len() == 36);
     }
 }

@@ -26,7 +26,7 @@ pub mod wids;
 
 pub use dataset::{
     DatasetNames, DatasetSummary, EarlyEnergon, EarlyShard, FormatsReport, build_dataset,
-    remove_unasked,
+    dataset_files, remove_unasked,
 };
 pub use input::{MemberKind, ShardInput, TarMember};
 pub use shard::{

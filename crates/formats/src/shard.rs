@@ -247,6 +247,11 @@ impl PreparedPieces {
         Ok(())
     }
 
+    /// Each piece's file in `tmp/` and where it is published.
+    pub fn files(&self) -> impl Iterator<Item = (&Path, &Path)> {
+        self.renames.iter().map(|(s, d)| (s.as_path(), d.as_path()))
+    }
+
     /// Renames the pieces into place (the piece last). Call before the
     /// manifest's rename, under the commit's lock.
     pub fn publish(&self) -> Result<(), FormatsError> {

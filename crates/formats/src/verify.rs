@@ -228,10 +228,16 @@ fn check_energon(
 fn check_energon_meta(layout: &OutputLayout, counts: &[(String, u64)]) -> Vec<String> {
     let meta = paths::nv_meta(layout);
     let mut problems = Vec::new();
-    for f in ["index.sqlite", ".info.json", "split.yaml", "index.uuid"] {
+    for f in crate::dataset::ENERGON_META.iter().chain(&["dataset.yaml"]) {
         if !meta.join(f).is_file() {
             problems.push(format!("energon: {} is missing", meta.join(f).display()));
         }
+    }
+    if crate::dataset::needs_sample_loader(&meta) {
+        problems.push(format!(
+            "energon: {} names sample_loader.py, which is missing",
+            meta.join("dataset.yaml").display()
+        ));
     }
     let info = meta.join(".info.json");
     let found: Option<serde_json::Value> = std::fs::read(&info)
