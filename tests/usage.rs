@@ -1259,3 +1259,17 @@ fn json_logs_stay_json_when_the_job_cannot_start() {
         );
     }
 }
+
+#[test]
+fn the_report_gives_the_workers_peak_memory_even_when_no_heartbeat_came() {
+    // Two tiny shards end long before a worker's first heartbeat: the
+    // result itself carries the worker's peak RSS (it read 0 MiB before).
+    let dir = tempdir();
+    let (input, out) = (dir.path().join("in"), dir.path().join("out"));
+    make_shards(&input, 2, 4, 29);
+    run_job(&input, &out, &[]);
+    let rss = report(&out)["resources"]["worker_peak_rss_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(rss > 1 << 20, "worker peak RSS {rss} bytes");
+}

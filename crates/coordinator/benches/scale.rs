@@ -745,6 +745,7 @@ async fn client_loop(
                             lease_id: l.lease_id,
                             fragment_tmp,
                             manifest_tmp,
+                            peak_rss_bytes: 0,
                         },
                         &auth,
                     ))

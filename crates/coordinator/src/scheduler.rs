@@ -217,6 +217,12 @@ impl Scheduler {
             .unwrap_or(0)
     }
 
+    /// Notes a worker's peak RSS as it reports a result.
+    pub fn note_peak_rss(&mut self, worker: &str, peak_rss_bytes: u64, now: Instant) {
+        let w = self.touch(worker, None, now);
+        w.peak_rss_bytes = w.peak_rss_bytes.max(peak_rss_bytes);
+    }
+
     /// Ends the job: from now on every lease request is answered `Done`.
     pub fn finish(&mut self) {
         self.finished = true;

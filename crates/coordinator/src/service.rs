@@ -79,9 +79,10 @@ fn commit_result(shared: &JobShared, r: &proto::CompleteRequest) -> proto::Compl
     let tmp = (r.fragment_tmp.as_str(), r.manifest_tmp.as_str());
     let prepared = commit::prepare(layout, &name, r.lease_id, tmp, &shared.outputs);
     let published = shared.state.update(|s| {
+        let now = Instant::now();
+        s.note_peak_rss(&r.worker_id, r.peak_rss_bytes, now);
         // Still the current lease? (It may have expired while preparing.)
         s.current_lease(r.lease_id)?;
-        let now = Instant::now();
         let result = prepared.and_then(|p| commit::publish(layout, &p).map(|()| p));
         Some(match result {
             Ok(p) => {

@@ -73,6 +73,7 @@ async fn complete(
         lease_id: l.lease_id,
         fragment_tmp: out.fragment_tmp.clone(),
         manifest_tmp: out.manifest_tmp.clone(),
+        peak_rss_bytes: shardprep_core::layout::peak_rss_bytes(),
     };
     let r = ctx
         .call("complete", |mut c| {
