@@ -332,7 +332,7 @@ pub fn published_problems(
         .into_iter()
         .map(|(path, why)| {
             format!(
-                "{} is {why} since the job's end wrote it; run the job again: it merges the table and builds the indexes again",
+                "{} is {why} since the job's end wrote it; run the job again: it rebuilds what the job's end writes (the table, the indexes)",
                 path.display()
             )
         })
