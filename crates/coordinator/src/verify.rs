@@ -4,7 +4,6 @@
 //! checks what the job published ([`check_published`], which the end of a
 //! job runs too), all at one [`CheckDepth`].
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use arrow_array::{Array, StringArray};
@@ -12,14 +11,14 @@ use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardprep_core::depth::CheckDepth;
 use shardprep_core::index_format::{IndexFormat, IndexFormats};
-use shardprep_core::layout::{OutputLayout, fnv1a64, stem};
+use shardprep_core::layout::{OutputLayout, stem};
 use shardprep_core::mode::{JobOutput, Mode};
 
 pub use crate::findings::Findings;
 use crate::findings::LISTED;
 use crate::judge;
 use crate::report::{Report, ShardPhase, Verdict};
-use crate::written::{ShardWrote, check_json_members, check_written, list_foreign, written_paths};
+use crate::written::{ShardWrote, WrittenPaths, check_json_members, check_written, list_foreign};
 
 /// What the checks take from a job's report and the flags.
 pub(crate) struct JobView<'a> {
@@ -104,8 +103,12 @@ pub fn verify_output(
     check_verdict(&report, &mut f);
     let view = JobView::new(&report, expect_json, dataset_id);
     f.merge(check_committed(&layout, &view, depth));
-    f.merge(check_data(&layout, &view, depth));
-    f.merge(check_published(&layout, &view, depth));
+    let (data, written) = check_data(&layout, &view, depth);
+    f.merge(data);
+    if view.extracted {
+        list_foreign(&layout, &written, &mut f);
+    }
+    f.merge(check_published(&layout, &view, depth, &written));
     f
 }
 
@@ -140,17 +143,24 @@ fn check_committed(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth)
 }
 
 /// The files in `data/` against the done shards' lists (at `depth`) and
-/// the JSON count; without extracted files, the shards' JSON count.
-pub(crate) fn check_data(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth) -> Findings {
+/// the JSON count; without extracted files, the shards' JSON count. Also
+/// what the shards wrote and which of it was found damaged, for
+/// [`check_published`]'s rows.
+pub(crate) fn check_data(
+    layout: &OutputLayout,
+    view: &JobView<'_>,
+    depth: CheckDepth,
+) -> (Findings, WrittenPaths) {
     let mut f = Findings::default();
     let shards = view.done_shards();
     if view.extracted {
-        f.merge(check_written(layout, &shards, view.expected, depth).findings);
-        list_foreign(layout, &written_paths(layout, &shards), &mut f);
+        let c = check_written(layout, &shards, view.expected, depth);
+        f.merge(c.findings);
+        return (f, c.paths);
     } else if let Some(e) = view.expected {
         check_json_members(view.report.found_json, e, &mut f);
     }
-    f
+    (f, WrittenPaths::default())
 }
 
 /// The checks of what a job published, by its report: the table (it reads
@@ -161,13 +171,14 @@ pub(crate) fn check_published(
     layout: &OutputLayout,
     view: &JobView<'_>,
     depth: CheckDepth,
+    written: &WrittenPaths,
 ) -> Findings {
     // The table and the indexes are read on two threads (neither depends on
     // the other); their findings are merged in this order.
     let (mut f, indexes) = std::thread::scope(|scope| {
         let table = scope.spawn(|| {
             let mut f = Findings::default();
-            check_parquet(layout, view, depth, &mut f);
+            check_parquet(layout, view, (depth, written), &mut f);
             f
         });
         let indexes = check_indexes(layout, view);
@@ -302,8 +313,9 @@ fn check_schema(schema: &arrow_schema::Schema, f: &mut Findings) -> bool {
 /// not a problem.
 struct RowCheck<'a> {
     data: std::path::PathBuf,
-    /// What the shards wrote into `data/` (paths hashed).
-    written: HashSet<u64>,
+    /// What the shards wrote into `data/`, and which of it [`check_data`]
+    /// found missing or changed (its one `stat` per file is the rows' too).
+    written: &'a WrittenPaths,
     unwritten_images: u64,
     unwritten_captions: u64,
     images: bool,
@@ -319,12 +331,11 @@ impl RowCheck<'_> {
     fn row(&mut self, name: Option<&str>, caption: Option<&str>) {
         self.rows += 1;
         let Some(name) = name else { return };
-        let ours = |rel: &str| self.written.contains(&fnv1a64(rel.as_bytes()));
         let txt_rel = format!("{}.txt", stem(name));
-        let (image_ours, txt_ours) = (ours(name), ours(&txt_rel));
+        let (image_ours, txt_ours) = (self.written.wrote(name), self.written.wrote(&txt_rel));
         self.unwritten_images += u64::from(self.images && !image_ours);
         self.unwritten_captions += u64::from(self.textfile && !txt_ours);
-        if self.images && image_ours && !self.data.join(name).is_file() {
+        if self.images && image_ours && self.written.damaged(name) {
             self.no_image += 1;
             if self.no_image <= LISTED as u64 {
                 let msg = format!("row {}: image data/{name} is missing", self.rows);
@@ -332,9 +343,9 @@ impl RowCheck<'_> {
             }
         }
         if self.textfile && txt_ours {
-            let txt = self.data.join(txt_rel);
+            let txt = self.data.join(&txt_rel);
             let ok = match self.depth {
-                CheckDepth::Sizes => txt.is_file(),
+                CheckDepth::Sizes => !self.written.damaged(&txt_rel),
                 CheckDepth::Checksums => std::fs::read(&txt)
                     .map(|b| Some(b.as_slice()) == caption.map(str::as_bytes))
                     .unwrap_or(false),
@@ -409,7 +420,12 @@ impl RowCheck<'_> {
     }
 }
 
-fn check_parquet(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth, f: &mut Findings) {
+fn check_parquet(
+    layout: &OutputLayout,
+    view: &JobView<'_>,
+    (depth, written): (CheckDepth, &WrittenPaths),
+    f: &mut Findings,
+) {
     let fragment_rows = view.report.fragment_rows;
     if let Some(why) = judge::table_problem(layout, &view.dataset_id, fragment_rows, depth) {
         f.problems.push(format!(
@@ -445,11 +461,7 @@ fn check_parquet(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth, f
     };
     let mut check = RowCheck {
         data: layout.data_dir(),
-        written: if view.extracted {
-            written_paths(layout, &view.done_shards())
-        } else {
-            HashSet::new()
-        },
+        written,
         unwritten_images: 0,
         unwritten_captions: 0,
         images: view.extracted,

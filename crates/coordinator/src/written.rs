@@ -17,21 +17,52 @@ pub struct ShardWrote {
     pub files: u64,
 }
 
-/// The check of the written files: findings, and for each damaged shard
-/// the first thing found wrong.
+/// The check of the written files: findings, for each damaged shard the
+/// first thing found wrong, and the paths written and found damaged (so
+/// that the checks of the table's rows need no second `stat`).
 #[derive(Debug, Default)]
 pub struct WrittenCheck {
     pub findings: Findings,
     pub why: BTreeMap<String, String>,
+    pub paths: WrittenPaths,
+}
+
+/// The paths under `data/` the shards wrote, hashed with [`fnv1a64`], and
+/// those of them not as written.
+#[derive(Debug, Default)]
+pub struct WrittenPaths {
+    /// Hash of each relative path → the last write of it: (shard index,
+    /// record index in that shard's list). Earlier writes were overwritten.
+    last_writer: HashMap<u64, (usize, usize)>,
+    damaged: HashSet<u64>,
+}
+
+impl WrittenPaths {
+    /// Whether a shard wrote `rel` (a path relative to `data/`).
+    pub fn wrote(&self, rel: &str) -> bool {
+        self.last_writer.contains_key(&fnv1a64(rel.as_bytes()))
+    }
+    /// Whether a shard wrote `rel` and it is no longer as written.
+    pub fn damaged(&self, rel: &str) -> bool {
+        self.damaged.contains(&fnv1a64(rel.as_bytes()))
+    }
+    fn wrote_hash(&self, h: u64) -> bool {
+        self.last_writer.contains_key(&h)
+    }
 }
 
 /// What the shards wrote, from their lists.
 struct Written {
-    /// Hash of each relative path → the last write of it: (shard index,
-    /// record index in that shard's list). Earlier writes were overwritten.
-    last_writer: HashMap<u64, (usize, usize)>,
+    paths: WrittenPaths,
     /// Distinct `*.json` paths written.
     json: u64,
+}
+
+/// What one thread found of the files of some lists.
+#[derive(Default)]
+struct Found {
+    /// (shard index, path hash, path, why, is JSON).
+    damaged: Vec<(usize, u64, String, String, bool)>,
 }
 
 /// Reads the file lists of `shards` (in shard order; a later shard's file
@@ -42,7 +73,7 @@ fn read_written(
     c: &mut WrittenCheck,
 ) -> (Written, Vec<Vec<u8>>) {
     let mut w = Written {
-        last_writer: HashMap::new(),
+        paths: WrittenPaths::default(),
         json: 0,
     };
     let mut lists = Vec::with_capacity(shards.len());
@@ -67,7 +98,11 @@ fn read_written(
             }
         };
         for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
-            let new = w.last_writer.insert(fnv1a64(rec.rel), (i, j)).is_none();
+            let new = w
+                .paths
+                .last_writer
+                .insert(fnv1a64(rec.rel), (i, j))
+                .is_none();
             if new && rec.rel.ends_with(b".json") {
                 w.json += 1;
             }
@@ -80,7 +115,7 @@ fn read_written(
 /// Checks what the job wrote into `data/`: every file each committed shard
 /// (`shards`, in shard order) lists is there as it was written (size; at
 /// [`CheckDepth::Checksums`] bytes too), and the JSON members it holds
-/// number `expected`.
+/// number `expected`. The files are checked on two threads.
 pub fn check_written(
     layout: &OutputLayout,
     shards: &[ShardWrote],
@@ -88,45 +123,99 @@ pub fn check_written(
     depth: CheckDepth,
 ) -> WrittenCheck {
     let mut c = WrittenCheck::default();
-    let (written, lists) = read_written(layout, shards, &mut c);
+    let (mut written, lists) = read_written(layout, shards, &mut c);
     let data = layout.data_dir();
+    let half = lists.len().div_ceil(2);
+    let (data_ref, lists_ref, written_ref) = (&data, &lists, &written);
+    let check = |range| find_damaged(data_ref, lists_ref, range, written_ref, depth);
+    let found: Vec<Found> = std::thread::scope(|scope| {
+        let second = scope.spawn(|| check(half..lists_ref.len()));
+        let first = check(0..half);
+        vec![first, second.join().unwrap_or_default()]
+    });
     let mut missing = Vec::new();
     let (mut n_missing, mut json_missing) = (0u64, 0u64);
-    for (i, list) in lists.iter().enumerate() {
-        for (j, rec) in parse_files_list(list).into_iter().enumerate() {
+    for (i, h, rel, why, json) in found.into_iter().flat_map(|f| f.damaged) {
+        n_missing += 1;
+        let shard = &shards[i].name;
+        c.findings.damaged_shards.insert(shard.clone());
+        written.paths.damaged.insert(h);
+        c.why
+            .entry(shard.clone())
+            .or_insert_with(|| format!("data/{rel} is {why}"));
+        json_missing += u64::from(json);
+        if missing.len() < LISTED {
+            missing.push(format!("data/{rel} ({why}, from shard {shard})"));
+        }
+    }
+    c.paths = written.paths;
+    let present = written.json - json_missing;
+    written_findings(
+        &mut c.findings,
+        written.json,
+        present,
+        (n_missing, &missing),
+        depth,
+    );
+    if let Some(e) = expected {
+        match json_count_problem(e, present) {
+            Some(p) => c.findings.problems.push(format!(
+                "{p}: data/ holds {present} *.json files, expected {e}"
+            )),
+            None => c
+                .findings
+                .checked
+                .push(format!("JSON count matches the expected {e}")),
+        }
+    }
+    c
+}
+
+/// The files of `lists[range]` that are not as written (each shard's last
+/// write of a path only).
+fn find_damaged(
+    data: &std::path::Path,
+    lists: &[Vec<u8>],
+    range: std::ops::Range<usize>,
+    written: &Written,
+    depth: CheckDepth,
+) -> Found {
+    let mut found = Found::default();
+    for i in range {
+        for (j, rec) in parse_files_list(&lists[i]).into_iter().enumerate() {
             let Some(rel) = listed_path(rec.rel) else {
                 continue;
             };
-            if written.last_writer.get(&fnv1a64(rec.rel)) != Some(&(i, j)) {
+            let h = fnv1a64(rec.rel);
+            if written.paths.last_writer.get(&h) != Some(&(i, j)) {
                 continue; // overwritten by a later write
             }
-            let Some(why) = damage(&data.join(rel), rec.size, rec.crc, depth) else {
-                continue;
-            };
-            n_missing += 1;
-            let shard = &shards[i].name;
-            c.findings.damaged_shards.insert(shard.clone());
-            c.why
-                .entry(shard.clone())
-                .or_insert_with(|| format!("data/{} is {why}", rel.display()));
-            json_missing += u64::from(rec.rel.ends_with(b".json"));
-            if missing.len() < LISTED {
-                missing.push(format!(
-                    "data/{} ({why}, from shard {shard})",
-                    rel.display()
-                ));
+            if let Some(why) = damage(&data.join(rel), rec.size, rec.crc, depth) {
+                let rel = rel.display().to_string();
+                found
+                    .damaged
+                    .push((i, h, rel, why, rec.rel.ends_with(b".json")));
             }
         }
     }
-    let f = &mut c.findings;
-    let present = written.json - json_missing;
+    found
+}
+
+/// The findings of [`check_written`]: the JSON files there, and the files
+/// missing or changed (`damaged`: how many, the first few named).
+fn written_findings(
+    f: &mut Findings,
+    json: u64,
+    present: u64,
+    (n_missing, missing): (u64, &[String]),
+    depth: CheckDepth,
+) {
     f.checked.push(format!(
         "data/ holds {present} *.json files the shards wrote"
     ));
-    if json_missing > 0 {
+    if present < json {
         f.problems.push(format!(
-            "the shards wrote {} JSON members into data/ but only {present} *.json files of them are there",
-            written.json
+            "the shards wrote {json} JSON members into data/ but only {present} *.json files of them are there"
         ));
     }
     if n_missing > 0 {
@@ -143,17 +232,6 @@ pub fn check_written(
             }
         });
     }
-    if let Some(e) = expected {
-        match json_count_problem(e, present) {
-            Some(p) => f.problems.push(format!(
-                "{p}: data/ holds {present} *.json files, expected {e}"
-            )),
-            None => f
-                .checked
-                .push(format!("JSON count matches the expected {e}")),
-        }
-    }
-    c
 }
 
 /// The problem with the global JSON count, if there is one.
@@ -183,26 +261,15 @@ pub fn check_json_members(found: u64, expected: u64, f: &mut Findings) {
 /// Foreign files listed by name.
 const FOREIGN_LISTED: usize = 20;
 
-/// The paths (hashed with [`fnv1a64`]) the shards wrote into `data/`, from
-/// their file lists (an unreadable list adds nothing).
-pub fn written_paths(layout: &OutputLayout, shards: &[ShardWrote]) -> HashSet<u64> {
-    let mut ours = HashSet::new();
-    for shard in shards {
-        let bytes = std::fs::read(layout.files_list_path(&shard.name)).unwrap_or_default();
-        ours.extend(parse_files_list(&bytes).iter().map(|r| fnv1a64(r.rel)));
-    }
-    ours
-}
-
 /// Lists the files in `data/` that no shard wrote (by name, capped): a
 /// trainer's caches. They are neither counted nor a problem.
-pub fn list_foreign(layout: &OutputLayout, ours: &HashSet<u64>, f: &mut Findings) {
+pub fn list_foreign(layout: &OutputLayout, ours: &WrittenPaths, f: &mut Findings) {
     let data = layout.data_dir();
     for_each_file(data.clone(), |path| {
         let Ok(rel) = path.strip_prefix(&data) else {
             return;
         };
-        if ours.contains(&fnv1a64(rel.as_os_str().as_encoded_bytes())) {
+        if ours.wrote_hash(fnv1a64(rel.as_os_str().as_encoded_bytes())) {
             return;
         }
         f.foreign_files_total += 1;
