@@ -103,17 +103,19 @@ pub const ENERGON_META: [&str; 4] = ["index.sqlite", ".info.json", "split.yaml",
 
 /// Rebuilds the dataset-wide files of `formats` from the pieces of the
 /// committed `shards` (in dataset order); energon's `index.sqlite` is the
-/// `early` one when it holds exactly these shards (else it is discarded).
+/// one `early` waits for when it holds exactly these shards (else it is
+/// discarded). `early` is called once the other formats' files are
+/// written, so that they are written while the early build ends.
 pub fn build_dataset(
     layout: &OutputLayout,
     shards: &[String],
     formats: &IndexFormats,
     names: DatasetNames<'_>,
-    early: Option<EarlyEnergon>,
+    early: impl FnOnce() -> Option<EarlyEnergon>,
 ) -> Result<DatasetSummary, FormatsError> {
     let mut summary = DatasetSummary::default();
     if !formats.has_other_than_webshart() {
-        if let Some(e) = early {
+        if let Some(e) = early() {
             e.discard();
         }
         return Ok(summary);
@@ -166,12 +168,10 @@ pub fn build_dataset(
         )?;
     }
     if formats.contains(IndexFormat::Energon) {
-        build_energon(layout, &energon_shards, &mut summary, early)?;
         write_sample_loader(layout, names.caption_field)?;
-    } else {
-        if let Some(e) = early {
-            e.discard();
-        }
+        build_energon(layout, &energon_shards, &mut summary, early())?;
+    } else if let Some(e) = early() {
+        e.discard();
     }
     Ok(summary)
 }
@@ -372,6 +372,7 @@ fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(),
     if yaml.exists() && !needs_sample_loader(&meta) {
         return Ok(());
     }
+    std::fs::create_dir_all(&meta).map_err(FormatsError::io("create folder", &meta))?;
     let field = serde_json::Value::from(caption_field).to_string();
     let loader = format!(
         "# Written by shardprep: image + caption samples for megatron-energon.\n\
