@@ -58,11 +58,14 @@ struct Written {
     json: u64,
 }
 
-/// What one thread found of the files of some lists.
-#[derive(Default)]
-struct Found {
-    /// (shard index, path hash, path, why, is JSON).
-    damaged: Vec<(usize, u64, String, String, bool)>,
+/// A written file found not as written.
+struct Damaged {
+    /// The index of the shard that wrote it last.
+    shard: usize,
+    hash: u64,
+    rel: String,
+    why: String,
+    json: bool,
 }
 
 /// Reads the file lists of `shards` (in shard order; a later shard's file
@@ -128,18 +131,31 @@ pub fn check_written(
     let half = lists.len().div_ceil(2);
     let (data_ref, lists_ref, written_ref) = (&data, &lists, &written);
     let check = |range| find_damaged(data_ref, lists_ref, range, written_ref, depth);
-    let found: Vec<Found> = std::thread::scope(|scope| {
+    let found: Vec<Damaged> = std::thread::scope(|scope| {
         let second = scope.spawn(|| check(half..lists_ref.len()));
-        let first = check(0..half);
-        vec![first, second.join().unwrap_or_default()]
+        let mut found = check(0..half);
+        // A panic is a bug: it must not pass for "nothing damaged".
+        found.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        found
     });
     let mut missing = Vec::new();
     let (mut n_missing, mut json_missing) = (0u64, 0u64);
-    for (i, h, rel, why, json) in found.into_iter().flat_map(|f| f.damaged) {
+    for Damaged {
+        shard,
+        hash,
+        rel,
+        why,
+        json,
+    } in found
+    {
         n_missing += 1;
-        let shard = &shards[i].name;
+        let shard = &shards[shard].name;
         c.findings.damaged_shards.insert(shard.clone());
-        written.paths.damaged.insert(h);
+        written.paths.damaged.insert(hash);
         c.why
             .entry(shard.clone())
             .or_insert_with(|| format!("data/{rel} is {why}"));
@@ -179,8 +195,8 @@ fn find_damaged(
     range: std::ops::Range<usize>,
     written: &Written,
     depth: CheckDepth,
-) -> Found {
-    let mut found = Found::default();
+) -> Vec<Damaged> {
+    let mut found = Vec::new();
     for i in range {
         for (j, rec) in parse_files_list(&lists[i]).into_iter().enumerate() {
             let Some(rel) = listed_path(rec.rel) else {
@@ -191,10 +207,13 @@ fn find_damaged(
                 continue; // overwritten by a later write
             }
             if let Some(why) = damage(&data.join(rel), rec.size, rec.crc, depth) {
-                let rel = rel.display().to_string();
-                found
-                    .damaged
-                    .push((i, h, rel, why, rec.rel.ends_with(b".json")));
+                found.push(Damaged {
+                    shard: i,
+                    hash: h,
+                    rel: rel.display().to_string(),
+                    why,
+                    json: rec.rel.ends_with(b".json"),
+                });
             }
         }
     }
