@@ -79,9 +79,8 @@ pub fn remove_unasked(layout: &OutputLayout, formats: &IndexFormats) -> Vec<Path
     removed
 }
 
-/// The dataset-wide files of `formats` that are there (built by
-/// [`build_dataset`]; not `dataset.yaml` and `sample_loader.py`, which the
-/// user may edit).
+/// The dataset-wide files of `formats` (built by [`build_dataset`]; not
+/// `dataset.yaml` and `sample_loader.py`, which the user may edit).
 pub fn dataset_files(layout: &OutputLayout, formats: &IndexFormats) -> Vec<PathBuf> {
     let mut files = Vec::new();
     if formats.contains(IndexFormat::Energon) {
@@ -94,7 +93,6 @@ pub fn dataset_files(layout: &OutputLayout, formats: &IndexFormats) -> Vec<PathB
     if formats.contains(IndexFormat::Wids) {
         files.push(paths::wids_json(layout));
     }
-    files.retain(|f| f.is_file());
     files
 }
 
