@@ -228,7 +228,7 @@ fn build_formats(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
     rows: &ShardRows,
-    early: Option<shardprep_formats::EarlyEnergon>,
+    early: impl FnOnce() -> Option<shardprep_formats::EarlyEnergon>,
     problems: &mut Vec<String>,
 ) -> Option<shardprep_formats::FormatsReport> {
     let Some(formats) = config
@@ -236,7 +236,7 @@ fn build_formats(
         .index_formats()
         .filter(|f| f.has_other_than_webshart())
     else {
-        if let Some(e) = early {
+        if let Some(e) = early() {
             e.discard();
         }
         return None;
@@ -339,7 +339,7 @@ pub(crate) fn finish_job(
     let phase = Instant::now();
     let (merged, formats) = std::thread::scope(|scope| {
         let formats = scope.spawn(|| {
-            let early = shared.early_sqlite.as_ref().and_then(|e| e.finish());
+            let early = || shared.early_sqlite.as_ref().and_then(|e| e.finish());
             build_formats(layout, config, &rows, early, &mut format_problems)
         });
         let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems);

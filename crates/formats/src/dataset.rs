@@ -81,17 +81,19 @@ pub fn remove_unasked(layout: &OutputLayout, formats: &IndexFormats) -> Vec<Path
 
 /// Rebuilds the dataset-wide files of `formats` from the pieces of the
 /// committed `shards` (in dataset order); energon's `index.sqlite` is the
-/// `early` one when it holds exactly these shards (else it is discarded).
+/// one `early` waits for when it holds exactly these shards (else it is
+/// discarded). `early` is called once the other formats' files are
+/// written, so that they are written while the early build ends.
 pub fn build_dataset(
     layout: &OutputLayout,
     shards: &[String],
     formats: &IndexFormats,
     names: DatasetNames<'_>,
-    early: Option<EarlyEnergon>,
+    early: impl FnOnce() -> Option<EarlyEnergon>,
 ) -> Result<DatasetSummary, FormatsError> {
     let mut summary = DatasetSummary::default();
     if !formats.has_other_than_webshart() {
-        if let Some(e) = early {
+        if let Some(e) = early() {
             e.discard();
         }
         return Ok(summary);
@@ -144,12 +146,10 @@ pub fn build_dataset(
         )?;
     }
     if formats.contains(IndexFormat::Energon) {
-        build_energon(layout, &energon_shards, &mut summary, early)?;
         write_sample_loader(layout, names.caption_field)?;
-    } else {
-        if let Some(e) = early {
-            e.discard();
-        }
+        build_energon(layout, &energon_shards, &mut summary, early())?;
+    } else if let Some(e) = early() {
+        e.discard();
     }
     Ok(summary)
 }
@@ -393,7 +393,7 @@ mod tests {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!("early-{n}.sqlite"));
-        let mut build = SqliteBuild::create_indexed(&tmp).unwrap();
+        let mut build = SqliteBuild::create(&tmp).unwrap();
         let mut shards = Vec::new();
         for (id, name, keys) in adds {
             let s = shard(keys);
@@ -458,11 +458,12 @@ mod tests {
             &[(1, "s1.tar", &["a", "x"]), (0, "s0.tar", &["a", "y"])],
         );
         assert!(!dup.fits(&names));
-        // The same shard twice.
-        let twice = early(dir.path(), &[(0, "s0.tar", &["a"]), (0, "s0.tar", &["b"])]);
-        assert!(!twice.fits(&names));
-        let tmp = twice.tmp.clone();
-        twice.discard();
+        let tmp = dup.tmp.clone();
+        dup.discard();
         assert!(!tmp.exists());
+        // The same shard twice: the build gives up (the end builds from the pieces).
+        let mut twice = SqliteBuild::create(&dir.path().join("twice.sqlite")).unwrap();
+        twice.add(0, &shard(&["a"])).unwrap();
+        assert!(twice.add(0, &shard(&["b"])).is_err());
     }
 }
