@@ -80,7 +80,10 @@ fn add_committed(
     for (id, name) in rx {
         let added = ShardPiece::read(&paths::piece(layout, &name)).and_then(|p| {
             let e = p.energon.unwrap_or_default();
-            build.add(id, &e).map(|()| e)
+            build.add(id, &e)?;
+            // Written back while the walk goes on, not at the job's end.
+            build.write_back()?;
+            Ok(e)
         });
         match added {
             Ok(e) => shards.push(EarlyShard {

@@ -126,6 +126,14 @@ impl SqliteBuild {
         Ok(())
     }
 
+    /// Makes the pages written so far durable, so that the sync after
+    /// [`SqliteBuild::finish`] has only the pages written since to wait for.
+    pub fn write_back(&self) -> Result<(), FormatsError> {
+        self.pager
+            .sync_data()
+            .map_err(FormatsError::io("sync", &self.path))
+    }
+
     /// Keys left out so far as a repeat of a key added before: `(id, key)`.
     pub fn duplicates(&self) -> &[(u64, String)] {
         &self.dups

@@ -46,6 +46,11 @@ impl Pager {
         n
     }
 
+    /// Makes the pages written so far durable.
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     pub(crate) fn write(&self, pgno: u32, page: &[u8]) -> io::Result<()> {
         self.file
             .write_all_at(page, u64::from(pgno - 1) * PAGE as u64)
