@@ -8,6 +8,7 @@ time, samples/s, CPU seconds (user+sys of the whole process tree) and the
 bytes read from the disk (ru_inblock of the process tree).
 
     python bench/formats.py WORKDIR [--shards 4] [--samples 25000] [--reps 3] [--workers 2]
+                            [--shardprep-only]   (no energon/DALI rows: quick A/B loops)
     env: SHARDPREP_BIN (default target/release/shardprep), ENERGON (the `energon` CLI;
          its row is skipped without it), WDS2IDX (default .venv-formats/bin/wds2idx),
          SHARDPREP_BASE (optional: a second shardprep binary, e.g. main's build, whose two
@@ -54,11 +55,13 @@ def main():
     ap.add_argument("--samples", type=int, default=25000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shardprep-only", action="store_true",
+                    help="only the shardprep rows (no energon prepare, no wds2idx)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     exe = os.environ.get("SHARDPREP_BIN", str(REPO / "target/release/shardprep"))
-    energon = os.environ.get("ENERGON")
+    energon = None if a.shardprep_only else os.environ.get("ENERGON")
     wds2idx = os.environ.get("WDS2IDX", str(REPO / ".venv-formats/bin/wds2idx"))
     base = os.environ.get("SHARDPREP_BASE")
     shards = work / "set"
@@ -90,8 +93,9 @@ def main():
         return ["bash", "-c", f"echo {script} | xargs -n2 -P{w} {wds2idx}"]
 
     tools = {"webshart": lambda: shardprep("webshart"),
-             "all four": lambda: shardprep("webshart,energon,dali,wids"),
-             "dali wds2idx": dali_wds2idx}
+             "all four": lambda: shardprep("webshart,energon,dali,wids")}
+    if not a.shardprep_only:
+        tools["dali wds2idx"] = dali_wds2idx
     if energon:
         tools["energon prepare"] = energon_prepare
     if base:
@@ -126,7 +130,8 @@ def main():
     print(f"\nall four / webshart alone: {med['all four'] / med['webshart']:.2f}x")
     if energon:
         print(f"energon prepare / all four: {med['energon prepare'] / med['all four']:.1f}x")
-    print(f"wds2idx / all four: {med['dali wds2idx'] / med['all four']:.1f}x")
+    if "dali wds2idx" in med:
+        print(f"wds2idx / all four: {med['dali wds2idx'] / med['all four']:.1f}x")
     if base:
         print(f"base: all four / webshart alone: {med['all four (base)'] / med['webshart (base)']:.2f}x")
         if energon:
