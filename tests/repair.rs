@@ -504,6 +504,19 @@ fn every_kind_of_damage_to_the_other_index_formats_is_repaired_by_a_rerun() {
     for (what, path, damage) in plain {
         job.damage_and_repair(what, Depth::Plain, |_| damage(&path));
     }
+    // Same size, one row fewer: only SQLite's own reading of the file sees it.
+    job.damage_and_repair(
+        "index.sqlite without one of its samples (same size)",
+        Depth::Plain,
+        |_| {
+            let db = rusqlite::Connection::open(meta.join("index.sqlite")).unwrap();
+            db.execute(
+                "DELETE FROM samples WHERE rowid = (SELECT MAX(rowid) FROM samples)",
+                [],
+            )
+            .unwrap();
+        },
+    );
     let deep: [(&str, PathBuf); 6] = [
         (
             "index.sqlite with a flipped byte",

@@ -1,10 +1,10 @@
 //! Energon's `index.sqlite` built while the shards commit (`--index-format`
 //! with energon): each committed shard's rows are added on a thread of
-//! their own as its commit lands, so that the job's end mostly creates
-//! energon's indexes. Rows go in under each shard's place in the job's list;
-//! the end takes the build only when that is the final dataset (every shard
-//! done and not empty, no key twice) and otherwise rebuilds from the pieces
-//! in dataset order, as a build at the end always did.
+//! their own as its commit lands, so that the job's end mostly writes the
+//! key index (`shardprep_formats::energon::SqliteBuild`). Rows go in under
+//! each shard's place in the job's list; the end takes the build only when
+//! that is the final dataset (every shard done and not empty, no key twice)
+//! and otherwise rebuilds from the pieces in dataset order.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -30,7 +30,7 @@ impl EarlySqlite {
     /// builds from the pieces).
     pub(crate) fn start(layout: &OutputLayout, shards: usize) -> Option<EarlySqlite> {
         let tmp = unique_tmp(&layout.tmp_dir().join("energon-index.sqlite"));
-        let build = match SqliteBuild::create_indexed(&tmp) {
+        let build = match SqliteBuild::create(&tmp) {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "energon's index is built at the end instead");
@@ -80,7 +80,10 @@ fn add_committed(
     for (id, name) in rx {
         let added = ShardPiece::read(&paths::piece(layout, &name)).and_then(|p| {
             let e = p.energon.unwrap_or_default();
-            build.add(id, &e).map(|()| e)
+            build.add(id, &e)?;
+            // Written back while the walk goes on, not at the job's end.
+            build.write_back()?;
+            Ok(e)
         });
         match added {
             Ok(e) => shards.push(EarlyShard {

@@ -340,14 +340,16 @@ pub fn published_problems(
 }
 
 /// Problems of the dataset-wide files of energon, DALI and wids (the
-/// job's end rebuilds them from the committed `done` shards' pieces).
+/// job's end rebuilds them from the committed `done` shards' pieces), at
+/// `depth`.
 pub fn dataset_index_problems(
     layout: &OutputLayout,
     done: &[String],
     outputs: &JobOutput,
+    depth: CheckDepth,
 ) -> Vec<String> {
     match outputs.index_formats() {
-        Some(formats) => shardprep_formats::check_dataset(layout, done, formats)
+        Some(formats) => shardprep_formats::check_dataset(layout, done, formats, depth)
             .into_iter()
             .map(|p| format!("--index-format: {p}"))
             .collect(),

@@ -181,7 +181,7 @@ pub(crate) fn check_published(
             check_parquet(layout, view, (depth, written), &mut f);
             f
         });
-        let indexes = check_indexes(layout, view);
+        let indexes = check_indexes(layout, view, depth);
         let table = table.join().unwrap_or_else(|_| {
             let mut f = Findings::default();
             f.problems
@@ -198,7 +198,7 @@ pub(crate) fn check_published(
 
 /// Index mode: every index format written (webshart's and its entry, the
 /// dataset-wide files of the others); extract mode: the dataloader entry.
-fn check_indexes(layout: &OutputLayout, view: &JobView<'_>) -> Findings {
+fn check_indexes(layout: &OutputLayout, view: &JobView<'_>, depth: CheckDepth) -> Findings {
     let mut f = Findings::default();
     if let Some(formats) = view.outputs.index_formats() {
         if formats.contains(IndexFormat::Webshart) {
@@ -206,8 +206,12 @@ fn check_indexes(layout: &OutputLayout, view: &JobView<'_>) -> Findings {
             crate::verify_index::check_webshart_backend(layout, &mut f);
         }
         let done: Vec<String> = view.done_shards().into_iter().map(|s| s.name).collect();
-        f.problems
-            .extend(judge::dataset_index_problems(layout, &done, &view.outputs));
+        f.problems.extend(judge::dataset_index_problems(
+            layout,
+            &done,
+            &view.outputs,
+            depth,
+        ));
         f.problems.extend(view.formats_unreadable.clone());
     } else {
         check_backend(layout, view.textfile, &mut f);

@@ -1,7 +1,7 @@
 //! Energon's `index.sqlite` for a simulated job: `SAMPLES` samples (default
 //! 10,000,000) in shards of 10,000, two parts each (jpg + json), built as
-//! the coordinator builds it (one transaction, prepared statements, indexes
-//! after the inserts). Prints rows/s.
+//! the coordinator builds it (SQLite's file format written directly, shards
+//! in dataset order). Prints rows/s.
 //!
 //! `cargo bench -p shardprep-formats --bench energon_sqlite` (SAMPLES=... to change the size).
 

@@ -447,7 +447,7 @@ mod tests {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!("early-{n}.sqlite"));
-        let mut build = SqliteBuild::create_indexed(&tmp).unwrap();
+        let mut build = SqliteBuild::create(&tmp).unwrap();
         let mut shards = Vec::new();
         for (id, name, keys) in adds {
             let s = shard(keys);
@@ -512,11 +512,12 @@ mod tests {
             &[(1, "s1.tar", &["a", "x"]), (0, "s0.tar", &["a", "y"])],
         );
         assert!(!dup.fits(&names));
-        // The same shard twice.
-        let twice = early(dir.path(), &[(0, "s0.tar", &["a"]), (0, "s0.tar", &["b"])]);
-        assert!(!twice.fits(&names));
-        let tmp = twice.tmp.clone();
-        twice.discard();
+        let tmp = dup.tmp.clone();
+        dup.discard();
         assert!(!tmp.exists());
+        // The same shard twice: the build gives up (the end builds from the pieces).
+        let mut twice = SqliteBuild::create(&dir.path().join("twice.sqlite")).unwrap();
+        twice.add(0, &shard(&["a"])).unwrap();
+        assert!(twice.add(0, &shard(&["b"])).is_err());
     }
 }

@@ -20,13 +20,12 @@
 //! excluded too.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
-use rusqlite::ToSql;
 use serde::{Deserialize, Serialize};
 
-use crate::FormatsError;
 use crate::group::Group;
+
+pub use crate::energon_sqlite::{SqliteBuild, build_sqlite};
 
 /// The energon version whose layout this is, for `.info.json`.
 pub const ENERGON_VERSION: &str = "7.4.1";
@@ -86,234 +85,6 @@ pub fn parse_tar_idx(bytes: &[u8]) -> Result<Vec<u64>, String> {
         .collect())
 }
 
-/// Rows bound per multi-row `INSERT` (the per-statement cost of SQLite's
-/// VM is paid once per batch; 5 columns × 64 stays far under its limit of
-/// bound parameters).
-const BATCH: usize = 64;
-
-/// The SQL of one table's inserts: `BATCH` rows, and one row.
-struct InsertSql {
-    many: String,
-    one: String,
-}
-
-impl InsertSql {
-    fn new(table: &str, columns: &str) -> Self {
-        let row = "(?, ?, ?, ?, ?)";
-        InsertSql {
-            many: format!(
-                "INSERT INTO {table} ({columns}) VALUES {}",
-                vec![row; BATCH].join(", ")
-            ),
-            one: format!("INSERT INTO {table} ({columns}) VALUES {row}"),
-        }
-    }
-
-    /// Inserts `rows` (five values each), `BATCH` at a time.
-    fn insert<R: Row>(&self, db: &rusqlite::Connection, rows: &[R]) -> rusqlite::Result<()> {
-        let mut chunks = rows.chunks_exact(BATCH);
-        if chunks.len() > 0 {
-            let mut many = db.prepare_cached(&self.many)?;
-            for chunk in &mut chunks {
-                for (i, r) in chunk.iter().enumerate() {
-                    r.bind(&mut many, i * 5)?;
-                }
-                many.raw_execute()?;
-            }
-        }
-        let mut one = db.prepare_cached(&self.one)?;
-        for r in chunks.remainder() {
-            r.bind(&mut one, 0)?;
-            one.raw_execute()?;
-        }
-        Ok(())
-    }
-}
-
-/// A row of five values, bound from parameter `at + 1` on.
-trait Row {
-    fn bind(&self, st: &mut rusqlite::Statement<'_>, at: usize) -> rusqlite::Result<()>;
-}
-
-impl<A: ToSql, B: ToSql, C: ToSql, D: ToSql, E: ToSql> Row for (A, B, C, D, E) {
-    fn bind(&self, st: &mut rusqlite::Statement<'_>, at: usize) -> rusqlite::Result<()> {
-        st.raw_bind_parameter(at + 1, &self.0)?;
-        st.raw_bind_parameter(at + 2, &self.1)?;
-        st.raw_bind_parameter(at + 3, &self.2)?;
-        st.raw_bind_parameter(at + 4, &self.3)?;
-        st.raw_bind_parameter(at + 5, &self.4)
-    }
-}
-
-/// `index.sqlite` being built at a private path, in one transaction: the
-/// shards' rows added one shard at a time, in any order, energon's indexes
-/// created by [`SqliteBuild::finish`] (or, for [`SqliteBuild::create_indexed`],
-/// before the first row). A key already added is left out (energon's
-/// `sample_key` is unique): the first shard added keeps it.
-pub struct SqliteBuild {
-    path: PathBuf,
-    db: rusqlite::Connection,
-    /// Energon's indexes exist already (they grow with the rows).
-    indexed: bool,
-    samples: InsertSql,
-    parts: InsertSql,
-    keys: foldhash::HashSet<String>,
-    dups: Vec<(u64, String)>,
-}
-
-impl SqliteBuild {
-    /// Starts the build at `path` (which must not exist); energon's indexes
-    /// are created by [`SqliteBuild::finish`], after the rows (a bulk build's
-    /// fastest order).
-    pub fn create(path: &Path) -> Result<Self, FormatsError> {
-        Self::open(path, false)
-    }
-
-    /// Starts the build at `path` (which must not exist) with energon's
-    /// indexes already created: each shard's rows, added in index order,
-    /// extend them, so [`SqliteBuild::finish`] has no index left to sort.
-    /// For a build fed while the shards commit, whose finish the job waits for.
-    pub fn create_indexed(path: &Path) -> Result<Self, FormatsError> {
-        Self::open(path, true)
-    }
-
-    fn open(path: &Path, indexed: bool) -> Result<Self, FormatsError> {
-        let sql = sql_error(path);
-        // One connection on one thread: SQLite's own mutexes are not needed.
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
-            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let db = rusqlite::Connection::open_with_flags(path, flags).map_err(sql)?;
-        // Built once into a private name, synced and renamed: no journal needed.
-        // 16 KiB pages: fewer page splits while the indexes grow with the rows
-        // (the early build's thread: -14% CPU against 4 KiB on 100,000
-        // samples; 64 KiB gave -27% but would make every random lookup of a
-        // trainer read 64 KiB).
-        db.execute_batch(
-            "PRAGMA page_size = 16384; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA locking_mode = EXCLUSIVE;",
-        )
-        .map_err(sql)?;
-        db.execute_batch(SCHEMA).map_err(sql)?;
-        db.execute_batch("BEGIN").map_err(sql)?;
-        if indexed {
-            db.execute_batch(INDEXES).map_err(sql)?;
-        }
-        Ok(SqliteBuild {
-            path: path.to_path_buf(),
-            db,
-            indexed,
-            samples: InsertSql::new(
-                "samples",
-                "tar_file_id, sample_key, sample_index, byte_offset, byte_size",
-            ),
-            parts: InsertSql::new(
-                "sample_parts",
-                "tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size",
-            ),
-            keys: foldhash::HashSet::default(),
-            dups: Vec::new(),
-        })
-    }
-
-    /// Adds shard `id`'s rows (its samples whose key no earlier shard added).
-    pub fn add(&mut self, id: u64, shard: &EnergonShard) -> Result<(), FormatsError> {
-        let sql = sql_error(&self.path);
-        let tar = id as i64;
-        let mut dup_index = foldhash::HashSet::default();
-        let mut rows = Vec::with_capacity(shard.samples.len());
-        for (key, index, offset, size) in &shard.samples {
-            if !self.keys.insert(key.clone()) {
-                dup_index.insert(*index);
-                self.dups.push((id, key.clone()));
-                continue;
-            }
-            rows.push((
-                tar,
-                key.as_str(),
-                *index as i64,
-                *offset as i64,
-                *size as i64,
-            ));
-        }
-        self.samples.insert(&self.db, &rows).map_err(sql)?;
-        let rows: Vec<_> = shard
-            .parts
-            .iter()
-            .filter(|(index, ..)| !dup_index.contains(index))
-            .map(|(index, part, offset, size)| {
-                (
-                    tar,
-                    *index as i64,
-                    part.as_str(),
-                    *offset as i64,
-                    *size as i64,
-                )
-            })
-            .collect();
-        self.parts.insert(&self.db, &rows).map_err(sql)
-    }
-
-    /// Keys left out so far as a repeat of a key added before: `(id, key)`.
-    pub fn duplicates(&self) -> &[(u64, String)] {
-        &self.dups
-    }
-
-    /// Creates energon's indexes (unless they exist) and commits; returns
-    /// the keys left out.
-    pub fn finish(self) -> Result<Vec<(u64, String)>, FormatsError> {
-        let sql = sql_error(&self.path);
-        if !self.indexed {
-            self.db.execute_batch(INDEXES).map_err(sql)?;
-        }
-        self.db.execute_batch("COMMIT").map_err(sql)?;
-        self.db.close().map_err(|(_, e)| sql(e))?;
-        Ok(self.dups)
-    }
-}
-
-fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> FormatsError + Copy + '_ {
-    move |source| FormatsError::Sqlite {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Builds `index.sqlite` at `path` (which must not exist) from the shards'
-/// pieces in dataset order ([`SqliteBuild`]). `next` yields
-/// `(tar_file_id, piece)` one shard at a time. Returns the sample keys left
-/// out as duplicates of an earlier shard's: `(tar_file_id, key)`.
-pub fn build_sqlite(
-    path: &Path,
-    mut next: impl FnMut() -> Result<Option<(u64, EnergonShard)>, FormatsError>,
-) -> Result<Vec<(u64, String)>, FormatsError> {
-    let mut build = SqliteBuild::create(path)?;
-    while let Some((id, shard)) = next()? {
-        build.add(id, &shard)?;
-    }
-    build.finish()
-}
-
-const SCHEMA: &str = "
-CREATE TABLE samples (
-    tar_file_id INTEGER NOT NULL,
-    sample_key TEXT NOT NULL UNIQUE,
-    sample_index INTEGER NOT NULL,
-    byte_offset INTEGER,
-    byte_size INTEGER
-);
-CREATE TABLE sample_parts (
-    tar_file_id INTEGER,
-    sample_index INTEGER,
-    part_name TEXT,
-    content_byte_offset INTEGER,
-    content_byte_size INTEGER
-);";
-
-const INDEXES: &str = "
-CREATE INDEX idx_samples_by_tar_and_idx ON samples(tar_file_id, sample_index);
-CREATE INDEX idx_sample_parts_seq ON sample_parts(tar_file_id, sample_index, content_byte_offset);
-CREATE INDEX idx_sample_parts_full ON sample_parts(tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size);";
-
 /// `.info.json`: the shards in dataset order with their sample counts.
 pub fn info_json(shards: &[(String, u64)]) -> Vec<u8> {
     let mut counts = serde_json::Map::new();
@@ -343,6 +114,17 @@ pub fn split_yaml(shards: &[String], excluded: &[(String, String)]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// How many samples the `split.yaml` written by [`split_yaml`] excludes;
+/// `None` when it has no `exclude` list.
+pub fn split_excluded(yaml: &str) -> Option<usize> {
+    let mut lines = yaml.lines().skip_while(|l| !l.starts_with("exclude:"));
+    match lines.next()?.trim_end() {
+        "exclude: []" => Some(0),
+        "exclude:" => Some(lines.take_while(|l| l.starts_with("- ")).count()),
+        _ => None,
+    }
 }
 
 fn brace_escape(s: &str) -> String {
@@ -422,5 +204,9 @@ mod tests {
         let y = split_yaml(&["s{1}.tar".into()], &[("s{1}.tar".into(), "k".into())]);
         let y = String::from_utf8(y).unwrap();
         assert!(y.contains("  - \"s\\\\{1\\\\}.tar\""), "{y}");
+        assert_eq!(split_excluded(&y), Some(1));
+        let none = split_yaml(&["a.tar".into(), "b.tar".into()], &[]);
+        assert_eq!(split_excluded(&String::from_utf8(none).unwrap()), Some(0));
+        assert_eq!(split_excluded("split_parts: {}"), None);
     }
 }

@@ -5,7 +5,8 @@
 //! Layout:
 //! - [`input`]: the neutral per-shard input (members in tar order, which images have a row).
 //! - [`group`]: samples as the readers group members, and which the job keeps.
-//! - [`energon`], [`dali`], [`wids`]: each format's bytes.
+//! - [`energon`], [`dali`], [`wids`]: each format's bytes (energon's `index.sqlite`
+//!   written in SQLite's file format by `energon_sqlite` over `sqlite_file`).
 //! - [`paths`]: where each output lives under `OUT/`.
 //! - [`shard`]: per-shard pieces: written by the worker, committed with the shard.
 //! - [`dataset`]: dataset-wide pieces, rebuilt by the coordinator from the committed ones.
@@ -17,10 +18,12 @@
 pub mod dali;
 pub mod dataset;
 pub mod energon;
+mod energon_sqlite;
 pub mod group;
 pub mod input;
 pub mod paths;
 pub mod shard;
+mod sqlite_file;
 pub mod verify;
 pub mod wids;
 
@@ -44,12 +47,6 @@ pub enum FormatsError {
         path: String,
         #[source]
         source: std::io::Error,
-    },
-    #[error("cannot build the energon index {path}: {source}")]
-    Sqlite {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
     },
     #[error("{0}")]
     Bad(String),

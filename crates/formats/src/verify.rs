@@ -7,6 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use shardprep_core::depth::CheckDepth;
 use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::layout::OutputLayout;
 
@@ -16,7 +17,12 @@ use crate::{dali, energon, paths};
 /// Problems found in the formats of the committed `shards` (empty: all
 /// hold): each shard's pieces ([`check_shard`]) and the dataset-wide files
 /// ([`check_dataset`]).
-pub fn verify(layout: &OutputLayout, shards: &[String], formats: &IndexFormats) -> Vec<String> {
+pub fn verify(
+    layout: &OutputLayout,
+    shards: &[String],
+    formats: &IndexFormats,
+    depth: CheckDepth,
+) -> Vec<String> {
     let mut problems: Vec<String> = shards
         .iter()
         .filter_map(|s| {
@@ -25,17 +31,20 @@ pub fn verify(layout: &OutputLayout, shards: &[String], formats: &IndexFormats) 
                 .map(|e| format!("shard {s}: {e}"))
         })
         .collect();
-    problems.extend(check_dataset(layout, shards, formats));
+    problems.extend(check_dataset(layout, shards, formats, depth));
     problems
 }
 
 /// Problems of the dataset-wide files of `formats` (energon's `.nv-meta/`
 /// and its per-shard counts, DALI's list, the wids JSON), which the job's
-/// end rebuilds from the committed `shards`' pieces.
+/// end rebuilds from the committed `shards`' pieces. `index.sqlite` is
+/// read back through SQLite itself (its rows; at `--deep` depth SQLite's
+/// own integrity check too).
 pub fn check_dataset(
     layout: &OutputLayout,
     shards: &[String],
     formats: &IndexFormats,
+    depth: CheckDepth,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     if !formats.has_other_than_webshart() {
@@ -55,7 +64,7 @@ pub fn check_dataset(
                 ))
             })
             .collect();
-        problems.extend(check_energon_meta(layout, &counts));
+        problems.extend(check_energon_meta(layout, &counts, depth));
     }
     if formats.contains(IndexFormat::Dali) {
         let listed = pieces
@@ -225,7 +234,11 @@ fn check_energon(
     Ok(())
 }
 
-fn check_energon_meta(layout: &OutputLayout, counts: &[(String, u64)]) -> Vec<String> {
+fn check_energon_meta(
+    layout: &OutputLayout,
+    counts: &[(String, u64)],
+    depth: CheckDepth,
+) -> Vec<String> {
     let meta = paths::nv_meta(layout);
     let mut problems = Vec::new();
     for f in crate::dataset::ENERGON_META.iter().chain(&["dataset.yaml"]) {
@@ -250,7 +263,53 @@ fn check_energon_meta(layout: &OutputLayout, counts: &[(String, u64)]) -> Vec<St
             info.display()
         ));
     }
+    let samples: u64 = counts.iter().map(|(_, n)| n).sum();
+    problems.extend(check_energon_sqlite(&meta, samples, depth));
     problems
+}
+
+/// Energon's tables and indexes in `index.sqlite` as SQLite itself reads
+/// them (shardprep writes the file without SQLite's engine): one row per
+/// sample energon loads (the tars' `samples` less those `split.yaml`
+/// excludes), and at `depth` `--deep` `PRAGMA integrity_check` (every
+/// page, every index entry against its row).
+fn check_energon_sqlite(meta: &Path, samples: u64, depth: CheckDepth) -> Option<String> {
+    let path = meta.join("index.sqlite");
+    let at = path.display();
+    let yaml = std::fs::read_to_string(meta.join("split.yaml")).ok()?;
+    let excluded = energon::split_excluded(&yaml)? as u64;
+    let read = || -> rusqlite::Result<(Vec<String>, u64, String)> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = rusqlite::Connection::open_with_flags(&path, flags)?;
+        let mut names = db.prepare("SELECT name FROM sqlite_schema ORDER BY name")?;
+        let names = names
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        let rows: i64 = db.query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))?;
+        let check = match depth.reads_bytes() {
+            true => db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?,
+            false => "ok".to_string(),
+        };
+        Ok((names, rows as u64, check))
+    };
+    let (names, rows, check) = match read() {
+        Ok(r) => r,
+        Err(e) => return Some(format!("energon: SQLite cannot read {at}: {e}")),
+    };
+    let missing: Vec<&str> = crate::energon_sqlite::schema_names()
+        .filter(|o| !names.iter().any(|n| n == o))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!("energon: {at} has no {}", missing.join(", ")));
+    }
+    let want = samples.saturating_sub(excluded);
+    if rows != want {
+        return Some(format!(
+            "energon: {at} has {rows} samples, energon loads {want} (the tars' {samples} less {excluded} excluded)"
+        ));
+    }
+    (check != "ok").then(|| format!("energon: SQLite's integrity check of {at}: {check}"))
 }
 
 /// A tar header with a valid checksum right before `offset`, for a member of `size` bytes inside the tar.
