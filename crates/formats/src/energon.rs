@@ -21,6 +21,8 @@
 
 use std::io::Write;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use crate::group::Group;
@@ -30,8 +32,12 @@ pub use crate::energon_sqlite::{SqliteBuild, build_sqlite};
 /// The energon version whose layout this is, for `.info.json`.
 pub const ENERGON_VERSION: &str = "7.4.1";
 
-/// One shard's energon pieces (besides its `.tar.idx`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One shard's energon pieces (besides its `.tar.idx`). In the shard's
+/// JSON piece its rows are one string ([`EnergonWire`]): a piece is read
+/// several times by the coordinator, mostly for its head, and 75,000 rows
+/// as JSON arrays cost more to write, skip and parse than the rest of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "EnergonWire")]
 pub struct EnergonShard {
     /// Samples of the tar as energon counts them (kept or not).
     pub count: u64,
@@ -41,6 +47,78 @@ pub struct EnergonShard {
     pub parts: Vec<(u64, String, u64, u64)>,
     /// Keys of the samples left out (excluded in `split.yaml`).
     pub excluded: Vec<String>,
+}
+
+/// [`EnergonShard`]'s rows, encoded compactly (postcard: varints and
+/// length-prefixed strings).
+#[derive(Serialize, Deserialize)]
+struct Rows<S, P, E> {
+    samples: S,
+    parts: P,
+    excluded: E,
+}
+
+/// [`EnergonShard`] in a piece: `count`, and `rows` as base64 of [`Rows`].
+/// Pieces written before that listed the rows as JSON arrays; they are
+/// still read.
+#[derive(Deserialize)]
+struct EnergonWire {
+    count: u64,
+    #[serde(default)]
+    rows: Option<String>,
+    #[serde(default)]
+    samples: Vec<(String, u64, u64, u64)>,
+    #[serde(default)]
+    parts: Vec<(u64, String, u64, u64)>,
+    #[serde(default)]
+    excluded: Vec<String>,
+}
+
+type OwnedRows = Rows<Vec<(String, u64, u64, u64)>, Vec<(u64, String, u64, u64)>, Vec<String>>;
+
+impl TryFrom<EnergonWire> for EnergonShard {
+    type Error = String;
+
+    fn try_from(w: EnergonWire) -> Result<Self, String> {
+        let Some(rows) = w.rows else {
+            return Ok(EnergonShard {
+                count: w.count,
+                samples: w.samples,
+                parts: w.parts,
+                excluded: w.excluded,
+            });
+        };
+        let bytes = BASE64
+            .decode(rows)
+            .map_err(|e| format!("energon rows are not base64: {e}"))?;
+        let (r, rest): (OwnedRows, _) = postcard::take_from_bytes(&bytes)
+            .map_err(|e| format!("energon rows unreadable: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("energon rows: {} bytes after them", rest.len()));
+        }
+        Ok(EnergonShard {
+            count: w.count,
+            samples: r.samples,
+            parts: r.parts,
+            excluded: r.excluded,
+        })
+    }
+}
+
+impl Serialize for EnergonShard {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeStruct};
+        let rows = Rows {
+            samples: &self.samples,
+            parts: &self.parts,
+            excluded: &self.excluded,
+        };
+        let bytes = postcard::to_allocvec(&rows).map_err(S::Error::custom)?;
+        let mut st = s.serialize_struct("EnergonShard", 2)?;
+        st.serialize_field("count", &self.count)?;
+        st.serialize_field("rows", &BASE64.encode(bytes))?;
+        st.end()
+    }
 }
 
 /// The `.tar.idx` bytes and the shard's rows, from its samples in tar order.
@@ -197,6 +275,28 @@ mod tests {
             )
             .unwrap();
         assert_eq!(idx, 3);
+    }
+
+    #[test]
+    fn rows_round_trip_through_the_piece_and_old_pieces_still_read() {
+        let gs = [
+            g("a", 0, None),
+            g("b", 1024, Some(LeftOut::NoRow)),
+            g("é{1}", 2048, None),
+        ];
+        let (_, shard) = shard_pieces(&gs, 3072);
+        let json = serde_json::to_string(&shard).unwrap();
+        assert!(json.starts_with(r#"{"count":3,"rows":""#), "{json}");
+        let back: EnergonShard = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, shard);
+        let old = r#"{"count":3,"samples":[["a",0,0,1024]],"parts":[[0,"jpg",512,3]],"excluded":["b"]}"#;
+        let old: EnergonShard = serde_json::from_str(old).unwrap();
+        assert_eq!((old.samples.len(), old.parts.len()), (1, 1));
+        assert_eq!(old.excluded, vec!["b".to_string()]);
+        for bad in ["AQ==", "AAAAAA==", "not base64"] {
+            let bad = format!(r#"{{"count":3,"rows":"{bad}"}}"#);
+            assert!(serde_json::from_str::<EnergonShard>(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
