@@ -155,18 +155,20 @@ pub fn build_dataset(
             energon_shards.push((s.clone(), format!("{}\0{}\0", p.tar_path, p.filesize)));
         }
     }
+    let mut files = Vec::new();
     if formats.contains(IndexFormat::Dali) {
         let doc = serde_json::json!({"paths": dali.0, "index_paths": dali.1});
-        write_atomic(&paths::dali_list(layout), &pretty(&doc))?;
+        files.push((paths::dali_list(layout), pretty(&doc)));
     }
     if formats.contains(IndexFormat::Wids) {
-        write_atomic(
-            &paths::wids_json(layout),
-            &crate::wids::dataset_json(names.name, &wids),
-        )?;
+        let doc = crate::wids::dataset_json(names.name, &wids);
+        files.push((paths::wids_json(layout), doc));
     }
     if formats.contains(IndexFormat::Energon) {
-        write_sample_loader(layout, names.caption_field)?;
+        files.extend(sample_loader_files(layout, names.caption_field));
+    }
+    write_all_atomic(&files)?;
+    if formats.contains(IndexFormat::Energon) {
         build_energon(layout, &energon_shards, &mut summary, early())?;
     } else if let Some(e) = early() {
         e.discard();
@@ -309,7 +311,7 @@ fn build_energon(
     let Built {
         dups,
         counts,
-        mut excluded,
+        excluded,
         rows,
     } = match built {
         Ok(b) => b,
@@ -318,10 +320,38 @@ fn build_energon(
             return Err(e);
         }
     };
-    sync_file(&tmp)?;
+    // Synced while the other files of .nv-meta/ are written and synced.
+    let synced = std::thread::scope(|s| {
+        let synced = s.spawn(|| sync_file(&tmp));
+        let others = energon_meta_files(layout, energon_shards, summary, counts, excluded, dups)
+            .and_then(|files| write_all_atomic(&files));
+        let synced = synced
+            .join()
+            .unwrap_or_else(|_| Err(FormatsError::Bad("a sync thread panicked".into())));
+        synced.and(others)
+    });
+    if let Err(e) = synced {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, &db).map_err(FormatsError::io("publish", &db))?;
     summary.sqlite_ms = started.elapsed().as_millis() as u64;
     summary.sqlite_rows = rows;
+    Ok(())
+}
+
+/// `.info.json`, `split.yaml` (the excluded samples and the keys energon
+/// keeps once) and `index.uuid`; counts energon's samples in `summary`.
+fn energon_meta_files(
+    layout: &OutputLayout,
+    energon_shards: &[(String, String)],
+    summary: &mut DatasetSummary,
+    counts: Vec<(String, u64)>,
+    mut excluded: Vec<(String, String)>,
+    dups: Vec<(u64, String)>,
+) -> Result<Vec<(PathBuf, Vec<u8>)>, FormatsError> {
+    let shards: Vec<String> = energon_shards.iter().map(|(s, _)| s.clone()).collect();
+    let meta = paths::nv_meta(layout);
     for (id, key) in dups {
         let shard = &shards[id as usize];
         summary
@@ -334,11 +364,13 @@ fn build_energon(
     c.samples = listed;
     c.shards = counts.len() as u64;
     let info = energon::info_json(&counts);
-    let split = energon::split_yaml(shards, &excluded);
-    write_atomic(&meta.join(".info.json"), &info)?;
-    write_atomic(&meta.join("split.yaml"), &split)?;
+    let split = energon::split_yaml(&shards, &excluded);
     let uuid = index_uuid(layout, energon_shards, [&info, &split])?;
-    write_atomic(&meta.join("index.uuid"), uuid.as_bytes())
+    Ok(vec![
+        (meta.join(".info.json"), info),
+        (meta.join("split.yaml"), split),
+        (meta.join("index.uuid"), uuid.into_bytes()),
+    ])
 }
 
 /// `index.uuid`: energon keys its caches on it and makes a new one whenever
@@ -364,13 +396,12 @@ fn index_uuid(
 
 /// `.nv-meta/dataset.yaml` and `sample_loader.py` for image + caption
 /// samples (energon's `CaptioningSample`), unless the user has their own.
-fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(), FormatsError> {
+fn sample_loader_files(layout: &OutputLayout, caption_field: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let meta = paths::nv_meta(layout);
     let yaml = meta.join("dataset.yaml");
     if yaml.exists() && !needs_sample_loader(&meta) {
-        return Ok(());
+        return Vec::new();
     }
-    std::fs::create_dir_all(&meta).map_err(FormatsError::io("create folder", &meta))?;
     let field = serde_json::Value::from(caption_field).to_string();
     let loader = format!(
         "# Written by shardprep: image + caption samples for megatron-energon.\n\
@@ -386,14 +417,14 @@ fn write_sample_loader(layout: &OutputLayout, caption_field: &str) -> Result<(),
          def part_filter(part: str) -> bool:\n\
          \x20   return part in IMAGE_PARTS or part == \"json\"\n"
     );
-    write_atomic(&meta.join("sample_loader.py"), loader.as_bytes())?;
-    if yaml.exists() {
-        return Ok(());
+    let mut files = vec![(meta.join("sample_loader.py"), loader.into_bytes())];
+    if !yaml.exists() {
+        let dataset = "sample_type:\n  __module__: megatron.energon\n  __class__: CaptioningSample\n\
+                       sample_loader: sample_loader.py:sample_loader\n\
+                       part_filter: sample_loader.py:part_filter\n";
+        files.push((yaml, dataset.as_bytes().to_vec()));
     }
-    let dataset = "sample_type:\n  __module__: megatron.energon\n  __class__: CaptioningSample\n\
-                   sample_loader: sample_loader.py:sample_loader\n\
-                   part_filter: sample_loader.py:part_filter\n";
-    write_atomic(&yaml, dataset.as_bytes())
+    files
 }
 
 /// Whether `.nv-meta/dataset.yaml` names `sample_loader.py` and it is missing.
@@ -409,17 +440,27 @@ fn sync_file(p: &Path) -> Result<(), FormatsError> {
         .map_err(FormatsError::io("sync", p))
 }
 
-/// Writes through a temporary name, synced, then renamed.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FormatsError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
-    let tmp = unique_tmp(path);
-    let res = std::fs::write(&tmp, bytes)
-        .map_err(FormatsError::io("write", &tmp))
-        .and_then(|()| sync_file(&tmp))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(FormatsError::io("publish", path)));
+/// Writes each file through a temporary name, syncs them all at once
+/// (their flushes overlap instead of waiting one after the other at the
+/// job's end), then renames each into place: a file is whole or absent.
+fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), FormatsError> {
+    let mut tmps = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(FormatsError::io("create folder", parent))?;
+        tmps.push((unique_tmp(path), bytes.as_slice()));
+    }
+    let res = crate::shard::write_all_synced(&tmps).and_then(|()| {
+        tmps.iter()
+            .zip(files)
+            .try_for_each(|((tmp, _), (path, _))| {
+                std::fs::rename(tmp, path).map_err(FormatsError::io("publish", path))
+            })
+    });
     if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        for (tmp, _) in &tmps {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
     res
 }

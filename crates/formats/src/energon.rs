@@ -289,7 +289,8 @@ mod tests {
         assert!(json.starts_with(r#"{"count":3,"rows":""#), "{json}");
         let back: EnergonShard = serde_json::from_str(&json).unwrap();
         assert_eq!(back, shard);
-        let old = r#"{"count":3,"samples":[["a",0,0,1024]],"parts":[[0,"jpg",512,3]],"excluded":["b"]}"#;
+        let old =
+            r#"{"count":3,"samples":[["a",0,0,1024]],"parts":[[0,"jpg",512,3]],"excluded":["b"]}"#;
         let old: EnergonShard = serde_json::from_str(old).unwrap();
         assert_eq!((old.samples.len(), old.parts.len()), (1, 1));
         assert_eq!(old.excluded, vec!["b".to_string()]);

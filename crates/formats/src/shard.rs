@@ -178,11 +178,11 @@ pub fn write_attempt(
 /// Writes each file, then syncs them all at once, one thread each: their
 /// flushes overlap (and share the journal's commits) instead of waiting
 /// one after the other, which the shard's commit waits for.
-fn write_all_synced(files: &[(PathBuf, Vec<u8>)]) -> Result<(), FormatsError> {
+pub(crate) fn write_all_synced<B: AsRef<[u8]>>(files: &[(PathBuf, B)]) -> Result<(), FormatsError> {
     let mut written = Vec::with_capacity(files.len());
     for (path, bytes) in files {
         let mut f = File::create(path).map_err(FormatsError::io("create", path))?;
-        f.write_all(bytes)
+        f.write_all(bytes.as_ref())
             .map_err(FormatsError::io("write", path))?;
         written.push((path, f));
     }
