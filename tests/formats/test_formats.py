@@ -181,13 +181,18 @@ def test_every_format_keeps_the_samples_of_the_parquet_and_the_webshart_index(in
     for s in indexed.done:
         doc = json.loads((indexed.out / "index" / (s[:-4] + ".json")).read_text())
         webshart |= {k.rsplit(".", 1)[0] for k, e in doc["files"].items() if e.get("captions")}
-    dali = set()
+    dali, dali_parts = set(), 0
     for idx in (indexed.out / "dali").rglob("*.idx"):
         for line in idx.read_text().splitlines()[1:]:
             f = line.split()
             dali |= {f[i + 3].rsplit(".", 1)[0] for i in range(0, len(f), 4)}
+            dali_parts += len(f) // 4
     meta = indexed.out / "energon" / ".nv-meta"
-    db = sqlite3.connect(meta / "index.sqlite")
+    # shardprep writes index.sqlite without SQLite's engine: this SQLite reads it whole.
+    db = sqlite3.connect(f"file:{meta / 'index.sqlite'}?mode=ro", uri=True)
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    (parts,) = db.execute("SELECT COUNT(*) FROM sample_parts").fetchone()
+    assert parts == dali_parts, (parts, dali_parts)
     energon = {(tar, key) for tar, key in db.execute(
         "SELECT tar_file_id, sample_key FROM samples")}
     names = json.loads((meta / ".info.json").read_text())["shard_counts"]
