@@ -561,6 +561,38 @@ mod tests {
         assert_eq!(n, 2_000_000);
     }
 
+    /// A file past 1 GiB, whose lock-byte page SQLite keeps out of every
+    /// b-tree (`cargo test --release -- --ignored`).
+    #[test]
+    #[ignore = "a 1.2 GB file: a minute in release"]
+    fn an_index_past_the_lock_byte_page_is_sound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut build = SqliteBuild::create(&path).unwrap();
+        let per_shard = 200_000;
+        for id in 0..30u64 {
+            let mut s = EnergonShard {
+                count: per_shard,
+                ..EnergonShard::default()
+            };
+            for i in 0..per_shard {
+                s.samples
+                    .push((format!("{id:04}-{i:08}-sample"), i, i * 4096, 4096));
+                s.parts.push((i, "jpg".into(), i * 4096 + 512, 3000));
+                s.parts.push((i, "json".into(), i * 4096 + 3584, 400));
+            }
+            build.add(id, &s).unwrap();
+        }
+        build.finish().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 1 << 30);
+        let db = rusqlite::Connection::open(&path).unwrap();
+        check(&db);
+        let n: i64 = db
+            .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 6_000_000);
+    }
+
     #[test]
     fn an_empty_dataset_is_an_empty_index() {
         let dir = tempfile::tempdir().unwrap();
