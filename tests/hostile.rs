@@ -1759,3 +1759,95 @@ fn an_unknown_type_flag_is_extracted_as_a_file_with_a_warning() {
         run.explain()
     );
 }
+
+/// Every index format over hostile keys at once: a key longer than a
+/// SQLite page holds (its cells overflow), Unicode, braces, a space, a
+/// quote, a key twice in a shard and once more in another, a name that is
+/// not UTF-8, a JSON without width. The job ends OK, `verify --deep` agrees,
+/// and SQLite itself reads `index.sqlite` (which shardprep writes without
+/// SQLite's engine) whole: one row per sample energon loads, with its parts.
+#[test]
+fn hostile_keys_in_every_index_format() {
+    let job = Job::new();
+    let long = format!("long-{}", "k".repeat(6000));
+    let mut b = new_tar();
+    let kept_a = [
+        "plain",
+        long.as_str(),
+        "ключ-é",
+        "br{ace}s",
+        "with space",
+        "quote\"d",
+        "across",
+    ];
+    for key in kept_a {
+        add_sample(&mut b, key);
+    }
+    add_sample(&mut b, "twice");
+    add_sample(&mut b, "between");
+    add_sample(&mut b, "twice");
+    add_raw_file(&mut b, b"bad-\xff.png", &image(1, 300));
+    append_file(&mut b, "nowidth.png", &image(2, 300)).unwrap();
+    append_file(
+        &mut b,
+        "nowidth.json",
+        br#"{"image_name": "nowidth.png", "short_caption": "no width"}"#,
+    )
+    .unwrap();
+    job.add("a.tar", &finish(b));
+    let mut b = new_tar();
+    add_sample(&mut b, "across");
+    add_sample(&mut b, "only-b");
+    job.add("b.tar", &finish(b));
+
+    let formats = [
+        "--mode",
+        "index",
+        "--index-format",
+        "webshart,energon,dali,wids",
+    ];
+    let run = job.run("2", &formats);
+    let out = path_str(&job.out);
+    let verify = run_raw(&["verify", out, "--deep"], &[]);
+    assert!(
+        verify.status.success(),
+        "{}\n{}",
+        run.explain(),
+        explain(&["verify"], &verify)
+    );
+
+    let db = rusqlite::Connection::open(job.out.join("energon/.nv-meta/index.sqlite")).unwrap();
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let mut st = db
+        .prepare("SELECT tar_file_id, sample_key FROM samples ORDER BY tar_file_id, sample_index")
+        .unwrap();
+    let keys: Vec<(i64, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut want: Vec<(i64, String)> = kept_a.iter().map(|k| (0, k.to_string())).collect();
+    want.push((0, "between".into()));
+    want.push((1, "only-b".into()));
+    assert_eq!(
+        keys, want,
+        "energon's samples: `across` once (the first shard's)"
+    );
+    let parts: i64 = db
+        .query_row("SELECT COUNT(*) FROM sample_parts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(parts, 2 * want.len() as i64, "a png and a json per sample");
+    let (long_key, size): (String, i64) = db
+        .query_row(
+            "SELECT s.sample_key, p.content_byte_size FROM samples s JOIN sample_parts p \
+             ON p.tar_file_id = s.tar_file_id AND p.sample_index = s.sample_index \
+             WHERE s.sample_key = ?1 AND p.part_name = 'png'",
+            [&long],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((long_key.len(), size), (long.len(), 300));
+}
