@@ -1352,3 +1352,79 @@ fn collisions_of_completed_shards_are_reported_even_when_a_shard_failed() {
     assert_eq!(listed[0], "data-000000.tar", "{r:#}");
     assert_eq!(listed[1], "data-000009.tar", "{r:#}");
 }
+
+/// The index formats survive the coordinator's death: `--index-format` with
+/// all four, the coordinator SIGKILLed while energon's `index.sqlite` is being
+/// written beside the walk (two shards committed, a third being processed),
+/// then restarted. The job ends with every format as a clean run writes it
+/// (energon's rows, `.info.json`, `split.yaml`, `index.uuid`, each `.tar.idx`
+/// and DALI `.idx`, wids' JSON), `verify --deep` agrees, and the dead
+/// coordinator's unfinished `index.sqlite` is gone.
+#[test]
+fn the_index_formats_survive_a_sigkill_of_the_coordinator() {
+    let mut s = Scene::new();
+    make_shards(&s.input.clone(), 5, 20, 8301);
+    let formats = [
+        "--mode",
+        "index",
+        "--index-format",
+        "webshart,energon,dali,wids",
+    ];
+    let mut flags = vec!["--lease-timeout", "5s", "--heartbeat-interval", "200ms"];
+    flags.extend(formats);
+    let c1 = s.coordinator("coordinator-1", &flags);
+    let out = s.out.clone();
+    let w = s.worker("w", Some("stall:data-000002.tar:1s"));
+    s.wait_until(
+        "two shards committed, the third processed",
+        secs(20),
+        |_| committed(&out).len() == 2 && processed_not_committed(&out, "data-000002.tar"),
+    );
+    s.signal(c1, libc::SIGKILL);
+    assert_eq!(s.wait_exit(c1, secs(5)).signal(), Some(libc::SIGKILL));
+    let c2 = s.coordinator("coordinator-2", &flags);
+    assert_success(s.wait_exit(c2, secs(30)), "the restarted coordinator");
+    assert_success(s.wait_exit(w, secs(10)), "the worker");
+
+    let verify = run_raw(&["verify", path_str(&out), "--deep"], &[]);
+    assert!(verify.status.success(), "{}", explain(&["verify"], &verify));
+    let clean = s.dir().join("clean");
+    run_job(&s.input, &clean, &formats);
+    let formats_files = |root: &Path| -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for dir in ["energon", "dali", "wids"] {
+            for (p, bytes) in read_tree(&root.join(dir)) {
+                let p = Path::new(dir).join(p);
+                let bytes = match p.extension().and_then(|e| e.to_str()) {
+                    Some("sqlite") => sqlite_rows(&root.join(&p)),
+                    _ => bytes,
+                };
+                // dali.json names each .idx by its path under OUT.
+                if !p.ends_with("dali.json") {
+                    files.insert(p, bytes);
+                }
+            }
+        }
+        files
+    };
+    let (after, want) = (formats_files(&out), formats_files(&clean));
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (p, bytes) in &want {
+        assert!(
+            after[p] == *bytes,
+            "{} differs from a clean run's",
+            p.display()
+        );
+    }
+    let left: Vec<String> = tmp_files(&out)
+        .into_iter()
+        .filter(|f| f.contains("sqlite"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the dead coordinator's index.sqlite is left: {left:?}"
+    );
+}

@@ -607,3 +607,33 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     all
 }
+
+/// Energon's `index.sqlite` as its sorted rows (the pages of two builds of
+/// the same rows differ with the order the shards committed in).
+pub fn sqlite_rows(db: &Path) -> Vec<u8> {
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return b"unreadable".to_vec();
+    };
+    let mut rows = Vec::new();
+    for table in ["samples", "sample_parts"] {
+        let Ok(mut q) = c.prepare(&format!("SELECT * FROM {table}")) else {
+            return b"unreadable".to_vec();
+        };
+        let n = q.column_count();
+        let read = q.query_map([], |r| {
+            (0..n)
+                .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match read.and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+            Ok(mut t) => {
+                t.sort();
+                rows.push((table, t));
+            }
+            Err(_) => return b"unreadable".to_vec(),
+        }
+    }
+    format!("{rows:?}").into_bytes()
+}
