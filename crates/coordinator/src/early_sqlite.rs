@@ -1,7 +1,7 @@
 //! Energon's `index.sqlite` built while the shards commit (`--index-format`
 //! with energon): each committed shard's rows are added on a thread of
 //! their own as its commit lands, so that the job's end mostly writes the
-//! key index (`shardprep_formats::energon::SqliteBuild`). Rows go in under
+//! key index (`shardprep_formats::energon_sqlite::SqliteBuild`). Rows go in under
 //! each shard's place in the job's list; the end takes the build only when
 //! that is the final dataset (every shard done and not empty, no key twice)
 //! and otherwise rebuilds from the pieces in dataset order.
@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use shardprep_core::layout::{OutputLayout, unique_tmp};
-use shardprep_formats::energon::SqliteBuild;
+use shardprep_formats::energon_sqlite::SqliteBuild;
 use shardprep_formats::shard::ShardPiece;
 use shardprep_formats::{EarlyEnergon, EarlyShard, paths};
 

@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use shardprep_formats::energon::{EnergonShard, build_sqlite};
+use shardprep_formats::energon::EnergonShard;
+use shardprep_formats::energon_sqlite::build_sqlite;
 
 fn main() {
     let total: u64 = std::env::var("SAMPLES")

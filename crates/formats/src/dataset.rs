@@ -14,7 +14,7 @@ use shardprep_core::layout::{OutputLayout, unique_tmp};
 
 use crate::shard::ShardPiece;
 use crate::wids::WidsShard;
-use crate::{FormatsError, energon, paths};
+use crate::{FormatsError, energon, energon_sqlite, paths};
 
 /// The report's `index_formats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +189,7 @@ fn pretty(doc: &serde_json::Value) -> Vec<u8> {
 /// Energon's `index.sqlite` built while the shards committed (in commit
 /// order, each shard under its place in the job's list), not finished yet.
 pub struct EarlyEnergon {
-    pub build: energon::SqliteBuild,
+    pub build: energon_sqlite::SqliteBuild,
     /// Where it is being built (a private name).
     pub tmp: PathBuf,
     /// What each shard added.
@@ -266,7 +266,7 @@ fn build_from_pieces(
 ) -> Result<Built, FormatsError> {
     let mut built = Built::default();
     let mut it = shards.iter().enumerate();
-    built.dups = energon::build_sqlite(tmp, || {
+    built.dups = energon_sqlite::build_sqlite(tmp, || {
         let Some((id, s)) = it.next() else {
             return Ok(None);
         };
@@ -468,7 +468,8 @@ fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), FormatsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::energon::{EnergonShard, SqliteBuild, build_sqlite};
+    use crate::energon::EnergonShard;
+    use crate::energon_sqlite::{SqliteBuild, build_sqlite};
 
     fn shard(keys: &[&str]) -> EnergonShard {
         let mut s = EnergonShard {

@@ -27,13 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::group::Group;
 
-pub use crate::energon_sqlite::{SqliteBuild, build_sqlite};
-
 /// The energon version whose layout this is, for `.info.json`.
 pub const ENERGON_VERSION: &str = "7.4.1";
 
 /// One shard's energon pieces (besides its `.tar.idx`). In the shard's
-/// JSON piece its rows are one string ([`EnergonWire`]): a piece is read
+/// JSON piece its rows are one string (`EnergonWire`): a piece is read
 /// several times by the coordinator, mostly for its head, and 75,000 rows
 /// as JSON arrays cost more to write, skip and parse than the rest of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -219,6 +217,7 @@ fn brace_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::energon_sqlite::build_sqlite;
     use crate::group::{LeftOut, Part};
 
     fn g(key: &str, start: u64, left_out: Option<LeftOut>) -> Group<'static> {

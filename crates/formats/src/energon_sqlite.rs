@@ -1,7 +1,7 @@
 //! Energon's `index.sqlite` as `energon prepare` (7.4.1) makes it — tables
 //! `samples` and `sample_parts`, the UNIQUE key's index and energon's three
 //! indexes, 16 KiB pages — written directly in SQLite's file format
-//! ([`crate::sqlite_file`]). A shard's rows are written as it is added (in
+//! (`crate::sqlite_file`). A shard's rows are written as it is added (in
 //! any order); the entries of the three indexes that start with the
 //! shard's `tar_file_id` are encoded then and written in dataset order
 //! (those of a shard added early wait for the shards before it); the key

@@ -6,7 +6,7 @@
 //! - [`input`]: the neutral per-shard input (members in tar order, which images have a row).
 //! - [`group`]: samples as the readers group members, and which the job keeps.
 //! - [`energon`], [`dali`], [`wids`]: each format's bytes (energon's `index.sqlite`
-//!   written in SQLite's file format by `energon_sqlite` over `sqlite_file`).
+//!   written in SQLite's file format by [`energon_sqlite`] over `sqlite_file`).
 //! - [`paths`]: where each output lives under `OUT/`.
 //! - [`shard`]: per-shard pieces: written by the worker, committed with the shard.
 //! - [`dataset`]: dataset-wide pieces, rebuilt by the coordinator from the committed ones.
@@ -18,7 +18,7 @@
 pub mod dali;
 pub mod dataset;
 pub mod energon;
-mod energon_sqlite;
+pub mod energon_sqlite;
 pub mod group;
 pub mod input;
 pub mod paths;
