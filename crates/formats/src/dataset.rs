@@ -308,22 +308,18 @@ fn build_energon(
             (tmp, built)
         }
     };
-    let Built {
-        dups,
-        counts,
-        excluded,
-        rows,
-    } = match built {
+    let built = match built {
         Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
     };
+    let rows = built.rows;
     // Synced while the other files of .nv-meta/ are written and synced.
     let synced = std::thread::scope(|s| {
         let synced = s.spawn(|| sync_file(&tmp));
-        let others = energon_meta_files(layout, energon_shards, summary, counts, excluded, dups)
+        let others = energon_meta_files(layout, energon_shards, shards, summary, built)
             .and_then(|files| write_all_atomic(&files));
         let synced = synced
             .join()
@@ -345,12 +341,16 @@ fn build_energon(
 fn energon_meta_files(
     layout: &OutputLayout,
     energon_shards: &[(String, String)],
+    shards: &[String],
     summary: &mut DatasetSummary,
-    counts: Vec<(String, u64)>,
-    mut excluded: Vec<(String, String)>,
-    dups: Vec<(u64, String)>,
+    built: Built,
 ) -> Result<Vec<(PathBuf, Vec<u8>)>, FormatsError> {
-    let shards: Vec<String> = energon_shards.iter().map(|(s, _)| s.clone()).collect();
+    let Built {
+        dups,
+        counts,
+        mut excluded,
+        ..
+    } = built;
     let meta = paths::nv_meta(layout);
     for (id, key) in dups {
         let shard = &shards[id as usize];
@@ -364,7 +364,7 @@ fn energon_meta_files(
     c.samples = listed;
     c.shards = counts.len() as u64;
     let info = energon::info_json(&counts);
-    let split = energon::split_yaml(&shards, &excluded);
+    let split = energon::split_yaml(shards, &excluded);
     let uuid = index_uuid(layout, energon_shards, [&info, &split])?;
     Ok(vec![
         (meta.join(".info.json"), info),

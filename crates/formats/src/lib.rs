@@ -36,7 +36,7 @@ pub use shard::{
     PreparedPieces, ShardPiece, commit_shard, discard_attempt, missing_piece, prepare_shard,
     remove_shard, write_attempt,
 };
-pub use verify::{check_dataset, check_shard, verify};
+pub use verify::{check_dataset, check_shard};
 
 /// What can go wrong writing or reading the formats' files.
 #[derive(Debug, thiserror::Error)]
