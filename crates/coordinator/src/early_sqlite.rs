@@ -78,21 +78,21 @@ fn add_committed(
 ) -> Option<EarlyEnergon> {
     let mut shards = Vec::new();
     for (id, name) in rx {
-        let added = ShardPiece::read(&paths::piece(layout, &name)).and_then(|p| {
-            let e = p.energon.unwrap_or_default();
-            build.add(id, &e)?;
+        let added = ShardPiece::with_energon_rows(&paths::piece(layout, &name), |count, rows| {
+            build.add(id, rows)?;
             // Written back while the walk goes on, not at the job's end.
             build.write_back()?;
-            Ok(e)
-        });
-        match added {
-            Ok(e) => shards.push(EarlyShard {
+            Ok(EarlyShard {
                 id,
-                rows: (e.samples.len() + e.parts.len()) as u64,
-                count: e.count,
-                excluded: e.excluded,
-                name,
-            }),
+                rows: (rows.samples.len() + rows.parts.len()) as u64,
+                count,
+                excluded: rows.excluded.iter().map(|k| k.to_string()).collect(),
+                name: name.clone(),
+            })
+        })
+        .and_then(|added| added);
+        match added {
+            Ok(shard) => shards.push(shard),
             Err(e) => {
                 tracing::debug!(shard = %name, error = %e, "energon's index is built at the end instead");
                 drop(build);

@@ -5,14 +5,14 @@
 //!
 //! `cargo bench -p shardprep-formats --bench shard_piece`
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use shardprep_core::index_format::IndexFormats;
 use shardprep_formats::{MemberKind, ShardInput, ShardPiece, TarMember, write_attempt};
 
 fn input(samples: u64) -> ShardInput {
-    let mut members = Vec::new();
-    let mut rows = foldhash::HashSet::default();
+    let mut input = ShardInput::new("data-000000.tar".into(), "/tmp/data-000000.tar".into(), 0);
     let mut off = 0u64;
     for i in 0..samples {
         let key = format!("{:016x}{i:08}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -21,29 +21,27 @@ fn input(samples: u64) -> ShardInput {
             let mut raw = name.as_bytes().to_vec();
             raw.resize(100, 0);
             if ext == "png" && i % 9 != 0 {
-                rows.insert(name.clone());
+                input.add_row_image(&name);
             }
-            members.push(TarMember {
-                name: name.into_bytes(),
-                start_offset: off,
-                header_offset: off,
-                data_offset: off + 512,
-                size,
-                kind: MemberKind::Regular,
-                raw_header_name: Some(raw),
-                typeflag: b'0',
-            });
-            off += 512 + size.div_ceil(512) * 512;
+            let end = off + 512 + size.div_ceil(512) * 512;
+            input.push(
+                TarMember {
+                    name: name.as_bytes(),
+                    start_offset: off,
+                    header_offset: off,
+                    data_offset: off + 512,
+                    size,
+                    kind: MemberKind::Regular,
+                    raw_header_name: Some(&raw),
+                    typeflag: b'0',
+                },
+                end,
+            );
+            off = end;
         }
     }
-    ShardInput {
-        shard_name: "data-000000.tar".into(),
-        tar_path: "/tmp/data-000000.tar".into(),
-        filesize: off + 1024,
-        end_offset: off,
-        members,
-        row_images: rows,
-    }
+    input.filesize = off + 1024;
+    input
 }
 
 fn main() {
@@ -51,38 +49,43 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(25_000);
+    let reps: u64 = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
     let dir = tempfile::tempdir().expect("tempdir");
     let formats: IndexFormats = "webshart,energon,dali,wids".parse().expect("formats");
-    for rep in 0..5 {
+    let mut steps: BTreeMap<&str, Vec<u128>> = BTreeMap::new();
+    let mut time = |step: &'static str, t: Instant| {
+        steps.entry(step).or_default().push(t.elapsed().as_micros());
+    };
+    for rep in 0..reps {
         let t = Instant::now();
         let inp = input(samples);
-        let make = t.elapsed();
+        time("1 make input", t);
         let t = Instant::now();
         let piece = write_attempt(dir.path(), rep, &formats, &inp).expect("write");
-        let write = t.elapsed();
+        time("2 write_attempt", t);
         let t = Instant::now();
         let gs = shardprep_formats::group::groups(&inp);
-        let g_ms = t.elapsed().as_millis();
+        time("3 groups", t);
         let t = Instant::now();
         let (_idx, e) = shardprep_formats::energon::shard_pieces(&gs, inp.end_offset);
-        let e_ms = t.elapsed().as_millis();
+        time("4 energon", t);
         let t = Instant::now();
         let _d = shardprep_formats::dali::index_text(&gs);
-        let d_ms = t.elapsed().as_millis();
+        time("5 dali", t);
         let t = Instant::now();
         let _w = shardprep_formats::wids::wids_count(&inp);
-        let w_ms = t.elapsed().as_millis();
+        time("6 wids", t);
         let t = Instant::now();
-        let _j = serde_json::to_vec(&e).expect("json");
-        let j_ms = t.elapsed().as_millis();
-        drop((gs, e));
-        println!("  groups {g_ms} energon {e_ms} dali {d_ms} wids {w_ms} json {j_ms}");
+        let _j = e.encode().expect("encode");
+        time("7 energon rows encoded", t);
         let t = Instant::now();
+        drop(e);
+        drop(gs);
         drop(inp);
-        let free = t.elapsed();
-        let path = dir
-            .path()
-            .join(format!("data-000000.tar-*.{rep}.formats.json"));
+        time("8 drop", t);
         let found = std::fs::read_dir(dir.path())
             .expect("dir")
             .filter_map(|e| e.ok())
@@ -91,22 +94,24 @@ fn main() {
                 p.to_string_lossy()
                     .ends_with(&format!(".{rep}.formats.json"))
             })
-            .unwrap_or(path);
+            .expect("the piece was written");
         let t = Instant::now();
         let back = ShardPiece::read(&found).expect("read");
-        let read = t.elapsed();
+        time("9 read piece", t);
         assert_eq!(back.kept, piece.kept);
         let t = Instant::now();
         let head = ShardPiece::read_head(&found).expect("read head");
-        let head_ms = t.elapsed().as_millis();
+        time("9 read head", t);
         assert_eq!(head.kept, piece.kept);
+    }
+    println!("{samples} samples, {reps} repetitions (ms):");
+    for (step, mut us) in steps {
+        us.sort_unstable();
+        let ms = |u: u128| u as f64 / 1000.0;
         println!(
-            "make {:>4} ms  write_attempt {:>4} ms  drop input {:>3} ms  read piece {:>4} ms, head {head_ms} ms ({} kept)",
-            make.as_millis(),
-            write.as_millis(),
-            free.as_millis(),
-            read.as_millis(),
-            piece.kept
+            "  {step:<16} min {:>7.2}  median {:>7.2}",
+            ms(us[0]),
+            ms(us[us.len() / 2])
         );
     }
 }

@@ -18,7 +18,7 @@ use crate::group::Group;
 /// The `.idx` text of the kept `groups`, and how many samples it lists;
 /// `None` when it lists none (DALI refuses a count of 0).
 pub fn index_text(groups: &[Group<'_>]) -> (Option<String>, DaliCounts) {
-    let mut body = String::new();
+    let mut body = String::with_capacity(groups.len() * 96);
     let mut counts = DaliCounts::default();
     for g in groups.iter().filter(|g| g.left_out.is_none()) {
         if g.parts
@@ -32,7 +32,13 @@ pub fn index_text(groups: &[Group<'_>]) -> (Option<String>, DaliCounts) {
             if i > 0 {
                 body.push(' ');
             }
-            let _ = write!(body, "{} {} {} ", p.ext, p.data_offset, p.size);
+            let mut num = itoa::Buffer::new();
+            body.push_str(&p.ext);
+            body.push(' ');
+            body.push_str(num.format(p.data_offset));
+            body.push(' ');
+            body.push_str(num.format(p.size));
+            body.push(' ');
             escape_into(&mut body, &p.name);
         }
         body.push('\n');

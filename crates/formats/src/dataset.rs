@@ -493,7 +493,7 @@ mod tests {
         let mut shards = Vec::new();
         for (id, name, keys) in adds {
             let s = shard(keys);
-            build.add(*id, &s).unwrap();
+            build.add(*id, &s.rows()).unwrap();
             shards.push(EarlyShard {
                 id: *id,
                 name: name.to_string(),
@@ -559,7 +559,7 @@ mod tests {
         assert!(!tmp.exists());
         // The same shard twice: the build gives up (the end builds from the pieces).
         let mut twice = SqliteBuild::create(&dir.path().join("twice.sqlite")).unwrap();
-        twice.add(0, &shard(&["a"])).unwrap();
-        assert!(twice.add(0, &shard(&["b"])).is_err());
+        twice.add(0, &shard(&["a"]).rows()).unwrap();
+        assert!(twice.add(0, &shard(&["b"]).rows()).is_err());
     }
 }

@@ -47,18 +47,87 @@ pub struct EnergonShard {
     pub excluded: Vec<String>,
 }
 
-/// [`EnergonShard`]'s rows, encoded compactly (postcard: varints and
-/// length-prefixed strings).
-#[derive(Serialize, Deserialize)]
-struct Rows<S, P, E> {
-    samples: S,
-    parts: P,
-    excluded: E,
+/// One shard's energon rows, borrowed: from the groups (the worker) or
+/// from a piece's decoded bytes (the coordinator), without a copy of each
+/// key and part name. Encoded compactly in the piece (postcard: varints
+/// and length-prefixed strings), with the fields of [`EnergonShard`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnergonRows<'a> {
+    #[serde(borrow)]
+    pub samples: Vec<(&'a str, u64, u64, u64)>,
+    #[serde(borrow)]
+    pub parts: Vec<(u64, &'a str, u64, u64)>,
+    #[serde(borrow)]
+    pub excluded: Vec<&'a str>,
 }
 
-/// [`EnergonShard`] in a piece: `count`, and `rows` as base64 of [`Rows`].
-/// Pieces written before that listed the rows as JSON arrays; they are
-/// still read.
+impl<'a> EnergonRows<'a> {
+    /// The rows' piece encoding (base64 of their postcard bytes).
+    pub fn encode(&self) -> Result<String, String> {
+        let bytes =
+            postcard::to_allocvec(self).map_err(|e| format!("energon rows unencodable: {e}"))?;
+        Ok(BASE64.encode(bytes))
+    }
+
+    /// The rows in `bytes`, decoded from [`EnergonRows::encode`]'s base64
+    /// by [`decode_base64`].
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, String> {
+        let (rows, rest): (EnergonRows<'a>, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| format!("energon rows unreadable: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("energon rows: {} bytes after them", rest.len()));
+        }
+        Ok(rows)
+    }
+
+    /// The rows, owned, for a shard of `count` samples.
+    pub fn to_shard(&self, count: u64) -> EnergonShard {
+        EnergonShard {
+            count,
+            samples: self
+                .samples
+                .iter()
+                .map(|&(k, i, o, n)| (k.to_string(), i, o, n))
+                .collect(),
+            parts: self
+                .parts
+                .iter()
+                .map(|&(i, p, o, n)| (i, p.to_string(), o, n))
+                .collect(),
+            excluded: self.excluded.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+/// The bytes of [`EnergonRows::encode`]'s string.
+pub fn decode_base64(rows: &str) -> Result<Vec<u8>, String> {
+    BASE64
+        .decode(rows)
+        .map_err(|e| format!("energon rows are not base64: {e}"))
+}
+
+impl EnergonShard {
+    /// The rows, borrowed.
+    pub fn rows(&self) -> EnergonRows<'_> {
+        EnergonRows {
+            samples: self
+                .samples
+                .iter()
+                .map(|(k, i, o, n)| (k.as_str(), *i, *o, *n))
+                .collect(),
+            parts: self
+                .parts
+                .iter()
+                .map(|(i, p, o, n)| (*i, p.as_str(), *o, *n))
+                .collect(),
+            excluded: self.excluded.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// [`EnergonShard`] in a piece: `count`, and `rows` as
+/// [`EnergonRows::encode`]'s string. Pieces written before that listed the
+/// rows as JSON arrays; they are still read.
 #[derive(Deserialize)]
 struct EnergonWire {
     count: u64,
@@ -72,8 +141,6 @@ struct EnergonWire {
     excluded: Vec<String>,
 }
 
-type OwnedRows = Rows<Vec<(String, u64, u64, u64)>, Vec<(u64, String, u64, u64)>, Vec<String>>;
-
 impl TryFrom<EnergonWire> for EnergonShard {
     type Error = String;
 
@@ -86,68 +153,58 @@ impl TryFrom<EnergonWire> for EnergonShard {
                 excluded: w.excluded,
             });
         };
-        let bytes = BASE64
-            .decode(rows)
-            .map_err(|e| format!("energon rows are not base64: {e}"))?;
-        let (r, rest): (OwnedRows, _) = postcard::take_from_bytes(&bytes)
-            .map_err(|e| format!("energon rows unreadable: {e}"))?;
-        if !rest.is_empty() {
-            return Err(format!("energon rows: {} bytes after them", rest.len()));
-        }
-        Ok(EnergonShard {
-            count: w.count,
-            samples: r.samples,
-            parts: r.parts,
-            excluded: r.excluded,
-        })
+        let bytes = decode_base64(&rows)?;
+        Ok(EnergonRows::from_bytes(&bytes)?.to_shard(w.count))
     }
+}
+
+/// How a shard's energon pieces are written in its JSON piece.
+#[derive(Serialize)]
+pub(crate) struct EnergonOut {
+    pub count: u64,
+    pub rows: String,
 }
 
 impl Serialize for EnergonShard {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeStruct};
-        let rows = Rows {
-            samples: &self.samples,
-            parts: &self.parts,
-            excluded: &self.excluded,
-        };
-        let bytes = postcard::to_allocvec(&rows).map_err(S::Error::custom)?;
-        let mut st = s.serialize_struct("EnergonShard", 2)?;
-        st.serialize_field("count", &self.count)?;
-        st.serialize_field("rows", &BASE64.encode(bytes))?;
-        st.end()
+        let rows = self.rows().encode().map_err(serde::ser::Error::custom)?;
+        EnergonOut {
+            count: self.count,
+            rows,
+        }
+        .serialize(s)
     }
 }
 
-/// The `.tar.idx` bytes and the shard's rows, from its samples in tar order.
-pub fn shard_pieces(groups: &[Group<'_>], end_offset: u64) -> (Vec<u8>, EnergonShard) {
+/// The `.tar.idx` bytes and the shard's rows (borrowed from `groups`),
+/// from its samples in tar order.
+pub fn shard_pieces<'g>(groups: &'g [Group<'_>], end_offset: u64) -> (Vec<u8>, EnergonRows<'g>) {
     let mut idx = Vec::with_capacity((groups.len() + 1) * 8);
-    let mut shard = EnergonShard {
-        count: groups.len() as u64,
-        ..Default::default()
+    let mut rows = EnergonRows {
+        samples: Vec::with_capacity(groups.len()),
+        parts: Vec::with_capacity(groups.len() * 2),
+        excluded: Vec::new(),
     };
     for (i, g) in groups.iter().enumerate() {
         idx.extend_from_slice(&g.start_offset.to_le_bytes());
         let next = groups.get(i + 1).map_or(end_offset, |n| n.start_offset);
         let i = i as u64;
         if g.left_out.is_some() {
-            shard.excluded.push(g.key.to_string());
+            rows.excluded.push(&g.key);
             continue;
         }
-        shard.samples.push((
-            g.key.to_string(),
+        rows.samples.push((
+            &g.key,
             i,
             g.start_offset,
             next.saturating_sub(g.start_offset),
         ));
         for p in &g.parts {
-            shard
-                .parts
-                .push((i, p.ext.to_string(), p.data_offset, p.size));
+            rows.parts.push((i, &p.ext, p.data_offset, p.size));
         }
     }
     idx.extend_from_slice(&end_offset.to_le_bytes());
-    (idx, shard)
+    (idx, rows)
 }
 
 /// The offsets of a `.tar.idx` file.
@@ -224,7 +281,7 @@ mod tests {
         Group {
             key: key.to_string().into(),
             start_offset: start,
-            parts: vec![Part {
+            parts: smallvec::smallvec![Part {
                 name: format!("{key}.jpg").into(),
                 ext: "jpg".into(),
                 data_offset: start + 512,
@@ -241,20 +298,20 @@ mod tests {
             g("b", 1024, Some(LeftOut::NoRow)),
             g("c", 2048, None),
         ];
-        let (idx, shard) = shard_pieces(&gs, 3072);
+        let (idx, rows) = shard_pieces(&gs, 3072);
         assert_eq!(parse_tar_idx(&idx).unwrap(), vec![0, 1024, 2048, 3072]);
-        assert_eq!(shard.count, 3);
-        assert_eq!(shard.excluded, vec!["b".to_string()]);
-        assert_eq!(shard.samples[1], ("c".to_string(), 2, 2048, 1024));
-        assert_eq!(shard.parts[1], (2, "jpg".to_string(), 2560, 3));
+        assert_eq!(rows.excluded, vec!["b"]);
+        assert_eq!(rows.samples[1], ("c", 2, 2048, 1024));
+        assert_eq!(rows.parts[1], (2, "jpg", 2560, 3));
     }
 
     #[test]
     fn sqlite_has_energons_tables_and_keeps_the_first_of_a_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let (_, s0) = shard_pieces(&[g("a", 0, None), g("b", 1024, None)], 2048);
-        let (_, s1) = shard_pieces(&[g("b", 0, None)], 1024);
+        let (g0, g1) = ([g("a", 0, None), g("b", 1024, None)], [g("b", 0, None)]);
+        let s0 = shard_pieces(&g0, 2048).1.to_shard(2);
+        let s1 = shard_pieces(&g1, 1024).1.to_shard(1);
         let mut pieces = vec![(0, s0), (1, s1)].into_iter();
         let dups = build_sqlite(&path, || Ok(pieces.next())).unwrap();
         assert_eq!(dups, vec![(1, "b".to_string())]);
@@ -283,7 +340,7 @@ mod tests {
             g("b", 1024, Some(LeftOut::NoRow)),
             g("é{1}", 2048, None),
         ];
-        let (_, shard) = shard_pieces(&gs, 3072);
+        let shard = shard_pieces(&gs, 3072).1.to_shard(3);
         let json = serde_json::to_string(&shard).unwrap();
         assert!(json.starts_with(r#"{"count":3,"rows":""#), "{json}");
         let back: EnergonShard = serde_json::from_str(&json).unwrap();

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::FormatsError;
-use crate::energon::EnergonShard;
+use crate::energon::{EnergonRows, EnergonShard};
+use crate::energon_keys::KeySet;
 use crate::sqlite_file::page::Pager;
 use crate::sqlite_file::record::{Value, put_record};
 use crate::sqlite_file::tree::{IndexTree, TableTree, entry_body};
@@ -30,7 +31,7 @@ pub struct SqliteBuild {
     pager: Pager,
     trees: Trees,
     /// Every key added, with its row.
-    keys: foldhash::HashMap<Box<str>, i64>,
+    keys: KeySet,
     dups: Vec<(u64, String)>,
     /// The next shard whose index entries are written, and the encoded
     /// entries of those added ahead of it.
@@ -87,7 +88,7 @@ impl SqliteBuild {
             path: path.to_path_buf(),
             pager: Pager::new(file),
             trees: Trees::empty(),
-            keys: foldhash::HashMap::default(),
+            keys: KeySet::default(),
             dups: Vec::new(),
             next_id: 0,
             waiting: BTreeMap::new(),
@@ -99,7 +100,7 @@ impl SqliteBuild {
 
     /// Adds shard `id`'s rows (its samples whose key no shard added before
     /// has); its index entries are written once every shard before it is added.
-    pub fn add(&mut self, id: u64, shard: &EnergonShard) -> Result<(), FormatsError> {
+    pub fn add(&mut self, id: u64, shard: &EnergonRows<'_>) -> Result<(), FormatsError> {
         if id < self.next_id || self.waiting.contains_key(&id) {
             return Err(FormatsError::Bad(format!(
                 "energon's index: shard {id} added twice"
@@ -140,21 +141,20 @@ impl SqliteBuild {
     }
 
     /// Writes the shard's rows; its index entries, encoded.
-    fn write_rows(&mut self, id: u64, shard: &EnergonShard) -> std::io::Result<ShardEntries> {
+    fn write_rows(&mut self, id: u64, shard: &EnergonRows<'_>) -> std::io::Result<ShardEntries> {
         let tar = id as i64;
         let mut dup_index = foldhash::HashSet::default();
         let mut by_tar = Vec::with_capacity(shard.samples.len());
         self.keys.reserve(shard.samples.len());
-        for (key, index, offset, size) in &shard.samples {
-            if self.keys.contains_key(key.as_str()) {
-                dup_index.insert(*index);
-                self.dups.push((id, key.clone()));
+        for &(key, index, offset, size) in &shard.samples {
+            if !self.keys.insert(key, self.rows.0 + 1) {
+                dup_index.insert(index);
+                self.dups.push((id, key.to_string()));
                 continue;
             }
             self.rows.0 += 1;
             let rowid = self.rows.0;
-            self.keys.insert(key.as_str().into(), rowid);
-            let index = *index as i64;
+            let index = index as i64;
             self.record.clear();
             put_record(
                 &mut self.record,
@@ -162,8 +162,8 @@ impl SqliteBuild {
                     Value::Int(tar),
                     Value::Text(key),
                     Value::Int(index),
-                    Value::Int(*offset as i64),
-                    Value::Int(*size as i64),
+                    Value::Int(offset as i64),
+                    Value::Int(size as i64),
                 ],
             );
             self.trees
@@ -188,19 +188,19 @@ impl SqliteBuild {
     fn write_parts(
         &mut self,
         tar: i64,
-        shard: &EnergonShard,
+        shard: &EnergonRows<'_>,
         dup_index: &foldhash::HashSet<u64>,
         entries: &mut ShardEntries,
     ) -> std::io::Result<()> {
         let mut seq = Vec::with_capacity(shard.parts.len());
         let mut full = Vec::with_capacity(shard.parts.len());
-        for (index, part, offset, size) in &shard.parts {
-            if dup_index.contains(index) {
+        for &(index, part, offset, size) in &shard.parts {
+            if dup_index.contains(&index) {
                 continue;
             }
             self.rows.1 += 1;
             let rowid = self.rows.1;
-            let (index, offset, size) = (*index as i64, *offset as i64, *size as i64);
+            let (index, offset, size) = (index as i64, offset as i64, size as i64);
             self.record.clear();
             put_record(
                 &mut self.record,
@@ -216,7 +216,7 @@ impl SqliteBuild {
                 .parts
                 .push(&mut self.pager, rowid, &self.record)?;
             seq.push((index, offset, rowid));
-            full.push((index, part.as_str(), offset, size, rowid));
+            full.push((index, part, offset, size, rowid));
         }
         if !seq.is_sorted() {
             seq.sort_unstable();
@@ -285,12 +285,11 @@ impl SqliteBuild {
     }
 
     fn write_end(&mut self) -> std::io::Result<()> {
-        let mut keys: Vec<(Box<str>, i64)> = std::mem::take(&mut self.keys).into_iter().collect();
-        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let keys = std::mem::take(&mut self.keys);
         let mut by_key = IndexTree::new();
-        for (key, rowid) in &keys {
+        for (key, rowid) in keys.sorted() {
             self.record.clear();
-            put_record(&mut self.record, &[Value::Text(key), Value::Int(*rowid)]);
+            put_record(&mut self.record, &[Value::Text(key), Value::Int(rowid)]);
             by_key.push(&mut self.pager, &self.record)?;
         }
         drop(keys);
@@ -341,7 +340,7 @@ pub fn build_sqlite(
 ) -> Result<Vec<(u64, String)>, FormatsError> {
     let mut build = SqliteBuild::create(path)?;
     while let Some((id, shard)) = next()? {
-        build.add(id, &shard)?;
+        build.add(id, &shard.rows())?;
     }
     build.finish()
 }
@@ -502,7 +501,7 @@ mod tests {
         shards[2].samples[3].0 = again.clone();
         let mut build = SqliteBuild::create(&path).unwrap();
         for (id, s) in shards.iter().enumerate() {
-            build.add(id as u64, s).unwrap();
+            build.add(id as u64, &s.rows()).unwrap();
         }
         assert_eq!(build.finish().unwrap(), vec![(2, again)]);
         let db = rusqlite::Connection::open(&path).unwrap();
@@ -531,7 +530,7 @@ mod tests {
             .collect();
         let mut build = SqliteBuild::create(&path).unwrap();
         for id in [3u64, 1, 0, 4, 2] {
-            build.add(id, &shards[id as usize]).unwrap();
+            build.add(id, &shards[id as usize].rows()).unwrap();
         }
         assert!(build.finish().unwrap().is_empty());
         let db = rusqlite::Connection::open(&path).unwrap();
@@ -550,7 +549,7 @@ mod tests {
             .collect();
         let mut build = SqliteBuild::create(&path).unwrap();
         for id in [1u64, 0, 2, 3, 5, 4, 6, 7, 9, 8] {
-            build.add(id, &shards[id as usize]).unwrap();
+            build.add(id, &shards[id as usize].rows()).unwrap();
         }
         build.finish().unwrap();
         let db = rusqlite::Connection::open(&path).unwrap();
@@ -581,7 +580,7 @@ mod tests {
                 s.parts.push((i, "jpg".into(), i * 4096 + 512, 3000));
                 s.parts.push((i, "json".into(), i * 4096 + 3584, 400));
             }
-            build.add(id, &s).unwrap();
+            build.add(id, &s.rows()).unwrap();
         }
         build.finish().unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() > 1 << 30);
@@ -607,8 +606,8 @@ mod tests {
     fn a_shard_missing_before_others_fails_the_build() {
         let dir = tempfile::tempdir().unwrap();
         let mut build = SqliteBuild::create(&dir.path().join("index.sqlite")).unwrap();
-        build.add(1, &shard("a", 3, |_| 5)).unwrap();
-        assert!(build.add(1, &shard("b", 3, |_| 5)).is_err());
+        build.add(1, &shard("a", 3, |_| 5).rows()).unwrap();
+        assert!(build.add(1, &shard("b", 3, |_| 5).rows()).is_err());
         assert!(build.finish().is_err());
     }
 }

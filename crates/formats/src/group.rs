@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 use shardprep_core::issue::IssueKind;
 
 use crate::input::{MemberKind, ShardInput};
@@ -54,8 +56,9 @@ pub struct Group<'a> {
     pub key: Cow<'a, str>,
     /// Offset of its first member's first header.
     pub start_offset: u64,
-    /// Its regular members, in tar order.
-    pub parts: Vec<Part<'a>>,
+    /// Its regular members, in tar order (a sample's few parts kept inline:
+    /// a shard has tens of thousands of samples).
+    pub parts: SmallVec<[Part<'a>; 2]>,
     /// `None` when kept.
     pub left_out: Option<LeftOut>,
 }
@@ -85,18 +88,44 @@ pub fn is_meta(name: &str) -> bool {
     first.len() >= 4 && first.starts_with("__") && first.ends_with("__")
 }
 
-/// `(name, key, part)` of a member name (lossy UTF-8) as [`split_name`]
-/// splits it, borrowed when the name is.
-fn split_cow(name: Cow<'_, str>) -> Option<(Cow<'_, str>, Cow<'_, str>, Cow<'_, str>)> {
-    match name {
-        Cow::Borrowed(n) => {
+/// A member name as [`split_name`] splits it (borrowed when the name is
+/// UTF-8, as names nearly always are; lossy otherwise).
+struct Split<'a> {
+    name: Cow<'a, str>,
+    key: Cow<'a, str>,
+    ext: Cow<'a, str>,
+    utf8: bool,
+}
+
+/// [`Split`] of a member name; `None` for energon's meta members and
+/// names without a key.
+fn split_member(name: &[u8]) -> Option<Split<'_>> {
+    match std::str::from_utf8(name) {
+        Ok(n) => {
+            if is_meta(n) {
+                return None;
+            }
             let (key, ext) = split_name(n)?;
-            Some((n.into(), key.into(), ext.into()))
+            Some(Split {
+                name: n.into(),
+                key: key.into(),
+                ext: ext.into(),
+                utf8: true,
+            })
         }
-        Cow::Owned(n) => {
+        Err(_) => {
+            let n = String::from_utf8_lossy(name).into_owned();
+            if is_meta(&n) {
+                return None;
+            }
             let (key, ext) = split_name(&n)?;
             let (key, ext) = (key.to_string(), ext.to_string());
-            Some((n.into(), key.into(), ext.into()))
+            Some(Split {
+                name: n.into(),
+                key: key.into(),
+                ext: ext.into(),
+                utf8: false,
+            })
         }
     }
 }
@@ -106,29 +135,31 @@ pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
     let mut out: Vec<Group<'_>> = Vec::new();
     let mut utf8_ok: Vec<bool> = Vec::new();
     let mut sparse: Vec<bool> = Vec::new();
-    for m in &input.members {
+    for m in input.members() {
         if m.kind == MemberKind::Other {
             continue;
         }
-        let lossy = String::from_utf8_lossy(&m.name);
-        if is_meta(&lossy) {
-            continue;
-        }
-        let Some((name, key, ext)) = split_cow(lossy) else {
+        let Some(Split {
+            name,
+            key,
+            ext,
+            utf8,
+        }) = split_member(m.name)
+        else {
             continue;
         };
         if out.last().is_none_or(|g| g.key != key) {
             out.push(Group {
                 key,
                 start_offset: m.start_offset,
-                parts: Vec::new(),
+                parts: SmallVec::new(),
                 left_out: None,
             });
             utf8_ok.push(true);
             sparse.push(false);
         }
         let i = out.len() - 1;
-        utf8_ok[i] &= matches!(name, Cow::Borrowed(_));
+        utf8_ok[i] &= utf8;
         sparse[i] |= m.kind == MemberKind::Sparse;
         out[i].parts.push(Part {
             name,
@@ -138,6 +169,7 @@ pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
         });
     }
     let repeated = repeated_keys(&out);
+    let rows = input.row_images();
     for (i, g) in out.iter_mut().enumerate() {
         g.left_out = if !utf8_ok[i] {
             Some(LeftOut::NameNotUtf8)
@@ -145,7 +177,7 @@ pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
             Some(LeftOut::SparseMember)
         } else if repeated[i] {
             Some(LeftOut::DuplicateKey)
-        } else if !g.parts.iter().any(|p| input.row_images.contains(&*p.name)) {
+        } else if !g.parts.iter().any(|p| rows.contains(p.name.as_bytes())) {
             Some(LeftOut::NoRow)
         } else {
             None
@@ -156,15 +188,18 @@ pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
 
 /// Per group, whether its key is the key of another group too.
 fn repeated_keys(groups: &[Group<'_>]) -> Vec<bool> {
-    let mut seen: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
-    seen.reserve(groups.len());
-    for g in groups {
-        *seen.entry(&g.key).or_default() += 1;
+    let mut first: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
+    first.reserve(groups.len());
+    let mut repeated = vec![false; groups.len()];
+    for (i, g) in groups.iter().enumerate() {
+        if let Some(&f) = first.get(&*g.key) {
+            repeated[f] = true;
+            repeated[i] = true;
+        } else {
+            first.insert(&g.key, i);
+        }
     }
-    groups
-        .iter()
-        .map(|g| seen.get(&*g.key).copied().unwrap_or(0) > 1)
-        .collect()
+    repeated
 }
 
 /// The kept samples.
@@ -188,9 +223,9 @@ mod tests {
         assert!(is_meta("__meta__") && is_meta("__x__/y.json") && !is_meta("__x_.json"));
     }
 
-    fn member(name: &str, start: u64, kind: MemberKind) -> TarMember {
+    fn member(name: &str, start: u64, kind: MemberKind) -> TarMember<'_> {
         TarMember {
-            name: name.as_bytes().to_vec(),
+            name: name.as_bytes(),
             start_offset: start,
             header_offset: start,
             data_offset: start + 512,
@@ -203,21 +238,20 @@ mod tests {
 
     #[test]
     fn consecutive_members_of_a_key_make_one_sample_and_rows_decide() {
-        let input = ShardInput {
-            members: vec![
-                member("a.jpg", 0, MemberKind::Regular),
-                member("a.json", 1024, MemberKind::Regular),
-                member("d", 2048, MemberKind::Other),
-                member("b.png", 2560, MemberKind::Regular),
-                member("c.jpg", 3584, MemberKind::Sparse),
-                member("a.txt", 4608, MemberKind::Regular),
-            ],
-            row_images: ["a.jpg", "b.png", "c.jpg"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            ..Default::default()
-        };
+        let mut input = ShardInput::default();
+        for m in [
+            member("a.jpg", 0, MemberKind::Regular),
+            member("a.json", 1024, MemberKind::Regular),
+            member("d", 2048, MemberKind::Other),
+            member("b.png", 2560, MemberKind::Regular),
+            member("c.jpg", 3584, MemberKind::Sparse),
+            member("a.txt", 4608, MemberKind::Regular),
+        ] {
+            input.push(m, m.start_offset + 1024);
+        }
+        for image in ["a.jpg", "b.png", "c.jpg"] {
+            input.add_row_image(image);
+        }
         let g = groups(&input);
         let summary: Vec<_> = g
             .iter()

@@ -1,6 +1,10 @@
 //! The neutral per-shard input every format is built from: the tar's
 //! members in order, as the walk saw them, and which images have a row.
+//!
+//! Names are kept in one buffer per shard (a shard has tens of thousands
+//! of members: one allocation each would cost more than the formats).
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 /// What a reader can do with a member.
@@ -15,11 +19,11 @@ pub enum MemberKind {
     Other,
 }
 
-/// One member of the tar, in tar order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TarMember {
+/// One member of the tar, in tar order (its names borrowed from the shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TarMember<'a> {
     /// The final name (PAX `path`, GNU long name, ustar prefix joined).
-    pub name: Vec<u8>,
+    pub name: &'a [u8],
     /// Offset of its first header (its first PAX/GNU extension header).
     pub start_offset: u64,
     /// Offset of its own ustar header.
@@ -29,22 +33,26 @@ pub struct TarMember {
     /// Size of its data.
     pub size: u64,
     pub kind: MemberKind,
-    /// The raw `name` field of its own ustar header (NULs trimmed) and its
-    /// type flag, as readers that parse raw headers (wids) see it: only
-    /// needed for wids, and `None` when it is `name` itself
-    /// ([`TarMember::raw_name`]).
-    pub raw_header_name: Option<Vec<u8>>,
+    /// The raw `name` field of its own ustar header, as readers that parse
+    /// raw headers (wids) see it. Given to [`ShardInput::push`]: the field
+    /// as read (NULs included), or `None` when wids is not asked for.
+    /// Read back: the field without its NULs, `None` when that is `name`.
+    pub raw_header_name: Option<&'a [u8]>,
     pub typeflag: u8,
 }
 
-impl TarMember {
-    /// What [`TarMember::raw_header_name`] holds for the ustar `name` field
-    /// `field` of a member named `name`: the field without its NULs, unless
-    /// that is `name` (then nothing is stored).
-    pub fn raw_name(field: &[u8], name: &[u8]) -> Option<Vec<u8>> {
-        let raw = trim_nul(field);
-        (raw != name).then(|| raw.to_vec())
-    }
+/// A recorded member: [`TarMember`] with its names as ranges of the buffer.
+#[derive(Debug, Clone)]
+struct Recorded {
+    name: Range<usize>,
+    /// The raw header name, when it differs from `name`.
+    raw: Option<Range<usize>>,
+    start_offset: u64,
+    header_offset: u64,
+    data_offset: u64,
+    size: u64,
+    kind: MemberKind,
+    typeflag: u8,
 }
 
 /// Python's `str.strip("\x00")` on bytes (how wids reads a ustar name field).
@@ -66,8 +74,121 @@ pub struct ShardInput {
     /// Offset just past the last member's data and padding (where the
     /// end-of-archive blocks start).
     pub end_offset: u64,
-    pub members: Vec<TarMember>,
-    /// Names of the images the parquet has a row for: a sample is kept
-    /// exactly when it holds one of them.
-    pub row_images: foldhash::HashSet<String>,
+    members: Vec<Recorded>,
+    /// Every member's name (and raw header name, where it differs).
+    names: Vec<u8>,
+    /// The names of the images the parquet has a row for, back to back
+    /// (a sample is kept exactly when it holds one of them).
+    row_names: Vec<u8>,
+    row_ends: Vec<usize>,
+}
+
+impl ShardInput {
+    pub fn new(shard_name: String, tar_path: PathBuf, filesize: u64) -> Self {
+        ShardInput {
+            shard_name,
+            tar_path,
+            filesize,
+            ..ShardInput::default()
+        }
+    }
+
+    /// Records the next member in tar order (its names copied); its data
+    /// and padding end at `end_offset` in the tar.
+    pub fn push(&mut self, m: TarMember<'_>, end_offset: u64) {
+        let name = self.append(m.name);
+        let raw = m
+            .raw_header_name
+            .map(trim_nul)
+            .filter(|raw| *raw != m.name)
+            .map(|raw| self.append(raw));
+        self.end_offset = self.end_offset.max(end_offset);
+        self.members.push(Recorded {
+            name,
+            raw,
+            start_offset: m.start_offset,
+            header_offset: m.header_offset,
+            data_offset: m.data_offset,
+            size: m.size,
+            kind: m.kind,
+            typeflag: m.typeflag,
+        });
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.names.len();
+        self.names.extend_from_slice(bytes);
+        start..self.names.len()
+    }
+
+    /// Records that the image member `name` has a parquet row.
+    pub fn add_row_image(&mut self, name: &str) {
+        self.row_names.extend_from_slice(name.as_bytes());
+        self.row_ends.push(self.row_names.len());
+    }
+
+    /// The members in tar order.
+    pub fn members(&self) -> impl ExactSizeIterator<Item = TarMember<'_>> {
+        self.members.iter().map(|r| TarMember {
+            name: &self.names[r.name.clone()],
+            start_offset: r.start_offset,
+            header_offset: r.header_offset,
+            data_offset: r.data_offset,
+            size: r.size,
+            kind: r.kind,
+            raw_header_name: r.raw.clone().map(|raw| &self.names[raw]),
+            typeflag: r.typeflag,
+        })
+    }
+
+    /// The names of the images with a row, as a set.
+    pub(crate) fn row_images(&self) -> foldhash::HashSet<&[u8]> {
+        let mut set = foldhash::HashSet::default();
+        set.reserve(self.row_ends.len());
+        let mut start = 0;
+        for &end in &self.row_ends {
+            set.insert(&self.row_names[start..end]);
+            start = end;
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_back_and_raw_names_only_when_they_differ() {
+        let mut input = ShardInput::new("s.tar".into(), "/s.tar".into(), 4096);
+        let member = |name: &'static [u8], raw: Option<&'static [u8]>| TarMember {
+            name,
+            start_offset: 0,
+            header_offset: 0,
+            data_offset: 512,
+            size: 600,
+            kind: MemberKind::Regular,
+            raw_header_name: raw,
+            typeflag: b'0',
+        };
+        input.push(member(b"a.jpg", Some(b"a.jpg\0\0\0")), 1536);
+        input.push(member(b"long/name.jpg", Some(b"long/na\0")), 1536);
+        input.push(member(b"b.jpg", None), 1536);
+        input.add_row_image("a.jpg");
+        let back: Vec<_> = input
+            .members()
+            .map(|m| (m.name, m.raw_header_name))
+            .collect();
+        assert_eq!(
+            back,
+            vec![
+                (&b"a.jpg"[..], None),
+                (&b"long/name.jpg"[..], Some(&b"long/na"[..])),
+                (&b"b.jpg"[..], None),
+            ]
+        );
+        assert_eq!(input.end_offset, 512 + 1024);
+        assert!(input.row_images().contains(&b"a.jpg"[..]));
+        assert!(!input.row_images().contains(&b"b.jpg"[..]));
+    }
 }

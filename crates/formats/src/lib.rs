@@ -18,6 +18,7 @@
 pub mod dali;
 pub mod dataset;
 pub mod energon;
+mod energon_keys;
 pub mod energon_sqlite;
 pub mod group;
 pub mod input;

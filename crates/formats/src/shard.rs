@@ -13,7 +13,7 @@ use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::layout::OutputLayout;
 
 use crate::dali::{self, DaliCounts};
-use crate::energon::{self, EnergonShard};
+use crate::energon::{self, EnergonOut, EnergonRows, EnergonShard};
 use crate::group::groups;
 use crate::input::ShardInput;
 use crate::paths::{self, AttemptNames};
@@ -93,6 +93,52 @@ impl ShardPiece {
     }
 }
 
+/// The energon part of a piece as [`ShardPiece::with_energon_rows`] reads
+/// it: the rows' string borrowed from the file's bytes.
+#[derive(Deserialize)]
+struct EnergonRowsHead<'a> {
+    #[serde(default, borrow)]
+    energon: Option<EnergonRowsWire<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EnergonRowsWire<'a> {
+    count: u64,
+    #[serde(default, borrow)]
+    rows: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl ShardPiece {
+    /// Calls `f` with the piece's energon `count` and rows, decoded without
+    /// copying each key and part name (none when the piece has no energon
+    /// part); older pieces (rows as JSON arrays) are read in full.
+    pub fn with_energon_rows<R>(
+        path: &Path,
+        f: impl FnOnce(u64, &EnergonRows<'_>) -> R,
+    ) -> Result<R, FormatsError> {
+        let bytes = std::fs::read(path).map_err(FormatsError::io("read", path))?;
+        let bad =
+            |e: String| FormatsError::Bad(format!("unreadable piece {}: {e}", path.display()));
+        let head: EnergonRowsHead<'_> =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        match head.energon {
+            None => Ok(f(0, &EnergonRows::default())),
+            Some(EnergonRowsWire {
+                count,
+                rows: Some(rows),
+            }) => {
+                let decoded = energon::decode_base64(&rows).map_err(bad)?;
+                let rows = EnergonRows::from_bytes(&decoded).map_err(bad)?;
+                Ok(f(count, &rows))
+            }
+            Some(EnergonRowsWire { rows: None, .. }) => {
+                let e = ShardPiece::read(path)?.energon.unwrap_or_default();
+                Ok(f(e.count, &e.rows()))
+            }
+        }
+    }
+}
+
 /// [`ShardPiece`] as [`ShardPiece::read_head`] reads it (unknown fields,
 /// here energon's rows, are skipped).
 #[derive(Deserialize)]
@@ -116,8 +162,19 @@ struct EnergonCount {
     count: u64,
 }
 
+/// A [`ShardPiece`] as the worker writes it: its energon rows encoded
+/// straight from the groups, never owned.
+#[derive(Serialize)]
+struct PieceWrite {
+    #[serde(flatten)]
+    head: ShardPiece,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    energon: Option<EnergonOut>,
+}
+
 /// Builds the shard's pieces for `formats` and writes them, synced, to
-/// `tmp_dir` under the attempt's names ([`AttemptNames`]). Returns the piece.
+/// `tmp_dir` under the attempt's names ([`AttemptNames`]). Returns the
+/// piece as [`ShardPiece::read_head`] reads it (energon's `count` only).
 pub fn write_attempt(
     tmp_dir: &Path,
     lease_id: u64,
@@ -140,10 +197,19 @@ pub fn write_attempt(
             Some(why) => *piece.left_out.entry(why.as_str().to_string()).or_default() += 1,
         }
     }
+    let mut energon_out = None;
     if formats.contains(IndexFormat::Energon) {
-        let (idx, shard) = energon::shard_pieces(&gs, input.end_offset);
+        let (idx, rows) = energon::shard_pieces(&gs, input.end_offset);
         files.push((tmp_dir.join(&names.energon_idx), idx));
-        piece.energon = Some(shard);
+        let count = gs.len() as u64;
+        piece.energon = Some(EnergonShard {
+            count,
+            ..EnergonShard::default()
+        });
+        energon_out = Some(EnergonOut {
+            count,
+            rows: rows.encode().map_err(FormatsError::Bad)?,
+        });
     }
     if formats.contains(IndexFormat::Dali) {
         let (text, counts) = dali::index_text(&gs);
@@ -164,7 +230,15 @@ pub fn write_attempt(
             },
         });
     }
-    let bytes = serde_json::to_vec(&piece).map_err(|e| {
+    // The piece's head, then energon's rows (encoded from the groups).
+    let write = PieceWrite {
+        head: ShardPiece {
+            energon: None,
+            ..piece.clone()
+        },
+        energon: energon_out,
+    };
+    let bytes = serde_json::to_vec(&write).map_err(|e| {
         FormatsError::Bad(format!(
             "cannot encode the piece of {}: {e}",
             input.shard_name

@@ -42,18 +42,19 @@ pub fn wids_key(name: &str) -> Option<&str> {
 /// wids cannot read it (a header name that is not UTF-8).
 pub fn wids_count(input: &ShardInput) -> Result<u64, String> {
     let mut seen: foldhash::HashSet<&[u8]> = foldhash::HashSet::default();
-    seen.reserve(input.members.len());
-    let mut names: Vec<&str> = Vec::new();
-    for m in &input.members {
+    let members = input.members();
+    seen.reserve(members.len());
+    let mut count = 0;
+    let mut last: Option<&str> = None;
+    for m in members {
         if m.typeflag != b'0' && m.typeflag != 0 {
             continue;
         }
-        let raw = m.raw_header_name.as_deref().unwrap_or(&m.name);
-        let raw = trim_nul(raw);
+        let raw = trim_nul(m.raw_header_name.unwrap_or(m.name));
         let name = std::str::from_utf8(raw).map_err(|_| {
             format!(
                 "the header name of member {:?} is not UTF-8, which wids cannot read",
-                String::from_utf8_lossy(&m.name)
+                String::from_utf8_lossy(m.name)
             )
         })?;
         if name.is_empty() || name == "././@PaxHeader" {
@@ -67,11 +68,6 @@ pub fn wids_count(input: &ShardInput) -> Result<u64, String> {
                  so wids would return the wrong members for the samples after it"
             ));
         }
-        names.push(name);
-    }
-    let mut count = 0;
-    let mut last: Option<&str> = None;
-    for name in names {
         let Some(key) = wids_key(name) else { continue };
         if last != Some(key) {
             count += 1;
@@ -102,34 +98,30 @@ mod tests {
         assert_eq!(wids_key("a.b/c.jpg"), Some("a.b/c"));
         assert_eq!(wids_key("a.b/c"), Some("a"));
         assert_eq!(wids_key("c"), None);
-        let m = |name: &str, raw: Option<&str>, flag: u8| TarMember {
-            name: name.as_bytes().to_vec(),
+        let m = |name: &'static str, raw: Option<&'static str>, flag: u8| TarMember {
+            name: name.as_bytes(),
             start_offset: 0,
             header_offset: 0,
             data_offset: 512,
             size: 1,
             kind: MemberKind::Regular,
-            raw_header_name: raw.map(|r| {
-                let mut v = r.as_bytes().to_vec();
-                v.resize(100, 0);
-                v
-            }),
+            raw_header_name: Some(raw.unwrap_or(name).as_bytes()),
             typeflag: flag,
         };
-        let input = ShardInput {
-            members: vec![
-                m("a.jpg", None, b'0'),
-                m("a.json", None, 0),
-                m("d", None, b'5'),
-                // A PAX long name: wids sees the truncated ustar name.
-                m("long-long-name.jpg", Some("long-lo"), b'0'),
-                m("b.jpg", None, b'0'),
-            ],
-            ..Default::default()
-        };
+        let mut input = ShardInput::default();
+        for member in [
+            m("a.jpg", None, b'0'),
+            m("a.json", None, 0),
+            m("d", None, b'5'),
+            // A PAX long name: wids sees the truncated ustar name.
+            m("long-long-name.jpg", Some("long-lo\0\0"), b'0'),
+            m("b.jpg", None, b'0'),
+        ] {
+            input.push(member, 1024);
+        }
         assert_eq!(wids_count(&input), Ok(2));
         let mut twice = input.clone();
-        twice.members.push(m("b.jpg", None, b'0'));
+        twice.push(m("b.jpg", None, b'0'), 1024);
         assert!(wids_count(&twice).unwrap_err().contains("b.jpg"));
     }
 }

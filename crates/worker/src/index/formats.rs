@@ -38,12 +38,7 @@ impl FormatsSink {
             path: tar_path.display().to_string(),
             source: e,
         })?;
-        let input = ShardInput {
-            shard_name: shard.to_string(),
-            tar_path,
-            filesize,
-            ..ShardInput::default()
-        };
+        let input = ShardInput::new(shard.to_string(), tar_path, filesize);
         Ok(FormatsSink { formats, input })
     }
 }
@@ -57,25 +52,24 @@ impl Output for FormatsSink {
             (EntryKind::File, Some(_)) => MemberKind::Sparse,
             _ => MemberKind::Other,
         };
-        let input = &mut self.input;
-        input.end_offset = input.end_offset.max(m.end_offset());
-        input.members.push(TarMember {
-            name: m.name.clone(),
+        let member = TarMember {
+            name: &m.name,
             start_offset: m.start_offset,
             header_offset: m.header_offset,
             data_offset: m.data_offset,
             size: m.size,
             kind,
             raw_header_name: match self.formats.contains(IndexFormat::Wids) {
-                true => TarMember::raw_name(&m.header_name, &m.name),
+                true => Some(&m.header_name),
                 false => None,
             },
             typeflag: m.typeflag,
-        });
+        };
+        self.input.push(member, m.end_offset());
     }
 
     fn row(&mut self, r: &KeptRow<'_>) {
-        self.input.row_images.insert(r.row.filename.clone());
+        self.input.add_row_image(&r.row.filename);
     }
 
     fn finish(self, end: &mut End<'_>) -> Result<(), ShardError> {
@@ -88,7 +82,7 @@ impl Output for FormatsSink {
                 source,
             },
         )?;
-        tracing::debug!(shard = %shard, formats = %self.formats, members = self.input.members.len(), "index formats built");
+        tracing::debug!(shard = %shard, formats = %self.formats, members = self.input.members().len(), "index formats built");
         Ok(())
     }
 }
