@@ -14,9 +14,29 @@ pub(crate) struct KeySet {
     /// Key `i` is `text[ends[i - 1]..ends[i]]` (from 0 for the first).
     ends: Vec<usize>,
     rowids: Vec<i64>,
+    /// `(prefix, index of ends)`: sorted by key up to `sorted_upto`, run
+    /// by run; the key's first 8 bytes as a number order most pairs
+    /// without reading the keys.
+    order: Vec<(u64, usize)>,
+    sorted_upto: usize,
     /// Indexes of `ends`, found by their key's hash.
     table: HashTable<usize>,
     state: foldhash::fast::RandomState,
+}
+
+/// The first 8 bytes of `key`, big-endian, zero-padded: comparing two
+/// prefixes orders their keys unless they are equal.
+fn prefix(key: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// Orders two `order` entries by their keys.
+fn by_key(text: &str, ends: &[usize], a: &(u64, usize), b: &(u64, usize)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0)
+        .then_with(|| key_at(text, ends, a.1).cmp(key_at(text, ends, b.1)))
 }
 
 fn key_at<'t>(text: &'t str, ends: &[usize], i: usize) -> &'t str {
@@ -32,6 +52,7 @@ impl KeySet {
             .reserve(additional, |&i| state.hash_one(key_at(text, ends, i)));
         self.ends.reserve(additional);
         self.rowids.reserve(additional);
+        self.order.reserve(additional);
     }
 
     /// Adds `key` for row `rowid`; false (and nothing added) when it is there.
@@ -50,20 +71,30 @@ impl KeySet {
                 self.text.push_str(key);
                 self.ends.push(self.text.len());
                 self.rowids.push(rowid);
+                self.order.push((prefix(key), next));
                 true
             }
         }
     }
 
+    /// Sorts the keys added since the last call (a shard's): a run of
+    /// [`KeySet::sorted`]'s merge, sorted while the next shards are walked.
+    pub(crate) fn sort_run(&mut self) {
+        let (text, ends) = (&self.text, &self.ends);
+        self.order[self.sorted_upto..].sort_unstable_by(|a, b| by_key(text, ends, a, b));
+        self.sorted_upto = self.order.len();
+    }
+
     /// `(key, row id)` of every key, sorted by key (byte order, SQLite's
-    /// BINARY collation). Keys added shard by shard are sorted runs in a
-    /// webdataset: the stable sort merges them instead of sorting afresh.
-    pub(crate) fn sorted(&self) -> Vec<(&str, i64)> {
-        let mut all: Vec<(&str, i64)> = (0..self.ends.len())
-            .map(|i| (key_at(&self.text, &self.ends, i), self.rowids[i]))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(b.0));
-        all
+    /// BINARY collation): the runs of [`KeySet::sort_run`] are merged (the
+    /// stable sort finds them), keys added after the last run sorted.
+    pub(crate) fn sorted(&mut self) -> impl Iterator<Item = (&str, i64)> {
+        self.sort_run();
+        let (text, ends) = (&self.text, &self.ends);
+        self.order.sort_by(|a, b| by_key(text, ends, a, b));
+        self.order
+            .iter()
+            .map(|&(_, i)| (key_at(&self.text, &self.ends, i), self.rowids[i]))
     }
 }
 
@@ -79,13 +110,26 @@ mod tests {
         assert!(keys.insert("a/é", 2));
         assert!(!keys.insert("b", 3));
         assert!(keys.insert("", 4));
-        for i in 0..1000 {
+        keys.sort_run();
+        for i in (0..1000).rev() {
             assert!(keys.insert(&format!("k{i:04}"), 10 + i));
         }
-        let sorted = keys.sorted();
-        assert_eq!(sorted.len(), 1003);
-        assert_eq!(&sorted[..3], &[("", 4), ("a/é", 2), ("b", 1)]);
+        keys.sort_run();
+        // Keys alike in their first 8 bytes are ordered by the rest.
+        for (i, k) in ["same-prefix/b", "same-prefix/a", "same-pre"]
+            .iter()
+            .enumerate()
+        {
+            assert!(keys.insert(k, 2000 + i as i64));
+        }
+        keys.sort_run();
+        assert!(keys.insert("c", 5));
+        let sorted: Vec<_> = keys.sorted().collect();
+        assert_eq!(sorted.len(), 1007);
+        assert_eq!(&sorted[..4], &[("", 4), ("a/é", 2), ("b", 1), ("c", 5)]);
         assert!(sorted.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(sorted[3], ("k0000", 10));
+        assert_eq!(sorted[4], ("k0000", 10));
+        let tail: Vec<_> = sorted[1004..].iter().map(|k| k.0).collect();
+        assert_eq!(tail, ["same-pre", "same-prefix/a", "same-prefix/b"]);
     }
 }

@@ -110,6 +110,8 @@ impl SqliteBuild {
         let entries = self
             .write_rows(id, shard)
             .map_err(FormatsError::io("write", &path))?;
+        // Sorted now, merged with the other shards' keys at the end.
+        self.keys.sort_run();
         self.waiting_bytes += entries.bytes();
         self.waiting.insert(id, entries);
         while let Some(entries) = self.waiting.remove(&self.next_id) {
@@ -285,7 +287,7 @@ impl SqliteBuild {
     }
 
     fn write_end(&mut self) -> std::io::Result<()> {
-        let keys = std::mem::take(&mut self.keys);
+        let mut keys = std::mem::take(&mut self.keys);
         let mut by_key = IndexTree::new();
         for (key, rowid) in keys.sorted() {
             self.record.clear();
