@@ -7,7 +7,7 @@
 //! and otherwise rebuilds from the pieces in dataset order.
 
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use shardprep_core::layout::{OutputLayout, unique_tmp};
@@ -77,11 +77,10 @@ fn add_committed(
     rx: Receiver<(u64, String)>,
 ) -> Option<EarlyEnergon> {
     let mut shards = Vec::new();
-    for (id, name) in rx {
+    let mut next = rx.recv().ok();
+    while let Some((id, name)) = next.take() {
         let added = ShardPiece::with_energon_rows(&paths::piece(layout, &name), |count, rows| {
             build.add(id, rows)?;
-            // Written back while the walk goes on, not at the job's end.
-            build.write_back()?;
             Ok(EarlyShard {
                 id,
                 rows: (rows.samples.len() + rows.parts.len()) as u64,
@@ -91,6 +90,20 @@ fn add_committed(
             })
         })
         .and_then(|added| added);
+        let added = added.and_then(|shard| {
+            next = match rx.try_recv() {
+                Ok(more) => Some(more),
+                // The job's end syncs the file.
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    // Nothing waits: written back while the walk goes on,
+                    // not at the job's end.
+                    build.write_back()?;
+                    rx.recv().ok()
+                }
+            };
+            Ok(shard)
+        });
         match added {
             Ok(shard) => shards.push(shard),
             Err(e) => {

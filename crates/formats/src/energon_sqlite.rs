@@ -224,7 +224,13 @@ impl SqliteBuild {
             seq.sort_unstable();
         }
         if !full.is_sorted() {
-            full.sort_unstable();
+            if full.is_sorted_by_key(|f| f.0) {
+                // Samples in order, their parts in tar order: sort each sample's few.
+                full.chunk_by_mut(|a, b| a.0 == b.0)
+                    .for_each(|parts| parts.sort_unstable());
+            } else {
+                full.sort_unstable();
+            }
         }
         for (index, offset, rowid) in seq {
             let entry = [

@@ -109,11 +109,7 @@ pub(crate) fn put_record(out: &mut Vec<u8>, values: &[Value<'_>]) {
     for (v, t) in values.iter().zip(&types) {
         match v {
             Value::Null => {}
-            Value::Int(i) => {
-                for k in 0..t.1 {
-                    buf[at + k] = (*i >> (8 * (t.1 - 1 - k))) as u8;
-                }
-            }
+            Value::Int(i) => buf[at..at + t.1].copy_from_slice(&i.to_be_bytes()[8 - t.1..]),
             Value::Text(s) => buf[at..at + t.1].copy_from_slice(s.as_bytes()),
         }
         at += t.1;
