@@ -109,10 +109,28 @@ pub(crate) fn put_record(out: &mut Vec<u8>, values: &[Value<'_>]) {
     for (v, t) in values.iter().zip(&types) {
         match v {
             Value::Null => {}
-            Value::Int(i) => buf[at..at + t.1].copy_from_slice(&i.to_be_bytes()[8 - t.1..]),
+            Value::Int(i) => put_int(&mut buf[at..at + t.1], *i),
             Value::Text(s) => buf[at..at + t.1].copy_from_slice(s.as_bytes()),
         }
         at += t.1;
+    }
+}
+
+/// `v`'s low `out.len()` bytes, big-endian (sizes known here, so that no
+/// copy of a few bytes becomes a call).
+#[inline]
+fn put_int(out: &mut [u8], v: i64) {
+    let b = v.to_be_bytes();
+    match out.len() {
+        0 => {}
+        1 => out.copy_from_slice(&b[7..]),
+        2 => out.copy_from_slice(&b[6..]),
+        3 => out.copy_from_slice(&b[5..]),
+        4 => out.copy_from_slice(&b[4..]),
+        6 => out.copy_from_slice(&b[2..]),
+        8 => out.copy_from_slice(&b),
+        // No serial type has another size.
+        n => out.copy_from_slice(&b[8 - n.min(8)..]),
     }
 }
 
