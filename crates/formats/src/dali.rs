@@ -23,7 +23,7 @@ pub fn index_text(groups: &[Group<'_>]) -> (Option<String>, DaliCounts) {
     for g in groups.iter().filter(|g| g.left_out.is_none()) {
         if g.parts
             .iter()
-            .any(|p| p.ext.is_empty() || p.ext.contains(char::is_whitespace))
+            .any(|p| p.ext.is_empty() || !plain(&p.ext) && p.ext.contains(char::is_whitespace))
         {
             counts.unwritable += 1;
             continue;
@@ -61,9 +61,15 @@ pub struct DaliCounts {
     pub unwritable: u64,
 }
 
+/// Whether `s` is ASCII without whitespace or `%` (then it needs no
+/// escape; the quick answer for nearly every name).
+fn plain(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic() && b != b'%')
+}
+
 /// Appends a name as one whitespace-free token (`%` and whitespace percent-escaped).
 fn escape_into(out: &mut String, name: &str) {
-    if !name.contains(|c: char| c == '%' || c.is_whitespace()) {
+    if plain(name) || !name.contains(|c: char| c == '%' || c.is_whitespace()) {
         out.push_str(name);
         return;
     }

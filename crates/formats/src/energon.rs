@@ -64,9 +64,17 @@ pub struct EnergonRows<'a> {
 impl<'a> EnergonRows<'a> {
     /// The rows' piece encoding (base64 of their postcard bytes).
     pub fn encode(&self) -> Result<String, String> {
+        let mut out = String::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Appends [`EnergonRows::encode`]'s string to `out`.
+    pub fn encode_into(&self, out: &mut String) -> Result<(), String> {
         let bytes =
             postcard::to_allocvec(self).map_err(|e| format!("energon rows unencodable: {e}"))?;
-        Ok(BASE64.encode(bytes))
+        BASE64.encode_string(bytes, out);
+        Ok(())
     }
 
     /// The rows in `bytes`, decoded from [`EnergonRows::encode`]'s base64
@@ -160,9 +168,9 @@ impl TryFrom<EnergonWire> for EnergonShard {
 
 /// How a shard's energon pieces are written in its JSON piece.
 #[derive(Serialize)]
-pub(crate) struct EnergonOut {
-    pub count: u64,
-    pub rows: String,
+struct EnergonOut {
+    count: u64,
+    rows: String,
 }
 
 impl Serialize for EnergonShard {

@@ -132,9 +132,11 @@ fn split_member(name: &[u8]) -> Option<Split<'_>> {
 
 /// The tar's samples in order, each with its verdict.
 pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
-    let mut out: Vec<Group<'_>> = Vec::new();
-    let mut utf8_ok: Vec<bool> = Vec::new();
-    let mut sparse: Vec<bool> = Vec::new();
+    // Samples have two members or more, as a rule.
+    let guess = input.members().len() / 2 + 1;
+    let mut out: Vec<Group<'_>> = Vec::with_capacity(guess);
+    let mut utf8_ok: Vec<bool> = Vec::with_capacity(guess);
+    let mut sparse: Vec<bool> = Vec::with_capacity(guess);
     for m in input.members() {
         if m.kind == MemberKind::Other {
             continue;

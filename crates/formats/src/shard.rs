@@ -13,7 +13,7 @@ use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_core::layout::OutputLayout;
 
 use crate::dali::{self, DaliCounts};
-use crate::energon::{self, EnergonOut, EnergonRows, EnergonShard};
+use crate::energon::{self, EnergonRows, EnergonShard};
 use crate::group::groups;
 use crate::input::ShardInput;
 use crate::paths::{self, AttemptNames};
@@ -162,14 +162,24 @@ struct EnergonCount {
     count: u64,
 }
 
-/// A [`ShardPiece`] as the worker writes it: its energon rows encoded
-/// straight from the groups, never owned.
-#[derive(Serialize)]
-struct PieceWrite {
-    #[serde(flatten)]
-    head: ShardPiece,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    energon: Option<EnergonOut>,
+/// The piece's JSON: `head` (its energon part left out), then energon's
+/// `{"count", "rows"}`, the rows' base64 written straight in (it needs no
+/// escape, so 2 MB of it are not scanned for one).
+fn piece_json(
+    head: &ShardPiece,
+    energon: Option<(u64, &EnergonRows<'_>)>,
+) -> Result<Vec<u8>, String> {
+    let mut json = serde_json::to_string(head).map_err(|e| e.to_string())?;
+    if let Some((count, rows)) = energon {
+        // `{...}` -> `{..., "energon": ...}`
+        if json.pop() != Some('}') || head.energon.is_some() {
+            return Err("the piece's head is not an object without energon".into());
+        }
+        json.push_str(&format!(r#","energon":{{"count":{count},"rows":""#));
+        rows.encode_into(&mut json)?;
+        json.push_str("\"}}");
+    }
+    Ok(json.into_bytes())
 }
 
 /// Builds the shard's pieces for `formats` and writes them, synced, to
@@ -197,19 +207,11 @@ pub fn write_attempt(
             Some(why) => *piece.left_out.entry(why.as_str().to_string()).or_default() += 1,
         }
     }
-    let mut energon_out = None;
+    let mut energon_rows = None;
     if formats.contains(IndexFormat::Energon) {
         let (idx, rows) = energon::shard_pieces(&gs, input.end_offset);
         files.push((tmp_dir.join(&names.energon_idx), idx));
-        let count = gs.len() as u64;
-        piece.energon = Some(EnergonShard {
-            count,
-            ..EnergonShard::default()
-        });
-        energon_out = Some(EnergonOut {
-            count,
-            rows: rows.encode().map_err(FormatsError::Bad)?,
-        });
+        energon_rows = Some((gs.len() as u64, rows));
     }
     if formats.contains(IndexFormat::Dali) {
         let (text, counts) = dali::index_text(&gs);
@@ -230,20 +232,17 @@ pub fn write_attempt(
             },
         });
     }
-    // The piece's head, then energon's rows (encoded from the groups).
-    let write = PieceWrite {
-        head: ShardPiece {
-            energon: None,
-            ..piece.clone()
-        },
-        energon: energon_out,
-    };
-    let bytes = serde_json::to_vec(&write).map_err(|e| {
+    let energon = energon_rows.as_ref().map(|(count, rows)| (*count, rows));
+    let bytes = piece_json(&piece, energon).map_err(|e| {
         FormatsError::Bad(format!(
             "cannot encode the piece of {}: {e}",
             input.shard_name
         ))
     })?;
+    piece.energon = energon.map(|(count, _)| EnergonShard {
+        count,
+        ..EnergonShard::default()
+    });
     files.push((tmp_dir.join(&names.piece), bytes));
     write_all_synced(&files)?;
     Ok(piece)
@@ -464,4 +463,49 @@ pub(crate) fn missing_from(
         return Some("its DALI .idx is missing".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{MemberKind, TarMember};
+
+    #[test]
+    fn a_written_piece_reads_back_whole_in_part_and_borrowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut input = ShardInput::new("s/a b.tar".into(), "/data/s/a b.tar".into(), 9000);
+        for (i, name) in ["k\"1.jpg", "k\"1.json", "k2.jpg", "é{3}.png"]
+            .iter()
+            .enumerate()
+        {
+            let start = 1024 * i as u64;
+            let member = TarMember {
+                name: name.as_bytes(),
+                start_offset: start,
+                header_offset: start,
+                data_offset: start + 512,
+                size: 10,
+                kind: MemberKind::Regular,
+                raw_header_name: None,
+                typeflag: b'0',
+            };
+            input.push(member, start + 1024);
+        }
+        input.add_row_image("k\"1.jpg");
+        input.add_row_image("é{3}.png");
+        let formats: IndexFormats = "energon,dali,wids".parse().unwrap();
+        let piece = write_attempt(dir.path(), 7, &formats, &input).unwrap();
+        let path = dir.path().join(AttemptNames::new("s/a b.tar", 7).piece);
+        let full = ShardPiece::read(&path).unwrap();
+        let energon = full.energon.clone().unwrap();
+        assert_eq!((energon.count, full.kept, full.samples), (3, 2, 3));
+        assert_eq!(energon.excluded, vec!["k2".to_string()]);
+        assert_eq!(energon.samples[0].0, "k\"1");
+        assert_eq!(energon.parts.len(), 3);
+        assert_eq!(ShardPiece::read_head(&path).unwrap(), piece);
+        let borrowed =
+            ShardPiece::with_energon_rows(&path, |count, rows| (count, rows.to_shard(count)))
+                .unwrap();
+        assert_eq!(borrowed, (3, energon));
+    }
 }
