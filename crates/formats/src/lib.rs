@@ -6,7 +6,8 @@
 //! - [`input`]: the neutral per-shard input (members in tar order, which images have a row).
 //! - [`group`]: samples as the readers group members, and which the job keeps.
 //! - [`energon`], [`dali`], [`wids`]: each format's bytes (energon's `index.sqlite`
-//!   written in SQLite's file format by [`energon_sqlite`] over `sqlite_file`).
+//!   written in SQLite's file format by [`energon_sqlite`] over `sqlite_file`,
+//!   its keys kept by `energon_keys`).
 //! - [`paths`]: where each output lives under `OUT/`.
 //! - [`shard`]: per-shard pieces: written by the worker, committed with the shard.
 //! - [`dataset`]: dataset-wide pieces, rebuilt by the coordinator from the committed ones.
