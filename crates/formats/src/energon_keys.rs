@@ -7,19 +7,19 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use crate::packed::PackedStrs;
+
 /// Keys in the order they were added, each with its sample's row id.
 #[derive(Default)]
 pub(crate) struct KeySet {
-    text: String,
-    /// Key `i` is `text[ends[i - 1]..ends[i]]` (from 0 for the first).
-    ends: Vec<usize>,
+    keys: PackedStrs,
     rowids: Vec<i64>,
-    /// `(prefix, index of ends)`: sorted by key up to `sorted_upto`, run
+    /// `(prefix, place in keys)`: sorted by key up to `sorted_upto`, run
     /// by run; the key's first 8 bytes as a number order most pairs
     /// without reading the keys.
     order: Vec<(u64, usize)>,
     sorted_upto: usize,
-    /// Indexes of `ends`, found by their key's hash.
+    /// Places in `keys`, found by their key's hash.
     table: HashTable<usize>,
     state: foldhash::fast::RandomState,
 }
@@ -34,42 +34,35 @@ fn prefix(key: &str) -> u64 {
 }
 
 /// Orders two `order` entries by their keys.
-fn by_key(text: &str, ends: &[usize], a: &(u64, usize), b: &(u64, usize)) -> std::cmp::Ordering {
-    a.0.cmp(&b.0)
-        .then_with(|| key_at(text, ends, a.1).cmp(key_at(text, ends, b.1)))
-}
-
-fn key_at<'t>(text: &'t str, ends: &[usize], i: usize) -> &'t str {
-    let start = if i == 0 { 0 } else { ends[i - 1] };
-    &text[start..ends[i]]
+fn by_key(keys: &PackedStrs, a: &(u64, usize), b: &(u64, usize)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then_with(|| keys.get(a.1).cmp(keys.get(b.1)))
 }
 
 impl KeySet {
     /// Room for `additional` more keys.
     pub(crate) fn reserve(&mut self, additional: usize) {
-        let (text, ends, state) = (&self.text, &self.ends, &self.state);
+        let (keys, state) = (&self.keys, &self.state);
         self.table
-            .reserve(additional, |&i| state.hash_one(key_at(text, ends, i)));
-        self.ends.reserve(additional);
+            .reserve(additional, |&i| state.hash_one(keys.get(i)));
+        self.keys.reserve(additional);
         self.rowids.reserve(additional);
         self.order.reserve(additional);
     }
 
     /// Adds `key` for row `rowid`; false (and nothing added) when it is there.
     pub(crate) fn insert(&mut self, key: &str, rowid: i64) -> bool {
-        let next = self.ends.len();
         let hash = self.state.hash_one(key);
-        let (text, ends, state) = (&self.text, &self.ends, &self.state);
+        let (keys, state) = (&self.keys, &self.state);
         match self.table.entry(
             hash,
-            |&i| key_at(text, ends, i) == key,
-            |&i| state.hash_one(key_at(text, ends, i)),
+            |&i| keys.get(i) == key,
+            |&i| state.hash_one(keys.get(i)),
         ) {
             Entry::Occupied(_) => false,
             Entry::Vacant(v) => {
+                let next = self.keys.len();
                 v.insert(next);
-                self.text.push_str(key);
-                self.ends.push(self.text.len());
+                self.keys.push(key);
                 self.rowids.push(rowid);
                 self.order.push((prefix(key), next));
                 true
@@ -80,8 +73,8 @@ impl KeySet {
     /// Sorts the keys added since the last call (a shard's): a run of
     /// [`KeySet::sorted`]'s merge, sorted while the next shards are walked.
     pub(crate) fn sort_run(&mut self) {
-        let (text, ends) = (&self.text, &self.ends);
-        self.order[self.sorted_upto..].sort_unstable_by(|a, b| by_key(text, ends, a, b));
+        let keys = &self.keys;
+        self.order[self.sorted_upto..].sort_unstable_by(|a, b| by_key(keys, a, b));
         self.sorted_upto = self.order.len();
     }
 
@@ -90,11 +83,11 @@ impl KeySet {
     /// stable sort finds them), keys added after the last run sorted.
     pub(crate) fn sorted(&mut self) -> impl Iterator<Item = (&str, i64)> {
         self.sort_run();
-        let (text, ends) = (&self.text, &self.ends);
-        self.order.sort_by(|a, b| by_key(text, ends, a, b));
+        let keys = &self.keys;
+        self.order.sort_by(|a, b| by_key(keys, a, b));
         self.order
             .iter()
-            .map(|&(_, i)| (key_at(&self.text, &self.ends, i), self.rowids[i]))
+            .map(|&(_, i)| (self.keys.get(i), self.rowids[i]))
     }
 }
 

@@ -179,7 +179,7 @@ pub fn groups(input: &ShardInput) -> Vec<Group<'_>> {
             Some(LeftOut::SparseMember)
         } else if repeated[i] {
             Some(LeftOut::DuplicateKey)
-        } else if !g.parts.iter().any(|p| rows.contains(p.name.as_bytes())) {
+        } else if !g.parts.iter().any(|p| rows.contains(&*p.name)) {
             Some(LeftOut::NoRow)
         } else {
             None

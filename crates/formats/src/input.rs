@@ -7,6 +7,8 @@
 use std::ops::Range;
 use std::path::PathBuf;
 
+use crate::packed::PackedStrs;
+
 /// What a reader can do with a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberKind {
@@ -77,10 +79,9 @@ pub struct ShardInput {
     members: Vec<Recorded>,
     /// Every member's name (and raw header name, where it differs).
     names: Vec<u8>,
-    /// The names of the images the parquet has a row for, back to back
-    /// (a sample is kept exactly when it holds one of them).
-    row_names: Vec<u8>,
-    row_ends: Vec<usize>,
+    /// The names of the images the parquet has a row for (a sample is
+    /// kept exactly when it holds one of them).
+    row_images: PackedStrs,
 }
 
 impl ShardInput {
@@ -123,8 +124,7 @@ impl ShardInput {
 
     /// Records that the image member `name` has a parquet row.
     pub fn add_row_image(&mut self, name: &str) {
-        self.row_names.extend_from_slice(name.as_bytes());
-        self.row_ends.push(self.row_names.len());
+        self.row_images.push(name);
     }
 
     /// The members in tar order.
@@ -142,14 +142,10 @@ impl ShardInput {
     }
 
     /// The names of the images with a row, as a set.
-    pub(crate) fn row_images(&self) -> foldhash::HashSet<&[u8]> {
+    pub(crate) fn row_images(&self) -> foldhash::HashSet<&str> {
         let mut set = foldhash::HashSet::default();
-        set.reserve(self.row_ends.len());
-        let mut start = 0;
-        for &end in &self.row_ends {
-            set.insert(&self.row_names[start..end]);
-            start = end;
-        }
+        set.reserve(self.row_images.len());
+        set.extend(self.row_images.iter());
         set
     }
 }
@@ -188,7 +184,7 @@ mod tests {
             ]
         );
         assert_eq!(input.end_offset, 512 + 1024);
-        assert!(input.row_images().contains(&b"a.jpg"[..]));
-        assert!(!input.row_images().contains(&b"b.jpg"[..]));
+        assert!(input.row_images().contains("a.jpg"));
+        assert!(!input.row_images().contains("b.jpg"));
     }
 }

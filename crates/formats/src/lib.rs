@@ -23,6 +23,7 @@ mod energon_keys;
 pub mod energon_sqlite;
 pub mod group;
 pub mod input;
+mod packed;
 pub mod paths;
 pub mod shard;
 mod sqlite_file;
