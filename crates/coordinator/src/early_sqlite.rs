@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use shardprep_core::layout::{OutputLayout, unique_tmp};
 use shardprep_formats::energon_sqlite::SqliteBuild;
 use shardprep_formats::shard::ShardPiece;
-use shardprep_formats::{EarlyEnergon, EarlyShard, paths};
+use shardprep_formats::{EarlyEnergon, EarlyShard, FormatsError, paths};
 
 use crate::lock;
 
@@ -78,41 +78,56 @@ fn add_committed(
 ) -> Option<EarlyEnergon> {
     let mut shards = Vec::new();
     let mut next = rx.recv().ok();
-    while let Some((id, name)) = next.take() {
-        let added = ShardPiece::with_energon_rows(&paths::piece(layout, &name), |count, rows| {
-            build.add(id, rows)?;
-            Ok(EarlyShard {
-                id,
-                rows: (rows.samples.len() + rows.parts.len()) as u64,
-                count,
-                excluded: rows.excluded.iter().map(|k| k.to_string()).collect(),
-                name: name.clone(),
-            })
-        })
-        .and_then(|added| added);
-        let added = added.and_then(|shard| {
-            next = match rx.try_recv() {
-                Ok(more) => Some(more),
-                // The job's end syncs the file.
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    // Nothing waits: written back while the walk goes on,
-                    // not at the job's end.
-                    build.write_back()?;
-                    rx.recv().ok()
-                }
-            };
-            Ok(shard)
+    while let Some((id, name)) = next {
+        let added = add_shard(layout, &mut build, id, &name).and_then(|shard| {
+            shards.push(shard);
+            next_shard(&rx, &build)
         });
-        match added {
-            Ok(shard) => shards.push(shard),
+        next = match added {
+            Ok(next) => next,
             Err(e) => {
                 tracing::debug!(shard = %name, error = %e, "energon's index is built at the end instead");
                 drop(build);
                 let _ = std::fs::remove_file(&tmp);
                 return None;
             }
-        }
+        };
     }
     Some(EarlyEnergon { build, tmp, shards })
+}
+
+/// Adds shard `name`'s rows (read borrowed from its piece) as shard `id`.
+fn add_shard(
+    layout: &OutputLayout,
+    build: &mut SqliteBuild,
+    id: u64,
+    name: &str,
+) -> Result<EarlyShard, FormatsError> {
+    ShardPiece::with_energon_rows(&paths::piece(layout, name), |count, rows| {
+        build.add(id, rows)?;
+        Ok(EarlyShard {
+            id,
+            rows: (rows.samples.len() + rows.parts.len()) as u64,
+            count,
+            excluded: rows.excluded.iter().map(|k| k.to_string()).collect(),
+            name: name.to_string(),
+        })
+    })?
+}
+
+/// The next committed shard, `None` once the job's end has come. When none
+/// waits, the pages written so far are written back first, while the walk
+/// goes on (not at the end: it syncs the file anyway).
+fn next_shard(
+    rx: &Receiver<(u64, String)>,
+    build: &SqliteBuild,
+) -> Result<Option<(u64, String)>, FormatsError> {
+    match rx.try_recv() {
+        Ok(more) => Ok(Some(more)),
+        Err(TryRecvError::Disconnected) => Ok(None),
+        Err(TryRecvError::Empty) => {
+            build.write_back()?;
+            Ok(rx.recv().ok())
+        }
+    }
 }

@@ -33,7 +33,8 @@ pub struct ShardPiece {
     pub kept: u64,
     /// Samples left out, by reason.
     pub left_out: BTreeMap<String, u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written by `piece_json` alone (its rows straight from the groups).
+    #[serde(default, skip_serializing)]
     pub energon: Option<EnergonShard>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dali: Option<DaliCounts>,
@@ -162,20 +163,18 @@ struct EnergonCount {
     count: u64,
 }
 
-/// The piece's JSON: `head` (its energon part left out), then energon's
-/// `{"count", "rows"}`, the rows' base64 written straight in (it needs no
-/// escape, so 2 MB of it are not scanned for one).
-fn piece_json(
-    head: &ShardPiece,
-    energon: Option<(u64, &EnergonRows<'_>)>,
-) -> Result<Vec<u8>, String> {
-    let mut json = serde_json::to_string(head).map_err(|e| e.to_string())?;
-    if let Some((count, rows)) = energon {
+/// The piece's JSON: `piece` (serde leaves its energon part out), then
+/// energon's `{"count", "rows"}` when `rows` are given, their base64
+/// written straight in (it needs no escape, so 2 MB of it are not scanned
+/// for one).
+fn piece_json(piece: &ShardPiece, rows: Option<&EnergonRows<'_>>) -> Result<Vec<u8>, String> {
+    let mut json = serde_json::to_string(piece).map_err(|e| e.to_string())?;
+    if let (Some(e), Some(rows)) = (&piece.energon, rows) {
         // `{...}` -> `{..., "energon": ...}`
-        if json.pop() != Some('}') || head.energon.is_some() {
-            return Err("the piece's head is not an object without energon".into());
+        if json.pop() != Some('}') {
+            return Err("the piece is not a JSON object".into());
         }
-        json.push_str(&format!(r#","energon":{{"count":{count},"rows":""#));
+        json.push_str(&format!(r#","energon":{{"count":{},"rows":""#, e.count));
         rows.encode_into(&mut json)?;
         json.push_str("\"}}");
     }
@@ -211,7 +210,11 @@ pub fn write_attempt(
     if formats.contains(IndexFormat::Energon) {
         let (idx, rows) = energon::shard_pieces(&gs, input.end_offset);
         files.push((tmp_dir.join(&names.energon_idx), idx));
-        energon_rows = Some((gs.len() as u64, rows));
+        piece.energon = Some(EnergonShard {
+            count: gs.len() as u64,
+            ..EnergonShard::default()
+        });
+        energon_rows = Some(rows);
     }
     if formats.contains(IndexFormat::Dali) {
         let (text, counts) = dali::index_text(&gs);
@@ -232,17 +235,12 @@ pub fn write_attempt(
             },
         });
     }
-    let energon = energon_rows.as_ref().map(|(count, rows)| (*count, rows));
-    let bytes = piece_json(&piece, energon).map_err(|e| {
+    let bytes = piece_json(&piece, energon_rows.as_ref()).map_err(|e| {
         FormatsError::Bad(format!(
             "cannot encode the piece of {}: {e}",
             input.shard_name
         ))
     })?;
-    piece.energon = energon.map(|(count, _)| EnergonShard {
-        count,
-        ..EnergonShard::default()
-    });
     files.push((tmp_dir.join(&names.piece), bytes));
     write_all_synced(&files)?;
     Ok(piece)
@@ -496,6 +494,8 @@ mod tests {
         let formats: IndexFormats = "energon,dali,wids".parse().unwrap();
         let piece = write_attempt(dir.path(), 7, &formats, &input).unwrap();
         let path = dir.path().join(AttemptNames::new("s/a b.tar", 7).piece);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#","energon":{"count":3,"rows":""#), "{text}");
         let full = ShardPiece::read(&path).unwrap();
         let energon = full.energon.clone().unwrap();
         assert_eq!((energon.count, full.kept, full.samples), (3, 2, 3));
