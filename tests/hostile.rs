@@ -1238,6 +1238,42 @@ fn an_image_named_by_a_json_without_width_is_not_an_orphan() {
     }
 }
 
+/// A JSON with width that makes no row (empty caption, bad width) still
+/// names its image: the image is left out (`no_row`), not an orphan.
+#[test]
+fn an_image_whose_json_made_no_row_is_left_out_not_an_orphan() {
+    for mode in ["extract", "index"] {
+        let job = Job::new();
+        let mut b = new_tar();
+        add_sample(&mut b, "a0");
+        for (key, json) in [
+            (
+                "empty",
+                json!({"image_name": "empty.png", "width": 4, "height": 4, "short_caption": ""}),
+            ),
+            (
+                "badw",
+                json!({"image_name": "badw.png", "width": null, "height": 4, "short_caption": "c"}),
+            ),
+        ] {
+            append_file(&mut b, &format!("{key}.png"), &image(3, 300)).unwrap();
+            let bytes = serde_json::to_vec(&json).unwrap();
+            append_file(&mut b, &format!("{key}.json"), &bytes).unwrap();
+        }
+        job.add("norow.tar", &finish(b));
+        let run = job.run("1", &["--mode", mode]);
+        run.assert_ok();
+        let r = job.report();
+        let s = shard(&r, "norow.tar");
+        assert_eq!(s["counts"]["rows"], 1, "{mode}: {s:#}");
+        assert_eq!(s["counts"]["images_without_json"], 0, "{mode}: {s:#}");
+        assert!(issues(s, "image_without_json").is_empty(), "{mode}: {s:#}");
+        assert_eq!(s["counts"]["images_left_out"]["no_row"], 2, "{mode}: {s:#}");
+        assert_eq!(issues(s, "empty_caption"), ["empty.json"], "{mode}: {s:#}");
+        assert_eq!(issues(s, "invalid_width"), ["badw.json"], "{mode}: {s:#}");
+    }
+}
+
 #[test]
 fn json_without_image_and_image_without_json_are_counted_and_named() {
     let job = Job::new();

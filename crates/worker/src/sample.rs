@@ -45,6 +45,9 @@ pub struct Skip {
     /// The JSON has the width field (it is one of the seed's samples);
     /// false when the JSON could not be read far enough to know.
     pub has_width: bool,
+    /// The image the JSON names, when its filename field is a usable name:
+    /// that image has a JSON (which made no row), it is not an orphan.
+    pub filename: Option<String>,
 }
 
 impl Skip {
@@ -53,6 +56,7 @@ impl Skip {
             reason,
             detail: detail.into(),
             has_width: true,
+            filename: None,
         }
     }
 
@@ -99,12 +103,28 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
         .map_err(|e| Skip::unreadable(IssueKind::InvalidJson, e.to_string()))?;
     let get = |i: usize| found[i];
 
-    let Some(width_raw) = get(0) else {
-        let filename = get(3)
+    let named = || {
+        get(3)
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
-            .filter(|s| check_filename(s).is_ok());
-        return Ok(Parsed::NoWidth { filename });
+            .filter(|s| check_filename(s).is_ok())
     };
+    let Some(width_raw) = get(0) else {
+        return Ok(Parsed::NoWidth { filename: named() });
+    };
+    row_of(width_raw, &found, fields).map_err(|skip| Skip {
+        filename: named(),
+        ..skip
+    })
+}
+
+/// The row of a JSON with the width field (`found`: the wanted fields of
+/// [`parse_sample`], in its order).
+fn row_of(
+    width_raw: &RawValue,
+    found: &[Option<&RawValue>],
+    fields: &FieldMap,
+) -> Result<Parsed, Skip> {
+    let get = |i: usize| found[i];
     let width = dimension(width_raw).map_err(|d| Skip::new(IssueKind::InvalidWidth, d))?;
     let height = match get(1) {
         None => {

@@ -287,6 +287,10 @@ impl<'a, O: Output> ShardPass<'a, O> {
                 if skip.has_width {
                     self.tally.counts.json_with_width += 1;
                 }
+                // Its image has a JSON (one that made no row): left out, not an orphan.
+                if let Some(f) = &skip.filename {
+                    self.referenced.insert(f.as_bytes());
+                }
                 tracing::debug!(shard = %self.task.shard_name, member = %m.name, reason = %skip.reason, "{}", skip.detail);
                 self.tally.skip(&m.name, skip.reason, skip.detail);
             }
