@@ -2,7 +2,11 @@
 //! Shared by the judge, `verify` and the index checks.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
 use serde::Serialize;
 
@@ -48,20 +52,39 @@ impl Findings {
 /// Problems listed one by one before they are only counted.
 pub const LISTED: usize = 20;
 
-/// Calls `each` with the path of every file (not directory) under `root`;
-/// unreadable directories are passed over.
-pub fn for_each_file(root: PathBuf, mut each: impl FnMut(PathBuf)) {
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+/// Calls `each` with the path, relative to `root`, of every file (not
+/// directory) under `root`; unreadable directories are passed over. Names
+/// are read straight from the directory (no allocation per file: `data/`
+/// holds hundreds of thousands).
+pub fn for_each_file(root: &Path, mut each: impl FnMut(&Path)) {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::open(root.join(&rel), flags, Mode::empty()) else {
             continue;
         };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                each(e.path());
+        let Ok(mut dir) = Dir::read_from(&fd) else {
+            continue;
+        };
+        let mut path = rel.clone();
+        while let Some(Ok(e)) = dir.read() {
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
             }
+            let is_dir = match e.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                _ => false,
+            };
+            path.push(name);
+            if is_dir {
+                stack.push(path.clone());
+            } else {
+                each(&path);
+            }
+            path.pop();
         }
     }
 }

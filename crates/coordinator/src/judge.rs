@@ -361,7 +361,9 @@ pub fn dataset_index_problems(
 /// the index paths of the done shards): webshart would load them.
 pub fn stray_indexes(layout: &OutputLayout, done: &HashSet<PathBuf>) -> Vec<PathBuf> {
     let mut stray = Vec::new();
-    for_each_file(layout.index_dir(), |path| {
+    let root = layout.index_dir();
+    for_each_file(&root, |rel| {
+        let path = root.join(rel);
         if !done.contains(&path) {
             stray.push(path);
         }

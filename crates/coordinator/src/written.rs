@@ -1,10 +1,10 @@
 //! What the shards wrote into `data/`, from their committed file lists
 //! (`OUT/.shardprep/fragments/<shard>.files`), against what `data/` holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use shardprep_core::depth::CheckDepth;
-use shardprep_core::durability::{damage, listed_path, parse_files_list};
+use shardprep_core::durability::{CheckedDir, listed_path, parse_files_list};
 use shardprep_core::layout::{OutputLayout, fnv1a64};
 
 use crate::findings::{Findings, LISTED, for_each_file};
@@ -33,8 +33,11 @@ pub struct WrittenCheck {
 pub struct WrittenPaths {
     /// Hash of each relative path → the last write of it: (shard index,
     /// record index in that shard's list). Earlier writes were overwritten.
-    last_writer: HashMap<u64, (usize, usize)>,
-    damaged: HashSet<u64>,
+    last_writer: foldhash::HashMap<u64, (usize, usize)>,
+    /// The records (shard index, record index) a later write overwrote
+    /// (none unless two shards or two members wrote one name).
+    overwritten: foldhash::HashSet<(usize, usize)>,
+    damaged: foldhash::HashSet<u64>,
 }
 
 impl WrittenPaths {
@@ -101,13 +104,11 @@ fn read_written(
             }
         };
         for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
-            let new = w
-                .paths
-                .last_writer
-                .insert(fnv1a64(rec.rel), (i, j))
-                .is_none();
-            if new && rec.rel.ends_with(b".json") {
-                w.json += 1;
+            match w.paths.last_writer.insert(fnv1a64(rec.rel), (i, j)) {
+                Some(earlier) => {
+                    w.paths.overwritten.insert(earlier);
+                }
+                None => w.json += u64::from(rec.rel.ends_with(b".json")),
             }
         }
         lists.push(bytes);
@@ -127,7 +128,7 @@ pub fn check_written(
 ) -> WrittenCheck {
     let mut c = WrittenCheck::default();
     let (mut written, lists) = read_written(layout, shards, &mut c);
-    let data = layout.data_dir();
+    let data = CheckedDir::open(&layout.data_dir());
     let half = lists.len().div_ceil(2);
     let (data_ref, lists_ref, written_ref) = (&data, &lists, &written);
     let check = |range| find_damaged(data_ref, lists_ref, range, written_ref, depth);
@@ -190,7 +191,7 @@ pub fn check_written(
 /// The files of `lists[range]` that are not as written (each shard's last
 /// write of a path only).
 fn find_damaged(
-    data: &std::path::Path,
+    data: &CheckedDir,
     lists: &[Vec<u8>],
     range: std::ops::Range<usize>,
     written: &Written,
@@ -202,11 +203,11 @@ fn find_damaged(
             let Some(rel) = listed_path(rec.rel) else {
                 continue;
             };
-            let h = fnv1a64(rec.rel);
-            if written.paths.last_writer.get(&h) != Some(&(i, j)) {
+            if written.paths.overwritten.contains(&(i, j)) {
                 continue; // overwritten by a later write
             }
-            if let Some(why) = damage(&data.join(rel), rec.size, rec.crc, depth) {
+            let h = fnv1a64(rec.rel);
+            if let Some(why) = data.damage(rel, rec.size, rec.crc, depth) {
                 found.push(Damaged {
                     shard: i,
                     hash: h,
@@ -283,11 +284,7 @@ const FOREIGN_LISTED: usize = 20;
 /// Lists the files in `data/` that no shard wrote (by name, capped): a
 /// trainer's caches. They are neither counted nor a problem.
 pub fn list_foreign(layout: &OutputLayout, ours: &WrittenPaths, f: &mut Findings) {
-    let data = layout.data_dir();
-    for_each_file(data.clone(), |path| {
-        let Ok(rel) = path.strip_prefix(&data) else {
-            return;
-        };
+    for_each_file(&layout.data_dir(), |rel| {
         if ours.wrote_hash(fnv1a64(rel.as_os_str().as_encoded_bytes())) {
             return;
         }

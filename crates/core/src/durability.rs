@@ -10,7 +10,10 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::depth::CheckDepth;
 
@@ -188,18 +191,79 @@ pub fn damage(
     crc: Option<u32>,
     depth: CheckDepth,
 ) -> Option<String> {
-    let m = match std::fs::symlink_metadata(path) {
+    let found = std::fs::symlink_metadata(path).map(|m| m.len());
+    judge(found, size, crc, depth, || File::open(path))
+}
+
+/// A folder whose files are checked by their paths relative to it: it is
+/// opened once, so each check looks up the file's own name rather than
+/// walking the whole path again (the end of a job checks every file of
+/// `data/`).
+#[derive(Debug)]
+pub struct CheckedDir {
+    path: PathBuf,
+    /// `None` when the folder cannot be opened: then each file is checked
+    /// by its full path (and found missing or unreadable, as it is).
+    fd: Option<OwnedFd>,
+}
+
+impl CheckedDir {
+    pub fn open(path: &Path) -> CheckedDir {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty()).ok();
+        CheckedDir {
+            path: path.to_path_buf(),
+            fd,
+        }
+    }
+
+    /// [`damage`] of the file at `rel` (a relative path) in this folder.
+    pub fn damage(
+        &self,
+        rel: &Path,
+        size: Option<u64>,
+        crc: Option<u32>,
+        depth: CheckDepth,
+    ) -> Option<String> {
+        let Some(fd) = &self.fd else {
+            return damage(&self.path.join(rel), size, crc, depth);
+        };
+        let found = rustix::fs::statat(fd, rel, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| st.st_size as u64)
+            .map_err(io::Error::from);
+        judge(found, size, crc, depth, || {
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+            Ok(File::from(rustix::fs::openat(
+                fd,
+                rel,
+                flags,
+                Mode::empty(),
+            )?))
+        })
+    }
+}
+
+/// The verdict on a file whose size was looked up as `found`; `open` opens
+/// it when its bytes must be compared too.
+fn judge(
+    found: io::Result<u64>,
+    size: Option<u64>,
+    crc: Option<u32>,
+    depth: CheckDepth,
+    open: impl FnOnce() -> io::Result<File>,
+) -> Option<String> {
+    let len = match found {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Some("missing".into()),
         Err(e) => return Some(format!("unreadable ({e})")),
-        Ok(m) => m,
+        Ok(len) => len,
     };
     if let Some(size) = size
-        && m.len() != size
+        && len != size
     {
-        return Some(format!("{} bytes, written with {size}", m.len()));
+        return Some(format!("{len} bytes, written with {size}"));
     }
     let want = crc.filter(|_| depth.reads_bytes())?;
-    match file_crc(path) {
+    match open().and_then(crc_of) {
         Ok(got) if got == want => None,
         Ok(got) => Some(format!(
             "changed (checksum {got:08x}, written with {want:08x})"
@@ -210,8 +274,11 @@ pub fn damage(
 
 /// The CRC-32 of a file's bytes, read in 1 MiB chunks.
 pub fn file_crc(path: &Path) -> io::Result<u32> {
+    crc_of(File::open(path)?)
+}
+
+fn crc_of(mut f: File) -> io::Result<u32> {
     use std::io::Read;
-    let mut f = File::open(path)?;
     let mut h = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -293,14 +360,17 @@ mod tests {
             Some(crc32fast::hash(b"cap")),
         ));
         list.extend(files_list_record(b"../outside", Some(1), None));
+        // Each check by full path and in the opened folder: the same verdict.
         let first = |depth| {
             let files = parse_files_list(&list);
+            let opened = CheckedDir::open(&dir);
             // The later record of a path wins, as on disk.
             files.iter().enumerate().find_map(|(i, f)| {
                 let later = files[i + 1..].iter().any(|g| g.rel == f.rel);
                 let rel = listed_path(f.rel).filter(|_| !later)?;
-                damage(&dir.join(rel), f.size, f.crc, depth)
-                    .map(|why| format!("{}: {why}", rel.display()))
+                let by_path = damage(&dir.join(rel), f.size, f.crc, depth);
+                assert_eq!(by_path, opened.damage(rel, f.size, f.crc, depth));
+                by_path.map(|why| format!("{}: {why}", rel.display()))
             })
         };
         assert_eq!(first(CheckDepth::Checksums), None);
@@ -314,6 +384,41 @@ mod tests {
         std::fs::remove_file(dir.join("a.png")).unwrap();
         assert!(first(CheckDepth::Sizes).unwrap().contains("a.png"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_opened_folder_finds_links_and_a_lost_folder_as_the_path_does() {
+        let dir = std::env::temp_dir().join(format!("sp-dur-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/n.png"), b"nested").unwrap();
+        std::fs::write(dir.join("target"), b"abc").unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("link.txt")).unwrap();
+        let opened = CheckedDir::open(&dir);
+        let crc = Some(crc32fast::hash(b"nested"));
+        let deep = CheckDepth::Checksums;
+        assert_eq!(
+            opened.damage(Path::new("sub/n.png"), Some(6), crc, deep),
+            None
+        );
+        // A file replaced by a link is not read through it.
+        let len = std::fs::symlink_metadata(dir.join("link.txt"))
+            .unwrap()
+            .len();
+        let why = opened.damage(
+            Path::new("link.txt"),
+            Some(len),
+            Some(crc32fast::hash(b"abc")),
+            deep,
+        );
+        assert!(why.is_some_and(|w| w.starts_with("unreadable")));
+        // The folder gone after it was opened, or before: every file is missing.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let gone = CheckedDir::open(&dir);
+        for d in [&opened, &gone] {
+            let why = d.damage(Path::new("sub/n.png"), Some(6), crc, CheckDepth::Sizes);
+            assert_eq!(why.as_deref(), Some("missing"));
+        }
     }
 
     #[test]
