@@ -197,14 +197,12 @@ pub struct JobArgs {
     /// At the end, how long to wait for workers to hear that the job is done.
     #[arg(long, env = "SHARDPREP_WORKER_GRACE", value_parser = duration, default_value = "10s")]
     pub worker_grace: Duration,
-    /// When the job waits for the files extracted into data/ to reach the
-    /// disk (in every mode the workers start their writeback in the
-    /// background while they extract). `none`: never waited for, the kernel
-    /// finishes it (within ~30 s): fastest; a process crash loses nothing,
-    /// and after a power loss a re-run finds the committed shards whose files
-    /// did not survive (boot id + file sizes) and redoes them. `end`: flushed
-    /// once before the verified report (on disk when the job exits).
-    /// `shard`: flushed before each shard's commit.
+    /// When the files extracted into data/ are flushed to disk. `none`: left
+    /// to the kernel's writeback (within ~30 s), like `tar xf`: fastest; a
+    /// process crash loses nothing, and after a power loss a re-run finds the
+    /// committed shards whose files did not survive (boot id + file sizes) and
+    /// redoes them. `end`: flushed once before the verified report (on disk
+    /// when the job exits). `shard`: flushed before each shard's commit.
     /// Fragments, the parquet and the report are always fsynced.
     /// [default: none for `run`, shard for `coordinator` (workers on other
     /// machines may restart unseen)]
@@ -252,7 +250,7 @@ pub enum DataSyncArg {
     Shard,
     /// Once, before the verified report.
     End,
-    /// Not waited for: the kernel finishes the writeback the workers started.
+    /// Left to the kernel, like `tar xf`.
     None,
 }
 

@@ -158,8 +158,7 @@ pub struct Report {
     pub caption_field: String,
     pub captions: String,
     /// When `data/` was flushed to disk: `shard` (before each commit),
-    /// `end` (before this report) or `none` (not waited for: the kernel
-    /// finishes the writeback the workers started).
+    /// `end` (before this report) or `none` (left to the kernel, like `tar xf`).
     #[serde(default)]
     pub data_sync: String,
     /// The image checks the workers made (`verify --deep` repeats them).

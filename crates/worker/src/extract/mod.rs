@@ -114,13 +114,6 @@ impl DataDir {
         }
     }
 
-    /// Lets a flush in progress finish on its own, unwaited, and starts no
-    /// more (`--data-sync none`: nothing waits for `data/` to be on disk, so
-    /// the next shard need not wait for this one's writeback either).
-    pub fn leave_background_flush(&mut self) {
-        drop(self.flusher.take());
-    }
-
     /// Records the relative path of every file written into `log_path`.
     pub fn with_log(mut self, log_path: &Path) -> io::Result<Self> {
         let f = File::create(log_path)?;

@@ -13,7 +13,6 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use shardprep_core::durability::DataSync;
 use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
 
@@ -58,10 +57,9 @@ impl<'t> DataFiles<'t> {
             .and_then(|d| d.with_fence(task.fence.clone()))
             .and_then(|d| d.with_writers(threads))
             .map_err(|e| source.write_error(&root, e))?;
-        if writes {
-            // Writeback overlaps extraction in every `--data-sync` mode: a flat
-            // directory of small files is flushed 2-3x faster so, and little
-            // is left to write back when the job ends (issue 27 counts it).
+        if writes && task.data_sync.background_flush() {
+            // Writeback overlaps extraction even when the shard's end does not
+            // wait for it: a flat directory of small files is flushed 2-3x faster so.
             data = data
                 .with_background_flush()
                 .map_err(|e| source.write_error(&root, e))?;
@@ -244,16 +242,13 @@ impl<'t> DataFiles<'t> {
     /// closes the files list.
     fn close(&mut self, source: &ShardSource) -> Result<(), ShardError> {
         let root = self.data.root().to_path_buf();
-        match self.task.data_sync {
+        if self.task.data_sync.per_shard() && self.task.outputs.writes_data() {
             // Extracted files reach the disk before the fragment is committed.
-            DataSync::Shard if self.task.outputs.writes_data() => {
-                self.data.sync().map_err(|e| source.write_error(&root, e))?;
-            }
-            DataSync::None => self.data.leave_background_flush(),
-            DataSync::Shard | DataSync::End => self
-                .data
+            self.data.sync().map_err(|e| source.write_error(&root, e))?;
+        } else {
+            self.data
                 .stop_background_flush()
-                .map_err(|e| source.write_error(&root, e))?,
+                .map_err(|e| source.write_error(&root, e))?;
         }
         self.data
             .finish_log()
