@@ -1215,26 +1215,33 @@ fn same_member_twice_in_a_shard_is_counted_and_the_later_copy_wins() {
     job.assert_contained(&[]);
 }
 
+/// The shard `name` after a job in `mode` on one good sample plus, for each
+/// `(key, json)`, the image `<key>.png` and that JSON as `<key>.json`.
+fn shard_with_jsons(mode: &str, name: &str, jsons: &[(&str, Value)]) -> Value {
+    let job = Job::new();
+    let mut b = new_tar();
+    add_sample(&mut b, "a0");
+    for (key, json) in jsons {
+        append_file(&mut b, &format!("{key}.png"), &image(3, 300)).unwrap();
+        let bytes = serde_json::to_vec(json).unwrap();
+        append_file(&mut b, &format!("{key}.json"), &bytes).unwrap();
+    }
+    job.add(name, &finish(b));
+    job.run("1", &["--mode", mode]).assert_ok();
+    shard(&job.report(), name).clone()
+}
+
 /// A JSON without `width` is no row (the seed's rule), but it still names
 /// its image: that image is not "without JSON", in either mode.
 #[test]
 fn an_image_named_by_a_json_without_width_is_not_an_orphan() {
     for mode in ["extract", "index"] {
-        let job = Job::new();
-        let mut b = new_tar();
-        add_sample(&mut b, "a0");
-        append_file(&mut b, "nw.png", &image(3, 300)).unwrap();
-        let no_width = serde_json::to_vec(&json!({"image_name": "nw.png", "short_caption": "c"}));
-        append_file(&mut b, "nw.json", &no_width.unwrap()).unwrap();
-        job.add("nowidth.tar", &finish(b));
-        let run = job.run("1", &["--mode", mode]);
-        run.assert_ok();
-        let r = job.report();
-        let s = shard(&r, "nowidth.tar");
+        let no_width = json!({"image_name": "nw.png", "short_caption": "c"});
+        let s = shard_with_jsons(mode, "nowidth.tar", &[("nw", no_width)]);
         assert_eq!(s["counts"]["rows"], 1, "{mode}: {s:#}");
         assert_eq!(s["counts"]["images_without_json"], 0, "{mode}: {s:#}");
         assert_eq!(s["counts"]["json_without_image"], 0, "{mode}: {s:#}");
-        assert!(issues(s, "image_without_json").is_empty(), "{mode}: {s:#}");
+        assert!(issues(&s, "image_without_json").is_empty(), "{mode}: {s:#}");
     }
 }
 
@@ -1243,10 +1250,7 @@ fn an_image_named_by_a_json_without_width_is_not_an_orphan() {
 #[test]
 fn an_image_whose_json_made_no_row_is_left_out_not_an_orphan() {
     for mode in ["extract", "index"] {
-        let job = Job::new();
-        let mut b = new_tar();
-        add_sample(&mut b, "a0");
-        for (key, json) in [
+        let jsons = [
             (
                 "empty",
                 json!({"image_name": "empty.png", "width": 4, "height": 4, "short_caption": ""}),
@@ -1255,22 +1259,14 @@ fn an_image_whose_json_made_no_row_is_left_out_not_an_orphan() {
                 "badw",
                 json!({"image_name": "badw.png", "width": null, "height": 4, "short_caption": "c"}),
             ),
-        ] {
-            append_file(&mut b, &format!("{key}.png"), &image(3, 300)).unwrap();
-            let bytes = serde_json::to_vec(&json).unwrap();
-            append_file(&mut b, &format!("{key}.json"), &bytes).unwrap();
-        }
-        job.add("norow.tar", &finish(b));
-        let run = job.run("1", &["--mode", mode]);
-        run.assert_ok();
-        let r = job.report();
-        let s = shard(&r, "norow.tar");
+        ];
+        let s = shard_with_jsons(mode, "norow.tar", &jsons);
         assert_eq!(s["counts"]["rows"], 1, "{mode}: {s:#}");
         assert_eq!(s["counts"]["images_without_json"], 0, "{mode}: {s:#}");
-        assert!(issues(s, "image_without_json").is_empty(), "{mode}: {s:#}");
+        assert!(issues(&s, "image_without_json").is_empty(), "{mode}: {s:#}");
         assert_eq!(s["counts"]["images_left_out"]["no_row"], 2, "{mode}: {s:#}");
-        assert_eq!(issues(s, "empty_caption"), ["empty.json"], "{mode}: {s:#}");
-        assert_eq!(issues(s, "invalid_width"), ["badw.json"], "{mode}: {s:#}");
+        assert_eq!(issues(&s, "empty_caption"), ["empty.json"], "{mode}: {s:#}");
+        assert_eq!(issues(&s, "invalid_width"), ["badw.json"], "{mode}: {s:#}");
     }
 }
 

@@ -206,11 +206,10 @@ fn find_damaged(
             if written.paths.overwritten.contains(&(i, j)) {
                 continue; // overwritten by a later write
             }
-            let h = fnv1a64(rec.rel);
             if let Some(why) = data.damage(rel, rec.size, rec.crc, depth) {
                 found.push(Damaged {
                     shard: i,
-                    hash: h,
+                    hash: fnv1a64(rec.rel),
                     rel: rel.display().to_string(),
                     why,
                     json: rec.rel.ends_with(b".json"),

@@ -111,10 +111,12 @@ pub fn parse_sample(bytes: &[u8], fields: &FieldMap) -> Result<Parsed, Skip> {
     let Some(width_raw) = get(0) else {
         return Ok(Parsed::NoWidth { filename: named() });
     };
-    row_of(width_raw, &found, fields).map_err(|skip| Skip {
-        filename: named(),
-        ..skip
-    })
+    row_of(width_raw, &found, fields)
+        .map(Parsed::Row)
+        .map_err(|skip| Skip {
+            filename: named(),
+            ..skip
+        })
 }
 
 /// The row of a JSON with the width field (`found`: the wanted fields of
@@ -123,7 +125,7 @@ fn row_of(
     width_raw: &RawValue,
     found: &[Option<&RawValue>],
     fields: &FieldMap,
-) -> Result<Parsed, Skip> {
+) -> Result<Row, Skip> {
     let get = |i: usize| found[i];
     let width = dimension(width_raw).map_err(|d| Skip::new(IssueKind::InvalidWidth, d))?;
     let height = match get(1) {
@@ -167,13 +169,13 @@ fn row_of(
     let extras = (0..fields.extra.len())
         .map(|i| extra_value(get(4 + i)))
         .collect();
-    Ok(Parsed::Row(Row {
+    Ok(Row {
         width,
         height,
         caption,
         filename,
         extras,
-    }))
+    })
 }
 
 /// The caption text of a sample JSON, read as [`parse_sample`] reads its
