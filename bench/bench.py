@@ -784,9 +784,10 @@ def write_report(sets, all_rows, all_stats, raw, started):
                    "earlier ones' cached inodes), ")
                 + f"wait for a quiet machine (≤ {IDLE_WAIT:.0f} s).\n\n")
         f.write("files/s = tar members / median s; MB/s = shard bytes / median s. "
-                "\"+flush\" = the `sync` right after the run (not in the median): tar and the seed leave "
-                "their data in the page cache, shardprep syncs its output before it exits (its +flush is ≈0 "
-                "and its wall time includes the writeback), so the ratios \"with +flush\" compare like with like. "
+                "\"+flush\" = the `sync` right after the run (not in the median): tar, the seed, the "
+                "create-only program and `run`'s default `--data-sync none` leave their data in the page "
+                "cache; `--data-sync shard` writes each shard's files back before its commit (its +flush is "
+                "≈0 and its wall time includes the writeback), so the ratios \"with +flush\" compare like with like. "
                 "See bench/README.md for what each column means.\n\n")
         f.write("Ratios of medians:\n\n" + ratios_md(all_rows) + "\n\n")
         if chart:

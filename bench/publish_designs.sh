@@ -4,6 +4,8 @@
 #   bench/publish_designs.sh [NFILES] [REPS] ["mode:threads ..."]    (x2<mode>: two processes)
 # Outputs are moved to $BENCH_WORK/designs-trash and deleted at the end (deleting just
 # before a run slows its creation: see bench/README.md).
+# PD_FRESH_FS=1 (root): each run in a new ext4 without a journal on a loop device instead
+# (PD_FS_GB=12), to compare designs without the work disk's history (not how users run).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${BENCH_WORK:-$here/work}"
@@ -14,7 +16,14 @@ mkdir -p "$out" "$trash"
 gcc -O2 -o "$bin" "$here/publish_designs.c" -lpthread
 for r in $(seq "$reps"); do
   for mt in $modes; do
-    m=${mt%%:*}; t=${mt##*:}; d="$out/$m-$t-$r"; mkdir -p "$d"
+    m=${mt%%:*}; t=${mt##*:}; d="$out/$m-$t-$r"
+    if [[ "${PD_FRESH_FS:-0}" == 1 ]]; then
+      mountpoint -q "$out" && umount "$out"
+      truncate -s "${PD_FS_GB:-12}G" "$work/pd-fs.img"
+      mkfs.ext4 -q -F -O ^has_journal -N $((n * 4)) "$work/pd-fs.img"
+      mount -o loop,discard "$work/pd-fs.img" "$out"
+    fi
+    mkdir -p "$d"
     sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
     load=$(cut -d' ' -f1 /proc/loadavg); s=$(date +%s.%N)
     if [[ $m == x2* ]]; then
@@ -27,7 +36,7 @@ for r in $(seq "$reps"); do
     read -r u sy < "$work/pd.time"
     printf "| %s | %s | %d | %.2f | %.2f | %s+%s | %s |\n" "$m" "$t" "$r" "$(echo "$e-$s" | bc)" \
       "$(echo "$f-$e" | bc)" "$u" "$sy" "$load"
-    mv "$d" "$trash/$(date +%s%N)"
+    if [[ "${PD_FRESH_FS:-0}" == 1 ]]; then umount "$out"; else mv "$d" "$trash/$(date +%s%N)"; fi
   done
 done
-rm -rf "$trash"
+rm -rf "$trash" "$work/pd-fs.img"
