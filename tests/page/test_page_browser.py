@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -97,7 +98,9 @@ class Browser:
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--remote-debugging-port={port}", f"--user-data-dir={work / 'chromium-profile'}",
              "--window-size=1100,1400", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=open(work / "chromium.log", "wb"))
+            stdout=subprocess.DEVNULL, stderr=open(work / "chromium.log", "wb"),
+            # Its own process group: close() ends its helper processes too.
+            start_new_session=True)
         deadline = time.time() + LOAD_TIMEOUT_S
         while True:
             try:
@@ -150,11 +153,40 @@ class Browser:
         path.write_bytes(base64.b64decode(shot["data"]))
 
     def close(self):
+        """Ends Chromium and every helper process it started, and waits until they are gone:
+        a helper still writing its profile made the temporary folder's removal fail."""
         try:
+            try:
+                self.call("Browser.close")
+            except Exception:
+                pass
             self.ws.close()
         finally:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.time() + 10
+            while group_alive(self.proc.pid) and time.time() < deadline:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            if self.proc.poll() is None:
+                self.proc.wait(timeout=10)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group `pgid` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 @pytest.fixture
