@@ -78,32 +78,21 @@ fn read_written(
     shards: &[ShardWrote],
     c: &mut WrittenCheck,
 ) -> (Written, Vec<Vec<u8>>) {
+    let lists: Vec<Vec<u8>> = shards.iter().map(|s| read_list(layout, s, c)).collect();
     let mut w = Written {
         paths: WrittenPaths::default(),
         json: 0,
     };
-    let mut lists = Vec::with_capacity(shards.len());
-    for (i, shard) in shards.iter().enumerate() {
-        let path = layout.files_list_path(&shard.name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            // A shard that wrote nothing into data/ needs no list.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && shard.files == 0 => Vec::new(),
-            Err(e) => {
-                let why = format!(
-                    "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
-                    path.display()
-                );
-                c.findings.damaged_shards.insert(shard.name.clone());
-                c.findings.problems.push(format!(
-                    "shard {}: {why}; run the job again: it redoes the shard",
-                    shard.name
-                ));
-                c.why.entry(shard.name.clone()).or_insert(why);
-                Vec::new()
-            }
-        };
-        for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
+    // Sized once (the job's end would otherwise rehash a map of every file
+    // of `data/` several times): the shards' counts, bounded by what the
+    // lists can hold (a record takes at least 4 bytes) so that a damaged
+    // count cannot ask for more.
+    let counted: u64 = shards.iter().map(|s| s.files).sum();
+    let bound = lists.iter().map(|l| l.len() / 4).sum::<usize>();
+    let capacity = usize::try_from(counted).map_or(bound, |n| n.min(bound));
+    w.paths.last_writer.reserve(capacity);
+    for (i, bytes) in lists.iter().enumerate() {
+        for (j, rec) in parse_files_list(bytes).into_iter().enumerate() {
             match w.paths.last_writer.insert(fnv1a64(rec.rel), (i, j)) {
                 Some(earlier) => {
                     w.paths.overwritten.insert(earlier);
@@ -111,9 +100,32 @@ fn read_written(
                 None => w.json += u64::from(rec.rel.ends_with(b".json")),
             }
         }
-        lists.push(bytes);
     }
     (w, lists)
+}
+
+/// The bytes of `shard`'s file list; empty, with the shard marked damaged,
+/// when it cannot be read.
+fn read_list(layout: &OutputLayout, shard: &ShardWrote, c: &mut WrittenCheck) -> Vec<u8> {
+    let path = layout.files_list_path(&shard.name);
+    match std::fs::read(&path) {
+        Ok(b) => b,
+        // A shard that wrote nothing into data/ needs no list.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && shard.files == 0 => Vec::new(),
+        Err(e) => {
+            let why = format!(
+                "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
+                path.display()
+            );
+            c.findings.damaged_shards.insert(shard.name.clone());
+            c.findings.problems.push(format!(
+                "shard {}: {why}; run the job again: it redoes the shard",
+                shard.name
+            ));
+            c.why.entry(shard.name.clone()).or_insert(why);
+            Vec::new()
+        }
+    }
 }
 
 /// Checks what the job wrote into `data/`: every file each committed shard
