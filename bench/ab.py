@@ -591,7 +591,10 @@ def write_report(saved):
                  "deleted after the run)" if saved.get("fresh_fs") else
                  "Before each timed run, as bench.py does: earlier outputs cleared (≥ 20,000 files: moved aside, "
                  "deleted at the end of the set)") + ", `sync`, page/dentry/inode caches dropped and the shards and "
-                "binaries read back in, then a wait for a quiet machine. Worker/coordinator RSS: the largest "
+                "binaries read back in, "
+                + (f"{B.WARM_MEM_MB:,} MB of memory touched and freed (bench.py's warm_memory), "
+                   if B.WARM_MEM_MB > 0 else "no memory warmed (BENCH_WARM_MEM_MB=0), ")
+                + "then a wait for a quiet machine. Worker/coordinator RSS: the largest "
                 "`VmHWM` read from /proc of each process of the tree (sampled); tree: `/usr/bin/time %M` "
                 "(max over every process, coordinator included). CPU s: the tree's user+sys "
                 "(`/usr/bin/time %U %S`; the coordinator waits for its workers, so theirs is included). Others' CPU: busy time of the machine (/proc/stat) minus the tree's CPU.\n\n")

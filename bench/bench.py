@@ -815,6 +815,9 @@ def write_report(sets, all_rows, all_stats, raw, started):
                 + (f"{SETTLE:.0f} s pause, " if SETTLE else "")
                 + ("page/dentry/inode caches dropped, then the shards and programs read back in "
                    "(every run starts from the same cache state: see README), "
+                   + (f"{WARM_MEM_MB:,} MB of memory touched and freed (the same pool of host-backed "
+                      "free pages for every run: see warm_memory), " if WARM_MEM_MB > 0 else
+                      "no memory warmed (BENCH_WARM_MEM_MB=0), ")
                    if CACHES_DROPPED and all(CACHES_DROPPED) else
                    "caches NOT dropped (not root, or BENCH_DROP_CACHES=0: later runs may pay for "
                    "earlier ones' cached inodes), ")
