@@ -40,7 +40,7 @@ pub const WINDOW: usize = 1024;
 pub const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
 /// Writes sent to a thread at once (one channel operation per batch). 64
 /// rather than 16: a writer thread then creates files for longer between
-/// wake-ups, which took ~1.5 CPU-s of kernel time off a 300,000-file run
+/// wake-ups, 0.8-1.5 CPU-s less on a 300,000-file run in two A/B runs
 /// (bench/SPEED-DESIGNS.md section 8); 256 measured the same as 64.
 const BATCH: usize = 64;
 /// Buffers kept for reuse per writer thread (their bytes are bounded by
