@@ -239,9 +239,9 @@ def warm_memory():
     freed moments ago). Every file a run writes takes page-cache pages, so a run that starts
     with few recently freed pages pays that fault for most of its files. drop_caches frees
     the previous run's page cache, so without this step the pool a run starts with depends
-    on what ran before it (after shardprep's 300,000 files it is larger than after tar's
-    200,000): alternating tools then measure each other's leftovers. With it, each run
-    starts warm; BENCH_WARM_MEM_MB=0 gives the old behaviour."""
+    on what ran before it. With it, each run starts warm (2-3 s faster on the small set;
+    the ratios between tools moved by less than the noise: bench/SPEED-DESIGNS.md
+    section 8); BENCH_WARM_MEM_MB=0 gives the old behaviour."""
     if WARM_MEM_MB <= 0:
         return
     size = WARM_MEM_MB << 20
