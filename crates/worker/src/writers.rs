@@ -43,8 +43,8 @@ pub const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
 /// wake-ups, 0.8-1.5 CPU-s less on a 300,000-file run in two A/B runs
 /// (bench/SPEED-DESIGNS.md section 8); 256 measured the same as 64.
 const BATCH: usize = 64;
-/// Buffers kept for reuse per writer thread (their bytes are bounded by
-/// [`POOL_MAX_FILE`] each).
+/// Buffers kept for reuse per writer thread: the 32 of before batches grew
+/// from 16 to 64, so the memory they hold does not grow with the batch.
 const FREE_PER_THREAD: usize = 32;
 
 /// What the caller needs to know about a write when its outcome comes back.
