@@ -197,8 +197,9 @@ pub struct JobArgs {
     /// At the end, how long to wait for workers to hear that the job is done.
     #[arg(long, env = "SHARDPREP_WORKER_GRACE", value_parser = duration, default_value = "10s")]
     pub worker_grace: Duration,
-    /// When the files extracted into data/ are flushed to disk. `none`: left
-    /// to the kernel's writeback (within ~30 s), like `tar xf`: fastest; a
+    /// When the files extracted into data/ are flushed to disk (workers
+    /// start writing them back as they extract in every mode). `none`: never
+    /// waited for; the kernel finishes (within ~30 s), like `tar xf`: fastest; a
     /// process crash loses nothing, and after a power loss a re-run finds the
     /// committed shards whose files did not survive (boot id + file sizes) and
     /// redoes them. `end`: flushed once before the verified report (on disk
@@ -250,7 +251,7 @@ pub enum DataSyncArg {
     Shard,
     /// Once, before the verified report.
     End,
-    /// Left to the kernel, like `tar xf`.
+    /// Never waited for: the kernel finishes the writeback, like `tar xf`.
     None,
 }
 

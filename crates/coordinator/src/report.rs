@@ -158,7 +158,8 @@ pub struct Report {
     pub caption_field: String,
     pub captions: String,
     /// When `data/` was flushed to disk: `shard` (before each commit),
-    /// `end` (before this report) or `none` (left to the kernel, like `tar xf`).
+    /// `end` (before this report) or `none` (not waited for: the kernel
+    /// finishes the writeback the workers started, as after `tar xf`).
     #[serde(default)]
     pub data_sync: String,
     /// The image checks the workers made (`verify --deep` repeats them).

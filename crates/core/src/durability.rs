@@ -31,8 +31,10 @@ pub enum DataSync {
     Shard,
     /// Once, before the verified report: on disk when the job ends.
     End,
-    /// Never explicitly, like `tar xf`: the kernel writes them back on its
-    /// own (within ~30 s on Linux). A reboot before that is caught on resume.
+    /// Never waited for, like `tar xf`: the workers start the writeback in
+    /// the background while they extract (as in every mode), but no commit
+    /// and not the job's end waits for the rest; the kernel finishes it
+    /// (within ~30 s on Linux). A reboot before that is caught on resume.
     None,
 }
 
@@ -40,11 +42,6 @@ impl DataSync {
     /// Whether workers flush `data/` before committing a shard.
     pub fn per_shard(self) -> bool {
         self == DataSync::Shard
-    }
-    /// Whether workers write back in the background while they extract
-    /// (so that a later flush has only the tail left).
-    pub fn background_flush(self) -> bool {
-        self != DataSync::None
     }
     /// Whether the coordinator flushes `data/` before the verified report.
     pub fn at_end(self) -> bool {
@@ -427,8 +424,8 @@ mod tests {
             assert_eq!(DataSync::from_proto(m.to_proto()), m);
         }
         assert!(DataSync::Shard.per_shard() && !DataSync::Shard.at_end());
-        assert!(DataSync::End.at_end() && DataSync::End.background_flush());
-        assert!(!DataSync::None.background_flush() && !DataSync::None.per_shard());
+        assert!(DataSync::End.at_end() && !DataSync::End.per_shard());
+        assert!(!DataSync::None.at_end() && !DataSync::None.per_shard());
         assert_eq!(DataSync::from_proto(99), DataSync::Shard);
     }
 }

@@ -132,6 +132,7 @@ async fn run_loop(
         config,
         client,
         shutdown: rx,
+        writeback: Default::default(),
     };
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -218,7 +219,7 @@ async fn work_on(
         }
     };
     let lease = Lease::begin(spec, l, sent);
-    let task = task::shard_task(&ctx.config, spec, &lease, &located, outputs);
+    let task = task::shard_task(ctx, spec, &lease, &located, outputs);
     let fault = ctx.config.fault.clone();
     let handle = pass::spawn(
         task,

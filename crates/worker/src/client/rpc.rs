@@ -95,6 +95,9 @@ pub(super) struct Ctx {
     pub(super) client: Client,
     /// Turns `true` when the worker is asked to shut down.
     pub(super) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The background writeback of `data/`, shared by every shard this
+    /// worker runs.
+    pub(super) writeback: crate::extract::writeback::Writeback,
 }
 
 impl Ctx {

@@ -10,8 +10,8 @@ use shardprep_core::manifest::ShardIdentity;
 use shardprep_core::mode::JobOutput;
 use shardprep_core::proto;
 
-use super::WorkerConfig;
 use super::lease::Lease;
+use super::rpc::Ctx;
 use crate::shard::ShardTask;
 
 /// Where the leased shard is read from.
@@ -80,7 +80,7 @@ pub(super) fn locate(spec: &proto::JobSpec, l: &proto::ShardLease) -> Result<Loc
 /// The pass's task for the shard `lease` holds, its files behind the
 /// lease's fence.
 pub(super) fn shard_task(
-    config: &WorkerConfig,
+    ctx: &Ctx,
     spec: &proto::JobSpec,
     lease: &Lease,
     located: &Located,
@@ -94,8 +94,10 @@ pub(super) fn shard_task(
             (Some(parent), Ok(data)) => parent == data,
             _ => false,
         };
+    let config = &ctx.config;
     ShardTask {
         data_sync: DataSync::from_proto(spec.data_sync),
+        writeback: ctx.writeback.clone(),
         shards_in_data_dir,
         shard_path: path.clone(),
         shard_name: l.shard_name.clone(),

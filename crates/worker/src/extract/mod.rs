@@ -5,10 +5,10 @@
 //!
 //! Layout: [`DataDir`] (this file) owns `data/` for one pass: directories,
 //! the files list, streamed and queued writes ([`crate::writers`]);
-//! [`names`] checks member names; `flusher` is the background `syncfs`.
+//! [`names`] checks member names; [`writeback`] is the background `syncfs`.
 
-mod flusher;
 pub mod names;
+pub mod writeback;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -23,7 +23,7 @@ use shardprep_core::durability;
 use crate::fence::Fence;
 use crate::publish::{Target, stage};
 use crate::writers::{Finished, WriteQueue, WriteTag};
-use flusher::Flusher;
+use writeback::{FlushEvery, Writeback};
 
 pub use crate::publish::PlaceError;
 pub use names::{UnsafeName, safe_relative_path};
@@ -38,7 +38,7 @@ pub struct DataDir {
     /// Files are published only while the attempt's lease holds.
     fence: Fence,
     /// Background writeback while the shard is written, if enabled.
-    flusher: Option<Flusher>,
+    writeback: Option<(Writeback, FlushEvery)>,
     /// Directories below `root` already known to be real directories.
     known_dirs: HashSet<PathBuf>,
     buf: Vec<u8>,
@@ -65,7 +65,7 @@ impl DataDir {
             queue: WriteQueue::new(target.clone(), 0, fence.clone())?,
             fence,
             target,
-            flusher: None,
+            writeback: None,
             known_dirs: HashSet::new(),
             buf: vec![0u8; COPY_BUF],
             log: None,
@@ -87,30 +87,26 @@ impl DataDir {
         Ok(self)
     }
 
-    /// Starts writing back to disk in the background while files are still
-    /// being created, so that [`DataDir::sync`] at the end of the shard has
-    /// only the tail left to flush (instead of the whole shard at once).
-    pub fn with_background_flush(mut self) -> io::Result<Self> {
-        self.flusher = Some(Flusher::start(self.target.fd.try_clone()?)?);
-        Ok(self)
+    /// Has `writeback` write back to disk in the background every `every`,
+    /// while files are still being created, so that a later flush (or the
+    /// kernel) has only the tail left. Nothing waits for it.
+    pub fn with_background_flush(mut self, writeback: Writeback, every: FlushEvery) -> Self {
+        self.writeback = Some((writeback, every));
+        self
     }
 
     /// Flushes every dirty page of the filesystem holding `data/` (one
-    /// `syncfs` per shard instead of one `fsync` per file), after stopping
-    /// the background flush. The first error of either is returned.
+    /// `syncfs` per shard instead of one `fsync` per file). It reports a
+    /// failed writeback of `data/` since it was opened, a background one too.
     pub fn sync(&mut self) -> io::Result<()> {
         self.queue.wait_all();
-        let background = self.stop_background_flush();
-        durability::syncfs(&self.target.fd)?;
-        background
+        durability::syncfs(&self.target.fd)
     }
 
-    /// Stops the background flush (waiting for a flush in progress) and
-    /// returns the first error it met.
-    pub fn stop_background_flush(&mut self) -> io::Result<()> {
-        match self.flusher.take() {
-            Some(f) => f.stop(),
-            None => Ok(()),
+    /// Counts a file (and its bytes) for the background writeback.
+    fn note_written(&self, files: u64, bytes: u64) {
+        if let Some((wb, every)) = &self.writeback {
+            wb.note(&self.target.fd, files, bytes, *every);
         }
     }
 
@@ -177,9 +173,7 @@ impl DataDir {
     fn prepare(&mut self, rel: &Path) -> Result<Target, PlaceError> {
         self.ensure_parent(rel)?;
         self.queue.wait_for_path(rel);
-        if let Some(f) = self.flusher.as_mut() {
-            f.note_file();
-        }
+        self.note_written(1, 0);
         // A cheap handle (an `Arc`), so `self` stays free while the file is open.
         Ok(self.target.clone())
     }
@@ -205,10 +199,7 @@ impl DataDir {
             });
             return;
         }
-        if let Some(f) = self.flusher.as_mut() {
-            f.note_file();
-            f.note_bytes(size);
-        }
+        self.note_written(1, size);
         self.queue.push(rel, data, tag);
     }
 
@@ -287,9 +278,7 @@ impl DataDir {
         let mut f = stage(&to, rel, &self.fence)?;
         let result = write(&mut f.file);
         if let Ok(n) = &result {
-            if let Some(fl) = self.flusher.as_mut() {
-                fl.note_bytes(*n);
-            }
+            self.note_written(0, *n);
             f.publish(&self.fence)?;
             self.record(rel, Some(*n), None)?;
         }
@@ -347,9 +336,7 @@ impl DataDir {
             f.write_all(&buf[..n])?;
             crc.update(&buf[..n]);
             copied += n as u64;
-            if let Some(fl) = self.flusher.as_mut() {
-                fl.note_bytes(n as u64);
-            }
+            self.note_written(0, n as u64);
         }
     }
 }
@@ -421,23 +408,32 @@ mod tests {
     }
 
     #[test]
-    fn background_flush_runs_alongside_and_stops_cleanly() {
+    fn background_flush_runs_alongside_and_sync_still_flushes() {
         let tmp = tempfile::tempdir().unwrap();
+        let wb = Writeback::default();
+        let every = FlushEvery {
+            files: 16,
+            bytes: 1 << 30,
+        };
         let mut d = DataDir::new(tmp.path().to_path_buf())
             .unwrap()
-            .with_background_flush()
-            .unwrap();
-        // Enough files to kick the flusher more than once.
-        let n = flusher::FLUSH_EVERY_FILES as usize * 2 + 7;
+            .with_writers(1)
+            .unwrap()
+            .with_background_flush(wb.clone(), every);
+        // Enough files to kick the flush more than once.
+        let n = 16 * 3 + 7;
         for i in 0..n {
             d.write_bytes(Path::new(&format!("{i:05}.txt")), format!("{i}").as_bytes())
                 .unwrap();
         }
         d.sync().unwrap();
-        assert!(d.flusher.is_none(), "sync stops the flusher");
-        // Writing on after the flusher stopped still works.
+        let waited = std::time::Instant::now();
+        while wb.flushes() == 0 && waited.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(wb.flushes() >= 1, "the background flush ran");
+        // Writing on after a sync still works.
         d.write_bytes(Path::new("late.txt"), b"late").unwrap();
-        d.stop_background_flush().unwrap();
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), n + 1);
         assert_eq!(std::fs::read(tmp.path().join("00042.txt")).unwrap(), b"42");
     }

@@ -22,6 +22,7 @@ use super::input::ShardSource;
 use super::member::{Kind, Member, kind_of};
 use super::output::{Cx, End, JsonBytes, KeptRow, MemberBytes, Output, WalkInput};
 use super::{MAX_JSON_BYTES, ShardError, ShardTask};
+use crate::extract::writeback::FlushEvery;
 use crate::extract::{DataDir, PlaceError};
 use crate::sample::{caption_of, stem};
 use crate::tar_reader::ExtractError;
@@ -57,12 +58,11 @@ impl<'t> DataFiles<'t> {
             .and_then(|d| d.with_fence(task.fence.clone()))
             .and_then(|d| d.with_writers(threads))
             .map_err(|e| source.write_error(&root, e))?;
-        if writes && task.data_sync.background_flush() {
-            // Writeback overlaps extraction even when the shard's end does not
-            // wait for it: a flat directory of small files is flushed 2-3x faster so.
-            data = data
-                .with_background_flush()
-                .map_err(|e| source.write_error(&root, e))?;
+        if writes {
+            // Writeback overlaps extraction in every mode, even when nothing
+            // waits for it (see `crate::extract::writeback`).
+            let every = FlushEvery::for_sync(task.data_sync);
+            data = data.with_background_flush(task.writeback.clone(), every);
         }
         let data = data
             .with_log(&files_list)
@@ -239,16 +239,12 @@ impl<'t> DataFiles<'t> {
     }
 
     /// Flushes `data/` (before the commit when the task asks for it) and
-    /// closes the files list.
+    /// closes the files list. The background writeback goes on.
     fn close(&mut self, source: &ShardSource) -> Result<(), ShardError> {
         let root = self.data.root().to_path_buf();
         if self.task.data_sync.per_shard() && self.task.outputs.writes_data() {
             // Extracted files reach the disk before the fragment is committed.
             self.data.sync().map_err(|e| source.write_error(&root, e))?;
-        } else {
-            self.data
-                .stop_background_flush()
-                .map_err(|e| source.write_error(&root, e))?;
         }
         self.data
             .finish_log()

@@ -44,6 +44,7 @@ use shardprep_core::mode::JobOutput;
 use shardprep_core::proto::FailureKind;
 use shardprep_remote::RemoteError;
 
+use crate::extract::writeback::Writeback;
 use crate::fragment::FragmentError;
 use crate::integrity::IntegrityConfig;
 use crate::tar_reader::{Limits, TarReader};
@@ -77,6 +78,8 @@ pub struct ShardTask {
     pub shards_in_data_dir: bool,
     /// When `data/` is flushed to disk (see `shardprep_core::durability`).
     pub data_sync: DataSync,
+    /// The worker's background writeback of `data/`, shared by its shards.
+    pub writeback: Writeback,
     /// Threads creating small files while the tar is read (`0`: the reading
     /// thread writes each file itself); see [`crate::writers`].
     pub write_threads: usize,
@@ -108,6 +111,7 @@ impl ShardTask {
             worker_id: "worker".into(),
             shards_in_data_dir: false,
             data_sync: DataSync::None,
+            writeback: Writeback::default(),
             write_threads: 0,
             integrity: IntegrityConfig::default(),
             fence: crate::fence::Fence::default(),
