@@ -137,6 +137,15 @@ fn private_name(rel: &Path, tag: u64) -> PathBuf {
     rel.with_file_name(name)
 }
 
+/// The directories of the relative path `rel`, `None` for a plain name
+/// (no `/`, the common case: found without parsing components).
+pub(crate) fn parent_dir(rel: &Path) -> Option<&Path> {
+    if !rel.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return None;
+    }
+    rel.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Starts writing the file `rel` under the target under a private name;
 /// directories on the way must have been checked (`DataDir::ensure_dirs`).
 pub(crate) fn stage<'a>(
@@ -144,10 +153,7 @@ pub(crate) fn stage<'a>(
     rel: &Path,
     fence: &Fence,
 ) -> Result<Staged<'a>, PlaceError> {
-    let parent = match rel.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent_dir(rel).unwrap_or(Path::new("."));
     let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
     let mode = Mode::from_raw_mode(0o644);
     let (fd, named) = match rustix::fs::openat(to.fd.as_fd(), parent, flags, mode) {
@@ -298,6 +304,13 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn parent_dirs_of_plain_and_nested_names() {
+        assert_eq!(parent_dir(Path::new("a.png")), None);
+        assert_eq!(parent_dir(Path::new("d/a.png")), Some(Path::new("d")));
+        assert_eq!(parent_dir(Path::new("d/e/a.png")), Some(Path::new("d/e")));
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! Memory is bounded: at most [`WINDOW`] writes and [`MAX_BYTES_IN_FLIGHT`]
 //! bytes are queued before the oldest outcome is due; channels are bounded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -117,8 +119,9 @@ pub struct WriteQueue {
     lanes: Vec<Lane>,
     results: Option<Receiver<Vec<Outcome>>>,
     threads: Vec<JoinHandle<()>>,
-    /// Writes not yet handed out; the front is `head_seq`.
-    ring: VecDeque<Slot>,
+    /// Writes not yet handed out, each with its path's hash; the front is
+    /// `head_seq`.
+    ring: VecDeque<(u64, Slot)>,
     head_seq: u64,
     /// Sum of `size` over `ring`.
     bytes: u64,
@@ -144,7 +147,7 @@ impl WriteQueue {
             head_seq: 0,
             bytes: 0,
             due_until: None,
-            last_of_path: HashMap::new(),
+            last_of_path: HashMap::default(),
             free: Vec::new(),
         };
         if threads == 0 {
@@ -192,18 +195,20 @@ impl WriteQueue {
         if self.lanes.is_empty() {
             let result = write_file(&self.to, &self.fence, &rel, &data);
             self.recycle(data);
-            self.ring.push_back(Slot::Done(Finished {
+            let done = Finished {
                 rel,
                 tag,
                 size,
                 crc: result.as_ref().ok().copied(),
                 result: result.map(|_| ()),
-            }));
+            };
+            self.ring.push_back((key, Slot::Done(done)));
             return;
         }
         let lane = (key % self.lanes.len() as u64) as usize;
         self.last_of_path.insert(key, seq);
-        self.ring.push_back(Slot::Pending { tag, size, lane });
+        self.ring
+            .push_back((key, Slot::Pending { tag, size, lane }));
         self.lanes[lane].batch.push(Job { seq, rel, data });
         if self.lanes[lane].batch.len() >= BATCH {
             self.send(lane);
@@ -214,7 +219,8 @@ impl WriteQueue {
     /// write), so that it comes back in order with the others.
     pub fn push_finished(&mut self, done: Finished) {
         self.bytes += done.size;
-        self.ring.push_back(Slot::Done(done));
+        let key = fnv1a64(done.rel.as_os_str().as_bytes());
+        self.ring.push_back((key, Slot::Done(done)));
     }
 
     /// Waits until every queued write of `rel` is on disk and makes those
@@ -264,10 +270,9 @@ impl WriteQueue {
             return None;
         }
         self.wait_for(self.head_seq);
-        let Some(Slot::Done(done)) = self.ring.pop_front() else {
+        let Some((key, Slot::Done(done))) = self.ring.pop_front() else {
             unreachable!("wait_for settles the head slot");
         };
-        let key = fnv1a64(done.rel.as_os_str().as_bytes());
         if self.last_of_path.get(&key) == Some(&self.head_seq) {
             self.last_of_path.remove(&key);
         }
@@ -307,7 +312,7 @@ impl WriteQueue {
         };
         loop {
             let lane = match self.ring.get(idx) {
-                Some(Slot::Pending { lane, .. }) => *lane,
+                Some((_, Slot::Pending { lane, .. })) => *lane,
                 _ => return,
             };
             if self.lanes[lane].batch.first().is_some_and(|j| j.seq <= seq) {
@@ -331,7 +336,7 @@ impl WriteQueue {
     }
 
     fn fail_pending(&mut self) {
-        for slot in self.ring.iter_mut() {
+        for (_, slot) in self.ring.iter_mut() {
             if let Slot::Pending { tag, size, .. } = slot {
                 *slot = Slot::Done(Finished {
                     rel: PathBuf::new(),
@@ -351,7 +356,7 @@ impl WriteQueue {
         let Some(idx) = o.seq.checked_sub(self.head_seq).map(|i| i as usize) else {
             return;
         };
-        if let Some(slot) = self.ring.get_mut(idx)
+        if let Some((_, slot)) = self.ring.get_mut(idx)
             && let Slot::Pending { tag, size, .. } = slot
         {
             *slot = Slot::Done(Finished {

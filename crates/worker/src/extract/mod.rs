@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use shardprep_core::durability;
 
 use crate::fence::Fence;
-use crate::publish::{Target, stage};
+use crate::publish::{Target, parent_dir, stage};
 use crate::writers::{Finished, WriteQueue, WriteTag};
 use writeback::{FlushEvery, Writeback};
 
@@ -179,9 +179,9 @@ impl DataDir {
     }
 
     fn ensure_parent(&mut self, rel: &Path) -> Result<(), PlaceError> {
-        match rel.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => self.ensure_dirs(parent),
-            _ => Ok(()),
+        match parent_dir(rel) {
+            Some(parent) => self.ensure_dirs(parent),
+            None => Ok(()),
         }
     }
 

@@ -7,7 +7,7 @@
 //! beside it, even without `width`), else an empty file. The parquet rows
 //! and the seed's caption files are left exactly as they are.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -156,13 +156,13 @@ mod tests {
     #[test]
     fn missing_captions_skip_rows_and_members_and_come_in_path_order() {
         let mut u = UnlistedImages::default();
-        let none = HashSet::new();
+        let none = HashSet::default();
         for name in ["c.png", "a.png", "b.jpg", "d.png"] {
             u.image_written(Path::new(name), name, &none);
         }
         u.json_text(Path::new("a.json"), "text of a".into());
         u.row_caption(path_key(Path::new("d.txt")));
-        let members: HashSet<u64> = [path_key(Path::new("b.txt"))].into();
+        let members: HashSet<u64> = [path_key(Path::new("b.txt"))].into_iter().collect();
         let got: Vec<(String, String)> = u
             .missing(&none, &members)
             .into_iter()

@@ -8,10 +8,11 @@
 //! counted (files and captions written, refusals) when the walk settles
 //! the output after a member ([`Output::settle`]) and at the end.
 
-use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+
+use foldhash::HashSet;
 
 use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
@@ -73,7 +74,7 @@ impl<'t> DataFiles<'t> {
             task,
             data,
             files_list,
-            captions_written: HashSet::new(),
+            captions_written: HashSet::default(),
             unlisted,
         })
     }
@@ -184,7 +185,6 @@ impl<'t> DataFiles<'t> {
     /// captions written, refusals; passes disk errors up.
     fn settle_writes(&mut self, cx: &mut Cx<'_>) -> Result<(), ShardError> {
         while let Some(done) = self.next_done(cx.source)? {
-            let key = path_key(&done.rel);
             let member = done.tag.member;
             match done.tag.kind {
                 WriteKind::Member => {
@@ -194,6 +194,7 @@ impl<'t> DataFiles<'t> {
                     }
                 }
                 WriteKind::Caption => {
+                    let key = path_key(&done.rel);
                     if placed(cx, &member, done.result)? {
                         self.captions_written.insert(key);
                         cx.tally.counts.captions_written += 1;

@@ -24,7 +24,7 @@
 //! two takes bytes), and so is an optional one (index mode's webshart
 //! index beside energon/DALI/wids).
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -4,11 +4,12 @@
 //! indexes). The caller feeds it tar entries with [`ShardPass::member`] and
 //! ends with [`ShardPass::finish`].
 
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+use foldhash::HashSet;
 
 use shardprep_core::durability;
 use shardprep_core::issue::IssueKind;
@@ -72,7 +73,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             attempt,
             fragment,
             tally: Tally::new(&task.shard_name),
-            seen_members: HashSet::new(),
+            seen_members: HashSet::default(),
             images: NameSet::default(),
             referenced: NameSet::default(),
             json_buf: Vec::new(),

@@ -1,7 +1,7 @@
 //! The bookkeeping of one pass: counts, problems listed by name (capped),
 //! and the sets of names compared at the shard's end.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
