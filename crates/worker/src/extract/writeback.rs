@@ -55,9 +55,19 @@ struct Shared {
     bytes: AtomicU64,
     /// Flushes finished (for tests and logs).
     flushes: AtomicU64,
-    /// The thread's queue, started at the first kick. Capacity 1: a kick
-    /// while a flush runs queues one more; more are dropped.
-    kick: Mutex<Option<SyncSender<Arc<File>>>>,
+    thread: Mutex<Thread>,
+}
+
+/// The flush thread, started at the first kick.
+#[derive(Debug, Default)]
+enum Thread {
+    #[default]
+    NotStarted,
+    /// Its queue. Capacity 1: a kick while a flush runs queues one more;
+    /// more are dropped.
+    Running(SyncSender<Arc<File>>),
+    /// It could not be started (logged once): the kernel writes back alone.
+    Failed,
 }
 
 impl Writeback {
@@ -80,21 +90,20 @@ impl Writeback {
     }
 
     fn kick(&self, dir: &Arc<File>) {
-        let mut kick = match self.shared.kick.lock() {
-            Ok(k) => k,
+        let mut thread = match self.shared.thread.lock() {
+            Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if kick.is_none() {
-            *kick = self.start();
+        if matches!(*thread, Thread::NotStarted) {
+            *thread = self.start();
         }
-        if let Some(tx) = kick.as_ref() {
+        if let Thread::Running(tx) = &*thread {
             let _ = tx.try_send(Arc::clone(dir));
         }
     }
 
-    /// Starts the thread; it ends when the last handle is dropped. `None`
-    /// (no background flush, logged) if the thread cannot be started.
-    fn start(&self) -> Option<SyncSender<Arc<File>>> {
+    /// Starts the thread; it ends when the last handle is dropped.
+    fn start(&self) -> Thread {
         let (tx, rx) = mpsc::sync_channel::<Arc<File>>(1);
         // The thread holds only the counter, not the handle: dropping the
         // last handle drops the sender and ends the loop.
@@ -119,10 +128,10 @@ impl Writeback {
                 }
             });
         match spawned {
-            Ok(_) => Some(tx),
+            Ok(_) => Thread::Running(tx),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the background writeback thread; data/ is written back by the kernel alone");
-                None
+                Thread::Failed
             }
         }
     }
@@ -146,7 +155,10 @@ mod tests {
         for _ in 0..6 {
             wb.note(&dir, 1, 100, every);
         }
-        assert!(wb.shared.kick.lock().unwrap().is_none(), "not started yet");
+        assert!(
+            matches!(*wb.shared.thread.lock().unwrap(), Thread::NotStarted),
+            "not started yet"
+        );
         for _ in 0..6 {
             second.note(&dir, 1, 100, every);
         }
