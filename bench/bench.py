@@ -798,7 +798,7 @@ def write_report(sets, all_rows, all_stats, raw, started):
     print(targets_md(all_rows))
     data_lines = "\n".join(
         f"- **{s}**: {st['shards']} shards, {st['members']:,} members ({st['json_files']:,} JSON), "
-        f"{st['tar_bytes'] / 1e6:,.1f} MB of tar (`shardprep generate`, seed 42; "
+        f"{st['tar_bytes'] / 1e6:,.1f} MB of tar (`shardprep generate`: "
         f"{open(os.path.join(d, 'stamp')).read().strip()})"
         for (s, d), st in zip(sets, all_stats.values())
     )

@@ -1,6 +1,6 @@
 # Sourced by run.sh and ab.sh: the deterministic bench data sets (see README).
 # make_sets GEN_BIN: for each set in $BENCH_SETS, generates
-# $BENCH_WORK/data/<set>[-quick]/shards with `GEN_BIN generate --seed 42` unless its
+# $BENCH_WORK/data/<set>[-quick]/shards with `GEN_BIN generate --seed $BENCH_SEED` (default 42) unless its
 # stamp matches (or BENCH_REGEN=1), then exports BENCH_SET_DIRS="name=dir ...".
 SEED="${BENCH_SEED:-42}"  # another seed gives held-out shards (other names, sizes, captions)
 
