@@ -53,7 +53,7 @@ struct Shared {
     /// Files and bytes written since the last kick.
     files: AtomicU64,
     bytes: AtomicU64,
-    /// Flushes finished (for tests and logs).
+    /// Flushes finished (read by tests: nothing else waits for them).
     flushes: AtomicU64,
     thread: Mutex<Thread>,
 }
