@@ -60,6 +60,10 @@ MIN_FREE_GB = float(os.environ.get("AB_MIN_FREE_GB", "8"))
 
 
 TAR = "@tar"  # a variant `LABEL=@tar`: the `tar xf` loop of bench.py instead of a shardprep binary
+# A variant `LABEL=@floor:N`: bench/create_floor.c creating only the output's files (names and
+# sizes of a shardprep output of the set) on N threads, nothing read, parsed, checked or fenced.
+FLOOR = "@floor"
+FLOOR_BIN = os.environ.get("FLOOR_BIN", "")
 
 
 def parse_variants(spec):
@@ -76,6 +80,12 @@ def parse_variants(spec):
         binary, _, flags = rest.partition(":")
         if binary.strip() == TAR:
             out.append({"label": label, "bin": TAR, "flags": []})
+            continue
+        if binary.strip() == FLOOR:
+            threads = flags.strip() or str(WORKERS)
+            if not threads.isdigit() or int(threads) < 1:
+                sys.exit(f"variant {label}: want {FLOOR}:THREADS, got {rest!r}")
+            out.append({"label": label, "bin": FLOOR, "flags": [threads]})
             continue
         binary = os.path.abspath(binary)
         if not os.access(binary, os.X_OK):
@@ -227,10 +237,32 @@ def timed_run(argv, log_path):
     return wall, rc, cpu, tree_rss, s
 
 
+def ensure_floor_list(set_dir, shards_dir, variants, trash, logs):
+    """The names and sizes @floor creates: from an untimed run of the last shardprep variant
+    when the set has no list yet (its output is left in `trash`, deleted with the others: a
+    large delete just before a timed run would slow it)."""
+    if os.path.exists(B.floor_list_path(set_dir)):
+        return
+    sp = [v for v in variants if v["bin"] not in (TAR, FLOOR)]
+    if not sp:
+        sys.exit(f"{FLOOR} needs a file list ({B.floor_list_path(set_dir)}): add a shardprep variant or run bench/run.sh once")
+    out = os.path.join(trash, "floor-list-source")
+    B.log(f"no {B.floor_list_path(set_dir)}: an untimed run of {sp[-1]['label']} writes it")
+    r = run_variant(sp[-1], shards_dir, out, os.path.join(logs, "floor-list-source.log"))
+    if r["rc"] != 0:
+        sys.exit(f"the run that lists the floor's files failed (log {os.path.join(logs, 'floor-list-source.log')})")
+    B.log(f"floor list: {B.write_floor_list(os.path.join(out, 'data'), set_dir):,} files")
+
+
 def run_variant(v, shards_dir, out, log_path):
     if v["bin"] == TAR:
         loop = 'mkdir -p "$1/data" && for t in "$2"/*.tar; do tar xf "$t" -C "$1/data" || exit 1; done'
         argv = ["bash", "-c", loop, "tar-loop", out, shards_dir]
+    elif v["bin"] == FLOOR:
+        os.makedirs(os.path.join(out, "data"))
+        # No syncfs, like shardprep's default --data-sync none (+flush shows the writeback).
+        argv = [FLOOR_BIN, B.floor_list_path(os.path.dirname(shards_dir)), os.path.join(out, "data"),
+                v["flags"][0], "nosync"]
     else:
         argv = [v["copy"], "run", "--input", shards_dir, "--output", out, "--workers", str(WORKERS)] + v["flags"]
     busy0 = B.cpu_busy_jiffies()
@@ -243,6 +275,9 @@ def run_variant(v, shards_dir, out, log_path):
     t0 = time.perf_counter()
     B.sync()
     res["flush"] = time.perf_counter() - t0
+    # The whole machine's CPU over the run and its flush: the tree, the kernel's writeback threads
+    # and anything else running. On a quiet machine, what the job costs in CPU-s, writeback included.
+    res["machine_total"] = (B.cpu_busy_jiffies() - busy0) / B.CLK_TCK
     res.update(B.read_report(out, {"worker_rss": "report_worker_rss", "coord_rss": "report_coord_rss"}))
     return res
 
@@ -313,6 +348,7 @@ def summarize(runs, labels):
             "cpu": med([r["cpu"] for r in ok]),
             "others_cpu": med([r["others_cpu"] for r in ok]),
             "others_all": [round(r["others_cpu"], 1) for r in rs],
+            "machine_total": med([r["machine_total"] for r in ok if "machine_total" in r]),
             "worker_hwm_kib": max([r["worker_hwm_kib"] or 0 for r in ok], default=0) or None,
             "coord_hwm_kib": max([r["coord_hwm_kib"] or 0 for r in ok], default=0) or None,
             "tree_rss_kib": max([r["tree_rss_kib"] or 0 for r in ok], default=0) or None,
@@ -340,9 +376,9 @@ def mib(kib=None, b=None):
 
 def table_md(all_rows, variants, baseline):
     lines = ["| set | variant | flags | n | median s | min–max s | × " + baseline + " | +flush s | × "
-             + baseline + " with +flush | CPU s user+sys | others' CPU s | worker peak RSS MiB (VmHWM) | "
+             + baseline + " with +flush | CPU s user+sys | others' CPU s | machine CPU s, run + flush | worker peak RSS MiB (VmHWM) | "
              "coord peak RSS MiB (VmHWM) | tree max RSS MiB (time %M) | worker RSS MiB (report) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s, rows in all_rows.items():
         for v in variants:
             r = rows[v["label"]]
@@ -350,12 +386,15 @@ def table_md(all_rows, variants, baseline):
                 continue  # not run on this set (AB_SKIP_<set>)
             fail = f" ({r['failed']} failed)" if r["failed"] else ""
             flags = "`" + " ".join(v["flags"]) + "`" if v["flags"] else "(default)"
+            if v["bin"] == FLOOR:
+                flags = f"create_floor, {v['flags'][0]} thread(s)"
             x = ratio(rows, v["label"], baseline)
             y = ratio(rows, v["label"], baseline, "with_flush")
             lines.append(
                 f"| {s} | {v['label']}{fail} | {flags} | {r['n']} | {f2(r['median'])} | "
                 f"{f2(r['min'])}–{f2(r['max'])} | {f2(x, '×')} | {f2(r['flush'])} | {f2(y, '×')} | "
-                f"{f2(r['usr'])}+{f2(r['sys'])} | {f2(r['others_cpu'])} | {mib(r['worker_hwm_kib'])} | "
+                f"{f2(r['usr'])}+{f2(r['sys'])} | {f2(r['others_cpu'])} | {f2(r.get('machine_total'))} | "
+                f"{mib(r['worker_hwm_kib'])} | "
                 f"{mib(r['coord_hwm_kib'])} | {mib(r['tree_rss_kib'])} | {mib(b=r['report_worker_rss'])} |")
     return "\n".join(lines)
 
@@ -382,6 +421,11 @@ def targets_md(all_rows, stats, variants=()):
                 if v["bin"] == TAR or lab not in rows or t not in rows:
                     continue
                 x, y = ratio(rows, lab, t), ratio(rows, lab, t, "with_flush")
+                if v["bin"] == FLOOR:
+                    lines.append(f"| 27 (speed) | {s} | floor: only creating the output's files on "
+                                 f"{v['flags'][0]} thread(s), + writeback, against tar xf + writeback "
+                                 f"| {f2(x, '×')} | {f2(y, '×')} | info |")
+                    continue
                 judged = s == "small"
                 status = ("info" if not judged else "not measured" if y is None else
                           "**met**" if y <= 1.0 else "**not met**")
@@ -463,6 +507,12 @@ def main():
             v["sha"], v["commit"], v["copy"] = "-", subprocess.run(
                 ["tar", "--version"], capture_output=True, text=True).stdout.split("\n")[0], shutil.which("tar")
             continue
+        if v["bin"] == FLOOR:
+            if not (FLOOR_BIN and os.access(FLOOR_BIN, os.X_OK)):
+                sys.exit(f"variant {v['label']}: no create_floor program at FLOOR_BIN={FLOOR_BIN!r} (bench/ab.sh builds it)")
+            v["sha"], v["commit"] = binary_id(FLOOR_BIN)[0], f"bench/create_floor.c, {v['flags'][0]} thread(s)"
+            v["copy"] = FLOOR_BIN
+            continue
         v["sha"], v["commit"] = binary_id(v["bin"])
         v["copy"] = os.path.join(bindir, v["sha"], "shardprep")
         if not os.path.exists(v["copy"]):
@@ -490,6 +540,8 @@ def main():
         for d in (out_root, trash):
             B.rm_rf(d)
             os.makedirs(d)
+        if any(v["bin"] == FLOOR for v in here):
+            ensure_floor_list(set_dir, shards_dir, here, trash, logs)
         runs = []
         shapes[set_name] = {}
         for rep in range(1, reps + 1):
@@ -534,7 +586,7 @@ def main():
                       flush=True)
                 if r["rc"] != 0:
                     B.warn(f"{set_name} rep {rep} {v['label']}: exit code {r['rc']} (log: {log_path})")
-                elif r.get("verdict") != "ok" and v["bin"] != TAR:
+                elif r.get("verdict") != "ok" and v["bin"] not in (TAR, FLOOR):
                     B.warn(f"{set_name} rep {rep} {v['label']}: report.json verdict {r.get('verdict')!r}")
                 if rep == 1 and r["rc"] == 0 and not FRESH_FS:
                     shapes[set_name][v["label"]] = output_shape(out)

@@ -2,6 +2,7 @@
 # Side-by-side benchmark of shardprep versions/flags (bench/README.md, "A/B").
 #   AB_VARIANTS='old=/path/bin; new=/path/bin2; new+decode=/path/bin2:--check-images decode'
 #                          LABEL=BINARY[:extra flags of `run`], separated by ';'
+#                          (LABEL=@tar: the `tar xf` loop; LABEL=@floor:N: create_floor on N threads)
 #   AB_BASELINE=old        label the ratios are against (default: the first)
 #   AB_REPS=3              repetitions (AB_REPS_small / AB_REPS_big per set)
 #   AB_GEN_BIN=BIN         binary that generates missing data sets (default: the last variant's)
@@ -41,6 +42,13 @@ if [[ -z "${AB_GEN_BIN:-}" ]]; then
     AB_GEN_BIN="$(echo "$AB_GEN_BIN" | xargs)"
 fi
 [[ -x "$AB_GEN_BIN" ]] || { log "no generator binary at $AB_GEN_BIN"; exit 1; }
+# `LABEL=@floor:N` variants need the create-floor program (bench/create_floor.c).
+if [[ "$AB_VARIANTS" == *@floor* ]]; then
+    mkdir -p "$BENCH_WORK/bin"
+    gcc -O2 -pthread "$BENCH_DIR/create_floor.c" -o "$BENCH_WORK/bin/create_floor" \
+        || { log "gcc could not build bench/create_floor.c: no @floor variant"; exit 1; }
+    export FLOOR_BIN="$BENCH_WORK/bin/create_floor"
+fi
 source "$BENCH_DIR/sets.sh"
 make_sets "$AB_GEN_BIN"
 
