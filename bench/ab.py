@@ -63,7 +63,6 @@ TAR = "@tar"  # a variant `LABEL=@tar`: the `tar xf` loop of bench.py instead of
 # A variant `LABEL=@floor:N`: bench/create_floor.c creating only the output's files (names and
 # sizes of a shardprep output of the set) on N threads, nothing read, parsed, checked or fenced.
 FLOOR = "@floor"
-FLOOR_BIN = os.environ.get("FLOOR_BIN", "")
 
 
 def parse_variants(spec):
@@ -85,7 +84,7 @@ def parse_variants(spec):
             threads = flags.strip() or str(WORKERS)
             if not threads.isdigit() or int(threads) < 1:
                 sys.exit(f"variant {label}: want {FLOOR}:THREADS, got {rest!r}")
-            out.append({"label": label, "bin": FLOOR, "flags": [threads]})
+            out.append({"label": label, "bin": FLOOR, "flags": [], "threads": threads})
             continue
         binary = os.path.abspath(binary)
         if not os.access(binary, os.X_OK):
@@ -261,8 +260,8 @@ def run_variant(v, shards_dir, out, log_path):
     elif v["bin"] == FLOOR:
         os.makedirs(os.path.join(out, "data"))
         # No syncfs, like shardprep's default --data-sync none (+flush shows the writeback).
-        argv = [FLOOR_BIN, B.floor_list_path(os.path.dirname(shards_dir)), os.path.join(out, "data"),
-                v["flags"][0], "nosync"]
+        argv = [B.FLOOR_BIN, B.floor_list_path(os.path.dirname(shards_dir)), os.path.join(out, "data"),
+                v["threads"], "nosync"]
     else:
         argv = [v["copy"], "run", "--input", shards_dir, "--output", out, "--workers", str(WORKERS)] + v["flags"]
     busy0 = B.cpu_busy_jiffies()
@@ -387,7 +386,7 @@ def table_md(all_rows, variants, baseline):
             fail = f" ({r['failed']} failed)" if r["failed"] else ""
             flags = "`" + " ".join(v["flags"]) + "`" if v["flags"] else "(default)"
             if v["bin"] == FLOOR:
-                flags = f"create_floor, {v['flags'][0]} thread(s)"
+                flags = f"create_floor, {v['threads']} thread(s)"
             x = ratio(rows, v["label"], baseline)
             y = ratio(rows, v["label"], baseline, "with_flush")
             lines.append(
@@ -423,7 +422,7 @@ def targets_md(all_rows, stats, variants=()):
                 x, y = ratio(rows, lab, t), ratio(rows, lab, t, "with_flush")
                 if v["bin"] == FLOOR:
                     lines.append(f"| 27 (speed) | {s} | floor: only creating the output's files on "
-                                 f"{v['flags'][0]} thread(s), + writeback, against tar xf + writeback "
+                                 f"{v['threads']} thread(s), + writeback, against tar xf + writeback "
                                  f"| {f2(x, '×')} | {f2(y, '×')} | info |")
                     continue
                 judged = s == "small"
@@ -508,10 +507,10 @@ def main():
                 ["tar", "--version"], capture_output=True, text=True).stdout.split("\n")[0], shutil.which("tar")
             continue
         if v["bin"] == FLOOR:
-            if not (FLOOR_BIN and os.access(FLOOR_BIN, os.X_OK)):
-                sys.exit(f"variant {v['label']}: no create_floor program at FLOOR_BIN={FLOOR_BIN!r} (bench/ab.sh builds it)")
-            v["sha"], v["commit"] = binary_id(FLOOR_BIN)[0], f"bench/create_floor.c, {v['flags'][0]} thread(s)"
-            v["copy"] = FLOOR_BIN
+            if not (B.FLOOR_BIN and os.access(B.FLOOR_BIN, os.X_OK)):
+                sys.exit(f"variant {v['label']}: no create_floor program at FLOOR_BIN={B.FLOOR_BIN!r} (bench/ab.sh builds it)")
+            v["sha"], v["commit"] = binary_id(B.FLOOR_BIN)[0], f"bench/create_floor.c, {v['threads']} thread(s)"
+            v["copy"] = B.FLOOR_BIN
             continue
         v["sha"], v["commit"] = binary_id(v["bin"])
         v["copy"] = os.path.join(bindir, v["sha"], "shardprep")
@@ -617,7 +616,8 @@ def main():
                        f"cores on average during its runs (median; includes the kernel's writeback threads)")
         raw[set_name] = {"stats": st, "runs": runs, "shapes": shapes[set_name], "skipped": sorted(skip)}
     saved = {"date": started.isoformat(), "workers": WORKERS, "baseline": baseline, "fresh_fs": FRESH_FS,
-             "variants": [{k: v[k] for k in ("label", "bin", "flags", "sha", "commit")} for v in variants],
+             "variants": [{k: v[k] for k in ("label", "bin", "flags", "threads", "sha", "commit") if k in v}
+                          for v in variants],
              "sets": sets, "raw": raw, "warnings": B.WARNINGS}
     with open(os.path.join(WORK, "ab-results.json"), "w") as f:
         json.dump(saved, f, indent=1, default=str)

@@ -42,14 +42,11 @@ if [[ -z "${AB_GEN_BIN:-}" ]]; then
     AB_GEN_BIN="$(echo "$AB_GEN_BIN" | xargs)"
 fi
 [[ -x "$AB_GEN_BIN" ]] || { log "no generator binary at $AB_GEN_BIN"; exit 1; }
+source "$BENCH_DIR/sets.sh"
 # `LABEL=@floor:N` variants need the create-floor program (bench/create_floor.c).
 if [[ "$AB_VARIANTS" == *@floor* ]]; then
-    mkdir -p "$BENCH_WORK/bin"
-    gcc -O2 -pthread "$BENCH_DIR/create_floor.c" -o "$BENCH_WORK/bin/create_floor" \
-        || { log "gcc could not build bench/create_floor.c: no @floor variant"; exit 1; }
-    export FLOOR_BIN="$BENCH_WORK/bin/create_floor"
+    build_floor || { log "gcc could not build bench/create_floor.c: no @floor variant"; exit 1; }
 fi
-source "$BENCH_DIR/sets.sh"
 make_sets "$AB_GEN_BIN"
 
 rc=0

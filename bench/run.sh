@@ -50,13 +50,10 @@ export SP_BIN="$BENCH_WORK/bin/shardprep"
 dirty=""; [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty=" + uncommitted changes in the work tree"
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$dirty (at copy time)" > "$SP_BIN.commit"
 
+# The data sets' and create-floor program's helpers (bench/sets.sh).
+source "$BENCH_DIR/sets.sh"
 # The create-floor program (only creating the output files; see create_floor.c).
-if command -v gcc >/dev/null; then
-    gcc -O2 -pthread "$BENCH_DIR/create_floor.c" -o "$BENCH_WORK/bin/create_floor"
-    export FLOOR_BIN="$BENCH_WORK/bin/create_floor"
-else
-    log "gcc not found: no create-floor row"
-fi
+build_floor || log "gcc not found or failed: no create-floor row"
 
 # 2. Python venv with pandas + pyarrow (the seed's scripts and the checks need them).
 VENV="$(realpath -m "${VENV:-$BENCH_WORK/.venv}")"
@@ -73,7 +70,6 @@ fi
 export BENCH_PY="$VENV/bin/python"
 
 # 3. Deterministic data sets, regenerated only when the parameters change (bench/sets.sh).
-source "$BENCH_DIR/sets.sh"
 make_sets "$SP_BIN"
 
 # 4. Time, check, report.

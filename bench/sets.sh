@@ -1,8 +1,18 @@
-# Sourced by run.sh and ab.sh: the deterministic bench data sets (see README).
+# Sourced by run.sh and ab.sh: the deterministic bench data sets (see README), and the
+# create-floor program both time.
 # make_sets GEN_BIN: for each set in $BENCH_SETS, generates
 # $BENCH_WORK/data/<set>[-quick]/shards with `GEN_BIN generate --seed $BENCH_SEED` (default 42) unless its
 # stamp matches (or BENCH_REGEN=1), then exports BENCH_SET_DIRS="name=dir ...".
 SEED="${BENCH_SEED:-42}"  # another seed gives held-out shards (other names, sizes, captions)
+
+# build_floor: builds bench/create_floor.c (only creating the output's files) into
+# $BENCH_WORK/bin and exports FLOOR_BIN; fails without gcc.
+build_floor() {
+    command -v gcc >/dev/null || return 1
+    mkdir -p "$BENCH_WORK/bin"
+    gcc -O2 -pthread "$BENCH_DIR/create_floor.c" -o "$BENCH_WORK/bin/create_floor" || return 1
+    export FLOOR_BIN="$BENCH_WORK/bin/create_floor"
+}
 
 set_params() {  # name -> "shards samples image_bytes"
     local q="$BENCH_QUICK"
