@@ -107,17 +107,29 @@ pub fn files_list_header() -> Vec<u8> {
 /// writing (`None`: unknown, e.g. a write that failed or a sparse member).
 pub fn files_list_record(rel: &[u8], size: Option<u64>, crc: Option<u32>) -> Vec<u8> {
     let mut v = Vec::with_capacity(rel.len() + 32);
-    v.extend_from_slice(rel);
-    v.push(0);
-    if let Some(n) = size {
-        v.extend_from_slice(n.to_string().as_bytes());
-    }
-    v.push(0);
-    if let (Some(c), Some(_)) = (crc, size) {
-        v.extend_from_slice(format!("{c:08x}").as_bytes());
-    }
-    v.push(0);
+    // Writing to a `Vec` cannot fail.
+    let _ = write_files_list_record(&mut v, rel, size, crc);
     v
+}
+
+/// [`files_list_record`] written straight to `w` (no record buffer, no
+/// formatted strings: this runs once per file the pass writes).
+pub fn write_files_list_record(
+    w: &mut impl std::io::Write,
+    rel: &[u8],
+    size: Option<u64>,
+    crc: Option<u32>,
+) -> std::io::Result<()> {
+    w.write_all(rel)?;
+    w.write_all(b"\0")?;
+    if let Some(n) = size {
+        write!(w, "{n}")?;
+    }
+    w.write_all(b"\0")?;
+    if let (Some(c), Some(_)) = (crc, size) {
+        write!(w, "{c:08x}")?;
+    }
+    w.write_all(b"\0")
 }
 
 /// A file written by a shard, as its file list records it.

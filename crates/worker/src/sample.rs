@@ -327,7 +327,7 @@ impl<'de> Visitor<'de> for WantedFields<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = vec![None; self.names.len()];
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             // A field may feed two columns (e.g. the caption also as an extra).
             if self.names.iter().any(|n| *n == key.as_ref()) {
                 let raw: &'de RawValue = map.next_value()?;
@@ -341,6 +341,34 @@ impl<'de> Visitor<'de> for WantedFields<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// An object key, borrowed from the input unless it holds escapes (serde's
+/// own `Cow<str>` always copies: one allocation per key of every JSON).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
     }
 }
 
@@ -374,6 +402,12 @@ mod tests {
         assert_eq!(c(r#"{"short_caption":3}"#), None);
         assert_eq!(c(r#"{"width":3}"#), None);
         assert_eq!(c("not json"), None);
+    }
+
+    #[test]
+    fn escaped_keys_match_as_python_reads_them() {
+        let r = row(r#"{"image_name":"a.png","width":1,"height":2,"short\u005fcaption":"a cat"}"#);
+        assert_eq!(r.caption, "a cat");
     }
 
     #[test]

@@ -248,8 +248,8 @@ impl DataDir {
         crc: Option<u32>,
     ) -> Result<(), PlaceError> {
         if let Some((w, path)) = self.log.as_mut() {
-            let rec = durability::files_list_record(rel.as_os_str().as_encoded_bytes(), size, crc);
-            w.write_all(&rec)
+            let rel = rel.as_os_str().as_encoded_bytes();
+            durability::write_files_list_record(w, rel, size, crc)
                 .map_err(|e| PlaceError::Io(path.clone(), e))?;
         }
         Ok(())

@@ -39,6 +39,14 @@ pub fn safe_relative_path(name: &[u8]) -> Result<PathBuf, UnsafeName> {
     if name.first() == Some(&b'/') {
         return Err(UnsafeName::Absolute);
     }
+    if !name.contains(&b'/') {
+        // One segment (every sample of a webdataset shard): no parsing.
+        return match name {
+            b"" | b"." => Err(UnsafeName::Empty),
+            b".." => Err(UnsafeName::ParentDir),
+            _ => Ok(PathBuf::from(OsStr::from_bytes(name))),
+        };
+    }
     let mut out = PathBuf::new();
     for comp in Path::new(OsStr::from_bytes(name)).components() {
         match comp {
@@ -73,6 +81,10 @@ mod tests {
         assert_eq!(safe_relative_path(b"/etc/x"), Err(UnsafeName::Absolute));
         assert_eq!(safe_relative_path(b"./"), Err(UnsafeName::Empty));
         assert_eq!(safe_relative_path(b""), Err(UnsafeName::Empty));
+        assert_eq!(safe_relative_path(b"."), Err(UnsafeName::Empty));
+        assert_eq!(safe_relative_path(b".."), Err(UnsafeName::ParentDir));
+        assert_eq!(safe_relative_path(b"..a").unwrap(), PathBuf::from("..a"));
+        assert_eq!(safe_relative_path(b"a/").unwrap(), PathBuf::from("a"));
         assert!(safe_relative_path(b"caf\xe9.png").is_ok());
     }
 }

@@ -8,9 +8,11 @@
 //! and the seed's caption files are left exactly as they are.
 
 use foldhash::{HashMap, HashSet};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+
+use super::member::file_name;
 
 use shardprep_core::issue::IssueKind;
 use shardprep_core::layout::fnv1a64;
@@ -19,14 +21,18 @@ use shardprep_core::layout::fnv1a64;
 /// `os.path.splitext(rel)[0] + ".txt"` (a leading dot of the file name does
 /// not start an extension).
 pub(super) fn caption_path(rel: &Path) -> PathBuf {
-    let name = rel.file_name().map(OsStr::as_bytes).unwrap_or_default();
+    let rel = rel.as_os_str().as_bytes();
+    let name = file_name(rel);
     let stem = match name.iter().rposition(|b| *b == b'.') {
         Some(i) if name[..i].iter().any(|b| *b != b'.') => &name[..i],
         _ => name,
     };
-    let mut file = stem.to_vec();
-    file.extend_from_slice(b".txt");
-    rel.with_file_name(OsStr::from_bytes(&file))
+    let dir = &rel[..rel.len() - name.len()];
+    let mut path = Vec::with_capacity(dir.len() + stem.len() + 4);
+    path.extend_from_slice(dir);
+    path.extend_from_slice(stem);
+    path.extend_from_slice(b".txt");
+    PathBuf::from(OsString::from_vec(path))
 }
 
 /// The hash the pass keeps of a path.
@@ -141,6 +147,9 @@ mod tests {
         assert_eq!(p(".png"), ".png.txt");
         assert_eq!(p("..png"), "..png.txt");
         assert_eq!(p("k.json"), "k.txt");
+        assert_eq!(p("d/e/.png"), "d/e/.png.txt");
+        assert_eq!(p("d.x/k"), "d.x/k.txt");
+        assert_eq!(p("d/k.tar.gz"), "d/k.tar.txt");
     }
 
     #[test]

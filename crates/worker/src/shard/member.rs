@@ -23,18 +23,31 @@ pub(crate) enum Kind {
 
 /// The member's kind, as both passes count it.
 pub(crate) fn kind_of(rel: &Path) -> Kind {
-    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    let name = file_name(rel.as_os_str().as_bytes());
     // `*.json` exactly as `find -name '*.json'` and `glob('data/*.json')` match.
     if name.ends_with(b".json") {
         return Kind::Json;
     }
-    let ext = match name.iter().rposition(|b| *b == b'.') {
-        Some(i) => name[i + 1..].to_ascii_lowercase(),
-        None => return Kind::Other,
+    let Some(i) = name.iter().rposition(|b| *b == b'.') else {
+        return Kind::Other;
     };
-    match ext.as_slice() {
-        b"png" | b"jpg" | b"jpeg" | b"webp" | b"gif" | b"bmp" | b"tif" | b"tiff" => Kind::Image,
-        _ => Kind::Other,
+    let ext = &name[i + 1..];
+    const IMAGES: [&[u8]; 8] = [
+        b"png", b"jpg", b"jpeg", b"webp", b"gif", b"bmp", b"tif", b"tiff",
+    ];
+    if IMAGES.iter().any(|e| ext.eq_ignore_ascii_case(e)) {
+        Kind::Image
+    } else {
+        Kind::Other
+    }
+}
+
+/// The last segment of a checked path (one without `.`, `..`, empty or
+/// trailing segments, as [`crate::extract::safe_relative_path`] makes them).
+pub(crate) fn file_name(rel: &[u8]) -> &[u8] {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => &rel[i + 1..],
+        None => rel,
     }
 }
 
@@ -95,7 +108,7 @@ impl<'a> Member<'a> {
         Member {
             source,
             kind: kind_of(&rel),
-            top_level: rel.components().count() == 1,
+            top_level: !rel.as_os_str().as_bytes().contains(&b'/'),
             name,
             rel,
             size,
@@ -181,5 +194,27 @@ impl<'a> Member<'a> {
             }
         }
         (got, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_extension_any_case() {
+        let k = |s: &str| kind_of(Path::new(s));
+        assert_eq!(k("a.json"), Kind::Json);
+        assert_eq!(
+            k("d/a.JSON"),
+            Kind::Other,
+            "*.json matches as find -name does"
+        );
+        assert_eq!(k("a.PNG"), Kind::Image);
+        assert_eq!(k("d.png/a.JpEg"), Kind::Image);
+        assert_eq!(k("d.png/a"), Kind::Other);
+        assert_eq!(k("a.tiff"), Kind::Image);
+        assert_eq!(k("a.txt"), Kind::Other);
+        assert_eq!(k(".png"), Kind::Image);
     }
 }

@@ -27,6 +27,7 @@ mod pax;
 mod sparse;
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 pub use entry::Entry;
 pub use error::{Corruption, ExtractError, TarError};
@@ -124,7 +125,8 @@ impl EntryMeta {
 /// The data area of the current member: what is left of it and for whom.
 #[derive(Debug, Default)]
 struct Area {
-    member: String,
+    /// The member's name (lossy UTF-8), shared with `last_member`.
+    member: Arc<str>,
     stored: u64,
     left: u64,
     pad: u64,
@@ -156,7 +158,9 @@ pub struct TarReader<R> {
     area: Area,
     finished: bool,
     global: Pax,
-    last_member: Option<String>,
+    last_member: Option<Arc<str>>,
+    /// Where skipped data and padding are read to; kept, not zeroed per member.
+    scratch: Vec<u8>,
 }
 
 impl<R: Read> TarReader<R> {
@@ -174,6 +178,7 @@ impl<R: Read> TarReader<R> {
             finished: false,
             global: Pax::default(),
             last_member: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -247,7 +252,7 @@ impl<R: Read> TarReader<R> {
                         return Err(e);
                     }
                     let meta = self.member(&block, offset, pending)?;
-                    self.last_member = Some(meta.name_lossy());
+                    self.last_member = Some(Arc::clone(&self.area.member));
                     return Ok(Some(meta));
                 }
             }
@@ -288,7 +293,7 @@ impl<R: Read> TarReader<R> {
             );
         }
         self.area = Area {
-            member: what.to_string(),
+            member: Arc::from(what),
             stored: size,
             left: size,
             pad: padding(size),
@@ -321,10 +326,10 @@ impl<R: Read> TarReader<R> {
             .unwrap_or_else(|| hdr.path_bytes().into_owned());
         let link_name = (pax.linkpath.clone().or(pending.long_link))
             .or_else(|| hdr.link_name_bytes().map(|l| l.into_owned()));
-        let member = String::from_utf8_lossy(&name).into_owned();
+        let member: Arc<str> = Arc::from(String::from_utf8_lossy(&name));
         let header_size = header::size_field(block).map_err(|what| TarError::Corrupt {
             offset: header_offset,
-            member: Some(member.clone()),
+            member: Some(member.to_string()),
             after: None,
             what,
         })?;
@@ -379,11 +384,12 @@ impl<R: Read> TarReader<R> {
             return Ok(0);
         }
         let offset = self.pos;
-        let got = self.read_some(&mut buf[..n], Some(&self.area.member.clone()))?;
+        let member = Some(&*self.area.member);
+        let got = read_input(&mut self.inner, &mut self.pos, &mut buf[..n], member)?;
         if got == 0 {
             return Err(TarError::Corrupt {
                 offset,
-                member: Some(self.area.member.clone()),
+                member: Some(self.area.member.to_string()),
                 after: None,
                 what: Corruption::TruncatedData {
                     got: self.area.stored - self.area.left,
@@ -401,9 +407,20 @@ impl<R: Read> TarReader<R> {
         if let Some(skip) = self.skip {
             return self.seek_rest(skip);
         }
-        let mut scratch = [0u8; 8192];
+        if self.area.left == 0 && self.area.pad == 0 {
+            return Ok(());
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(8192, 0);
+        let skipped = self.skip_into(&mut scratch);
+        self.scratch = scratch;
+        skipped
+    }
+
+    /// [`TarReader::skip_rest`] by reading into `scratch`.
+    fn skip_into(&mut self, scratch: &mut [u8]) -> Result<(), TarError> {
         while self.area.left > 0 {
-            self.read_area(&mut scratch)?;
+            self.read_area(scratch)?;
         }
         while self.area.pad > 0 {
             let offset = self.pos;
@@ -412,7 +429,7 @@ impl<R: Read> TarReader<R> {
             if got == 0 {
                 return Err(TarError::Corrupt {
                     offset,
-                    member: Some(self.area.member.clone()),
+                    member: Some(self.area.member.to_string()),
                     after: None,
                     what: Corruption::TruncatedPadding {
                         missing: self.area.pad,
@@ -432,14 +449,14 @@ impl<R: Read> TarReader<R> {
         }
         let moved = skip(&mut self.inner, total).map_err(|source| TarError::Io {
             offset: self.pos,
-            member: Some(self.area.member.clone()),
+            member: Some(self.area.member.to_string()),
             source,
         })?;
         self.pos += moved;
         let in_data = moved.min(self.area.left);
         self.area.left -= in_data;
         self.area.pad -= moved - in_data;
-        let member = Some(self.area.member.clone());
+        let member = Some(self.area.member.to_string());
         let what = if self.area.left > 0 {
             Corruption::TruncatedData {
                 got: self.area.stored - self.area.left,
@@ -474,22 +491,7 @@ impl<R: Read> TarReader<R> {
 
     /// One read of the input; its errors are input failures.
     fn read_some(&mut self, buf: &mut [u8], member: Option<&str>) -> Result<usize, TarError> {
-        loop {
-            match self.inner.read(buf) {
-                Ok(n) => {
-                    self.pos += n as u64;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(TarError::Io {
-                        offset: self.pos,
-                        member: member.map(str::to_string),
-                        source,
-                    });
-                }
-            }
-        }
+        read_input(&mut self.inner, &mut self.pos, buf, member)
     }
 
     /// A corrupt header: the member is unknown, the last good one is named.
@@ -497,7 +499,7 @@ impl<R: Read> TarReader<R> {
         TarError::Corrupt {
             offset,
             member: None,
-            after: self.last_member.clone(),
+            after: self.last_member.as_deref().map(str::to_string),
             what,
         }
     }
@@ -524,6 +526,31 @@ fn seek_forward<R: Seek>(inner: &mut R, n: u64) -> io::Result<u64> {
     let to = here.saturating_add(n).min(end).max(here);
     inner.seek(SeekFrom::Start(to))?;
     Ok(to - here)
+}
+
+/// One read of `inner`, moving `pos`; its errors are input failures.
+fn read_input<R: Read>(
+    inner: &mut R,
+    pos: &mut u64,
+    buf: &mut [u8],
+    member: Option<&str>,
+) -> Result<usize, TarError> {
+    loop {
+        match inner.read(buf) {
+            Ok(n) => {
+                *pos += n as u64;
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(TarError::Io {
+                    offset: *pos,
+                    member: member.map(str::to_string),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 fn padding(size: u64) -> u64 {

@@ -63,7 +63,7 @@ impl<R: Read> TarReader<R> {
         let keys = &pax.sparse;
         if let Some(name) = &keys.name {
             meta.name = name.clone();
-            self.area.member = meta.name_lossy();
+            self.area.member = std::sync::Arc::from(meta.name_lossy());
         }
         let format = match sparse::pax_format(keys) {
             Ok(Some(format)) => format,
