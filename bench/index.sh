@@ -22,6 +22,12 @@ reps="${REPS:-1}"
 read -r small_n small_s <<<"${SMALL:-4 4000}"
 read -r big_n big_s <<<"${BIG:-2 150}"
 mkdir -p "$work"
+if ! "$py" -c 'import webshart, PIL' 2>/dev/null; then
+  echo "bench/index.sh: $venv needs webshart 0.6.0 and pillow; make it with" >&2
+  echo "  python3.12 -m venv $venv && $venv/bin/pip install webshart==0.6.0 pillow" >&2
+  echo "(or point WS_VENV at a venv that has them)" >&2
+  exit 2
+fi
 workers="${WORKERS:-2}"
 if [ -z "${SHARDPREP_INDEX_CMD:-}" ]; then
   (cd "$repo" && cargo build -q --release --bin shardprep)
