@@ -59,6 +59,16 @@ struct Written {
     paths: WrittenPaths,
     /// Distinct `*.json` paths written.
     json: u64,
+    /// The length of each shard's list as read (0: empty or unreadable).
+    /// The lists are read again, one at a time, to check the files: a job
+    /// of millions of files would otherwise hold them all (~50 bytes a file).
+    list_len: Vec<usize>,
+}
+
+/// A shard whose list could not be read again as it was read first.
+struct Unreadable {
+    shard: usize,
+    why: String,
 }
 
 /// A written file found not as written.
@@ -73,26 +83,27 @@ struct Damaged {
 
 /// Reads the file lists of `shards` (in shard order; a later shard's file
 /// overwrites an earlier one's of the same name, as on disk).
-fn read_written(
-    layout: &OutputLayout,
-    shards: &[ShardWrote],
-    c: &mut WrittenCheck,
-) -> (Written, Vec<Vec<u8>>) {
-    let lists: Vec<Vec<u8>> = shards.iter().map(|s| read_list(layout, s, c)).collect();
+fn read_written(layout: &OutputLayout, shards: &[ShardWrote], c: &mut WrittenCheck) -> Written {
     let mut w = Written {
         paths: WrittenPaths::default(),
         json: 0,
+        list_len: Vec::with_capacity(shards.len()),
     };
     // Sized once (the job's end would otherwise rehash a map of every file
     // of `data/` several times): the shards' counts, bounded by what the
     // lists can hold (a record takes at least 4 bytes) so that a damaged
     // count cannot ask for more.
     let counted: u64 = shards.iter().map(|s| s.files).sum();
-    let bound = lists.iter().map(|l| l.len() / 4).sum::<usize>();
-    let capacity = usize::try_from(counted).map_or(bound, |n| n.min(bound));
+    let list_bytes = |s: &ShardWrote| std::fs::metadata(layout.files_list_path(&s.name));
+    let bound = shards
+        .iter()
+        .map(|s| list_bytes(s).map_or(0, |m| m.len() / 4))
+        .sum::<u64>();
+    let capacity = usize::try_from(counted.min(bound)).unwrap_or(0);
     w.paths.last_writer.reserve(capacity);
-    for (i, bytes) in lists.iter().enumerate() {
-        for (j, rec) in parse_files_list(bytes).into_iter().enumerate() {
+    for (i, shard) in shards.iter().enumerate() {
+        let bytes = read_list(layout, shard, c);
+        for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
             match w.paths.last_writer.insert(fnv1a64(rec.rel), (i, j)) {
                 Some(earlier) => {
                     w.paths.overwritten.insert(earlier);
@@ -100,8 +111,9 @@ fn read_written(
                 None => w.json += u64::from(rec.rel.ends_with(b".json")),
             }
         }
+        w.list_len.push(bytes.len());
     }
-    (w, lists)
+    w
 }
 
 /// The bytes of `shard`'s file list; empty, with the shard marked damaged,
@@ -139,22 +151,30 @@ pub fn check_written(
     depth: CheckDepth,
 ) -> WrittenCheck {
     let mut c = WrittenCheck::default();
-    let (mut written, lists) = read_written(layout, shards, &mut c);
+    let mut written = read_written(layout, shards, &mut c);
     let data = CheckedDir::open(&layout.data_dir());
-    let half = lists.len().div_ceil(2);
-    let (data_ref, lists_ref, written_ref) = (&data, &lists, &written);
-    let check = |range| find_damaged(data_ref, lists_ref, range, written_ref, depth);
-    let found: Vec<Damaged> = std::thread::scope(|scope| {
-        let second = scope.spawn(|| check(half..lists_ref.len()));
-        let mut found = check(0..half);
+    let half = shards.len().div_ceil(2);
+    let (data_ref, written_ref) = (&data, &written);
+    let check = |range| find_damaged(layout, shards, range, (data_ref, written_ref), depth);
+    let (found, unreadable): (Vec<Damaged>, Vec<Unreadable>) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| check(half..shards.len()));
+        let (mut found, mut unreadable) = check(0..half);
         // A panic is a bug: it must not pass for "nothing damaged".
-        found.extend(
-            second
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        );
-        found
+        let (f2, u2) = second
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        found.extend(f2);
+        unreadable.extend(u2);
+        (found, unreadable)
     });
+    for Unreadable { shard, why } in unreadable {
+        let shard = &shards[shard].name;
+        c.findings.damaged_shards.insert(shard.clone());
+        c.findings.problems.push(format!(
+            "shard {shard}: {why}; run the job again: it redoes the shard"
+        ));
+        c.why.entry(shard.clone()).or_insert(why);
+    }
     let mut missing = Vec::new();
     let (mut n_missing, mut json_missing) = (0u64, 0u64);
     for Damaged {
@@ -200,18 +220,42 @@ pub fn check_written(
     c
 }
 
-/// The files of `lists[range]` that are not as written (each shard's last
-/// write of a path only).
+/// The files of `shards[range]`'s lists that are not as written (each
+/// shard's last write of a path only), and the lists that could not be
+/// read again as they were read first.
 fn find_damaged(
-    data: &CheckedDir,
-    lists: &[Vec<u8>],
+    layout: &OutputLayout,
+    shards: &[ShardWrote],
     range: std::ops::Range<usize>,
-    written: &Written,
+    (data, written): (&CheckedDir, &Written),
     depth: CheckDepth,
-) -> Vec<Damaged> {
-    let mut found = Vec::new();
+) -> (Vec<Damaged>, Vec<Unreadable>) {
+    let (mut found, mut unreadable) = (Vec::new(), Vec::new());
     for i in range {
-        for (j, rec) in parse_files_list(&lists[i]).into_iter().enumerate() {
+        if written.list_len[i] == 0 {
+            continue; // nothing listed, or unreadable (already a finding)
+        }
+        let path = layout.files_list_path(&shards[i].name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) if b.len() == written.list_len[i] => b,
+            Ok(_) => {
+                let why = format!(
+                    "its file list {} changed while the job's end checked it",
+                    path.display()
+                );
+                unreadable.push(Unreadable { shard: i, why });
+                continue;
+            }
+            Err(e) => {
+                let why = format!(
+                    "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
+                    path.display()
+                );
+                unreadable.push(Unreadable { shard: i, why });
+                continue;
+            }
+        };
+        for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
             let Some(rel) = listed_path(rec.rel) else {
                 continue;
             };
@@ -229,7 +273,7 @@ fn find_damaged(
             }
         }
     }
-    found
+    (found, unreadable)
 }
 
 /// The findings of [`check_written`]: the JSON files there, and the files
@@ -316,5 +360,63 @@ pub fn list_foreign(layout: &OutputLayout, ours: &WrittenPaths, f: &mut Findings
                 ""
             }
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardprep_core::durability::{files_list_header, files_list_record};
+
+    /// An output with `data/a.json` (3 bytes) and `data/b.png` (missing),
+    /// both listed by shard `s0`.
+    fn output() -> (tempfile::TempDir, OutputLayout, Vec<ShardWrote>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = OutputLayout::new(tmp.path());
+        std::fs::create_dir_all(layout.data_dir()).unwrap();
+        std::fs::write(layout.data_dir().join("a.json"), b"{}\n").unwrap();
+        let list = layout.files_list_path("s0");
+        std::fs::create_dir_all(list.parent().unwrap()).unwrap();
+        let mut bytes = files_list_header();
+        bytes.extend(files_list_record(b"a.json", Some(3), None));
+        bytes.extend(files_list_record(b"b.png", Some(5), None));
+        std::fs::write(&list, bytes).unwrap();
+        let shards = vec![ShardWrote {
+            name: "s0".into(),
+            files: 2,
+        }];
+        (tmp, layout, shards)
+    }
+
+    #[test]
+    fn a_missing_file_names_its_shard() {
+        let (_tmp, layout, shards) = output();
+        let c = check_written(&layout, &shards, Some(1), CheckDepth::Sizes);
+        assert!(c.findings.damaged_shards.contains("s0"));
+        assert!(c.paths.damaged("b.png") && !c.paths.damaged("a.json"));
+        assert!(c.why["s0"].contains("data/b.png"), "{:?}", c.why);
+    }
+
+    #[test]
+    fn a_list_changed_between_its_two_reads_is_a_finding_not_a_pass() {
+        let (_tmp, layout, shards) = output();
+        let mut c = WrittenCheck::default();
+        let written = read_written(&layout, &shards, &mut c);
+        // Both files fine now, but the list grows before the files are checked.
+        std::fs::write(layout.data_dir().join("b.png"), b"12345").unwrap();
+        let list = layout.files_list_path("s0");
+        let mut bytes = std::fs::read(&list).unwrap();
+        bytes.extend(files_list_record(b"c.txt", Some(1), None));
+        std::fs::write(&list, bytes).unwrap();
+        let data = CheckedDir::open(&layout.data_dir());
+        let (found, unreadable) =
+            find_damaged(&layout, &shards, 0..1, (&data, &written), CheckDepth::Sizes);
+        assert!(found.is_empty());
+        assert_eq!(unreadable.len(), 1);
+        assert!(
+            unreadable[0].why.contains("changed"),
+            "{}",
+            unreadable[0].why
+        );
     }
 }
