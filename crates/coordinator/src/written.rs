@@ -125,19 +125,30 @@ fn read_list(layout: &OutputLayout, shard: &ShardWrote, c: &mut WrittenCheck) ->
         // A shard that wrote nothing into data/ needs no list.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && shard.files == 0 => Vec::new(),
         Err(e) => {
-            let why = format!(
-                "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
-                path.display()
-            );
-            c.findings.damaged_shards.insert(shard.name.clone());
-            c.findings.problems.push(format!(
-                "shard {}: {why}; run the job again: it redoes the shard",
-                shard.name
-            ));
-            c.why.entry(shard.name.clone()).or_insert(why);
+            c.list_unreadable(&shard.name, unreadable_list(&path, &e));
             Vec::new()
         }
     }
+}
+
+impl WrittenCheck {
+    /// `shard`'s file list cannot be read (`why`): the shard is damaged
+    /// and redone.
+    fn list_unreadable(&mut self, shard: &str, why: String) {
+        self.findings.damaged_shards.insert(shard.to_string());
+        self.findings.problems.push(format!(
+            "shard {shard}: {why}; run the job again: it redoes the shard"
+        ));
+        self.why.entry(shard.to_string()).or_insert(why);
+    }
+}
+
+/// Why the file list at `path` does not tell what its shard wrote.
+fn unreadable_list(path: &std::path::Path, e: &std::io::Error) -> String {
+    format!(
+        "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
+        path.display()
+    )
 }
 
 /// Checks what the job wrote into `data/`: every file each committed shard
@@ -168,12 +179,7 @@ pub fn check_written(
         (found, unreadable)
     });
     for Unreadable { shard, why } in unreadable {
-        let shard = &shards[shard].name;
-        c.findings.damaged_shards.insert(shard.clone());
-        c.findings.problems.push(format!(
-            "shard {shard}: {why}; run the job again: it redoes the shard"
-        ));
-        c.why.entry(shard.clone()).or_insert(why);
+        c.list_unreadable(&shards[shard].name, why);
     }
     let mut missing = Vec::new();
     let (mut n_missing, mut json_missing) = (0u64, 0u64);
@@ -238,19 +244,14 @@ fn find_damaged(
         let path = layout.files_list_path(&shards[i].name);
         let bytes = match std::fs::read(&path) {
             Ok(b) if b.len() == written.list_len[i] => b,
-            Ok(_) => {
-                let why = format!(
-                    "its file list {} changed while the job's end checked it",
-                    path.display()
-                );
-                unreadable.push(Unreadable { shard: i, why });
-                continue;
-            }
-            Err(e) => {
-                let why = format!(
-                    "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
-                    path.display()
-                );
+            read => {
+                let why = match read {
+                    Ok(_) => format!(
+                        "its file list {} changed while the job's end checked it",
+                        path.display()
+                    ),
+                    Err(e) => unreadable_list(&path, &e),
+                };
                 unreadable.push(Unreadable { shard: i, why });
                 continue;
             }
