@@ -359,6 +359,22 @@ fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
     job.damage_and_repair("a JSON with a flipped byte", Depth::Deep, |j| {
         flip_byte(&j.data_file("json", 1))
     });
+    // A directory where the output has a file of its own: removed, not a
+    // commit that fails on `EISDIR` at every re-run.
+    for (what, path) in [
+        (
+            "a directory in the way of a fragment",
+            l.fragment_path(SHARD),
+        ),
+        (
+            "a directory in the way of a manifest",
+            l.manifest_path(SHARD),
+        ),
+        ("a directory in the way of the table", table.clone()),
+        ("a directory in the way of report.json", l.report_path()),
+    ] {
+        job.damage_and_repair(what, Depth::Plain, |_| directory_in_the_way(&path));
+    }
 }
 
 #[test]
@@ -420,6 +436,11 @@ fn every_kind_of_damage_to_an_index_output_is_repaired_by_a_rerun() {
     job.damage_and_repair("report.json deleted", Depth::Plain, |_| {
         remove(&l.report_path())
     });
+    job.damage_and_repair(
+        "a directory in the way of an index file",
+        Depth::Plain,
+        |_| directory_in_the_way(&index),
+    );
 }
 
 #[test]
@@ -434,7 +455,7 @@ fn every_kind_of_damage_to_the_other_index_formats_is_repaired_by_a_rerun() {
     let meta = job.out.join("energon/.nv-meta");
     let dali_idx = job.out.join("dali/data-000001.idx");
     let tar_idx = job.out.join("energon/data-000001.tar.idx");
-    let plain: [(&str, PathBuf, Damage<Path>); 7] = [
+    let plain: [(&str, PathBuf, Damage<Path>); 10] = [
         (
             "index.sqlite truncated",
             meta.join("index.sqlite"),
@@ -469,6 +490,21 @@ fn every_kind_of_damage_to_the_other_index_formats_is_repaired_by_a_rerun() {
             "a DALI .idx truncated",
             dali_idx.clone(),
             Box::new(truncate_half),
+        ),
+        (
+            "a directory in the way of dataset.yaml",
+            meta.join("dataset.yaml"),
+            Box::new(directory_in_the_way),
+        ),
+        (
+            "a directory in the way of index.sqlite",
+            meta.join("index.sqlite"),
+            Box::new(directory_in_the_way),
+        ),
+        (
+            "a directory in the way of a DALI .idx",
+            dali_idx.clone(),
+            Box::new(directory_in_the_way),
         ),
     ];
     for (what, path, damage) in plain {
@@ -509,6 +545,12 @@ fn every_kind_of_damage_to_the_other_index_formats_is_repaired_by_a_rerun() {
     run_job(&job.input, &again, &flags);
     let uuid = |out: &Path| std::fs::read(out.join("energon/.nv-meta/index.uuid")).unwrap();
     assert_eq!(uuid(&again), uuid(&job.out), "index.uuid of two clean runs");
+}
+
+/// The file at `p` replaced by a directory holding a file.
+fn directory_in_the_way(p: &Path) {
+    remove(p);
+    std::fs::create_dir_all(p.join("junk")).unwrap();
 }
 
 fn append(p: &Path, bytes: &[u8]) {

@@ -249,13 +249,15 @@ pub fn publish(layout: &OutputLayout, p: &Prepared) -> Result<(), CoordinatorErr
     let name = &p.shard;
     if p.files_tmp.exists() {
         let dst = layout.files_list_path(name);
-        std::fs::rename(&p.files_tmp, &dst).map_err(|e| io_err("commit file list", &dst, e))?;
+        shardprep_core::layout::rename_into_place(&p.files_tmp, &dst)
+            .map_err(|e| io_err("commit file list", &dst, e))?;
     }
     let frag_dst = layout.fragment_path(name);
-    std::fs::rename(&p.fragment_tmp, &frag_dst)
+    shardprep_core::layout::rename_into_place(&p.fragment_tmp, &frag_dst)
         .map_err(|e| io_err("commit fragment", &frag_dst, e))?;
     if let Some((src, dst)) = &p.index {
-        std::fs::rename(src, dst).map_err(|e| io_err("publish index", dst, e))?;
+        shardprep_core::layout::rename_into_place(src, dst)
+            .map_err(|e| io_err("publish index", dst, e))?;
     }
     if let Some(pieces) = &p.pieces {
         pieces
@@ -263,7 +265,8 @@ pub fn publish(layout: &OutputLayout, p: &Prepared) -> Result<(), CoordinatorErr
             .map_err(|e| CoordinatorError::BadCommit(e.to_string()))?;
     }
     let man_dst = layout.manifest_path(name);
-    std::fs::rename(&p.manifest_tmp, &man_dst).map_err(|e| io_err("commit manifest", &man_dst, e))
+    shardprep_core::layout::rename_into_place(&p.manifest_tmp, &man_dst)
+        .map_err(|e| io_err("commit manifest", &man_dst, e))
 }
 
 impl Prepared {
@@ -345,7 +348,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
             f.write_all(bytes).map_err(|e| err("write", e))?;
             f.sync_all().map_err(|e| err("sync", e))
         })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| err("rename", e)));
+        .and_then(|()| {
+            shardprep_core::layout::rename_into_place(&tmp, path).map_err(|e| err("rename", e))
+        });
     if let Err(e) = written {
         // Never leave a half-written file behind (e.g. on a full disk).
         let _ = std::fs::remove_file(&tmp);

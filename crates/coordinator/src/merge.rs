@@ -151,7 +151,7 @@ fn merge_into(
     let file = buf.into_inner().map_err(|e| merr(&tmp, e.into_error()))?;
     file.sync_all().map_err(|e| merr(&tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, dest).map_err(|e| merr(dest, e))?;
+    shardprep_core::layout::rename_into_place(&tmp, dest).map_err(|e| merr(dest, e))?;
     if let Some(parent) = dest.parent() {
         crate::commit::sync_dir(parent);
     }

@@ -202,9 +202,45 @@ pub fn unique_tmp(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Renames `src` onto `dst`, a file the output owns (state, table, report,
+/// indexes; never a member in `data/`). A directory at `dst` can only be
+/// damage, since shardprep writes a file there: it is removed first, so that
+/// a re-run repairs it instead of failing on `EISDIR` every time.
+pub fn rename_into_place(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> std::io::Result<()> {
+    use std::io::ErrorKind::{DirectoryNotEmpty, IsADirectory};
+    let (src, dst) = (src.as_ref(), dst.as_ref());
+    match std::fs::rename(src, dst) {
+        Err(e) if matches!(e.kind(), IsADirectory | DirectoryNotEmpty) => {
+            std::fs::remove_dir_all(dst).map_err(|r| {
+                std::io::Error::new(
+                    r.kind(),
+                    format!("a directory is in the way ({e}) and cannot be removed: {r}"),
+                )
+            })?;
+            std::fs::rename(src, dst)
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_in_the_way_of_an_owned_file_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("new"), tmp.path().join("report.json"));
+        std::fs::write(&src, b"{}").unwrap();
+        std::fs::create_dir_all(dst.join("junk")).unwrap();
+        rename_into_place(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"{}");
+        // A missing source is still an error, with nothing removed.
+        std::fs::remove_file(&dst).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        assert!(rename_into_place(&src, &dst).is_err());
+        assert!(dst.is_dir());
+    }
 
     #[test]
     fn stems_are_safe_and_distinct() {

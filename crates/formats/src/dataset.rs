@@ -330,7 +330,8 @@ fn build_energon(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, &db).map_err(FormatsError::io("publish", &db))?;
+    shardprep_core::layout::rename_into_place(&tmp, &db)
+        .map_err(FormatsError::io("publish", &db))?;
     summary.sqlite_ms = started.elapsed().as_millis() as u64;
     summary.sqlite_rows = rows;
     Ok(())
@@ -399,7 +400,8 @@ fn index_uuid(
 fn sample_loader_files(layout: &OutputLayout, caption_field: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let meta = paths::nv_meta(layout);
     let yaml = meta.join("dataset.yaml");
-    if yaml.exists() && !needs_sample_loader(&meta) {
+    // Not a file (a directory in the way) is not the user's own: replaced.
+    if yaml.is_file() && !needs_sample_loader(&meta) {
         return Vec::new();
     }
     let field = serde_json::Value::from(caption_field).to_string();
@@ -418,7 +420,7 @@ fn sample_loader_files(layout: &OutputLayout, caption_field: &str) -> Vec<(PathB
          \x20   return part in IMAGE_PARTS or part == \"json\"\n"
     );
     let mut files = vec![(meta.join("sample_loader.py"), loader.into_bytes())];
-    if !yaml.exists() {
+    if !yaml.is_file() {
         let dataset = "sample_type:\n  __module__: megatron.energon\n  __class__: CaptioningSample\n\
                        sample_loader: sample_loader.py:sample_loader\n\
                        part_filter: sample_loader.py:part_filter\n";
@@ -454,7 +456,8 @@ fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), FormatsError> {
         tmps.iter()
             .zip(files)
             .try_for_each(|((tmp, _), (path, _))| {
-                std::fs::rename(tmp, path).map_err(FormatsError::io("publish", path))
+                shardprep_core::layout::rename_into_place(tmp, path)
+                    .map_err(FormatsError::io("publish", path))
             })
     });
     if res.is_err() {

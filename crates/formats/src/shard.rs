@@ -348,7 +348,8 @@ impl PreparedPieces {
             remove_if_there(p);
         }
         for (src, dst) in &self.renames {
-            std::fs::rename(src, dst).map_err(FormatsError::io("publish", dst))?;
+            shardprep_core::layout::rename_into_place(src, dst)
+                .map_err(FormatsError::io("publish", dst))?;
         }
         Ok(())
     }

@@ -99,7 +99,7 @@ pub fn publish_index(
     })?;
     let parent = dest.parent().unwrap_or(layout.root());
     std::fs::create_dir_all(parent)?;
-    std::fs::rename(layout.tmp_dir().join(index_tmp), &dest)?;
+    shardprep_core::layout::rename_into_place(layout.tmp_dir().join(index_tmp), &dest)?;
     File::open(parent)?.sync_all()?;
     Ok(dest)
 }
@@ -150,9 +150,10 @@ pub fn index_file(
     let win = open_local(path, shard_name)?;
     let done = index_window(&task, win, limits, (cancel, live), started);
     let moved = match &done {
-        Ok((out, _)) => {
-            std::fs::rename(task.layout.tmp_dir().join(&out.fragment_tmp), fragment_path)
-        }
+        Ok((out, _)) => shardprep_core::layout::rename_into_place(
+            task.layout.tmp_dir().join(&out.fragment_tmp),
+            fragment_path,
+        ),
         Err(_) => Ok(()),
     };
     let _ = std::fs::remove_dir_all(&scratch);

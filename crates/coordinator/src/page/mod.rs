@@ -138,7 +138,8 @@ pub fn write_gathered(
     let text = html::render(&page);
     let path = out.join(PAGE_FILE);
     let tmp = shardprep_core::layout::unique_tmp(&path);
-    let written = std::fs::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
+    let written = std::fs::write(&tmp, text.as_bytes())
+        .and_then(|()| shardprep_core::layout::rename_into_place(&tmp, &path));
     written.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         PageError::Write {
