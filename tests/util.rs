@@ -287,6 +287,18 @@ pub fn report(out: &Path) -> serde_json::Value {
 
 /// Asserts that `out` holds exactly what the seed's pipeline gives for `shards`.
 pub fn assert_matches_seed(out: &Path, shards: &[PathBuf]) {
+    let (e, unlisted) = assert_data_matches_seed(out, shards);
+    let r = report(out);
+    assert_eq!(r["verdict"], "ok", "report: {r:#}");
+    assert_eq!(r["found_json"], e.json_members);
+    assert_eq!(r["rows"], e.rows.len() as u64);
+    assert_eq!(r["totals"]["captions_for_unlisted_images"], unlisted);
+}
+
+/// Asserts that `out`'s `data/` and table are what the seed's pipeline gives
+/// for `shards`; returns the oracle and how many caption files the job
+/// wrote beyond the seed's.
+pub fn assert_data_matches_seed(out: &Path, shards: &[PathBuf]) -> (Expected, u64) {
     let e = oracle(shards, "short_caption");
     let mut got = read_tree(&out.join("data"));
     let unlisted = take_unlisted_captions(&mut got, &e.files);
@@ -308,11 +320,7 @@ pub fn assert_matches_seed(out: &Path, shards: &[PathBuf]) {
     let rows = read_rows(&out.join("dalle3.parquet"));
     assert_eq!(rows.len(), e.rows.len(), "row count");
     assert_eq!(rows, e.rows, "rows (shard order, then member order)");
-    let r = report(out);
-    assert_eq!(r["verdict"], "ok", "report: {r:#}");
-    assert_eq!(r["found_json"], e.json_members);
-    assert_eq!(r["rows"], e.rows.len() as u64);
-    assert_eq!(r["totals"]["captions_for_unlisted_images"], unlisted);
+    (e, unlisted)
 }
 
 /// Removes from `got` the caption files the job writes beyond the seed's

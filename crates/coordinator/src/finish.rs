@@ -286,14 +286,29 @@ fn log_verdict(report: &Report) {
     }
 }
 
+/// How the end of a job came out.
+pub(crate) enum JobEnd {
+    /// The report is written.
+    Reported(Box<JobOutcome>),
+    /// The check of the output found done shards' files in `data/` not as
+    /// their lists say (on two workers, an earlier shard that wrote a path a
+    /// later one wrote too may have landed last; or something changed a
+    /// file meanwhile): the job redoes these shards (by index, with the
+    /// repair to report) before it reports, rather than say "failed" over
+    /// what a re-run repairs.
+    Redo(Vec<(usize, Repair)>),
+}
+
 /// Merges, verifies and writes the report and the SimpleTuner entry, with
-/// the repairs the job's start made (`shared.repairs`) and its own.
+/// the repairs the job made (`shared.repairs`) and its own. With
+/// `may_redo`, extract mode answers [`JobEnd::Redo`] instead of a report
+/// when the check finds shards to redo.
 pub(crate) fn finish_job(
     shared: &JobShared,
     config: &CoordinatorConfig,
-    started: Instant,
-    started_at: &str,
-) -> Result<JobOutcome, CoordinatorError> {
+    (started, started_at): (Instant, &str),
+    may_redo: bool,
+) -> Result<JobEnd, CoordinatorError> {
     let layout = &shared.layout;
     let (entries, workers_rss) = shared
         .state
@@ -302,7 +317,7 @@ pub(crate) fn finish_job(
     let fingerprint = fingerprint(&entries, config);
     let report_path = layout.report_path();
     let mut problems = failure_problems(&shared.input_problems, &rows.failures);
-    let mut repairs = shared.repairs.clone();
+    let mut repairs = crate::lock(&shared.repairs).clone();
     if let Some(formats) = config.outputs.index_formats() {
         let webshart = formats.contains(IndexFormat::Webshart);
         repairs.extend(remove_stray_indexes(layout, &rows, webshart));
@@ -322,11 +337,11 @@ pub(crate) fn finish_job(
         write_backend(layout, config, shared.webshart.as_ref())?;
         let report = prev.seen_again(&rows);
         write_page_logged(layout, &report, None);
-        return Ok(JobOutcome {
+        return Ok(JobEnd::Reported(Box::new(JobOutcome {
             ok: true,
             report,
             report_path,
-        });
+        })));
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
@@ -375,7 +390,10 @@ pub(crate) fn finish_job(
         ms = phase.elapsed().as_millis() as u64,
         "checked the output"
     );
-    problems.extend(found);
+    if may_redo && config.outputs.index_formats().is_none() && !found.damaged_shards.is_empty() {
+        return Ok(JobEnd::Redo(redo_list(&entries, &found)));
+    }
+    problems.extend(found.problems);
     problems.extend(flush_data_at_end(layout, config));
     let report = report
         .finish(problems, started.elapsed(), workers_rss, fingerprint)
@@ -391,11 +409,35 @@ pub(crate) fn finish_job(
     let phase = Instant::now();
     write_page_logged(layout, &report, page);
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "wrote the page");
-    Ok(JobOutcome {
+    Ok(JobEnd::Reported(Box::new(JobOutcome {
         ok: report.verdict == Verdict::Ok,
         report,
         report_path,
-    })
+    })))
+}
+
+/// The shards `found` damaged, by index in `entries`, each with the repair
+/// to report: the first problem that names it.
+fn redo_list(entries: &[ShardEntry], found: &Findings) -> Vec<(usize, Repair)> {
+    let names = |p: &&String, shard: &str| p.contains(&format!("shard {shard}"));
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| found.damaged_shards.contains(&e.name))
+        .map(|(i, e)| {
+            let why = found.problems.iter().find(|p| names(p, &e.name));
+            let why = why.or(found.problems.first());
+            let repair = Repair {
+                subject: e.name.clone(),
+                found: format!(
+                    "the job's end found its files in data/ not as written: {}",
+                    why.map_or("", String::as_str)
+                ),
+                action: RepairAction::RedoShard,
+            };
+            (i, repair)
+        })
+        .collect()
 }
 
 /// What `verify` finds in the output (when `check`: nothing failed
@@ -408,21 +450,21 @@ fn check_and_gather(
     config: &CoordinatorConfig,
     report: &Report,
     check: bool,
-) -> (Vec<String>, Option<page::Gathered>) {
+) -> (Findings, Option<page::Gathered>) {
     let reads_indexes = config
         .outputs
         .index_formats()
         .is_some_and(|f| f.contains(IndexFormat::Webshart));
     if check && reads_indexes {
-        let found = output_problems(layout, config, report);
-        let page = page::gather_files_with(layout.root(), report, found.shape);
-        return (found.problems, Some(page));
+        let mut found = output_problems(layout, config, report);
+        let page = page::gather_files_with(layout.root(), report, found.shape.take());
+        return (found, Some(page));
     }
     std::thread::scope(|scope| {
         let page = scope.spawn(|| page::gather_files(layout.root(), report));
         let found = match check {
-            true => output_problems(layout, config, report).problems,
-            false => Vec::new(),
+            true => output_problems(layout, config, report),
+            false => Findings::default(),
         };
         (found, page.join().ok())
     })

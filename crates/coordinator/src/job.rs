@@ -15,11 +15,11 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::discover::discover_input;
-use crate::finish::{JobOutcome, finish_job};
+use crate::finish::{JobEnd, JobOutcome, finish_job};
 use crate::lock::OutputLock;
 use crate::metrics::{self, MetricsServer};
 use crate::page::live::LivePage;
-use crate::report;
+use crate::report::{self, Repair};
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, auth_interceptor};
 use crate::{CoordinatorConfig, CoordinatorError, JobShared, JobState, Phase, judge, wire};
@@ -78,13 +78,23 @@ pub async fn serve(
         let _ = interrupt_tx.send(true);
     });
     let server = Server::start(&config, listener, shared.clone()).await?;
-    if drive(&shared, &config, interrupt_rx).await.is_err() {
-        server.stop().await;
-        return Err(CoordinatorError::Interrupted);
-    }
-
-    shared.set_phase(Phase::Merging, "");
-    let outcome = end_job(&shared, &config, started, started_at).await;
+    let mut redo_rounds = END_REDO_ROUNDS;
+    let outcome = loop {
+        if drive(&shared, &config, interrupt_rx.clone()).await.is_err() {
+            server.stop().await;
+            return Err(CoordinatorError::Interrupted);
+        }
+        shared.set_phase(Phase::Merging, "");
+        let may_redo = redo_rounds > 0;
+        match end_job(&shared, &config, (started, &started_at), may_redo).await {
+            Ok(JobEnd::Redo(shards)) => {
+                redo_rounds -= 1;
+                redo_at_end(&shared, shards);
+            }
+            Ok(JobEnd::Reported(o)) => break Ok(*o),
+            Err(e) => break Err(e),
+        }
+    };
     let (phase, verdict) = match &outcome {
         Ok(o) if o.ok => (Phase::Finished, o.report.verdict.as_str()),
         Ok(o) => (Phase::Failed, o.report.verdict.as_str()),
@@ -188,7 +198,7 @@ async fn start_job(
         input_problems: discovery.refused,
         shard_urls: sources.iter().map(|s| s.url.clone()).collect(),
         webshart,
-        repairs,
+        repairs: std::sync::Mutex::new(repairs),
         early_sqlite,
         _lock: lock,
     })
@@ -322,18 +332,37 @@ async fn drive(
     }
 }
 
+/// How many times the end of a job may redo the shards its check found
+/// damaged before it reports what it finds: the first round puts the files
+/// of shards that wrote one path in shard order; more would only repeat it.
+const END_REDO_ROUNDS: u32 = 2;
+
 /// Merges, verifies and reports on a blocking thread.
 async fn end_job(
     shared: &Arc<JobShared>,
     config: &CoordinatorConfig,
-    started: Instant,
-    started_at: String,
-) -> Result<JobOutcome, CoordinatorError> {
-    let (shared, config) = (shared.clone(), config.clone());
+    (started, started_at): (Instant, &str),
+    may_redo: bool,
+) -> Result<JobEnd, CoordinatorError> {
+    let (shared, config, started_at) = (shared.clone(), config.clone(), started_at.to_string());
     blocking("merge and report", move || {
-        finish_job(&shared, &config, started, &started_at)
+        finish_job(&shared, &config, (started, &started_at), may_redo)
     })
     .await?
+}
+
+/// Queues `shards` (found damaged by the end's check) again, one at a time
+/// in shard order, and records the repairs for the report.
+fn redo_at_end(shared: &JobShared, shards: Vec<(usize, Repair)>) {
+    let names: Vec<&str> = shards.iter().map(|(_, r)| r.subject.as_str()).collect();
+    tracing::warn!(
+        shards = %names.join(", "),
+        "the end check found files in data/ not as the shards' lists say; redoing those shards one at a time in shard order"
+    );
+    let indices: Vec<usize> = shards.iter().map(|(i, _)| *i).collect();
+    shared.state.update(|s| s.redo_in_order(&indices));
+    shared.set_phase(Phase::Running, "");
+    crate::lock(&shared.repairs).extend(shards.into_iter().map(|(_, r)| r));
 }
 
 /// Waits briefly for the server's graceful stop; an idle client connection

@@ -346,8 +346,9 @@ pub struct JobShared {
     pub(crate) shard_urls: Vec<Option<String>>,
     /// Index mode: where the trainer's webshart reads the tars.
     pub(crate) webshart: Option<webshart::WebshartSource>,
-    /// What the job's start found damaged in the output and took back.
-    pub(crate) repairs: Vec<report::Repair>,
+    /// What the job's start found damaged in the output and took back, and
+    /// what its end found and redid (see [`finish::JobEnd::Redo`]).
+    pub(crate) repairs: Mutex<Vec<report::Repair>>,
     /// Energon's `index.sqlite` built as shards commit (index mode with energon).
     pub(crate) early_sqlite: Option<early_sqlite::EarlySqlite>,
     /// This job's hold on the output folder (one job per `OUT`).

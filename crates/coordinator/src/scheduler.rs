@@ -118,6 +118,8 @@ pub struct Scheduler {
     done: usize,
     failed: usize,
     tallies: Tallies,
+    /// Set by [`Scheduler::redo_in_order`]: one lease at a time, in shard order.
+    one_at_a_time: bool,
 }
 
 /// Running counts of the scheduler's events, for `/metrics`; they never go down.
@@ -184,6 +186,7 @@ impl Scheduler {
             done,
             failed: 0,
             tallies: Tallies::default(),
+            one_at_a_time: false,
         }
     }
 
@@ -265,6 +268,9 @@ impl Scheduler {
         }
         // A worker asking for work holds no lease any more: give its old one back.
         self.release_held_by(worker);
+        if self.one_at_a_time && !self.leased.is_empty() {
+            return LeaseAnswer::Wait;
+        }
         let Some(index) = self.next_for(worker, now) else {
             return LeaseAnswer::Wait;
         };
@@ -514,6 +520,29 @@ impl Scheduler {
         expired.len()
     }
 
+    /// Takes back the commits of the done shards `indices` (the job's end
+    /// found their output not as written) and queues them again, leased one
+    /// at a time in shard order from now on: where several of them wrote one
+    /// path, the last in shard order writes it last, as its list says.
+    pub fn redo_in_order(&mut self, indices: &[usize]) {
+        let mut indices = indices.to_vec();
+        indices.sort_unstable();
+        indices.dedup();
+        for i in indices {
+            let Some(shard) = self.shards.get_mut(i) else {
+                continue;
+            };
+            if matches!(shard.state, ShardState::Done(_)) {
+                shard.state = ShardState::Pending;
+                shard.recovered = false;
+                self.done -= 1;
+                self.queue.push_back(i);
+            }
+        }
+        self.queue.make_contiguous().sort_unstable();
+        self.one_at_a_time = true;
+    }
+
     /// True when every shard is done or failed.
     pub fn settled(&self) -> bool {
         self.done + self.failed == self.shards.len()
@@ -567,6 +596,29 @@ mod tests {
             LeaseAnswer::Shard(g) => g,
             other => panic!("expected a shard, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn shards_redone_at_the_end_go_one_at_a_time_in_shard_order() {
+        let t = Instant::now();
+        let mut s = sched(3, 3);
+        for w in ["a", "b", "c"] {
+            let g = grant(s.lease(w, t));
+            s.complete(w, g.lease_id, manifest(&g.name), t);
+        }
+        assert!(s.settled());
+        s.redo_in_order(&[2, 0]);
+        assert!(!s.settled());
+        let g = grant(s.lease("a", t));
+        assert_eq!(g.name, "s0.tar");
+        // The second waits for the first, although a worker is free.
+        assert_eq!(s.lease("b", t), LeaseAnswer::Wait);
+        s.complete("a", g.lease_id, manifest("s0.tar"), t);
+        let g = grant(s.lease("b", t));
+        assert_eq!((g.name.as_str(), g.attempt), ("s2.tar", 2));
+        s.complete("b", g.lease_id, manifest("s2.tar"), t);
+        assert!(s.settled());
+        assert_eq!(s.tally(), (3, 0, 0));
     }
 
     #[test]

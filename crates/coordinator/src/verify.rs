@@ -322,6 +322,9 @@ struct RowCheck<'a> {
     written: &'a WrittenPaths,
     unwritten_images: u64,
     unwritten_captions: u64,
+    /// At the depth that reads captions: the last row naming each caption
+    /// file that several rows name (row number, whether it matched).
+    last_of_contested: std::collections::BTreeMap<String, (u64, bool)>,
     images: bool,
     textfile: bool,
     depth: CheckDepth,
@@ -354,31 +357,42 @@ impl RowCheck<'_> {
                     .map(|b| Some(b.as_slice()) == caption.map(str::as_bytes))
                     .unwrap_or(false),
             };
-            if !ok {
-                self.bad_caption += 1;
-                if self.bad_caption <= LISTED as u64 {
-                    let msg = format!(
-                        "row {}: {} is missing{}; run the job again{}: it redoes the shard",
-                        self.rows,
-                        txt.display(),
-                        if self.depth.reads_bytes() {
-                            " or differs from the caption"
-                        } else {
-                            ""
-                        },
-                        if self.depth.reads_bytes() {
-                            " with --deep"
-                        } else {
-                            ""
-                        },
-                    );
-                    self.f.problems.push(msg);
-                }
+            if self.depth.reads_bytes() && self.written.contested(txt_rel.as_bytes()) {
+                // Several rows name this file: it holds the last one's caption.
+                self.last_of_contested.insert(txt_rel, (self.rows, ok));
+                return;
             }
+            self.caption_judged(ok, &txt, self.rows);
         }
     }
 
-    fn finish(self, report_rows: Option<u64>) {
+    /// Counts (and names, up to [`LISTED`]) row number `row`, whose caption
+    /// file `txt` is not `ok`.
+    fn caption_judged(&mut self, ok: bool, txt: &Path, row: u64) {
+        if ok {
+            return;
+        }
+        self.bad_caption += 1;
+        if self.bad_caption <= LISTED as u64 {
+            let deep = self.depth.reads_bytes();
+            self.f.problems.push(format!(
+                "row {row}: {} is missing{}; run the job again{}: it redoes the shard",
+                txt.display(),
+                if deep {
+                    " or differs from the caption"
+                } else {
+                    ""
+                },
+                if deep { " with --deep" } else { "" },
+            ));
+        }
+    }
+
+    fn finish(mut self, report_rows: Option<u64>) {
+        for (txt_rel, (row, ok)) in std::mem::take(&mut self.last_of_contested) {
+            let txt = self.data.join(&txt_rel);
+            self.caption_judged(ok, &txt, row);
+        }
         let (rows, f) = (self.rows, self.f);
         f.checked.push(format!("parquet has {rows} rows"));
         if let Some(n) = report_rows
@@ -468,6 +482,7 @@ fn check_parquet(
         written,
         unwritten_images: 0,
         unwritten_captions: 0,
+        last_of_contested: Default::default(),
         images: view.extracted,
         textfile: view.textfile && view.extracted,
         depth,

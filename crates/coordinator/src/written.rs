@@ -37,6 +37,11 @@ pub struct WrittenPaths {
     /// The records (shard index, record index) a later write overwrote
     /// (none unless two shards or two members wrote one name).
     overwritten: foldhash::HashSet<(usize, usize)>,
+    /// Paths written more than once (by two shards, or twice by one): their
+    /// last write is checked by its bytes too, since two writers of a path
+    /// can write the same size, and on two workers the last to land on
+    /// disk need not be the last in shard order.
+    contested: foldhash::HashSet<u64>,
     damaged: foldhash::HashSet<u64>,
 }
 
@@ -48,6 +53,10 @@ impl WrittenPaths {
     /// Whether a shard wrote `rel` and it is no longer as written.
     pub fn damaged(&self, rel: &str) -> bool {
         self.damaged.contains(&fnv1a64(rel.as_bytes()))
+    }
+    /// Whether `rel` was written more than once (no hashing when nothing was).
+    pub(crate) fn contested(&self, rel: &[u8]) -> bool {
+        !self.contested.is_empty() && self.contested.contains(&fnv1a64(rel))
     }
     fn wrote_hash(&self, h: u64) -> bool {
         self.last_writer.contains_key(&h)
@@ -104,9 +113,11 @@ fn read_written(layout: &OutputLayout, shards: &[ShardWrote], c: &mut WrittenChe
     for (i, shard) in shards.iter().enumerate() {
         let bytes = read_list(layout, shard, c);
         for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
-            match w.paths.last_writer.insert(fnv1a64(rec.rel), (i, j)) {
+            let hash = fnv1a64(rec.rel);
+            match w.paths.last_writer.insert(hash, (i, j)) {
                 Some(earlier) => {
                     w.paths.overwritten.insert(earlier);
+                    w.paths.contested.insert(hash);
                 }
                 None => w.json += u64::from(rec.rel.ends_with(b".json")),
             }
@@ -263,6 +274,10 @@ fn find_damaged(
             if written.paths.overwritten.contains(&(i, j)) {
                 continue; // overwritten by a later write
             }
+            let depth = match written.paths.contested(rec.rel) {
+                true => CheckDepth::Checksums,
+                false => depth,
+            };
             if let Some(why) = data.damage(rel, rec.size, rec.crc, depth) {
                 found.push(Damaged {
                     shard: i,

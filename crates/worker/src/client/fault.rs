@@ -15,20 +15,28 @@ pub enum Fault {
     Stall(String, Duration),
     /// Processing this shard never returns (heartbeats go on).
     Hang(String),
+    /// Processing this shard starts only after the duration (heartbeats
+    /// go on): another worker's shard lands first.
+    Delay(String, Duration),
 }
 
 impl Fault {
-    /// Parses `fail:SHARD`, `stall:SHARD:DURATION` or `hang:SHARD`.
+    /// Parses `fail:SHARD`, `stall:SHARD:DURATION`, `hang:SHARD` or
+    /// `delay:SHARD:DURATION`.
     pub fn parse(s: &str) -> Result<Fault, String> {
         let mut parts = s.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
             (Some("fail"), Some(shard), None) => Ok(Fault::Fail(shard.into())),
             (Some("hang"), Some(shard), None) => Ok(Fault::Hang(shard.into())),
-            (Some("stall"), Some(shard), Some(d)) => shardprep_core::duration::parse_duration(d)
-                .map(|d| Fault::Stall(shard.into(), d))
-                .map_err(|e| e.to_string()),
+            (Some(kind @ ("stall" | "delay")), Some(shard), Some(d)) => {
+                let d = shardprep_core::duration::parse_duration(d).map_err(|e| e.to_string())?;
+                Ok(match kind {
+                    "stall" => Fault::Stall(shard.into(), d),
+                    _ => Fault::Delay(shard.into(), d),
+                })
+            }
             _ => Err(format!(
-                "bad fault {s:?}: use fail:SHARD, stall:SHARD:DUR or hang:SHARD"
+                "bad fault {s:?}: use fail:SHARD, stall:SHARD:DUR, hang:SHARD or delay:SHARD:DUR"
             )),
         }
     }
@@ -52,6 +60,14 @@ impl Fault {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Some(Err(ShardError::Cancelled(task.shard_name.clone())))
+            }
+            Fault::Delay(s, d) if *s == task.shard_name => {
+                tracing::warn!(shard = %s, pause = ?d, "test fault: delaying the shard");
+                let until = std::time::Instant::now() + *d;
+                while std::time::Instant::now() < until && !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                None
             }
             _ => None,
         }
@@ -78,6 +94,10 @@ mod tests {
         assert_eq!(
             Fault::parse("stall:a.tar:2s"),
             Ok(Fault::Stall("a.tar".into(), Duration::from_secs(2)))
+        );
+        assert_eq!(
+            Fault::parse("delay:a.tar:1s"),
+            Ok(Fault::Delay("a.tar".into(), Duration::from_secs(1)))
         );
         assert!(Fault::parse("explode:a.tar").is_err());
     }
