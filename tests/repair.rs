@@ -359,6 +359,15 @@ fn every_kind_of_damage_to_an_extract_output_is_repaired_by_a_rerun() {
     job.damage_and_repair("a JSON with a flipped byte", Depth::Deep, |j| {
         flip_byte(&j.data_file("json", 1))
     });
+    // The entry is sealed with the table: an edit is seen, the re-run writes it again.
+    job.damage_and_repair("multidatabackend.json grown", Depth::Plain, |j| {
+        append(&j.layout().backend_path(), b"\n")
+    });
+    job.damage_and_repair(
+        "multidatabackend.json with a flipped byte",
+        Depth::Deep,
+        |j| flip_byte(&j.layout().backend_path()),
+    );
     // A directory where the output has a file of its own: removed, not a
     // commit that fails on `EISDIR` at every re-run.
     for (what, path) in [
@@ -441,6 +450,36 @@ fn every_kind_of_damage_to_an_index_output_is_repaired_by_a_rerun() {
         Depth::Plain,
         |_| directory_in_the_way(&index),
     );
+    job.damage_and_repair(
+        "the webshart entry's source edited, same size",
+        Depth::Deep,
+        |_| {
+            let path = l.backend_path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains("/in\""), "{text}");
+            std::fs::write(&path, text.replacen("/in\"", "/IN\"", 1)).unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_rerun_with_other_entry_settings_writes_and_seals_the_entry_anew() {
+    let job = Job::new(2, &[], 2605);
+    let args = [
+        "run",
+        "--input",
+        path_str(&job.input),
+        "--output",
+        path_str(&job.out),
+        "--resolution",
+        "2.0",
+    ];
+    let o = run_raw(&args, &[]);
+    assert!(o.status.success(), "{}", explain(&args, &o));
+    let entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.layout().backend_path()).unwrap()).unwrap();
+    assert_eq!(entry[0]["resolution"], 2.0);
+    job.verify_ok(Depth::Deep, "a re-run with --resolution 2.0");
 }
 
 #[test]

@@ -324,6 +324,8 @@ pub(crate) fn finish_job(
         repairs.extend(remove_unasked_formats(layout, formats));
     }
 
+    repairs.extend(stale_backend(layout, config, shared.webshart.as_ref()));
+
     // Only a run that redid nothing can find the job already done.
     if problems.is_empty()
         && repairs.is_empty()
@@ -496,18 +498,17 @@ fn read_report(path: &Path) -> Result<Report, String> {
         .map_err(|e| format!("{} is not a shardprep report ({e})", path.display()))
 }
 
-/// Writes `multidatabackend.json` unless it already says the same.
-fn write_backend(
+/// The bytes of this job's `multidatabackend.json`; `None` when it writes
+/// none (index mode without webshart's index).
+fn backend_bytes(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
     webshart: Option<&WebshartSource>,
-) -> Result<(), CoordinatorError> {
+) -> Result<Option<Vec<u8>>, CoordinatorError> {
     let out = abs(layout.root());
     let entry = match (&config.outputs, webshart) {
         (JobOutput::Index { formats }, _) if !formats.contains(IndexFormat::Webshart) => {
-            // No webshart index: no SimpleTuner entry can point at it.
-            let _ = std::fs::remove_file(layout.backend_path());
-            return Ok(());
+            return Ok(None);
         }
         (JobOutput::Index { .. }, Some(source)) => {
             report::webshart_entry(&config.backend, source, &out)
@@ -518,7 +519,40 @@ fn write_backend(
         what: "multidatabackend.json",
         detail: e.to_string(),
     })?;
+    Ok(Some(bytes))
+}
+
+/// A repair when `OUT/multidatabackend.json` is there but not what this job
+/// writes (edited, or written with other entry settings): the job's end
+/// writes it and seals it anew, with the report.
+fn stale_backend(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+    webshart: Option<&WebshartSource>,
+) -> Option<Repair> {
     let path = layout.backend_path();
+    let found = std::fs::read(&path).ok()?;
+    let want = backend_bytes(layout, config, webshart).ok()?;
+    (want.as_deref() != Some(&found[..])).then(|| Repair {
+        subject: abs(&path).display().to_string(),
+        found: "it is not the entry this job writes (edited, or written with other settings)"
+            .into(),
+        action: RepairAction::Remerge,
+    })
+}
+
+/// Writes `multidatabackend.json` unless it already says the same (the
+/// job's end seals it with the table).
+fn write_backend(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+    webshart: Option<&WebshartSource>,
+) -> Result<(), CoordinatorError> {
+    let path = layout.backend_path();
+    let Some(bytes) = backend_bytes(layout, config, webshart)? else {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    };
     if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
         return Ok(());
     }

@@ -306,7 +306,7 @@ pub fn table_problem(
 /// Seals what the job's end built from the commits: the table (when it
 /// was merged) and the dataset-wide files of energon, DALI and wids.
 pub fn seal_published(layout: &OutputLayout, dataset_id: &str, outputs: &JobOutput) -> Seals {
-    let mut files = vec![layout.parquet_path(dataset_id)];
+    let mut files = vec![layout.parquet_path(dataset_id), layout.backend_path()];
     if let Some(formats) = outputs.index_formats() {
         files.extend(shardprep_formats::dataset_files(layout, formats));
     }
