@@ -117,9 +117,16 @@ fn fragment_manifests(out: &Path) -> Vec<String> {
 
 impl Job {
     fn new(shards: usize, flags: &[&'static str], seed: u64) -> Job {
+        Job::with_input(flags, |input| {
+            make_shards(input, shards, 14, seed);
+        })
+    }
+
+    /// A clean run of the shards `make` writes into the input folder.
+    fn with_input(flags: &[&'static str], make: impl FnOnce(&Path)) -> Job {
         let dir = tempdir();
         let input = dir.path().join("in");
-        make_shards(&input, shards, 14, seed);
+        make(&input);
         let out = dir.path().join("out");
         let flags = flags.to_vec();
         run_job(&input, &out, &flags);
@@ -596,4 +603,37 @@ fn append(p: &Path, bytes: &[u8]) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
     f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn damage_under_no_extract_is_seen_and_repaired() {
+    // The caption files are the only files in data/: their lists are checked.
+    let job = Job::new(3, &["--no-extract"], 2606);
+    job.damage_and_repair("a caption deleted", Depth::Plain, |j| {
+        remove(&j.data_file("txt", 2))
+    });
+    job.damage_and_repair("a caption edited, same size", Depth::Deep, |j| {
+        flip_byte(&j.data_file("txt", 4))
+    });
+}
+
+#[test]
+fn redoing_an_earlier_shard_puts_back_the_later_shards_files_of_shared_names() {
+    // data-000002.tar holds data-000000.tar's names with other bytes: data/
+    // holds data-000002's. A re-run that redoes data-000000 (its fragment
+    // damaged) writes those names again; its end sees that and redoes
+    // data-000002 after it, so data/ is the clean run's again.
+    let job = Job::with_input(&[], |input| {
+        let shards = make_shards(input, 2, 14, 2607);
+        same_names_other_bytes(&shards[0], &input.join("data-000002.tar"));
+    });
+    let said = job.damage_and_repair(
+        "the earlier shard's fragment truncated",
+        Depth::Plain,
+        |j| truncate_half(&j.layout().fragment_path("data-000000.tar")),
+    );
+    assert!(
+        said.contains("redoing those shards one at a time"),
+        "{said}"
+    );
 }

@@ -28,6 +28,9 @@ pub(crate) struct JobView<'a> {
     pub expected: Option<u64>,
     /// Members were extracted into `data/` (not `--no-extract`).
     pub extracted: bool,
+    /// Files were written into `data/`: members, or (with `--no-extract`
+    /// too) caption files. Their shards' file lists are checked.
+    pub data_written: bool,
     /// What the job wrote, as its report says.
     pub outputs: JobOutput,
     /// Why the report's index formats cannot be read, if they cannot.
@@ -42,7 +45,9 @@ impl<'a> JobView<'a> {
         dataset_id: Option<&str>,
     ) -> Self {
         let textfile = report.captions == "textfile";
-        let extracted = report.mode == Mode::Extract.as_str() && report.totals.files_extracted > 0;
+        let extract_mode = report.mode == Mode::Extract.as_str();
+        let extracted = extract_mode && report.totals.files_extracted > 0;
+        let data_written = extracted || (extract_mode && report.totals.captions_written > 0);
         let (outputs, formats_unreadable) = match report.written_formats() {
             None => (
                 JobOutput::Extract {
@@ -63,6 +68,7 @@ impl<'a> JobView<'a> {
             textfile,
             expected: expect_json.or(report.expected_json),
             extracted,
+            data_written,
             outputs,
             formats_unreadable,
         }
@@ -105,7 +111,7 @@ pub fn verify_output(
     f.merge(check_committed(&layout, &view, depth));
     let (data, written) = check_data(&layout, &view, depth);
     f.merge(data);
-    if view.extracted {
+    if view.data_written {
         list_foreign(&layout, &written, &mut f);
     }
     f.merge(check_published(&layout, &view, depth, &written));
@@ -153,14 +159,20 @@ pub(crate) fn check_data(
 ) -> (Findings, WrittenPaths) {
     let mut f = Findings::default();
     let shards = view.done_shards();
-    if view.extracted {
-        let c = check_written(layout, &shards, view.expected, depth);
+    let mut written = WrittenPaths::default();
+    if view.data_written {
+        // Without members in data/, its JSON count is not the job's.
+        let expected = view.expected.filter(|_| view.extracted);
+        let c = check_written(layout, &shards, expected, depth);
         f.merge(c.findings);
-        return (f, c.paths);
-    } else if let Some(e) = view.expected {
+        written = c.paths;
+    }
+    if !view.extracted
+        && let Some(e) = view.expected
+    {
         check_json_members(view.report.found_json, e, &mut f);
     }
-    (f, WrittenPaths::default())
+    (f, written)
 }
 
 /// The checks of what a job published, by its report: the table (it reads
@@ -484,7 +496,7 @@ fn check_parquet(
         unwritten_captions: 0,
         last_of_contested: Default::default(),
         images: view.extracted,
-        textfile: view.textfile && view.extracted,
+        textfile: view.textfile && view.data_written,
         depth,
         rows: 0,
         no_image: 0,
