@@ -318,6 +318,7 @@ pub(crate) fn finish_job(
     let report_path = layout.report_path();
     let mut problems = failure_problems(&shared.input_problems, &rows.failures);
     let mut repairs = crate::lock(&shared.repairs).clone();
+    let earlier = repairs.len();
     if let Some(formats) = config.outputs.index_formats() {
         let webshart = formats.contains(IndexFormat::Webshart);
         repairs.extend(remove_stray_indexes(layout, &rows, webshart));
@@ -332,43 +333,11 @@ pub(crate) fn finish_job(
         && rows.recovered == rows.shards.len()
         && let Some(prev) = unchanged_output(layout, config, &fingerprint, &mut repairs)
     {
-        if let Some(early) = shared.early_sqlite.as_ref().and_then(|e| e.finish()) {
-            early.discard();
-        }
-        tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
-        write_backend(layout, config, shared.webshart.as_ref())?;
-        let report = prev.seen_again(&rows);
-        write_page_logged(layout, &report, None);
-        return Ok(JobEnd::Reported(Box::new(JobOutcome {
-            ok: true,
-            report,
-            report_path,
-        })));
+        return already_complete(shared, config, prev, &rows).map(JobEnd::Reported);
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
-    // The formats' dataset-wide files (energon's SQLite) are built while the
-    // table is merged: neither reads what the other writes.
-    let mut format_problems = Vec::new();
-    let phase = Instant::now();
-    let (merged, formats) = std::thread::scope(|scope| {
-        let formats = scope.spawn(|| {
-            let early = || shared.early_sqlite.as_ref().and_then(|e| e.finish());
-            build_formats(layout, config, &rows, early, &mut format_problems)
-        });
-        let merged = merge_or_withdraw(&rows, config, &parquet_path, &mut problems);
-        (merged, formats.join())
-    });
-    let merged = merged?;
-    let formats = formats.map_err(|_| CoordinatorError::TaskFailed {
-        task: "building the index formats",
-        detail: "the thread panicked".into(),
-    })?;
-    problems.extend(format_problems);
-    tracing::debug!(
-        ms = phase.elapsed().as_millis() as u64,
-        "merged the table and built the formats"
-    );
+    let (merged, formats) = merge_and_build(shared, config, &rows, &parquet_path, &mut problems)?;
     // With failed shards nothing is merged; the collisions among the shards
     // that did complete are still reported, so every problem shows at once.
     let collisions = match merged {
@@ -393,6 +362,8 @@ pub(crate) fn finish_job(
         "checked the output"
     );
     if may_redo && config.outputs.index_formats().is_none() && !found.damaged_shards.is_empty() {
+        // This end's own repairs (a rewritten entry) are the next end's too.
+        crate::lock(&shared.repairs).extend(repairs.split_off(earlier));
         return Ok(JobEnd::Redo(redo_list(&entries, &found)));
     }
     problems.extend(found.problems);
@@ -416,6 +387,70 @@ pub(crate) fn finish_job(
         report,
         report_path,
     })))
+}
+
+/// Merges the table beside the build of the formats' dataset-wide files
+/// (energon's SQLite): neither reads what the other writes. Their problems
+/// go to `problems`.
+fn merge_and_build(
+    shared: &JobShared,
+    config: &CoordinatorConfig,
+    rows: &ShardRows,
+    parquet_path: &Path,
+    problems: &mut Vec<String>,
+) -> Result<
+    (
+        Option<MergeOutcome>,
+        Option<shardprep_formats::FormatsReport>,
+    ),
+    CoordinatorError,
+> {
+    let layout = &shared.layout;
+    let mut format_problems = Vec::new();
+    let phase = Instant::now();
+    let (merged, formats) = std::thread::scope(|scope| {
+        let formats = scope.spawn(|| {
+            let early = || shared.early_sqlite.as_ref().and_then(|e| e.finish());
+            build_formats(layout, config, rows, early, &mut format_problems)
+        });
+        let merged = merge_or_withdraw(rows, config, parquet_path, problems);
+        (merged, formats.join())
+    });
+    let merged = merged?;
+    let formats = formats.map_err(|_| CoordinatorError::TaskFailed {
+        task: "building the index formats",
+        detail: "the thread panicked".into(),
+    })?;
+    problems.extend(format_problems);
+    tracing::debug!(
+        ms = phase.elapsed().as_millis() as u64,
+        "merged the table and built the formats"
+    );
+    Ok((merged, formats))
+}
+
+/// The end of a re-run that found the job already complete and verified:
+/// the earlier report seen again; nothing is merged or rewritten.
+fn already_complete(
+    shared: &JobShared,
+    config: &CoordinatorConfig,
+    prev: Report,
+    rows: &ShardRows,
+) -> Result<Box<JobOutcome>, CoordinatorError> {
+    let layout = &shared.layout;
+    if let Some(early) = shared.early_sqlite.as_ref().and_then(|e| e.finish()) {
+        early.discard();
+    }
+    let report_path = layout.report_path();
+    tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
+    write_backend(layout, config, shared.webshart.as_ref())?;
+    let report = prev.seen_again(rows);
+    write_page_logged(layout, &report, None);
+    Ok(Box::new(JobOutcome {
+        ok: true,
+        report,
+        report_path,
+    }))
 }
 
 /// The shards `found` damaged, by index in `entries`, each with the repair
