@@ -556,6 +556,19 @@ fn every_kind_of_damage_to_the_other_index_formats_is_repaired_by_a_rerun() {
     for (what, path, damage) in plain {
         job.damage_and_repair(what, Depth::Plain, |_| damage(&path));
     }
+    // A link to another file of the same size (a set's shards often are).
+    job.damage_and_repair(
+        "an energon tar link to another file of the same size",
+        Depth::Plain,
+        |j| {
+            let link = j.out.join("energon/data-000001.tar");
+            let copy = j._dir.path().join("same-size-copy.tar");
+            std::fs::copy(std::fs::read_link(&link).unwrap(), &copy).unwrap();
+            flip_byte(&copy);
+            remove(&link);
+            std::os::unix::fs::symlink(&copy, &link).unwrap();
+        },
+    );
     // Same size, one row fewer: only SQLite's own reading of the file sees it.
     job.damage_and_repair(
         "index.sqlite without one of its samples (same size)",

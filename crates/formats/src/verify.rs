@@ -172,7 +172,12 @@ fn check_energon(
 ) -> Result<(), String> {
     let link = paths::energon_tar(layout, s).ok_or("bad shard name")?;
     let via_link = std::fs::metadata(&link).map_err(|err| format!("{}: {err}", link.display()))?;
-    if via_link.len() != len {
+    // The same file, not one of the same size (shards of a set often are).
+    let same_file = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino()) == (via_link.dev(), via_link.ino())
+    };
+    if via_link.len() != len || !tar.metadata().is_ok_and(|m| same_file(&m)) {
         return Err(format!(
             "{} does not lead to the shard's tar",
             link.display()
