@@ -16,7 +16,8 @@ report), and edits of energon's `dataset.yaml` / `sample_loader.py` (the
 user's to edit, energon's convention).
 
 SHARDPREP_CAMPAIGN_TRIALS sets the damage trials per case (default 12),
-SHARDPREP_CAMPAIGN_SEEDS the shard sets of the modes test (default 20).
+SHARDPREP_CAMPAIGN_SEEDS the shard sets of the modes test (default 20),
+SHARDPREP_CAMPAIGN_SEED the first seed (default 1000: what CI runs).
 """
 
 import json
@@ -34,6 +35,7 @@ from hostile_shards import make_input
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = int(os.environ.get("SHARDPREP_CAMPAIGN_TRIALS", "12"))
 SEEDS = int(os.environ.get("SHARDPREP_CAMPAIGN_SEEDS", "20"))
+FIRST_SEED = int(os.environ.get("SHARDPREP_CAMPAIGN_SEED", "1000"))
 USER_EDITABLE = ("dataset.yaml", "sample_loader.py")
 
 
@@ -138,7 +140,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_random_damage_is_seen_by_verify_and_repaired_by_a_rerun(case, shardprep, tmp_path):
-    seed = list(CASES).index(case) + 1000
+    seed = list(CASES).index(case) + FIRST_SEED
     rng = random.Random(seed)
     inp, clean, out = tmp_path / "in", tmp_path / "clean", tmp_path / "out"
     make_input(str(inp), rng)
@@ -194,7 +196,7 @@ def index_samples(out: Path, inp: Path):
 
 def test_both_modes_give_the_same_samples_from_hostile_shards(shardprep, tmp_path):
     failures = []
-    for seed in range(2000, 2000 + SEEDS):
+    for seed in range(FIRST_SEED + 1000, FIRST_SEED + 1000 + SEEDS):
         inp = tmp_path / str(seed) / "in"
         make_input(str(inp), random.Random(seed))
         outs = {}
