@@ -325,7 +325,8 @@ pub(crate) fn finish_job(
         repairs.extend(remove_unasked_formats(layout, formats));
     }
 
-    repairs.extend(stale_backend(layout, config, shared.webshart.as_ref()));
+    let entry = backend_bytes(layout, config, shared.webshart.as_ref())?;
+    repairs.extend(stale_backend(layout, entry.as_deref()));
 
     // Only a run that redid nothing can find the job already done.
     if problems.is_empty()
@@ -333,7 +334,7 @@ pub(crate) fn finish_job(
         && rows.recovered == rows.shards.len()
         && let Some(prev) = unchanged_output(layout, config, &fingerprint, &mut repairs)
     {
-        return already_complete(shared, config, prev, &rows).map(JobEnd::Reported);
+        return already_complete(shared, prev, &rows, entry.as_deref()).map(JobEnd::Reported);
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
@@ -349,7 +350,7 @@ pub(crate) fn finish_job(
         .with_shards(rows)
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
         .with_duplicates(collisions);
-    write_backend(layout, config, shared.webshart.as_ref())?;
+    write_backend(layout, entry.as_deref())?;
     let report = report.with_published(judge::seal_published(
         layout,
         &config.backend.dataset_id,
@@ -433,9 +434,9 @@ fn merge_and_build(
 /// the earlier report seen again; nothing is merged or rewritten.
 fn already_complete(
     shared: &JobShared,
-    config: &CoordinatorConfig,
     prev: Report,
     rows: &ShardRows,
+    entry: Option<&[u8]>,
 ) -> Result<Box<JobOutcome>, CoordinatorError> {
     let layout = &shared.layout;
     if let Some(early) = shared.early_sqlite.as_ref().and_then(|e| e.finish()) {
@@ -443,7 +444,7 @@ fn already_complete(
     }
     let report_path = layout.report_path();
     tracing::info!(report = %report_path.display(), "the job is already complete and verified; nothing to redo");
-    write_backend(layout, config, shared.webshart.as_ref())?;
+    write_backend(layout, entry)?;
     let report = prev.seen_again(rows);
     write_page_logged(layout, &report, None);
     Ok(Box::new(JobOutcome {
@@ -557,18 +558,13 @@ fn backend_bytes(
     Ok(Some(bytes))
 }
 
-/// A repair when `OUT/multidatabackend.json` is there but not what this job
-/// writes (edited, or written with other entry settings): the job's end
-/// writes it and seals it anew, with the report.
-fn stale_backend(
-    layout: &OutputLayout,
-    config: &CoordinatorConfig,
-    webshart: Option<&WebshartSource>,
-) -> Option<Repair> {
+/// A repair when `OUT/multidatabackend.json` is there but not `entry`, what
+/// this job writes (edited, or written with other entry settings): the
+/// job's end writes it and seals it anew, with the report.
+fn stale_backend(layout: &OutputLayout, entry: Option<&[u8]>) -> Option<Repair> {
     let path = layout.backend_path();
     let found = std::fs::read(&path).ok()?;
-    let want = backend_bytes(layout, config, webshart).ok()?;
-    (want.as_deref() != Some(&found[..])).then(|| Repair {
+    (entry != Some(&found[..])).then(|| Repair {
         subject: abs(&path).display().to_string(),
         found: "it is not the entry this job writes (edited, or written with other settings)"
             .into(),
@@ -576,20 +572,17 @@ fn stale_backend(
     })
 }
 
-/// Writes `multidatabackend.json` unless it already says the same (the
-/// job's end seals it with the table).
-fn write_backend(
-    layout: &OutputLayout,
-    config: &CoordinatorConfig,
-    webshart: Option<&WebshartSource>,
-) -> Result<(), CoordinatorError> {
+/// Writes `multidatabackend.json` as `entry` unless it already says the
+/// same; removes it when the job writes none (the job's end seals it with
+/// the table).
+fn write_backend(layout: &OutputLayout, entry: Option<&[u8]>) -> Result<(), CoordinatorError> {
     let path = layout.backend_path();
-    let Some(bytes) = backend_bytes(layout, config, webshart)? else {
+    let Some(bytes) = entry else {
         let _ = std::fs::remove_file(&path);
         return Ok(());
     };
-    if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
+    if std::fs::read(&path).ok().as_deref() == Some(bytes) {
         return Ok(());
     }
-    write_atomic(&path, &bytes)
+    write_atomic(&path, bytes)
 }

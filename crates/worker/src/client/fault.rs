@@ -56,17 +56,12 @@ impl Fault {
                 source: std::io::Error::other("injected failure (--fault)"),
             })),
             Fault::Hang(s) if *s == task.shard_name => {
-                while !cancel.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                sleep_unless_cancelled(cancel, None);
                 Some(Err(ShardError::Cancelled(task.shard_name.clone())))
             }
             Fault::Delay(s, d) if *s == task.shard_name => {
                 tracing::warn!(shard = %s, pause = ?d, "test fault: delaying the shard");
-                let until = std::time::Instant::now() + *d;
-                while std::time::Instant::now() < until && !cancel.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                sleep_unless_cancelled(cancel, Some(*d));
                 None
             }
             _ => None,
@@ -81,6 +76,14 @@ impl Fault {
             tracing::warn!(shard = %shard, pause = ?d, "test fault: stalling before reporting");
             tokio::time::sleep(*d).await;
         }
+    }
+}
+
+/// Sleeps until `cancel` is set, or `limit` has passed (`None`: no limit).
+fn sleep_unless_cancelled(cancel: &AtomicBool, limit: Option<Duration>) {
+    let until = limit.map(|d| std::time::Instant::now() + d);
+    while !cancel.load(Ordering::Relaxed) && until.is_none_or(|u| std::time::Instant::now() < u) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
