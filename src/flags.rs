@@ -41,6 +41,11 @@ pub fn fields(job: &JobArgs) -> anyhow::Result<FieldMap> {
         if ["width", "height", "caption", "filename"].contains(&name.as_str()) {
             bail!("--extra-columns {name:?} clashes with a base column name; pick other fields");
         }
+        if name == shardprep_core::table::JSON_KEY_COLUMN {
+            bail!(
+                "--extra-columns {name:?} is the name of shardprep's own fragment column; pick other fields"
+            );
+        }
     }
     Ok(f)
 }

@@ -1300,8 +1300,61 @@ fn json_without_image_and_image_without_json_are_counted_and_named() {
     job.assert_contained(&[]);
 }
 
+/// A JSON twice in one shard: `tar xf` leaves the later file and the
+/// seed's compile.py reads only it, so only the later makes a row, also
+/// when it has no width (its image then has no row at all). The same in
+/// index mode and when rows wait for their image's verdict (`--dims image`).
 #[test]
-fn same_image_name_in_two_shards_is_listed_with_both_shards() {
+fn a_json_twice_in_a_shard_makes_only_the_later_ones_row() {
+    let mut b = new_tar();
+    add_sample(&mut b, "a0");
+    append_file(&mut b, "two.png", &image(5, 300)).unwrap();
+    append_file(&mut b, "two.json", &sample_json("two.png", "the first")).unwrap();
+    append_file(&mut b, "two.json", &sample_json("two.png", "the second")).unwrap();
+    append_file(&mut b, "gone.png", &image(6, 300)).unwrap();
+    append_file(&mut b, "gone.json", &sample_json("gone.png", "replaced")).unwrap();
+    let no_width = json!({"image_name": "gone.png", "short_caption": "no width"});
+    let no_width = serde_json::to_vec(&no_width).unwrap();
+    append_file(&mut b, "gone.json", &no_width).unwrap();
+    let tar = finish(b);
+    let variants: [&[&str]; 4] = [
+        &["--mode", "extract"],
+        &["--mode", "extract", "--dims", "image"],
+        &["--mode", "index"],
+        &["--mode", "index", "--dims", "image"],
+    ];
+    for args in variants {
+        let job = Job::new();
+        let shard_path = job.add("twice.tar", &tar);
+        job.run("1", args).assert_ok();
+        let rows = read_rows(&job.out.join("dalle3.parquet"));
+        let got: Vec<_> = rows.iter().map(|r| (r.3.as_str(), r.2.as_str())).collect();
+        let want = [("a0.png", "caption a0"), ("two.png", "the second")];
+        assert_eq!(got, want, "{args:?}");
+        let r = job.report();
+        assert_eq!((&r["rows"], &r["fragment_rows"]), (&json!(2), &json!(2)));
+        let s = shard(&r, "twice.tar");
+        assert_eq!(
+            s["counts"]["images_left_out"],
+            json!({"no_width": 1}),
+            "{args:?}"
+        );
+        if args[1] == "extract" {
+            assert_data_matches_seed(&job.out, &[shard_path]);
+        } else {
+            let index = std::fs::read(job.out.join("index/twice.json")).unwrap();
+            let index: Value = serde_json::from_slice(&index).unwrap();
+            assert_eq!(index["files"]["two.png"]["captions"], "the second");
+            assert!(index["files"].get("gone.png").is_none(), "{index:#}");
+        }
+        let out = job.out.to_str().unwrap();
+        let verify = run_raw(&["verify", out, "--deep"], &[]);
+        assert!(verify.status.success(), "{}", explain(&["verify"], &verify));
+    }
+}
+
+#[test]
+fn same_name_in_two_shards_keeps_the_later_shards_file_and_row_only() {
     let job = Job::new();
     for (name, caption) in [("a.tar", "from a"), ("b.tar", "from b")] {
         let mut b = new_tar();
@@ -1315,17 +1368,21 @@ fn same_image_name_in_two_shards_is_listed_with_both_shards() {
     let run = job.run("2", &[]);
     assert_good_shard_done(&job, &run, 2);
     let r = job.report();
-    assert_eq!(r["duplicate_filenames"], 1);
-    assert_eq!(
-        r["duplicate_filenames_listed"],
-        json!([{"filename": "same.png", "shards": ["a.tar", "b.tar"]}])
-    );
+    // The seed's compile.py reads data/same.json, which is b's: one row.
     let rows = read_rows(&job.out.join("dalle3.parquet"));
+    let same: Vec<_> = rows.iter().filter(|r| r.3 == "same.png").collect();
+    assert_eq!(same.len(), 1, "only the row of the JSON data/ holds");
+    assert_eq!(same[0].2, "from b");
+    assert_eq!(r["rows_shadowed"], 1);
     assert_eq!(
-        rows.iter().filter(|r| r.3 == "same.png").count(),
-        2,
-        "both rows are kept"
+        r["rows"].as_u64().unwrap() + 1,
+        r["fragment_rows"].as_u64().unwrap()
     );
+    assert_eq!(
+        r["json_replaced_listed"],
+        json!([{"json": "same.json", "shard": "a.tar", "by": "b.tar"}])
+    );
+    assert_eq!(r["duplicate_filenames"], 0, "no two rows name one image");
     // Shards run in any order on two workers, but data/ holds the later
     // shard's file, as `tar xf` of the shards in order leaves it (the end
     // check compares the bytes of a path two shards wrote, not only its

@@ -159,10 +159,15 @@ fn py_int(v: &serde_json::Value) -> i64 {
 }
 
 /// The seed's three steps, computed independently with the `tar` crate and
-/// `serde_json::Value` (only for well-formed shards).
+/// `serde_json::Value` (only for well-formed shards): `tar xf` of the
+/// shards in order, then `compile.py` and `extract-captions.py` over the
+/// JSON files `data/` holds (a later member of the same path replaced an
+/// earlier one, in one shard or across shards, so only the last makes a
+/// row; rows come in the order the surviving JSONs were written).
 pub fn oracle(shards: &[PathBuf], caption_field: &str) -> Expected {
     let mut e = Expected::default();
-    let mut captions = Vec::new();
+    // Each JSON member in order: its path and what it makes.
+    let mut jsons: Vec<(PathBuf, Option<(Row, PathBuf)>)> = Vec::new();
     let mut sorted = shards.to_vec();
     sorted.sort();
     for shard in &sorted {
@@ -178,22 +183,28 @@ pub fn oracle(shards: &[PathBuf], caption_field: &str) -> Expected {
             if path.to_string_lossy().ends_with(".json") {
                 e.json_members += 1;
                 let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
-                if v.get("width").is_some() {
+                let made = v.get("width").is_some().then(|| {
                     let name = v["image_name"].as_str().unwrap().to_string();
                     let caption = v[caption_field].as_str().unwrap().to_string();
                     let stem = match name.rfind('.') {
                         Some(i) => name[..i].to_string(),
                         None => name.clone(),
                     };
-                    captions.push((
-                        PathBuf::from(format!("{stem}.txt")),
-                        caption.clone().into_bytes(),
-                    ));
-                    e.rows
-                        .push((py_int(&v["width"]), py_int(&v["height"]), caption, name));
-                }
+                    let row = (py_int(&v["width"]), py_int(&v["height"]), caption, name);
+                    (row, PathBuf::from(format!("{stem}.txt")))
+                });
+                jsons.push((path.clone(), made));
             }
             e.files.insert(path, data);
+        }
+    }
+    let last: BTreeMap<&PathBuf, usize> =
+        jsons.iter().enumerate().map(|(i, (p, _))| (p, i)).collect();
+    let mut captions = Vec::new();
+    for (i, (path, made)) in jsons.iter().enumerate() {
+        if let (true, Some((row, txt))) = (last[path] == i, made) {
+            captions.push((txt.clone(), row.2.clone().into_bytes()));
+            e.rows.push(row.clone());
         }
     }
     // extract-captions.py runs after every shard is extracted.

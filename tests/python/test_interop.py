@@ -335,3 +335,95 @@ def test_extra_list_column_is_list_of_strings(job):
     # pandas gives each cell as a sequence of str.
     df = pd.read_parquet(path)
     assert [list(v) for v in df["short_caption2"]] == [r["short_caption2"] for r in table]
+
+
+# ------------------------------------------------------------------ names that repeat
+
+
+def _png(w: int, h: int, shade: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\0" + bytes([shade]) * (w * 3) for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, __import__("io").BytesIO(data))
+
+
+def _sample(tf, key, w, h, caption, shade, width=True):
+    _add(tf, f"{key}.png", _png(w, h, shade))
+    meta = {"image_name": f"{key}.png", "short_caption": caption, "height": h}
+    if width:
+        meta["width"] = w
+    _add(tf, f"{key}.json", json.dumps(meta).encode())
+
+
+@pytest.fixture(scope="module")
+def repeated(tmp_path_factory):
+    """Shards where names repeat: twice in one shard, and across two shards
+    (the later one must win everywhere, as `tar xf` in shard order leaves it)."""
+    base = tmp_path_factory.mktemp("repeated")
+    shards = base / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "a-000.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        _sample(tf, "x", 4, 4, "x from a", 1)
+        _sample(tf, "y", 5, 5, "y first copy", 2)
+        _sample(tf, "y", 6, 6, "y second copy", 3)
+        _sample(tf, "z", 7, 7, "z with width", 4)
+        _sample(tf, "z", 7, 7, "z without width", 4, width=False)
+        _sample(tf, "p", 3, 3, "p", 5)
+    with tarfile.open(shards / "b-001.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        _sample(tf, "x", 8, 8, "x from b", 6)
+        _sample(tf, "q", 3, 2, "q", 7)
+    outs = {}
+    for mode in ("extract", "index"):
+        out = base / f"out-{mode}"
+        shardprep("run", "--input", shards, "--output", out, "--workers", 2, "--mode", mode)
+        outs[mode] = out
+    return {"shards": shards, "out": outs["extract"], "index": outs["index"]}
+
+
+def test_repeated_names_give_the_seed_compile_py_table_and_data(repeated, tmp_path, monkeypatch):
+    dalle3 = tmp_path / "dalle3"
+    extract_like_tar_xf(repeated["shards"], dalle3)
+    seed_df = seed_compile(dalle3, monkeypatch)
+    seed_extract_captions(dalle3, monkeypatch)
+    ours = pd.read_parquet(repeated["out"] / "dalle3.parquet")
+    assert sorted(rows_of(ours)) == sorted(rows_of(seed_df))
+    assert sorted(rows_of(ours)) == [(3, 2, "q", "q.png"), (3, 3, "p", "p.png"), (6, 6, "y second copy", "y.png"), (8, 8, "x from b", "x.png")]
+    report = json.loads((repeated["out"] / "report.json").read_text())
+    assert report["verdict"] == "ok" and report["rows"] == 4
+    assert report["json_replaced_listed"] == [{"json": "x.json", "shard": "a-000.tar", "by": "b-001.tar"}]
+    want = {p.relative_to(dalle3 / "data").as_posix(): p.read_bytes() for p in (dalle3 / "data").rglob("*") if p.is_file()}
+    got = {p.relative_to(repeated["out"] / "data").as_posix(): p.read_bytes() for p in (repeated["out"] / "data").rglob("*") if p.is_file()}
+    for name, data in want.items():
+        assert got.get(name) == data, f"data/{name} differs from the seed's"
+    # Beyond the seed only caption files beside images (z's JSON has no width).
+    assert all(n.endswith(".txt") and n[:-4] + ".png" in want for n in set(got) - set(want))
+
+
+def test_repeated_names_give_simpletuner_one_row_per_image_with_its_own_size(repeated):
+    entry, db, found, unlisted = simpletuner_lookup(repeated["out"])
+    assert sorted(found) == ["p.png", "q.png", "x.png", "y.png"] and unlisted == ["z.png"]
+    for name in found:
+        png = (repeated["out"] / "data" / name).read_bytes()
+        w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert (int(db.loc[name, "width"]), int(db.loc[name, "height"])) == (w, h), name
+
+
+def test_repeated_names_in_index_mode_keep_each_shards_sample_and_the_later_copy_in_a_shard(repeated):
+    a = json.loads((repeated["index"] / "index" / "a-000.json").read_text())["files"]
+    b = json.loads((repeated["index"] / "index" / "b-001.json").read_text())["files"]
+    assert (a["y.png"]["captions"], a["y.png"]["width"]) == ("y second copy", 6)
+    assert "z.png" not in a, "z's later JSON has no width: no sample"
+    assert (a["x.png"]["captions"], b["x.png"]["captions"]) == ("x from a", "x from b")
+    rows = sorted(rows_of(pd.read_parquet(repeated["index"] / "dalle3.parquet")))
+    assert rows == [(3, 2, "q", "q.png"), (3, 3, "p", "p.png"), (4, 4, "x from a", "x.png"), (6, 6, "y second copy", "y.png"), (8, 8, "x from b", "x.png")]

@@ -824,7 +824,8 @@ fn merge_scenario(tmp: &Path, bin: Option<&Path>) -> bool {
         baseline = proc_status_bytes("self", "VmRSS:").unwrap_or(0);
         let cpu0 = self_cpu_s();
         let t = Instant::now();
-        let out = shardprep_coordinator::merge::merge(&fragments, &[], &dest).expect("merge");
+        let out = shardprep_coordinator::merge::merge(&fragments, &[], &dest, &Default::default())
+            .expect("merge");
         let secs = t.elapsed().as_secs_f64();
         let cpu = self_cpu_s() - cpu0;
         peak = peak.max(proc_status_bytes("self", "VmHWM:").unwrap_or(0));

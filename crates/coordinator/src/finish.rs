@@ -20,6 +20,7 @@ use crate::rows::shard_rows;
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
+use crate::written::{self, ShadowedJson};
 use crate::{CoordinatorConfig, CoordinatorError, JobShared, judge, page};
 
 /// How a job ended.
@@ -80,6 +81,7 @@ fn already_done(prev: Report, config: &CoordinatorConfig, fingerprint: &str) -> 
 /// Merges the fragments into the parquet when no shard failed; otherwise
 /// removes any parquet, so that no table looks complete when it is not.
 fn merge_or_withdraw(
+    layout: &OutputLayout,
     rows: &ShardRows,
     config: &CoordinatorConfig,
     parquet_path: &Path,
@@ -93,17 +95,32 @@ fn merge_or_withdraw(
         return Ok(None);
     }
     tracing::info!(fragments = rows.fragments.len(), "merging fragments");
-    let m = merge::merge(&rows.fragments, &config.fields.extra, parquet_path)?;
+    let shadowed = match config.outputs.writes_members() {
+        true => written::written_paths(layout, &verify::done_shards(&rows.shards)).shadowed,
+        false => ShadowedJson::default(),
+    };
+    let m = merge::merge(
+        &rows.fragments,
+        &config.fields.extra,
+        parquet_path,
+        &shadowed,
+    )?;
+    if m.rows_shadowed > 0 {
+        tracing::warn!(
+            rows = m.rows_shadowed,
+            "JSONs of earlier shards were replaced in data/ by later shards' files of the same name; their rows are left out of the table, as the seed's compile.py never sees them (listed in the report)"
+        );
+    }
     if m.duplicate_count > 0 {
         tracing::warn!(
             count = m.duplicate_count,
             "file names occur in more than one shard; later shards overwrite earlier files in data/ (listed in the report)"
         );
     }
-    if m.rows != rows.totals.rows {
+    if m.rows + m.rows_shadowed != rows.totals.rows {
         problems.push(format!(
-            "the merged parquet has {} rows but the fragments hold {} rows",
-            m.rows, rows.totals.rows
+            "the merged parquet has {} rows and left out {} but the fragments hold {} rows",
+            m.rows, m.rows_shadowed, rows.totals.rows
         ));
     }
     Ok(Some(m))
@@ -414,7 +431,7 @@ fn merge_and_build(
             let early = || shared.early_sqlite.as_ref().and_then(|e| e.finish());
             build_formats(layout, config, rows, early, &mut format_problems)
         });
-        let merged = merge_or_withdraw(rows, config, parquet_path, problems);
+        let merged = merge_or_withdraw(layout, rows, config, parquet_path, problems);
         (merged, formats.join())
     });
     let merged = merged?;

@@ -8,14 +8,17 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::{Array, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardprep_core::layout::fnv1a64;
-use shardprep_core::table::{base_fields, conform, list_item_field, writer_properties};
+use shardprep_core::table::{
+    JSON_KEY_COLUMN, base_fields, conform, list_item_field, writer_properties,
+};
 
 use crate::CoordinatorError;
+use crate::written::ShadowedJson;
 
 /// One file name found in several shards.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,6 +32,11 @@ pub struct DuplicateName {
 #[derive(Debug, Clone)]
 pub struct MergeOutcome {
     pub rows: u64,
+    /// Rows left out: a later shard's JSON of the same path replaced theirs.
+    pub rows_shadowed: u64,
+    /// JSONs a later shard's file replaced (count; the first few).
+    pub json_replaced: u64,
+    pub json_replaced_listed: Vec<crate::written::ShadowedName>,
     /// File names with rows in more than one shard (capped list).
     pub duplicates: Vec<DuplicateName>,
     /// How many file names have rows in more than one shard.
@@ -88,15 +96,17 @@ fn merged_schema(
 }
 
 /// Merges `fragments` (shard name, fragment path; in shard order) into `dest`
-/// through a temporary file and a rename.
+/// through a temporary file and a rename, without the rows of the JSONs
+/// `shadowed` names.
 pub fn merge(
     fragments: &[(String, PathBuf)],
     extra: &[String],
     dest: &Path,
+    shadowed: &ShadowedJson,
 ) -> Result<MergeOutcome, CoordinatorError> {
     let schema = merged_schema(fragments, extra)?;
     let tmp = shardprep_core::layout::unique_tmp(dest);
-    let merged = merge_into(fragments, schema, &tmp, dest);
+    let merged = merge_into((fragments, shadowed), schema, &tmp, dest);
     if merged.is_err() {
         // Never leave a half-written table behind (e.g. on a full disk).
         let _ = std::fs::remove_file(&tmp);
@@ -106,7 +116,7 @@ pub fn merge(
 
 /// The merge proper: rows of `fragments` into `tmp`, then renamed to `dest`.
 fn merge_into(
-    fragments: &[(String, PathBuf)],
+    (fragments, shadowed): (&[(String, PathBuf)], &ShadowedJson),
     schema: Arc<Schema>,
     tmp: &Path,
     dest: &Path,
@@ -121,10 +131,16 @@ fn merge_into(
     .map_err(|e| merr(&tmp, e))?;
     // (hash of file name, shard index) for every row: 16 bytes a row.
     let mut names: Vec<(u64, u32)> = Vec::new();
-    let mut rows = 0u64;
-    for (si, (_, path)) in fragments.iter().enumerate() {
+    let (mut rows, mut rows_shadowed) = (0u64, 0u64);
+    for (si, (shard, path)) in fragments.iter().enumerate() {
+        let replaced = shadowed.by_shard.get(shard);
         for batch in read_batches(path)? {
-            let batch = batch?;
+            let mut batch = batch?;
+            if let Some(keys) = replaced {
+                let before = batch.num_rows();
+                batch = without_replaced(batch, keys).map_err(|e| merr(path, e))?;
+                rows_shadowed += (before - batch.num_rows()) as u64;
+            }
             let cols = schema
                 .fields()
                 .iter()
@@ -158,9 +174,67 @@ fn merge_into(
     let (duplicate_count, duplicates) = find_duplicates(names, fragments)?;
     Ok(MergeOutcome {
         rows,
+        rows_shadowed,
+        json_replaced: shadowed.count,
+        json_replaced_listed: shadowed.listed.clone(),
         duplicates,
         duplicate_count,
     })
+}
+
+/// `batch` without the rows whose JSON key is in `keys` (a fragment
+/// without the key column, from an older version, keeps every row).
+fn without_replaced(
+    batch: RecordBatch,
+    keys: &foldhash::HashSet<u64>,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let Some(col) = json_keys(&batch) else {
+        return Ok(batch);
+    };
+    let keep: BooleanArray = (0..col.len())
+        .map(|i| Some(!(col.is_valid(i) && keys.contains(&col.value(i)))))
+        .collect();
+    arrow_select::filter::filter_record_batch(&batch, &keep)
+}
+
+fn json_keys(batch: &RecordBatch) -> Option<&UInt64Array> {
+    batch
+        .column_by_name(JSON_KEY_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+}
+
+/// How many rows of `fragments` the merge leaves out for `shadowed`: what
+/// the judge expects the table to lack (only the shards `shadowed` names
+/// are read, and only their key column).
+pub fn shadowed_rows(
+    fragments: &[(String, PathBuf)],
+    shadowed: &ShadowedJson,
+) -> Result<u64, CoordinatorError> {
+    let mut n = 0u64;
+    for (shard, path) in fragments {
+        let Some(keys) = shadowed.by_shard.get(shard) else {
+            continue;
+        };
+        let builder = open_reader(path)?;
+        let Some(at) = builder.schema().index_of(JSON_KEY_COLUMN).ok() else {
+            continue;
+        };
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [at]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH)
+            .build()
+            .map_err(|e| merr(path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| merr(path, e))?;
+            if let Some(col) = json_keys(&batch) {
+                n += (0..col.len())
+                    .filter(|&i| col.is_valid(i) && keys.contains(&col.value(i)))
+                    .count() as u64;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// File names whose rows come from more than one of `fragments` (count, and

@@ -12,6 +12,7 @@ use crate::CoordinatorConfig;
 use crate::merge::{DuplicateName, MergeOutcome};
 use crate::scheduler::ShardState;
 use crate::webshart::WebshartSource;
+use crate::written::ShadowedName;
 
 /// A report's verdict, written as `ok` or `failed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,8 +171,18 @@ pub struct Report {
     pub found_json: u64,
     /// Rows of the merged parquet.
     pub rows: u64,
-    /// Sum of the fragments' rows (must equal `rows`).
+    /// Sum of the fragments' rows (`rows` + `rows_shadowed`).
     pub fragment_rows: u64,
+    /// Rows left out of the table: their JSON's file in `data/` was
+    /// replaced by a later shard's file of the same path, so the seed's
+    /// `compile.py` would not see it.
+    #[serde(default)]
+    pub rows_shadowed: u64,
+    /// JSON files of earlier shards that later shards' files replaced in `data/`.
+    #[serde(default)]
+    pub json_replaced: u64,
+    #[serde(default)]
+    pub json_replaced_listed: Vec<ShadowedName>,
     pub shards_total: usize,
     pub shards_done: usize,
     pub shards_failed: usize,
@@ -234,6 +245,9 @@ impl Report {
             found_json: 0,
             rows: 0,
             fragment_rows: 0,
+            rows_shadowed: 0,
+            json_replaced: 0,
+            json_replaced_listed: Vec::new(),
             shards_total: 0,
             shards_done: 0,
             shards_failed: 0,
@@ -296,6 +310,9 @@ impl Report {
     pub(crate) fn with_merge(mut self, merged: Option<(MergeOutcome, PathBuf)>) -> Report {
         if let Some((m, path)) = merged {
             self.rows = m.rows;
+            self.rows_shadowed = m.rows_shadowed;
+            self.json_replaced = m.json_replaced;
+            self.json_replaced_listed = m.json_replaced_listed;
             self.duplicate_filenames = m.duplicate_count;
             self.duplicate_filenames_listed = m.duplicates;
             self.parquet = Some(path.display().to_string());

@@ -17,7 +17,7 @@ use shardprep_core::mode::{JobOutput, Mode};
 pub use crate::findings::Findings;
 use crate::findings::LISTED;
 use crate::judge;
-use crate::report::{Report, ShardPhase, Verdict};
+use crate::report::{Report, ShardPhase, ShardReport, Verdict};
 use crate::written::{ShardWrote, WrittenPaths, check_json_members, check_written, list_foreign};
 
 /// What the checks take from a job's report and the flags.
@@ -76,19 +76,23 @@ impl<'a> JobView<'a> {
 
     /// The shards the report lists as done, in shard order.
     fn done_shards(&self) -> Vec<ShardWrote> {
-        self.report
-            .shards
-            .iter()
-            .filter(|s| s.state == ShardPhase::Done)
-            .map(|s| ShardWrote {
-                name: s.name.clone(),
-                files: s
-                    .counts
-                    .as_ref()
-                    .map_or(0, |c| c.files_extracted + c.captions_written),
-            })
-            .collect()
+        done_shards(&self.report.shards)
     }
+}
+
+/// The done shards of `shards`, in shard order, with what they wrote.
+pub(crate) fn done_shards(shards: &[ShardReport]) -> Vec<ShardWrote> {
+    shards
+        .iter()
+        .filter(|s| s.state == ShardPhase::Done)
+        .map(|s| ShardWrote {
+            name: s.name.clone(),
+            files: s
+                .counts
+                .as_ref()
+                .map_or(0, |c| c.files_extracted + c.captions_written),
+        })
+        .collect()
 }
 
 /// Checks `out` at `depth`: the report, every done shard's commit (as a
@@ -450,6 +454,29 @@ impl RowCheck<'_> {
     }
 }
 
+/// The done shards' fragment rows whose JSON a later shard's file replaced
+/// (the merge leaves them out); only those shards' fragments are read.
+fn shadowed_rows(
+    layout: &OutputLayout,
+    view: &JobView<'_>,
+    written: &WrittenPaths,
+) -> Result<u64, String> {
+    if written.shadowed.by_shard.is_empty() {
+        return Ok(0);
+    }
+    let fragments: Vec<_> = view
+        .done_shards()
+        .into_iter()
+        .map(|s| {
+            let path = layout.fragment_path(&s.name);
+            (s.name, path)
+        })
+        .collect();
+    crate::merge::shadowed_rows(&fragments, &written.shadowed).map_err(|e| {
+        format!("cannot read a fragment's JSON keys: {e}; run the job again: it redoes the shard")
+    })
+}
+
 fn check_parquet(
     layout: &OutputLayout,
     view: &JobView<'_>,
@@ -457,15 +484,26 @@ fn check_parquet(
     f: &mut Findings,
 ) {
     let fragment_rows = view.report.fragment_rows;
-    if let Some(why) = judge::table_problem(layout, &view.dataset_id, fragment_rows, depth) {
+    let shadowed = match shadowed_rows(layout, view, written) {
+        Ok(n) => n,
+        Err(why) => {
+            f.problems.push(why);
+            return;
+        }
+    };
+    let expected = fragment_rows.saturating_sub(shadowed);
+    if let Some(why) = judge::table_problem(layout, &view.dataset_id, expected, depth) {
         f.problems.push(format!(
             "{why}; run the job again: it merges the table again"
         ));
         return;
     }
-    f.checked.push(format!(
-        "the table reads back with the fragments' {fragment_rows} rows"
-    ));
+    f.checked.push(match shadowed {
+        0 => format!("the table reads back with the fragments' {fragment_rows} rows"),
+        n => format!(
+            "the table reads back with the fragments' {fragment_rows} rows but the {n} whose JSON a later shard's file replaced"
+        ),
+    });
     let path = layout.parquet_path(&view.dataset_id);
     let builder = std::fs::File::open(&path)
         .map_err(|e| e.to_string())

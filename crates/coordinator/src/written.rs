@@ -43,6 +43,55 @@ pub struct WrittenPaths {
     /// disk need not be the last in shard order.
     contested: foldhash::HashSet<u64>,
     damaged: foldhash::HashSet<u64>,
+    /// The JSONs a later shard's file of the same path replaced.
+    pub shadowed: ShadowedJson,
+}
+
+/// JSON files of a shard that a later shard's file of the same path
+/// replaced in `data/`: their rows leave the table, since the seed's
+/// `compile.py` reads the JSONs `data/` holds after `tar xf` of the shards
+/// in order. `by_shard` is the paths' hashes
+/// ([`shardprep_core::table::JSON_KEY_COLUMN`]) by shard name.
+#[derive(Debug, Default)]
+pub struct ShadowedJson {
+    pub by_shard: BTreeMap<String, foldhash::HashSet<u64>>,
+    /// How many (a JSON replaced by each of two later shards counts twice).
+    pub count: u64,
+    /// The first few, by path and shards.
+    pub listed: Vec<ShadowedName>,
+}
+
+/// A JSON of `shard` that the file of shard `by` replaced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowedName {
+    pub json: String,
+    pub shard: String,
+    pub by: String,
+}
+
+impl ShadowedJson {
+    fn add(&mut self, hash: u64, rel: &[u8], shard: &str, by: &str) {
+        if self
+            .by_shard
+            .entry(shard.to_string())
+            .or_default()
+            .insert(hash)
+        {
+            self.count += 1;
+            if self.listed.len() < LISTED {
+                self.listed.push(ShadowedName {
+                    json: String::from_utf8_lossy(rel).into_owned(),
+                    shard: shard.to_string(),
+                    by: by.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Whether `shard`'s JSON at the path hashed `key` was replaced.
+    pub fn replaced(&self, shard: &str, key: u64) -> bool {
+        self.by_shard.get(shard).is_some_and(|s| s.contains(&key))
+    }
 }
 
 impl WrittenPaths {
@@ -118,6 +167,10 @@ fn read_written(layout: &OutputLayout, shards: &[ShardWrote], c: &mut WrittenChe
                 Some(earlier) => {
                     w.paths.overwritten.insert(earlier);
                     w.paths.contested.insert(hash);
+                    if earlier.0 != i && rec.rel.ends_with(b".json") {
+                        let (was, by) = (&shards[earlier.0].name, &shard.name);
+                        w.paths.shadowed.add(hash, rec.rel, was, by);
+                    }
                 }
                 None => w.json += u64::from(rec.rel.ends_with(b".json")),
             }
@@ -160,6 +213,13 @@ fn unreadable_list(path: &std::path::Path, e: &std::io::Error) -> String {
         "its file list {} cannot be read ({e}), so what it wrote into data/ cannot be checked",
         path.display()
     )
+}
+
+/// What the committed `shards` (in shard order) wrote into `data/`, from
+/// their lists alone (nothing in `data/` is read): for the merge, which
+/// JSONs a later shard replaced.
+pub fn written_paths(layout: &OutputLayout, shards: &[ShardWrote]) -> WrittenPaths {
+    read_written(layout, shards, &mut WrittenCheck::default()).paths
 }
 
 /// Checks what the job wrote into `data/`: every file each committed shard

@@ -21,6 +21,17 @@ pub fn base_fields() -> Vec<Field> {
     ]
 }
 
+/// A fragment-only column: the hash ([`crate::layout::fnv1a64`]) of the
+/// path under `data/` of the JSON each row came from. The merge leaves it
+/// out of the table and drops the rows whose JSON a later shard's file of
+/// the same path replaced, as `tar xf` of the shards in order does.
+pub const JSON_KEY_COLUMN: &str = "__shardprep_json_key";
+
+/// The fragment's field of [`JSON_KEY_COLUMN`].
+pub fn json_key_field() -> Field {
+    Field::new(JSON_KEY_COLUMN, DataType::UInt64, true)
+}
+
 /// The element field of `list<string>` extra columns.
 pub fn list_item_field() -> Arc<Field> {
     Arc::new(Field::new("item", DataType::Utf8, true))

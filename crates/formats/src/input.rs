@@ -82,6 +82,8 @@ pub struct ShardInput {
     /// The names of the images the parquet has a row for (a sample is
     /// kept exactly when it holds one of them).
     row_images: PackedStrs,
+    /// Rows of `row_images` taken back (their JSON was replaced).
+    withdrawn_rows: foldhash::HashSet<usize>,
 }
 
 impl ShardInput {
@@ -122,9 +124,17 @@ impl ShardInput {
         start..self.names.len()
     }
 
-    /// Records that the image member `name` has a parquet row.
-    pub fn add_row_image(&mut self, name: &str) {
+    /// Records that the image member `name` has a parquet row; returns
+    /// the row's number here (for [`ShardInput::withdraw_row_image`]).
+    pub fn add_row_image(&mut self, name: &str) -> usize {
         self.row_images.push(name);
+        self.row_images.len() - 1
+    }
+
+    /// Takes back row `number` of [`ShardInput::add_row_image`]: a later
+    /// member replaced the JSON that made it.
+    pub fn withdraw_row_image(&mut self, number: usize) {
+        self.withdrawn_rows.insert(number);
     }
 
     /// The members in tar order.
@@ -145,7 +155,14 @@ impl ShardInput {
     pub(crate) fn row_images(&self) -> foldhash::HashSet<&str> {
         let mut set = foldhash::HashSet::default();
         set.reserve(self.row_images.len());
-        set.extend(self.row_images.iter());
+        let live = |(i, _): &(usize, &str)| !self.withdrawn_rows.contains(i);
+        set.extend(
+            self.row_images
+                .iter()
+                .enumerate()
+                .filter(live)
+                .map(|(_, n)| n),
+        );
         set
     }
 }

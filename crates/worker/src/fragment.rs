@@ -7,11 +7,14 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, UInt64Builder};
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use shardprep_core::table::{base_fields, conform, list_item_field, writer_properties};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use shardprep_core::table::{
+    base_fields, conform, json_key_field, list_item_field, writer_properties,
+};
 
 use crate::sample::{ExtraValue, Row};
 
@@ -89,18 +92,22 @@ impl ExtraBuilder {
 
 /// Writes rows into one parquet file.
 pub struct FragmentWriter {
+    path: std::path::PathBuf,
     extra_names: Vec<String>,
     width: Int64Builder,
     height: Int64Builder,
     caption: StringBuilder,
     filename: StringBuilder,
     extras: Vec<ExtraBuilder>,
+    json_key: UInt64Builder,
     pending: usize,
     /// Batches held until every extra column's type is known (first batch only).
     held: Vec<Vec<ArrayRef>>,
     writer: Option<(ArrowWriter<BufWriter<File>>, SchemaRef)>,
     file: Option<BufWriter<File>>,
     rows: u64,
+    /// Rows taken back (by their number in push order), left out at the end.
+    withdrawn: Vec<u64>,
 }
 
 impl FragmentWriter {
@@ -111,22 +118,27 @@ impl FragmentWriter {
             source,
         })?;
         Ok(FragmentWriter {
+            path: path.to_path_buf(),
             extra_names: extra.to_vec(),
             width: Int64Builder::with_capacity(BATCH_ROWS),
             height: Int64Builder::with_capacity(BATCH_ROWS),
             caption: StringBuilder::new(),
             filename: StringBuilder::new(),
             extras: extra.iter().map(|_| ExtraBuilder::Undecided(0)).collect(),
+            json_key: UInt64Builder::with_capacity(BATCH_ROWS),
             pending: 0,
             held: Vec::new(),
             writer: None,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             rows: 0,
+            withdrawn: Vec::new(),
         })
     }
 
-    /// Adds a row.
-    pub fn push(&mut self, row: &Row) -> Result<(), FragmentError> {
+    /// Adds a row made by the JSON whose path under `data/` hashes to
+    /// `json_key`; returns its number (for [`FragmentWriter::withdraw`]).
+    pub fn push(&mut self, row: &Row, json_key: u64) -> Result<u64, FragmentError> {
+        let number = self.rows;
         self.width.append_value(row.width);
         self.height.append_value(row.height);
         self.caption.append_value(&row.caption);
@@ -134,17 +146,19 @@ impl FragmentWriter {
         for (b, v) in self.extras.iter_mut().zip(&row.extras) {
             b.append(v);
         }
+        self.json_key.append_value(json_key);
         self.pending += 1;
         self.rows += 1;
         if self.pending >= BATCH_ROWS {
             self.flush_batch(false)?;
         }
-        Ok(())
+        Ok(number)
     }
 
-    /// Rows pushed so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
+    /// Takes back row `number`: a later member replaced its JSON. Rare (a
+    /// name twice in one shard), so the file is rewritten without it at the end.
+    pub fn withdraw(&mut self, number: u64) {
+        self.withdrawn.push(number);
     }
 
     fn flush_batch(&mut self, last: bool) -> Result<(), FragmentError> {
@@ -168,6 +182,7 @@ impl FragmentWriter {
                     ExtraBuilder::List(l) => Arc::new(l.finish()),
                 });
             }
+            cols.push(Arc::new(self.json_key.finish()));
             self.pending = 0;
             self.held.push(cols);
         }
@@ -193,6 +208,7 @@ impl FragmentWriter {
                 debug_assert!(!matches!(b, ExtraBuilder::Undecided(_)));
                 fields.push(Field::new(name, dt, true));
             }
+            fields.push(json_key_field());
             let schema: SchemaRef = Arc::new(Schema::new(fields));
             let file = self.file.take().ok_or_else(|| {
                 FragmentError::Parquet(parquet::errors::ParquetError::General(
@@ -211,7 +227,8 @@ impl FragmentWriter {
         Ok(())
     }
 
-    /// Writes the remaining rows, the footer, and syncs the file to disk.
+    /// Writes the remaining rows, the footer, and syncs the file to disk;
+    /// returns the rows it holds.
     pub fn finish(mut self) -> Result<u64, FragmentError> {
         self.flush_batch(true)?;
         let (writer, _) = self.writer.take().ok_or_else(|| {
@@ -223,7 +240,43 @@ impl FragmentWriter {
         let file = buf
             .into_inner()
             .map_err(|e| FragmentError::Sync(e.into_error()))?;
-        file.sync_all().map_err(FragmentError::Sync)?;
-        Ok(self.rows)
+        if self.withdrawn.is_empty() {
+            file.sync_all().map_err(FragmentError::Sync)?;
+            return Ok(self.rows);
+        }
+        drop(file);
+        self.withdrawn.sort_unstable();
+        self.withdrawn.dedup();
+        rewrite_without(&self.path, &self.withdrawn)?;
+        Ok(self.rows - self.withdrawn.len() as u64)
     }
+}
+
+/// Rewrites the fragment at `path` without the rows numbered `withdrawn`
+/// (sorted), through a temporary file and a rename.
+fn rewrite_without(path: &Path, withdrawn: &[u64]) -> Result<(), FragmentError> {
+    let io = |e: std::io::Error| FragmentError::Create {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(io)?)?;
+    let schema = reader.schema().clone();
+    let tmp = path.with_extension("parquet.tmp");
+    let out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
+    let mut writer = ArrowWriter::try_new(out, schema, Some(writer_properties()))?;
+    let mut number = 0u64;
+    for batch in reader.with_batch_size(BATCH_ROWS).build()? {
+        let batch = batch?;
+        let keep: BooleanArray = (0..batch.num_rows() as u64)
+            .map(|i| Some(withdrawn.binary_search(&(number + i)).is_err()))
+            .collect();
+        number += batch.num_rows() as u64;
+        writer.write(&arrow_select::filter::filter_record_batch(&batch, &keep)?)?;
+    }
+    let file = writer
+        .into_inner()?
+        .into_inner()
+        .map_err(|e| FragmentError::Sync(e.into_error()))?;
+    file.sync_all().map_err(FragmentError::Sync)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }

@@ -21,6 +21,8 @@ use crate::tar_reader::{EntryKind, EntryMeta};
 pub(crate) struct FormatsSink {
     formats: IndexFormats,
     input: ShardInput,
+    /// Each row's number in `input`, by its JSON's path hash.
+    rows: foldhash::HashMap<u64, usize>,
 }
 
 impl FormatsSink {
@@ -39,7 +41,11 @@ impl FormatsSink {
             source: e,
         })?;
         let input = ShardInput::new(shard.to_string(), tar_path, filesize);
-        Ok(FormatsSink { formats, input })
+        Ok(FormatsSink {
+            formats,
+            input,
+            rows: foldhash::HashMap::default(),
+        })
     }
 }
 
@@ -69,7 +75,14 @@ impl Output for FormatsSink {
     }
 
     fn row(&mut self, r: &KeptRow<'_>) {
-        self.input.add_row_image(&r.row.filename);
+        let number = self.input.add_row_image(&r.row.filename);
+        self.rows.insert(r.json_key, number);
+    }
+
+    fn row_withdrawn(&mut self, json_key: u64) {
+        if let Some(number) = self.rows.remove(&json_key) {
+            self.input.withdraw_row_image(number);
+        }
     }
 
     fn finish(self, end: &mut End<'_>) -> Result<(), ShardError> {

@@ -42,8 +42,9 @@ pub(crate) struct IndexSink {
     slots: Vec<Slot>,
     /// Images directly in `data/`: checked path (as text) → latest slot.
     images: HashMap<String, usize>,
-    /// Each row's caption and the JSON's width and height, by image name.
-    rows: HashMap<String, (String, (i64, i64))>,
+    /// Each row's caption, the JSON's width and height and its path's
+    /// hash, by image name.
+    rows: HashMap<String, (String, (i64, i64), u64)>,
 }
 
 impl IndexSink {
@@ -63,7 +64,7 @@ impl IndexSink {
         let mut stats = IndexStats::default();
         for (rel, &at) in &self.images {
             let slot = &mut self.slots[at];
-            let Some((caption, json_dims)) = self.rows.remove(rel) else {
+            let Some((caption, json_dims, _)) = self.rows.remove(rel) else {
                 slot.dropped = true;
                 continue;
             };
@@ -146,8 +147,14 @@ impl Output for IndexSink {
 
     fn row(&mut self, r: &KeptRow<'_>) {
         let row = r.row;
-        self.rows
-            .insert(row.filename.clone(), (row.caption.clone(), r.json_dims));
+        self.rows.insert(
+            row.filename.clone(),
+            (row.caption.clone(), r.json_dims, r.json_key),
+        );
+    }
+
+    fn row_withdrawn(&mut self, json_key: u64) {
+        self.rows.retain(|_, (_, _, key)| *key != json_key);
     }
 
     fn finish(mut self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {

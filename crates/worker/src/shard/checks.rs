@@ -12,6 +12,8 @@ use std::io;
 use shardprep_core::issue::IssueKind;
 use std::path::PathBuf;
 
+use super::json_rows::JsonId;
+
 use crate::integrity::{
     Claims, Digests, DimsError, HEADER_MAX, ImageFacts, IntegrityConfig, Ledger, Resolved, Verdict,
     image_dims,
@@ -30,6 +32,8 @@ pub(super) struct Pending {
     pub member: String,
     /// The JSON member's path under `data/`.
     pub rel: PathBuf,
+    /// Which JSON member at that path it is (a later one replaces it).
+    pub json: JsonId,
 }
 
 /// A row the ledger let go: to be written (its sizes as the table takes them).

@@ -25,6 +25,7 @@ mod captions;
 mod checks;
 mod data_files;
 pub(crate) mod input;
+mod json_rows;
 pub(crate) mod member;
 pub(crate) mod output;
 pub(crate) mod pass;

@@ -68,6 +68,8 @@ pub struct KeptRow<'r> {
     /// The JSON member it came from: its name in the tar, its checked path.
     pub json_member: &'r str,
     pub json_rel: &'r Path,
+    /// The hash of `json_rel` (what [`Output::row_withdrawn`] names).
+    pub json_key: u64,
 }
 
 /// What an output's hooks may record into, and stop on.
@@ -156,6 +158,10 @@ pub trait Output {
     /// A row the walk wrote: the sample of the image it names.
     fn row(&mut self, _row: &KeptRow<'_>) {}
 
+    /// The row of the JSON at the path hashed `json_key` is taken back: a
+    /// later member at that path replaced the JSON.
+    fn row_withdrawn(&mut self, _json_key: u64) {}
+
     /// The end of the shard: every count of the walk is in `end.tally`;
     /// an output writes its files into `end.attempt` (before the manifest).
     fn finish(self, end: &mut End<'_>) -> Result<Self::Done, ShardError>;
@@ -237,6 +243,11 @@ impl<A: Output, B: Output> Output for (A, B) {
         self.1.row(row);
     }
 
+    fn row_withdrawn(&mut self, json_key: u64) {
+        self.0.row_withdrawn(json_key);
+        self.1.row_withdrawn(json_key);
+    }
+
     fn finish(self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {
         Ok((self.0.finish(end)?, self.1.finish(end)?))
     }
@@ -314,6 +325,12 @@ impl<O: Output> Output for Option<O> {
     fn row(&mut self, row: &KeptRow<'_>) {
         if let Some(o) = self {
             o.row(row);
+        }
+    }
+
+    fn row_withdrawn(&mut self, json_key: u64) {
+        if let Some(o) = self {
+            o.row_withdrawn(json_key);
         }
     }
 

@@ -20,6 +20,7 @@ use super::attempt::Attempt;
 use super::captions::caption_warnings;
 use super::checks::{ImageChecks, Pending, head_facts};
 use super::input::ShardSource;
+use super::json_rows::{JsonId, JsonRows};
 use super::member::{Kind, Member, refused_entry_type};
 use super::output::{Cx, End, JsonBytes, KeptMember, KeptRow, MemberBytes, Output, WalkInput};
 use super::tally::{NameSet, Tally};
@@ -46,6 +47,8 @@ pub(crate) struct ShardPass<'a, O: Output> {
     images: NameSet,
     /// Images the rows name.
     referenced: NameSet,
+    /// The latest JSON member at each path, and its row.
+    json_rows: JsonRows,
     /// The JSON member being read (reused).
     json_buf: Vec<u8>,
     /// The checks of the images themselves.
@@ -76,6 +79,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             seen_members: HashSet::default(),
             images: NameSet::default(),
             referenced: NameSet::default(),
+            json_rows: JsonRows::default(),
             json_buf: Vec::new(),
             checks: ImageChecks::new(&task.integrity),
             out,
@@ -200,6 +204,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
     ) -> Result<(), ShardError> {
         self.tally.counts.json_files += 1;
         self.live.json_files.fetch_add(1, Ordering::Relaxed);
+        let json = self.replaces_json(m);
         // A JSON too large to parse is read only to be written.
         let takes_bytes = self.out.takes_bytes();
         let read = m.size <= MAX_JSON_BYTES || takes_bytes;
@@ -238,9 +243,21 @@ impl<'a, O: Output> ShardPass<'a, O> {
                 "only JSONs directly in data/ are samples, as in the seed",
             );
         } else if let Some(parsed) = parsed {
-            self.sample(m, parsed, hashes)?;
+            self.sample(m, parsed, (hashes, json))?;
         }
         Ok(())
+    }
+
+    /// A top-level JSON member's id; the row of the member at its path it
+    /// replaces (a name twice in the shard) is withdrawn, as `tar xf`
+    /// leaves only the later file for the seed's `compile.py` to read.
+    fn replaces_json(&mut self, m: &Member) -> JsonId {
+        let (json, replaced) = self.json_rows.member(m.key());
+        if let Some(number) = replaced.filter(|_| m.top_level) {
+            self.fragment.withdraw(number);
+            self.out.row_withdrawn(json.key);
+        }
+        json
     }
 
     /// Reads the JSON's first [`MAX_JSON_BYTES`] into `json_buf`.
@@ -273,7 +290,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
         &mut self,
         m: &Member,
         parsed: Result<Parsed, Skip>,
-        hashes: Vec<Option<String>>,
+        (hashes, json): (Vec<Option<String>>, JsonId),
     ) -> Result<(), ShardError> {
         match parsed {
             // Not a sample, but its JSON still names its image.
@@ -283,7 +300,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
                     self.tally.samples.no_width.insert(f.as_bytes());
                 }
             }
-            Ok(Parsed::Row(row)) => self.row(m, row, hashes)?,
+            Ok(Parsed::Row(row)) => self.row(m, row, (hashes, json))?,
             Err(skip) => {
                 if skip.has_width {
                     self.tally.counts.json_with_width += 1;
@@ -301,7 +318,12 @@ impl<'a, O: Output> ShardPass<'a, O> {
 
     /// A JSON's row: written now, or (when rows wait for their image)
     /// handed to the checks; its image is judged against its claims.
-    fn row(&mut self, m: &Member, row: Row, hashes: Vec<Option<String>>) -> Result<(), ShardError> {
+    fn row(
+        &mut self,
+        m: &Member,
+        row: Row,
+        (hashes, json): (Vec<Option<String>>, JsonId),
+    ) -> Result<(), ShardError> {
         self.tally.counts.json_with_width += 1;
         for w in caption_warnings(&row.caption) {
             self.tally.caption_warning(&m.name, w);
@@ -320,12 +342,13 @@ impl<'a, O: Output> ShardPass<'a, O> {
                 json_dims,
                 member: m.name.clone(),
                 rel: m.rel.clone(),
+                json,
             };
             self.checks.json(&image, claims, Some(pending));
         } else {
             // The ledger only judges: the row is written now, as it is.
             self.checks.json(&row.filename, claims, None);
-            self.write_row(&m.name, &m.rel, row, json_dims)?;
+            self.write_row((&m.name, &m.rel, json), row, json_dims)?;
         }
         self.settle_checks()
     }
@@ -333,30 +356,38 @@ impl<'a, O: Output> ShardPass<'a, O> {
     /// Writes the rows the checks released and counts their verdicts.
     fn settle_checks(&mut self) -> Result<(), ShardError> {
         for p in self.checks.settle(&mut self.tally) {
-            self.write_row(&p.member, &p.rel, p.row, p.json_dims)?;
+            self.write_row((&p.member, &p.rel, p.json), p.row, p.json_dims)?;
         }
         Ok(())
     }
 
     /// A row: into the fragment and the output, and its caption into
-    /// `data/<stem>.txt` (`member`, `rel`: its JSON).
+    /// `data/<stem>.txt` (`member`, `rel`, `json`: its JSON). A row that
+    /// waited for its image's verdict while a later member replaced its
+    /// JSON is not written.
     fn write_row(
         &mut self,
-        member: &str,
-        rel: &Path,
+        (member, rel, json): (&str, &Path, JsonId),
         row: Row,
         json_dims: (i64, i64),
     ) -> Result<(), ShardError> {
+        if !self.json_rows.live(json) {
+            return Ok(());
+        }
         self.tally.samples.rows.insert(row.filename.as_bytes());
         self.out.row(&KeptRow {
             row: &row,
             json_dims,
             json_member: member,
             json_rel: rel,
+            json_key: json.key,
         });
-        self.fragment
-            .push(&row)
+        let number = self
+            .fragment
+            .push(&row, json.key)
             .map_err(|e| self.source.fragment_error(e))?;
+        let image = shardprep_core::layout::fnv1a64(row.filename.as_bytes());
+        self.json_rows.written(json, number, image);
         self.live.rows.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -445,6 +476,9 @@ impl<'a, O: Output> ShardPass<'a, O> {
     pub(crate) fn finish(mut self, started: Instant) -> Result<(ShardOutput, O::Done), ShardError> {
         self.checks.finish();
         self.settle_checks()?;
+        if let Some(live) = self.json_rows.live_images() {
+            self.tally.samples.rows.retain(&live);
+        }
         self.tally.cross_check(&self.referenced, &self.images);
         self.tally.left_out(&self.images);
         let source = self.source;

@@ -200,6 +200,12 @@ impl NameSet {
         self.hashes.insert(h)
     }
 
+    /// Keeps only the entries whose hash is in `live`.
+    pub(crate) fn retain(&mut self, live: &HashSet<u64>) {
+        self.hashes.retain(|h| live.contains(h));
+        self.names.retain(|h, _| live.contains(h));
+    }
+
     /// Names (where kept) of the entries missing from `other`, and their count.
     fn missing_from(&self, other: &NameSet) -> (u64, Vec<String>) {
         let mut n = 0;

@@ -1,0 +1,112 @@
+//! Which JSON's row is live. The seed builds its table from the JSON files
+//! `data/` holds after `tar xf`: a later member at a JSON's path replaces
+//! the file, so the earlier JSON makes no row. Within a shard this is
+//! settled here; across shards, by the merge (see
+//! [`shardprep_core::table::JSON_KEY_COLUMN`]).
+
+use foldhash::{HashMap, HashSet};
+
+/// A JSON member: which of the members at its path it is, and its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct JsonId {
+    /// The hash of its path under `data/` (the member's key).
+    pub key: u64,
+    /// How many JSON members at this path came before it.
+    pub generation: u32,
+}
+
+/// The latest JSON member at each top-level path, and the row it made.
+#[derive(Default)]
+pub(super) struct JsonRows {
+    latest: HashMap<u64, Latest>,
+    withdrawn: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Latest {
+    generation: u32,
+    /// Its row's number in the fragment, and the hash of the image it names.
+    row: Option<(u64, u64)>,
+}
+
+impl JsonRows {
+    /// A top-level JSON member at `key`: its id, and the row of the member
+    /// it replaces (to be withdrawn), if that one made a row.
+    pub(super) fn member(&mut self, key: u64) -> (JsonId, Option<u64>) {
+        let mut replaced = None;
+        let generation = match self.latest.get_mut(&key) {
+            Some(l) => {
+                replaced = l.row.take().map(|(number, _)| number);
+                l.generation += 1;
+                l.generation
+            }
+            None => {
+                self.latest.insert(
+                    key,
+                    Latest {
+                        generation: 0,
+                        row: None,
+                    },
+                );
+                0
+            }
+        };
+        self.withdrawn |= replaced.is_some();
+        (JsonId { key, generation }, replaced)
+    }
+
+    /// Whether the row of `json` still counts: no later member replaced
+    /// its JSON (a row may wait for its image's verdict meanwhile).
+    pub(super) fn live(&self, json: JsonId) -> bool {
+        self.latest
+            .get(&json.key)
+            .is_some_and(|l| l.generation == json.generation)
+    }
+
+    /// `json`'s row was written as row `number`, naming the image hashed `image`.
+    pub(super) fn written(&mut self, json: JsonId, number: u64, image: u64) {
+        if let Some(l) = self.latest.get_mut(&json.key) {
+            l.row = Some((number, image));
+        }
+    }
+
+    /// The images the live rows name, when a row was withdrawn (`None`:
+    /// every row written is live).
+    pub(super) fn live_images(&self) -> Option<HashSet<u64>> {
+        self.withdrawn.then(|| {
+            self.latest
+                .values()
+                .filter_map(|l| l.row.map(|(_, image)| image))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_member_withdraws_the_row_of_the_earlier() {
+        let mut j = JsonRows::default();
+        let (a, none) = j.member(7);
+        assert_eq!(none, None);
+        j.written(a, 0, 70);
+        let (b, replaced) = j.member(7);
+        assert_eq!(replaced, Some(0));
+        assert!(!j.live(a) && j.live(b));
+        assert_eq!(j.live_images(), Some(HashSet::default()));
+        j.written(b, 1, 71);
+        assert_eq!(j.live_images().map(|s| s.len()), Some(1));
+    }
+
+    #[test]
+    fn a_row_waiting_for_its_image_is_not_written_once_replaced() {
+        let mut j = JsonRows::default();
+        let (a, _) = j.member(7);
+        let (_, replaced) = j.member(7);
+        assert_eq!(replaced, None, "a's row was not written yet");
+        assert!(!j.live(a));
+        assert_eq!(j.live_images(), None);
+    }
+}
