@@ -20,7 +20,7 @@ use crate::rows::shard_rows;
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
-use crate::written::{self, ShadowedJson};
+use crate::written::{self, ListsRead, ShadowedJson};
 use crate::{CoordinatorConfig, CoordinatorError, JobShared, judge, page};
 
 /// How a job ended.
@@ -78,6 +78,10 @@ fn already_done(prev: Report, config: &CoordinatorConfig, fingerprint: &str) -> 
     same.then_some(prev)
 }
 
+/// What the merge gives the rest of the job's end: what it wrote, and the
+/// shards' file lists it read (for the check of `data/`).
+type Merged = (Option<MergeOutcome>, Option<ListsRead>);
+
 /// Merges the fragments into the parquet when no shard failed; otherwise
 /// removes any parquet, so that no table looks complete when it is not.
 fn merge_or_withdraw(
@@ -86,25 +90,16 @@ fn merge_or_withdraw(
     config: &CoordinatorConfig,
     parquet_path: &Path,
     problems: &mut Vec<String>,
-) -> Result<Option<MergeOutcome>, CoordinatorError> {
+) -> Result<Merged, CoordinatorError> {
     if !rows.failures.is_empty() {
         if parquet_path.exists() {
             let _ = std::fs::remove_file(parquet_path);
         }
         problems.push("the parquet table was not written because some shards failed; fix or remove them and run again (finished shards are kept)".into());
-        return Ok(None);
+        return Ok((None, None));
     }
     tracing::info!(fragments = rows.fragments.len(), "merging fragments");
-    let shadowed = match config.outputs.writes_members() {
-        true => written::written_paths(layout, &verify::done_shards(&rows.shards)).shadowed,
-        false => ShadowedJson::default(),
-    };
-    let m = merge::merge(
-        &rows.fragments,
-        &config.fields.extra,
-        parquet_path,
-        &shadowed,
-    )?;
+    let (m, lists) = merge_beside_lists(layout, rows, config, parquet_path)?;
     if m.rows_shadowed > 0 {
         tracing::warn!(
             rows = m.rows_shadowed,
@@ -123,18 +118,54 @@ fn merge_or_withdraw(
             m.rows, m.rows_shadowed, rows.totals.rows
         ));
     }
-    Ok(Some(m))
+    Ok((Some(m), lists))
+}
+
+/// The merge, beside (extract mode) the read of the shards' file lists;
+/// when the lists show JSONs a later shard's file replaced (rare), the
+/// table is merged again without their rows.
+fn merge_beside_lists(
+    layout: &OutputLayout,
+    rows: &ShardRows,
+    config: &CoordinatorConfig,
+    parquet_path: &Path,
+) -> Result<(MergeOutcome, Option<ListsRead>), CoordinatorError> {
+    let shards = verify::done_shards(&rows.shards);
+    let extra = &config.fields.extra;
+    let (merged, lists) = std::thread::scope(|scope| {
+        let lists = config
+            .outputs
+            .writes_members()
+            .then(|| scope.spawn(|| written::read_lists(layout, &shards)));
+        let none = ShadowedJson::default();
+        let merged = merge::merge(&rows.fragments, extra, parquet_path, &none);
+        // A panic is a bug: it must not pass for "nothing replaced".
+        let lists = lists.map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        (merged, lists)
+    });
+    let merged = match (merged?, &lists) {
+        (_, Some(l)) if !l.shadowed().by_shard.is_empty() => {
+            merge::merge(&rows.fragments, extra, parquet_path, l.shadowed())?
+        }
+        (merged, _) => merged,
+    };
+    Ok((merged, lists))
 }
 
 /// What `verify` would find wrong with the output `report` describes: the
 /// files in `data/` (sizes: the job's start judged the kept shards at the
 /// job's depth, and redone ones are new), and the table, the rows' files,
 /// the entry and the indexes at the job's depth.
-fn output_problems(layout: &OutputLayout, config: &CoordinatorConfig, report: &Report) -> Findings {
+/// `lists`: the shards' file lists, when the merge read them.
+fn output_problems(
+    layout: &OutputLayout,
+    config: &CoordinatorConfig,
+    (report, lists): (&Report, Option<ListsRead>),
+) -> Findings {
     let view = JobView::new(report, config.expect_json, Some(&config.backend.dataset_id));
     // `data/` (one stat per file, on two threads), then what was published
     // (the rows' files are judged by that one stat).
-    let (mut f, written) = verify::check_data(layout, &view, CheckDepth::Sizes);
+    let (mut f, written) = verify::check_data(layout, &view, CheckDepth::Sizes, lists);
     f.merge(verify::check_published(
         layout,
         &view,
@@ -214,7 +245,7 @@ fn unchanged_output(
         }
     };
     let prev = already_done(prev, config, fingerprint)?;
-    let found = output_problems(layout, config, &prev).problems;
+    let found = output_problems(layout, config, (&prev, None)).problems;
     if found.is_empty() {
         return Some(prev);
     }
@@ -355,7 +386,8 @@ pub(crate) fn finish_job(
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
-    let (merged, formats) = merge_and_build(shared, config, &rows, &parquet_path, &mut problems)?;
+    let ((merged, lists), formats) =
+        merge_and_build(shared, config, &rows, &parquet_path, &mut problems)?;
     // With failed shards nothing is merged; the collisions among the shards
     // that did complete are still reported, so every problem shows at once.
     let collisions = match merged {
@@ -374,7 +406,7 @@ pub(crate) fn finish_job(
         &config.outputs,
     ));
     let phase = Instant::now();
-    let (found, page) = check_and_gather(layout, config, &report, problems.is_empty());
+    let (found, page) = check_and_gather(layout, config, (&report, lists), problems.is_empty());
     tracing::debug!(
         ms = phase.elapsed().as_millis() as u64,
         "checked the output"
@@ -416,13 +448,7 @@ fn merge_and_build(
     rows: &ShardRows,
     parquet_path: &Path,
     problems: &mut Vec<String>,
-) -> Result<
-    (
-        Option<MergeOutcome>,
-        Option<shardprep_formats::FormatsReport>,
-    ),
-    CoordinatorError,
-> {
+) -> Result<(Merged, Option<shardprep_formats::FormatsReport>), CoordinatorError> {
     let layout = &shared.layout;
     let mut format_problems = Vec::new();
     let phase = Instant::now();
@@ -499,11 +525,12 @@ fn redo_list(entries: &[ShardEntry], found: &Findings) -> Vec<(usize, Repair)> {
 /// before), so that "verified" is never said over damage; and the files
 /// the report page shows (they do not depend on the verdict). The check of
 /// webshart's indexes counts the page's numbers as it reads them; else the
-/// page's files are read on another thread meanwhile.
+/// page's files are read on another thread meanwhile. `lists`: the
+/// shards' file lists, when the merge read them.
 fn check_and_gather(
     layout: &OutputLayout,
     config: &CoordinatorConfig,
-    report: &Report,
+    (report, lists): (&Report, Option<ListsRead>),
     check: bool,
 ) -> (Findings, Option<page::Gathered>) {
     let reads_indexes = config
@@ -511,14 +538,14 @@ fn check_and_gather(
         .index_formats()
         .is_some_and(|f| f.contains(IndexFormat::Webshart));
     if check && reads_indexes {
-        let mut found = output_problems(layout, config, report);
+        let mut found = output_problems(layout, config, (report, lists));
         let page = page::gather_files_with(layout.root(), report, found.shape.take());
         return (found, Some(page));
     }
     std::thread::scope(|scope| {
         let page = scope.spawn(|| page::gather_files(layout.root(), report));
         let found = match check {
-            true => output_problems(layout, config, report),
+            true => output_problems(layout, config, (report, lists)),
             false => Findings::default(),
         };
         (found, page.join().ok())

@@ -100,7 +100,7 @@ pub fn recover(
                 files: c.manifest.counts.files_extracted + c.manifest.counts.captions_written,
             })
             .collect();
-        for (shard, why) in check_written(layout, &wrote, None, depth).why {
+        for (shard, why) in check_written(layout, (&wrote, None), None, depth).why {
             judged.damaged.entry(shard).or_insert(why);
         }
     }

@@ -167,7 +167,8 @@ pub struct Report {
     #[serde(default)]
     pub image_checks: shardprep_core::manifest::ImageChecks,
     pub expected_json: Option<u64>,
-    /// Sum of the shards' `*.json` members: the seed's `find data -name '*.json' | wc -l`.
+    /// Sum of the shards' `*.json` members: the seed's `find data -name '*.json' | wc -l`
+    /// when no name repeats (`--expect-json` is checked against the files `data/` holds).
     pub found_json: u64,
     /// Rows of the merged parquet.
     pub rows: u64,

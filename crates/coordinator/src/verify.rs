@@ -18,7 +18,9 @@ pub use crate::findings::Findings;
 use crate::findings::LISTED;
 use crate::judge;
 use crate::report::{Report, ShardPhase, ShardReport, Verdict};
-use crate::written::{ShardWrote, WrittenPaths, check_json_members, check_written, list_foreign};
+use crate::written::{
+    ListsRead, ShardWrote, WrittenPaths, check_json_members, check_written, list_foreign,
+};
 
 /// What the checks take from a job's report and the flags.
 pub(crate) struct JobView<'a> {
@@ -113,7 +115,7 @@ pub fn verify_output(
     check_verdict(&report, &mut f);
     let view = JobView::new(&report, expect_json, dataset_id);
     f.merge(check_committed(&layout, &view, depth));
-    let (data, written) = check_data(&layout, &view, depth);
+    let (data, written) = check_data(&layout, &view, depth, None);
     f.merge(data);
     if view.data_written {
         list_foreign(&layout, &written, &mut f);
@@ -160,6 +162,7 @@ pub(crate) fn check_data(
     layout: &OutputLayout,
     view: &JobView<'_>,
     depth: CheckDepth,
+    lists: Option<ListsRead>,
 ) -> (Findings, WrittenPaths) {
     let mut f = Findings::default();
     let shards = view.done_shards();
@@ -167,7 +170,7 @@ pub(crate) fn check_data(
     if view.data_written {
         // Without members in data/, its JSON count is not the job's.
         let expected = view.expected.filter(|_| view.extracted);
-        let c = check_written(layout, &shards, expected, depth);
+        let c = check_written(layout, (&shards, lists), expected, depth);
         f.merge(c.findings);
         written = c.paths;
     }

@@ -217,23 +217,45 @@ fn unreadable_list(path: &std::path::Path, e: &std::io::Error) -> String {
 
 /// What the committed `shards` (in shard order) wrote into `data/`, from
 /// their lists alone (nothing in `data/` is read): for the merge, which
-/// JSONs a later shard replaced.
-pub fn written_paths(layout: &OutputLayout, shards: &[ShardWrote]) -> WrittenPaths {
-    read_written(layout, shards, &mut WrittenCheck::default()).paths
+/// JSONs a later shard replaced; then for [`check_written`].
+pub fn read_lists(layout: &OutputLayout, shards: &[ShardWrote]) -> ListsRead {
+    let mut check = WrittenCheck::default();
+    let written = read_written(layout, shards, &mut check);
+    ListsRead { written, check }
+}
+
+/// The committed shards' file lists as read, with what reading them found
+/// (a list that cannot be read): the job's end reads them once, for the
+/// merge and for [`check_written`].
+pub struct ListsRead {
+    written: Written,
+    check: WrittenCheck,
+}
+
+impl ListsRead {
+    /// The JSONs a later shard's file replaced.
+    pub fn shadowed(&self) -> &ShadowedJson {
+        &self.written.paths.shadowed
+    }
 }
 
 /// Checks what the job wrote into `data/`: every file each committed shard
 /// (`shards`, in shard order) lists is there as it was written (size; at
 /// [`CheckDepth::Checksums`] bytes too), and the JSON members it holds
 /// number `expected`. The files are checked on two threads.
+/// `read`: the lists as [`read_lists`] read them for these `shards`, if
+/// the caller has them.
 pub fn check_written(
     layout: &OutputLayout,
-    shards: &[ShardWrote],
+    (shards, read): (&[ShardWrote], Option<ListsRead>),
     expected: Option<u64>,
     depth: CheckDepth,
 ) -> WrittenCheck {
-    let mut c = WrittenCheck::default();
-    let mut written = read_written(layout, shards, &mut c);
+    let read = read.filter(|r| r.written.list_len.len() == shards.len());
+    let ListsRead {
+        mut written,
+        check: mut c,
+    } = read.unwrap_or_else(|| read_lists(layout, shards));
     let data = CheckedDir::open(&layout.data_dir());
     let half = shards.len().div_ceil(2);
     let (data_ref, written_ref) = (&data, &written);
@@ -467,7 +489,7 @@ mod tests {
     #[test]
     fn a_missing_file_names_its_shard() {
         let (_tmp, layout, shards) = output();
-        let c = check_written(&layout, &shards, Some(1), CheckDepth::Sizes);
+        let c = check_written(&layout, (&shards, None), Some(1), CheckDepth::Sizes);
         assert!(c.findings.damaged_shards.contains("s0"));
         assert!(c.paths.damaged("b.png") && !c.paths.damaged("a.json"));
         assert!(c.why["s0"].contains("data/b.png"), "{:?}", c.why);
