@@ -1341,6 +1341,15 @@ fn a_json_twice_in_a_shard_makes_only_the_later_ones_row() {
         );
         if args[1] == "extract" {
             assert_data_matches_seed(&job.out, &[shard_path]);
+            // gone.png has no row now: its caption file is the one an image
+            // without a row gets (its JSON's caption), not the withdrawn row's.
+            let txt = std::fs::read(job.data().join("gone.txt")).unwrap();
+            assert_eq!(txt, b"no width", "{args:?}");
+            assert_eq!(s["counts"]["captions_for_unlisted_images"], 1);
+            assert_eq!(
+                std::fs::read(job.data().join("two.txt")).unwrap(),
+                b"the second"
+            );
         } else {
             let index = std::fs::read(job.out.join("index/twice.json")).unwrap();
             let index: Value = serde_json::from_slice(&index).unwrap();

@@ -14,7 +14,7 @@ use shardprep_core::index_format::{IndexFormat, IndexFormats};
 use shardprep_formats::{MemberKind, ShardInput, TarMember};
 
 use crate::shard::ShardError;
-use crate::shard::output::{End, KeptRow, Output};
+use crate::shard::output::{End, KeptRow, Output, WithdrawnRow};
 use crate::tar_reader::{EntryKind, EntryMeta};
 
 /// The other formats' input of one shard being built.
@@ -79,8 +79,8 @@ impl Output for FormatsSink {
         self.rows.insert(r.json_key, number);
     }
 
-    fn row_withdrawn(&mut self, json_key: u64) {
-        if let Some(number) = self.rows.remove(&json_key) {
+    fn row_withdrawn(&mut self, row: &WithdrawnRow<'_>) {
+        if let Some(number) = self.rows.remove(&row.json_key) {
             self.input.withdraw_row_image(number);
         }
     }

@@ -19,7 +19,7 @@ use super::doc::{FileEntry, index_bytes};
 use crate::integrity::ImageFacts;
 use crate::shard::ShardError;
 use crate::shard::member::Kind;
-use crate::shard::output::{End, KeptMember, KeptRow, Output};
+use crate::shard::output::{End, KeptMember, KeptRow, Output, WithdrawnRow};
 use crate::shard::tally::Tally;
 
 /// One member's entry as it was read.
@@ -153,8 +153,8 @@ impl Output for IndexSink {
         );
     }
 
-    fn row_withdrawn(&mut self, json_key: u64) {
-        self.rows.retain(|_, (_, _, key)| *key != json_key);
+    fn row_withdrawn(&mut self, row: &WithdrawnRow<'_>) {
+        self.rows.retain(|_, (_, _, key)| *key != row.json_key);
     }
 
     fn finish(mut self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {

@@ -49,6 +49,9 @@ pub(super) struct UnlistedImages {
     images: HashMap<u64, (PathBuf, String)>,
     /// Caption path key to the caption text of the JSON of that stem.
     texts: HashMap<u64, String>,
+    /// Caption files of withdrawn rows: caption path key to the caption
+    /// path and the image's name (rare: a JSON twice in the shard).
+    withdrawn: HashMap<u64, (PathBuf, String)>,
 }
 
 /// A caption file to write for an image no row captions.
@@ -73,6 +76,15 @@ impl UnlistedImages {
     /// A row's caption file was queued at the path with `key`.
     pub(super) fn row_caption(&mut self, key: u64) {
         self.images.remove(&key);
+        self.withdrawn.remove(&key);
+    }
+
+    /// The row that captioned `image` at `path` was withdrawn: unless a
+    /// later row captions it, the file gets the caption an image without a
+    /// row gets (when the image is a member of the shard).
+    pub(super) fn row_withdrawn(&mut self, path: PathBuf, image: &str) {
+        self.withdrawn
+            .insert(path_key(&path), (path, image.to_string()));
     }
 
     /// The JSON `json_rel` gives `text` as its caption but no row for its
@@ -89,10 +101,15 @@ impl UnlistedImages {
         captioned: &HashSet<u64>,
         members: &HashSet<u64>,
     ) -> Vec<UnlistedCaption> {
-        let mut out: Vec<UnlistedCaption> = self
+        let withdrawn = self.withdrawn.drain().filter(|(key, (_, image))| {
+            !members.contains(key) && members.contains(&fnv1a64(image.as_bytes()))
+        });
+        let uncaptioned = self
             .images
             .drain()
-            .filter(|(key, _)| !captioned.contains(key) && !members.contains(key))
+            .filter(|(key, _)| !captioned.contains(key) && !members.contains(key));
+        let mut out: Vec<UnlistedCaption> = uncaptioned
+            .chain(withdrawn)
             .map(|(key, (path, member))| UnlistedCaption {
                 text: self.texts.remove(&key).unwrap_or_default(),
                 path,

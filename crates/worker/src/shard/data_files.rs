@@ -21,7 +21,7 @@ use super::attempt::Attempt;
 use super::captions::{UnlistedImages, caption_path, path_key};
 use super::input::ShardSource;
 use super::member::{Kind, Member, kind_of};
-use super::output::{Cx, End, JsonBytes, KeptRow, MemberBytes, Output, WalkInput};
+use super::output::{Cx, End, JsonBytes, KeptRow, MemberBytes, Output, WalkInput, WithdrawnRow};
 use super::{MAX_JSON_BYTES, ShardError, ShardTask};
 use crate::extract::writeback::FlushEvery;
 use crate::extract::{DataDir, PlaceError};
@@ -348,6 +348,14 @@ impl Output for DataFiles<'_> {
             kind: WriteKind::Caption,
         };
         self.data.queue_bytes(PathBuf::from(txt), bytes, tag);
+    }
+
+    /// The withdrawn row's caption file is no longer a row's (see
+    /// [`UnlistedImages::row_withdrawn`]).
+    fn row_withdrawn(&mut self, w: &WithdrawnRow<'_>) {
+        if let Some(unlisted) = self.unlisted.as_mut() {
+            unlisted.row_withdrawn(PathBuf::from(format!("{}.txt", stem(w.image))), w.image);
+        }
     }
 
     fn settle(&mut self, cx: &mut Cx<'_>) -> Result<(), ShardError> {

@@ -5,6 +5,7 @@
 //! [`shardprep_core::table::JSON_KEY_COLUMN`]).
 
 use foldhash::{HashMap, HashSet};
+use shardprep_core::layout::fnv1a64;
 
 /// A JSON member: which of the members at its path it is, and its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,21 +23,29 @@ pub(super) struct JsonRows {
     withdrawn: bool,
 }
 
-#[derive(Clone, Copy)]
 struct Latest {
     generation: u32,
-    /// Its row's number in the fragment, and the hash of the image it names.
-    row: Option<(u64, u64)>,
+    /// Its row's number in the fragment, and the image it names.
+    row: Option<(u64, Box<str>)>,
+}
+
+/// A row taken back: the JSON it came from and the image it named.
+pub(super) struct Withdrawn {
+    pub number: u64,
+    pub image: Box<str>,
 }
 
 impl JsonRows {
     /// A top-level JSON member at `key`: its id, and the row of the member
     /// it replaces (to be withdrawn), if that one made a row.
-    pub(super) fn member(&mut self, key: u64) -> (JsonId, Option<u64>) {
+    pub(super) fn member(&mut self, key: u64) -> (JsonId, Option<Withdrawn>) {
         let mut replaced = None;
         let generation = match self.latest.get_mut(&key) {
             Some(l) => {
-                replaced = l.row.take().map(|(number, _)| number);
+                replaced = l
+                    .row
+                    .take()
+                    .map(|(number, image)| Withdrawn { number, image });
                 l.generation += 1;
                 l.generation
             }
@@ -63,10 +72,10 @@ impl JsonRows {
             .is_some_and(|l| l.generation == json.generation)
     }
 
-    /// `json`'s row was written as row `number`, naming the image hashed `image`.
-    pub(super) fn written(&mut self, json: JsonId, number: u64, image: u64) {
+    /// `json`'s row was written as row `number`, naming `image`.
+    pub(super) fn written(&mut self, json: JsonId, number: u64, image: &str) {
         if let Some(l) = self.latest.get_mut(&json.key) {
-            l.row = Some((number, image));
+            l.row = Some((number, image.into()));
         }
     }
 
@@ -76,7 +85,7 @@ impl JsonRows {
         self.withdrawn.then(|| {
             self.latest
                 .values()
-                .filter_map(|l| l.row.map(|(_, image)| image))
+                .filter_map(|l| l.row.as_ref().map(|(_, image)| fnv1a64(image.as_bytes())))
                 .collect()
         })
     }
@@ -91,12 +100,15 @@ mod tests {
         let mut j = JsonRows::default();
         let (a, none) = j.member(7);
         assert_eq!(none, None);
-        j.written(a, 0, 70);
+        j.written(a, 0, "a.png");
         let (b, replaced) = j.member(7);
-        assert_eq!(replaced, Some(0));
+        assert_eq!(
+            replaced.map(|w| (w.number, w.image)),
+            Some((0, "a.png".into()))
+        );
         assert!(!j.live(a) && j.live(b));
         assert_eq!(j.live_images(), Some(HashSet::default()));
-        j.written(b, 1, 71);
+        j.written(b, 1, "b.png");
         assert_eq!(j.live_images().map(|s| s.len()), Some(1));
     }
 
@@ -105,7 +117,7 @@ mod tests {
         let mut j = JsonRows::default();
         let (a, _) = j.member(7);
         let (_, replaced) = j.member(7);
-        assert_eq!(replaced, None, "a's row was not written yet");
+        assert!(replaced.is_none(), "a's row was not written yet");
         assert!(!j.live(a));
         assert_eq!(j.live_images(), None);
     }

@@ -72,6 +72,15 @@ pub struct KeptRow<'r> {
     pub json_key: u64,
 }
 
+/// A row the walk took back: a later member at its JSON's path replaced
+/// the JSON (as `tar xf` leaves only the later file).
+pub struct WithdrawnRow<'w> {
+    /// The hash of the JSON's path (as [`KeptRow::json_key`]).
+    pub json_key: u64,
+    /// The image the row named.
+    pub image: &'w str,
+}
+
 /// What an output's hooks may record into, and stop on.
 pub struct Cx<'c> {
     pub tally: &'c mut Tally,
@@ -158,9 +167,8 @@ pub trait Output {
     /// A row the walk wrote: the sample of the image it names.
     fn row(&mut self, _row: &KeptRow<'_>) {}
 
-    /// The row of the JSON at the path hashed `json_key` is taken back: a
-    /// later member at that path replaced the JSON.
-    fn row_withdrawn(&mut self, _json_key: u64) {}
+    /// A row written earlier is taken back.
+    fn row_withdrawn(&mut self, _row: &WithdrawnRow<'_>) {}
 
     /// The end of the shard: every count of the walk is in `end.tally`;
     /// an output writes its files into `end.attempt` (before the manifest).
@@ -243,9 +251,9 @@ impl<A: Output, B: Output> Output for (A, B) {
         self.1.row(row);
     }
 
-    fn row_withdrawn(&mut self, json_key: u64) {
-        self.0.row_withdrawn(json_key);
-        self.1.row_withdrawn(json_key);
+    fn row_withdrawn(&mut self, row: &WithdrawnRow<'_>) {
+        self.0.row_withdrawn(row);
+        self.1.row_withdrawn(row);
     }
 
     fn finish(self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {
@@ -328,9 +336,9 @@ impl<O: Output> Output for Option<O> {
         }
     }
 
-    fn row_withdrawn(&mut self, json_key: u64) {
+    fn row_withdrawn(&mut self, row: &WithdrawnRow<'_>) {
         if let Some(o) = self {
-            o.row_withdrawn(json_key);
+            o.row_withdrawn(row);
         }
     }
 

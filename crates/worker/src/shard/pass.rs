@@ -22,7 +22,9 @@ use super::checks::{ImageChecks, Pending, head_facts};
 use super::input::ShardSource;
 use super::json_rows::{JsonId, JsonRows};
 use super::member::{Kind, Member, refused_entry_type};
-use super::output::{Cx, End, JsonBytes, KeptMember, KeptRow, MemberBytes, Output, WalkInput};
+use super::output::{
+    Cx, End, JsonBytes, KeptMember, KeptRow, MemberBytes, Output, WalkInput, WithdrawnRow,
+};
 use super::tally::{NameSet, Tally};
 use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask};
 use crate::extract::safe_relative_path;
@@ -253,9 +255,13 @@ impl<'a, O: Output> ShardPass<'a, O> {
     /// leaves only the later file for the seed's `compile.py` to read.
     fn replaces_json(&mut self, m: &Member) -> JsonId {
         let (json, replaced) = self.json_rows.member(m.key());
-        if let Some(number) = replaced.filter(|_| m.top_level) {
-            self.fragment.withdraw(number);
-            self.out.row_withdrawn(json.key);
+        if let Some(w) = replaced.filter(|_| m.top_level) {
+            self.fragment.withdraw(w.number);
+            let row = WithdrawnRow {
+                json_key: json.key,
+                image: &w.image,
+            };
+            self.out.row_withdrawn(&row);
         }
         json
     }
@@ -386,8 +392,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
             .fragment
             .push(&row, json.key)
             .map_err(|e| self.source.fragment_error(e))?;
-        let image = shardprep_core::layout::fnv1a64(row.filename.as_bytes());
-        self.json_rows.written(json, number, image);
+        self.json_rows.written(json, number, &row.filename);
         self.live.rows.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
