@@ -99,7 +99,7 @@ mod tests {
     fn a_later_member_withdraws_the_row_of_the_earlier() {
         let mut j = JsonRows::default();
         let (a, none) = j.member(7);
-        assert_eq!(none, None);
+        assert!(none.is_none());
         j.written(a, 0, "a.png");
         let (b, replaced) = j.member(7);
         assert_eq!(
