@@ -124,15 +124,13 @@ impl ShardInput {
         start..self.names.len()
     }
 
-    /// Records that the image member `name` has a parquet row; returns
-    /// the row's number here (for [`ShardInput::withdraw_row_image`]).
-    pub fn add_row_image(&mut self, name: &str) -> usize {
+    /// Records that the image member `name` has a parquet row.
+    pub fn add_row_image(&mut self, name: &str) {
         self.row_images.push(name);
-        self.row_images.len() - 1
     }
 
-    /// Takes back row `number` of [`ShardInput::add_row_image`]: a later
-    /// member replaced the JSON that made it.
+    /// Takes back row `number` (counted from 0 in the order of
+    /// [`ShardInput::add_row_image`]): a later member replaced its JSON.
     pub fn withdraw_row_image(&mut self, number: usize) {
         self.withdrawn_rows.insert(number);
     }

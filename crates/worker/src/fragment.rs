@@ -8,12 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, UInt64Builder};
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use shardprep_core::layout::fnv1a64;
 use shardprep_core::table::{
-    base_fields, conform, json_key_field, list_item_field, writer_properties,
+    JSON_KEY_COLUMN, base_fields, conform, json_key_field, list_item_field, writer_properties,
 };
 
 use crate::sample::{ExtraValue, Row};
@@ -106,8 +107,25 @@ pub struct FragmentWriter {
     writer: Option<(ArrowWriter<BufWriter<File>>, SchemaRef)>,
     file: Option<BufWriter<File>>,
     rows: u64,
-    /// Rows taken back (by their number in push order), left out at the end.
-    withdrawn: Vec<u64>,
+    /// Rows taken back: by JSON key, the rows of that key numbered below
+    /// the cutoff (in push order) are left out at the end.
+    withdrawn: foldhash::HashMap<u64, u64>,
+}
+
+/// A closed fragment: its rows, and (only when rows were withdrawn) which.
+pub struct FragmentDone {
+    pub rows: u64,
+    pub withdrawn: Option<Withdrawals>,
+}
+
+/// The rows a fragment left out, and the images its rows still name.
+#[derive(Default)]
+pub struct Withdrawals {
+    /// Each left-out row: its number in push order and the image it named.
+    pub rows: Vec<(u64, String)>,
+    /// Hashes ([`shardprep_core::layout::fnv1a64`]) of the images the
+    /// rows kept name.
+    pub live_images: foldhash::HashSet<u64>,
 }
 
 impl FragmentWriter {
@@ -131,7 +149,7 @@ impl FragmentWriter {
             writer: None,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             rows: 0,
-            withdrawn: Vec::new(),
+            withdrawn: foldhash::HashMap::default(),
         })
     }
 
@@ -155,10 +173,11 @@ impl FragmentWriter {
         Ok(number)
     }
 
-    /// Takes back row `number`: a later member replaced its JSON. Rare (a
-    /// name twice in one shard), so the file is rewritten without it at the end.
-    pub fn withdraw(&mut self, number: u64) {
-        self.withdrawn.push(number);
+    /// Takes back the rows pushed so far with `json_key`: a later member
+    /// replaced their JSON. Rare (a name twice in one shard), so the file
+    /// is rewritten without them at the end.
+    pub fn withdraw_before(&mut self, json_key: u64) {
+        self.withdrawn.insert(json_key, self.rows);
     }
 
     fn flush_batch(&mut self, last: bool) -> Result<(), FragmentError> {
@@ -227,9 +246,8 @@ impl FragmentWriter {
         Ok(())
     }
 
-    /// Writes the remaining rows, the footer, and syncs the file to disk;
-    /// returns the rows it holds.
-    pub fn finish(mut self) -> Result<u64, FragmentError> {
+    /// Writes the remaining rows, the footer, and syncs the file to disk.
+    pub fn finish(mut self) -> Result<FragmentDone, FragmentError> {
         self.flush_batch(true)?;
         let (writer, _) = self.writer.take().ok_or_else(|| {
             FragmentError::Parquet(parquet::errors::ParquetError::General(
@@ -242,19 +260,26 @@ impl FragmentWriter {
             .map_err(|e| FragmentError::Sync(e.into_error()))?;
         if self.withdrawn.is_empty() {
             file.sync_all().map_err(FragmentError::Sync)?;
-            return Ok(self.rows);
+            return Ok(FragmentDone {
+                rows: self.rows,
+                withdrawn: None,
+            });
         }
         drop(file);
-        self.withdrawn.sort_unstable();
-        self.withdrawn.dedup();
-        rewrite_without(&self.path, &self.withdrawn)?;
-        Ok(self.rows - self.withdrawn.len() as u64)
+        let w = rewrite_without(&self.path, &self.withdrawn)?;
+        Ok(FragmentDone {
+            rows: self.rows - w.rows.len() as u64,
+            withdrawn: Some(w),
+        })
     }
 }
 
-/// Rewrites the fragment at `path` without the rows numbered `withdrawn`
-/// (sorted), through a temporary file and a rename.
-fn rewrite_without(path: &Path, withdrawn: &[u64]) -> Result<(), FragmentError> {
+/// Rewrites the fragment at `path` without the rows `withdrawn` names,
+/// through a temporary file and a rename.
+fn rewrite_without(
+    path: &Path,
+    withdrawn: &foldhash::HashMap<u64, u64>,
+) -> Result<Withdrawals, FragmentError> {
     let io = |e: std::io::Error| FragmentError::Create {
         path: path.display().to_string(),
         source: e,
@@ -264,13 +289,23 @@ fn rewrite_without(path: &Path, withdrawn: &[u64]) -> Result<(), FragmentError> 
     let tmp = path.with_extension("parquet.tmp");
     let out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
     let mut writer = ArrowWriter::try_new(out, schema, Some(writer_properties()))?;
-    let mut number = 0u64;
+    let (mut number, mut w) = (0u64, Withdrawals::default());
     for batch in reader.with_batch_size(BATCH_ROWS).build()? {
         let batch = batch?;
-        let keep: BooleanArray = (0..batch.num_rows() as u64)
-            .map(|i| Some(withdrawn.binary_search(&(number + i)).is_err()))
-            .collect();
-        number += batch.num_rows() as u64;
+        let keys = column::<UInt64Array>(&batch, JSON_KEY_COLUMN)?;
+        let names = column::<StringArray>(&batch, "filename")?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let cutoff = withdrawn.get(&keys.value(i)).copied().unwrap_or(0);
+            let name = names.value(i);
+            match number < cutoff {
+                true => w.rows.push((number, name.to_string())),
+                false => _ = w.live_images.insert(fnv1a64(name.as_bytes())),
+            }
+            keep.push(Some(number >= cutoff));
+            number += 1;
+        }
+        let keep: BooleanArray = keep.into_iter().collect();
         writer.write(&arrow_select::filter::filter_record_batch(&batch, &keep)?)?;
     }
     let file = writer
@@ -278,5 +313,18 @@ fn rewrite_without(path: &Path, withdrawn: &[u64]) -> Result<(), FragmentError> 
         .into_inner()
         .map_err(|e| FragmentError::Sync(e.into_error()))?;
     file.sync_all().map_err(FragmentError::Sync)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(w)
+}
+
+/// The fragment's column `name` as `A`.
+fn column<'b, A: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b A, FragmentError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| {
+            FragmentError::Parquet(parquet::errors::ParquetError::General(format!(
+                "the fragment has no column {name} of the expected type"
+            )))
+        })
 }

@@ -21,8 +21,6 @@ use crate::tar_reader::{EntryKind, EntryMeta};
 pub(crate) struct FormatsSink {
     formats: IndexFormats,
     input: ShardInput,
-    /// Each row's number in `input`, by its JSON's path hash.
-    rows: foldhash::HashMap<u64, usize>,
 }
 
 impl FormatsSink {
@@ -41,11 +39,7 @@ impl FormatsSink {
             source: e,
         })?;
         let input = ShardInput::new(shard.to_string(), tar_path, filesize);
-        Ok(FormatsSink {
-            formats,
-            input,
-            rows: foldhash::HashMap::default(),
-        })
+        Ok(FormatsSink { formats, input })
     }
 }
 
@@ -75,14 +69,13 @@ impl Output for FormatsSink {
     }
 
     fn row(&mut self, r: &KeptRow<'_>) {
-        let number = self.input.add_row_image(&r.row.filename);
-        self.rows.insert(r.json_key, number);
+        self.input.add_row_image(&r.row.filename);
     }
 
-    fn row_withdrawn(&mut self, row: &WithdrawnRow<'_>) {
-        if let Some(number) = self.rows.remove(&row.json_key) {
-            self.input.withdraw_row_image(number);
-        }
+    /// Rows come here in their order, so a row's number is its place in
+    /// `input`'s list.
+    fn row_withdrawn(&mut self, w: &WithdrawnRow<'_>) {
+        self.input.withdraw_row_image(w.number as usize);
     }
 
     fn finish(self, end: &mut End<'_>) -> Result<(), ShardError> {

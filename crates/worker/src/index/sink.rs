@@ -42,8 +42,8 @@ pub(crate) struct IndexSink {
     slots: Vec<Slot>,
     /// Images directly in `data/`: checked path (as text) → latest slot.
     images: HashMap<String, usize>,
-    /// Each row's caption, the JSON's width and height and its path's
-    /// hash, by image name.
+    /// Each row's caption, the JSON's width and height and the row's
+    /// number, by image name.
     rows: HashMap<String, (String, (i64, i64), u64)>,
 }
 
@@ -149,12 +149,14 @@ impl Output for IndexSink {
         let row = r.row;
         self.rows.insert(
             row.filename.clone(),
-            (row.caption.clone(), r.json_dims, r.json_key),
+            (row.caption.clone(), r.json_dims, r.number),
         );
     }
 
-    fn row_withdrawn(&mut self, row: &WithdrawnRow<'_>) {
-        self.rows.retain(|_, (_, _, key)| *key != row.json_key);
+    fn row_withdrawn(&mut self, w: &WithdrawnRow<'_>) {
+        if self.rows.get(w.image).is_some_and(|r| r.2 == w.number) {
+            self.rows.remove(w.image);
+        }
     }
 
     fn finish(mut self, end: &mut End<'_>) -> Result<Self::Done, ShardError> {

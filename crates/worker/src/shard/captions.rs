@@ -76,11 +76,10 @@ impl UnlistedImages {
     /// A row's caption file was queued at the path with `key`.
     pub(super) fn row_caption(&mut self, key: u64) {
         self.images.remove(&key);
-        self.withdrawn.remove(&key);
     }
 
-    /// The row that captioned `image` at `path` was withdrawn: unless a
-    /// later row captions it, the file gets the caption an image without a
+    /// The row that captioned `image` at `path` was withdrawn and no kept
+    /// row names the image: the file gets the caption an image without a
     /// row gets (when the image is a member of the shard).
     pub(super) fn row_withdrawn(&mut self, path: PathBuf, image: &str) {
         self.withdrawn

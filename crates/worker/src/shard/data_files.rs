@@ -350,10 +350,12 @@ impl Output for DataFiles<'_> {
         self.data.queue_bytes(PathBuf::from(txt), bytes, tag);
     }
 
-    /// The withdrawn row's caption file is no longer a row's (see
-    /// [`UnlistedImages::row_withdrawn`]).
+    /// The withdrawn row's caption file is no longer a row's, unless a
+    /// kept row names its image (see [`UnlistedImages::row_withdrawn`]).
     fn row_withdrawn(&mut self, w: &WithdrawnRow<'_>) {
-        if let Some(unlisted) = self.unlisted.as_mut() {
+        if let Some(unlisted) = self.unlisted.as_mut()
+            && !w.named_by_a_kept_row
+        {
             unlisted.row_withdrawn(PathBuf::from(format!("{}.txt", stem(w.image))), w.image);
         }
     }

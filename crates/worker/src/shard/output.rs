@@ -68,17 +68,20 @@ pub struct KeptRow<'r> {
     /// The JSON member it came from: its name in the tar, its checked path.
     pub json_member: &'r str,
     pub json_rel: &'r Path,
-    /// The hash of `json_rel` (what [`Output::row_withdrawn`] names).
-    pub json_key: u64,
+    /// Its number in the shard's rows, in order (what
+    /// [`Output::row_withdrawn`] names).
+    pub number: u64,
 }
 
-/// A row the walk took back: a later member at its JSON's path replaced
-/// the JSON (as `tar xf` leaves only the later file).
+/// A row the walk took back at the shard's end: a later member at its
+/// JSON's path replaced the JSON (as `tar xf` leaves only the later file).
 pub struct WithdrawnRow<'w> {
-    /// The hash of the JSON's path (as [`KeptRow::json_key`]).
-    pub json_key: u64,
-    /// The image the row named.
+    /// Its number (as [`KeptRow::number`]).
+    pub number: u64,
+    /// The image it named.
     pub image: &'w str,
+    /// Whether a row the shard keeps names that image too.
+    pub named_by_a_kept_row: bool,
 }
 
 /// What an output's hooks may record into, and stop on.
@@ -167,7 +170,8 @@ pub trait Output {
     /// A row the walk wrote: the sample of the image it names.
     fn row(&mut self, _row: &KeptRow<'_>) {}
 
-    /// A row written earlier is taken back.
+    /// A row written earlier is taken back (at the shard's end, before
+    /// [`Output::finish`]).
     fn row_withdrawn(&mut self, _row: &WithdrawnRow<'_>) {}
 
     /// The end of the shard: every count of the walk is in `end.tally`;

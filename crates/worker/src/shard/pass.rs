@@ -13,7 +13,7 @@ use foldhash::HashSet;
 
 use shardprep_core::durability;
 use shardprep_core::issue::IssueKind;
-use shardprep_core::layout::shard_file_stem;
+use shardprep_core::layout::{fnv1a64, shard_file_stem};
 use shardprep_core::manifest::ShardManifest;
 
 use super::attempt::Attempt;
@@ -28,7 +28,7 @@ use super::output::{
 use super::tally::{NameSet, Tally};
 use super::{LiveProgress, MAX_JSON_BYTES, ShardError, ShardOutput, ShardTask};
 use crate::extract::safe_relative_path;
-use crate::fragment::FragmentWriter;
+use crate::fragment::{FragmentWriter, Withdrawals};
 use crate::integrity::{CheckingReader, Claims, ImageCheck, ImageFacts, hash_claims};
 use crate::sample::{Parsed, Row, Skip, parse_sample};
 use crate::tar_reader::{Entry, EntryKind};
@@ -174,7 +174,8 @@ impl<'a, O: Output> ShardPass<'a, O> {
         m: &Member,
         entry: &mut Entry<'_, R>,
     ) -> Result<(), ShardError> {
-        if !self.seen_members.insert(m.key()) {
+        let repeated = !self.seen_members.insert(m.key());
+        if repeated {
             self.tally.counts.duplicate_members += 1;
             self.tally.issue(
                 &m.name,
@@ -189,7 +190,7 @@ impl<'a, O: Output> ShardPass<'a, O> {
         let (out, mut cx) = self.out_cx();
         let shadowed = out.shadows(m, &mut cx)?;
         match m.kind {
-            Kind::Json => self.json_member(m, entry, shadowed)?,
+            Kind::Json => self.json_member(m, entry, (shadowed, repeated))?,
             Kind::Image | Kind::Other => self.file_member(m, entry, shadowed)?,
         }
         let (out, mut cx) = self.out_cx();
@@ -202,11 +203,11 @@ impl<'a, O: Output> ShardPass<'a, O> {
         &mut self,
         m: &Member,
         entry: &mut Entry<'_, R>,
-        shadowed: bool,
+        (shadowed, repeated): (bool, bool),
     ) -> Result<(), ShardError> {
         self.tally.counts.json_files += 1;
         self.live.json_files.fetch_add(1, Ordering::Relaxed);
-        let json = self.replaces_json(m);
+        let json = self.replaces_json(m, repeated);
         // A JSON too large to parse is read only to be written.
         let takes_bytes = self.out.takes_bytes();
         let read = m.size <= MAX_JSON_BYTES || takes_bytes;
@@ -250,18 +251,14 @@ impl<'a, O: Output> ShardPass<'a, O> {
         Ok(())
     }
 
-    /// A top-level JSON member's id; the row of the member at its path it
-    /// replaces (a name twice in the shard) is withdrawn, as `tar xf`
-    /// leaves only the later file for the seed's `compile.py` to read.
-    fn replaces_json(&mut self, m: &Member) -> JsonId {
-        let (json, replaced) = self.json_rows.member(m.key());
-        if let Some(w) = replaced.filter(|_| m.top_level) {
-            self.fragment.withdraw(w.number);
-            let row = WithdrawnRow {
-                json_key: json.key,
-                image: &w.image,
-            };
-            self.out.row_withdrawn(&row);
+    /// A JSON member's id (`repeated`: a member at its path came before);
+    /// at the top of `data/`, the rows of the members at its path it
+    /// replaces are withdrawn, as `tar xf` leaves only the later file for
+    /// the seed's `compile.py` to read.
+    fn replaces_json(&mut self, m: &Member, repeated: bool) -> JsonId {
+        let json = self.json_rows.member(m.key(), repeated);
+        if repeated && m.top_level {
+            self.fragment.withdraw_before(json.key);
         }
         json
     }
@@ -381,18 +378,17 @@ impl<'a, O: Output> ShardPass<'a, O> {
             return Ok(());
         }
         self.tally.samples.rows.insert(row.filename.as_bytes());
+        let number = self
+            .fragment
+            .push(&row, json.key)
+            .map_err(|e| self.source.fragment_error(e))?;
         self.out.row(&KeptRow {
             row: &row,
             json_dims,
             json_member: member,
             json_rel: rel,
-            json_key: json.key,
+            number,
         });
-        let number = self
-            .fragment
-            .push(&row, json.key)
-            .map_err(|e| self.source.fragment_error(e))?;
-        self.json_rows.written(json, number, &row.filename);
         self.live.rows.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -481,16 +477,17 @@ impl<'a, O: Output> ShardPass<'a, O> {
     pub(crate) fn finish(mut self, started: Instant) -> Result<(ShardOutput, O::Done), ShardError> {
         self.checks.finish();
         self.settle_checks()?;
-        if let Some(live) = self.json_rows.live_images() {
-            self.tally.samples.rows.retain(&live);
-        }
-        self.tally.cross_check(&self.referenced, &self.images);
-        self.tally.left_out(&self.images);
         let source = self.source;
-        self.tally.counts.rows = self
+        let fragment = self
             .fragment
             .finish()
             .map_err(|e| source.fragment_error(e))?;
+        self.tally.counts.rows = fragment.rows;
+        if let Some(w) = fragment.withdrawn {
+            withdraw_rows(&mut self.tally, &mut self.out, w);
+        }
+        self.tally.cross_check(&self.referenced, &self.images);
+        self.tally.left_out(&self.images);
         self.tally.counts.bytes_read = self.live.bytes_read.load(Ordering::Relaxed);
         let mut end = End {
             tally: &mut self.tally,
@@ -502,6 +499,21 @@ impl<'a, O: Output> ShardPass<'a, O> {
         let done = self.out.finish(&mut end)?;
         let manifest = manifest(self.task, self.tally, started);
         Ok((self.attempt.finish(manifest, source)?, done))
+    }
+}
+
+/// The rows the fragment left out (their JSON was replaced): the images
+/// they named have a row only if a kept row names them, and `out` takes
+/// them back.
+fn withdraw_rows<O: Output>(tally: &mut Tally, out: &mut O, w: Withdrawals) {
+    tally.samples.rows.retain(&w.live_images);
+    for (number, image) in &w.rows {
+        let named_by_a_kept_row = w.live_images.contains(&fnv1a64(image.as_bytes()));
+        out.row_withdrawn(&WithdrawnRow {
+            number: *number,
+            image,
+            named_by_a_kept_row,
+        });
     }
 }
 
