@@ -352,6 +352,14 @@ fn counts_section(r: &Report) -> String {
                 n("totals.duplicate_members", t.duplicate_members)
             ),
         ),
+        (
+            "JSONs a later shard replaced",
+            format!(
+                "{} (their {} rows left out of the table)",
+                n("json_replaced", r.json_replaced),
+                n("rows_shadowed", r.rows_shadowed)
+            ),
+        ),
     ];
     let mut h = String::from("<section><h2>Counts and timings</h2><table class=\"kv\">");
     for (k, v) in rows.into_iter().chain(timing_rows(r)) {
