@@ -427,3 +427,21 @@ def test_repeated_names_in_index_mode_keep_each_shards_sample_and_the_later_copy
     assert (a["x.png"]["captions"], b["x.png"]["captions"]) == ("x from a", "x from b")
     rows = sorted(rows_of(pd.read_parquet(repeated["index"] / "dalle3.parquet")))
     assert rows == [(3, 2, "q", "q.png"), (3, 3, "p", "p.png"), (4, 4, "x from a", "x.png"), (6, 6, "y second copy", "y.png"), (8, 8, "x from b", "x.png")]
+
+
+def test_a_replaced_jsons_row_put_back_is_found_and_the_rerun_merges_the_seeds_table_again(repeated, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(repeated["out"], out, symlinks=True)
+    table = out / "dalle3.parquet"
+    clean = table.read_bytes()
+    t = pq.read_table(table)
+    back = pa.table({"width": [4], "height": [4], "caption": ["x from a"], "filename": ["x.png"]}, schema=t.schema)
+    pq.write_table(pa.concat_tables([back, t]), table)
+    r = shardprep("verify", out, ok=False)
+    assert r.returncode != 0 and "holds 5 rows where there should be 4" in r.stdout + r.stderr, r.stdout
+    # The copied report names the original output folder: run it where it is now.
+    shardprep("run", "--input", repeated["shards"], "--output", out, "--workers", 2, "--mode", "extract")
+    assert shardprep("verify", out, "--deep").returncode == 0
+    assert table.read_bytes() == clean
