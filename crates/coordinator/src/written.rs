@@ -87,11 +87,6 @@ impl ShadowedJson {
             }
         }
     }
-
-    /// Whether `shard`'s JSON at the path hashed `key` was replaced.
-    pub fn replaced(&self, shard: &str, key: u64) -> bool {
-        self.by_shard.get(shard).is_some_and(|s| s.contains(&key))
-    }
 }
 
 impl WrittenPaths {
