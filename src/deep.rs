@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use shardprep_coordinator::pairs::{PairCheck, PairVerdict};
 use shardprep_coordinator::report::Report;
 use shardprep_core::fields::FieldMap;
 use shardprep_core::manifest::ImageChecks;
@@ -111,30 +112,76 @@ fn scan(data: &Path, cfg: &IntegrityConfig) -> io::Result<Scan> {
     let fields = FieldMap::dalle3();
     let mut s = Scan::default();
     for json in jsons {
-        let mut bytes = Vec::new();
-        File::open(&json)?
-            .take(MAX_JSON_BYTES)
-            .read_to_end(&mut bytes)?;
-        let Ok(Parsed::Row(row)) = parse_sample(&bytes, &fields) else {
+        let Some(checked) = check_row(data, &json, cfg, &fields)? else {
             continue;
         };
-        let image = data.join(&row.filename);
-        if row.filename.contains('/') || !image.is_file() {
-            continue; // plain verify names rows without their image
-        }
-        let claims = Claims {
-            width: Some(row.width),
-            height: Some(row.height),
-            hashes: hash_claims(&bytes, &cfg.hashes),
-        };
-        let verdict = check_file(&image, cfg, &claims)?;
         s.images += 1;
-        for p in verdict.problems {
+        for p in checked.verdict.problems {
             let reason = p.reason.as_str().to_string();
-            s.found.push((row.filename.clone(), reason, p.detail));
+            s.found.push((checked.image.clone(), reason, p.detail));
         }
     }
     Ok(s)
+}
+
+/// The row a JSON of `data/` makes, with its image checked.
+struct CheckedRow {
+    image: String,
+    json_dims: (i64, i64),
+    verdict: Verdict,
+}
+
+/// Checks the image the JSON at `json` names (in `data`, at the top) against
+/// the row that JSON makes; `None` without a row or without its image (plain
+/// verify names rows without their image).
+fn check_row(
+    data: &Path,
+    json: &Path,
+    cfg: &IntegrityConfig,
+    fields: &FieldMap,
+) -> io::Result<Option<CheckedRow>> {
+    let mut bytes = Vec::new();
+    File::open(json)?
+        .take(MAX_JSON_BYTES)
+        .read_to_end(&mut bytes)?;
+    let Ok(Parsed::Row(row)) = parse_sample(&bytes, fields) else {
+        return Ok(None);
+    };
+    let image = data.join(&row.filename);
+    if row.filename.contains('/') || !image.is_file() {
+        return Ok(None);
+    }
+    let claims = Claims {
+        width: Some(row.width),
+        height: Some(row.height),
+        hashes: hash_claims(&bytes, &cfg.hashes),
+    };
+    let verdict = check_file(&image, cfg, &claims)?;
+    Ok(Some(CheckedRow {
+        image: row.filename,
+        json_dims: (row.width, row.height),
+        verdict,
+    }))
+}
+
+/// The job's end's check of a row paired with an image another shard wrote:
+/// the check `verify --deep` makes, with the job's image checks and fields.
+pub struct PairImageCheck {
+    pub cfg: IntegrityConfig,
+    pub fields: FieldMap,
+}
+
+impl PairCheck for PairImageCheck {
+    fn check(&self, data: &Path, json: &str) -> Option<PairVerdict> {
+        let checked = check_row(data, &data.join(json), &self.cfg, &self.fields).ok()??;
+        let problems = checked.verdict.problems.iter();
+        Some(PairVerdict {
+            problems: problems
+                .map(|p| (p.reason.as_str().to_string(), p.detail.clone()))
+                .collect(),
+            dims: checked.verdict.table_dims(&self.cfg, checked.json_dims),
+        })
+    }
 }
 
 /// One image file read once: header, digests, and the decode if asked.

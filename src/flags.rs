@@ -7,6 +7,7 @@ use shardprep_core::auth;
 use shardprep_core::durability::DataSync;
 use shardprep_core::fields::{FieldMap, PRESETS};
 use shardprep_core::mode::{JobOutput, Mode};
+use shardprep_worker::integrity::IntegrityConfig;
 
 use crate::cli::{Captions, ClientTlsArgs, JobArgs, TokenArgs};
 
@@ -95,7 +96,12 @@ pub fn coordinator_config(
         (None, None) => bail!("give the shards with --input or --input-list"),
     };
     let outputs = job_output(job)?;
-    Ok(CoordinatorConfig {
+    let checks = image_checks(job)?;
+    let pair_check = crate::deep::PairImageCheck {
+        cfg: IntegrityConfig::from_checks(&checks).map_err(anyhow::Error::msg)?,
+        fields: fields(job)?,
+    };
+    let config = CoordinatorConfig {
         input,
         output: job.output.clone(),
         token,
@@ -111,11 +117,12 @@ pub fn coordinator_config(
         progress_interval: job.progress_interval,
         data_sync: job.data_sync(data_sync),
         metrics_listen: job.metrics_listen,
-        image_checks: image_checks(job)?,
+        image_checks: checks,
         depth: shardprep_core::depth::CheckDepth::from_deep(job.deep),
         max_sparse_size: job.max_sparse_size,
         ..CoordinatorConfig::default()
-    })
+    };
+    Ok(config.with_pair_check(std::sync::Arc::new(pair_check)))
 }
 
 /// What the job writes: index mode writes nothing into `data/` (no

@@ -1403,6 +1403,131 @@ fn same_name_in_two_shards_keeps_the_later_shards_file_and_row_only() {
     job.assert_contained(&[]);
 }
 
+/// A PNG whose header says `w` x `h` (signature and IHDR; the header check
+/// reads no further).
+fn png_sized(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    v.extend_from_slice(&w.to_be_bytes());
+    v.extend_from_slice(&h.to_be_bytes());
+    v.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend(image(seed, 64).into_iter().skip(8));
+    v
+}
+
+fn sized_json(image_name: &str, caption: &str, w: u32, h: u32) -> Vec<u8> {
+    let j = json!({"image_name": image_name, "short_caption": caption, "width": w, "height": h});
+    serde_json::to_vec(&j).unwrap()
+}
+
+/// Samples split across shards, as `tar xf` of the shards in order pairs
+/// them: an image a later shard replaced under an earlier shard's row
+/// (`x`), a JSON whose image only a later shard has (`w`), and the reverse
+/// (`y`). The table and `data/` are the seed's; each caption file holds its
+/// row's caption even where a later shard wrote the caption of an image
+/// without a row there; each such image is checked against its row (a size
+/// unlike the row's is in the report, and `verify --deep` passes); with
+/// `--dims image` the row takes the image's size. A changed caption file the
+/// job's end wrote is found and put back by a re-run.
+#[test]
+fn a_sample_split_across_shards_is_paired_as_tar_xf_pairs_it() {
+    let mut a = new_tar();
+    append_file(&mut a, "x.png", &png_sized(3, 3, 1)).unwrap();
+    append_file(&mut a, "x.json", &sized_json("x.png", "x from a", 3, 3)).unwrap();
+    append_file(&mut a, "w.json", &sized_json("w.png", "w from a", 9, 9)).unwrap();
+    append_file(&mut a, "y.png", &png_sized(4, 4, 2)).unwrap();
+    append_file(&mut a, "a0.png", &png_sized(7, 7, 5)).unwrap();
+    append_file(&mut a, "a0.json", &sized_json("a0.png", "a0", 7, 7)).unwrap();
+    let mut b = new_tar();
+    append_file(&mut b, "x.png", &png_sized(6, 6, 3)).unwrap();
+    append_file(&mut b, "w.png", &png_sized(5, 5, 4)).unwrap();
+    append_file(&mut b, "y.json", &sized_json("y.png", "y from b", 9, 9)).unwrap();
+    append_file(&mut b, "b0.png", &png_sized(8, 8, 6)).unwrap();
+    append_file(&mut b, "b0.json", &sized_json("b0.png", "b0", 8, 8)).unwrap();
+    let (a, b) = (finish(a), finish(b));
+    for dims in ["json", "image"] {
+        let job = Job::new();
+        let shards = [job.add("a.tar", &a), job.add("b.tar", &b)];
+        job.run("2", &["--dims", dims]).assert_ok();
+        let (_, unlisted) = assert_data_matches_seed_dims(&job.out, &shards, dims);
+        assert_eq!(unlisted, 0, "every caption file is a row's");
+        let r = job.report();
+        assert_eq!(r["verdict"], "ok");
+        assert_eq!(r["rows_paired_across_shards"], 3, "{r:#}");
+        assert_eq!(r["rows_paired_listed"], json!(["x.png", "w.png", "y.png"]));
+        assert_eq!(r["totals"]["image_problems"], json!({"dims_mismatch": 3}));
+        assert_eq!(issues_of(&r, "a.tar", "image_issues"), ["x.png", "w.png"]);
+        assert_eq!(issues_of(&r, "b.tar", "image_issues"), ["y.png"]);
+        for (txt, caption) in [
+            ("x.txt", "x from a"),
+            ("w.txt", "w from a"),
+            ("y.txt", "y from b"),
+        ] {
+            assert_eq!(
+                std::fs::read(job.data().join(txt)).unwrap(),
+                caption.as_bytes()
+            );
+        }
+        let out = job.out.to_str().unwrap();
+        let verify = run_raw(&["verify", out, "--deep"], &[]);
+        assert!(verify.status.success(), "{}", explain(&["verify"], &verify));
+
+        // Same size, other bytes: found by the judge, put back by a re-run.
+        std::fs::write(job.data().join("x.txt"), b"x from b").unwrap();
+        let verify = run_raw(&["verify", out], &[]);
+        let said = String::from_utf8_lossy(&verify.stdout).into_owned();
+        assert!(
+            !verify.status.success() && said.contains("data/x.txt"),
+            "{said}"
+        );
+        job.run("2", &["--dims", dims]).assert_ok();
+        assert_eq!(
+            std::fs::read(job.data().join("x.txt")).unwrap(),
+            b"x from a"
+        );
+        let verify = run_raw(&["verify", out, "--deep"], &[]);
+        assert!(verify.status.success(), "{}", explain(&["verify"], &verify));
+        job.assert_contained(&[]);
+    }
+}
+
+/// [`assert_data_matches_seed`], with the rows' sizes of the images under
+/// `--dims image`.
+fn assert_data_matches_seed_dims(out: &Path, shards: &[PathBuf], dims: &str) -> (Expected, u64) {
+    if dims == "json" {
+        return assert_data_matches_seed(out, shards);
+    }
+    let rows = read_rows(&out.join("dalle3.parquet"));
+    let sizes: Vec<_> = rows.iter().map(|r| (r.3.clone(), r.0, r.1)).collect();
+    for (name, w, h) in &sizes {
+        let png = std::fs::read(out.join("data").join(name)).unwrap();
+        let real = (
+            i64::from(u32::from_be_bytes(png[16..20].try_into().unwrap())),
+            i64::from(u32::from_be_bytes(png[20..24].try_into().unwrap())),
+        );
+        assert_eq!(
+            (*w, *h),
+            real,
+            "{name}: --dims image gives the image's size"
+        );
+    }
+    let e = oracle(shards, "short_caption");
+    let mut got = read_tree(&out.join("data"));
+    let unlisted = take_unlisted_captions(&mut got, &e.files);
+    assert_eq!(got, e.files, "data/ differs from the seed's");
+    (e, unlisted)
+}
+
+/// The member names of `kind` (`issues` or `image_issues`) of shard `name`.
+fn issues_of(r: &Value, name: &str, kind: &str) -> Vec<String> {
+    let s = shard(r, name);
+    s[kind]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["member"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[test]
 fn non_utf8_member_names_are_extracted_with_their_raw_bytes() {
     let job = Job::new();

@@ -373,8 +373,20 @@ def inspect_backend(a, entry, records, result):
     rejected = rejections(meta, found, set(accepted))
     result["rejected"] = {k: len(v) for k, v in sorted(rejected.items())}
     result["rejected_examples"] = {k: v[:5] for k, v in sorted(rejected.items())}
-    result["captions"] = compare_captions(entry, data, records, accepted, meta.instance_data_dir)
+    result["captions"], result["per_sample"] = compare_captions(entry, data, records, accepted,
+                                                                meta.instance_data_dir)
+    base = os.path.abspath(str(meta.instance_data_dir))
+    record_sizes(result["per_sample"], meta, buckets, lambda p: os.path.relpath(p, base))
     result["images"] = prepare_images(a, bid, model_of(), data, accepted)
+
+
+def record_sizes(per_sample, meta, buckets, name_of):
+    """Each accepted image's size as SimpleTuner's metadata holds it, and its bucket."""
+    for k, paths in buckets.items():
+        for p in paths:
+            facts = per_sample.setdefault(name_of(p), {})
+            facts["original_size"] = (meta.get_metadata_by_filepath(p) or {}).get("original_size")
+            facts["bucket"] = k
 
 
 def inspect_webshart(a, entry, records, result, meta, data, accepted):
@@ -396,11 +408,8 @@ def inspect_webshart(a, entry, records, result, meta, data, accepted):
     result["rejected_examples"] = {"not in a bucket": [data.parse_sample_id(p).filename
                                                        for p in sorted(set(listed) - set(accepted))[:5]]}
     result["captions"], result["per_sample"] = compare_webshart_captions(a, entry, data, records, accepted)
-    bucket_of = {p: k for k, v in meta.aspect_ratio_bucket_indices.items() for p in v}
-    for sid in accepted:
-        facts = result["per_sample"].setdefault(data.parse_sample_id(sid).filename, {})
-        facts["original_size"] = (meta.get_metadata_by_filepath(sid) or {}).get("original_size")
-        facts["bucket"] = bucket_of.get(sid)
+    record_sizes(result["per_sample"], meta, meta.aspect_ratio_bucket_indices,
+                 lambda sid: data.parse_sample_id(sid).filename)
     result["images"] = prepare_images(a, entry["id"], model_of(), data, accepted)
 
 
@@ -515,6 +524,7 @@ def compare_captions(entry, data, records, accepted, instance_dir):
     strategy = entry.get("caption_strategy")
     c = caption_counts(records, recorded, accepted)
     base = os.path.abspath(str(instance_dir))
+    per_sample = {}
     for p in accepted:
         c["checked"] += 1
         name = os.path.relpath(p, base)
@@ -524,8 +534,9 @@ def compare_captions(entry, data, records, accepted, instance_dir):
             continue
         ok, sampler = sampler_caption(PromptHandler, entry, data, p, strategy, c, name)
         if ok:
+            per_sample[name] = {"sampler": sampler, "text_embed": recorded.get(p)}
             judge_caption(c, name, ref, sampler, recorded.get(p))
-    return c
+    return c, per_sample
 
 
 def prepare_images(a, bid, model, data, accepted):

@@ -561,3 +561,93 @@ def test_both_modes_agree_on_hostile_shards(tmp_path):
     assert ix_refused.pop("sparse_file") == 1 and ext_refused.pop("shadowed_by_caption") == 1
     assert ix_refused == ext_refused, (ix_refused, ext_refused)
     assert (ext_out / "data" / "sparse.txt").exists()
+
+
+# --------------------------------------------------------------------------- repeated names
+def tar_xf(tars):
+    """What `tar xf` of each tar in order leaves: member path -> bytes, the last member wins."""
+    files = {}
+    for t in tars:
+        with tarfile.open(t) as tf:
+            for m in tf.getmembers():
+                if m.isfile():
+                    files[m.name] = tf.extractfile(m).read()
+    return files
+
+
+def repeated_tars(gen, dest):
+    """The generated shards again, with names that repeat: in the first shard one image's JSON
+    comes twice (first claiming another size and caption), another's later JSON has no width;
+    the second shard ends with an image and JSON under a name of the first shard. Returns the
+    three names."""
+    import io
+    dest.mkdir()
+    src = sorted(gen.glob("*.tar"))
+    shards = []
+    for t in src:
+        with tarfile.open(t) as tf:
+            shards.append([(m, tf.extractfile(m).read()) for m in tf.getmembers()])
+    def sized(members):
+        return [m.name[:-5] for m, b in members if m.name.endswith(".json") and "width" in json.loads(b)]
+    a_keys, b_keys = sized(shards[0]), sized(shards[1])
+    k0, k1, k2 = a_keys[:3]
+    jsons = {m.name: json.loads(b) for s in shards for m, b in s if m.name.endswith(".json")}
+    image_of = {os.path.splitext(m.name)[0]: (m.name, b) for s in shards for m, b in s
+                if m.name.lower().endswith(IMAGE_EXTS)}
+    ext2 = os.path.splitext(image_of[k2][0])[1]
+    donor = next(k for k in b_keys if image_of[k][0].endswith(ext2)
+                 and (jsons[k + ".json"]["width"], jsons[k + ".json"]["height"])
+                 != (jsons[k2 + ".json"]["width"], jsons[k2 + ".json"]["height"]))
+    def blob(d):
+        return json.dumps(d).encode()
+    earlier = dict(jsons[k0 + ".json"], short_caption=f"earlier {k0}",
+                   width=jsons[k0 + ".json"]["width"] * 3)
+    no_width = {k: v for k, v in jsons[k1 + ".json"].items() if k != "width"}
+    replaced = dict(jsons[donor + ".json"], image_name=image_of[k2][0], short_caption=f"replaced {k2}")
+    extra = {
+        0: {k0 + ".json": [blob(earlier), None], k1 + ".json": [None, blob(no_width)]},
+    }
+    for i, members in enumerate(shards):
+        with tarfile.open(dest / src[i].name, "w") as out:
+            def add(name, data):
+                ti = tarfile.TarInfo(name)
+                ti.size, ti.mtime = len(data), 1700000000
+                out.addfile(ti, io.BytesIO(data))
+            for m, b in members:
+                before, after = extra.get(i, {}).get(m.name, [None, None])
+                for data in (before, b, after):
+                    if data is not None:
+                        add(m.name, data)
+            if i == 1:
+                add(image_of[k2][0], image_of[donor][1])
+                add(k2 + ".json", blob(replaced))
+    return [image_of[k][0] for k in (k0, k1, k2)]
+
+
+def test_repeated_names_give_simpletuner_the_seeds_samples(tmp_path):
+    # Names that repeat, in one shard and across shards: `tar xf` leaves only the later file, the
+    # seed's compile.py makes one row per JSON data/ holds, so SimpleTuner must bucket and caption
+    # each image by the JSON that survived, and never see a row of a JSON that was replaced.
+    gen = tmp_path / "gen"
+    run([shardprep_bin(), "generate", "--output", gen, "--shards", 2, "--samples", SAMPLES, "--seed", SEED + 4])
+    tars_dir = tmp_path / "repeated"
+    names = repeated_tars(gen, tars_dir)
+    tars = sorted(tars_dir.glob("*.tar"))
+    out = tmp_path / "out"
+    prepare(tars, out)
+    files = tar_xf(tars)
+    samples = {n: json.loads(files[os.path.splitext(n)[0] + ".json"]) for n in files
+               if n.lower().endswith(IMAGE_EXTS) and os.path.splitext(n)[0] + ".json" in files}
+    want = expected(samples, entry_of(out)["minimum_image_size"])
+    assert names[0] in want["accepted"] and names[1] not in want["accepted"], "the fixture lost its cases"
+    rc, s = check(out)
+    assert_loads(rc, s, want)
+    per = s["per_sample"]
+    assert sorted(per) == want["accepted"], sorted(set(per) ^ set(want["accepted"]))
+    wrong = {n: (per[n], samples[n]) for n in want["accepted"]
+             if list(per[n]["original_size"] or []) != [samples[n]["width"], samples[n]["height"]]
+             or not per[n]["sampler"] == per[n]["text_embed"] == [samples[n]["short_caption"]]}
+    assert not wrong, f"SimpleTuner took another JSON's size or caption (got, surviving JSON): {wrong}"
+    assert per[names[2]]["sampler"] == [f"replaced {os.path.splitext(names[2])[0]}"], per[names[2]]
+    assert (out / "data" / names[2]).read_bytes() == files[names[2]]
+    assert "metadata_missing" in s["rejected"], s["rejected"]

@@ -14,13 +14,14 @@ use shardprep_core::layout::{OutputLayout, fnv1a64};
 use shardprep_core::mode::JobOutput;
 
 use crate::commit::write_atomic;
-use crate::merge::{self, MergeOutcome};
+use crate::merge::{self, Edits, MergeOutcome};
+use crate::pairs::{self, Paired};
 use crate::report::{self, Repair, RepairAction, Report, ShardReport, ShardRows, Verdict};
 use crate::rows::shard_rows;
 use crate::scheduler::{ShardEntry, ShardState};
 use crate::verify::{self, Findings, JobView};
 use crate::webshart::WebshartSource;
-use crate::written::{self, ListsRead, ShadowedJson};
+use crate::written::{self, ListsRead};
 use crate::{CoordinatorConfig, CoordinatorError, JobShared, judge, page};
 
 /// How a job ended.
@@ -80,7 +81,7 @@ fn already_done(prev: Report, config: &CoordinatorConfig, fingerprint: &str) -> 
 
 /// What the merge gives the rest of the job's end: what it wrote, and the
 /// shards' file lists it read (for the check of `data/`).
-type Merged = (Option<MergeOutcome>, Option<ListsRead>);
+type Merged = (Option<MergeOutcome>, Option<ListsRead>, Option<Paired>);
 
 /// Merges the fragments into the parquet when no shard failed; otherwise
 /// removes any parquet, so that no table looks complete when it is not.
@@ -96,10 +97,10 @@ fn merge_or_withdraw(
             let _ = std::fs::remove_file(parquet_path);
         }
         problems.push("the parquet table was not written because some shards failed; fix or remove them and run again (finished shards are kept)".into());
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     tracing::info!(fragments = rows.fragments.len(), "merging fragments");
-    let (m, lists) = merge_beside_lists(layout, rows, config, parquet_path)?;
+    let (m, lists, paired) = merge_beside_lists(layout, rows, config, parquet_path)?;
     if m.rows_shadowed > 0 {
         tracing::warn!(
             rows = m.rows_shadowed,
@@ -118,18 +119,20 @@ fn merge_or_withdraw(
             m.rows, m.rows_shadowed, rows.totals.rows
         ));
     }
-    Ok((Some(m), lists))
+    Ok((Some(m), lists, paired))
 }
 
-/// The merge, beside (extract mode) the read of the shards' file lists;
-/// when the lists show JSONs a later shard's file replaced (rare), the
-/// table is merged again without their rows.
+/// The merge, beside (extract mode) the read of the shards' file lists.
+/// When the lists show a name written twice or a JSON without its image
+/// (rare), the rows paired across shards are checked and their caption
+/// files written ([`pairs`]), and the table is merged again with what that
+/// and the JSONs a later shard's file replaced change.
 fn merge_beside_lists(
     layout: &OutputLayout,
     rows: &ShardRows,
     config: &CoordinatorConfig,
     parquet_path: &Path,
-) -> Result<(MergeOutcome, Option<ListsRead>), CoordinatorError> {
+) -> Result<(MergeOutcome, Option<ListsRead>, Option<Paired>), CoordinatorError> {
     let shards = verify::done_shards(&rows.shards);
     let extra = &config.fields.extra;
     let (merged, lists) = std::thread::scope(|scope| {
@@ -137,19 +140,34 @@ fn merge_beside_lists(
             .outputs
             .writes_members()
             .then(|| scope.spawn(|| written::read_lists(layout, &shards)));
-        let none = ShadowedJson::default();
-        let merged = merge::merge(&rows.fragments, extra, parquet_path, &none);
+        let merged = merge::merge(&rows.fragments, extra, parquet_path, &Edits::default());
         // A panic is a bug: it must not pass for "nothing replaced".
         let lists = lists.map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
         (merged, lists)
     });
-    let merged = match (merged?, &lists) {
-        (_, Some(l)) if !l.shadowed().by_shard.is_empty() => {
-            merge::merge(&rows.fragments, extra, parquet_path, l.shadowed())?
-        }
-        (merged, _) => merged,
+    let Some(l) = lists else {
+        return Ok((merged?, None, None));
     };
-    Ok((merged, lists))
+    let paired = match pairs::may_pair(rows, &l) {
+        true => Some(pairs::pair(
+            layout,
+            (rows, &shards, &l),
+            config.outputs.writes_captions(),
+            config.pair_check.as_ref(),
+        )?),
+        false => None,
+    };
+    let edits = Edits {
+        shadowed: l.shadowed().clone(),
+        dims: paired.as_ref().map(|p| p.dims.clone()).unwrap_or_default(),
+    };
+    let merged = match edits.shadowed.by_shard.is_empty() && edits.dims.is_empty() {
+        true => merged?,
+        false => merge::merge(&rows.fragments, extra, parquet_path, &edits)?,
+    };
+    // The job's end's own list changed: the check reads the lists again.
+    let lists = (!paired.as_ref().is_some_and(|p| p.list_changed)).then_some(l);
+    Ok((merged, lists, paired))
 }
 
 /// What `verify` would find wrong with the output `report` describes: the
@@ -386,7 +404,7 @@ pub(crate) fn finish_job(
     }
 
     let parquet_path = layout.parquet_path(&config.backend.dataset_id);
-    let ((merged, lists), formats) =
+    let ((merged, lists, paired), formats) =
         merge_and_build(shared, config, &rows, &parquet_path, &mut problems)?;
     // With failed shards nothing is merged; the collisions among the shards
     // that did complete are still reported, so every problem shows at once.
@@ -398,6 +416,7 @@ pub(crate) fn finish_job(
         .with_index_formats(formats)
         .with_shards(rows)
         .with_merge(merged.map(|m| (m, abs(&parquet_path))))
+        .with_paired(paired)
         .with_duplicates(collisions);
     write_backend(layout, entry.as_deref())?;
     let report = report.with_published(judge::seal_published(

@@ -41,6 +41,7 @@ pub mod lock;
 pub mod merge;
 mod metrics;
 pub mod page;
+pub mod pairs;
 pub mod report;
 mod rows;
 pub mod scheduler;
@@ -161,6 +162,10 @@ pub struct CoordinatorConfig {
     pub depth: CheckDepth,
     /// Sparse members expanding past this many bytes are refused.
     pub max_sparse_size: u64,
+    /// How the job's end checks a row's image another shard wrote (the
+    /// binary supplies the workers' checks; without it such rows are found
+    /// and their caption files written, but their images are not checked).
+    pub pair_check: Option<pairs::PairChecker>,
 }
 
 impl Default for CoordinatorConfig {
@@ -189,6 +194,7 @@ impl Default for CoordinatorConfig {
             image_checks: Default::default(),
             depth: CheckDepth::Sizes,
             max_sparse_size: shardprep_core::size::DEFAULT_MAX_SPARSE_SIZE,
+            pair_check: None,
         }
     }
 }
@@ -218,6 +224,10 @@ impl CoordinatorConfig {
         self
     }
     /// Refuse sparse members expanding past `bytes`.
+    pub fn with_pair_check(mut self, check: std::sync::Arc<dyn pairs::PairCheck>) -> Self {
+        self.pair_check = Some(pairs::PairChecker(check));
+        self
+    }
     pub fn with_max_sparse_size(mut self, bytes: u64) -> Self {
         self.max_sparse_size = bytes;
         self

@@ -2,13 +2,13 @@
 //! order, streaming batch by batch (never all rows in memory), and finding
 //! file names that occur in more than one shard.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Array, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -43,6 +43,16 @@ pub struct MergeOutcome {
     pub duplicate_count: u64,
 }
 
+/// What the merge changes in the fragments' rows.
+#[derive(Debug, Default)]
+pub struct Edits {
+    /// Rows left out: a later shard's file replaced their JSON.
+    pub shadowed: ShadowedJson,
+    /// Table row number → (width, height): rows paired with an image
+    /// another shard wrote, given that image's size (`--dims image`).
+    pub dims: BTreeMap<u64, (i64, i64)>,
+}
+
 /// Duplicates listed by name in the report.
 const DUPLICATES_LISTED: usize = 100;
 const BATCH: usize = 8192;
@@ -57,7 +67,7 @@ fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, Coo
 }
 
 /// The record batches of a fragment, `BATCH` rows at a time.
-fn read_batches(
+pub(crate) fn read_batches(
     path: &Path,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, CoordinatorError>> + '_, CoordinatorError> {
     let reader = open_reader(path)?
@@ -97,16 +107,16 @@ fn merged_schema(
 
 /// Merges `fragments` (shard name, fragment path; in shard order) into `dest`
 /// through a temporary file and a rename, without the rows of the JSONs
-/// `shadowed` names.
+/// `edits` names.
 pub fn merge(
     fragments: &[(String, PathBuf)],
     extra: &[String],
     dest: &Path,
-    shadowed: &ShadowedJson,
+    edits: &Edits,
 ) -> Result<MergeOutcome, CoordinatorError> {
     let schema = merged_schema(fragments, extra)?;
     let tmp = shardprep_core::layout::unique_tmp(dest);
-    let merged = merge_into((fragments, shadowed), schema, &tmp, dest);
+    let merged = merge_into((fragments, edits), schema, &tmp, dest);
     if merged.is_err() {
         // Never leave a half-written table behind (e.g. on a full disk).
         let _ = std::fs::remove_file(&tmp);
@@ -116,7 +126,7 @@ pub fn merge(
 
 /// The merge proper: rows of `fragments` into `tmp`, then renamed to `dest`.
 fn merge_into(
-    (fragments, shadowed): (&[(String, PathBuf)], &ShadowedJson),
+    (fragments, edits): (&[(String, PathBuf)], &Edits),
     schema: Arc<Schema>,
     tmp: &Path,
     dest: &Path,
@@ -133,7 +143,7 @@ fn merge_into(
     let mut names: Vec<(u64, u32)> = Vec::new();
     let (mut rows, mut rows_shadowed) = (0u64, 0u64);
     for (si, (shard, path)) in fragments.iter().enumerate() {
-        let replaced = shadowed.by_shard.get(shard);
+        let replaced = edits.shadowed.by_shard.get(shard);
         for batch in read_batches(path)? {
             let mut batch = batch?;
             if let Some(keys) = replaced {
@@ -151,6 +161,7 @@ fn merge_into(
                 })
                 .collect();
             let out = RecordBatch::try_new(schema.clone(), conform(cols, &schema))
+                .and_then(|b| with_dims(b, rows, &edits.dims))
                 .map_err(|e| merr(path, e))?;
             if let Some(fname) = out.column(3).as_any().downcast_ref::<StringArray>() {
                 for i in 0..fname.len() {
@@ -175,16 +186,43 @@ fn merge_into(
     Ok(MergeOutcome {
         rows,
         rows_shadowed,
-        json_replaced: shadowed.count,
-        json_replaced_listed: shadowed.listed.clone(),
+        json_replaced: edits.shadowed.count,
+        json_replaced_listed: edits.shadowed.listed.clone(),
         duplicates,
         duplicate_count,
     })
 }
 
+/// `batch` (table rows `first..`) with the width and height `dims` gives
+/// its rows (columns 0 and 1 of the seed's schema).
+fn with_dims(
+    batch: RecordBatch,
+    first: u64,
+    dims: &BTreeMap<u64, (i64, i64)>,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let end = first + batch.num_rows() as u64;
+    if dims.range(first..end).next().is_none() {
+        return Ok(batch);
+    }
+    let mut cols = batch.columns().to_vec();
+    for (c, col) in cols.iter_mut().take(2).enumerate() {
+        let Some(old) = col.as_any().downcast_ref::<Int64Array>() else {
+            continue;
+        };
+        let new: Int64Array = (0..old.len())
+            .map(|i| match dims.get(&(first + i as u64)) {
+                Some(d) => Some(if c == 0 { d.0 } else { d.1 }),
+                None => old.is_valid(i).then(|| old.value(i)),
+            })
+            .collect();
+        *col = Arc::new(new);
+    }
+    RecordBatch::try_new(batch.schema(), cols)
+}
+
 /// `batch` without the rows whose JSON key is in `keys` (a fragment
 /// without the key column, from an older version, keeps every row).
-fn without_replaced(
+pub(crate) fn without_replaced(
     batch: RecordBatch,
     keys: &foldhash::HashSet<u64>,
 ) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -197,7 +235,7 @@ fn without_replaced(
     arrow_select::filter::filter_record_batch(&batch, &keep)
 }
 
-fn json_keys(batch: &RecordBatch) -> Option<&UInt64Array> {
+pub(crate) fn json_keys(batch: &RecordBatch) -> Option<&UInt64Array> {
     batch
         .column_by_name(JSON_KEY_COLUMN)
         .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())

@@ -184,6 +184,19 @@ pub struct Report {
     pub json_replaced: u64,
     #[serde(default)]
     pub json_replaced_listed: Vec<ShadowedName>,
+    /// Rows whose image another shard wrote last (`tar xf` pairs them
+    /// across shards): their images were checked again at the job's end.
+    #[serde(default)]
+    pub rows_paired_across_shards: u64,
+    /// The first few of those rows' images.
+    #[serde(default)]
+    pub rows_paired_listed: Vec<String>,
+    /// Caption files several shards wrote, written again by the job's end
+    /// with the caption of the last row naming them (count; the first few).
+    #[serde(default)]
+    pub captions_rewritten: u64,
+    #[serde(default)]
+    pub captions_rewritten_listed: Vec<String>,
     pub shards_total: usize,
     pub shards_done: usize,
     pub shards_failed: usize,
@@ -249,6 +262,10 @@ impl Report {
             rows_shadowed: 0,
             json_replaced: 0,
             json_replaced_listed: Vec::new(),
+            rows_paired_across_shards: 0,
+            rows_paired_listed: Vec::new(),
+            captions_rewritten: 0,
+            captions_rewritten_listed: Vec::new(),
             shards_total: 0,
             shards_done: 0,
             shards_failed: 0,
@@ -317,6 +334,31 @@ impl Report {
             self.duplicate_filenames = m.duplicate_count;
             self.duplicate_filenames_listed = m.duplicates;
             self.parquet = Some(path.display().to_string());
+        }
+        self
+    }
+
+    /// What the job's end found and did for rows paired across shards:
+    /// their images' problems join their shards' lines and the totals.
+    pub(crate) fn with_paired(mut self, paired: Option<crate::pairs::Paired>) -> Report {
+        let Some(p) = paired else { return self };
+        self.rows_paired_across_shards = p.rows;
+        self.rows_paired_listed = p.rows_listed;
+        self.captions_rewritten = p.captions_rewritten;
+        self.captions_rewritten_listed = p.captions_rewritten_listed;
+        for (shard, issue) in p.issues {
+            *self
+                .totals
+                .image_problems
+                .entry(issue.kind.clone())
+                .or_default() += 1;
+            let Some(s) = self.shards.iter_mut().find(|s| s.name == shard) else {
+                continue;
+            };
+            if let Some(c) = s.counts.as_mut() {
+                *c.image_problems.entry(issue.kind.clone()).or_default() += 1;
+            }
+            s.image_issues.push(issue);
         }
         self
     }

@@ -52,7 +52,7 @@ pub struct WrittenPaths {
 /// `compile.py` reads the JSONs `data/` holds after `tar xf` of the shards
 /// in order. `by_shard` is the paths' hashes
 /// ([`shardprep_core::table::JSON_KEY_COLUMN`]) by shard name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ShadowedJson {
     pub by_shard: BTreeMap<String, foldhash::HashSet<u64>>,
     /// How many (a JSON replaced by each of two later shards counts twice).
@@ -116,7 +116,12 @@ struct Written {
     /// The lists are read again, one at a time, to check the files: a job
     /// of millions of files would otherwise hold them all (~50 bytes a file).
     list_len: Vec<usize>,
+    /// The length of the job end's list of caption files (`paired.files`).
+    end_len: usize,
 }
+
+/// The writer index of the job end's own files in [`WrittenPaths`].
+const END: usize = usize::MAX;
 
 /// A shard whose list could not be read again as it was read first.
 struct Unreadable {
@@ -141,6 +146,7 @@ fn read_written(layout: &OutputLayout, shards: &[ShardWrote], c: &mut WrittenChe
         paths: WrittenPaths::default(),
         json: 0,
         list_len: Vec::with_capacity(shards.len()),
+        end_len: 0,
     };
     // Sized once (the job's end would otherwise rehash a map of every file
     // of `data/` several times): the shards' counts, bounded by what the
@@ -172,7 +178,24 @@ fn read_written(layout: &OutputLayout, shards: &[ShardWrote], c: &mut WrittenChe
         }
         w.list_len.push(bytes.len());
     }
+    read_end_list(layout, &mut w);
     w
+}
+
+/// The caption files the job's end wrote last (`paired.files`, absent when
+/// no row was paired across shards): they replace the shards' writes.
+fn read_end_list(layout: &OutputLayout, w: &mut Written) {
+    let Ok(bytes) = std::fs::read(layout.paired_files_path()) else {
+        return;
+    };
+    for (j, rec) in parse_files_list(&bytes).into_iter().enumerate() {
+        let hash = fnv1a64(rec.rel);
+        if let Some(earlier) = w.paths.last_writer.insert(hash, (END, j)) {
+            w.paths.overwritten.insert(earlier);
+        }
+        w.paths.contested.insert(hash);
+    }
+    w.end_len = bytes.len();
 }
 
 /// The bytes of `shard`'s file list; empty, with the shard marked damaged,
@@ -232,6 +255,45 @@ impl ListsRead {
     pub fn shadowed(&self) -> &ShadowedJson {
         &self.written.paths.shadowed
     }
+    /// Whether some path was written more than once (by two shards, twice
+    /// by one, or by the job's end).
+    pub fn any_contested(&self) -> bool {
+        !self.written.paths.contested.is_empty()
+    }
+    /// Whether `rel` was written more than once.
+    pub fn contested(&self, rel: &[u8]) -> bool {
+        self.written.paths.contested(rel)
+    }
+    /// The index (in the shards the lists were read for) of the shard that
+    /// wrote `rel` last; `None` if no shard wrote it or the job's end did.
+    pub fn last_shard(&self, rel: &[u8]) -> Option<usize> {
+        match self.written.paths.last_writer.get(&fnv1a64(rel)) {
+            Some(&(i, _)) if i != END => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// The paths, among those `shards` (in the order the lists were read for)
+/// wrote, whose hashes are in `wanted` (hash → path): reads the lists
+/// again, only those of the shards `wanted` names.
+pub fn paths_of(
+    layout: &OutputLayout,
+    shards: &[ShardWrote],
+    wanted: &BTreeMap<usize, foldhash::HashSet<u64>>,
+) -> foldhash::HashMap<u64, String> {
+    let mut found = foldhash::HashMap::default();
+    for (&i, hashes) in wanted {
+        let Some(shard) = shards.get(i) else { continue };
+        let bytes = std::fs::read(layout.files_list_path(&shard.name)).unwrap_or_default();
+        for rec in parse_files_list(&bytes) {
+            let h = fnv1a64(rec.rel);
+            if hashes.contains(&h) {
+                found.insert(h, String::from_utf8_lossy(rec.rel).into_owned());
+            }
+        }
+    }
+    found
 }
 
 /// Checks what the job wrote into `data/`: every file each committed shard
@@ -266,6 +328,9 @@ pub fn check_written(
         unreadable.extend(u2);
         (found, unreadable)
     });
+    let found = found
+        .into_iter()
+        .chain(end_damaged(layout, (&data, &written)));
     for Unreadable { shard, why } in unreadable {
         c.list_unreadable(&shards[shard].name, why);
     }
@@ -280,9 +345,16 @@ pub fn check_written(
     } in found
     {
         n_missing += 1;
+        written.paths.damaged.insert(hash);
+        if shard == END {
+            // The job's end writes it again; no shard is redone for it.
+            if missing.len() < LISTED {
+                missing.push(format!("data/{rel} ({why}, from the job's end)"));
+            }
+            continue;
+        }
         let shard = &shards[shard].name;
         c.findings.damaged_shards.insert(shard.clone());
-        written.paths.damaged.insert(hash);
         c.why
             .entry(shard.clone())
             .or_insert_with(|| format!("data/{rel} is {why}"));
@@ -369,6 +441,36 @@ fn find_damaged(
     (found, unreadable)
 }
 
+/// The caption files of the job end's list that are not as it wrote them
+/// (always by their bytes: several writers wrote each of them). A list
+/// that changed since it was read counts all its files as damaged.
+fn end_damaged(layout: &OutputLayout, (data, written): (&CheckedDir, &Written)) -> Vec<Damaged> {
+    if written.end_len == 0 {
+        return Vec::new();
+    }
+    let bytes = std::fs::read(layout.paired_files_path()).unwrap_or_default();
+    let changed = bytes.len() != written.end_len;
+    parse_files_list(&bytes)
+        .into_iter()
+        .filter_map(|rec| {
+            let rel = listed_path(rec.rel)?;
+            let why = match changed {
+                true => Some(
+                    "listed in a paired.files that changed while the job's end checked it".into(),
+                ),
+                false => data.damage(rel, rec.size, rec.crc, CheckDepth::Checksums),
+            }?;
+            Some(Damaged {
+                shard: END,
+                hash: fnv1a64(rec.rel),
+                rel: rel.display().to_string(),
+                why,
+                json: false,
+            })
+        })
+        .collect()
+}
+
 /// The findings of [`check_written`]: the JSON files there, and the files
 /// missing or changed (`damaged`: how many, the first few named).
 fn written_findings(
@@ -388,7 +490,7 @@ fn written_findings(
     }
     if n_missing > 0 {
         f.problems.push(format!(
-            "{n_missing} files the shards wrote into data/ are missing or changed since the job: {}; run the job again{}: it redoes the shards they came from",
+            "{n_missing} files the shards wrote into data/ are missing or changed since the job: {}; run the job again{}: it redoes the shards they came from (and the job's end writes its own again)",
             missing.join(", "),
             if depth.reads_bytes() { " with --deep" } else { "" }
         ));

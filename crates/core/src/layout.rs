@@ -48,6 +48,11 @@ impl OutputLayout {
     pub fn fragments_dir(&self) -> PathBuf {
         self.state_dir().join("fragments")
     }
+    /// The list of the caption files the job's end wrote into `data/` for
+    /// rows paired with another shard's files (same format as a shard's list).
+    pub fn paired_files_path(&self) -> PathBuf {
+        self.state_dir().join("paired.files")
+    }
     /// Fragments being written.
     pub fn tmp_dir(&self) -> PathBuf {
         self.state_dir().join("tmp")

@@ -253,6 +253,37 @@ fn advice(kind: &str) -> &'static str {
 }
 
 /// The rows of the timings, throughput and memory.
+/// The counts rows of names several members or shards share.
+fn name_rows(r: &Report) -> Vec<(&'static str, String)> {
+    let t = &r.totals;
+    vec![
+        (
+            "duplicate names",
+            format!(
+                "{} across shards, {} within shards",
+                n("duplicate_filenames", r.duplicate_filenames),
+                n("totals.duplicate_members", t.duplicate_members)
+            ),
+        ),
+        (
+            "JSONs a later shard replaced",
+            format!(
+                "{} (their {} rows left out of the table)",
+                n("json_replaced", r.json_replaced),
+                n("rows_shadowed", r.rows_shadowed)
+            ),
+        ),
+        (
+            "rows paired with another shard's image",
+            format!(
+                "{} (images checked again; {} caption files written again)",
+                n("rows_paired_across_shards", r.rows_paired_across_shards),
+                n("captions_rewritten", r.captions_rewritten)
+            ),
+        ),
+    ]
+}
+
 fn timing_rows(r: &Report) -> Vec<(&'static str, String)> {
     let t = &r.totals;
     vec![
@@ -344,25 +375,9 @@ fn counts_section(r: &Report) -> String {
             "caption warnings",
             sum("totals.caption_warnings", &t.caption_warnings),
         ),
-        (
-            "duplicate names",
-            format!(
-                "{} across shards, {} within shards",
-                n("duplicate_filenames", r.duplicate_filenames),
-                n("totals.duplicate_members", t.duplicate_members)
-            ),
-        ),
-        (
-            "JSONs a later shard replaced",
-            format!(
-                "{} (their {} rows left out of the table)",
-                n("json_replaced", r.json_replaced),
-                n("rows_shadowed", r.rows_shadowed)
-            ),
-        ),
     ];
     let mut h = String::from("<section><h2>Counts and timings</h2><table class=\"kv\">");
-    for (k, v) in rows.into_iter().chain(timing_rows(r)) {
+    for (k, v) in rows.into_iter().chain(name_rows(r)).chain(timing_rows(r)) {
         let _ = write!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
     }
     if let Some(f) = &r.index_formats {
