@@ -2,7 +2,8 @@
 
 Each sample is one of ~30 kinds, drawn from a seeded `random.Random`: good
 ones, JSONs without width or caption or not JSON at all, images that are
-not images, names in two shards, in a sub-folder, with `./`, 120+ bytes
+not images, names in two shards (whole samples, or only the image or the JSON
+of an earlier shard's sample: a sample split across shards), in a sub-folder, with `./`, 120+ bytes
 long or in Unicode, `.txt` members at a caption's path, links, folders,
 duplicates within a shard. Shards are written in GNU, PAX or ustar format.
 """
@@ -17,7 +18,7 @@ def png(w, h, seed):
 KINDS = ["ok"] * 8 + ["nowidth", "nojson", "noimage", "badimg", "upper", "jpgext", "unicode", "dup",
          "xdup", "subdir", "mismatch", "strwidth", "listcap", "nocap", "emptycap", "notobj", "badjson",
          "bom", "txtmember", "symlink", "hardlink", "dotslash", "longname", "jsonfirst", "zeroimg", "liedims",
-         "dirmember", "nullcap", "floatwidth", "negwidth", "hugecap"]
+         "dirmember", "nullcap", "floatwidth", "negwidth", "hugecap", "ximg", "xjson"]
 
 def make_input(d, rng, shards=3, per=14):
     os.makedirs(d, exist_ok=True)
@@ -30,7 +31,7 @@ def make_input(d, rng, shards=3, per=14):
             key = f"s{s}_{i:03d}"
             if kind == "unicode":
                 key = f"ü_{s}_{i} x"
-            if kind == "xdup":
+            if kind in ("xdup", "ximg", "xjson"):
                 key = f"s0_{i:03d}"
             if kind == "longname":
                 key = "L" * 120 + f"{s}_{i}"
@@ -62,7 +63,8 @@ def make_input(d, rng, shards=3, per=14):
             js_m = (f"{prefix}{key}.json", jb)
             order = [img_m, js_m]
             if kind == "noimage": order = [js_m]
-            if kind == "nojson": order = [img_m]
+            if kind in ("nojson", "ximg"): order = [img_m]
+            if kind == "xjson": order = [js_m]
             if kind == "jsonfirst": order = [js_m, img_m]
             if kind == "dup": order = [img_m, js_m, js_m]
             for n, b in order:

@@ -445,3 +445,79 @@ def test_a_replaced_jsons_row_put_back_is_found_and_the_rerun_merges_the_seeds_t
     shardprep("run", "--input", repeated["shards"], "--output", out, "--workers", 2, "--mode", "extract")
     assert shardprep("verify", out, "--deep").returncode == 0
     assert table.read_bytes() == clean
+
+
+# ------------------------------------------------------------------ a sample split across shards
+
+
+def _png_of(tf, name, w, h, shade):
+    _add(tf, name, _png(w, h, shade))
+
+
+def _json_of(tf, key, caption, w, h, image=None):
+    meta = {"image_name": image or f"{key}.png", "short_caption": caption, "width": w, "height": h}
+    _add(tf, f"{key}.json", json.dumps(meta).encode())
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """Samples whose members two shards hold: `tar xf` pairs a later shard's image with an
+    earlier shard's JSON (x), an earlier shard's JSON with an image only a later shard has (w),
+    and the reverse (y); the later shard writes, for its image without a row there, the caption
+    file of the earlier shard's row."""
+    base = tmp_path_factory.mktemp("split")
+    shards = base / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "a-000.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        _png_of(tf, "x.png", 3, 3, 1)
+        _json_of(tf, "x", "x from a", 3, 3)
+        _json_of(tf, "w", "w from a", 9, 9)
+        _png_of(tf, "y.png", 4, 4, 2)
+        _sample(tf, "a0", 7, 7, "a0", 3)
+    with tarfile.open(shards / "b-001.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        _png_of(tf, "x.png", 6, 6, 4)
+        _png_of(tf, "w.png", 5, 5, 5)
+        _json_of(tf, "y", "y from b", 9, 9)
+        _sample(tf, "b0", 8, 8, "b0", 6)
+    out = base / "out"
+    shardprep("run", "--input", shards, "--output", out, "--workers", 2)
+    return {"shards": shards, "out": out}
+
+
+def test_a_split_sample_gives_the_seeds_table_and_caption_files(split, tmp_path, monkeypatch):
+    dalle3 = tmp_path / "dalle3"
+    extract_like_tar_xf(split["shards"], dalle3)
+    seed_df = seed_compile(dalle3, monkeypatch)
+    seed_extract_captions(dalle3, monkeypatch)
+    ours = pd.read_parquet(split["out"] / "dalle3.parquet")
+    assert sorted(rows_of(ours)) == sorted(rows_of(seed_df))
+    want = {p.relative_to(dalle3 / "data").as_posix(): p.read_bytes() for p in (dalle3 / "data").rglob("*") if p.is_file()}
+    got = {p.relative_to(split["out"] / "data").as_posix(): p.read_bytes() for p in (split["out"] / "data").rglob("*") if p.is_file()}
+    assert got == want, sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    assert (got["x.txt"], got["w.txt"], got["y.txt"]) == (b"x from a", b"w from a", b"y from b")
+    report = json.loads((split["out"] / "report.json").read_text())
+    assert report["verdict"] == "ok" and report["rows_paired_listed"] == ["x.png", "w.png", "y.png"]
+    # Each paired image is checked against its row: three sizes unlike the JSON's, known to
+    # the report, so that `verify --deep` (which re-checks data/) passes.
+    assert report["totals"]["image_problems"] == {"dims_mismatch": 3}
+    r = shardprep("verify", split["out"], "--deep", ok=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_split_samples_caption_file_changed_is_found_and_put_back(split, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(split["out"], out, symlinks=True)
+    clean = (out / "data" / "w.txt").read_bytes()
+    (out / "data" / "w.txt").write_bytes(b"w from b")
+    r = shardprep("verify", out, ok=False)
+    assert r.returncode != 0 and "data/w.txt" in r.stdout, r.stdout
+    shardprep("run", "--input", split["shards"], "--output", out, "--workers", 2)
+    assert (out / "data" / "w.txt").read_bytes() == clean
+    assert shardprep("verify", out, "--deep").returncode == 0
+    # With --dims image the rows take the images' own sizes.
+    dims = tmp_path / "dims"
+    shardprep("run", "--input", split["shards"], "--output", dims, "--workers", 2, "--dims", "image")
+    sizes = {f: (w, h) for w, h, _, f in rows_of(pd.read_parquet(dims / "dalle3.parquet"))}
+    assert sizes == {"x.png": (6, 6), "w.png": (5, 5), "y.png": (4, 4), "a0.png": (7, 7), "b0.png": (8, 8)}

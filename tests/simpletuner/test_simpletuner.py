@@ -578,8 +578,9 @@ def tar_xf(tars):
 def repeated_tars(gen, dest):
     """The generated shards again, with names that repeat: in the first shard one image's JSON
     comes twice (first claiming another size and caption), another's later JSON has no width;
-    the second shard ends with an image and JSON under a name of the first shard. Returns the
-    three names."""
+    the second shard ends with an image and JSON under a name of the first shard, and with only
+    the image of another (whose row stays the first shard's: a sample split across shards).
+    Returns the four names."""
     import io
     dest.mkdir()
     src = sorted(gen.glob("*.tar"))
@@ -590,7 +591,7 @@ def repeated_tars(gen, dest):
     def sized(members):
         return [m.name[:-5] for m, b in members if m.name.endswith(".json") and "width" in json.loads(b)]
     a_keys, b_keys = sized(shards[0]), sized(shards[1])
-    k0, k1, k2 = a_keys[:3]
+    k0, k1, k2, k3 = a_keys[:4]
     jsons = {m.name: json.loads(b) for s in shards for m, b in s if m.name.endswith(".json")}
     image_of = {os.path.splitext(m.name)[0]: (m.name, b) for s in shards for m, b in s
                 if m.name.lower().endswith(IMAGE_EXTS)}
@@ -598,6 +599,9 @@ def repeated_tars(gen, dest):
     donor = next(k for k in b_keys if image_of[k][0].endswith(ext2)
                  and (jsons[k + ".json"]["width"], jsons[k + ".json"]["height"])
                  != (jsons[k2 + ".json"]["width"], jsons[k2 + ".json"]["height"]))
+    ext3 = os.path.splitext(image_of[k3][0])[1]
+    split = next(k for k in b_keys if k != donor and image_of[k][0].endswith(ext3))
+
     def blob(d):
         return json.dumps(d).encode()
     earlier = dict(jsons[k0 + ".json"], short_caption=f"earlier {k0}",
@@ -621,7 +625,8 @@ def repeated_tars(gen, dest):
             if i == 1:
                 add(image_of[k2][0], image_of[donor][1])
                 add(k2 + ".json", blob(replaced))
-    return [image_of[k][0] for k in (k0, k1, k2)]
+                add(image_of[k3][0], image_of[split][1])
+    return [image_of[k][0] for k in (k0, k1, k2, k3)]
 
 
 def test_repeated_names_give_simpletuner_the_seeds_samples(tmp_path):
@@ -651,3 +656,8 @@ def test_repeated_names_give_simpletuner_the_seeds_samples(tmp_path):
     assert per[names[2]]["sampler"] == [f"replaced {os.path.splitext(names[2])[0]}"], per[names[2]]
     assert (out / "data" / names[2]).read_bytes() == files[names[2]]
     assert "metadata_missing" in s["rejected"], s["rejected"]
+    # The split sample: the first shard's row and caption, the second shard's image.
+    k3 = os.path.splitext(names[3])[0]
+    assert per[names[3]]["sampler"] == [samples[names[3]]["short_caption"]], per[names[3]]
+    assert (out / "data" / names[3]).read_bytes() == files[names[3]] != tar_xf(tars[:1])[names[3]]
+    assert (out / "data" / f"{k3}.txt").read_text() == samples[names[3]]["short_caption"]
