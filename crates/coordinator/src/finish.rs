@@ -100,7 +100,13 @@ fn merge_or_withdraw(
         return Ok((None, None, None));
     }
     tracing::info!(fragments = rows.fragments.len(), "merging fragments");
-    let (m, lists, paired) = merge_beside_lists(layout, rows, config, parquet_path)?;
+    let (m, lists, mut paired) = merge_beside_lists(layout, rows, config, parquet_path)?;
+    problems.extend(
+        paired
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.problems))
+            .unwrap_or_default(),
+    );
     if m.rows_shadowed > 0 {
         tracing::warn!(
             rows = m.rows_shadowed,

@@ -89,6 +89,8 @@ pub struct Paired {
     pub captions_rewritten_listed: Vec<String>,
     /// Whether `paired.files` changed (the lists must be read again).
     pub list_changed: bool,
+    /// Caption files that could not be written.
+    pub problems: Vec<String>,
 }
 
 /// Whether a job whose `rows` and `lists` these are can have rows paired
@@ -254,7 +256,13 @@ fn write_captions(
         };
         let path = data.join(rel);
         if std::fs::read(&path).ok().as_deref() != Some(caption.as_bytes()) {
-            crate::commit::write_atomic(&path, caption.as_bytes())?;
+            if let Err(e) = crate::commit::write_atomic(&path, caption.as_bytes()) {
+                // Not listed: the check finds the file not as the row says.
+                paired.problems.push(format!(
+                    "data/{txt} should hold the caption of the last row naming it, but it cannot be written ({e}); fix what is at that path and run the job again"
+                ));
+                continue;
+            }
             paired.captions_rewritten += 1;
             if paired.captions_rewritten_listed.len() < crate::findings::LISTED {
                 paired.captions_rewritten_listed.push(txt.clone());
