@@ -67,10 +67,28 @@ fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, Coo
 }
 
 /// The record batches of a fragment, `BATCH` rows at a time.
-pub(crate) fn read_batches(
+fn read_batches(
     path: &Path,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, CoordinatorError>> + '_, CoordinatorError> {
     let reader = open_reader(path)?
+        .with_batch_size(BATCH)
+        .build()
+        .map_err(|e| merr(path, e))?;
+    Ok(reader.map(move |batch| batch.map_err(|e| merr(path, e))))
+}
+
+/// The record batches of a fragment with only those of the columns `names`
+/// it has, `BATCH` rows at a time.
+pub(crate) fn read_columns<'a>(
+    path: &'a Path,
+    names: &[&str],
+) -> Result<impl Iterator<Item = Result<RecordBatch, CoordinatorError>> + 'a, CoordinatorError> {
+    let builder = open_reader(path)?;
+    let schema = builder.schema().clone();
+    let roots = names.iter().filter_map(|n| schema.index_of(n).ok());
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
         .with_batch_size(BATCH)
         .build()
         .map_err(|e| merr(path, e))?;

@@ -21,9 +21,10 @@ use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 use shardprep_core::durability::{file_crc, files_list_header, files_list_record, listed_path};
 use shardprep_core::layout::{OutputLayout, stem};
 use shardprep_core::manifest::MemberIssue;
+use shardprep_core::table::JSON_KEY_COLUMN;
 
 use crate::CoordinatorError;
-use crate::merge::{json_keys, read_batches, without_replaced};
+use crate::merge::{json_keys, read_columns, without_replaced};
 use crate::report::ShardRows;
 use crate::written::{ListsRead, ShadowedJson, ShardWrote, paths_of};
 
@@ -144,7 +145,8 @@ fn scan(
         let Some(&si) = index.get(shard.as_str()) else {
             continue;
         };
-        for batch in read_batches(path)? {
+        let columns = ["width", "height", "caption", "filename", JSON_KEY_COLUMN];
+        for batch in read_columns(path, &columns)? {
             let mut batch = batch?;
             if let Some(keys) = shadowed.by_shard.get(shard) {
                 batch = without_replaced(batch, keys).map_err(|e| merr(path, e))?;
