@@ -154,10 +154,11 @@ fn merge_beside_lists(
     let Some(l) = lists else {
         return Ok((merged?, None, None));
     };
-    let paired = match pairs::may_pair(rows, &l) {
+    let orphan_json = rows.totals.json_without_image > 0;
+    let paired = match pairs::may_pair(&l, orphan_json) {
         true => Some(pairs::pair(
             layout,
-            (rows, &shards, &l),
+            (&rows.fragments, &shards, &l),
             config.outputs.writes_captions(),
             config.pair_check.as_ref(),
         )?),

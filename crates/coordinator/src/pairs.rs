@@ -25,7 +25,6 @@ use shardprep_core::table::JSON_KEY_COLUMN;
 
 use crate::CoordinatorError;
 use crate::merge::{json_keys, read_columns, without_replaced};
-use crate::report::ShardRows;
 use crate::written::{ListsRead, ShadowedJson, ShardWrote, paths_of};
 
 /// The image checks of one row against the image its JSON names in
@@ -94,21 +93,17 @@ pub struct Paired {
     pub problems: Vec<String>,
 }
 
-/// Whether a job whose `rows` and `lists` these are can have rows paired
-/// across shards: a name written more than once, or a JSON without its image.
-pub(crate) fn may_pair(rows: &ShardRows, lists: &ListsRead) -> bool {
-    lists.any_contested()
-        || rows
-            .shards
-            .iter()
-            .any(|s| s.counts.as_ref().is_some_and(|c| c.json_without_image > 0))
+/// Whether a job can have rows paired across shards: its `lists` show a
+/// name written more than once, or some shard has a JSON without its image.
+pub(crate) fn may_pair(lists: &ListsRead, json_without_image: bool) -> bool {
+    json_without_image || lists.any_contested()
 }
 
 /// Finds the rows paired across shards, checks their images with `check`
 /// and rewrites the caption files several shards wrote (when `textfile`).
 pub(crate) fn pair(
     layout: &OutputLayout,
-    (rows, shards, lists): (&ShardRows, &[ShardWrote], &ListsRead),
+    (fragments, shards, lists): (&[(String, PathBuf)], &[ShardWrote], &ListsRead),
     textfile: bool,
     check: Option<&PairChecker>,
 ) -> Result<Paired, CoordinatorError> {
@@ -117,7 +112,7 @@ pub(crate) fn pair(
         .enumerate()
         .map(|(i, s)| (s.name.as_str(), i))
         .collect();
-    let found = scan(&rows.fragments, (&index, lists, lists.shadowed()), textfile)?;
+    let found = scan(fragments, (&index, lists, lists.shadowed()), textfile)?;
     let listed = found.foreign.iter().take(crate::findings::LISTED);
     let mut paired = Paired {
         rows: found.foreign.len() as u64,
