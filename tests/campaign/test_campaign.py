@@ -226,3 +226,36 @@ def test_both_modes_give_the_same_samples_from_hostile_shards(shardprep, tmp_pat
             failures.append(f"seed {seed}: {[(k, k in e, k in i) for k in differ[:6]]}")
         shutil.rmtree(tmp_path / str(seed))
     assert not failures, "\n".join(failures)
+
+
+# Known gap (2026-12-08, left open): with --on-bad-image skip, a row its worker left out for a
+# bad image stays out when a later shard's good image of that name replaces the bad one in
+# data/ (`tar xf` would pair that JSON with the good image); `verify --deep`, which checks every
+# JSON of data/ against its image, then reports their size mismatch as unknown to the report.
+SKIP_GAP = pytest.mark.xfail(strict=True, reason="a row skipped for a bad image stays out when a later shard replaces the image")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--dims", "image"],
+    pytest.param(["--on-bad-image", "skip"], marks=SKIP_GAP),
+    ["--check-images", "decode"],
+    pytest.param(["--check-images", "decode", "--on-bad-image", "skip", "--dims", "image"], marks=SKIP_GAP),
+    ["--captions", "parquet", "--dims", "image"],
+], ids=" ".join)
+def test_a_clean_run_passes_verify_deep_under_every_image_check_setting(shardprep, tmp_path, flags):
+    # "Verified" is never said over what `verify --deep` finds, whatever the image checks ask,
+    # and a second run over a clean output is a no-op that exits 0.
+    failures = []
+    for seed in range(FIRST_SEED + 2000, FIRST_SEED + 2000 + max(1, SEEDS // 3)):
+        inp, out = tmp_path / str(seed) / "in", tmp_path / str(seed) / "out"
+        make_input(str(inp), random.Random(seed))
+        job = ("run", "--input", str(inp), "--output", str(out), "--workers", "2", *flags)
+        first = run(shardprep, *job)
+        deep = run(shardprep, "verify", "--deep", str(out))
+        again = run(shardprep, *job)
+        if first.returncode or deep.returncode or again.returncode:
+            said = [l for l in deep.stdout.splitlines() if not l.startswith("ok")][:4]
+            failures.append(f"seed {seed}: run {first.returncode}, verify --deep {deep.returncode} {said}, "
+                            f"re-run {again.returncode} {first.stderr[-300:]}")
+        shutil.rmtree(tmp_path / str(seed))
+    assert not failures, "\n".join(failures)
