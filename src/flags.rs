@@ -96,16 +96,16 @@ pub fn coordinator_config(
         (None, None) => bail!("give the shards with --input or --input-list"),
     };
     let outputs = job_output(job)?;
-    let checks = image_checks(job)?;
+    let (checks, fields) = (image_checks(job)?, fields(job)?);
     let pair_check = crate::deep::PairImageCheck {
         cfg: IntegrityConfig::from_checks(&checks).map_err(anyhow::Error::msg)?,
-        fields: fields(job)?,
+        fields: fields.clone(),
     };
     let config = CoordinatorConfig {
         input,
         output: job.output.clone(),
         token,
-        fields: fields(job)?,
+        fields,
         outputs,
         expect_json: job.expect_json,
         backend,

@@ -223,11 +223,12 @@ impl CoordinatorConfig {
         self.data_sync = data_sync;
         self
     }
-    /// Refuse sparse members expanding past `bytes`.
+    /// Check rows paired with another shard's image with `check`.
     pub fn with_pair_check(mut self, check: std::sync::Arc<dyn pairs::PairCheck>) -> Self {
         self.pair_check = Some(pairs::PairChecker(check));
         self
     }
+    /// Refuse sparse members expanding past `bytes`.
     pub fn with_max_sparse_size(mut self, bytes: u64) -> Self {
         self.max_sparse_size = bytes;
         self

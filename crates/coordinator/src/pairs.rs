@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
-use shardprep_core::durability::{file_crc, files_list_header, files_list_record, listed_path};
+use shardprep_core::durability::{bytes_crc, files_list_header, files_list_record, listed_path};
 use shardprep_core::layout::{OutputLayout, stem};
 use shardprep_core::manifest::MemberIssue;
 use shardprep_core::table::JSON_KEY_COLUMN;
@@ -265,7 +265,8 @@ fn write_captions(
                 paired.captions_rewritten_listed.push(txt.clone());
             }
         }
-        let crc = file_crc(&path).ok();
+        // The file holds exactly the caption now: no need to read it again.
+        let crc = Some(bytes_crc(caption.as_bytes()));
         list.extend(files_list_record(
             txt.as_bytes(),
             Some(caption.len() as u64),

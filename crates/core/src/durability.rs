@@ -281,6 +281,12 @@ fn judge(
     }
 }
 
+/// The CRC-32 a file list records for `bytes` (what [`file_crc`] gives for
+/// a file holding them).
+pub fn bytes_crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
 /// The CRC-32 of a file's bytes, read in 1 MiB chunks.
 pub fn file_crc(path: &Path) -> io::Result<u32> {
     crc_of(File::open(path)?)

@@ -252,7 +252,6 @@ fn advice(kind: &str) -> &'static str {
     }
 }
 
-/// The rows of the timings, throughput and memory.
 /// The counts rows of names several members or shards share.
 fn name_rows(r: &Report) -> Vec<(&'static str, String)> {
     let t = &r.totals;
@@ -284,6 +283,7 @@ fn name_rows(r: &Report) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The rows of the timings, throughput and memory.
 fn timing_rows(r: &Report) -> Vec<(&'static str, String)> {
     let t = &r.totals;
     vec![
