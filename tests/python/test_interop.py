@@ -129,6 +129,21 @@ def seed_extract_captions(dalle3: Path, monkeypatch):
                 text_file.write(content[caption_field])
 
 
+def seed_output(shards: Path, tmp_path: Path, monkeypatch):
+    """The seed's whole pipeline over `shards` in `tmp_path/dalle3`: `tar xf`, `compile.py`,
+    `extract-captions.py`. Returns the folder and compile.py's table."""
+    dalle3 = tmp_path / "dalle3"
+    extract_like_tar_xf(shards, dalle3)
+    seed_df = seed_compile(dalle3, monkeypatch)
+    seed_extract_captions(dalle3, monkeypatch)
+    return dalle3, seed_df
+
+
+def files_under(root: Path):
+    """Every file under `root`: relative path -> bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 def rows_of(df):
     return [(int(w), int(h), c, f) for w, h, c, f in zip(df["width"], df["height"], df["caption"], df["filename"])]
 
@@ -186,11 +201,7 @@ def test_data_folder_equals_tar_xf_plus_extract_captions(job, tmp_path, monkeypa
     dalle3 = tmp_path / "dalle3"
     extract_like_tar_xf(job["shards"], dalle3)
     seed_extract_captions(dalle3, monkeypatch)
-
-    def tree(root: Path):
-        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-    want, got = tree(dalle3 / "data"), tree(job["out"] / "data")
+    want, got = files_under(dalle3 / "data"), files_under(job["out"] / "data")
     # Beyond the seed, shardprep writes a caption file for every image that
     # has no row (its JSON lacks width), so that SimpleTuner finds one beside
     # every image: the JSON's caption (issue 16), counted in the report.
@@ -392,18 +403,14 @@ def repeated(tmp_path_factory):
 
 
 def test_repeated_names_give_the_seed_compile_py_table_and_data(repeated, tmp_path, monkeypatch):
-    dalle3 = tmp_path / "dalle3"
-    extract_like_tar_xf(repeated["shards"], dalle3)
-    seed_df = seed_compile(dalle3, monkeypatch)
-    seed_extract_captions(dalle3, monkeypatch)
+    dalle3, seed_df = seed_output(repeated["shards"], tmp_path, monkeypatch)
     ours = pd.read_parquet(repeated["out"] / "dalle3.parquet")
     assert sorted(rows_of(ours)) == sorted(rows_of(seed_df))
     assert sorted(rows_of(ours)) == [(3, 2, "q", "q.png"), (3, 3, "p", "p.png"), (6, 6, "y second copy", "y.png"), (8, 8, "x from b", "x.png")]
     report = json.loads((repeated["out"] / "report.json").read_text())
     assert report["verdict"] == "ok" and report["rows"] == 4
     assert report["json_replaced_listed"] == [{"json": "x.json", "shard": "a-000.tar", "by": "b-001.tar"}]
-    want = {p.relative_to(dalle3 / "data").as_posix(): p.read_bytes() for p in (dalle3 / "data").rglob("*") if p.is_file()}
-    got = {p.relative_to(repeated["out"] / "data").as_posix(): p.read_bytes() for p in (repeated["out"] / "data").rglob("*") if p.is_file()}
+    want, got = files_under(dalle3 / "data"), files_under(repeated["out"] / "data")
     for name, data in want.items():
         assert got.get(name) == data, f"data/{name} differs from the seed's"
     # Beyond the seed only caption files beside images (z's JSON has no width).
@@ -485,14 +492,10 @@ def split(tmp_path_factory):
 
 
 def test_a_split_sample_gives_the_seeds_table_and_caption_files(split, tmp_path, monkeypatch):
-    dalle3 = tmp_path / "dalle3"
-    extract_like_tar_xf(split["shards"], dalle3)
-    seed_df = seed_compile(dalle3, monkeypatch)
-    seed_extract_captions(dalle3, monkeypatch)
+    dalle3, seed_df = seed_output(split["shards"], tmp_path, monkeypatch)
     ours = pd.read_parquet(split["out"] / "dalle3.parquet")
     assert sorted(rows_of(ours)) == sorted(rows_of(seed_df))
-    want = {p.relative_to(dalle3 / "data").as_posix(): p.read_bytes() for p in (dalle3 / "data").rglob("*") if p.is_file()}
-    got = {p.relative_to(split["out"] / "data").as_posix(): p.read_bytes() for p in (split["out"] / "data").rglob("*") if p.is_file()}
+    want, got = files_under(dalle3 / "data"), files_under(split["out"] / "data")
     assert got == want, sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     assert (got["x.txt"], got["w.txt"], got["y.txt"]) == (b"x from a", b"w from a", b"y from b")
     report = json.loads((split["out"] / "report.json").read_text())
